@@ -1,0 +1,60 @@
+"""A block: the KV of one encoded chunk, for every layer (DESIGN.md invariant 3).
+
+Metadata and payload are separate so that a tier can move or encode the payload while
+the index and the session keep the (small) metadata at hand. Both are immutable once
+written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..models.base import LayerKV
+
+
+@dataclass(frozen=True)
+class BlockMeta:
+    """What is known about a block without touching its KV."""
+
+    id: int
+    t_start: float  # stream seconds of the chunk's first frame
+    t_end: float  # stream seconds of the chunk's last frame
+    frames: int
+    positions: torch.Tensor  # [position_dims, tokens] position of every kept token (CPU, long)
+    kept: torch.Tensor  # [tokens seen] bool, which of the chunk's tokens were kept
+    codec: str = "identity"
+
+    @property
+    def tokens(self) -> int:
+        """Tokens stored (kept) in this block."""
+        return int(self.positions.shape[1])
+
+    @property
+    def max_position(self) -> int:
+        return int(self.positions.max())
+
+
+@dataclass(frozen=True)
+class Block:
+    """A block's metadata and its per-layer KV (keys after RoPE), each [kv_heads, tokens, head_dim]."""
+
+    meta: BlockMeta
+    layers: tuple[LayerKV, ...]
+
+    @property
+    def id(self) -> int:
+        return self.meta.id
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.nbytes + v.nbytes for k, v in self.layers)
+
+    def __post_init__(self) -> None:
+        for k, v in self.layers:
+            if k.shape != v.shape or k.shape[1] != self.meta.tokens:
+                raise ValueError(
+                    f"block {self.meta.id}: KV shapes {tuple(k.shape)}/{tuple(v.shape)} do not match "
+                    f"{self.meta.tokens} positions"
+                )

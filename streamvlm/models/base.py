@@ -1,0 +1,174 @@
+"""The small interface between the runtime and one model family.
+
+A backend knows its model's prompt format, how frames become visual embeddings and
+which position ids every token gets. It keeps no per-stream state: positions and KV are
+passed in by the runtime (DESIGN.md invariant 1), so one backend serves many sessions.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+# One layer's KV as the runtime keeps it: keys (after RoPE) and values, each
+# [kv_heads, tokens, head_dim].
+LayerKV = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class VisualChunk:
+    """The visual tokens of one chunk of frames, ready for the LLM prefill."""
+
+    embeds: torch.Tensor  # [tokens, hidden]
+    positions: torch.Tensor  # [position_dims, tokens], long
+    grid: tuple[int, int, int]  # (time, height, width) of the LLM token grid
+
+
+@dataclass(frozen=True)
+class PromptParts:
+    """Token ids of the text around the video, in the model's chat format.
+
+    ``sink`` runs from the start of the conversation up to where the video starts;
+    ``question`` is built per question and runs from the end of the video up to where
+    the assistant's answer starts.
+    """
+
+    sink: list[int]
+    question: list[int]
+
+
+class Backend(ABC):
+    """One model family. Subclasses fill in prompts, vision and positions."""
+
+    family: str
+    #: rows of a position id tensor: 3 for mRoPE (time, height, width), 1 for 1-D RoPE
+    position_dims: int
+    #: frames per block when MemoryConfig.chunk_frames is None
+    default_chunk_frames: int
+    #: a chunk's frame count must be a multiple of this
+    frame_multiple: int = 1
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        text_config = model.config.get_text_config()
+        self.num_layers = text_config.num_hidden_layers
+        self.num_kv_heads = text_config.num_key_value_heads
+        self.head_dim = getattr(text_config, "head_dim", None) or (
+            text_config.hidden_size // text_config.num_attention_heads
+        )
+
+    # ----- properties of the loaded model -----------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def language_model(self) -> torch.nn.Module:
+        return self.model.model.language_model
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Tokens that end an answer: the end-of-turn marker and the tokenizer's eos."""
+        ids = {self.tokenizer.convert_tokens_to_ids("<|im_end|>"), self.tokenizer.eos_token_id}
+        ids.discard(None)
+        ids.discard(self.tokenizer.unk_token_id)
+        return sorted(ids)
+
+    # ----- prompts ---------------------------------------------------------------
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_parts(self, system_prompt: str, question: str = "") -> PromptParts:
+        """Qwen2-style chat turns around the video; the video opens the user turn."""
+        sink = f"<|im_start|>system\n{system_prompt}<|im_end|>\n<|im_start|>user\n{self.video_open}"
+        tail = f"{self.video_close}{question}<|im_end|>\n<|im_start|>assistant\n"
+        return PromptParts(sink=self._ids(sink), question=self._ids(tail))
+
+    #: text placed right before / right after the video tokens
+    video_open: str = ""
+    video_close: str = ""
+
+    def question_embeds(self, question_ids: Sequence[int]) -> torch.Tensor:
+        """Embeddings of the question part; families may prepend a learned end-of-video row."""
+        return self.embed_ids(question_ids)
+
+    # ----- positions -------------------------------------------------------------
+
+    def text_positions(self, start: int, count: int) -> torch.Tensor:
+        """Positions of ``count`` text tokens from ``start``: [position_dims, count]."""
+        row = torch.arange(start, start + count, dtype=torch.long)
+        return row.expand(self.position_dims, count).clone()
+
+    # ----- vision ----------------------------------------------------------------
+
+    @abstractmethod
+    def encode_frames(
+        self,
+        frames: Sequence[np.ndarray],
+        times: Sequence[float],
+        *,
+        video_start: int,
+        next_position: int,
+    ) -> VisualChunk:
+        """Turn a chunk of RGB frames into visual embeddings with their positions.
+
+        ``times`` are stream seconds relative to the first frame of the stream;
+        ``video_start`` is the position where the stream's video began (right after the
+        sink) and ``next_position`` the first position not used yet.
+        """
+
+    # ----- the language model ----------------------------------------------------
+
+    def embed_ids(self, ids: Sequence[int]) -> torch.Tensor:
+        table = self.model.get_input_embeddings()
+        return table(torch.tensor(list(ids), dtype=torch.long, device=self.device))
+
+    @abstractmethod
+    def model_position_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        """Our [position_dims, L] positions in the layout the language model takes."""
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Prefill ``embeds`` [L, hidden] at ``positions`` against ``cache``; return hidden states [L, hidden].
+
+        The new tokens' KV is appended to ``cache``. With ``attention_mask`` None every
+        cached slot is visible and the new tokens are causal among themselves.
+        """
+        out = self.language_model(
+            inputs_embeds=embeds[None].to(self.dtype),
+            position_ids=self.model_position_ids(positions.to(self.device)),
+            past_key_values=cache,
+            attention_mask=attention_mask,
+            use_cache=True,
+        )
+        return out.last_hidden_state[0]
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (float32) for hidden states [L, hidden]."""
+        return self.model.lm_head(hidden).float()
+
+    def new_cache(self, layers: Sequence[LayerKV] | None = None) -> DynamicCache:
+        """A transformers cache holding ``layers`` (or empty), batch dimension added."""
+        if not layers:
+            return DynamicCache(config=self.model.config.get_text_config())
+        return DynamicCache(ddp_cache_data=[(k[None], v[None]) for k, v in layers])

@@ -1,0 +1,107 @@
+"""Model names to backends: the offline tiny models, or real checkpoints via ``from_pretrained``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    LlavaOnevisionForConditionalGeneration,
+    Qwen2_5_VLForConditionalGeneration,
+)
+from transformers.utils import cached_file
+
+from ..errors import ConfigError, ModelNotFoundError
+from .base import Backend
+from .llava_onevision import LlavaOnevisionBackend
+from .preprocessing import llava_preprocess_for, qwen_preprocess_for
+from .qwen2_5_vl import Qwen25VLBackend
+from .tiny import TINY_LLAVA, TINY_MODELS, TINY_QWEN, build_tiny_model, build_tiny_tokenizer
+
+SUPPORTED = {
+    "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+    "llava_onevision": LlavaOnevisionForConditionalGeneration,
+}
+
+_HINT = f"pass a local checkpoint directory (config.json + *.safetensors), or use {' / '.join(TINY_MODELS)}"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from e
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for but CUDA is not available here; use --device cpu")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+    return names[dtype]
+
+
+def load_backend(name: str, device=None, dtype=None, seed: int = 0) -> Backend:
+    """Build the backend for ``name`` on ``device`` in ``dtype``."""
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    if name in TINY_MODELS:
+        model = build_tiny_model(name, seed=seed).to(device=device, dtype=dtype)
+        tokenizer = build_tiny_tokenizer()
+        processor_config: dict = {}
+    else:
+        model_class = SUPPORTED[_model_type(name)]
+        try:
+            model = model_class.from_pretrained(name, dtype=dtype).to(device).eval()
+            tokenizer = AutoTokenizer.from_pretrained(name)
+        except OSError as e:
+            raise ModelNotFoundError(f"cannot load the weights of model {name!r} ({_first_line(e)}); {_HINT}") from e
+        processor_config = _processor_config(name)
+    if name == TINY_QWEN or model.config.model_type == "qwen2_5_vl":
+        return Qwen25VLBackend(model, tokenizer, name, qwen_preprocess_for(model.config, processor_config))
+    if name == TINY_LLAVA or model.config.model_type == "llava_onevision":
+        return LlavaOnevisionBackend(model, tokenizer, name, llava_preprocess_for(model.config, processor_config))
+    raise AssertionError(f"no backend for {name}")  # _model_type already rejected it
+
+
+def _model_type(name: str) -> str:
+    if Path(name).exists() and not (Path(name) / "config.json").is_file():
+        raise ModelNotFoundError(f"{name!r} is not a model directory (no config.json in it); {_HINT}")
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(
+            f"unknown model {name!r}: no local directory of that name and it could not be fetched from the "
+            f"Hugging Face hub (offline?); {_HINT}"
+        ) from e
+    if config.model_type not in SUPPORTED:
+        raise ModelNotFoundError(
+            f"model {name!r} is a {config.model_type!r} model; streamvlm supports {', '.join(SUPPORTED)}"
+        )
+    return config.model_type
+
+
+def _processor_config(name: str) -> dict:
+    """The checkpoint's preprocessor_config.json as a dict ({} when it has none).
+
+    Read as JSON rather than through AutoImageProcessor, which may pick a torchvision
+    ("fast") processor that does not import everywhere.
+    """
+    path = cached_file(name, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+    return json.loads(Path(path).read_text()) if path else {}
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

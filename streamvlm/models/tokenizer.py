@@ -1,0 +1,76 @@
+"""A byte-level BPE tokenizer built in memory, for the offline tiny models.
+
+It uses the real ``Qwen2Tokenizer`` class (the tokenizer both Qwen2.5-VL and
+LLaVA-OneVision ship) over the 256 byte symbols, so any text round-trips, plus the chat
+and vision special tokens both model families use. No file or network is needed.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from transformers import Qwen2Tokenizer
+
+# The chat template markers and the vision placeholders of Qwen2.5-VL; LLaVA-OneVision
+# (a Qwen2 language model) uses the same chat markers plus <image> / <video>.
+SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<image>",
+    "<video>",
+)
+
+# Qwen2's chat template, reduced to what the runtime needs: text-only turns with an
+# optional default system prompt. streamvlm assembles the video part itself.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's reversible map from the 256 byte values to printable unicode symbols."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    symbols = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in symbols:
+            symbols[b] = chr(256 + extra)
+            extra += 1
+    return [symbols[b] for b in range(256)]
+
+
+@lru_cache(maxsize=1)
+def _vocab() -> dict[str, int]:
+    symbols = _byte_symbols() + list(SPECIAL_TOKENS)
+    return {symbol: i for i, symbol in enumerate(symbols)}
+
+
+def build_tiny_tokenizer() -> Qwen2Tokenizer:
+    """Return a fresh byte-level ``Qwen2Tokenizer`` with the chat and vision special tokens.
+
+    Ids 0-255 are bytes; the special tokens follow in ``SPECIAL_TOKENS`` order (256...).
+    """
+    tokenizer = Qwen2Tokenizer(
+        vocab=dict(_vocab()),
+        merges=[],
+        unk_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
+    # The tokens already have ids in the vocabulary; this marks them as special so they
+    # are never split and are skipped by decode(skip_special_tokens=True).
+    tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer

@@ -1,0 +1,66 @@
+"""Result types returned by a session: plain dataclasses with ``to_dict`` for JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class BlockRef:
+    """Which stored block an answer attended to, and where it lived."""
+
+    id: int
+    t_start: float
+    t_end: float
+    tokens: int
+    tier: str
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Wall-clock seconds for one answer.
+
+    ``ttft_s`` runs from the call to ``ask`` until the first answer token is known
+    (context assembly + question prefill); ``total_s`` until the last token.
+    """
+
+    ttft_s: float
+    total_s: float
+    prefill_s: float
+    decode_s: float
+    new_tokens: int
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answered question."""
+
+    question: str
+    text: str
+    asked_at: float  # stream time (seconds) of the latest frame seen when asked
+    blocks: list[BlockRef]
+    timings: Timings
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "stop"  # "stop" (stop token) or "length" (max_new_tokens)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SessionStats:
+    """What a session has seen and what it holds. Bytes are per memory tier."""
+
+    frames_seen: int
+    frames_encoded: int
+    chunks_encoded: int
+    blocks: int
+    tokens_stored: int
+    sink_tokens: int
+    stream_time: float
+    next_position: int
+    bytes_per_tier: dict[str, int]
+    encode_s: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)

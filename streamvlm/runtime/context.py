@@ -1,0 +1,48 @@
+"""Assembling attention context from sinks and blocks, and cutting new KV out of a cache."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..memory.block import Block, BlockMeta
+from ..models.base import LayerKV
+
+
+def concat_layers(parts: Sequence[Sequence[LayerKV]]) -> list[LayerKV]:
+    """Concatenate several per-layer KV lists along the token axis, layer by layer."""
+    if len(parts) == 1:
+        return list(parts[0])
+    return [
+        (torch.cat([p[i][0] for p in parts], dim=1), torch.cat([p[i][1] for p in parts], dim=1))
+        for i in range(len(parts[0]))
+    ]
+
+
+def new_kv_from_cache(cache, start: int) -> tuple[LayerKV, ...]:
+    """The KV a forward appended to ``cache`` after slot ``start``, batch dim dropped.
+
+    Cloned, so a block does not pin the whole (window-sized) cache tensor in memory.
+    """
+    return tuple((layer.keys[0, :, start:].clone(), layer.values[0, :, start:].clone()) for layer in cache.layers)
+
+
+def recent_by_frames(metas: Sequence[BlockMeta], frames: int) -> list[BlockMeta]:
+    """The newest blocks whose frame counts add up to at most ``frames``, oldest first.
+
+    Blocks are atomic: a block that would overflow the budget is left out with
+    everything older.
+    """
+    picked: list[BlockMeta] = []
+    total = 0
+    for meta in reversed(metas):
+        if total + meta.frames > frames:
+            break
+        picked.append(meta)
+        total += meta.frames
+    return picked[::-1]
+
+
+def block_layers(blocks: Sequence[Block]) -> list[Sequence[LayerKV]]:
+    return [b.layers for b in blocks]

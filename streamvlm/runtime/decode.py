@@ -1,0 +1,118 @@
+"""streamvlm's own decode loop: explicit positions, token by token.
+
+``generate()`` rebuilds positions from the cache length, which is wrong as soon as the
+context holds a subset of the stream; this loop takes the next position from the
+session instead (DESIGN.md invariant 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+from ..models.base import Backend
+
+MAX_NEW_TOKENS_LIMIT = 4096
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How answer tokens are chosen.
+
+    temperature 0 is greedy; otherwise tokens are sampled from the softmax at that
+    temperature, restricted to the smallest set whose probability reaches ``top_p``.
+    ``seed`` makes sampling repeatable. ``stop_token_ids`` None means the model's own.
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            raise ConfigError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def choose_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """Pick the next token id from float logits [vocab]."""
+    if params.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        # keep a token if the mass before it is still below top_p (the first always stays)
+        drop = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) >= params.top_p
+        sorted_probs[drop] = 0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def decode_tokens(
+    backend: Backend,
+    cache,
+    first_logits: torch.Tensor,
+    next_position: int,
+    params: SamplingParams,
+    serialise: Callable[[], object] | None = None,
+) -> Iterator[int]:
+    """Yield answer token ids, feeding each back at ``next_position``, ``next_position + 1``, ...
+
+    ``first_logits`` are the logits after the prompt. A stop token ends the answer and
+    is not yielded. ``serialise`` returns a context manager held around each model call
+    (the engine's device lock), so other sessions can run between tokens.
+    """
+    generator = None
+    if params.seed is not None:
+        generator = torch.Generator(device="cpu").manual_seed(params.seed)
+    stops = set(params.stop_token_ids if params.stop_token_ids is not None else backend.stop_token_ids)
+    logits = first_logits.cpu()
+    for step in range(params.max_new_tokens):
+        token = choose_token(logits, params, generator)
+        if token in stops:
+            return
+        yield token
+        if step + 1 == params.max_new_tokens:
+            return
+        embeds = backend.embed_ids([token])
+        positions = backend.text_positions(next_position + step, 1)
+        if serialise is None:
+            hidden = backend.forward(embeds, positions, cache)
+        else:
+            with serialise():
+                hidden = backend.forward(embeds, positions, cache)
+        logits = backend.logits(hidden[-1:])[0].cpu()
+
+
+class TextStreamer:
+    """Turns a growing list of token ids into text deltas, holding back split UTF-8."""
+
+    def __init__(self, tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._ids: list[int] = []
+        self._emitted = ""
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        text = self.text
+        if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
+            return ""
+        delta, self._emitted = text[len(self._emitted) :], text
+        return delta
+
+    def finish(self) -> str:
+        text = self.text
+        delta, self._emitted = text[len(self._emitted) :], text
+        return delta
+
+    @property
+    def text(self) -> str:
+        return self._tokenizer.decode(self._ids, skip_special_tokens=True)

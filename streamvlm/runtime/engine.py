@@ -1,0 +1,52 @@
+"""The engine: one loaded model serving many sessions."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from ..config import MemoryConfig
+from ..models.base import Backend
+from ..models.loading import load_backend
+from .session import DEFAULT_SYSTEM_PROMPT, Session
+
+
+class StreamVLM:
+    """Owns a model (through its backend) and creates sessions over it.
+
+    Model work from all sessions is serialised with one lock: the device runs one
+    forward at a time, and sessions interleave between chunks and between tokens.
+    """
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.device_lock = threading.RLock()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        seed: int = 0,
+    ) -> StreamVLM:
+        """Load a model by name: ``tiny-qwen2.5-vl`` / ``tiny-llava-ov`` (built offline), a local
+        directory, or a Hugging Face hub id.
+
+        ``device`` defaults to CUDA when available, else CPU; ``dtype`` to bfloat16 on
+        CUDA and float32 on CPU. ``seed`` sets the weights of the tiny models.
+        Raises ``ModelNotFoundError`` with a one-line reason when the weights are missing.
+        """
+        return cls(load_backend(name, device=device, dtype=dtype, seed=seed))
+
+    @property
+    def model_name(self) -> str:
+        return self.backend.name
+
+    def new_session(
+        self, memory: MemoryConfig | None = None, system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    ) -> Session:
+        """Start a new stream with its own memory and position counter."""
+        return Session(self.backend, memory=memory, system_prompt=system_prompt, device_lock=self.device_lock)
