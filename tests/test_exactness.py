@@ -41,7 +41,7 @@ def make_frames(n: int, height: int = 60, width: int = 90, seed: int = 0) -> lis
 
 def stream(engine, frames, times, **memory):
     session = engine.new_session(memory=MemoryConfig(**memory))
-    for frame, t in zip(frames, times):
+    for frame, t in zip(frames, times, strict=True):
         session.add_frame(frame, t)
     session.flush()
     return session
@@ -78,12 +78,14 @@ def reference_forward(session, frames, question_ids, extra_positions, mask=None)
     positions = [session.sink_positions, *(m.positions for m in metas), extra_positions]
     positions = torch.cat(positions, dim=1)
     if backend.family == "qwen2.5-vl":
-        pixels, grids = zip(*(backend.preprocess(c) for c in chunks_of(session, frames)))
+        pixels, grids = zip(*(backend.preprocess(c) for c in chunks_of(session, frames)), strict=True)
         assert len({g[1:] for g in grids}) == 1, "reference needs one frame size"
         grid = torch.tensor([[sum(g[0] for g in grids), *grids[0][1:]]])
         video = model.config.video_token_id
         ids = session.sink_ids + [video] * n_visual + list(question_ids)
-        inputs = dict(pixel_values_videos=torch.cat(pixels), video_grid_thw=grid, position_ids=positions[:, None])
+        inputs = dict(
+            pixel_values_videos=torch.cat(pixels), video_grid_thw=grid, position_ids=positions[:, None]
+        )
     else:
         pixels = torch.cat([backend.preprocess(c) for c in chunks_of(session, frames)])[None]
         video = model.config.video_token_id
@@ -207,7 +209,9 @@ def test_sliding_window_kv_equals_masked_reference(engine):
     _, full_cache = reference_forward(session, frames, ids, qpos)
     last = metas[-1].id
     b0, b1 = ranges[last]
-    assert not torch.allclose(session.store.get([last])[0].layers[-1][1], full_cache.layers[-1].values[0, :, b0:b1], atol=1e-3)
+    assert not torch.allclose(
+        session.store.get([last])[0].layers[-1][1], full_cache.layers[-1].values[0, :, b0:b1], atol=1e-3
+    )
 
 
 def session_chunk(engine) -> int:
@@ -226,7 +230,9 @@ def test_ask_matches_plain_forward_and_greedy_decode(engine):
     # reference: greedy decoding by re-running the plain forward over the growing sequence
     generated: list[int] = []
     for _ in range(steps):
-        positions = torch.cat([qpos, session.backend.text_positions(int(qpos[0, -1]) + 1, len(generated))], dim=1)
+        positions = torch.cat(
+            [qpos, session.backend.text_positions(int(qpos[0, -1]) + 1, len(generated))], dim=1
+        )
         logits, _ = reference_forward(session, frames, ids + generated, positions)
         if not generated:
             torch.testing.assert_close(first_logits(session, QUESTION), logits[-1], atol=ATOL, rtol=0)

@@ -28,7 +28,11 @@ class LlavaOnevisionBackend(Backend):
     default_chunk_frames = 1
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str, preprocess: LlavaPreprocess
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        name: str,
+        preprocess: LlavaPreprocess,
     ):
         super().__init__(model, tokenizer, name)
         self.preprocess = preprocess

@@ -19,7 +19,14 @@ from .base import Backend
 from .llava_onevision import LlavaOnevisionBackend
 from .preprocessing import llava_preprocess_for, qwen_preprocess_for
 from .qwen2_5_vl import Qwen25VLBackend
-from .tiny import TINY_LLAVA, TINY_MODELS, TINY_QWEN, build_tiny_model, build_tiny_tokenizer
+from .tiny import (
+    TINY_LLAVA,
+    TINY_MODELS,
+    TINY_QWEN,
+    build_tiny_model,
+    build_tiny_tokenizer,
+    tiny_processor_configs,
+)
 
 SUPPORTED = {
     "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
@@ -46,8 +53,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if dtype not in names:
         raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
     return names[dtype]
@@ -60,19 +73,25 @@ def load_backend(name: str, device=None, dtype=None, seed: int = 0) -> Backend:
     if name in TINY_MODELS:
         model = build_tiny_model(name, seed=seed).to(device=device, dtype=dtype)
         tokenizer = build_tiny_tokenizer()
-        processor_config: dict = {}
+        processor_config, video_config = tiny_processor_configs(name)
     else:
         model_class = SUPPORTED[_model_type(name)]
         try:
             model = model_class.from_pretrained(name, dtype=dtype).to(device).eval()
             tokenizer = AutoTokenizer.from_pretrained(name)
         except OSError as e:
-            raise ModelNotFoundError(f"cannot load the weights of model {name!r} ({_first_line(e)}); {_HINT}") from e
-        processor_config = _processor_config(name)
+            raise ModelNotFoundError(
+                f"cannot load the weights of model {name!r} ({_first_line(e)}); {_HINT}"
+            ) from e
+        processor_config = _json_file(name, "preprocessor_config.json")
+        video_config = _json_file(name, "video_preprocessor_config.json")
     if name == TINY_QWEN or model.config.model_type == "qwen2_5_vl":
-        return Qwen25VLBackend(model, tokenizer, name, qwen_preprocess_for(model.config, processor_config))
+        preprocess = qwen_preprocess_for(model.config, processor_config, video_config)
+        return Qwen25VLBackend(model, tokenizer, name, preprocess)
     if name == TINY_LLAVA or model.config.model_type == "llava_onevision":
-        return LlavaOnevisionBackend(model, tokenizer, name, llava_preprocess_for(model.config, processor_config))
+        return LlavaOnevisionBackend(
+            model, tokenizer, name, llava_preprocess_for(model.config, processor_config)
+        )
     raise AssertionError(f"no backend for {name}")  # _model_type already rejected it
 
 
@@ -93,13 +112,13 @@ def _model_type(name: str) -> str:
     return config.model_type
 
 
-def _processor_config(name: str) -> dict:
-    """The checkpoint's preprocessor_config.json as a dict ({} when it has none).
+def _json_file(name: str, filename: str) -> dict:
+    """A JSON file of the checkpoint as a dict ({} when it has none).
 
-    Read as JSON rather than through AutoImageProcessor, which may pick a torchvision
-    ("fast") processor that does not import everywhere.
+    Processor configs are read as JSON rather than through AutoImageProcessor, which may
+    pick a torchvision ("fast") processor that does not import everywhere.
     """
-    path = cached_file(name, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+    path = cached_file(name, filename, _raise_exceptions_for_missing_entries=False)
     return json.loads(Path(path).read_text()) if path else {}
 
 

@@ -1,35 +1,44 @@
-"""Build each family's frame preprocessing from its model and processor configs."""
+"""Build each family's frame preprocessing from its model and processor configs.
+
+Policy (the mechanism is in ``streamvlm.ingest.preprocess``):
+
+- patch geometry comes from the model's vision config: it is what the weights expect;
+- normalisation comes from the checkpoint's ``preprocessor_config.json``;
+- Qwen2.5-VL's per-frame pixel budget comes from ``video_preprocessor_config.json`` when
+  the checkpoint has one, else qwen-vl-utils' video budget (128-768 merged tokens per
+  temporal patch), not the image budget in ``preprocessor_config.json``: a stream is a
+  video, and the image budget would cost up to 1280 tokens per 2 frames.
+"""
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-from PIL import Image
+from collections.abc import Mapping
+
+from ..ingest.preprocess import (
+    QWEN_VIDEO_MAX_PIXELS,
+    QWEN_VIDEO_MIN_PIXELS,
+    LlavaOnevisionPreprocessor,
+    LlavaOnevisionSpec,
+    QwenPatchifier,
+    QwenVisionSpec,
+)
 
 
-def qwen_preprocess_for(model_config, processor_config: dict):
-    # TEMPORARY stand-in until streamvlm.ingest.preprocess lands.
-    v = model_config.vision_config
-    p, tp, m = v.patch_size, v.temporal_patch_size, v.spatial_merge_size
-    f = p * m
-
-    def run(frames):
-        h, w = frames[0].shape[:2]
-        h, w = max(f, round(h / f) * f), max(f, round(w / f) * f)
-        arr = np.stack([np.asarray(Image.fromarray(x).resize((w, h), Image.BICUBIC)) for x in frames])
-        x = torch.from_numpy(arr).float().div(255).permute(0, 3, 1, 2)
-        gt, gh, gw = len(frames) // tp, h // p, w // p
-        x = x.reshape(gt, tp, 3, gh // m, m, p, gw // m, m, p).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-        return x.reshape(gt * gh * gw, 3 * tp * p * p), (gt, gh, gw)
-
-    return run
+def qwen_preprocess_for(
+    model_config, processor_config: Mapping, video_config: Mapping | None = None
+) -> QwenPatchifier:
+    """The patchifier for a Qwen2.5-VL checkpoint (see the module docstring for where values come from)."""
+    budget = {"min_pixels": QWEN_VIDEO_MIN_PIXELS, "max_pixels": QWEN_VIDEO_MAX_PIXELS}
+    for key in budget:
+        if video_config and video_config.get(key):
+            budget[key] = int(video_config[key])
+    spec = QwenVisionSpec.from_config(model_config.vision_config, processor_config, **budget)
+    return QwenPatchifier(spec)
 
 
-def llava_preprocess_for(model_config, processor_config: dict):
-    s = model_config.vision_config.image_size
-
-    def run(frames):
-        arr = np.stack([np.asarray(Image.fromarray(x).resize((s, s), Image.BICUBIC)) for x in frames])
-        return torch.from_numpy(arr).float().div(255).sub(0.5).div(0.5).permute(0, 3, 1, 2)
-
-    return run
+def llava_preprocess_for(model_config, processor_config: Mapping) -> LlavaOnevisionPreprocessor:
+    """The frame preprocessor for a LLaVA-OneVision checkpoint: square frames of the tower's size."""
+    spec = LlavaOnevisionSpec.from_config(
+        model_config.vision_config, processor_config, image_size=model_config.vision_config.image_size
+    )
+    return LlavaOnevisionPreprocessor(spec)

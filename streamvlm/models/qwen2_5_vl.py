@@ -37,7 +37,11 @@ class Qwen25VLBackend(Backend):
     video_close = "<|vision_end|>"
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str, preprocess: QwenPreprocess
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        name: str,
+        preprocess: QwenPreprocess,
     ):
         super().__init__(model, tokenizer, name)
         vision = model.config.vision_config

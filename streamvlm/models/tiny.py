@@ -43,7 +43,9 @@ _TEXT = dict(
 
 def tiny_qwen_config() -> Qwen2_5_VLConfig:
     """Qwen2.5-VL layout at toy size: 2 LLM layers, GQA 4:2, head_dim 16, mRoPE 2/3/3."""
-    text = dict(_TEXT, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+    text = dict(
+        _TEXT, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    )
     vision = dict(
         depth=2,
         hidden_size=32,
@@ -91,6 +93,48 @@ def tiny_llava_config() -> LlavaOnevisionConfig:
     )
 
 
+def tiny_processor_configs(name: str) -> tuple[dict, dict]:
+    """(preprocessor_config, video_preprocessor_config) of a tiny model, as a checkpoint would ship them.
+
+    The Qwen per-frame budget is small (at most 64 merged tokens per temporal patch) so
+    CPU tests and demos stay quick; LLaVA frames are the tower's 112 px squares.
+    """
+    if name == TINY_QWEN:
+        processor = {
+            "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "min_pixels": 56 * 56,
+            "max_pixels": 28 * 28 * 1280,
+            "patch_size": 14,
+            "temporal_patch_size": 2,
+            "merge_size": 2,
+            "image_processor_type": "Qwen2VLImageProcessor",
+        }
+        video = {"min_pixels": 56 * 56, "max_pixels": 64 * 28 * 28}
+        return processor, video
+    processor = {
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "size": {"height": 112, "width": 112},
+        "image_processor_type": "LlavaOnevisionImageProcessor",
+    }
+    return processor, {}
+
+
+def save_tiny_checkpoint(name: str, directory, seed: int = 0) -> None:
+    """Write a tiny model as a release would look: config, safetensors, tokenizer, processor configs."""
+    import json
+    from pathlib import Path
+
+    directory = Path(directory)
+    build_tiny_model(name, seed=seed).save_pretrained(directory)
+    build_tiny_tokenizer().save_pretrained(directory)
+    processor, video = tiny_processor_configs(name)
+    (directory / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    if video:
+        (directory / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))
+
+
 def build_tiny_model(name: str, seed: int = 0) -> PreTrainedModel:
     """Build the named tiny model with weights drawn from ``seed`` (global RNG untouched)."""
     builders = {
@@ -106,4 +150,12 @@ def build_tiny_model(name: str, seed: int = 0) -> PreTrainedModel:
     return model.eval()
 
 
-__all__ = ["TINY_MODELS", "TINY_QWEN", "TINY_LLAVA", "build_tiny_model", "build_tiny_tokenizer"]
+__all__ = [
+    "TINY_LLAVA",
+    "TINY_MODELS",
+    "TINY_QWEN",
+    "build_tiny_model",
+    "build_tiny_tokenizer",
+    "save_tiny_checkpoint",
+    "tiny_processor_configs",
+]

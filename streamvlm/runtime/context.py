@@ -25,7 +25,9 @@ def new_kv_from_cache(cache, start: int) -> tuple[LayerKV, ...]:
 
     Cloned, so a block does not pin the whole (window-sized) cache tensor in memory.
     """
-    return tuple((layer.keys[0, :, start:].clone(), layer.values[0, :, start:].clone()) for layer in cache.layers)
+    return tuple(
+        (layer.keys[0, :, start:].clone(), layer.values[0, :, start:].clone()) for layer in cache.layers
+    )
 
 
 def recent_by_frames(metas: Sequence[BlockMeta], frames: int) -> list[BlockMeta]:

@@ -23,7 +23,9 @@ from .context import concat_layers, new_kv_from_cache, recent_by_frames
 from .decode import SamplingParams, TextStreamer, decode_tokens
 from .questions import validate_question
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant watching a live video. Answer questions about what you have seen."
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant watching a live video. Answer questions about what you have seen."
+)
 
 
 class Session:
@@ -169,7 +171,11 @@ class Session:
         metas = self.store.metas()
         if self.memory.answer_blocks is None:
             return metas
-        chosen = {m.id for m in metas[len(metas) - self.memory.answer_blocks :]} if self.memory.answer_blocks else set()
+        chosen = (
+            {m.id for m in metas[len(metas) - self.memory.answer_blocks :]}
+            if self.memory.answer_blocks
+            else set()
+        )
         chosen |= {m.id for m in recent_by_frames(metas, self.memory.window)}
         return [m for m in metas if m.id in chosen]
 
@@ -180,9 +186,7 @@ class Session:
             pass
         return stream.answer
 
-    def ask_stream(
-        self, question: str, *, blocks: list[BlockMeta] | None = None, **sampling
-    ) -> AnswerStream:
+    def ask_stream(self, question: str, *, blocks: list[BlockMeta] | None = None, **sampling) -> AnswerStream:
         """Like ``ask`` but iterate it for text deltas as tokens are produced; ``.answer`` holds the result.
 
         ``blocks`` overrides which blocks are attended (default ``answer_context()``).
@@ -268,7 +272,9 @@ class AnswerStream:
             text=streamer.text,
             asked_at=self.asked_at,
             blocks=refs,
-            timings=Timings(ttft_s=ttft, total_s=total, prefill_s=ttft, decode_s=total - ttft, new_tokens=len(tokens)),
+            timings=Timings(
+                ttft_s=ttft, total_s=total, prefill_s=ttft, decode_s=total - ttft, new_tokens=len(tokens)
+            ),
             token_ids=tokens,
             finish_reason="length" if len(tokens) == self.params.max_new_tokens else "stop",
         )
@@ -280,6 +286,8 @@ def _check_frame(rgb: object) -> None:
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise InvalidFrameError(f"a frame must be RGB with shape (H, W, 3), got {rgb.shape}")
     if rgb.dtype != np.uint8:
-        raise InvalidFrameError(f"a frame must be uint8 (0-255), got {rgb.dtype}; convert with .astype(np.uint8)")
+        raise InvalidFrameError(
+            f"a frame must be uint8 (0-255), got {rgb.dtype}; convert with .astype(np.uint8)"
+        )
     if rgb.shape[0] < 2 or rgb.shape[1] < 2:
         raise InvalidFrameError(f"a frame of {rgb.shape[1]}x{rgb.shape[0]} pixels is too small to encode")
