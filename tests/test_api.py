@@ -217,3 +217,18 @@ def test_llava_checkpoint_with_wrong_family_is_explained(tmp_path):
     ).save_pretrained(tmp_path)
     with pytest.raises(ModelNotFoundError, match="is a 'bert' model; streamvlm supports"):
         StreamVLM.from_pretrained(str(tmp_path))
+
+
+def test_text_streamer_holds_back_split_characters():
+    from streamvlm.models.tokenizer import build_tiny_tokenizer
+    from streamvlm.runtime.decode import TextStreamer
+
+    tokenizer = build_tiny_tokenizer()
+    text = "héllo → wörld ✓ 日本"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text.encode())  # byte-level: one token per byte
+    streamer = TextStreamer(tokenizer)
+    deltas = [streamer.push(i) for i in ids] + [streamer.finish()]
+    assert "".join(deltas) == text == streamer.text
+    assert all("\ufffd" not in d for d in deltas)
+    assert deltas[ids.index(195)] == ""  # first byte of 'é' alone prints nothing

@@ -95,26 +95,37 @@ def decode_tokens(
 
 
 class TextStreamer:
-    """Turns a growing list of token ids into text deltas, holding back split UTF-8."""
+    """Turns answer token ids into text deltas, holding back split UTF-8 characters.
+
+    Each push decodes only the last few tokens (from ``_prefix`` on): decoding the whole
+    answer per token would make streaming quadratic in the answer length.
+    """
 
     def __init__(self, tokenizer) -> None:
         self._tokenizer = tokenizer
         self._ids: list[int] = []
-        self._emitted = ""
+        self._prefix = 0  # tokens before this are settled and emitted
+        self._read = 0  # tokens before this have been emitted
 
     def push(self, token_id: int) -> str:
         self._ids.append(token_id)
-        text = self.text
-        if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
-            return ""
-        delta, self._emitted = text[len(self._emitted) :], text
-        return delta
+        settled = self._decode(self._ids[self._prefix : self._read])
+        current = self._decode(self._ids[self._prefix :])
+        if len(current) <= len(settled) or current.endswith("\ufffd"):
+            return ""  # nothing printable yet, or a multi-byte character is incomplete
+        self._prefix, self._read = self._read, len(self._ids)
+        return current[len(settled) :]
 
     def finish(self) -> str:
-        text = self.text
-        delta, self._emitted = text[len(self._emitted) :], text
-        return delta
+        """Whatever is still held back (an incomplete character decodes as U+FFFD)."""
+        settled = self._decode(self._ids[self._prefix : self._read])
+        current = self._decode(self._ids[self._prefix :])
+        self._prefix = self._read = len(self._ids)
+        return current[len(settled) :]
 
     @property
     def text(self) -> str:
-        return self._tokenizer.decode(self._ids, skip_special_tokens=True)
+        return self._decode(self._ids)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=True)
