@@ -1,4 +1,12 @@
-"""streamvlm: stream video into a vision-language model without end, ask about anything it has seen."""
+"""streamvlm: stream video into a vision-language model without end, ask about anything it has seen.
+
+The engine and session are imported on first use, so ``import streamvlm`` (and every
+``streamvlm`` command's start-up) does not pay for torch and transformers until a model
+is needed.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING
 
 from .config import MemoryConfig
 from .errors import (
@@ -10,11 +18,31 @@ from .errors import (
     StreamVLMError,
     VideoOpenError,
 )
-from .runtime.answer import Answer, BlockRef, SessionStats, Timings
-from .runtime.engine import StreamVLM
-from .runtime.session import Session
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "StreamVLM": "streamvlm.runtime.engine",
+    "Session": "streamvlm.runtime.session",
+    "Answer": "streamvlm.runtime.answer",
+    "BlockRef": "streamvlm.runtime.answer",
+    "SessionStats": "streamvlm.runtime.answer",
+    "Timings": "streamvlm.runtime.answer",
+}
+
+if TYPE_CHECKING:
+    from .runtime.answer import Answer, BlockRef, SessionStats, Timings
+    from .runtime.engine import StreamVLM
+    from .runtime.session import Session
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'streamvlm' has no attribute {name!r}")
+
 
 __all__ = [
     "Answer",

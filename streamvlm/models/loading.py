@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import torch
@@ -99,7 +100,7 @@ def _model_type(name: str) -> str:
     if Path(name).exists() and not (Path(name) / "config.json").is_file():
         raise ModelNotFoundError(f"{name!r} is not a model directory (no config.json in it); {_HINT}")
     try:
-        config = AutoConfig.from_pretrained(name)
+        config = _load_config(name)
     except (OSError, ValueError) as e:
         raise ModelNotFoundError(
             f"unknown model {name!r}: no local directory of that name and it could not be fetched from the "
@@ -110,6 +111,41 @@ def _model_type(name: str) -> str:
             f"model {name!r} is a {config.model_type!r} model; streamvlm supports {', '.join(SUPPORTED)}"
         )
     return config.model_type
+
+
+def _load_config(name: str):
+    """The model config from a local directory, the local hub cache, or the hub.
+
+    Without network huggingface_hub retries for ~25 s before it gives up; a name that is
+    neither local nor cached fails at once when the hub's host does not even resolve.
+    """
+    try:
+        return AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        if Path(name).exists() or not _hub_resolves():
+            raise
+    return AutoConfig.from_pretrained(name)
+
+
+def _hub_resolves(timeout_s: float = 2.0) -> bool:
+    """Whether the hub endpoint's host name resolves (offline mode counts as no)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as FutureTimeout
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(socket.getaddrinfo, host, 443).result(timeout=timeout_s)
+        return True
+    except (OSError, FutureTimeout):
+        return False
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _json_file(name: str, filename: str) -> dict:
