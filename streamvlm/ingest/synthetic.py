@@ -6,7 +6,7 @@ test can tell which source frame it got back after lossy coding.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -41,8 +41,10 @@ def write_video(
     rotation: int = 0,
     options: dict[str, str] | None = None,
     container_options: dict[str, str] | None = None,
+    draw: Callable[[int, int, int], np.ndarray] = pattern_frame,
 ) -> Path:
-    """Encode ``n_frames`` pattern frames to ``path`` and return the path.
+    """Encode ``n_frames`` frames drawn by ``draw(i, width, height)`` (default: the test
+    pattern) to ``path`` and return the path.
 
     ``times`` (seconds, one per frame) gives each frame its own PTS, which makes a
     variable-frame-rate file; without it frames are ``1/fps`` apart. ``rotation`` writes
@@ -51,8 +53,10 @@ def write_video(
     ``container_options`` to the muxer (e.g. ``{"movflags": "faststart"}``). With
     ``n_frames=0`` and an .avi name this writes a video stream with no frames (the mp4
     muxer drops empty tracks, Matroska readers reject a file with no clusters).
+    The encoder runs on one thread, so the output bytes depend only on the input.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if times is not None:
         n_frames = len(times)
     # A millisecond time base represents any test timestamp exactly enough (1 ms).
@@ -61,6 +65,7 @@ def write_video(
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
+        stream.codec_context.thread_count = 1
         # Both the muxer and the encoder get the fine time base: the encoder's default
         # (1/fps) would round variable-frame-rate timestamps onto the nominal grid.
         stream.time_base = time_base
@@ -75,7 +80,7 @@ def write_video(
         # Writes the header even when no frame follows (a valid zero-frame container).
         container.start_encoding()
         for i in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(pattern_frame(i, width, height), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(draw(i, width, height), format="rgb24")
             t = times[i] if times is not None else i / fps
             frame.pts = round(t / time_base)
             frame.time_base = time_base
