@@ -1,0 +1,530 @@
+"""Command line: ``streamvlm watch VIDEO`` and ``streamvlm info``.
+
+Exit codes: 0 ok; 2 bad input or configuration (any ``StreamVLMError`` and argument
+errors, printed as one ``error: ...`` line on stderr); 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import sys
+import time
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from .config import MemoryConfig
+from .errors import ConfigError, EmptyVideoError, InvalidQuestionError, StreamVLMError
+from .runtime.questions import validate_question
+
+# The model `streamvlm watch` uses when none is given. Tiny models have random weights:
+# they exercise the whole pipeline offline but their answers are noise.
+DEFAULT_MODEL = "tiny-qwen2.5-vl"
+DEFAULT_FPS = 1.0
+DEFAULT_MAX_NEW_TOKENS = 64
+QUIT_WORDS = {"quit", "exit", ":q"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake as one ``error:`` line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+@dataclass(frozen=True)
+class TimedQuestion:
+    """A question to ask once the stream has passed ``at`` seconds (``None``: at the end)."""
+
+    question: str
+    at: float | None
+
+
+def parse_ask_at(spec: str, max_chars: int) -> TimedQuestion:
+    """Parse ``SECONDS:QUESTION`` (e.g. ``12.5:what just happened?``)."""
+    head, sep, question = spec.partition(":")
+    try:
+        at = float(head)
+    except ValueError:
+        at = math.nan
+    if not sep or not math.isfinite(at) or at < 0:
+        raise ConfigError(
+            f"--ask-at takes SECONDS:QUESTION with SECONDS >= 0, e.g. '12.5:what happened?'; got {spec!r}"
+        )
+    return TimedQuestion(validate_question(question, max_chars), at)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="streamvlm",
+        description="Stream a video into a vision-language model and ask about what it has seen.",
+    )
+    parser.add_argument("--version", action="version", version=f"streamvlm {_streamvlm_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    w = sub.add_parser(
+        "watch",
+        help="stream a video file into a model, then answer questions",
+        description=(
+            "Stream VIDEO through a session, frame by frame, and answer questions about it. "
+            "--ask-at questions are asked when the stream reaches their time, --ask questions "
+            "at the end; with neither, questions are read from stdin after the stream."
+        ),
+    )
+    w.add_argument("video", metavar="VIDEO", help="video file (anything FFmpeg/PyAV decodes)")
+    w.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"model name, path or hub id (default: {DEFAULT_MODEL})"
+    )
+    w.add_argument(
+        "--fps",
+        type=float,
+        default=DEFAULT_FPS,
+        help=f"frames per second of stream time fed to the model (default: {DEFAULT_FPS:g})",
+    )
+    w.add_argument(
+        "--ask", action="append", default=[], metavar="Q", help="question to ask at the end (repeatable)"
+    )
+    w.add_argument(
+        "--ask-at",
+        action="append",
+        default=[],
+        metavar="SECONDS:Q",
+        help="question to ask once the stream reaches SECONDS (repeatable)",
+    )
+    w.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document on stdout and nothing else (no interactive prompt)",
+    )
+    w.add_argument(
+        "--window",
+        type=int,
+        default=MemoryConfig.window,
+        metavar="N",
+        help=f"frames of recent context each chunk attends to while encoding (default: {MemoryConfig.window})",
+    )
+    w.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        metavar="N",
+        help=f"longest answer in tokens (default: {DEFAULT_MAX_NEW_TOKENS})",
+    )
+    w.add_argument(
+        "--device",
+        default=None,
+        help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available, else cpu)",
+    )
+    w.add_argument(
+        "--dtype",
+        default=None,
+        help="float32, float16 or bfloat16 (default: bfloat16 on CUDA, float32 on CPU)",
+    )
+    w.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: on when stderr is a terminal)",
+    )
+    w.set_defaults(func=cmd_watch)
+
+    i = sub.add_parser(
+        "info",
+        help="versions, video decoders, faiss and devices",
+        description="Show versions, which video decoders and faiss import, and the devices torch sees.",
+    )
+    i.add_argument("--json", action="store_true", help="print as JSON")
+    i.set_defaults(func=cmd_info)
+    return parser
+
+
+# --------------------------------------------------------------------------- watch
+
+
+def _plain(obj: Any) -> Any:
+    """A JSON-ready copy of a dataclass / object with attributes / mapping."""
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _plain(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "__dict__"):
+        return {k: _plain(v) for k, v in vars(obj).items() if not k.startswith("_")}
+    return str(obj)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _sampled_frames(source, fps: float) -> Iterator:
+    from .ingest import Sampler
+
+    return iter(Sampler(fps=fps).sample(source))
+
+
+class _Progress:
+    """tqdm bar on stderr: frames fed, stream time, real-time factor, bytes held."""
+
+    def __init__(self, enabled: bool, total: int | None):
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=total, unit="frame", file=sys.stderr, disable=not enabled, dynamic_ncols=True, desc="watch"
+        )
+        self._last = 0.0
+
+    def update(self, session, stream_t: float, wall_s: float, n: int = 1, force: bool = False) -> None:
+        self.bar.update(n)
+        now = time.monotonic()
+        if self.bar.disable or (not force and now - self._last < 0.25):
+            return
+        self._last = now
+        held = sum(session.stats().bytes_per_tier.values())
+        rtf = stream_t / wall_s if wall_s > 0 else 0.0
+        self.bar.set_postfix_str(f"t={stream_t:.1f}s rtf={rtf:.2f}x held={_human_bytes(held)}", refresh=True)
+
+    def write(self, text: str, file: TextIO) -> None:
+        from tqdm import tqdm
+
+        if self.bar.disable:
+            print(text, file=file, flush=True)
+        else:
+            tqdm.write(text, file=file)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _printable(text: str) -> str:
+    """Escape control characters (a random-weight model emits any byte) so they cannot
+    drive the terminal; newlines and tabs stay."""
+    return "".join(
+        c if c in "\n\t" or unicodedata.category(c) != "Cc" else c.encode("unicode_escape").decode()
+        for c in text
+    )
+
+
+def _format_answer(answer, at: float | None = None) -> str:
+    t = answer.asked_at if at is None else at
+    head = f"[{t:.1f}s] "
+    return f"{head}Q: {answer.question}\n{' ' * len(head)}A: {_printable(answer.text.strip())}"
+
+
+def _answer_record(answer, kind: str, requested_at: float | None) -> dict:
+    record = _plain(answer.to_dict())
+    record["kind"] = kind
+    record["requested_at"] = requested_at
+    return record
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    # Everything is checked before streaming starts, cheapest first: options and
+    # questions, then the video (opened and probed), then the model.
+    memory = MemoryConfig(window=args.window)
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        raise ConfigError(f"--fps must be > 0, got {args.fps}")
+    at_end = [TimedQuestion(validate_question(q, memory.max_question_chars), None) for q in args.ask]
+    timed = sorted((parse_ask_at(s, memory.max_question_chars) for s in args.ask_at), key=lambda q: q.at)
+    interactive = not at_end and not timed and not args.json
+
+    from .ingest import FileSource
+
+    video = Path(args.video)
+    source = FileSource(video)
+    info = source.info  # probed at construction: a missing or unreadable file has failed already
+
+    from . import StreamVLM
+    from .runtime.decode import SamplingParams
+
+    SamplingParams(max_new_tokens=args.max_new_tokens)  # raises ConfigError when out of range
+    kwargs = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
+    engine = StreamVLM.from_pretrained(args.model, **kwargs)
+    session = engine.new_session(memory=memory)
+
+    duration = getattr(info, "duration", None)
+    total = max(1, math.ceil(duration * args.fps)) if duration else None
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    progress = _Progress(show, total)
+    out = sys.stdout
+    records: list[dict] = []
+
+    def ask(q: TimedQuestion, kind: str) -> None:
+        answer = session.ask(q.question, max_new_tokens=args.max_new_tokens)
+        records.append(_answer_record(answer, kind, q.at))
+        if not args.json:
+            progress.write(_format_answer(answer), out)
+
+    pending = list(timed)
+    frames = 0
+    stream_t = 0.0
+    start = time.perf_counter()
+    try:
+        for frame in _sampled_frames(source, args.fps):
+            # An --ask-at question is asked before the first frame later than its time.
+            while pending and frame.t > pending[0].at:
+                ask(pending.pop(0), "ask-at")
+            session.add_frame(frame.rgb, t=frame.t)
+            frames += 1
+            stream_t = frame.t
+            progress.update(session, stream_t, time.perf_counter() - start)
+        session.flush()
+        stream_wall = time.perf_counter() - start
+        progress.update(session, stream_t, stream_wall, n=0, force=True)
+    finally:
+        progress.close()
+    if frames == 0:
+        raise EmptyVideoError(f"{video}: no frame was decoded at --fps {args.fps:g}")
+    skipped = getattr(source, "decode_errors", 0) or 0
+    if skipped:
+        print(
+            f"warning: {skipped} packet(s) of {video} could not be decoded and were skipped", file=sys.stderr
+        )
+    if not args.json:
+        stats = session.stats()
+        held = sum(stats.bytes_per_tier.values())
+        rtf = stream_t / stream_wall if stream_wall > 0 else 0.0
+        print(
+            f"watched {frames} frames, {stream_t:.1f}s of stream in {stream_wall:.1f}s "
+            f"({rtf:.2f}x real time); {stats.blocks} blocks, {_human_bytes(held)} held",
+            file=sys.stderr,
+            flush=True,
+        )
+    for q in pending:  # times past the end of the video: asked once the whole video is in
+        ask(q, "ask-at")
+    for q in at_end:
+        ask(q, "ask")
+
+    if interactive:
+        _interactive(session, args.max_new_tokens, memory.max_question_chars, stream_t)
+
+    if args.json:
+        stats = session.stats()
+        backend = getattr(engine, "backend", None)
+        doc = {
+            "model": args.model,
+            "device": str(getattr(backend, "device", args.device)),
+            "dtype": str(getattr(backend, "dtype", args.dtype)).removeprefix("torch."),
+            "video": {"path": str(video), **_plain(info)},
+            "decoder": {
+                "backend": getattr(info, "backend", None),
+                "codec": getattr(info, "codec", None),
+                "decode_errors": skipped,
+            },
+            "sampling": {"fps": args.fps, "frames_fed": frames},
+            "stream_s": stream_t,
+            "wall_s": round(stream_wall, 4),
+            "realtime_factor": round(stream_t / stream_wall, 4) if stream_wall > 0 else None,
+            "answers": records,
+            "stats": _plain(stats.to_dict()),
+        }
+        json.dump(doc, out, indent=2)
+        out.write("\n")
+    return 0
+
+
+def _interactive(session, max_new_tokens: int, max_chars: int, stream_t: float) -> None:
+    """Read questions from stdin until EOF, an empty line or `quit`; stream each answer.
+
+    On a terminal it prompts (with line editing where ``readline`` exists); from a pipe
+    it echoes each question before its answer so the output reads on its own.
+    """
+    tty = sys.stdin.isatty() and sys.stdout.isatty()
+    if tty:
+        try:
+            import readline  # noqa: F401  (gives input() line editing and history)
+        except ImportError:
+            pass
+        print("Ask about the video (an empty line, 'quit' or Ctrl-D ends).", file=sys.stderr)
+    head = f"[{stream_t:.1f}s] "
+    while True:
+        if tty:
+            try:
+                line = input("? ")
+            except EOFError:
+                print()
+                return
+        else:
+            line = sys.stdin.readline()
+            if not line:
+                return
+        question = line.strip()
+        if not question or question.lower() in QUIT_WORDS:
+            return
+        try:
+            question = validate_question(question, max_chars)
+        except InvalidQuestionError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            continue
+        if tty:
+            print(f"{head}A: ", end="", flush=True)
+        else:
+            print(f"{head}Q: {question}\n{' ' * len(head)}A: ", end="", flush=True)
+        for delta in session.ask_stream(question, max_new_tokens=max_new_tokens):
+            print(_printable(delta), end="", flush=True)
+        print(flush=True)
+
+
+# ---------------------------------------------------------------------------- info
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def _try_import(module: str) -> tuple[Any, str | None]:
+    import importlib
+
+    try:
+        return importlib.import_module(module), None
+    except Exception as e:
+        return None, f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def _streamvlm_version() -> str:
+    return _version("streamvlm") or "unknown (not installed)"
+
+
+def collect_info() -> dict:
+    info: dict[str, Any] = {
+        "versions": {
+            "streamvlm": _streamvlm_version(),
+            "python": f"{platform.python_version()} ({platform.python_implementation()}, {platform.system()} {platform.machine()})",
+        },
+        "decoders": {},
+        "faiss": {},
+        "devices": [],
+    }
+    versions = info["versions"]
+    torch, err = _try_import("torch")
+    versions["torch"] = torch.__version__ if torch else f"not importable ({err})"
+    for name in ("transformers", "numpy"):
+        mod, err = _try_import(name)
+        versions[name] = getattr(mod, "__version__", "?") if mod else f"not importable ({err})"
+
+    av, err = _try_import("av")
+    versions["av"] = getattr(av, "__version__", "?") if av else _version("av") or "not installed"
+    ffmpeg = None
+    if av is not None:
+        try:
+            ffmpeg = ".".join(str(x) for x in av.library_versions["libavcodec"])
+        except Exception:
+            ffmpeg = None
+    info["decoders"]["pyav"] = {"ok": av is not None, "error": err, "libavcodec": ffmpeg}
+
+    decord, err = _try_import("decord")
+    versions["decord"] = getattr(decord, "__version__", None) or _version("decord") or "not installed"
+    info["decoders"]["decord"] = {"ok": decord is not None, "error": err}
+
+    faiss, err = _try_import("faiss")
+    versions["faiss"] = (
+        getattr(faiss, "__version__", None)
+        or _version("faiss-cpu")
+        or _version("faiss-gpu-cu12")
+        or "not installed"
+    )
+    gpus = 0
+    if faiss is not None and hasattr(faiss, "get_num_gpus"):
+        try:
+            gpus = int(faiss.get_num_gpus())
+        except Exception:
+            gpus = 0
+    info["faiss"] = {"ok": faiss is not None, "error": err, "gpus": gpus}
+
+    import os
+
+    info["devices"].append(
+        {"device": "cpu", "name": platform.processor() or platform.machine(), "threads": os.cpu_count()}
+    )
+    if torch is not None:
+        try:
+            if torch.cuda.is_available():
+                for d in range(torch.cuda.device_count()):
+                    props = torch.cuda.get_device_properties(d)
+                    info["devices"].append(
+                        {
+                            "device": f"cuda:{d}",
+                            "name": props.name,
+                            "memory_gib": round(props.total_memory / 2**30, 1),
+                        }
+                    )
+            mps = getattr(torch.backends, "mps", None)
+            if mps is not None and mps.is_available():
+                info["devices"].append({"device": "mps", "name": "Apple Metal"})
+        except Exception as e:
+            info["devices"].append({"device": "cuda", "error": str(e).splitlines()[0]})
+        info["cuda_available"] = bool(torch.cuda.is_available())
+    return info
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = collect_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+
+    def status(d: dict) -> str:
+        return "ok" if d["ok"] else f"unavailable ({d['error']})"
+
+    rows: list[tuple[str, str]] = list(info["versions"].items()) + [("", "")]
+    for name, d in info["decoders"].items():
+        extra = f" (libavcodec {d['libavcodec']})" if d.get("libavcodec") else ""
+        rows.append((f"decoder {name}", status(d) + extra))
+    f = info["faiss"]
+    rows.append(("faiss", status(f) + (f", {f['gpus']} GPU(s) visible to faiss" if f["ok"] else "")))
+    rows.append(("", ""))
+    for d in info["devices"]:
+        if "error" in d:
+            rows.append((f"device {d['device']}", f"error: {d['error']}"))
+        elif "threads" in d:
+            rows.append((f"device {d['device']}", f"{d['name']} ({d['threads']} threads)"))
+        elif "memory_gib" in d:
+            rows.append((f"device {d['device']}", f"{d['name']} ({d['memory_gib']} GiB)"))
+        else:
+            rows.append((f"device {d['device']}", d["name"]))
+    if not info.get("cuda_available", False):
+        rows.append(("device cuda", "not available"))
+    width = max(len(k) for k, _ in rows) + 2
+    for k, v in rows:
+        print(f"{k:<{width}}{v}".rstrip())
+    return 0
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except StreamVLMError as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

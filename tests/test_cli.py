@@ -1,0 +1,325 @@
+"""The `streamvlm` command line, run as a real subprocess (`python -m streamvlm.cli`).
+
+Tiny random-weight models on CPU, a few frames per second of stream: the answers are
+noise, what is tested is the plumbing (timing of questions, output formats, errors).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from streamvlm.cli import DEFAULT_MODEL, TimedQuestion, _interactive, _printable, main, parse_ask_at
+from streamvlm.errors import ConfigError, InvalidQuestionError
+from streamvlm.samples import write_video
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_VIDEOS = REPO_ROOT.parent / "shared" / "videos"
+
+MAX_NEW_TOKENS = "4"
+
+
+def run_cli(*args: str, stdin: str = "", timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, "-m", "streamvlm.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+
+
+def assert_cli_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert proc.stdout == ""
+
+
+# Every process pays several seconds importing torch and transformers before it does
+# anything, so the file's CLI runs are started together, up front, and the tests below
+# read their results: on 2 cores this halves the file's time.
+ERROR_CASES = {  # name: (video, extra args, fragment of the error line)
+    "missing": ("missing.mp4", [], "no such file"),
+    "not-a-video": ("notes.mp4", [], "cannot open"),
+    "truncated": ("truncated.mp4", [], "truncated.mp4"),
+    "empty-question": ("SAMPLE", ["--ask", ""], "question is empty"),
+    "long-question": ("SAMPLE", ["--ask", "why? " * 500], "over the limit"),
+    "unknown-model": ("SAMPLE", ["--model", "no-such-model"], "no-such-model"),
+    "bad-ask-at": ("SAMPLE", ["--ask-at", "soon:what?"], "--ask-at"),
+}
+TOO_LONG = "x" * 3000
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, sample_video):
+    """``runs[name]`` is the ``CompletedProcess`` of one CLI run, all started concurrently."""
+    tmp = tmp_path_factory.mktemp("cli")
+    clip4s = write_video(tmp / "clip4s.mp4", num_frames=32, width=96, height=64, fps=8.0)
+    clip2s = write_video(tmp / "clip2s.mp4", num_frames=16, width=64, height=48, fps=8.0)
+    clip1s = write_video(tmp / "clip1s.mp4", num_frames=8, width=64, height=48, fps=8.0)
+    data = sample_video.read_bytes()
+    (tmp / "notes.mp4").write_text("not a video\n")
+    (tmp / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    watch = ("watch", "--max-new-tokens", MAX_NEW_TOKENS)
+
+    cases: dict[str, tuple[tuple[str, ...], str]] = {}  # name: (args, stdin), slowest first
+    pancake = SHARED_VIDEOS / "flipping_a_pancake.mkv"
+    if pancake.is_file():
+        cases["pancake"] = (
+            (*watch, str(pancake), "--json", "--fps", "2", "--ask", "what is being cooked?"),
+            "",
+        )
+    cases["json"] = (
+        (
+            *watch, str(sample_video), "--json", "--fps", "2",
+            "--ask-at", "12.5:what just came in from the right?",
+            "--ask-at", "4:what is moving?",
+            "--ask", "what happened in the whole video?",
+        ),
+        "",
+    )  # fmt: skip
+    cases["text"] = (
+        (
+            *watch,
+            str(clip4s),
+            "--fps",
+            "2",
+            "--ask-at",
+            "1:what is there?",
+            "--ask",
+            "and now?",
+            "--progress",
+        ),
+        "",
+    )
+    cases["interactive-empty-line"] = (
+        (*watch, str(clip2s), "--fps", "2"),
+        "what do you see?\n   \nnever asked\n",
+    )
+    cases["interactive-eof"] = ((*watch, str(clip1s), "--fps", "4"), f"first?\n{TOO_LONG}\nlast?")
+    cases["info"] = (("info",), "")
+    for name, (video, extra, _) in ERROR_CASES.items():
+        path = str(sample_video) if video == "SAMPLE" else str(tmp / video)
+        cases[f"error-{name}"] = (("watch", path, *extra, "--ask-at", "1:still valid?"), "")
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {name: pool.submit(run_cli, *args, stdin=stdin) for name, (args, stdin) in cases.items()}
+        yield {name: future.result() for name, future in futures.items()}
+
+
+def parse_json(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return json.loads(proc.stdout)  # stdout holds one JSON document and nothing else
+
+
+# ----------------------------------------------------------------- end to end
+
+
+def test_watch_json_with_timed_and_final_questions(runs, sample_video):
+    doc = parse_json(runs["json"])
+    assert doc["model"] == DEFAULT_MODEL
+    assert doc["video"]["path"] == str(sample_video)
+    assert doc["video"]["width"] == 320 and doc["video"]["height"] == 240
+    assert doc["decoder"]["backend"] in ("pyav", "decord")
+    assert doc["decoder"]["decode_errors"] == 0
+
+    early, late, final = doc["answers"]  # --ask-at in time order, then --ask
+    assert [a["kind"] for a in doc["answers"]] == ["ask-at", "ask-at", "ask"]
+    assert early["question"] == "what is moving?" and early["requested_at"] == 4
+    # Asked before the first frame later than the requested time: at 2 fps the last
+    # frame seen is at most the requested time and less than half a second before it.
+    for answer in (early, late):
+        assert answer["requested_at"] - 0.5 < answer["asked_at"] <= answer["requested_at"]
+    assert late["requested_at"] == 12.5
+    assert final["requested_at"] is None
+    assert final["asked_at"] == pytest.approx(doc["stats"]["stream_time"])
+    assert final["asked_at"] > 19
+    for answer in doc["answers"]:
+        assert isinstance(answer["text"], str)
+        assert 1 <= answer["timings"]["new_tokens"] <= int(MAX_NEW_TOKENS)
+        assert answer["timings"]["total_s"] >= answer["timings"]["ttft_s"] >= 0
+        assert answer["blocks"], "an answer attends to the blocks seen so far"
+        assert max(b["t_end"] for b in answer["blocks"]) <= answer["asked_at"]
+    assert len(early["blocks"]) < len(final["blocks"])
+
+    stats = doc["stats"]
+    assert stats["frames_seen"] == doc["sampling"]["frames_fed"] == 40
+    assert stats["blocks"] >= 1 and sum(stats["bytes_per_tier"].values()) > 0
+    assert doc["realtime_factor"] > 0
+
+
+def test_watch_real_footage_json(runs, pancake_video):
+    doc = parse_json(runs["pancake"])
+    assert doc["video"]["width"] == 426 and doc["video"]["height"] == 240
+    assert doc["video"]["duration"] == pytest.approx(310 / 30, abs=0.2)
+    assert doc["stats"]["frames_seen"] == doc["sampling"]["frames_fed"]
+    assert 19 <= doc["stats"]["frames_seen"] <= 22  # 10.3 s at 2 fps
+    (answer,) = doc["answers"]
+    assert answer["question"] == "what is being cooked?"
+    assert answer["asked_at"] == pytest.approx(doc["stats"]["stream_time"])
+
+
+def test_watch_text_output_and_progress(runs):
+    proc = runs["text"]
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert out[0] == "[1.0s] Q: what is there?"
+    assert out[1].lstrip().startswith("A:")
+    assert out[2] == "[3.5s] Q: and now?"
+    assert out[3].lstrip().startswith("A:")
+    assert "frame" in proc.stderr and "rtf=" in proc.stderr and "held=" in proc.stderr
+    assert "watched 8 frames" in proc.stderr
+
+
+def test_watch_interactive_reads_questions_until_an_empty_line(runs):
+    proc = runs["interactive-empty-line"]
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("Q: ") == 1
+    assert "[1.5s] Q: what do you see?" in proc.stdout
+    assert "never asked" not in proc.stdout
+
+
+def test_watch_interactive_ends_at_eof_and_reports_bad_questions(runs):
+    proc = runs["interactive-eof"]
+    assert proc.returncode == 0, proc.stderr  # EOF without a newline ends the session too
+    assert proc.stdout.count("Q: ") == 2
+    assert "Q: first?" in proc.stdout and "Q: last?" in proc.stdout
+    assert "error: question is 3000 characters" in proc.stderr  # reported, and the prompt goes on
+
+
+class FakeSession:
+    def __init__(self):
+        self.asked = []
+
+    def ask_stream(self, question, max_new_tokens):
+        self.asked.append(question)
+        yield from ("an ", "answer")
+
+
+@pytest.mark.parametrize("word", ["quit", "exit", "QUIT"])
+def test_interactive_stops_at_quit(monkeypatch, capsys, word):
+    session = FakeSession()
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"one?\n{word}\nnever?\n"))
+    _interactive(session, max_new_tokens=4, max_chars=100, stream_t=2.0)
+    assert session.asked == ["one?"]
+    assert capsys.readouterr().out == "[2.0s] Q: one?\n       A: an answer\n"
+
+
+def test_info(runs):
+    proc = runs["info"]
+    assert proc.returncode == 0, proc.stderr
+    for name in ("streamvlm", "python", "torch", "transformers", "numpy", "av", "decord", "faiss"):
+        assert any(line.split()[:1] == [name] for line in proc.stdout.splitlines()), name
+    assert "decoder pyav" in proc.stdout and "device cpu" in proc.stdout
+
+
+# --------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("name", list(ERROR_CASES))
+def test_bad_input_is_one_error_line_and_exit_2(runs, name):
+    assert_cli_error(runs[f"error-{name}"], ERROR_CASES[name][2])
+
+
+def run_main(argv: list[str], capfd) -> subprocess.CompletedProcess:
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse exits itself
+        code = e.code
+    out, err = capfd.readouterr()  # fd level: FFmpeg's own log lines would show up too
+    return subprocess.CompletedProcess(argv, code, out, err)
+
+
+def test_questions_are_checked_before_the_video_is_opened(tmp_path, capfd):
+    # The question is reported although the video is missing too: nothing was opened yet.
+    assert_cli_error(
+        run_main(["watch", str(tmp_path / "missing.mp4"), "--ask", ""], capfd), "question is empty"
+    )
+
+
+def test_usage_errors_exit_2(capfd):
+    assert_cli_error(run_main(["watch"], capfd), "VIDEO")
+    assert_cli_error(run_main(["frobnicate"], capfd), "frobnicate")
+    assert_cli_error(run_main(["watch", "x.mp4", "--fps", "two"], capfd), "--fps")
+
+
+@pytest.fixture
+def bad_files(tmp_path, sample_video):
+    data = sample_video.read_bytes()
+    (tmp_path / "header.mp4").write_bytes(bytes(64) + data[64:])
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("video", "extra", "fragment"),
+    [
+        ("header.mp4", [], "header.mp4"),
+        ("SAMPLE", ["--ask", "  \n "], "question is empty"),
+        ("SAMPLE", ["--ask-at", "12.5"], "--ask-at"),
+        ("SAMPLE", ["--ask-at", "-3:what?"], "--ask-at"),
+        ("SAMPLE", ["--ask-at", "3:"], "question is empty"),
+        ("SAMPLE", ["--fps", "0"], "--fps"),
+        ("SAMPLE", ["--window", "-1"], "window"),
+        ("SAMPLE", ["--max-new-tokens", "0"], "max_new_tokens"),
+        ("SAMPLE", ["--dtype", "int3"], "dtype"),
+    ],
+)
+def test_bad_input_in_process(bad_files, sample_video, capfd, video, extra, fragment):
+    """More bad input, through ``main()`` in this process (same code path, no process start)."""
+    path = str(sample_video) if video == "SAMPLE" else str(bad_files / video)
+    assert_cli_error(run_main(["watch", path, *extra, "--ask", "valid?"], capfd), fragment)
+
+
+# ---------------------------------------------------------- parsing, in process
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("12.5:what?", TimedQuestion("what?", 12.5)),
+        ("0:  at the start? ", TimedQuestion("at the start?", 0.0)),
+        ("3:what time is it: now?", TimedQuestion("what time is it: now?", 3.0)),
+    ],
+)
+def test_parse_ask_at(spec, expected):
+    assert parse_ask_at(spec, max_chars=100) == expected
+
+
+@pytest.mark.parametrize("spec", ["", "12", ":what?", "x:what?", "nan:what?", "inf:what?", "-1:what?"])
+def test_parse_ask_at_rejects_bad_times(spec):
+    with pytest.raises(ConfigError, match="SECONDS:QUESTION"):
+        parse_ask_at(spec, max_chars=100)
+
+
+def test_parse_ask_at_checks_the_question():
+    with pytest.raises(InvalidQuestionError):
+        parse_ask_at("1:" + "x" * 101, max_chars=100)
+
+
+def test_interrupt_exits_130(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("streamvlm.cli.cmd_info", interrupted)
+    assert main(["info"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_control_characters_in_answers_are_escaped():
+    assert _printable("a\x1b[31mb\n\tc\u00e9\x00") == "a\\x1b[31mb\n\tc\u00e9\\x00"
