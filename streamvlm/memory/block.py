@@ -25,6 +25,10 @@ class BlockMeta:
     positions: torch.Tensor  # [position_dims, tokens] position of every kept token (CPU, long)
     kept: torch.Tensor  # [tokens seen] bool, which of the chunk's tokens were kept
     codec: str = "identity"
+    # [layers, kv_heads * head_dim] float32: mean de-rotated key per KV head, for retrieval.
+    # Computed from the full-precision keys when the block is made, so it does not
+    # depend on how a tier encodes the block.
+    summary: torch.Tensor | None = None
 
     @property
     def tokens(self) -> int:
@@ -58,3 +62,23 @@ class Block:
                     f"block {self.meta.id}: KV shapes {tuple(k.shape)}/{tuple(v.shape)} do not match "
                     f"{self.meta.tokens} positions"
                 )
+
+
+@dataclass(frozen=True)
+class StoredBlock:
+    """A block as a host or disk tier holds it: JSON metadata and named CPU tensors.
+
+    What the tensors are (raw KV, packed quantized codes, scales) is the codec's business;
+    tiers only store, move and checksum them. ``meta["id"]`` is the block id.
+    """
+
+    meta: dict
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def id(self) -> int:
+        return int(self.meta["id"])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())

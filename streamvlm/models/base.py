@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from .attention import attention_implementation
+
 # One layer's KV as the runtime keeps it: keys (after RoPE) and values, each
 # [kv_heads, tokens, head_dim].
 LayerKV = tuple[torch.Tensor, torch.Tensor]
@@ -153,14 +155,63 @@ class Backend(ABC):
         The new tokens' KV is appended to ``cache``. With ``attention_mask`` None every
         cached slot is visible and the new tokens are causal among themselves.
         """
-        out = self.language_model(
-            inputs_embeds=embeds[None].to(self.dtype),
-            position_ids=self.model_position_ids(positions.to(self.device)),
-            past_key_values=cache,
-            attention_mask=attention_mask,
-            use_cache=True,
-        )
+        with attention_implementation(self.language_model.config):
+            out = self.language_model(
+                inputs_embeds=embeds[None].to(self.dtype),
+                position_ids=self.model_position_ids(positions.to(self.device)),
+                past_key_values=cache,
+                attention_mask=attention_mask,
+                use_cache=True,
+            )
         return out.last_hidden_state[0]
+
+    @torch.inference_mode()
+    def question_queries(
+        self, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
+    ) -> torch.Tensor:
+        """Prefill ``embeds`` and return each layer's mean pre-RoPE query per KV head: [layers, kv_heads * head_dim].
+
+        Query heads are averaged within their GQA group, so the vectors live in the same
+        space as the (de-rotated) keys of that KV head. Captured from ``q_proj``, whose
+        output is the query before rotation.
+        """
+        captured: list[torch.Tensor] = [None] * self.num_layers
+        groups = self.model.config.get_text_config().num_attention_heads // self.num_kv_heads
+
+        def hook(index):
+            def save(_module, _inputs, output):
+                heads = output[0].float().view(output.shape[1], self.num_kv_heads, groups, self.head_dim)
+                captured[index] = heads.mean(dim=(0, 2)).flatten()
+
+            return save
+
+        handles = [
+            layer.self_attn.q_proj.register_forward_hook(hook(i))
+            for i, layer in enumerate(self.language_model.layers)
+        ]
+        try:
+            self.forward(embeds, positions, cache)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return torch.stack(captured)
+
+    # ----- rotary position embedding -------------------------------------------
+
+    @torch.inference_mode()
+    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's own (cos, sin) for ``positions`` [position_dims, T]: each [T, head_dim], float32."""
+        probe = torch.empty(0, device=self.device, dtype=torch.float32)
+        cos, sin = self.language_model.rotary_emb(probe, self.model_position_ids(positions.to(self.device)))
+        return cos[0].float(), sin[0].float()
+
+    def derotate_keys(self, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Undo RoPE on cached keys [kv_heads, T, head_dim] (float32 result)."""
+        return rotate(keys, *self.rotary(positions), inverse=True)
+
+    def rotate_keys(self, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Apply RoPE for ``positions`` to pre-RoPE keys [kv_heads, T, head_dim], in the keys' dtype."""
+        return rotate(keys, *self.rotary(positions)).to(keys.dtype)
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -168,7 +219,18 @@ class Backend(ABC):
         return self.model.lm_head(hidden).float()
 
     def new_cache(self, layers: Sequence[LayerKV] | None = None) -> DynamicCache:
-        """A transformers cache holding ``layers`` (or empty), batch dimension added."""
+        """A transformers cache holding ``layers`` (or empty), batch dimension added.
+
+        Layers may hold different numbers of slots (per-layer retrieval).
+        """
         if not layers:
             return DynamicCache(config=self.model.config.get_text_config())
         return DynamicCache(ddp_cache_data=[(k[None], v[None]) for k, v in layers])
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """RoPE in the rotate-half layout transformers uses, in float32; ``inverse`` rotates back."""
+    x = x.float()
+    half = x.shape[-1] // 2
+    rotated_half = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos - rotated_half * sin if inverse else x * cos + rotated_half * sin

@@ -1,0 +1,69 @@
+"""Which block leaves a full tier. Policies decide; tiers only store and move.
+
+A policy sees each candidate's id, size and last use and returns victims in eviction
+order; the tier mechanism (``TieredStore``) moves them. Block ids grow with stream
+time, so "oldest" is "smallest id".
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A block a tier could give up."""
+
+    id: int
+    nbytes: int
+    last_used: int  # a logical clock: larger is more recent (written or retrieved)
+
+
+class EvictionPolicy(ABC):
+    name: str
+
+    @abstractmethod
+    def order(self, candidates: Sequence[Candidate]) -> list[int]:
+        """Candidate ids, first to leave first."""
+
+    def victims(self, candidates: Sequence[Candidate], bytes_to_free: int) -> list[int]:
+        """The shortest prefix of ``order`` that frees at least ``bytes_to_free``."""
+        size = {c.id: c.nbytes for c in candidates}
+        chosen, freed = [], 0
+        for block_id in self.order(candidates):
+            if freed >= bytes_to_free:
+                break
+            chosen.append(block_id)
+            freed += size[block_id]
+        return chosen
+
+
+class OldestFirst(EvictionPolicy):
+    """Stream age: the block seen longest ago leaves first (the default)."""
+
+    name = "age"
+
+    def order(self, candidates):
+        return sorted(c.id for c in candidates)
+
+
+class LeastRecentlyUsed(EvictionPolicy):
+    """The block written or retrieved longest ago leaves first; ties go to the older block."""
+
+    name = "lru"
+
+    def order(self, candidates):
+        return [c.id for c in sorted(candidates, key=lambda c: (c.last_used, c.id))]
+
+
+POLICIES: dict[str, type[EvictionPolicy]] = {"age": OldestFirst, "lru": LeastRecentlyUsed}
+
+
+def get_policy(name: str) -> EvictionPolicy:
+    if name not in POLICIES:
+        raise ConfigError(f"unknown eviction policy {name!r}; choose one of {', '.join(POLICIES)}")
+    return POLICIES[name]()

@@ -1,0 +1,159 @@
+"""The hierarchical block store: device (short-term) -> host (mid-term) -> disk (long-term).
+
+Mechanism only: byte budgets are hard, and *which* block moves when a tier is full is
+asked of an ``EvictionPolicy``. With a disk tier every block is written through to disk
+when it is created, so the device and host tiers are caches of it: moving a block out of
+host RAM costs nothing, and a crash loses only what was not yet flushed to disk. Without
+a disk tier, a block pushed out of host RAM is gone (counted in ``dropped_blocks``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable
+
+import torch
+
+from .block import Block, BlockMeta, StoredBlock
+from .codec import Codec
+from .policy import Candidate, EvictionPolicy
+from .store import BlockStore
+from .tiers import MemoryTier, pin
+
+
+class TieredStore(BlockStore):
+    """Blocks across a device tier, a host tier and an optional disk tier, within byte budgets."""
+
+    def __init__(
+        self,
+        *,
+        device_bytes: int,
+        host_bytes: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        host_codec: Codec,
+        policy: EvictionPolicy,
+        disk=None,
+        disk_codec: Codec | None = None,
+    ):
+        self.device_tier: MemoryTier[Block] = MemoryTier("device", device_bytes)
+        self.host_tier: MemoryTier[StoredBlock] = MemoryTier("host", host_bytes)
+        self.disk = disk
+        self.device, self.dtype = device, dtype
+        self.host_codec = host_codec
+        self.disk_codec = disk_codec or host_codec
+        self.policy = policy
+        self._metas: dict[int, BlockMeta] = {}
+        self._last_used: dict[int, int] = {}
+        self._clock = 0
+        self.hits: Counter[str] = Counter()
+        self.load_s = 0.0
+        self.dropped_blocks = 0
+        self.dropped_bytes = 0
+
+    # ----- writing ---------------------------------------------------------------
+
+    def put(self, block: Block) -> list[int]:
+        """Store a new block on the device tier (and on disk), then restore the budgets.
+
+        Returns the ids of blocks that left the store entirely (disk budget, or host
+        budget without a disk tier), so indexes can forget them.
+        """
+        if self._metas and block.id <= next(reversed(self._metas)):
+            raise ValueError(f"block id {block.id} is not newer than the stored ones")
+        self._metas[block.id] = block.meta
+        self._touch(block.id)
+        gone: list[int] = []
+        if self.disk is not None:
+            gone += self.disk.put(self.disk_codec.encode(block))
+        self.device_tier.put(block)
+        gone += self._rebalance()
+        for block_id in gone:
+            self._forget(block_id)
+        return gone
+
+    def _rebalance(self) -> list[int]:
+        gone = []
+        for block_id in self._victims(self.device_tier):
+            self.host_tier.put(pin(self.host_codec.encode(self.device_tier.pop(block_id))))
+        for block_id in self._victims(self.host_tier):
+            stored = self.host_tier.pop(block_id)
+            if self.disk is None:
+                gone.append(block_id)
+                self.dropped_blocks += 1
+                self.dropped_bytes += stored.nbytes
+        return gone
+
+    def _victims(self, tier: MemoryTier) -> list[int]:
+        excess = tier.overflow()
+        if not excess:
+            return []
+        candidates = [Candidate(item.id, item.nbytes, self._last_used[item.id]) for item in tier]
+        return self.policy.victims(candidates, excess)
+
+    def _forget(self, block_id: int) -> None:
+        """Remove every trace of a block that left the store."""
+        for tier in (self.device_tier, self.host_tier):
+            if block_id in tier:
+                tier.pop(block_id)
+        self._metas.pop(block_id, None)
+        self._last_used.pop(block_id, None)
+
+    def _touch(self, block_id: int) -> None:
+        self._clock += 1
+        self._last_used[block_id] = self._clock
+
+    # ----- reading ---------------------------------------------------------------
+
+    def get(self, ids: Iterable[int]) -> list[Block]:
+        """Blocks by id, decoded onto the device from whichever tier holds them.
+
+        Device-tier blocks come back as stored; host and disk blocks are decoded (the
+        host copies start asynchronously from pinned memory when CUDA is present).
+        """
+        started = time.perf_counter()
+        blocks = []
+        for block_id in ids:
+            tier = self.tier_of(block_id)
+            self.hits[tier] += 1
+            self._touch(block_id)
+            if tier == "device":
+                blocks.append(self.device_tier.get(block_id))
+            elif tier == "host":
+                blocks.append(self.host_codec.decode(self.host_tier.get(block_id), self.device, self.dtype))
+            else:
+                blocks.append(self.disk_codec.decode(self.disk.get(block_id), self.device, self.dtype))
+        self.load_s += time.perf_counter() - started
+        return blocks
+
+    def metas(self) -> list[BlockMeta]:
+        return list(self._metas.values())
+
+    def tier_of(self, block_id: int) -> str:
+        if block_id in self.device_tier:
+            return "device"
+        if block_id in self.host_tier:
+            return "host"
+        if self.disk is not None and block_id in self.disk:
+            return "disk"
+        raise KeyError(block_id)
+
+    def bytes_per_tier(self) -> dict[str, int]:
+        return {
+            "device": self.device_tier.nbytes,
+            "host": self.host_tier.nbytes,
+            "disk": self.disk.nbytes if self.disk is not None else 0,
+        }
+
+    def __len__(self) -> int:
+        return len(self._metas)
+
+    # ----- resume ----------------------------------------------------------------
+
+    def adopt_disk_blocks(self) -> None:
+        """Take every block the disk tier holds as this store's (after reopening a session)."""
+        for block_id in self.disk.ids():
+            stored = self.disk.get(block_id)
+            self._metas[block_id] = self.disk_codec.decode_meta(stored)
+            self._touch(block_id)

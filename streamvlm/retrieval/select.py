@@ -1,0 +1,79 @@
+"""Which blocks a question attends to, layer by layer.
+
+Policy over the index mechanism: ``shared`` takes one top-k from scores summed over
+layers (the same blocks everywhere); ``per_layer`` lets each layer take its own top-k
+(ReKV). Either way the result can grow by temporal neighbours and always includes the
+blocks the caller insists on (the recent window).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Block ids attended per layer, oldest first."""
+
+    layers: list[list[int]]
+
+    @property
+    def union(self) -> list[int]:
+        return sorted({i for ids in self.layers for i in ids})
+
+    @property
+    def shared(self) -> bool:
+        return all(ids == self.layers[0] for ids in self.layers)
+
+
+def select_blocks(
+    index,
+    queries: torch.Tensor,
+    candidates: list[int],
+    top_k: int,
+    mode: str = "shared",
+    neighbours: int = 0,
+    always: set[int] | frozenset[int] = frozenset(),
+) -> Selection:
+    """Pick blocks for each layer from ``candidates`` (sorted ids, all in ``index``).
+
+    ``queries`` is [layers, dim]. A time filter is applied by the caller through
+    ``candidates``, which reach the index as a FAISS id selector.
+    """
+    num_layers = queries.shape[0]
+    if not candidates:
+        return Selection([sorted(always)] * num_layers)
+    allowed = candidates
+    if mode == "shared":
+        # every candidate's score summed over layers; flat search over all candidates is
+        # what the sum needs, and costs O(blocks x layers x dim): milliseconds at hours of video
+        hits = index.search(queries, k=len(candidates), allowed_ids=allowed)
+        totals: dict[int, float] = defaultdict(float)
+        for scores, ids in hits:
+            for score, block_id in zip(scores.tolist(), ids.tolist(), strict=True):
+                if block_id >= 0:
+                    totals[block_id] += score
+        best = sorted(totals, key=lambda b: (-totals[b], b))[:top_k]
+        chosen = _with_neighbours(best, candidates, neighbours) | set(always)
+        return Selection([sorted(chosen)] * num_layers)
+    hits = index.search(queries, k=min(top_k, len(candidates)), allowed_ids=allowed)
+    per_layer = []
+    for _scores, ids in hits:
+        best = [b for b in ids.tolist() if b >= 0]
+        per_layer.append(sorted(_with_neighbours(best, candidates, neighbours) | set(always)))
+    return Selection(per_layer)
+
+
+def _with_neighbours(ids: list[int], candidates: list[int], n: int) -> set[int]:
+    """``ids`` plus up to ``n`` candidates on each side of each (in time order)."""
+    if n == 0:
+        return set(ids)
+    out = set()
+    for block_id in ids:
+        at = bisect.bisect_left(candidates, block_id)
+        out.update(candidates[max(0, at - n) : at + n + 1])
+    return out
