@@ -21,7 +21,7 @@ def generate_over_all_frames(
     prompt length. Uses the model's own position logic (``get_rope_index``), as a user
     of transformers would.
     """
-    model, tokenizer = backend.model, backend.tokenizer
+    model = backend.model
     started = time.perf_counter()
     if backend.family == "qwen2.5-vl":
         frames = list(frames) + [frames[-1]] * (len(frames) % backend.temporal_patch_size)

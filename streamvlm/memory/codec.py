@@ -14,7 +14,6 @@ import torch
 
 from .block import Block, BlockMeta, StoredBlock
 
-
 _TENSOR_FIELDS = ("positions", "kept", "summary")
 
 
