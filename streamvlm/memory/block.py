@@ -8,10 +8,12 @@ written.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..models.base import LayerKV
+if TYPE_CHECKING:  # the runtime import would pull in transformers for a type alias
+    from ..models.base import LayerKV
 
 
 @dataclass(frozen=True)

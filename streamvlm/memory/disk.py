@@ -1,0 +1,835 @@
+"""The long-term tier: one session's blocks on disk, append-only, read back memory-mapped.
+
+``DiskTier`` is a mechanism: it stores, reads, drops and lists blocks (``StoredBlock``,
+codec-agnostic); a policy elsewhere decides what goes there.
+
+A session directory holds::
+
+    streamvlm-disk.json   marker: {"format": "streamvlm-disk-tier", "version": 1}
+    lock                  flock()ed by the process that has the tier open; holds its pid
+    table.json            block table: per block its segment, offset, length, crc32, meta
+    segments/00000001.seg append-only segment files of records (format: ``segments.py``)
+
+Durability rule:
+
+* when ``put`` returns, the record is in the operating system's page cache: a crash of
+  the process (even SIGKILL) loses nothing, because reopening scans the segments past
+  the table's end and recovers every record whose header and checksum are intact;
+* when ``flush`` returns (explicitly, every ``flush_every`` puts, or at the first put
+  ``flush_seconds`` after the last flush), everything put so far is fsynced and the table
+  rewritten atomically: it survives power loss. A power loss or OS crash can lose the
+  blocks put since the last flush (any of them whose record did reach the disk is still
+  recovered), never a flushed one;
+* a record cut short by a crash (torn tail) is ignored, reported in ``tier.recovery`` and
+  truncated away on reopen; a record damaged in place is never returned as data.
+* drops (budget or ``drop``) become durable at the next flush; a segment file is deleted
+  only after a flushed table no longer mentions it. A crash before that flush can bring
+  dropped blocks back; the budget is enforced again on open.
+
+Space: ``nbytes`` counts the records of the blocks held (header, payload and padding),
+which is what ``max_bytes`` bounds. A segment file is deleted once all its blocks are
+dropped; with drops by age (the budget) only the oldest segment is partly dead, so the
+bytes on disk exceed ``nbytes`` by less than one segment (or one record bigger than a
+segment). ``drop`` of arbitrary blocks can leave more dead space: there is no compaction.
+
+Unix only (``fcntl.flock``, ``mmap``). Truncating a segment file behind an open tier's
+back can crash the process with SIGBUS when a mapped tensor is touched.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import fcntl
+import json
+import logging
+import mmap
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError, StreamVLMError
+from . import segments as rec
+from .block import StoredBlock
+
+__all__ = [
+    "BlockNotFoundError",
+    "CorruptBlockError",
+    "DirectoryNotWritableError",
+    "DiskTier",
+    "DiskTierClosedError",
+    "DiskTierError",
+    "DiskTierLockedError",
+    "InvalidBlockError",
+    "NotASessionDirError",
+    "RecoveryReport",
+    "StoredBlock",
+    "TornTail",
+    "UnsupportedFormatError",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "streamvlm-disk-tier"
+FORMAT_VERSION = 1
+MARKER = "streamvlm-disk.json"
+TABLE = "table.json"
+LOCK = "lock"
+SEGMENTS = "segments"
+SEGMENT_SUFFIX = ".seg"
+DEFAULT_SEGMENT_BYTES = 64 << 20
+
+
+class DiskTierError(StreamVLMError):
+    """Base of the disk tier's errors."""
+
+
+class CorruptBlockError(DiskTierError):
+    """A stored block no longer matches its checksum (or cannot be read); it is never returned."""
+
+    def __init__(self, block_id: int, message: str) -> None:
+        super().__init__(message)
+        self.block_id = block_id
+
+
+class BlockNotFoundError(DiskTierError, KeyError):
+    """No block with this id is held by the tier."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class DiskTierLockedError(DiskTierError):
+    """Another live process (or another DiskTier in this one) has the session directory open."""
+
+
+class NotASessionDirError(DiskTierError):
+    """The directory exists but is not a streamvlm disk-tier session directory."""
+
+
+class UnsupportedFormatError(DiskTierError):
+    """The session directory was written by a format version this code does not read."""
+
+
+class DirectoryNotWritableError(DiskTierError):
+    """The session directory cannot be created or written."""
+
+
+class InvalidBlockError(DiskTierError):
+    """A block cannot be stored: bad metadata, a tensor without a byte layout, a duplicate id, too big."""
+
+
+class DiskTierClosedError(DiskTierError):
+    """The tier was used after ``close()``."""
+
+
+@dataclass(frozen=True)
+class TornTail:
+    """Bytes of a segment that held no intact record."""
+
+    segment: str
+    offset: int
+    nbytes: int
+
+
+@dataclass
+class RecoveryReport:
+    """What opening a session directory had to repair. Empty after a clean close."""
+
+    table_error: str | None = None  # why the table could not be used (then rebuilt from segments)
+    recovered: list[int] = field(default_factory=list)  # ids found in segments past the table's end
+    torn: list[TornTail] = field(default_factory=list)  # cut-short tails, truncated away
+    damaged: list[TornTail] = field(default_factory=list)  # unreadable spans between intact records
+    lost: list[int] = field(default_factory=list)  # ids in the table whose segment file is gone
+    removed_segments: list[str] = field(default_factory=list)  # leftovers of an unfinished drop
+    dropped_for_budget: list[int] = field(default_factory=list)  # over max_bytes on open
+
+    @property
+    def table_rebuilt(self) -> bool:
+        return self.table_error is not None
+
+    @property
+    def clean(self) -> bool:
+        return not (self.table_error or self.recovered or self.torn or self.damaged or self.lost) and not (
+            self.removed_segments or self.dropped_for_budget
+        )
+
+
+@dataclass
+class _Entry:
+    """Where one block's record lives, and its metadata."""
+
+    segment: int
+    offset: int
+    payload_len: int
+    crc: int
+    meta: dict
+
+    @property
+    def nbytes(self) -> int:
+        return rec.HEADER_SIZE + rec.align(self.payload_len)
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.nbytes
+
+
+def _segment_name(number: int) -> str:
+    return f"{number:08d}{SEGMENT_SUFFIX}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` so that a crash leaves either the old or the new file, never a mix."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class DiskTier:
+    """One session's blocks on disk: append-only segments, a block table, memory-mapped reads.
+
+    ``DiskTier(directory)`` creates the session directory (or an empty one) or reopens an
+    existing one; ``DiskTier.open(directory)`` only reopens. Reopening restores every block
+    of the table plus every intact record appended after it; see ``recovery``.
+
+    Args:
+        directory: the session directory.
+        max_bytes: budget on ``nbytes``; a ``put`` that would pass it drops the oldest
+            blocks first. ``None``: unbounded.
+        segment_bytes: a new segment file starts when a record would take the current one
+            past this size (a bigger record gets a segment of its own).
+        flush_every: flush after this many puts (``None``: never automatically).
+        flush_seconds: flush at the first put this long after the last flush (``None``: off).
+        verify_reads: check the payload checksum on every ``get`` (reads the whole payload
+            once; about 3 GB/s). Off, corruption is only found by ``verify``.
+
+    Blocks are kept in the order they were put ("oldest first"); block ids must be unique.
+    Thread-safe (one lock around every call).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        max_bytes: int | None = None,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        *,
+        flush_every: int | None = 64,
+        flush_seconds: float | None = 5.0,
+        verify_reads: bool = True,
+        _must_exist: bool = False,
+    ) -> None:
+        _check_config(max_bytes, segment_bytes, flush_every, flush_seconds)
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.flush_every = flush_every
+        self.flush_seconds = flush_seconds
+        self.verify_reads = verify_reads
+        self.corrupt: set[int] = set()  # ids found not to match their checksum
+        self.dropped_blocks = 0
+        self.dropped_bytes = 0
+        self.recovery = RecoveryReport()
+        self._mutex = threading.RLock()
+        self._entries: dict[int, _Entry] = {}  # insertion order is age order
+        self._live: dict[int, int] = {}  # segment number -> blocks held in it
+        self._sizes: dict[int, int] = {}  # segment number -> bytes written to it
+        self._maps: dict[int, mmap.mmap] = {}
+        self._nbytes = 0
+        self._next_segment = 1
+        self._active: int | None = None  # segment being appended to
+        self._writer = None
+        self._segments_dir_dirty = False
+        self._unflushed = 0
+        self._last_flush = time.monotonic()
+        self._lock_file = None
+        self._closed = False
+        self._prepare_directory(_must_exist)
+        self._acquire_lock()
+        try:
+            self._load()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike, **kwargs) -> DiskTier:
+        """Reopen an existing session directory (raises ``NotASessionDirError`` otherwise)."""
+        return cls(directory, _must_exist=True, **kwargs)
+
+    # --- public API ---------------------------------------------------------------------
+
+    def put(self, block: StoredBlock) -> list[int]:
+        """Append a block; returns the ids dropped (oldest first) to stay within ``max_bytes``.
+
+        Raises ``InvalidBlockError`` for a duplicate id, metadata that is not JSON, a tensor
+        that has no byte layout, or a block bigger than ``max_bytes`` (nothing is dropped then).
+        """
+        with self._mutex:
+            self._check_open()
+            try:
+                record = rec.encode_record(block)
+            except ValueError as e:
+                raise InvalidBlockError(str(e)) from None
+            block_id, size = record.header.block_id, record.header.record_len
+            if block_id in self._entries:
+                raise InvalidBlockError(f"block {block_id} is already in the disk tier at {self.directory}")
+            if self.max_bytes is not None and size > self.max_bytes:
+                raise InvalidBlockError(
+                    f"block {block_id} takes {size} bytes on disk, more than the disk budget "
+                    f"max_bytes={self.max_bytes}; raise the budget"
+                )
+            dropped = self._make_room(size)
+            self._append(record)
+            self._maybe_flush()
+            return dropped
+
+    def get(self, block_id: int) -> StoredBlock:
+        """The block, its tensors memory-mapped (copy-on-write: writing to them never reaches disk).
+
+        Raises ``CorruptBlockError`` (and adds the id to ``corrupt``) if the payload does not
+        match its checksum, ``BlockNotFoundError`` if the id is not held.
+        """
+        with self._mutex:
+            self._check_open()
+            entry = self._entry(block_id)
+            buf = self._readable(block_id, entry)
+            if self.verify_reads:
+                self._check_crc(block_id, entry, buf)
+            try:
+                block = rec.decode_payload(buf, entry.offset, entry.payload_len)
+            except (ValueError, KeyError, TypeError) as e:
+                raise self._corrupt(block_id, f"its record does not parse ({e})") from None
+            if block.id != block_id:
+                raise self._corrupt(block_id, f"its record holds block {block.id}")
+            return block
+
+    def get_many(self, ids: Iterable[int], skip_corrupt: bool = False) -> list[StoredBlock]:
+        """The blocks with these ids, in this order.
+
+        With ``skip_corrupt`` a corrupt block is left out (logged, and listed in ``corrupt``)
+        instead of raising ``CorruptBlockError``. A missing id always raises.
+        """
+        blocks = []
+        for block_id in ids:
+            try:
+                blocks.append(self.get(block_id))
+            except CorruptBlockError as e:
+                if not skip_corrupt:
+                    raise
+                log.warning("skipping corrupt block: %s", e)
+        return blocks
+
+    def ids(self) -> list[int]:
+        """Ids of the blocks held, oldest (first put) first."""
+        with self._mutex:
+            return list(self._entries)
+
+    def meta(self, block_id: int) -> dict:
+        """A block's metadata from the table (a copy), without touching its record."""
+        with self._mutex:
+            return copy.deepcopy(self._entry(block_id).meta)
+
+    def __contains__(self, block_id: object) -> bool:
+        return block_id in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the records of the blocks held: what ``max_bytes`` bounds."""
+        return self._nbytes
+
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes of the segment files on disk (``nbytes`` plus dead space of dropped blocks)."""
+        with self._mutex:
+            return sum(self._sizes.values())
+
+    def drop(self, block_id: int) -> None:
+        """Forget a block; its segment file is deleted once every block in it is dropped."""
+        with self._mutex:
+            self._check_open()
+            self._entry(block_id)
+            self._delete_segments(self._forget(block_id))
+
+    def verify(self) -> list[int]:
+        """Check every block's checksum; returns the bad ids (oldest first), also added to ``corrupt``."""
+        with self._mutex:
+            self._check_open()
+            bad = []
+            for block_id, entry in self._entries.items():
+                try:
+                    self._check_crc(block_id, entry, self._readable(block_id, entry))
+                except CorruptBlockError:
+                    bad.append(block_id)
+            return bad
+
+    def flush(self) -> None:
+        """Make everything put so far durable: fsync the segment, then replace the table atomically."""
+        with self._mutex:
+            self._check_open()
+            if self._writer is not None:
+                self._writer.flush()
+                os.fsync(self._writer.fileno())
+            if self._segments_dir_dirty:
+                _fsync_dir(self.directory / SEGMENTS)  # new segment files' names
+                self._segments_dir_dirty = False
+            _write_atomically(self.directory / TABLE, self._table_json())
+            self._unflushed = 0
+            self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        """Flush and release the directory. Tensors already returned stay valid."""
+        with self._mutex:
+            if self._closed:
+                return
+            try:
+                self.flush()
+            finally:
+                self._close_writer()
+                # Never mmap.close(): tensors from get() may still point into the maps, and
+                # each map is unmapped when its last tensor goes.
+                self._maps.clear()
+                self._release_lock()
+                self._closed = True
+
+    def __enter__(self) -> DiskTier:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"DiskTier({str(self.directory)!r}, blocks={len(self)}, nbytes={self._nbytes}, "
+            f"max_bytes={self.max_bytes})"
+        )
+
+    # --- directory and lock -------------------------------------------------------------
+
+    def _prepare_directory(self, must_exist: bool) -> None:
+        d = self.directory
+        if (d / MARKER).exists():
+            _check_marker(d / MARKER)
+        elif must_exist:
+            raise NotASessionDirError(
+                f"{d} is not a streamvlm disk-tier session directory (no {MARKER}); "
+                "use DiskTier(directory) to create one"
+            )
+        elif d.exists() and not d.is_dir():
+            raise NotASessionDirError(f"disk tier directory {d} is a file, not a directory")
+        elif d.exists() and any(d.iterdir()):
+            raise NotASessionDirError(
+                f"{d} is not a streamvlm disk-tier session directory (no {MARKER}) and is not "
+                "empty; pick a new or empty directory"
+            )
+        else:
+            self._create_directory()
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise DirectoryNotWritableError(f"disk tier directory {d} is not writable; fix its permissions")
+
+    def _create_directory(self) -> None:
+        d = self.directory
+        try:
+            (d / SEGMENTS).mkdir(parents=True, exist_ok=True)
+            marker = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
+            _write_atomically(d / MARKER, json.dumps(marker).encode())
+        except OSError as e:
+            raise DirectoryNotWritableError(
+                f"cannot create disk tier directory {d}: {e.strerror or e}"
+            ) from None
+
+    def _acquire_lock(self) -> None:
+        path = self.directory / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise DirectoryNotWritableError(f"cannot create lock file {path}: {e.strerror or e}") from None
+        lock_file = os.fdopen(fd, "r+b")
+        try:
+            # flock belongs to the open file: the kernel releases it when the process dies,
+            # so a killed writer never blocks a resume.
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            owner = lock_file.read().decode(errors="replace").strip() or "?"
+            lock_file.close()
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise DiskTierLockedError(
+                    f"disk tier {self.directory} is already open in process {owner}; close it there first"
+                ) from None
+            raise
+        lock_file.truncate(0)
+        lock_file.write(f"{os.getpid()}\n".encode())
+        lock_file.flush()
+        self._lock_file = lock_file
+
+    def _release_lock(self) -> None:
+        # Leave the lock file in place: unlinking it would let a second process lock a new
+        # inode while a third still holds the old one.
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the file releases the flock
+            self._lock_file = None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DiskTierClosedError(f"disk tier {self.directory} is closed")
+
+    # --- loading and recovery -----------------------------------------------------------
+
+    def _load(self) -> None:
+        table = self._read_table()
+        on_disk = self._segment_files()
+        if table is not None:
+            self._restore_table(table, on_disk)
+        known_ends, table_next = dict(self._sizes), self._next_segment
+        for number, path in sorted(on_disk.items()):
+            if number in known_ends:
+                self._recover_segment(number, path, known_ends[number])
+            elif table is None or number >= table_next:  # created after the table was written
+                self._recover_segment(number, path, 0)
+            else:
+                self._remove_leftover(number, path)
+        self._next_segment = max([self._next_segment, *(n + 1 for n in on_disk)])
+        self._delete_segments([n for n in list(self._sizes) if not self._live.get(n)])
+        self._resume_active()
+        self.recovery.dropped_for_budget = self._make_room(0)
+        self._report()
+        if table is None or not self.recovery.clean:
+            self.flush()  # so the table exists and is the whole truth again
+
+    def _read_table(self) -> dict | None:
+        path = self.directory / TABLE
+        if not path.exists():
+            if self._segment_files():
+                self.recovery.table_error = f"{TABLE} is missing"
+            return None
+        try:
+            table = json.loads(path.read_bytes())
+            _check_table(table)
+        except (ValueError, KeyError, TypeError) as e:
+            self.recovery.table_error = f"{TABLE} is unreadable ({type(e).__name__}: {e})"
+            return None
+        return table
+
+    def _restore_table(self, table: dict, on_disk: dict[int, Path]) -> None:
+        self._next_segment = int(table["next_segment"])
+        for name, size in table["segments"].items():
+            number = int(name.removesuffix(SEGMENT_SUFFIX))
+            if number in on_disk:
+                self._sizes[number] = int(size)
+        for row in table["blocks"]:
+            entry = _Entry(
+                int(row["segment"]), int(row["offset"]), int(row["length"]), int(row["crc32"]), row["meta"]
+            )
+            if entry.segment not in on_disk:
+                self.recovery.lost.append(int(row["id"]))
+                continue
+            self._add(int(row["id"]), entry)
+
+    def _recover_segment(self, number: int, path: Path, start: int) -> None:
+        """Adopt the intact records past ``start`` and truncate a torn tail."""
+        size = path.stat().st_size
+        self._sizes[number] = max(start, self._sizes.get(number, 0))
+        if size <= start:
+            return
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            try:
+                found = rec.scan(buf, start, size)
+            except rec.RecordVersionError as e:
+                raise UnsupportedFormatError(
+                    f"{path} holds records of format version {e.version}; this streamvlm reads "
+                    f"version {rec.RECORD_VERSION}: upgrade streamvlm"
+                ) from None
+            for offset, header in found.records:
+                meta = rec.read_directory(buf, offset, header.payload_len)[0]["meta"]
+                if header.block_id in self._entries:  # dropped and put again: the later record wins
+                    self._forget(header.block_id, count_as_dropped=False)
+                self._add(
+                    header.block_id, _Entry(number, offset, header.payload_len, header.payload_crc, meta)
+                )
+                self.recovery.recovered.append(header.block_id)
+        self.recovery.damaged += [TornTail(path.name, o, n) for o, n in found.damaged]
+        if found.torn:
+            self.recovery.torn.append(TornTail(path.name, found.end, found.torn))
+            os.truncate(path, found.end)  # so appends resume right after the last intact record
+        self._sizes[number] = found.end
+
+    def _remove_leftover(self, number: int, path: Path) -> None:
+        """A segment the table no longer lists: its blocks were all dropped, its deletion interrupted."""
+        path.unlink()
+        self.recovery.removed_segments.append(path.name)
+        self._segments_dir_dirty = True
+
+    def _resume_active(self) -> None:
+        """Keep appending to the newest segment if it has room."""
+        if not self._sizes:
+            return
+        newest = max(self._sizes)
+        path = self._segment_path(newest)
+        # A segment shorter than the table says was damaged: never append where records are listed.
+        intact = path.stat().st_size == self._sizes[newest]
+        if newest == self._next_segment - 1 and intact and self._sizes[newest] < self.segment_bytes:
+            self._open_writer(newest)
+
+    def _report(self) -> None:
+        r = self.recovery
+        if r.table_error:
+            log.warning(
+                "disk tier %s: %s; rebuilt the table from the segments", self.directory, r.table_error
+            )
+        for tail in r.torn:
+            log.warning(
+                "disk tier %s: ignored a torn record: %d bytes at %s:%d (a write cut short by a crash)",
+                self.directory,
+                tail.nbytes,
+                tail.segment,
+                tail.offset,
+            )
+        for span in r.damaged:
+            log.warning(
+                "disk tier %s: skipped %d damaged bytes at %s:%d",
+                self.directory,
+                span.nbytes,
+                span.segment,
+                span.offset,
+            )
+        if r.lost:
+            log.warning("disk tier %s: blocks %s lost with their segment files", self.directory, r.lost)
+        if r.recovered and not r.table_error:
+            log.info("disk tier %s: recovered %d unflushed blocks", self.directory, len(r.recovered))
+
+    def _segment_files(self) -> dict[int, Path]:
+        found = {}
+        for path in (self.directory / SEGMENTS).glob("*" + SEGMENT_SUFFIX):
+            stem = path.name.removesuffix(SEGMENT_SUFFIX)
+            if stem.isdigit():
+                found[int(stem)] = path
+        return found
+
+    def _table_json(self) -> bytes:
+        blocks = [
+            {
+                "id": block_id,
+                "segment": e.segment,
+                "offset": e.offset,
+                "length": e.payload_len,
+                "crc32": e.crc,
+                "meta": e.meta,
+            }
+            for block_id, e in self._entries.items()
+        ]
+        table = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "next_segment": self._next_segment,
+            "segments": {_segment_name(n): size for n, size in sorted(self._sizes.items())},
+            "blocks": blocks,
+        }
+        return json.dumps(table, separators=(",", ":")).encode()
+
+    # --- writing ------------------------------------------------------------------------
+
+    def _append(self, record: rec.EncodedRecord) -> None:
+        size = record.header.record_len
+        if self._writer is None or (
+            self._sizes[self._active] and self._sizes[self._active] + size > self.segment_bytes
+        ):
+            self._roll()
+        number, offset = self._active, self._sizes[self._active]
+        try:
+            for piece in record.pieces:
+                self._writer.write(piece)
+            # Hand the bytes to the OS now: from here a crash of this process loses nothing.
+            self._writer.flush()
+        except OSError as e:
+            self._undo_append(number, offset)
+            raise DiskTierError(
+                f"writing block {record.header.block_id} to {self.directory} failed: {e}"
+            ) from None
+        self._sizes[number] = offset + size
+        h = record.header
+        self._add(h.block_id, _Entry(number, offset, h.payload_len, h.payload_crc, record.meta))
+        self._unflushed += 1
+
+    def _undo_append(self, number: int, offset: int) -> None:
+        """Cut a half-written record off (e.g. disk full) so the segment stays a clean sequence."""
+        self._close_writer()
+        try:
+            os.truncate(self._segment_path(number), offset)
+        except OSError:
+            pass  # the next open will find and truncate the torn tail
+
+    def _roll(self) -> None:
+        """Start a new segment; the finished one is fsynced so the next table may point into it."""
+        if self._writer is not None:
+            self._writer.flush()
+            os.fsync(self._writer.fileno())
+            self._close_writer()
+        number = self._next_segment
+        self._next_segment += 1
+        self._sizes[number] = 0
+        self._live[number] = 0
+        self._segments_dir_dirty = True
+        self._open_writer(number)
+
+    def _open_writer(self, number: int) -> None:
+        self._writer = open(self._segment_path(number), "ab")
+        self._active = number
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = None
+        self._active = None
+
+    def _maybe_flush(self) -> None:
+        due = self.flush_every is not None and self._unflushed >= self.flush_every
+        late = self.flush_seconds is not None and time.monotonic() - self._last_flush >= self.flush_seconds
+        if self._unflushed and (due or late):
+            self.flush()
+
+    # --- bookkeeping --------------------------------------------------------------------
+
+    def _add(self, block_id: int, entry: _Entry) -> None:
+        self._entries[block_id] = entry
+        self._live[entry.segment] = self._live.get(entry.segment, 0) + 1
+        self._nbytes += entry.nbytes
+
+    def _forget(self, block_id: int, count_as_dropped: bool = True) -> list[int]:
+        """Remove a block from the table; returns the segments it leaves empty."""
+        entry = self._entries.pop(block_id)
+        self._nbytes -= entry.nbytes
+        self.corrupt.discard(block_id)
+        if count_as_dropped:
+            self.dropped_blocks += 1
+            self.dropped_bytes += entry.nbytes
+        self._live[entry.segment] -= 1
+        return [entry.segment] if self._live[entry.segment] == 0 else []
+
+    def _make_room(self, size: int) -> list[int]:
+        """Drop the oldest blocks until ``size`` more bytes fit the budget; returns their ids."""
+        dropped, emptied = [], []
+        while self.max_bytes is not None and self._entries and self._nbytes + size > self.max_bytes:
+            oldest = next(iter(self._entries))
+            emptied += self._forget(oldest)
+            dropped.append(oldest)
+        self._delete_segments(emptied)
+        return dropped
+
+    def _delete_segments(self, numbers: list[int]) -> None:
+        """Delete emptied segment files, after a flushed table has stopped pointing into them."""
+        if not numbers:
+            return
+        for number in numbers:
+            if number == self._active:
+                self._close_writer()
+            self._live.pop(number, None)
+            self._sizes.pop(number, None)
+            self._maps.pop(number, None)  # unmapped when no tensor uses it any more
+        self.flush()
+        for number in numbers:
+            self._segment_path(number).unlink(missing_ok=True)
+        _fsync_dir(self.directory / SEGMENTS)
+
+    # --- reading ------------------------------------------------------------------------
+
+    def _entry(self, block_id: int) -> _Entry:
+        try:
+            return self._entries[block_id]
+        except KeyError:
+            raise BlockNotFoundError(
+                f"block {block_id} is not in the disk tier at {self.directory}"
+            ) from None
+
+    def _segment_path(self, number: int) -> Path:
+        return self.directory / SEGMENTS / _segment_name(number)
+
+    def _readable(self, block_id: int, entry: _Entry) -> mmap.mmap:
+        """A map of the block's segment that covers its record."""
+        buf = self._maps.get(entry.segment)
+        if buf is None or len(buf) < entry.end:
+            # The active segment grows: map it again (the old map lives on in old tensors).
+            try:
+                with open(self._segment_path(entry.segment), "rb") as f:
+                    if os.fstat(f.fileno()).st_size < entry.end:
+                        raise self._corrupt(block_id, "its segment file is shorter than its record")
+                    # ACCESS_COPY: tensors are writable without a warning, writes never reach disk.
+                    buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            except FileNotFoundError:
+                raise self._corrupt(block_id, "its segment file is missing") from None
+            self._maps[entry.segment] = buf
+        return buf
+
+    def _check_crc(self, block_id: int, entry: _Entry, buf: mmap.mmap) -> None:
+        if rec.payload_crc(buf, entry.offset, entry.payload_len) != entry.crc:
+            raise self._corrupt(block_id, "its payload does not match its checksum")
+
+    def _corrupt(self, block_id: int, why: str) -> CorruptBlockError:
+        self.corrupt.add(block_id)
+        entry = self._entries[block_id]
+        where = f"{_segment_name(entry.segment)}:{entry.offset}"
+        return CorruptBlockError(
+            block_id, f"block {block_id} in disk tier {self.directory} ({where}) is corrupt: {why}"
+        )
+
+
+def _check_config(max_bytes, segment_bytes, flush_every, flush_seconds) -> None:
+    if max_bytes is not None and max_bytes <= 0:
+        raise ConfigError(f"disk tier max_bytes must be positive or None, got {max_bytes}")
+    if segment_bytes < 4096:
+        raise ConfigError(f"disk tier segment_bytes must be at least 4096, got {segment_bytes}")
+    if flush_every is not None and flush_every < 1:
+        raise ConfigError(f"disk tier flush_every must be at least 1 or None, got {flush_every}")
+    if flush_seconds is not None and flush_seconds < 0:
+        raise ConfigError(f"disk tier flush_seconds must be >= 0 or None, got {flush_seconds}")
+
+
+def _check_marker(path: Path) -> None:
+    try:
+        marker = json.loads(path.read_bytes())
+        name, version = marker["format"], marker["version"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise NotASessionDirError(f"{path} is not a streamvlm disk-tier marker file") from None
+    if name != FORMAT_NAME:
+        raise NotASessionDirError(f"{path.parent} holds a {name!r}, not a streamvlm disk-tier session")
+    if version != FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"{path.parent} is disk-tier format version {version}; this streamvlm reads version "
+            f"{FORMAT_VERSION}: upgrade streamvlm or use another directory"
+        )
+
+
+def _check_table(table: dict) -> None:
+    """Raise ValueError/KeyError/TypeError if the table's structure is not what we write."""
+    if table["format"] != FORMAT_NAME:
+        raise ValueError(f"format {table['format']!r}")
+    if table["version"] != FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"the disk-tier table is format version {table['version']}; this streamvlm reads "
+            f"version {FORMAT_VERSION}: upgrade streamvlm"
+        )
+    int(table["next_segment"])
+    for name, size in table["segments"].items():
+        int(name.removesuffix(SEGMENT_SUFFIX))
+        int(size)
+    for row in table["blocks"]:
+        for key in ("id", "segment", "offset", "length", "crc32"):
+            int(row[key])
+        if not isinstance(row["meta"], dict):
+            raise TypeError("block meta is not an object")
