@@ -24,12 +24,79 @@ class MemoryConfig:
         (lossless), ``N`` the N most recent ones.
     max_question_chars:
         Questions longer than this are rejected with ``InvalidQuestionError``.
+
+    Tiers (hard byte budgets on KV payload; see ``docs/memory.md``):
+
+    device_bytes:
+        Short-term tier on the model's device, full precision. The newest blocks live
+        here; it should hold at least the encoding window (else window blocks are
+        reloaded from host RAM for every chunk, which ``stats()`` shows as host hits).
+        Default 1 GiB: a 32-frame window of Qwen2.5-VL-7B at the video pixel budget.
+    host_bytes:
+        Mid-term tier in host RAM (pinned when CUDA is present), encoded with
+        ``host_codec``. Default 4 GiB.
+    disk_dir:
+        Long-term tier: a session directory of append-only segment files. Every block is
+        written through to it when created, so it survives a crash and can be resumed.
+        ``None`` keeps no disk tier: blocks pushed out of host RAM are dropped.
+    disk_bytes:
+        Optional disk budget; past it the oldest blocks are dropped and counted.
+    disk_flush_blocks:
+        Make the disk tier durable (fsync + block table) every this many blocks; a
+        crash loses at most the blocks written since.
+    host_codec, disk_codec:
+        How blocks are encoded in host RAM and on disk (``identity`` for now).
+    eviction:
+        Which block leaves a full tier first: ``age`` (oldest, default) or ``lru``.
+
+    Retrieval (see ``docs/retrieval.md``):
+
+    top_k:
+        ``None`` answers over every stored block (lossless). ``N`` retrieves the N
+        blocks whose key summaries best match the question (plus the window and
+        ``answer_blocks``).
+    selection:
+        ``shared`` (one set of blocks for all layers, from scores summed over layers) or
+        ``per_layer`` (each layer its own top-k, as ReKV).
+    neighbours:
+        Also take this many blocks on each side of every retrieved block.
+    metric:
+        ``ip`` (inner product) or ``cosine`` between question queries and key summaries.
+    index_groups:
+        Layers per retrieval index (1 = one index per layer).
+    position_mode:
+        ``original`` (retrieved keys keep the positions they were encoded at) or
+        ``contiguous`` (re-rotated to consecutive positions, as ReKV does).
+
+    Background encoding (``Session.push_frame``):
+
+    queue_frames:
+        Frames that may wait for the encoder thread.
+    queue_policy:
+        When the queue is full: ``drop_oldest`` (keep up with the live edge, the
+        default) or ``drop_newest``. Dropped frames are counted in ``stats()``.
     """
 
     window: int = 32
     chunk_frames: int | None = None
     answer_blocks: int | None = None
     max_question_chars: int = 2000
+    device_bytes: int = 1 << 30
+    host_bytes: int = 4 << 30
+    disk_dir: str | None = None
+    disk_bytes: int | None = None
+    disk_flush_blocks: int = 8
+    host_codec: str = "identity"
+    disk_codec: str = "identity"
+    eviction: str = "age"
+    top_k: int | None = None
+    selection: str = "shared"
+    neighbours: int = 0
+    metric: str = "ip"
+    index_groups: int = 1
+    position_mode: str = "original"
+    queue_frames: int = 64
+    queue_policy: str = "drop_oldest"
 
     def __post_init__(self) -> None:
         if self.window < 0:
@@ -40,3 +107,26 @@ class MemoryConfig:
             raise ConfigError(f"answer_blocks must be >= 0 or None, got {self.answer_blocks}")
         if self.max_question_chars < 1:
             raise ConfigError(f"max_question_chars must be >= 1, got {self.max_question_chars}")
+        for name in ("device_bytes", "host_bytes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 bytes, got {getattr(self, name)}")
+        if self.disk_bytes is not None and self.disk_bytes < 1:
+            raise ConfigError(f"disk_bytes must be positive or None, got {self.disk_bytes}")
+        if self.disk_flush_blocks < 1:
+            raise ConfigError(f"disk_flush_blocks must be >= 1, got {self.disk_flush_blocks}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"top_k must be >= 1 or None (all blocks), got {self.top_k}")
+        if self.neighbours < 0 or self.index_groups < 1:
+            raise ConfigError("neighbours must be >= 0 and index_groups >= 1")
+        _one_of("selection", self.selection, ("shared", "per_layer"))
+        _one_of("metric", self.metric, ("ip", "cosine"))
+        _one_of("position_mode", self.position_mode, ("original", "contiguous"))
+        _one_of("eviction", self.eviction, ("age", "lru"))
+        _one_of("queue_policy", self.queue_policy, ("drop_oldest", "drop_newest"))
+        if self.queue_frames < 1:
+            raise ConfigError(f"queue_frames must be >= 1, got {self.queue_frames}")
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")

@@ -44,7 +44,7 @@ def test_session_stats_and_answer_fields(engine):
     assert stats.stream_time == 14.0 and answer.asked_at == 14.0
     per_block = stats.tokens_stored // 3
     kv_bytes = 2 * engine.backend.num_layers * engine.backend.num_kv_heads * engine.backend.head_dim * 4
-    assert stats.bytes_per_tier == {"device": stats.tokens_stored * kv_bytes}
+    assert stats.bytes_per_tier == {"device": stats.tokens_stored * kv_bytes, "host": 0, "disk": 0}
     assert [(b.t_start, b.t_end) for b in answer.blocks] == [(10.0, 11.0), (12.0, 13.0), (14.0, 14.0)]
     assert all(b.tokens == per_block and b.tier == "device" for b in answer.blocks)
     json.dumps(answer.to_dict()), json.dumps(stats.to_dict())

@@ -176,7 +176,7 @@ def first_logits(session, question, blocks=None):
     ids, qpos = question_parts(session, question)
     from streamvlm.runtime.context import concat_layers
 
-    metas = session.answer_context() if blocks is None else blocks
+    metas = session.store.metas() if blocks is None else blocks
     stored = session.store.get(m.id for m in metas)
     cache = backend.new_cache(concat_layers([session.sink_kv, *(b.layers for b in stored)]))
     hidden = backend.forward(backend.question_embeds(ids), qpos, cache)
@@ -257,7 +257,7 @@ def test_dropping_a_block_equals_masking_it_out(engine):
     ours = first_logits(session, QUESTION, blocks=kept)
     torch.testing.assert_close(ours, logits[-1], atol=ATOL, rtol=0)
     # and through the public path
-    stream_ = session.ask_stream(QUESTION, blocks=kept, max_new_tokens=1, stop_token_ids=())
+    stream_ = session.ask_stream(QUESTION, blocks=[m.id for m in kept], max_new_tokens=1, stop_token_ids=())
     list(stream_)
     assert stream_.answer.token_ids == [int(torch.argmax(logits[-1]))]
     assert dropped not in [b.id for b in stream_.answer.blocks]

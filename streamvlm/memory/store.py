@@ -1,7 +1,6 @@
 """Where blocks live. The encoder and the answer path only see ``BlockStore``.
 
-This issue's store keeps every block in process at full precision; the tiered store
-(device / host / disk, codecs, budgets) implements the same interface.
+``TieredStore`` (device / host / disk tiers with budgets and codecs) implements it.
 """
 
 from __future__ import annotations
@@ -16,8 +15,8 @@ class BlockStore(ABC):
     """Holds blocks by id; ``metas()`` lists them in time order."""
 
     @abstractmethod
-    def put(self, block: Block) -> None:
-        """Store a new block; its id must be new and larger than every stored id."""
+    def put(self, block: Block) -> list[int]:
+        """Store a new block (its id larger than every stored id); return ids of blocks that left the store."""
 
     @abstractmethod
     def get(self, ids: Iterable[int]) -> list[Block]:
@@ -37,36 +36,3 @@ class BlockStore(ABC):
 
     def __len__(self) -> int:
         return len(self.metas())
-
-
-class InProcessStore(BlockStore):
-    """Every block in one dict at full precision, on the device the model runs on."""
-
-    tier = "device"
-
-    def __init__(self) -> None:
-        self._blocks: dict[int, Block] = {}
-        self._bytes = 0
-
-    def put(self, block: Block) -> None:
-        if self._blocks and block.id <= next(reversed(self._blocks)):
-            raise ValueError(f"block id {block.id} is not newer than the stored ones")
-        self._blocks[block.id] = block
-        self._bytes += block.nbytes
-
-    def get(self, ids: Iterable[int]) -> list[Block]:
-        return [self._blocks[i] for i in ids]
-
-    def metas(self) -> list[BlockMeta]:
-        return [b.meta for b in self._blocks.values()]
-
-    def tier_of(self, block_id: int) -> str:
-        if block_id not in self._blocks:
-            raise KeyError(block_id)
-        return self.tier
-
-    def bytes_per_tier(self) -> dict[str, int]:
-        return {self.tier: self._bytes}
-
-    def __len__(self) -> int:
-        return len(self._blocks)

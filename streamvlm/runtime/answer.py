@@ -61,6 +61,12 @@ class SessionStats:
     next_position: int
     bytes_per_tier: dict[str, int]
     encode_s: float
+    hits_per_tier: dict[str, int]  # blocks loaded for questions, by the tier they came from
+    load_s: float  # seconds spent loading blocks for questions
+    dropped_blocks: int  # blocks that left memory entirely (host budget without disk, or disk budget)
+    indexed_blocks: int
+    frames_dropped: int  # frames the background queue dropped because it was full
+    queue_depth: int  # frames waiting for the encoder thread
 
     def to_dict(self) -> dict:
         return asdict(self)

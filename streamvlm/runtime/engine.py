@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import threading
-
 import torch
 
 from ..config import MemoryConfig
 from ..models.base import Backend
 from ..models.loading import load_backend
+from .scheduling import FairLock
 from .session import DEFAULT_SYSTEM_PROMPT, Session
 
 
 class StreamVLM:
     """Owns a model (through its backend) and creates sessions over it.
 
-    Model work from all sessions is serialised with one lock: the device runs one
-    forward at a time, and sessions interleave between chunks and between tokens.
+    Model work from all sessions is serialised with one first-come-first-served lock:
+    the device runs one forward at a time, and sessions interleave between chunks and
+    between tokens.
     """
 
     def __init__(self, backend: Backend):
         self.backend = backend
-        self.device_lock = threading.RLock()
+        self.device_lock = FairLock()
 
     @classmethod
     def from_pretrained(

@@ -16,12 +16,15 @@ from ..config import MemoryConfig
 from ..errors import ConfigError, InvalidFrameError
 from ..ingest.frames import Frame
 from ..memory.block import Block, BlockMeta
-from ..memory.store import BlockStore, InProcessStore
 from ..models.base import Backend, LayerKV
+from ..retrieval.select import Selection, select_blocks
+from ..retrieval.summaries import block_summary
+from . import persistence
 from .answer import Answer, BlockRef, SessionStats, Timings
 from .context import concat_layers, new_kv_from_cache, recent_by_frames
 from .decode import SamplingParams, TextStreamer, decode_tokens
 from .questions import validate_question
+from .scheduling import FairLock, FrameQueue
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant watching a live video. Answer questions about what you have seen."
@@ -43,13 +46,19 @@ class Session:
         memory: MemoryConfig | None = None,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         device_lock: AbstractContextManager | None = None,
-        store: BlockStore | None = None,
+        _resume: bool = False,
     ):
         self.backend = backend
         self.memory = memory or MemoryConfig()
         self.system_prompt = system_prompt
-        self._lock = device_lock or threading.RLock()
-        self.store = store or InProcessStore()
+        self._lock = device_lock or FairLock()
+        self.store = persistence.build_store(self.memory, backend, resume=_resume)
+        self.index = persistence.build_index(self.memory, backend)
+        self._unflushed = 0
+        self._queue: FrameQueue | None = None
+        self._worker: threading.Thread | None = None
+        self._last_pushed_t: float | None = None
+        self.background_errors: list[str] = []
         self.chunk_frames = self.memory.chunk_frames or backend.default_chunk_frames
         if self.chunk_frames % backend.frame_multiple:
             raise ConfigError(
@@ -65,6 +74,19 @@ class Session:
         self.chunks_encoded = 0
         self.encode_s = 0.0
         self._encode_sinks()
+        if self.memory.disk_dir is not None and not _resume:
+            self.checkpoint()
+
+    @classmethod
+    def resume(cls, directory: str | Path, engine, **overrides) -> Session:
+        """Reopen a session from its disk directory (``MemoryConfig.disk_dir``): its blocks,
+        index, position counter and stream clock, as of the last flushed block.
+
+        ``overrides`` replace saved ``MemoryConfig`` fields that do not change what is
+        stored (e.g. ``top_k``, ``window``). Raises ``SessionResumeError`` when the
+        directory is not a session or was written by another model.
+        """
+        return persistence.resume(cls, Path(directory), engine, overrides)
 
     # ----- sinks -----------------------------------------------------------------
 
@@ -122,6 +144,39 @@ class Session:
 
         return self.add_frames(Sampler(fps).sample(FileSource(path, backend=backend)))
 
+    def push_frame(self, rgb: np.ndarray, t: float) -> bool:
+        """Queue a frame for the session's encoder thread (started on first use) without waiting.
+
+        For live sources: the caller never blocks on the model. When the queue
+        (``MemoryConfig.queue_frames``) is full a frame is dropped by
+        ``MemoryConfig.queue_policy``; returns False when this frame was the one dropped.
+        The frame is checked here, so bad input raises in the caller's thread.
+        """
+        _check_frame(rgb)
+        t = float(t)
+        last = self._last_pushed_t if self._last_pushed_t is not None else self._last_t
+        if not math.isfinite(t) or (last is not None and t < last):
+            raise InvalidFrameError(f"frame time {t} is not a finite time after the previous frame's {last}")
+        self._last_pushed_t = t
+        if self._queue is None:
+            self._queue = FrameQueue(self.memory.queue_frames, self.memory.queue_policy)
+            self._worker = threading.Thread(target=self._encode_queued, name="streamvlm-encoder", daemon=True)
+            self._worker.start()
+        return self._queue.put((rgb, t))
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every queued frame is encoded (a partial chunk stays pending); False on timeout."""
+        return self._queue.join(timeout) if self._queue is not None else True
+
+    def _encode_queued(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                self.add_frame(*item)
+            except Exception as e:  # keep encoding: one bad frame must not stop the stream
+                self.background_errors.append(f"{type(e).__name__}: {e}")
+            finally:
+                self._queue.done()
+
     def flush(self) -> None:
         """Encode a partly filled chunk now (padding it by repeating its last frame if the model needs it)."""
         if self._pending:
@@ -145,56 +200,128 @@ class Session:
             cache = self.backend.new_cache(context)
             self.backend.forward(chunk.embeds, chunk.positions, cache)
             layers = new_kv_from_cache(cache, context[0][0].shape[1])
+            summary = block_summary(self.backend, layers, chunk.positions)
+            self._commit_block(pending, real_frames, chunk.positions, layers, summary)
+        self.encode_s += time.perf_counter() - started
+
+    def _commit_block(self, pending, real_frames, positions, layers, summary) -> None:
+        """Store a new block and index it (under the device lock: questions never see half of it)."""
         meta = BlockMeta(
             id=self._next_block_id,
             t_start=pending[0][1],
             t_end=pending[real_frames - 1][1],
             frames=real_frames,
-            positions=chunk.positions.cpu(),
-            kept=torch.ones(chunk.positions.shape[1], dtype=torch.bool),
+            positions=positions.cpu(),
+            kept=torch.ones(positions.shape[1], dtype=torch.bool),
+            summary=summary,
         )
-        self.store.put(Block(meta=meta, layers=layers))
+        gone = self.store.put(Block(meta=meta, layers=layers))
+        self.index.add(meta.id, summary)
+        if gone:
+            self.index.remove(gone)
         self._next_block_id += 1
         self.next_position = max(self.next_position, meta.max_position + 1)
         self.frames_encoded += real_frames
         self.chunks_encoded += 1
-        self.encode_s += time.perf_counter() - started
+        self._unflushed += 1
+        if self.memory.disk_dir is not None and self._unflushed >= self.memory.disk_flush_blocks:
+            self._checkpoint()
+
+    def checkpoint(self) -> None:
+        """Make everything encoded so far durable in ``disk_dir``: blocks, index, counters."""
+        if self.memory.disk_dir is None:
+            raise ConfigError("this session has no disk tier; set MemoryConfig.disk_dir to checkpoint it")
+        with self._lock:
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        persistence.checkpoint(self)
+        self._unflushed = 0
+
+    def close(self) -> None:
+        """Stop the encoder thread after its queue, encode a partial chunk and, with a disk
+        tier, checkpoint and release the directory."""
+        if self._queue is not None:
+            self._queue.close()
+            self._worker.join()
+        self.flush()
+        if self.memory.disk_dir is not None:
+            self.checkpoint()
+            self.store.disk.close()
 
     # ----- answers ---------------------------------------------------------------
 
-    def answer_context(self) -> list[BlockMeta]:
-        """Blocks a question attends to now (besides sinks), oldest first.
+    def answer_context(
+        self,
+        queries: torch.Tensor | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        top_k: int | None = None,
+    ) -> Selection:
+        """Blocks a question attends to (besides sinks), per layer, oldest first.
 
-        Every block when ``answer_blocks`` is None (lossless); otherwise the most recent
-        ``answer_blocks`` blocks together with the encoding window.
+        Candidates are the blocks overlapping ``[since, until]`` (all by default). With no
+        ``top_k`` (and no ``answer_blocks``) every candidate is attended: lossless. With
+        ``top_k``, the index picks blocks for ``queries`` as ``MemoryConfig.selection``
+        says; the encoding window and the ``answer_blocks`` newest candidates are added.
         """
-        metas = self.store.metas()
-        if self.memory.answer_blocks is None:
-            return metas
-        chosen = (
-            {m.id for m in metas[len(metas) - self.memory.answer_blocks :]}
-            if self.memory.answer_blocks
-            else set()
+        metas = [m for m in self.store.metas() if _overlaps(m, since, until)]
+        top_k = top_k if top_k is not None else self.memory.top_k
+        if top_k is None and self.memory.answer_blocks is None:
+            return Selection([[m.id for m in metas]] * self.backend.num_layers)
+        recent = recent_by_frames(metas, self.memory.window)
+        if self.memory.answer_blocks:
+            recent += metas[len(metas) - self.memory.answer_blocks :]
+        always = {m.id for m in recent}
+        if top_k is None:
+            return Selection([sorted(always)] * self.backend.num_layers)
+        if queries is None:
+            raise ValueError("retrieval needs the question's queries")
+        return select_blocks(
+            self.index,
+            queries,
+            [m.id for m in metas],
+            top_k,
+            mode=self.memory.selection,
+            neighbours=self.memory.neighbours,
+            always=always,
         )
-        chosen |= {m.id for m in recent_by_frames(metas, self.memory.window)}
-        return [m for m in metas if m.id in chosen]
 
-    def ask(self, question: str, **sampling) -> Answer:
-        """Answer ``question`` about everything seen so far. Keyword options: see ``SamplingParams``."""
-        stream = self.ask_stream(question, **sampling)
+    def ask(self, question: str, **options) -> Answer:
+        """Answer ``question`` about what the session has seen.
+
+        Options: ``since`` / ``until`` / ``top_k`` / ``blocks`` (see ``ask_stream``) and
+        the sampling options of ``SamplingParams`` (``max_new_tokens``, ``temperature``,
+        ``top_p``, ``seed``, ``stop_token_ids``).
+        """
+        stream = self.ask_stream(question, **options)
         for _ in stream:
             pass
         return stream.answer
 
-    def ask_stream(self, question: str, *, blocks: list[BlockMeta] | None = None, **sampling) -> AnswerStream:
+    def ask_stream(
+        self,
+        question: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        top_k: int | None = None,
+        blocks: list[int] | None = None,
+        **sampling,
+    ) -> AnswerStream:
         """Like ``ask`` but iterate it for text deltas as tokens are produced; ``.answer`` holds the result.
 
-        ``blocks`` overrides which blocks are attended (default ``answer_context()``).
+        ``since`` / ``until`` (stream seconds) restrict the blocks considered; ``top_k``
+        overrides ``MemoryConfig.top_k`` for this question; ``blocks`` names the block
+        ids to attend outright (no retrieval).
         """
         text = validate_question(question, self.memory.max_question_chars)
         params = SamplingParams(**sampling)
-        self.flush()
-        return AnswerStream(self, text, blocks if blocks is not None else self.answer_context(), params)
+        if top_k is not None and top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {top_k}")
+        if self._queue is None:  # with an encoder thread, frames in flight are that thread's
+            self.flush()
+        return AnswerStream(self, text, params, since=since, until=until, top_k=top_k, blocks=blocks)
 
     # ----- introspection ---------------------------------------------------------
 
@@ -216,21 +343,34 @@ class Session:
             next_position=self.next_position,
             bytes_per_tier=self.store.bytes_per_tier(),
             encode_s=self.encode_s,
+            hits_per_tier=dict(self.store.hits),
+            load_s=self.store.load_s,
+            dropped_blocks=self.store.dropped_blocks
+            + (self.store.disk.dropped_blocks if self.store.disk else 0),
+            indexed_blocks=len(self.index),
+            frames_dropped=self._queue.dropped if self._queue else 0,
+            queue_depth=len(self._queue) if self._queue else 0,
         )
 
 
 class AnswerStream:
-    """Iterator of an answer's text deltas; ``answer`` is set when it is exhausted."""
+    """Iterator of an answer's text deltas; ``answer`` is set when it is exhausted.
 
-    def __init__(self, session: Session, question: str, blocks: list[BlockMeta], params: SamplingParams):
+    Retrieval runs in two passes (see docs/retrieval.md): the question is first prefilled
+    over the sinks and the recent window to get its per-layer queries, which pick the
+    blocks; then it is prefilled again over sinks + picked blocks, and answered.
+    """
+
+    def __init__(self, session: Session, question: str, params: SamplingParams, **context):
         self.session = session
         self.question = question
-        self.blocks = blocks
         self.params = params
+        self._context = context
         # The question follows everything seen when it was asked, even if frames arrive
         # while it is being answered.
         self.position = session.next_position
         self.asked_at = session.stream_time
+        self.selection: Selection | None = None
         self.answer: Answer | None = None
         self._deltas = self._run()
 
@@ -240,6 +380,23 @@ class AnswerStream:
     def __next__(self) -> str:
         return next(self._deltas)
 
+    def _select(self, embeds: torch.Tensor, positions: torch.Tensor) -> Selection:
+        s, backend, ctx = self.session, self.session.backend, self._context
+        if ctx["blocks"] is not None:
+            known = {m.id for m in s.store.metas()}
+            missing = [b for b in ctx["blocks"] if b not in known]
+            if missing:
+                raise ConfigError(f"blocks {missing} are not in this session's memory")
+            return Selection([sorted(ctx["blocks"])] * backend.num_layers)
+        queries = None
+        if (ctx["top_k"] or s.memory.top_k) is not None:
+            window = recent_by_frames(s.store.metas(), s.memory.window)
+            cache = backend.new_cache(
+                concat_layers([s.sink_kv, *(b.layers for b in s.store.get(m.id for m in window))])
+            )
+            queries = backend.question_queries(embeds, positions, cache)
+        return s.answer_context(queries, since=ctx["since"], until=ctx["until"], top_k=ctx["top_k"])
+
     def _run(self) -> Iterator[str]:
         s, backend = self.session, self.session.backend
         started = time.perf_counter()
@@ -247,12 +404,21 @@ class AnswerStream:
         embeds = backend.question_embeds(ids)
         positions = backend.text_positions(self.position, embeds.shape[0])
         with s._lock:
-            stored = s.store.get(m.id for m in self.blocks)
-            cache = backend.new_cache(concat_layers([s.sink_kv, *(b.layers for b in stored)]))
+            self.selection = selection = self._select(embeds, positions)
+            blocks = {b.id: b for b in s.store.get(selection.union)}  # one batched load from the tiers
+            tiers = {b: s.store.tier_of(b) for b in blocks}
+            context = [
+                concat_layers([[s.sink_kv[i]], *([blocks[b].layers[i]] for b in ids_)])[0]
+                for i, ids_ in enumerate(selection.layers)
+            ]
+            cache = backend.new_cache(context)
             hidden = backend.forward(embeds, positions, cache)
             first_logits = backend.logits(hidden[-1:])[0]
         ttft = time.perf_counter() - started
-        refs = [BlockRef(m.id, m.t_start, m.t_end, m.tokens, s.store.tier_of(m.id)) for m in self.blocks]
+        refs = [
+            BlockRef(b, blocks[b].meta.t_start, blocks[b].meta.t_end, blocks[b].meta.tokens, tiers[b])
+            for b in blocks
+        ]
         streamer = TextStreamer(backend.tokenizer)
         tokens: list[int] = []
         steps = decode_tokens(
@@ -278,6 +444,10 @@ class AnswerStream:
             token_ids=tokens,
             finish_reason="length" if len(tokens) == self.params.max_new_tokens else "stop",
         )
+
+
+def _overlaps(meta: BlockMeta, since: float | None, until: float | None) -> bool:
+    return (since is None or meta.t_end >= since) and (until is None or meta.t_start <= until)
 
 
 def _check_frame(rgb: object) -> None:

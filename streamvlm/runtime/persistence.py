@@ -1,0 +1,185 @@
+"""Building a session's store and index, checkpointing them to its directory, resuming.
+
+A session directory holds the disk tier (segments + block table), the retrieval index
+(``index/``) and ``session.json`` with what the blocks do not say: the model, the system
+prompt, the memory options, the stream clock and the counters. Everything is written
+atomically at each checkpoint; blocks written after the last checkpoint are recovered
+from the segments by the disk tier, and the counters are then rebuilt from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from ..config import MemoryConfig
+from ..errors import StreamVLMError
+from ..memory.codec import get_codec
+from ..memory.disk import DiskTier
+from ..memory.policy import get_policy
+from ..memory.tiered import TieredStore
+from ..retrieval.index import LayeredIndex
+
+SESSION_FILE = "session.json"
+INDEX_DIR = "index"
+FORMAT_VERSION = 1
+# Options a resumed session may change: they do not alter what is stored.
+RESUME_OVERRIDABLE = {
+    "window",
+    "answer_blocks",
+    "max_question_chars",
+    "device_bytes",
+    "host_bytes",
+    "top_k",
+    "selection",
+    "neighbours",
+    "eviction",
+    "disk_flush_blocks",
+}
+
+
+class SessionResumeError(StreamVLMError):
+    """A directory cannot be resumed as a session."""
+
+
+def build_store(memory: MemoryConfig, backend, resume: bool = False) -> TieredStore:
+    disk = None
+    if memory.disk_dir is not None:
+        if not resume and (Path(memory.disk_dir) / SESSION_FILE).exists():
+            raise SessionResumeError(
+                f"{memory.disk_dir} already holds a session; resume it with Session.resume(dir, engine) "
+                "or pick an empty directory"
+            )
+        # the session decides when to make the disk durable (checkpoint), not the tier
+        disk = DiskTier(memory.disk_dir, max_bytes=memory.disk_bytes, flush_every=None, flush_seconds=None)
+    store = TieredStore(
+        device_bytes=memory.device_bytes,
+        host_bytes=memory.host_bytes,
+        device=backend.device,
+        dtype=backend.dtype,
+        host_codec=get_codec(memory.host_codec),
+        disk=disk,
+        disk_codec=get_codec(memory.disk_codec),
+        policy=get_policy(memory.eviction),
+    )
+    if resume:
+        store.adopt_disk_blocks()
+    return store
+
+
+def build_index(memory: MemoryConfig, backend) -> LayeredIndex:
+    return LayeredIndex(
+        backend.num_layers,
+        backend.num_kv_heads * backend.head_dim,
+        groups=memory.index_groups,
+        metric=memory.metric,
+    )
+
+
+def checkpoint(session) -> None:
+    """Flush the disk tier, save the index, then write ``session.json`` (atomically, last)."""
+    directory = Path(session.memory.disk_dir)
+    session.store.disk.flush()
+    session.index.save(directory / INDEX_DIR)
+    state = {
+        "format": FORMAT_VERSION,
+        "model": session.backend.name,
+        "system_prompt": session.system_prompt,
+        "memory": dataclasses.asdict(session.memory),
+        "t0": session._t0,
+        "last_t": session._last_t,
+        "next_position": session.next_position,
+        "next_block_id": session._next_block_id,
+        "frames_seen": session.frames_seen,
+        "frames_encoded": session.frames_encoded,
+        "chunks_encoded": session.chunks_encoded,
+    }
+    _write_json_atomically(directory / SESSION_FILE, state)
+
+
+def resume(cls, directory: Path, engine, overrides: dict):
+    state = _read_state(directory)
+    if state["model"] != engine.model_name:
+        raise SessionResumeError(
+            f"{directory} was written by model {state['model']!r}, not {engine.model_name!r}; "
+            f"resume it with StreamVLM.from_pretrained({state['model']!r})"
+        )
+    fixed = set(overrides) - RESUME_OVERRIDABLE
+    if fixed:
+        raise SessionResumeError(
+            f"cannot change {', '.join(sorted(fixed))} when resuming; they define what is stored"
+        )
+    memory = MemoryConfig(**{**state["memory"], **overrides, "disk_dir": str(directory)})
+    session = cls(engine.backend, memory, state["system_prompt"], engine.device_lock, _resume=True)
+    _restore_counters(session, state)
+    _restore_index(session, directory)
+    return session
+
+
+def _restore_counters(session, state: dict) -> None:
+    metas = session.store.metas()
+    session._t0 = state["t0"]
+    session._last_t = state["last_t"]
+    session.next_position = state["next_position"]
+    session._next_block_id = state["next_block_id"]
+    session.frames_seen = state["frames_seen"]
+    session.frames_encoded = state["frames_encoded"]
+    session.chunks_encoded = state["chunks_encoded"]
+    # blocks recovered from the segments after the last checkpoint
+    for meta in metas:
+        if meta.id >= state["next_block_id"]:
+            session.frames_seen += meta.frames
+            session.frames_encoded += meta.frames
+            session.chunks_encoded += 1
+    if metas:
+        newest = metas[-1]
+        session._next_block_id = max(session._next_block_id, newest.id + 1)
+        session.next_position = max(session.next_position, max(m.max_position for m in metas) + 1)
+        session._last_t = max(session._last_t if session._last_t is not None else newest.t_end, newest.t_end)
+        if session._t0 is None:
+            session._t0 = metas[0].t_start
+
+
+def _restore_index(session, directory: Path) -> None:
+    """Load the saved index; rebuild it from the blocks' stored summaries if it is missing or stale."""
+    stored_ids = [m.id for m in session.store.metas()]
+    try:
+        index = LayeredIndex.load(directory / INDEX_DIR)
+        if sorted(index.ids()) == stored_ids:
+            session.index = index
+            return
+    except (OSError, ValueError, StreamVLMError, RuntimeError):
+        pass
+    for meta in session.store.metas():
+        session.index.add(meta.id, meta.summary)
+
+
+def _read_state(directory: Path) -> dict:
+    path = directory / SESSION_FILE
+    if not path.is_file():
+        raise SessionResumeError(f"{directory} is not a streamvlm session directory (no {SESSION_FILE})")
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SessionResumeError(f"cannot read {path}: {e}") from e
+    if state.get("format") != FORMAT_VERSION:
+        raise SessionResumeError(
+            f"{path} has format {state.get('format')!r}; this streamvlm reads {FORMAT_VERSION}"
+        )
+    return state
+
+
+def _write_json_atomically(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

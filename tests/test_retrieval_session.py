@@ -1,0 +1,149 @@
+"""Retrieval inside a session: exactness at full top-k, per-layer contexts, filters, neighbours."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from streamvlm import MemoryConfig, StreamVLM
+from streamvlm.retrieval.index import LayeredIndex
+from streamvlm.retrieval.select import select_blocks
+
+Q = "what colour was the square?"
+
+
+@pytest.fixture(scope="module", params=["tiny-qwen2.5-vl", "tiny-llava-ov"])
+def engine(request) -> StreamVLM:
+    return StreamVLM.from_pretrained(request.param, device="cpu", dtype="float32")
+
+
+def clip(n: int, seed: int = 0) -> list[tuple[np.ndarray, float]]:
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(0, 256, size=(56, 84, 3), dtype=np.uint8), 0.5 * i) for i in range(n)]
+
+
+def logits_and_tokens(session, **options):
+    stream = session.ask_stream(Q, max_new_tokens=4, stop_token_ids=(), **options)
+    list(stream)
+    return stream
+
+
+@pytest.mark.parametrize("selection", ["shared", "per_layer"])
+def test_top_k_covering_every_block_equals_lossless(engine, selection):
+    session = engine.new_session(memory=MemoryConfig(window=2, selection=selection))
+    session.add_frames(clip(12))
+    lossless = logits_and_tokens(session)
+    retrieved = logits_and_tokens(session, top_k=1000)
+    every = [m.id for m in session.store.metas()]
+    assert retrieved.selection.layers == [every] * engine.backend.num_layers
+    assert retrieved.answer.token_ids == lossless.answer.token_ids
+    assert [b.id for b in retrieved.answer.blocks] == every
+
+
+def reference_ragged_logits(backend, session, selection, question_ids, position):
+    """Layer by layer with the model's own decoder layers, plain SDPA and an explicit mask per layer."""
+    from streamvlm.runtime.context import concat_layers
+
+    lm = backend.language_model
+    blocks = {b.id: b for b in session.store.get(selection.union)}
+    embeds = backend.question_embeds(question_ids)[None]
+    positions = backend.text_positions(position, embeds.shape[1])
+    cache = backend.new_cache(
+        [
+            concat_layers([[session.sink_kv[i]], *([blocks[b].layers[i]] for b in ids)])[0]
+            for i, ids in enumerate(selection.layers)
+        ]
+    )
+    pos = backend.model_position_ids(positions)
+    rotary = lm.rotary_emb(embeds, pos)
+    hidden, q = embeds, embeds.shape[1]
+    with torch.inference_mode():
+        for i, layer in enumerate(lm.layers):
+            kv = cache.layers[i].keys.shape[2] + q
+            allowed = torch.ones(q, kv, dtype=torch.bool).tril(kv - q)
+            mask = torch.zeros(q, kv).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
+            hidden = layer(
+                hidden, attention_mask=mask, position_embeddings=rotary, past_key_values=cache, use_cache=True
+            )
+        return backend.logits(lm.norm(hidden)[0, -1:])[0]
+
+
+def test_per_layer_selection_gives_each_layer_its_own_blocks(engine):
+    session = engine.new_session(memory=MemoryConfig(window=0, top_k=2, selection="per_layer"))
+    session.add_frames(clip(16, seed=3))
+    stream = logits_and_tokens(session)
+    layers = stream.selection.layers
+    assert all(len(ids) == 2 for ids in layers)
+    assert stream.selection.union == sorted({b.id for b in stream.answer.blocks})
+    # the first-token logits equal an explicit per-layer-masked forward over the same contexts
+    backend = engine.backend
+    ids = backend.prompt_parts(session.system_prompt, Q).question
+    expected = reference_ragged_logits(backend, session, stream.selection, ids, session.next_position)
+    assert stream.answer.token_ids[0] == int(torch.argmax(expected))
+    from streamvlm.runtime.context import concat_layers
+
+    blocks = {b.id: b for b in session.store.get(stream.selection.union)}
+    cache = backend.new_cache(
+        [
+            concat_layers([[session.sink_kv[i]], *([blocks[b].layers[i]] for b in ids_)])[0]
+            for i, ids_ in enumerate(layers)
+        ]
+    )
+    embeds = backend.question_embeds(ids)
+    hidden = backend.forward(embeds, backend.text_positions(session.next_position, embeds.shape[0]), cache)
+    torch.testing.assert_close(backend.logits(hidden[-1:])[0], expected, atol=1e-4, rtol=0)
+
+
+def test_per_layer_contexts_of_different_lengths_match_the_reference(engine):
+    """Force layers to attend to different numbers of blocks: the ragged attention path."""
+    from streamvlm.retrieval.select import Selection
+
+    session = engine.new_session(memory=MemoryConfig(window=64))
+    session.add_frames(clip(10, seed=4))
+    ids_all = [m.id for m in session.store.metas()]
+    layers = [ids_all[:1], ids_all[1:]] + [ids_all] * (engine.backend.num_layers - 2)
+    selection = Selection(layers)
+    backend = engine.backend
+    qids = backend.prompt_parts(session.system_prompt, Q).question
+    expected = reference_ragged_logits(backend, session, selection, qids, session.next_position)
+    from streamvlm.runtime.context import concat_layers
+
+    blocks = {b.id: b for b in session.store.get(selection.union)}
+    cache = backend.new_cache(
+        [
+            concat_layers([[session.sink_kv[i]], *([blocks[b].layers[i]] for b in ids)])[0]
+            for i, ids in enumerate(layers)
+        ]
+    )
+    assert cache.layers[0].keys.shape[2] != cache.layers[1].keys.shape[2]
+    embeds = backend.question_embeds(qids)
+    hidden = backend.forward(embeds, backend.text_positions(session.next_position, embeds.shape[0]), cache)
+    torch.testing.assert_close(backend.logits(hidden[-1:])[0], expected, atol=1e-4, rtol=0)
+
+
+def test_time_filter_restricts_blocks(engine):
+    session = engine.new_session(memory=MemoryConfig(window=2, top_k=3))
+    session.add_frames(clip(20))  # frames at 0.0 .. 9.5 s
+    answer = session.ask(Q, since=2.0, until=5.0, max_new_tokens=1)
+    assert answer.blocks and all(b.t_end >= 2.0 and b.t_start <= 5.0 for b in answer.blocks)
+    lossless = session.ask(Q, since=2.0, until=5.0, top_k=None, max_new_tokens=1)
+    assert all(2.0 <= b.t_end and b.t_start <= 5.0 for b in lossless.blocks)
+
+
+def test_selection_modes_neighbours_and_always_with_a_real_index():
+    index = LayeredIndex(2, 4)
+    vectors = torch.eye(4).repeat(3, 1)[:10]  # block i points along axis i % 4
+    for i, v in enumerate(vectors):
+        index.add(i, torch.stack([v, v]))
+    query = torch.stack([torch.eye(4)[1], torch.eye(4)[1]])  # matches blocks 1, 5, 9
+    shared = select_blocks(index, query, list(range(10)), top_k=2)
+    assert shared.layers == [[1, 5], [1, 5]]
+    around = select_blocks(index, query, list(range(10)), top_k=1, neighbours=1, always={9})
+    assert around.layers[0] == [0, 1, 2, 9]
+    filtered = select_blocks(index, query, [4, 5, 6, 7], top_k=1)
+    assert filtered.layers[0] == [5]
+    split = torch.stack([torch.eye(4)[1], torch.eye(4)[2]])
+    per_layer = select_blocks(index, split, list(range(10)), top_k=3, mode="per_layer")
+    assert per_layer.layers[0] == [1, 5, 9]
+    assert {2, 6} < set(per_layer.layers[1]) and len(per_layer.layers[1]) == 3  # third pick: any, score 0
