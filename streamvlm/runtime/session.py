@@ -348,8 +348,8 @@ class Session:
             dropped_blocks=self.store.dropped_blocks
             + (self.store.disk.dropped_blocks if self.store.disk else 0),
             indexed_blocks=len(self.index),
-            frames_dropped=self._queue.dropped if self._queue else 0,
-            queue_depth=len(self._queue) if self._queue else 0,
+            frames_dropped=self._queue.dropped if self._queue is not None else 0,
+            queue_depth=len(self._queue) if self._queue is not None else 0,
         )
 
 
