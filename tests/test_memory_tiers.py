@@ -52,8 +52,12 @@ def test_policies_order_victims():
     cands = [Candidate(3, 10, last_used=1), Candidate(1, 10, last_used=5), Candidate(2, 10, last_used=2)]
     assert OldestFirst().order(cands) == [1, 2, 3]
     assert LeastRecentlyUsed().order(cands) == [3, 2, 1]
-    assert OldestFirst().victims(cands, 15) == [1, 2]
-    assert OldestFirst().victims(cands, 0) == []
+    in_tier_order = sorted(
+        cands, key=lambda c: c.id
+    )  # tiers list blocks in the order they entered: oldest first
+    assert OldestFirst().victims(iter(in_tier_order), 15) == [1, 2]
+    assert OldestFirst().victims(iter(in_tier_order), 0) == []
+    assert LeastRecentlyUsed().victims(cands, 15) == [3, 2]
     with pytest.raises(ConfigError, match="unknown eviction policy"):
         get_policy("random")
 

@@ -8,6 +8,7 @@ written.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import torch
@@ -53,7 +54,7 @@ class Block:
     def id(self) -> int:
         return self.meta.id
 
-    @property
+    @cached_property
     def nbytes(self) -> int:
         return sum(k.nbytes + v.nbytes for k, v in self.layers)
 
@@ -81,6 +82,7 @@ class StoredBlock:
     def id(self) -> int:
         return int(self.meta["id"])
 
-    @property
+    @cached_property
     def nbytes(self) -> int:
+        # cached: tiers ask for it on every put, for every block they hold
         return sum(t.nbytes for t in self.tensors.values())

@@ -8,7 +8,7 @@ changing tier code.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict
+from dataclasses import fields
 
 import torch
 
@@ -18,7 +18,8 @@ _TENSOR_FIELDS = ("positions", "kept", "summary")
 
 
 def meta_to_json(meta: BlockMeta) -> dict:
-    return {k: v for k, v in asdict(meta).items() if k not in _TENSOR_FIELDS}
+    # not dataclasses.asdict: it deep-copies the tensor fields only to drop them
+    return {f.name: getattr(meta, f.name) for f in fields(meta) if f.name not in _TENSOR_FIELDS}
 
 
 class Codec(ABC):

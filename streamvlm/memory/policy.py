@@ -25,6 +25,10 @@ class Candidate:
 
 class EvictionPolicy(ABC):
     name: str
+    #: whether ``victims`` takes a lazy iterator of candidates in tier order. A tier lists
+    #: blocks in the order they entered it, which is stream age: the device tier gets new
+    #: blocks only, and the host tier gets them from the device tier oldest first.
+    lazy = False
 
     @abstractmethod
     def order(self, candidates: Sequence[Candidate]) -> list[int]:
@@ -46,9 +50,21 @@ class OldestFirst(EvictionPolicy):
     """Stream age: the block seen longest ago leaves first (the default)."""
 
     name = "age"
+    #: tiers list blocks oldest first, so this policy needs only the first few candidates
+    lazy = True
 
     def order(self, candidates):
         return sorted(c.id for c in candidates)
+
+    def victims(self, candidates, bytes_to_free):
+        """Candidates arrive oldest first: take from the front, without listing them all."""
+        chosen, freed = [], 0
+        for c in candidates:
+            if freed >= bytes_to_free:
+                break
+            chosen.append(c.id)
+            freed += c.nbytes
+        return chosen
 
 
 class LeastRecentlyUsed(EvictionPolicy):

@@ -89,8 +89,8 @@ class TieredStore(BlockStore):
         excess = tier.overflow()
         if not excess:
             return []
-        candidates = [Candidate(item.id, item.nbytes, self._last_used[item.id]) for item in tier]
-        return self.policy.victims(candidates, excess)
+        candidates = (Candidate(item.id, item.nbytes, self._last_used[item.id]) for item in tier)
+        return self.policy.victims(candidates if self.policy.lazy else list(candidates), excess)
 
     def _forget(self, block_id: int) -> None:
         """Remove every trace of a block that left the store."""

@@ -9,9 +9,9 @@ blocks the caller insists on (the recent window).
 from __future__ import annotations
 
 import bisect
-from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -47,17 +47,19 @@ def select_blocks(
     num_layers = queries.shape[0]
     if not candidates:
         return Selection([sorted(always)] * num_layers)
-    allowed = candidates
+    # no id selector when nothing is filtered out: FAISS then scans without a lookup per id
+    allowed = None if len(candidates) == len(index) else candidates
     if mode == "shared":
-        # every candidate's score summed over layers; flat search over all candidates is
+        # every candidate's score summed over layers; a flat search over all candidates is
         # what the sum needs, and costs O(blocks x layers x dim): milliseconds at hours of video
         hits = index.search(queries, k=len(candidates), allowed_ids=allowed)
-        totals: dict[int, float] = defaultdict(float)
+        order = np.asarray(candidates)
+        totals = np.zeros(len(order))
         for scores, ids in hits:
-            for score, block_id in zip(scores.tolist(), ids.tolist(), strict=True):
-                if block_id >= 0:
-                    totals[block_id] += score
-        best = sorted(totals, key=lambda b: (-totals[b], b))[:top_k]
+            found = ids >= 0
+            totals[np.searchsorted(order, ids[found])] += scores[found]
+        # best first, ties to the older block (stable sort over ids in time order)
+        best = order[np.argsort(-totals, kind="stable")[:top_k]].tolist()
         chosen = _with_neighbours(best, candidates, neighbours) | set(always)
         return Selection([sorted(chosen)] * num_layers)
     hits = index.search(queries, k=min(top_k, len(candidates)), allowed_ids=allowed)

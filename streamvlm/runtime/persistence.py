@@ -78,11 +78,31 @@ def build_index(memory: MemoryConfig, backend) -> LayeredIndex:
     )
 
 
-def checkpoint(session) -> None:
-    """Flush the disk tier, save the index, then write ``session.json`` (atomically, last)."""
+# A full checkpoint rewrites the block table and the index: O(blocks held). It runs when
+# the blocks since the last one reach this fraction of all blocks (at least FULL_MIN), so
+# its cost per block stays constant however long the stream, and a resume scans at most
+# that fraction of the blocks past the table.
+FULL_FRACTION = 0.1
+FULL_MIN = 64
+
+
+def checkpoint(session, full: bool | None = None) -> None:
+    """Make the session durable: blocks (fsync), counters, and when due the table and index.
+
+    ``session.json`` is written last and atomically. ``full=None`` decides by the schedule
+    above; ``True`` forces the table and index (at close).
+    """
     directory = Path(session.memory.disk_dir)
-    session.store.disk.flush()
-    session.index.save(directory / INDEX_DIR)
+    held = len(session.store)
+    since = held - session._blocks_at_full
+    if full is None:
+        full = since >= max(FULL_MIN, FULL_FRACTION * held)
+    if full:
+        session.store.disk.flush()
+        session.index.save(directory / INDEX_DIR)
+        session._blocks_at_full = held
+    else:
+        session.store.disk.sync()
     state = {
         "format": FORMAT_VERSION,
         "model": session.backend.name,
@@ -143,17 +163,23 @@ def _restore_counters(session, state: dict) -> None:
 
 
 def _restore_index(session, directory: Path) -> None:
-    """Load the saved index; rebuild it from the blocks' stored summaries if it is missing or stale."""
-    stored_ids = [m.id for m in session.store.metas()]
+    """Load the saved index and bring it up to date from the blocks' stored summaries.
+
+    The index is saved at full checkpoints only: blocks written since are added from their
+    summaries, blocks dropped since are removed. A missing or damaged index is rebuilt.
+    """
     try:
-        index = LayeredIndex.load(directory / INDEX_DIR)
-        if sorted(index.ids()) == stored_ids:
-            session.index = index
-            return
+        session.index = LayeredIndex.load(directory / INDEX_DIR)
     except (OSError, ValueError, StreamVLMError, RuntimeError):
-        pass
-    for meta in session.store.metas():
-        session.index.add(meta.id, meta.summary)
+        pass  # keep the empty index build_index made
+    metas = {m.id: m for m in session.store.metas()}
+    indexed = set(session.index.ids())
+    stale = sorted(indexed - metas.keys())
+    if stale:
+        session.index.remove(stale)
+    for block_id in sorted(metas.keys() - indexed):
+        session.index.add(block_id, metas[block_id].summary)
+    session._blocks_at_full = len(metas)
 
 
 def _read_state(directory: Path) -> dict:

@@ -55,6 +55,7 @@ class Session:
         self.store = persistence.build_store(self.memory, backend, resume=_resume)
         self.index = persistence.build_index(self.memory, backend)
         self._unflushed = 0
+        self._blocks_at_full = 0  # blocks held at the last full checkpoint (table + index)
         self._queue: FrameQueue | None = None
         self._worker: threading.Thread | None = None
         self._last_pushed_t: float | None = None
@@ -228,14 +229,14 @@ class Session:
             self._checkpoint()
 
     def checkpoint(self) -> None:
-        """Make everything encoded so far durable in ``disk_dir``: blocks, index, counters."""
+        """Make everything encoded so far durable in ``disk_dir``, block table and index included."""
         if self.memory.disk_dir is None:
             raise ConfigError("this session has no disk tier; set MemoryConfig.disk_dir to checkpoint it")
         with self._lock:
-            self._checkpoint()
+            self._checkpoint(full=True)
 
-    def _checkpoint(self) -> None:
-        persistence.checkpoint(self)
+    def _checkpoint(self, full: bool | None = None) -> None:
+        persistence.checkpoint(self, full=full)
         self._unflushed = 0
 
     def close(self) -> None:
