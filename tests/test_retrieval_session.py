@@ -147,3 +147,44 @@ def test_selection_modes_neighbours_and_always_with_a_real_index():
     per_layer = select_blocks(index, split, list(range(10)), top_k=3, mode="per_layer")
     assert per_layer.layers[0] == [1, 5, 9]
     assert {2, 6} < set(per_layer.layers[1]) and len(per_layer.layers[1]) == 3  # third pick: any, score 0
+
+
+def test_contiguous_positions_close_the_gaps(engine):
+    from streamvlm.retrieval.positions import contiguous_positions, reposition
+
+    backend = engine.backend
+    session = engine.new_session(memory=MemoryConfig(window=64))
+    session.add_frames((f, 7.0 * i) for i, (f, _) in enumerate(clip(8)))  # frames 7 s apart: big time gaps
+    blocks = session.store.get([1, 3])
+    step = backend.tokens_per_second * backend.temporal_patch_size if backend.position_dims == 3 else 1
+    layout = contiguous_positions(blocks, session.video_start, backend.position_dims, step)
+    start = session.video_start
+    if backend.position_dims == 3:
+        assert int(layout[1][0].min()) == start and int(layout[3][0].min()) == start + step
+        assert torch.equal(layout[1][1:], blocks[0].meta.positions[1:])  # height/width rows kept
+    else:
+        n = blocks[0].meta.tokens
+        assert torch.equal(layout[1][0], torch.arange(start, start + n))
+        assert torch.equal(layout[3][0], torch.arange(start + n, start + 2 * n))
+    for block in blocks:  # re-rotating to the same positions changes nothing; to new ones, only keys
+        same = reposition(backend, block, block.meta.positions)
+        for (k, v), (k2, v2) in zip(block.layers, same.layers, strict=True):
+            torch.testing.assert_close(k2, k, atol=1e-5, rtol=0)
+            assert v2 is v
+        moved = reposition(backend, block, layout[block.id])
+        back = reposition(backend, moved, block.meta.positions)
+        torch.testing.assert_close(back.layers[1][0], block.layers[1][0], atol=1e-4, rtol=0)
+
+
+def test_contiguous_mode_answers_and_places_the_question_after_the_retrieved_blocks(engine):
+    session = engine.new_session(memory=MemoryConfig(window=2, top_k=2, position_mode="contiguous"))
+    session.add_frames((f, 5.0 * i) for i, (f, _) in enumerate(clip(16)))
+    stream = logits_and_tokens(session)
+    assert len(stream.answer.token_ids) == 4
+    original = engine.new_session(memory=MemoryConfig(window=64, position_mode="original"))
+    contiguous = engine.new_session(memory=MemoryConfig(window=64, position_mode="contiguous"))
+    for s in (original, contiguous):
+        s.add_frames(clip(6))
+    a, b = logits_and_tokens(original), logits_and_tokens(contiguous)
+    if engine.backend.position_dims == 1:  # a 1-D stream is already contiguous: nothing moves
+        assert a.answer.token_ids == b.answer.token_ids

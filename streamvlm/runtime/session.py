@@ -17,6 +17,7 @@ from ..errors import ConfigError, InvalidFrameError
 from ..ingest.frames import Frame
 from ..memory.block import Block, BlockMeta
 from ..models.base import Backend, LayerKV
+from ..retrieval.positions import contiguous_positions, reposition
 from ..retrieval.select import Selection, select_blocks
 from ..retrieval.summaries import block_summary
 from . import persistence
@@ -398,6 +399,17 @@ class AnswerStream:
             queries = backend.question_queries(embeds, positions, cache)
         return s.answer_context(queries, since=ctx["since"], until=ctx["until"], top_k=ctx["top_k"])
 
+    def _contiguous(self, blocks: dict, question_tokens: int):
+        """Re-rotate the attended blocks to consecutive positions; the question follows them."""
+        s, backend = self.session, self.session.backend
+        step = 1
+        if backend.position_dims == 3:
+            step = backend.tokens_per_second * backend.temporal_patch_size
+        layout = contiguous_positions(list(blocks.values()), s.video_start, backend.position_dims, step)
+        moved = {b: reposition(backend, blocks[b], layout[b]) for b in blocks}
+        start = max(int(p.max()) for p in layout.values()) + 1
+        return moved, backend.text_positions(start, question_tokens)
+
     def _run(self) -> Iterator[str]:
         s, backend = self.session, self.session.backend
         started = time.perf_counter()
@@ -408,6 +420,8 @@ class AnswerStream:
             self.selection = selection = self._select(embeds, positions)
             blocks = {b.id: b for b in s.store.get(selection.union)}  # one batched load from the tiers
             tiers = {b: s.store.tier_of(b) for b in blocks}
+            if s.memory.position_mode == "contiguous" and blocks:
+                blocks, positions = self._contiguous(blocks, embeds.shape[0])
             context = [
                 concat_layers([[s.sink_kv[i]], *([blocks[b].layers[i]] for b in ids_)])[0]
                 for i, ids_ in enumerate(selection.layers)
@@ -423,7 +437,7 @@ class AnswerStream:
         streamer = TextStreamer(backend.tokenizer)
         tokens: list[int] = []
         steps = decode_tokens(
-            backend, cache, first_logits, self.position + embeds.shape[0], self.params, lambda: s._lock
+            backend, cache, first_logits, int(positions[0, -1]) + 1, self.params, lambda: s._lock
         )
         for token in steps:
             tokens.append(token)
