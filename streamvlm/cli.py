@@ -78,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
             "at the end; with neither, questions are read from stdin after the stream."
         ),
     )
-    w.add_argument("video", metavar="VIDEO", help="video file (anything FFmpeg/PyAV decodes)")
+    w.add_argument(
+        "video",
+        metavar="VIDEO",
+        nargs="?",
+        help="video file (anything FFmpeg/PyAV decodes); optional with --resume",
+    )
     w.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"model name, path or hub id (default: {DEFAULT_MODEL})"
     )
@@ -109,6 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=MemoryConfig.window,
         metavar="N",
         help=f"frames of recent context each chunk attends to while encoding (default: {MemoryConfig.window})",
+    )
+    w.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        metavar="N",
+        help="answer over the N blocks retrieved for each question (+ the window); default: every block",
+    )
+    w.add_argument(
+        "--disk-dir",
+        metavar="DIR",
+        help="keep the session on disk in DIR (an empty or new directory), so it can be resumed",
+    )
+    w.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="reopen the session saved in DIR; VIDEO, if given, is streamed after what it has seen",
     )
     w.add_argument(
         "--max-new-tokens",
@@ -142,7 +164,86 @@ def build_parser() -> argparse.ArgumentParser:
     )
     i.add_argument("--json", action="store_true", help="print as JSON")
     i.set_defaults(func=cmd_info)
+
+    b = sub.add_parser("bench", help="benchmarks against a baseline in the same run")
+    bench = b.add_subparsers(dest="bench", metavar="BENCH", parser_class=_Parser)
+    bench.required = True
+    _add_bench_stream(bench)
     return parser
+
+
+def _add_bench_stream(bench) -> None:
+    from .bench.stream import StreamBenchConfig
+
+    d = StreamBenchConfig()
+    s = bench.add_parser(
+        "stream",
+        help="cost per frame, time to first token and memory against stream length",
+        description=(
+            "Stream a synthetic video of growing length through one session (retrieval on, "
+            "tiers with small budgets) and, at each checkpoint length, ask a question; in the same "
+            "run, answer it with plain transformers generate() over every frame so far until that "
+            "passes a time or memory cap. Prints a table (or --json) and the ratios the targets use."
+        ),
+    )
+    s.add_argument("--model", default=d.model)
+    s.add_argument(
+        "--lengths",
+        default=",".join(map(str, d.lengths)),
+        help=f"checkpoint lengths in sampled frames (default: {','.join(map(str, d.lengths))})",
+    )
+    s.add_argument("--fps", type=float, default=d.fps, help="stream time between frames is 1/fps")
+    s.add_argument("--size", type=int, default=d.size, help="frame side in pixels")
+    s.add_argument("--window", type=int, default=d.window)
+    s.add_argument("--top-k", type=int, default=d.top_k)
+    s.add_argument("--device-bytes", type=int, default=d.device_bytes)
+    s.add_argument("--host-bytes", type=int, default=d.host_bytes)
+    s.add_argument("--question", default=d.question)
+    s.add_argument("--baseline-cap-s", type=float, default=d.baseline_cap_s)
+    s.add_argument("--device", default=None)
+    s.add_argument("--dtype", default=None)
+    s.add_argument("--json", action="store_true", help="print one JSON document on stdout and nothing else")
+    s.add_argument("--plot", metavar="FILE", help="write a PNG plot")
+    s.set_defaults(func=cmd_bench_stream)
+
+
+def cmd_bench_stream(args: argparse.Namespace) -> int:
+    from .bench.stream import HEADER, StreamBenchConfig, plot, run_stream_bench
+
+    try:
+        lengths = tuple(int(x) for x in args.lengths.split(","))
+    except ValueError:
+        lengths = ()
+    if not lengths or min(lengths) < 2:
+        raise ConfigError(
+            f"--lengths takes comma-separated frame counts >= 2, e.g. 100,300,1000; got {args.lengths!r}"
+        )
+    config = StreamBenchConfig(
+        model=args.model,
+        lengths=lengths,
+        fps=args.fps,
+        size=args.size,
+        window=args.window,
+        top_k=args.top_k,
+        device_bytes=args.device_bytes,
+        host_bytes=args.host_bytes,
+        question=validate_question(args.question, MemoryConfig.max_question_chars),
+        baseline_cap_s=args.baseline_cap_s,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    log(HEADER)
+    result = run_stream_bench(config, log=log)
+    if args.plot:
+        plot(result, args.plot)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"baseline: {result.baseline_stopped or 'ran at every length'}")
+    for name, value in result.ratios().items():
+        print(f"{name}: {value:.3f}" if isinstance(value, float) else f"{name}: {value}")
+    return 0
 
 
 # --------------------------------------------------------------------------- watch
@@ -235,7 +336,11 @@ def _answer_record(answer, kind: str, requested_at: float | None) -> dict:
 def cmd_watch(args: argparse.Namespace) -> int:
     # Everything is checked before streaming starts, cheapest first: options and
     # questions, then the video (opened and probed), then the model.
-    memory = MemoryConfig(window=args.window)
+    memory = MemoryConfig(window=args.window, top_k=args.top_k, disk_dir=args.disk_dir)
+    if args.video is None and args.resume is None:
+        raise ConfigError("give a VIDEO to watch, or --resume DIR to ask about a saved session")
+    if args.resume is not None and args.disk_dir is not None:
+        raise ConfigError("--resume DIR continues the session in DIR; leave out --disk-dir")
     if not (math.isfinite(args.fps) and args.fps > 0):
         raise ConfigError(f"--fps must be > 0, got {args.fps}")
     at_end = [TimedQuestion(validate_question(q, memory.max_question_chars), None) for q in args.ask]
@@ -244,17 +349,23 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     from .ingest import FileSource
 
-    video = Path(args.video)
-    source = FileSource(video)
-    info = source.info  # probed at construction: a missing or unreadable file has failed already
+    video = Path(args.video) if args.video is not None else None
+    source = FileSource(video) if video is not None else None
+    info = source.info if source is not None else None  # probed: a bad file has failed already
 
-    from . import StreamVLM
+    from . import Session, StreamVLM
     from .runtime.decode import SamplingParams
 
     SamplingParams(max_new_tokens=args.max_new_tokens)  # raises ConfigError when out of range
     kwargs = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
     engine = StreamVLM.from_pretrained(args.model, **kwargs)
-    session = engine.new_session(memory=memory)
+    if args.resume is not None:
+        overrides = {"window": args.window} | ({"top_k": args.top_k} if args.top_k is not None else {})
+        session = Session.resume(args.resume, engine, **overrides)
+    else:
+        session = engine.new_session(memory=memory)
+    # a resumed session's clock has moved on: new frames come after what it has seen
+    offset = session.stream_time + 1.0 / args.fps if session.frames_seen else 0.0
 
     duration = getattr(info, "duration", None)
     total = max(1, math.ceil(duration * args.fps)) if duration else None
@@ -274,11 +385,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     stream_t = 0.0
     start = time.perf_counter()
     try:
-        for frame in _sampled_frames(source, args.fps):
+        for frame in _sampled_frames(source, args.fps) if source is not None else ():
             # An --ask-at question is asked before the first frame later than its time.
             while pending and frame.t > pending[0].at:
                 ask(pending.pop(0), "ask-at")
-            session.add_frame(frame.rgb, t=frame.t)
+            session.add_frame(frame.rgb, t=frame.t + offset)
             frames += 1
             stream_t = frame.t
             progress.update(session, stream_t, time.perf_counter() - start)
@@ -287,7 +398,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         progress.update(session, stream_t, stream_wall, n=0, force=True)
     finally:
         progress.close()
-    if frames == 0:
+    if frames == 0 and source is not None:
         raise EmptyVideoError(f"{video}: no frame was decoded at --fps {args.fps:g}")
     skipped = getattr(source, "decode_errors", 0) or 0
     if skipped:
@@ -311,6 +422,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     if interactive:
         _interactive(session, args.max_new_tokens, memory.max_question_chars, stream_t)
+    if session.memory.disk_dir is not None:
+        session.close()  # checkpoint: the directory can be resumed with --resume
 
     if args.json:
         stats = session.stats()
@@ -319,7 +432,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
             "model": args.model,
             "device": str(getattr(backend, "device", args.device)),
             "dtype": str(getattr(backend, "dtype", args.dtype)).removeprefix("torch."),
-            "video": {"path": str(video), **_plain(info)},
+            "video": {"path": str(video), **_plain(info)} if video is not None else None,
+            "session_dir": session.memory.disk_dir,
             "decoder": {
                 "backend": getattr(info, "backend", None),
                 "codec": getattr(info, "codec", None),

@@ -323,3 +323,43 @@ def test_interrupt_exits_130(monkeypatch, capsys):
 
 def test_control_characters_in_answers_are_escaped():
     assert _printable("a\x1b[31mb\n\tc\u00e9\x00") == "a\\x1b[31mb\n\tc\u00e9\\x00"
+
+
+def test_watch_on_disk_then_resume(tmp_path, sample_video, capfd):
+    """--disk-dir keeps the session; --resume reopens it, answers over it, and can stream more."""
+    directory = tmp_path / "session"
+    base = ["watch", "--fps", "1", "--max-new-tokens", "2", "--json", "--no-progress"]
+    first = run_main([*base, str(sample_video), "--disk-dir", str(directory), "--ask", "what?"], capfd)
+    assert first.returncode == 0, first.stderr
+    blocks = json.loads(first.stdout)["stats"]["blocks"]
+    again = run_main([*base, "--resume", str(directory), "--top-k", "2", "--ask", "and then?"], capfd)
+    assert again.returncode == 0, again.stderr
+    doc = json.loads(again.stdout)
+    assert doc["stats"]["blocks"] == blocks and doc["video"] is None
+    assert {b["tier"] for b in doc["answers"][0]["blocks"]} == {"disk"}
+    more = run_main([*base, str(sample_video), "--resume", str(directory), "--ask", "more?"], capfd)
+    doc = json.loads(more.stdout)
+    assert doc["stats"]["blocks"] == 2 * blocks and doc["stats"]["stream_time"] > 20
+    taken = run_main([*base, str(sample_video), "--disk-dir", str(directory), "--ask", "x"], capfd)
+    assert taken.returncode == 2 and "already holds a session" in taken.stderr
+    neither = run_main(["watch", "--ask", "x"], capfd)
+    assert neither.returncode == 2 and "give a VIDEO" in neither.stderr
+
+
+def test_bench_stream_small_run_prints_json_and_plot(tmp_path, capfd):
+    plot = tmp_path / "bench.png"
+    proc = run_main(
+        ["bench", "stream", "--lengths", "12,24", "--window", "4", "--json", "--plot", str(plot)], capfd
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    frames = [c["frames"] for c in doc["checkpoints"]]
+    assert frames == [12, 24]
+    assert all(c["baseline_ttft_s"] > 0 and c["ttft_s"] > 0 for c in doc["checkpoints"])
+    assert set(doc["ratios"]) >= {
+        "encode_per_frame_end_over_start",
+        "ttft_longest_over_first",
+        "baseline_over_streamvlm_ttft",
+    }
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run_main(["bench", "stream", "--lengths", "x"], capfd).returncode == 2

@@ -1,0 +1,202 @@
+"""``streamvlm bench stream``: cost per frame, time to first token and memory against stream length.
+
+A synthetic video of growing length streams through one session. At each checkpoint
+length a question is asked (retrieval on), and — side by side, in the same run — the
+baseline a user would otherwise write answers the same question with plain transformers
+``generate()`` over every frame so far, until it passes a time or memory cap.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+from ..config import MemoryConfig
+from ..samples import SceneRenderer
+from .baseline import generate_over_all_frames
+
+
+@dataclass
+class StreamBenchConfig:
+    model: str = "tiny-qwen2.5-vl"
+    lengths: tuple[int, ...] = (100, 300, 1000, 3600)  # sampled frames at which to measure
+    fps: float = 1.0
+    size: int = 112  # frames are size x size pixels
+    window: int = 16
+    top_k: int = 8
+    device_bytes: int = 256 << 10
+    host_bytes: int = 1 << 20
+    question: str = "What colour was the circle?"
+    baseline_cap_s: float = 30.0  # stop the baseline once one answer takes longer than this
+    baseline_cap_bytes: int = 8 << 30  # ... or once its KV cache would pass this
+    seed: int = 0
+    device: str | None = None
+    dtype: str | None = None
+    disk_dir: str | None = None  # default: a temporary directory
+
+
+@dataclass
+class Checkpoint:
+    frames: int
+    encode_ms_per_frame: float  # median over the frames since the previous checkpoint
+    ttft_s: float
+    load_s: float
+    blocks_attended: int
+    bytes_per_tier: dict[str, int]
+    baseline_ttft_s: float | None = None
+    baseline_preprocess_s: float | None = None
+    baseline_prompt_tokens: int | None = None
+
+
+@dataclass
+class StreamBenchResult:
+    config: dict
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    baseline_stopped: str | None = None
+
+    def ratios(self) -> dict:
+        """The targets of the benchmark, as ratios within this run."""
+        cps = self.checkpoints
+        first, last = cps[0], cps[-1]
+        reached = [c for c in cps if c.baseline_ttft_s is not None]
+        out = {
+            "encode_per_frame_end_over_start": last.encode_ms_per_frame / first.encode_ms_per_frame,
+            "ttft_longest_over_first": last.ttft_s / first.ttft_s,
+            "device_bytes_after_fill": [c.bytes_per_tier["device"] for c in cps],
+            "host_bytes_after_fill": [c.bytes_per_tier["host"] for c in cps],
+        }
+        if reached:
+            out["baseline_longest_frames"] = reached[-1].frames
+            out["baseline_over_streamvlm_ttft"] = reached[-1].baseline_ttft_s / reached[-1].ttft_s
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "config": self.config,
+            "checkpoints": [asdict(c) for c in self.checkpoints],
+            "baseline_stopped": self.baseline_stopped,
+            "ratios": self.ratios(),
+        }
+
+
+def run_stream_bench(config: StreamBenchConfig, log=print) -> StreamBenchResult:
+    from ..runtime.engine import StreamVLM
+
+    engine = StreamVLM.from_pretrained(
+        config.model, device=config.device, dtype=config.dtype, seed=config.seed
+    )
+    backend = engine.backend
+    lengths = sorted(set(config.lengths))
+    scene = SceneRenderer(config.size, config.size, lengths[-1], config.fps, seed=config.seed)
+    result = StreamBenchResult(config=asdict(config))
+    with tempfile.TemporaryDirectory(prefix="streamvlm-bench-") as tmp:
+        memory = MemoryConfig(
+            window=config.window,
+            top_k=config.top_k,
+            device_bytes=config.device_bytes,
+            host_bytes=config.host_bytes,
+            disk_dir=config.disk_dir or tmp,
+        )
+        session = engine.new_session(memory=memory)
+        per_frame: list[float] = []
+        baseline_on = True
+        for i in range(lengths[-1]):
+            started = time.perf_counter()
+            session.add_frame(scene.frame(i), i / config.fps)
+            per_frame.append(time.perf_counter() - started)
+            if i + 1 not in lengths:
+                continue
+            # while the window fills, chunks are cheaper: leave those frames out of the first median
+            segment = per_frame[config.window :] if not result.checkpoints else per_frame
+            chunk = session.chunk_frames  # a chunk's cost lands on its last frame: average over chunks
+            sums = [sum(segment[j : j + chunk]) / chunk for j in range(0, len(segment) - chunk + 1, chunk)]
+            per_frame = []
+            load_before = session.stats().load_s
+            answer = session.ask(config.question, max_new_tokens=1)
+            stats = session.stats()
+            cp = Checkpoint(
+                frames=i + 1,
+                encode_ms_per_frame=1000 * statistics.median(sums),
+                ttft_s=answer.timings.ttft_s,
+                load_s=stats.load_s - load_before,
+                blocks_attended=len(answer.blocks),
+                bytes_per_tier=stats.bytes_per_tier,
+            )
+            if baseline_on:
+                baseline_on = _run_baseline(config, backend, session, scene, i + 1, cp, result)
+            result.checkpoints.append(cp)
+            log(_row(cp))
+        session.close()
+    return result
+
+
+def _run_baseline(config, backend, session, scene, frames, cp, result) -> bool:
+    """Run the baseline at this length; return whether to run it at the next one."""
+    tokens_per_frame = session.stats().tokens_stored / max(1, session.frames_encoded)
+    kv_bytes = 2 * backend.num_layers * backend.num_kv_heads * backend.head_dim * backend.dtype.itemsize
+    expected_bytes = tokens_per_frame * frames * kv_bytes
+    if expected_bytes > config.baseline_cap_bytes:
+        result.baseline_stopped = (
+            f"at {frames} frames its KV cache would pass {config.baseline_cap_bytes} bytes"
+        )
+        return False
+    clip = [scene.frame(j) for j in range(frames)]
+    run = generate_over_all_frames(backend, session.system_prompt, clip, config.fps, config.question)
+    cp.baseline_ttft_s = run["ttft_s"]
+    cp.baseline_preprocess_s = run["preprocess_s"]
+    cp.baseline_prompt_tokens = run["prompt_tokens"]
+    if run["ttft_s"] + run["preprocess_s"] > config.baseline_cap_s:
+        result.baseline_stopped = f"after {frames} frames: one answer took over {config.baseline_cap_s:g} s"
+        return False
+    return True
+
+
+HEADER = (
+    f"{'frames':>7} {'encode ms/frame':>16} {'ttft s':>8} {'load s':>8} {'blocks':>6} "
+    f"{'device B':>10} {'host B':>10} {'disk B':>11} {'baseline ttft s':>16}"
+)
+
+
+def _row(cp: Checkpoint) -> str:
+    b = cp.bytes_per_tier
+    base = f"{cp.baseline_ttft_s:16.3f}" if cp.baseline_ttft_s is not None else f"{'-':>16}"
+    return (
+        f"{cp.frames:7d} {cp.encode_ms_per_frame:16.2f} {cp.ttft_s:8.4f} {cp.load_s:8.4f} {cp.blocks_attended:6d} "
+        f"{b['device']:10d} {b['host']:10d} {b['disk']:11d} {base}"
+    )
+
+
+def plot(result: StreamBenchResult, path: str) -> None:
+    """A PNG with encode time per frame, time to first token and bytes per tier against stream length."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        from ..errors import ConfigError
+
+        raise ConfigError("--plot needs matplotlib: pip install 'streamvlm[bench]'") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cps = result.checkpoints
+    x = [c.frames for c in cps]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    axes[0].plot(x, [c.encode_ms_per_frame for c in cps], "o-")
+    axes[0].set(title="encode time per frame", xlabel="stream length (frames)", ylabel="ms", ylim=(0, None))
+    axes[1].plot(x, [c.ttft_s for c in cps], "o-", label="streamvlm (retrieval)")
+    base = [(c.frames, c.baseline_ttft_s) for c in cps if c.baseline_ttft_s is not None]
+    if base:
+        axes[1].plot(*zip(*base, strict=True), "s--", label="transformers generate() over all frames")
+    axes[1].set(title="time to first token", xlabel="stream length (frames)", ylabel="s", yscale="log")
+    axes[1].legend()
+    for tier in ("device", "host", "disk"):
+        axes[2].plot(x, [c.bytes_per_tier[tier] / 2**20 for c in cps], "o-", label=tier)
+    axes[2].set(
+        title="resident KV bytes per tier", xlabel="stream length (frames)", ylabel="MiB", yscale="log"
+    )
+    axes[2].legend()
+    fig.suptitle(f"streamvlm bench stream — {result.config['model']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
