@@ -47,8 +47,9 @@ class TieredStore(BlockStore):
         self._metas: dict[int, BlockMeta] = {}
         self._last_used: dict[int, int] = {}
         self._clock = 0
-        self.hits: Counter[str] = Counter()
-        self.load_s = 0.0
+        # blocks read, by who asked (``answer`` or ``window``) and the tier that served them
+        self.hits: dict[str, Counter[str]] = {"answer": Counter(), "window": Counter()}
+        self.load_s = 0.0  # seconds spent reading blocks for answers
         self.dropped_blocks = 0
         self.dropped_bytes = 0
 
@@ -106,17 +107,19 @@ class TieredStore(BlockStore):
 
     # ----- reading ---------------------------------------------------------------
 
-    def get(self, ids: Iterable[int]) -> list[Block]:
+    def get(self, ids: Iterable[int], purpose: str = "answer") -> list[Block]:
         """Blocks by id, decoded onto the device from whichever tier holds them.
 
         Device-tier blocks come back as stored; host and disk blocks are decoded (the
         host copies start asynchronously from pinned memory when CUDA is present).
+        ``purpose`` (``answer`` or ``window``) only says which counters the reads go to.
         """
         started = time.perf_counter()
         blocks = []
+        hits = self.hits[purpose]
         for block_id in ids:
             tier = self.tier_of(block_id)
-            self.hits[tier] += 1
+            hits[tier] += 1
             self._touch(block_id)
             if tier == "device":
                 blocks.append(self.device_tier.get(block_id))
@@ -124,7 +127,8 @@ class TieredStore(BlockStore):
                 blocks.append(self.host_codec.decode(self.host_tier.get(block_id), self.device, self.dtype))
             else:
                 blocks.append(self.disk_codec.decode(self.disk.get(block_id), self.device, self.dtype))
-        self.load_s += time.perf_counter() - started
+        if purpose == "answer":
+            self.load_s += time.perf_counter() - started
         return blocks
 
     def metas(self) -> list[BlockMeta]:

@@ -62,6 +62,9 @@ class SessionStats:
     bytes_per_tier: dict[str, int]
     encode_s: float
     hits_per_tier: dict[str, int]  # blocks loaded for questions, by the tier they came from
+    window_hits_per_tier: dict[
+        str, int
+    ]  # window blocks read while encoding (host/disk: window too big for the device)
     load_s: float  # seconds spent loading blocks for questions
     dropped_blocks: int  # blocks that left memory entirely (host budget without disk, or disk budget)
     indexed_blocks: int

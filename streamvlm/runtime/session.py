@@ -197,7 +197,8 @@ class Session:
             chunk = self.backend.encode_frames(
                 frames, times, video_start=self.video_start, next_position=self.next_position
             )
-            visible = self.store.get(m.id for m in recent_by_frames(self.store.metas(), self.memory.window))
+            window = recent_by_frames(self.store.metas(), self.memory.window)
+            visible = self.store.get((m.id for m in window), purpose="window")
             context = concat_layers([self.sink_kv, *(b.layers for b in visible)])
             cache = self.backend.new_cache(context)
             self.backend.forward(chunk.embeds, chunk.positions, cache)
@@ -345,7 +346,8 @@ class Session:
             next_position=self.next_position,
             bytes_per_tier=self.store.bytes_per_tier(),
             encode_s=self.encode_s,
-            hits_per_tier=dict(self.store.hits),
+            hits_per_tier=dict(self.store.hits["answer"]),
+            window_hits_per_tier=dict(self.store.hits["window"]),
             load_s=self.store.load_s,
             dropped_blocks=self.store.dropped_blocks
             + (self.store.disk.dropped_blocks if self.store.disk else 0),
@@ -394,7 +396,9 @@ class AnswerStream:
         if (ctx["top_k"] or s.memory.top_k) is not None:
             window = recent_by_frames(s.store.metas(), s.memory.window)
             cache = backend.new_cache(
-                concat_layers([s.sink_kv, *(b.layers for b in s.store.get(m.id for m in window))])
+                concat_layers(
+                    [s.sink_kv, *(b.layers for b in s.store.get((m.id for m in window), purpose="window"))]
+                )
             )
             queries = backend.question_queries(embeds, positions, cache)
         return s.answer_context(queries, since=ctx["since"], until=ctx["until"], top_k=ctx["top_k"])
