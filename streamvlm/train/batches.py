@@ -1,0 +1,93 @@
+"""Training examples laid out exactly as a streamvlm session lays out a stream and a question.
+
+A session encodes the sink, then the video chunk by chunk at runtime-owned positions,
+then the question after the largest position used; the exactness tests prove that equals
+one plain forward over the same tokens and positions. So the model is trained with that
+plain forward, on the same token layout and the same ``position_ids``, and learns the
+convention it will be streamed with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..models.qwen2_5_vl import Qwen25VLBackend
+
+IGNORE = -100  # label of tokens the loss skips
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A clip and a question about it, with the expected answer."""
+
+    frames: Sequence[np.ndarray]
+    times: Sequence[float]  # stream seconds of each frame
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    positions: torch.Tensor  # [3, L]
+    pixel_values: torch.Tensor  # [patches, C*T*P*P]
+    grid: tuple[int, int, int]  # (t, h, w) in patches
+
+
+def encode_sample(backend: Qwen25VLBackend, system_prompt: str, sample: Sample) -> Encoded:
+    """Token ids, labels (answer + end of turn), positions and pixels of one sample."""
+    frames, times = list(sample.frames), [t - sample.times[0] for t in sample.times]
+    while len(frames) % backend.frame_multiple:  # pad as the session does: repeat the last frame
+        frames.append(frames[-1])
+        times.append(times[-1])
+    pixel_values, grid = backend.preprocess(frames)
+    llm_grid = (grid[0], grid[1] // backend.merge_size, grid[2] // backend.merge_size)
+    patch_times = [times[i * backend.temporal_patch_size] for i in range(grid[0])]
+    sink = backend.prompt_parts(system_prompt).sink
+    video_positions = backend.chunk_positions(llm_grid, patch_times, video_start=len(sink))
+    question = backend.prompt_parts(system_prompt, sample.question).question
+    answer = backend.tokenizer(sample.answer, add_special_tokens=False)["input_ids"] + [
+        backend.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ]
+    n_visual = video_positions.shape[1]
+    next_position = max(len(sink), int(video_positions.max()) + 1)
+    ids = sink + [backend.model.config.video_token_id] * n_visual + question + answer
+    positions = torch.cat(
+        [
+            backend.text_positions(0, len(sink)),
+            video_positions,
+            backend.text_positions(next_position, len(question) + len(answer)),
+        ],
+        dim=1,
+    )
+    labels = [IGNORE] * (len(ids) - len(answer)) + answer
+    return Encoded(ids, labels, positions, pixel_values, grid)
+
+
+def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded model inputs for a batch (``position_ids`` as [3, batch, length])."""
+    length = max(len(e.input_ids) for e in items)
+    batch = len(items)
+    input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
+    labels = torch.full((batch, length), IGNORE, dtype=torch.long)
+    mask = torch.zeros((batch, length), dtype=torch.long)
+    positions = torch.zeros((3, batch, length), dtype=torch.long)
+    for row, e in enumerate(items):
+        n = len(e.input_ids)
+        input_ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+        positions[:, row, :n] = e.positions
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "attention_mask": mask,
+        "position_ids": positions,
+        "pixel_values_videos": torch.cat([e.pixel_values for e in items]),
+        "video_grid_thw": torch.tensor([e.grid for e in items]),
+    }

@@ -1,0 +1,152 @@
+"""``streamvlm train-tiny``'s loop: samples drawn on the fly, AdamW, held-out accuracy, HF checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from ..models.preprocessing import qwen_preprocess_for
+from ..models.qwen2_5_vl import Qwen25VLBackend
+from ..runtime.session import DEFAULT_SYSTEM_PROMPT
+from .batches import IGNORE, Sample, collate, encode_sample
+from .model import PROCESSOR_CONFIG, VIDEO_PROCESSOR_CONFIG, trained_tiny_config
+from .tokenizer import build_word_tokenizer, words_of
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 4000
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0
+    time_budget_s: float = 45 * 60  # stop (and save) when the next step would pass this
+    eval_every: int = 250
+    eval_samples: int = 256
+    log_every: int = 25
+    hidden: int = 128
+    layers: int = 4
+
+
+def build_trainee(vocabulary: Iterable[str], config: TrainConfig, seed: int):
+    """A fresh model, its word tokenizer and a backend that preprocesses like the checkpoint will."""
+    # the chat role names and the default system prompt are in every prompt: give them words
+    tokenizer = build_word_tokenizer(
+        set(vocabulary) | words_of([DEFAULT_SYSTEM_PROMPT, "system user assistant"])
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(
+            trained_tiny_config(tokenizer, config.hidden, config.layers)
+        )
+    preprocess = qwen_preprocess_for(model.config, PROCESSOR_CONFIG, VIDEO_PROCESSOR_CONFIG)
+    return Qwen25VLBackend(model, tokenizer, "trainee", preprocess)
+
+
+def accuracy(backend: Qwen25VLBackend, samples: list[Sample], batch_size: int = 32) -> float:
+    """Share of samples whose every answer token (and the end of turn) is the argmax.
+
+    With the answer given as prefix, per-token argmax equals greedy decoding, so this is
+    the exact-match accuracy of greedy answers, computed in one forward per batch.
+    """
+    model, pad = backend.model, backend.tokenizer.pad_token_id
+    model.eval()
+    right = 0
+    with torch.inference_mode():
+        for i in range(0, len(samples), batch_size):
+            batch = collate(
+                [encode_sample(backend, DEFAULT_SYSTEM_PROMPT, s) for s in samples[i : i + batch_size]], pad
+            )
+            labels = batch.pop("labels")
+            logits = model(**batch).logits
+            predicted = logits[:, :-1].argmax(-1)
+            target = labels[:, 1:]
+            scored = target != IGNORE
+            right += int(((predicted == target) | ~scored).all(dim=1).sum())
+    model.train()
+    return right / len(samples)
+
+
+def train(
+    make_sample: Callable[[np.random.Generator], Sample],
+    vocabulary: Iterable[str],
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train, evaluate on held-out samples (seed + 1), save the checkpoint to ``out_dir``."""
+    config = config or TrainConfig()
+    out = Path(out_dir)
+    backend = build_trainee(vocabulary, config, config.seed)
+    model, pad = backend.model, backend.tokenizer.pad_token_id
+    log(f"parameters: {sum(p.numel() for p in model.parameters()):,}; vocabulary: {len(backend.tokenizer)}")
+    rng = np.random.default_rng(config.seed)
+    held_out = [make_sample(np.random.default_rng([config.seed, 1, i])) for i in range(config.eval_samples)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < config.warmup:
+            return (step + 1) / config.warmup
+        progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    history: list[dict] = []
+    started = time.perf_counter()
+    model.train()
+    step = 0
+    for step in range(config.steps):
+        step_started = time.perf_counter()
+        batch = collate(
+            [
+                encode_sample(backend, DEFAULT_SYSTEM_PROMPT, make_sample(rng))
+                for _ in range(config.batch_size)
+            ],
+            pad,
+        )
+        loss = model(**batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        elapsed = time.perf_counter() - started
+        if step % config.log_every == 0:
+            log(
+                f"step {step:5d}  loss {loss.item():.4f}  lr {scheduler.get_last_lr()[0]:.2e}  {elapsed:6.0f}s"
+            )
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            acc = accuracy(backend, held_out)
+            history.append(
+                {"step": step + 1, "loss": loss.item(), "held_out_accuracy": acc, "elapsed_s": elapsed}
+            )
+            log(f"step {step + 1:5d}  held-out accuracy {acc:.3f}")
+        if elapsed + (time.perf_counter() - step_started) > config.time_budget_s:
+            log(f"time budget reached after {step + 1} steps")
+            break
+    final = accuracy(backend, held_out)
+    save(
+        backend,
+        out,
+        {"config": asdict(config), "steps_run": step + 1, "held_out_accuracy": final, "history": history},
+    )
+    return {"held_out_accuracy": final, "steps_run": step + 1, "history": history}
+
+
+def save(backend: Qwen25VLBackend, out: Path, log: dict) -> None:
+    """A checkpoint ``StreamVLM.from_pretrained(out)`` loads: weights, tokenizer, processor configs, training log."""
+    out.mkdir(parents=True, exist_ok=True)
+    backend.model.eval().save_pretrained(out)
+    backend.tokenizer.save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(json.dumps(PROCESSOR_CONFIG, indent=2))
+    (out / "video_preprocessor_config.json").write_text(json.dumps(VIDEO_PROCESSOR_CONFIG, indent=2))
+    (out / "training_log.json").write_text(json.dumps(log, indent=2))
