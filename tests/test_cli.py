@@ -363,3 +363,40 @@ def test_bench_stream_small_run_prints_json_and_plot(tmp_path, capfd):
     }
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert run_main(["bench", "stream", "--lengths", "x"], capfd).returncode == 2
+
+
+def test_synth_make_writes_video_and_sidecar(tmp_path, capfd):
+    out = tmp_path / "world.mp4"
+    proc = run_main(["synth", "make", "--seconds", "12", "--out", str(out), "--seed", "3"], capfd)
+    assert proc.returncode == 0, proc.stderr
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["questions"] and out.stat().st_size > 0
+    bad = run_main(["synth", "make", "--seconds", "-1", "--out", str(out)], capfd)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:")
+
+
+def test_train_tiny_smoke_run_saves_a_loadable_checkpoint(tmp_path, capfd):
+    out = tmp_path / "model"
+    args = [
+        "train-tiny",
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--eval-every",
+        "2",
+        "--eval-samples",
+        "4",
+    ]
+    proc = run_main(args, capfd)
+    assert proc.returncode == 0, proc.stderr
+    assert "held-out accuracy" in proc.stdout
+    log = json.loads((out / "training_log.json").read_text())
+    assert log["steps_run"] == 2 and 0.0 <= log["held_out_accuracy"] <= 1.0
+    from streamvlm import StreamVLM
+
+    engine = StreamVLM.from_pretrained(str(out))
+    assert engine.backend.family == "qwen2.5-vl" and len(engine.backend.tokenizer) < 100
+    assert run_main(["train-tiny", "--out", str(out), "--steps", "0"], capfd).returncode == 2
