@@ -9,6 +9,7 @@ import torch
 from streamvlm import MemoryConfig, StreamVLM
 from streamvlm.retrieval.index import LayeredIndex
 from streamvlm.retrieval.select import select_blocks
+from streamvlm.runtime.context import per_layer_context
 
 Q = "what colour was the square?"
 
@@ -43,18 +44,12 @@ def test_top_k_covering_every_block_equals_lossless(engine, selection):
 
 def reference_ragged_logits(backend, session, selection, question_ids, position):
     """Layer by layer with the model's own decoder layers, plain SDPA and an explicit mask per layer."""
-    from streamvlm.runtime.context import concat_layers
 
     lm = backend.language_model
     blocks = {b.id: b for b in session.store.get(selection.union)}
     embeds = backend.question_embeds(question_ids)[None]
     positions = backend.text_positions(position, embeds.shape[1])
-    cache = backend.new_cache(
-        [
-            concat_layers([[session.sink_kv[i]], *([blocks[b].layers[i]] for b in ids)])[0]
-            for i, ids in enumerate(selection.layers)
-        ]
-    )
+    cache = backend.new_cache(per_layer_context(session.sink_kv, blocks, selection.layers))
     pos = backend.model_position_ids(positions)
     rotary = lm.rotary_emb(embeds, pos)
     hidden, q = embeds, embeds.shape[1]
@@ -81,15 +76,9 @@ def test_per_layer_selection_gives_each_layer_its_own_blocks(engine):
     ids = backend.prompt_parts(session.system_prompt, Q).question
     expected = reference_ragged_logits(backend, session, stream.selection, ids, session.next_position)
     assert stream.answer.token_ids[0] == int(torch.argmax(expected))
-    from streamvlm.runtime.context import concat_layers
 
     blocks = {b.id: b for b in session.store.get(stream.selection.union)}
-    cache = backend.new_cache(
-        [
-            concat_layers([[session.sink_kv[i]], *([blocks[b].layers[i]] for b in ids_)])[0]
-            for i, ids_ in enumerate(layers)
-        ]
-    )
+    cache = backend.new_cache(per_layer_context(session.sink_kv, blocks, layers))
     embeds = backend.question_embeds(ids)
     hidden = backend.forward(embeds, backend.text_positions(session.next_position, embeds.shape[0]), cache)
     torch.testing.assert_close(backend.logits(hidden[-1:])[0], expected, atol=1e-4, rtol=0)
@@ -107,15 +96,9 @@ def test_per_layer_contexts_of_different_lengths_match_the_reference(engine):
     backend = engine.backend
     qids = backend.prompt_parts(session.system_prompt, Q).question
     expected = reference_ragged_logits(backend, session, selection, qids, session.next_position)
-    from streamvlm.runtime.context import concat_layers
 
     blocks = {b.id: b for b in session.store.get(selection.union)}
-    cache = backend.new_cache(
-        [
-            concat_layers([[session.sink_kv[i]], *([blocks[b].layers[i]] for b in ids)])[0]
-            for i, ids in enumerate(layers)
-        ]
-    )
+    cache = backend.new_cache(per_layer_context(session.sink_kv, blocks, layers))
     assert cache.layers[0].keys.shape[2] != cache.layers[1].keys.shape[2]
     embeds = backend.question_embeds(qids)
     hidden = backend.forward(embeds, backend.text_positions(session.next_position, embeds.shape[0]), cache)

@@ -46,5 +46,11 @@ def recent_by_frames(metas: Sequence[BlockMeta], frames: int) -> list[BlockMeta]
     return picked[::-1]
 
 
-def block_layers(blocks: Sequence[Block]) -> list[Sequence[LayerKV]]:
-    return [b.layers for b in blocks]
+def per_layer_context(
+    sink: Sequence[LayerKV], blocks: dict[int, Block], layer_block_ids: Sequence[Sequence[int]]
+) -> list[LayerKV]:
+    """Each layer's KV: the sink, then that layer's blocks in the order given."""
+    return [
+        concat_layers([[sink[i]], *([blocks[b].layers[i]] for b in ids)])[0]
+        for i, ids in enumerate(layer_block_ids)
+    ]

@@ -22,7 +22,7 @@ from ..retrieval.select import Selection, select_blocks
 from ..retrieval.summaries import block_summary
 from . import persistence
 from .answer import Answer, BlockRef, SessionStats, Timings
-from .context import concat_layers, new_kv_from_cache, recent_by_frames
+from .context import concat_layers, new_kv_from_cache, per_layer_context, recent_by_frames
 from .decode import SamplingParams, TextStreamer, decode_tokens
 from .questions import validate_question
 from .scheduling import FairLock, FrameQueue
@@ -426,10 +426,7 @@ class AnswerStream:
             tiers = {b: s.store.tier_of(b) for b in blocks}
             if s.memory.position_mode == "contiguous" and blocks:
                 blocks, positions = self._contiguous(blocks, embeds.shape[0])
-            context = [
-                concat_layers([[s.sink_kv[i]], *([blocks[b].layers[i]] for b in ids_)])[0]
-                for i, ids_ in enumerate(selection.layers)
-            ]
+            context = per_layer_context(s.sink_kv, blocks, selection.layers)
             cache = backend.new_cache(context)
             hidden = backend.forward(embeds, positions, cache)
             first_logits = backend.logits(hidden[-1:])[0]
