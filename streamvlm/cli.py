@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train_tiny(sub) -> None:
-    from .train.loop import TrainConfig
+    from .train.config import TrainConfig
 
     d = TrainConfig()
     t = sub.add_parser(
@@ -206,7 +206,8 @@ def _add_train_tiny(sub) -> None:
 
 
 def cmd_train_tiny(args: argparse.Namespace) -> int:
-    from .train.loop import TrainConfig, train
+    from .train.config import TrainConfig
+    from .train.loop import train
     from .train.synth_task import VOCABULARY, synth_sample
 
     if min(args.steps, args.batch_size, args.eval_every, args.eval_samples) < 1 or not (

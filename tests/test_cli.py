@@ -400,3 +400,10 @@ def test_train_tiny_smoke_run_saves_a_loadable_checkpoint(tmp_path, capfd):
     engine = StreamVLM.from_pretrained(str(out))
     assert engine.backend.family == "qwen2.5-vl" and len(engine.backend.tokenizer) < 100
     assert run_main(["train-tiny", "--out", str(out), "--steps", "0"], capfd).returncode == 2
+
+
+def test_building_the_parser_imports_neither_torch_nor_transformers():
+    """`streamvlm --help` and argument errors must not pay seconds of heavy imports."""
+    code = "import sys; from streamvlm.cli import build_parser; build_parser(); print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr

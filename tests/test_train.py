@@ -8,7 +8,8 @@ import torch
 from streamvlm import MemoryConfig, StreamVLM
 from streamvlm.runtime.session import DEFAULT_SYSTEM_PROMPT
 from streamvlm.train.batches import IGNORE, Sample, collate, encode_sample
-from streamvlm.train.loop import TrainConfig, build_trainee, save, train
+from streamvlm.train.config import TrainConfig
+from streamvlm.train.loop import build_trainee, save, train
 from streamvlm.train.tokenizer import build_word_tokenizer, words_of
 
 COLOURS = {"red": (230, 40, 40), "blue": (40, 60, 230), "green": (40, 200, 60)}

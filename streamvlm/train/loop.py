@@ -6,7 +6,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,24 +17,9 @@ from ..models.preprocessing import qwen_preprocess_for
 from ..models.qwen2_5_vl import Qwen25VLBackend
 from ..runtime.session import DEFAULT_SYSTEM_PROMPT
 from .batches import IGNORE, Sample, collate, encode_sample
+from .config import TrainConfig
 from .model import PROCESSOR_CONFIG, VIDEO_PROCESSOR_CONFIG, trained_tiny_config
 from .tokenizer import build_word_tokenizer, words_of
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 4000
-    batch_size: int = 16
-    lr: float = 2e-3
-    warmup: int = 100
-    weight_decay: float = 0.01
-    seed: int = 0
-    time_budget_s: float = 45 * 60  # stop (and save) when the next step would pass this
-    eval_every: int = 250
-    eval_samples: int = 256
-    log_every: int = 25
-    hidden: int = 128
-    layers: int = 4
 
 
 def build_trainee(vocabulary: Iterable[str], config: TrainConfig, seed: int):

@@ -1,0 +1,21 @@
+"""Training options (no torch import: the CLI reads the defaults at start-up)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 4000
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0
+    time_budget_s: float = 45 * 60  # stop (and save) when the next step would pass this
+    eval_every: int = 250
+    eval_samples: int = 256
+    log_every: int = 25
+    hidden: int = 128
+    layers: int = 4
