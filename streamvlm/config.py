@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import ConfigError
+from .memory.policy import POLICIES
+from .runtime.scheduling import QUEUE_POLICIES
 
 
 @dataclass
@@ -121,8 +123,8 @@ class MemoryConfig:
         _one_of("selection", self.selection, ("shared", "per_layer"))
         _one_of("metric", self.metric, ("ip", "cosine"))
         _one_of("position_mode", self.position_mode, ("original", "contiguous"))
-        _one_of("eviction", self.eviction, ("age", "lru"))
-        _one_of("queue_policy", self.queue_policy, ("drop_oldest", "drop_newest"))
+        _one_of("eviction", self.eviction, tuple(POLICIES))
+        _one_of("queue_policy", self.queue_policy, QUEUE_POLICIES)
         if self.queue_frames < 1:
             raise ConfigError(f"queue_frames must be >= 1, got {self.queue_frames}")
 

@@ -16,6 +16,7 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
 )
 
+from ..ingest.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
 from .tokenizer import SPECIAL_TOKENS, build_tiny_tokenizer
 
 TINY_QWEN = "tiny-qwen2.5-vl"
@@ -93,28 +94,32 @@ def tiny_llava_config() -> LlavaOnevisionConfig:
     )
 
 
+# The tiny Qwen checkpoints' processor configs (random and trained alike): Qwen2.5-VL's
+# image processor values, with a small per-frame video budget (at most 64 merged tokens
+# per temporal patch) so CPU tests and demos stay quick.
+QWEN_TINY_PROCESSOR_CONFIG = {
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "image_mean": list(OPENAI_CLIP_MEAN),
+    "image_std": list(OPENAI_CLIP_STD),
+    "min_pixels": 56 * 56,
+    "max_pixels": 28 * 28 * 1280,
+    "patch_size": 14,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+}
+QWEN_TINY_VIDEO_CONFIG = {"min_pixels": 56 * 56, "max_pixels": 64 * 28 * 28}
+
+
 def tiny_processor_configs(name: str) -> tuple[dict, dict]:
     """(preprocessor_config, video_preprocessor_config) of a tiny model, as a checkpoint would ship them.
 
-    The Qwen per-frame budget is small (at most 64 merged tokens per temporal patch) so
-    CPU tests and demos stay quick; LLaVA frames are the tower's 112 px squares.
+    LLaVA frames are the tower's 112 px squares.
     """
     if name == TINY_QWEN:
-        processor = {
-            "image_mean": [0.48145466, 0.4578275, 0.40821073],
-            "image_std": [0.26862954, 0.26130258, 0.27577711],
-            "min_pixels": 56 * 56,
-            "max_pixels": 28 * 28 * 1280,
-            "patch_size": 14,
-            "temporal_patch_size": 2,
-            "merge_size": 2,
-            "image_processor_type": "Qwen2VLImageProcessor",
-        }
-        video = {"min_pixels": 56 * 56, "max_pixels": 64 * 28 * 28}
-        return processor, video
+        return dict(QWEN_TINY_PROCESSOR_CONFIG), dict(QWEN_TINY_VIDEO_CONFIG)
     processor = {
-        "image_mean": [0.5, 0.5, 0.5],
-        "image_std": [0.5, 0.5, 0.5],
+        "image_mean": list(SIGLIP_MEAN),
+        "image_std": list(SIGLIP_STD),
         "size": {"height": 112, "width": 112},
         "image_processor_type": "LlavaOnevisionImageProcessor",
     }

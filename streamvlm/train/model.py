@@ -4,22 +4,14 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase, Qwen2_5_VLConfig
 
+from ..models.tiny import QWEN_TINY_PROCESSOR_CONFIG, QWEN_TINY_VIDEO_CONFIG
 from ..models.tokenizer import SPECIAL_TOKENS
 
 # What a checkpoint ships next to its weights, so StreamVLM.from_pretrained(path)
 # preprocesses frames exactly as training did (112 px frames stay 112 px: 16 merged
-# tokens per 2-frame block).
-PROCESSOR_CONFIG = {
-    "image_processor_type": "Qwen2VLImageProcessor",
-    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711],
-    "patch_size": 14,
-    "temporal_patch_size": 2,
-    "merge_size": 2,
-    "min_pixels": 56 * 56,
-    "max_pixels": 28 * 28 * 1280,
-}
-VIDEO_PROCESSOR_CONFIG = {"min_pixels": 56 * 56, "max_pixels": 64 * 28 * 28}
+# tokens per 2-frame block): the same configs as the random tiny Qwen model's.
+PROCESSOR_CONFIG = QWEN_TINY_PROCESSOR_CONFIG
+VIDEO_PROCESSOR_CONFIG = QWEN_TINY_VIDEO_CONFIG
 
 
 def trained_tiny_config(
