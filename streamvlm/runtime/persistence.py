@@ -139,27 +139,26 @@ def resume(cls, directory: Path, engine, overrides: dict):
 
 
 def _restore_counters(session, state: dict) -> None:
-    metas = session.store.metas()
-    session._t0 = state["t0"]
-    session._last_t = state["last_t"]
-    session.next_position = state["next_position"]
-    session._next_block_id = state["next_block_id"]
-    session.frames_seen = state["frames_seen"]
-    session.frames_encoded = state["frames_encoded"]
-    session.chunks_encoded = state["chunks_encoded"]
-    # blocks recovered from the segments after the last checkpoint
-    for meta in metas:
-        if meta.id >= state["next_block_id"]:
-            session.frames_seen += meta.frames
-            session.frames_encoded += meta.frames
-            session.chunks_encoded += 1
-    if metas:
-        newest = metas[-1]
-        session._next_block_id = max(session._next_block_id, newest.id + 1)
-        session.next_position = max(session.next_position, max(m.max_position for m in metas) + 1)
-        session._last_t = max(session._last_t if session._last_t is not None else newest.t_end, newest.t_end)
-        if session._t0 is None:
-            session._t0 = metas[0].t_start
+    """Counters as of the last checkpoint, moved on by the blocks recovered after it."""
+    for name in ("next_position", "frames_seen", "frames_encoded", "chunks_encoded"):
+        setattr(session, name, state[name])
+    session._t0, session._last_t, session._next_block_id = (
+        state["t0"],
+        state["last_t"],
+        state["next_block_id"],
+    )
+    recovered = [m for m in session.store.metas() if m.id >= state["next_block_id"]]
+    if not recovered:
+        return
+    session.frames_seen += sum(m.frames for m in recovered)
+    session.frames_encoded += sum(m.frames for m in recovered)
+    session.chunks_encoded += len(recovered)
+    session._next_block_id = recovered[-1].id + 1
+    session.next_position = max(session.next_position, max(m.max_position for m in recovered) + 1)
+    newest = recovered[-1].t_end
+    session._last_t = newest if session._last_t is None else max(session._last_t, newest)
+    if session._t0 is None:
+        session._t0 = recovered[0].t_start
 
 
 def _restore_index(session, directory: Path) -> None:
