@@ -23,9 +23,10 @@ from .config import MemoryConfig
 from .errors import ConfigError, EmptyVideoError, InvalidQuestionError, StreamVLMError
 from .runtime.questions import validate_question
 
-# The model `streamvlm watch` uses when none is given. Tiny models have random weights:
-# they exercise the whole pipeline offline but their answers are noise.
-DEFAULT_MODEL = "tiny-qwen2.5-vl"
+# The model `streamvlm watch` uses when none is given: the tiny model the project trained
+# on its synthetic world (assets/models/). It answers questions about that world's
+# videos (coloured shapes, digits); about real footage it can only say shapes and colours.
+DEFAULT_MODEL = "tiny-qwen2.5-vl"  # becomes TINY_SYNTH once the checkpoint is committed
 DEFAULT_FPS = 1.0
 DEFAULT_MAX_NEW_TOKENS = 64
 QUIT_WORDS = {"quit", "exit", ":q"}
@@ -174,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_synth_parser(sub)
     _add_train_tiny(sub)
+    from .eval.cli import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 
@@ -202,13 +206,19 @@ def _add_train_tiny(sub) -> None:
     t.add_argument(
         "--eval-samples", type=int, default=d.eval_samples, help="held-out clips scored at each evaluation"
     )
+    t.add_argument(
+        "--save-dtype",
+        choices=("float32", "float16"),
+        default=d.save_dtype,
+        help="dtype of the saved weights (float16 halves the checkpoint; training runs in float32)",
+    )
     t.set_defaults(func=cmd_train_tiny)
 
 
 def cmd_train_tiny(args: argparse.Namespace) -> int:
     from .train.config import TrainConfig
     from .train.loop import train
-    from .train.synth_task import VOCABULARY, synth_sample
+    from .train.synth_task import TOKEN_CLASSES, VOCABULARY, synth_sample
 
     if min(args.steps, args.batch_size, args.eval_every, args.eval_samples) < 1 or not (
         args.lr > 0 and args.minutes > 0
@@ -224,8 +234,16 @@ def cmd_train_tiny(args: argparse.Namespace) -> int:
         time_budget_s=60 * args.minutes,
         eval_every=args.eval_every,
         eval_samples=args.eval_samples,
+        save_dtype=args.save_dtype,
     )
-    result = train(synth_sample, VOCABULARY, args.out, config, log=lambda line: print(line, flush=True))
+    result = train(
+        synth_sample,
+        VOCABULARY,
+        args.out,
+        config,
+        log=lambda line: print(line, flush=True),
+        token_classes=TOKEN_CLASSES,
+    )
     print(
         f"saved {args.out}: held-out accuracy {result['held_out_accuracy']:.3f} after {result['steps_run']} steps"
     )

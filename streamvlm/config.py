@@ -8,6 +8,8 @@ from .errors import ConfigError
 from .memory.policy import POLICIES
 from .runtime.scheduling import QUEUE_POLICIES
 
+POSITION_MODES = ("original", "contiguous")
+
 
 @dataclass
 class MemoryConfig:
@@ -122,7 +124,7 @@ class MemoryConfig:
             raise ConfigError("neighbours must be >= 0 and index_groups >= 1")
         _one_of("selection", self.selection, ("shared", "per_layer"))
         _one_of("metric", self.metric, ("ip", "cosine"))
-        _one_of("position_mode", self.position_mode, ("original", "contiguous"))
+        _one_of("position_mode", self.position_mode, POSITION_MODES)
         _one_of("eviction", self.eviction, tuple(POLICIES))
         _one_of("queue_policy", self.queue_policy, QUEUE_POLICIES)
         if self.queue_frames < 1:

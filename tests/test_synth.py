@@ -92,10 +92,11 @@ def random_worlds(n: int):
             yield World(seed, 240, events_per_minute=10, max_on_screen=2, scene_seconds=30)
 
 
-def make_event(i, shape, colour, start, end, x=10, y=10, digit=None, world_size=112) -> Event:
-    return Event(
-        i, shape, colour, digit, start, end, 1.0, round(0.32 * world_size), ((x, y),) * (end - start)
-    )
+SMALL = 36  # object side of the hand-made worlds: two objects fit side by side at 112 px
+
+
+def make_event(i, shape, colour, start, end, x=10, y=10, digit=None, size=SMALL) -> Event:
+    return Event(i, shape, colour, digit, start, end, 1.0, size, ((x, y),) * (end - start))
 
 
 # ------------------------------------------------------------------ determinism
@@ -164,7 +165,7 @@ def test_ambiguous_questions_are_never_asked():
         make_event(3, "triangle", "green", 10, 13, x=70, y=70),  # same start as the square; both green
         make_event(4, "cross", "yellow", 15, 18, digit=4),
     ]
-    world = World(0, 20, events=events, max_on_screen=2)
+    world = World(0, 20, events=events, max_on_screen=2, object_size=SMALL)
     qs = make_questions(world, world.end_time, 0)
     assert not any("circle" in q.text and q.family in ("colour_of_shape", "digit_of_shape") for q in qs)
     assert not any(q.family == "shape_of_colour" and "green" in q.text for q in qs)
@@ -181,7 +182,9 @@ def test_ambiguous_questions_are_never_asked():
     assert early["colour_of_shape"].answer == "red" and early["digit_of_shape"].answer == "1"
     assert early["colour_of_shape"].distance == 1.0
     # Counts above 9 are not asked.
-    many = World(0, 40, events=[make_event(i, "circle", "red", 2 * i, 2 * i + 1) for i in range(10)])
+    many = World(
+        0, 40, events=[make_event(i, "circle", "red", 2 * i, 2 * i + 1) for i in range(10)], object_size=SMALL
+    )
     counts = {q.text: q.answer for q in make_questions(many, many.end_time, 0, families=("count_colour",))}
     assert counts and not any("red" in t for t in counts) and set(counts.values()) == {"0"}
 
@@ -357,13 +360,18 @@ def test_bad_options_raise_config_error():
     with pytest.raises(ConfigError):
         World(0, 4, n_events=3)  # three 2-s events (+ gaps) do not fit in 4 s
     with pytest.raises(ConfigError):
-        World(0, 10, events=[make_event(0, "circle", "red", 0, 3, x=100)])  # leaves the frame
+        World(
+            0, 10, events=[make_event(0, "circle", "red", 0, 3, x=100)], object_size=SMALL
+        )  # leaves the frame
     overlapping = [make_event(0, "circle", "red", 0, 3), make_event(1, "square", "blue", 2, 5, x=30)]
     with pytest.raises(ConfigError):
-        World(0, 10, events=overlapping, max_on_screen=2)  # one would hide part of the other
+        World(0, 10, events=overlapping, max_on_screen=2, object_size=SMALL)  # one hides part of the other
     with pytest.raises(ConfigError):
-        World(
-            0, 10, events=[make_event(0, "circle", "red", 0, 3), make_event(1, "square", "blue", 2, 5, x=60)]
+        World(  # two on screen, max_on_screen 1
+            0,
+            10,
+            events=[make_event(0, "circle", "red", 0, 3), make_event(1, "square", "blue", 2, 5, x=60)],
+            object_size=SMALL,
         )
     with pytest.raises(ConfigError):
         make_questions(World(0, 10), 5.0, 0, families=("colour_of_thing",))

@@ -16,7 +16,7 @@ COLOURS = {"red": (230, 40, 40), "blue": (40, 60, 230), "green": (40, 200, 60)}
 VOCAB = words_of(["what colour was the square?", "system user assistant", *COLOURS])
 
 
-def square_clip(rng: np.random.Generator) -> Sample:
+def square_clip(rng: np.random.Generator, progress: float = 1.0) -> Sample:
     """A large square of one colour moves through a short clip; the question asks its colour.
 
     Easy on purpose: these tests check that the training path learns and that what it

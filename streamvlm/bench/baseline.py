@@ -13,13 +13,18 @@ from ..models.base import Backend
 
 @torch.inference_mode()
 def generate_over_all_frames(
-    backend: Backend, system_prompt: str, frames: Sequence[np.ndarray], fps: float, question: str
+    backend: Backend,
+    system_prompt: str,
+    frames: Sequence[np.ndarray],
+    fps: float,
+    question: str,
+    max_new_tokens: int = 1,
 ) -> dict:
-    """Preprocess every frame, then ``model.generate(max_new_tokens=1)`` over the whole video.
+    """Preprocess every frame, then greedy ``model.generate()`` over the whole video.
 
-    Returns seconds for preprocessing and for generate (time to first token) and the
-    prompt length. Uses the model's own position logic (``get_rope_index``), as a user
-    of transformers would.
+    Returns seconds for preprocessing, to the first new token (``ttft_s``) and for the
+    whole ``generate`` call, the prompt length and the answer ``text``. Uses
+    the model's own position logic (``get_rope_index``), as a user of transformers would.
     """
     model = backend.model
     started = time.perf_counter()
@@ -48,12 +53,40 @@ def generate_over_all_frames(
     if qwen:  # get_rope_index finds the video tokens by type (2 = video)
         inputs["mm_token_type_ids"] = (input_ids == video_token).int() * 2
     prepared = time.perf_counter()
-    model.generate(
+    first_token = _FirstTokenClock()
+    out = model.generate(
         input_ids=input_ids,
         attention_mask=torch.ones_like(input_ids),
-        max_new_tokens=1,
+        max_new_tokens=max_new_tokens,
         do_sample=False,
+        streamer=first_token,
         **inputs,
     )
     done = time.perf_counter()
-    return {"preprocess_s": prepared - started, "ttft_s": done - prepared, "prompt_tokens": len(ids)}
+    text = backend.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+    return {
+        "preprocess_s": prepared - started,
+        "ttft_s": (first_token.at or done) - prepared,
+        "generate_s": done - prepared,
+        "prompt_tokens": len(ids),
+        "text": text.strip(),
+    }
+
+
+class _FirstTokenClock:
+    """A ``generate()`` streamer that notes when the first new token comes out.
+
+    ``generate`` calls ``put`` once with the prompt, then once per new token.
+    """
+
+    def __init__(self):
+        self.at: float | None = None
+        self._calls = 0
+
+    def put(self, value) -> None:
+        self._calls += 1
+        if self._calls == 2:
+            self.at = time.perf_counter()
+
+    def end(self) -> None:
+        pass

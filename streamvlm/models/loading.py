@@ -17,6 +17,7 @@ from transformers.utils import cached_file
 
 from ..errors import ConfigError, ModelNotFoundError
 from .base import Backend
+from .bundled import bundled_path
 from .llava_onevision import LlavaOnevisionBackend
 from .preprocessing import llava_preprocess_for, qwen_preprocess_for
 from .qwen2_5_vl import Qwen25VLBackend
@@ -76,16 +77,17 @@ def load_backend(name: str, device=None, dtype=None, seed: int = 0) -> Backend:
         tokenizer = build_tiny_tokenizer()
         processor_config, video_config = tiny_processor_configs(name)
     else:
-        model_class = SUPPORTED[_model_type(name)]
+        source = str(bundled_path(name) or name)  # a bundled model's name keeps naming it
+        model_class = SUPPORTED[_model_type(source)]
         try:
-            model = model_class.from_pretrained(name, dtype=dtype).to(device).eval()
-            tokenizer = AutoTokenizer.from_pretrained(name)
+            model = model_class.from_pretrained(source, dtype=dtype).to(device).eval()
+            tokenizer = AutoTokenizer.from_pretrained(source)
         except OSError as e:
             raise ModelNotFoundError(
                 f"cannot load the weights of model {name!r} ({_first_line(e)}); {_HINT}"
             ) from e
-        processor_config = _json_file(name, "preprocessor_config.json")
-        video_config = _json_file(name, "video_preprocessor_config.json")
+        processor_config = _json_file(source, "preprocessor_config.json")
+        video_config = _json_file(source, "video_preprocessor_config.json")
     if name == TINY_QWEN or model.config.model_type == "qwen2_5_vl":
         preprocess = qwen_preprocess_for(model.config, processor_config, video_config)
         return Qwen25VLBackend(model, tokenizer, name, preprocess)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import MemoryConfig
+from ..config import POSITION_MODES, MemoryConfig
 from ..errors import ConfigError, InvalidFrameError
 from ..ingest.frames import Frame
 from ..memory.block import Block, BlockMeta
@@ -310,21 +310,34 @@ class Session:
         until: float | None = None,
         top_k: int | None = None,
         blocks: list[int] | None = None,
+        positions: str | None = None,
         **sampling,
     ) -> AnswerStream:
         """Like ``ask`` but iterate it for text deltas as tokens are produced; ``.answer`` holds the result.
 
         ``since`` / ``until`` (stream seconds) restrict the blocks considered; ``top_k``
         overrides ``MemoryConfig.top_k`` for this question; ``blocks`` names the block
-        ids to attend outright (no retrieval).
+        ids to attend outright (no retrieval); ``positions`` (``original`` or
+        ``contiguous``) overrides ``MemoryConfig.position_mode`` for this question.
         """
         text = validate_question(question, self.memory.max_question_chars)
         params = SamplingParams(**sampling)
         if top_k is not None and top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {top_k}")
+        if positions is not None and positions not in POSITION_MODES:
+            raise ConfigError(f"positions must be one of {', '.join(POSITION_MODES)}, got {positions!r}")
         if self._queue is None:  # with an encoder thread, frames in flight are that thread's
             self.flush()
-        return AnswerStream(self, text, params, since=since, until=until, top_k=top_k, blocks=blocks)
+        return AnswerStream(
+            self,
+            text,
+            params,
+            since=since,
+            until=until,
+            top_k=top_k,
+            blocks=blocks,
+            positions=positions or self.memory.position_mode,
+        )
 
     # ----- introspection ---------------------------------------------------------
 
@@ -424,7 +437,7 @@ class AnswerStream:
             self.selection = selection = self._select(embeds, positions)
             blocks = {b.id: b for b in s.store.get(selection.union)}  # one batched load from the tiers
             tiers = {b: s.store.tier_of(b) for b in blocks}
-            if s.memory.position_mode == "contiguous" and blocks:
+            if self._context["positions"] == "contiguous" and blocks:
                 blocks, positions = self._contiguous(blocks, embeds.shape[0])
             context = per_layer_context(s.sink_kv, blocks, selection.layers)
             cache = backend.new_cache(context)

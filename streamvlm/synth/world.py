@@ -44,7 +44,9 @@ class World:
         move_prob: chance an object moves (slowly, in a straight line).
         scene_seconds: mean time between scene cuts (0 or ``None``: no cuts).
         shapes, colours: the vocabularies random events draw from.
-        object_size: object box side in px (default: 0.32 * size, 36 px at 112).
+        object_size: object box side in px (default: size / 2, 56 px at 112: a tiny ViT with
+            28-px merged tokens needs an object to span a few of them; at 36 px it
+            could not learn colours, see docs/training.md).
         events: an explicit event list (e.g. a needle stream's) instead of random events;
             they are renumbered by start frame.
 
@@ -79,7 +81,7 @@ class World:
         self.fps = float(fps)
         self.size = int(size)
         self.n_frames = max(1, round(self.seconds * self.fps))
-        self.object_size = int(object_size) if object_size else round(0.32 * self.size)
+        self.object_size = int(object_size) if object_size else self.size // 2
         if not 8 <= self.object_size <= self.size // 2:
             raise ConfigError(
                 f"object_size must be between 8 and size/2 = {self.size // 2}, got {object_size}"

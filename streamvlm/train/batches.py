@@ -22,12 +22,18 @@ IGNORE = -100  # label of tokens the loss skips
 
 @dataclass(frozen=True)
 class Sample:
-    """A clip and a question about it, with the expected answer."""
+    """A clip and a question about it, with the expected answer.
+
+    ``token_labels`` (optional) are targets of the auxiliary per-token loss: int
+    ``(temporal patches, rows, cols, attributes)`` over the merged visual tokens, one
+    class id per attribute (0 = nothing there); see ``loop.train``.
+    """
 
     frames: Sequence[np.ndarray]
     times: Sequence[float]  # stream seconds of each frame
     question: str
     answer: str
+    token_labels: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class Encoded:
     positions: torch.Tensor  # [3, L]
     pixel_values: torch.Tensor  # [patches, C*T*P*P]
     grid: tuple[int, int, int]  # (t, h, w) in patches
+    token_labels: torch.Tensor | None = None  # [visual tokens, attributes]
 
 
 def encode_sample(backend: Qwen25VLBackend, system_prompt: str, sample: Sample) -> Encoded:
@@ -66,11 +73,18 @@ def encode_sample(backend: Qwen25VLBackend, system_prompt: str, sample: Sample) 
         dim=1,
     )
     labels = [IGNORE] * (len(ids) - len(answer)) + answer
-    return Encoded(ids, labels, positions, pixel_values, grid)
+    token_labels = None
+    if sample.token_labels is not None:
+        token_labels = torch.as_tensor(sample.token_labels, dtype=torch.long).reshape(n_visual, -1)
+    return Encoded(ids, labels, positions, pixel_values, grid, token_labels)
 
 
 def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded model inputs for a batch (``position_ids`` as [3, batch, length])."""
+    """Right-padded model inputs for a batch (``position_ids`` as [3, batch, length]).
+
+    With token labels on every item, ``token_labels`` holds them for all visual tokens of
+    the batch in the vision tower's output order; pop it before calling the model.
+    """
     length = max(len(e.input_ids) for e in items)
     batch = len(items)
     input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
@@ -83,7 +97,11 @@ def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         labels[row, :n] = torch.tensor(e.labels)
         mask[row, :n] = 1
         positions[:, row, :n] = e.positions
+    extra = {}
+    if all(e.token_labels is not None for e in items):
+        extra["token_labels"] = torch.cat([e.token_labels for e in items])
     return {
+        **extra,
         "input_ids": input_ids,
         "labels": labels,
         "attention_mask": mask,

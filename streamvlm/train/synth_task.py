@@ -1,23 +1,91 @@
-"""The synthetic world as a training task: clips of 4-16 frames at 1 fps, one question each."""
+"""The synthetic world as a training task: clips of 4-16 frames at 1 fps, one question each.
+
+Training follows a curriculum (``CURRICULUM``), because a tiny model trained from scratch
+on the full task learns only the answer priors (docs/training.md has the runs):
+
+1. one object per clip, "what colour was the <shape>?" only: the answer is that
+   object's colour, which bootstraps the path from the question to the visual tokens;
+2. one object per clip, every question about a single object (colour, shape, digit,
+   what is on screen): the model learns to *see* each attribute;
+3. one to three objects per clip, every question family: binding (the colour *of the
+   circle*), order and counting.
+
+Clips are short (4-8 frames, half the cost of 4-16) in the first stages: seeing is
+learned from the number of examples, not their length.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from ..synth import VOCABULARY, make_clip_sample
+from ..synth import COLOURS, FAMILIES, SHAPES, VOCABULARY, World, make_clip_sample
 from .batches import Sample
 
 MIN_FRAMES, MAX_FRAMES = 4, 16
+TOKEN_PX = 28  # a merged visual token covers 28 x 28 px (14-px patches, 2 x 2 merge)
+TEMPORAL_PATCH = 2  # frames per merged token
+# Classes per attribute of the auxiliary token labels (0 = no object on the token).
+TOKEN_CLASSES = (1 + len(SHAPES), 1 + len(COLOURS), 1 + 10)
+SINGLE_OBJECT_FAMILIES = ("colour_of_shape", "shape_of_colour", "digit_of_shape", "now")
 
 
-def synth_sample(rng: np.random.Generator) -> Sample:
-    """A random clip of the synthetic world (1-3 events) and one question about it."""
-    n_frames = int(rng.integers(MIN_FRAMES, MAX_FRAMES + 1))
+@dataclass(frozen=True)
+class Stage:
+    until: float  # share of training (0..1) at which the next stage starts
+    max_frames: int
+    max_events: int  # events per clip: 1..max_events (fewer when the clip is short)
+    families: tuple[str, ...]
+
+
+CURRICULUM: tuple[Stage, ...] = (
+    Stage(0.1, 8, 1, ("colour_of_shape",)),
+    Stage(0.5, 8, 1, SINGLE_OBJECT_FAMILIES),
+    Stage(1.0, MAX_FRAMES, 3, FAMILIES),
+)
+
+
+def stage_at(progress: float) -> Stage:
+    """The curriculum stage at ``progress`` (share of training done; >= 1 is the last stage)."""
+    return next((s for s in CURRICULUM if progress < s.until), CURRICULUM[-1])
+
+
+def synth_sample(rng: np.random.Generator, progress: float = 1.0) -> Sample:
+    """A random clip of the synthetic world and one question about it, as the curriculum
+    says at ``progress``; held-out samples use 1.0, the full task."""
+    stage = stage_at(progress)
+    n_frames = int(rng.integers(MIN_FRAMES, stage.max_frames + 1))
     # an event lasts 2-6 s with a gap after it: about one per 5 frames fits
-    most = max(1, min(3, n_frames // 5))
-    clip = make_clip_sample(int(rng.integers(2**31)), n_frames=n_frames, n_events=(1, most))
+    most = max(1, min(stage.max_events, n_frames // 5))
+    clip = make_clip_sample(
+        int(rng.integers(2**31)), n_frames=n_frames, n_events=(1, most), families=stage.families
+    )
     times = [i / 1.0 for i in range(len(clip.frames))]
-    return Sample(list(clip.frames), times, clip.question, clip.answer)
+    labels = token_labels(clip.world, len(clip.frames))
+    return Sample(list(clip.frames), times, clip.question, clip.answer, labels)
 
 
-__all__ = ["VOCABULARY", "synth_sample"]
+def token_labels(world: World, n_frames: int) -> np.ndarray:
+    """Per merged token, the shape, colour and digit class of the object covering at least
+    half of it on the first frame of its temporal patch (0: none), from the event list.
+
+    Shape ``(temporal patches, rows, cols, 3)``, in the vision tower's output order.
+    """
+    grid = world.size // TOKEN_PX
+    pairs = -(-n_frames // TEMPORAL_PATCH)
+    out = np.zeros((pairs, grid, grid, 3), np.int64)
+    edges = np.arange(grid) * TOKEN_PX
+    for t in range(pairs):
+        frame = t * TEMPORAL_PATCH
+        for e in world.on_screen(frame):
+            x, y = e.position(frame)
+            cover_x = np.clip(np.minimum(edges + TOKEN_PX, x + e.size) - np.maximum(edges, x), 0, None)
+            cover_y = np.clip(np.minimum(edges + TOKEN_PX, y + e.size) - np.maximum(edges, y), 0, None)
+            covered = np.outer(cover_y, cover_x) >= TOKEN_PX * TOKEN_PX / 2
+            digit = 0 if e.digit is None else 1 + e.digit
+            out[t][covered] = (1 + SHAPES.index(e.shape), 1 + COLOURS.index(e.colour), digit)
+    return out
+
+
+__all__ = ["CURRICULUM", "TOKEN_CLASSES", "VOCABULARY", "stage_at", "synth_sample", "token_labels"]

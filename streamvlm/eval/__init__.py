@@ -1,0 +1,1 @@
+"""Accuracy evaluations: ``streamvlm eval needle`` (needle-in-a-video-haystack recall)."""

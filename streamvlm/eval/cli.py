@@ -1,0 +1,117 @@
+"""``streamvlm eval needle``: the parser (light: no torch at start-up) and the command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import ConfigError
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``eval`` (with its ``needle`` evaluation) to ``subparsers`` and return its parser."""
+    from .needle import NeedleEvalConfig
+
+    d = NeedleEvalConfig()
+    ev = subparsers.add_parser("eval", help="accuracy evaluations with the trained tiny model")
+    evals = ev.add_subparsers(dest="evaluation", metavar="EVAL", parser_class=type(ev))
+    evals.required = True
+    n = evals.add_parser(
+        "needle",
+        help="needle-in-a-video-haystack: accuracy per stream length, distance and configuration",
+        description=(
+            "Stream synthetic needle videos of each length through a session, ask about needles at "
+            "controlled distances in the past (at the end and mid-stream), and answer every question "
+            "with each configuration in the same run: plain transformers over all frames (up to "
+            "--plain-max-frames), lossless, top<K> retrieval, top<K>-contiguous. Prints accuracy "
+            "tables (or --json) and can plot them."
+        ),
+    )
+    n.add_argument("--model", default=d.model, help=f"model name or path (default: {d.model})")
+    n.add_argument(
+        "--lengths", default=_csv(d.lengths), help=f"stream lengths in frames (default: {_csv(d.lengths)})"
+    )
+    n.add_argument(
+        "--streams", type=int, default=d.streams, help=f"streams per length (default: {d.streams})"
+    )
+    n.add_argument("--configs", default=_csv(d.configs), help=f"configurations (default: {_csv(d.configs)})")
+    n.add_argument(
+        "--min-questions",
+        type=int,
+        default=d.min_questions,
+        help=f"add streams until each length has this many questions (default: {d.min_questions})",
+    )
+    n.add_argument("--window", type=int, default=d.window, help=f"recent frames (default: {d.window})")
+    n.add_argument(
+        "--mid-questions", type=int, default=d.mid_questions, help="mid-stream ask times per stream"
+    )
+    n.add_argument("--plain-max-frames", type=int, default=d.plain_max_frames)
+    n.add_argument("--seed", type=int, default=d.seed)
+    n.add_argument("--device", default=None)
+    n.add_argument("--dtype", default=None)
+    n.add_argument("--json", action="store_true", help="print one JSON document on stdout and nothing else")
+    n.add_argument("--plot", metavar="FILE", help="write a PNG plot")
+    n.set_defaults(func=cmd_eval_needle)
+    return ev
+
+
+def _csv(values) -> str:
+    return ",".join(map(str, values))
+
+
+def cmd_eval_needle(args: argparse.Namespace) -> int:
+    from .needle import NeedleEvalConfig, distance_table, header, plot, run_needle_eval
+
+    try:
+        lengths = tuple(int(x) for x in args.lengths.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"--lengths takes comma-separated frame counts, e.g. 16,256,3600; got {args.lengths!r}"
+        ) from None
+    if (
+        min(args.streams, args.window, args.plain_max_frames) < 1
+        or min(args.mid_questions, args.min_questions) < 0
+    ):
+        raise ConfigError(
+            "--streams, --window and --plain-max-frames must be >= 1, --mid-questions and --min-questions >= 0"
+        )
+    config = NeedleEvalConfig(
+        model=args.model,
+        lengths=lengths,
+        streams=args.streams,
+        min_questions=args.min_questions,
+        configs=tuple(c.strip() for c in args.configs.split(",") if c.strip()),
+        window=args.window,
+        mid_questions=args.mid_questions,
+        plain_max_frames=args.plain_max_frames,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    answer_configs = config.answer_configs()  # a bad name fails here, before the model loads
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    log("accuracy (questions) per stream length:")
+    log(header(answer_configs))
+    result = run_needle_eval(config, log=log)
+    if args.plot:
+        plot(result, args.plot)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print("\naccuracy (questions) per needle distance, all lengths:")
+    print(distance_table(result, answer_configs))
+    print("\nmedian time to first token (s) per stream length:")
+    for name, per in result.ttft().items():
+        print(
+            f"{name:>18}: "
+            + "  ".join(f"{k}: {v:.4f}" for k, v in sorted(per.items(), key=lambda x: int(x[0])))
+        )
+    stored: dict[int, list[int]] = {}
+    for s in result.streams:
+        stored.setdefault(s.length, []).append(s.bytes_stored)
+    print(
+        "\nKV bytes stored at the end of a stream: "
+        + "  ".join(f"{k}: {max(v):,}" for k, v in stored.items())
+    )
+    return 0

@@ -1,0 +1,342 @@
+"""``streamvlm eval needle``: does the memory keep what a question needs?
+
+Needle streams of the synthetic world (``synth.make_needle_stream``) of several lengths
+stream through one session each; questions about single *needle* objects are asked at
+the end and mid-stream, about needles at controlled distances in the past. Every
+question is answered, in the same run, by each configuration:
+
+- ``plain``: transformers ``generate()`` over every frame so far, as a user of
+  transformers would write it (only up to ``plain_max_frames``: its cost grows with the
+  stream);
+- ``lossless``: the session attending to every block;
+- ``top<K>``: retrieval of ``K`` blocks (plus the recent window), block positions as
+  stored; ``top<K>-contiguous``: the same, re-positioned next to the question.
+
+A configuration that changes what a session *stores* (pruning, codecs: issue 5) gets a
+session of its own; configurations that only change how a question is answered share
+one, so the stream is encoded once for all of them.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+from ..errors import ConfigError
+from ..models.bundled import TINY_SYNTH
+
+# Needle distances (seconds before the question) tried at every length; those that fit.
+DISTANCES: tuple[float, ...] = (4, 12, 40, 150, 600, 2500)
+NEEDLE_SECONDS = 4.0
+MAX_NEEDLES = 5  # one per shape (and colour), so every needle question has one answer
+# Distance bins of the report, in seconds: upper edges (the last bin is open).
+DISTANCE_BINS: tuple[float, ...] = (16, 64, 256, 1024)
+
+_CONFIG = re.compile(r"^(plain|lossless|top(\d+))(-contiguous)?$")
+
+
+@dataclass(frozen=True)
+class AnswerConfig:
+    """How one configuration answers: parsed from names like ``top4-contiguous``."""
+
+    name: str
+    plain: bool = False
+    top_k: int | None = None
+    positions: str = "original"
+
+    @classmethod
+    def parse(cls, name: str) -> AnswerConfig:
+        m = _CONFIG.match(name)
+        if not m or (m.group(1) == "plain" and m.group(3)):
+            raise ConfigError(
+                f"unknown configuration {name!r}; use plain, lossless, top<K> or top<K>-contiguous "
+                "(e.g. plain,lossless,top4,top4-contiguous)"
+            )
+        top_k = int(m.group(2)) if m.group(2) else None
+        if top_k is not None and top_k < 1:
+            raise ConfigError(f"{name}: top_k must be >= 1")
+        return cls(
+            name=name,
+            plain=m.group(1) == "plain",
+            top_k=top_k,
+            positions="contiguous" if m.group(3) else "original",
+        )
+
+
+@dataclass
+class NeedleEvalConfig:
+    model: str = TINY_SYNTH
+    lengths: tuple[int, ...] = (16, 64, 256, 1024, 3600)  # sampled frames (1 fps: seconds)
+    streams: int = 4  # needle streams per length at least (seeds seed, seed + 1, ...) ...
+    min_questions: int = 24  # ... and more until a length has this many questions
+    configs: tuple[str, ...] = ("plain", "lossless", "top2", "top4", "top8", "top4-contiguous")
+    window: int = 16  # the session's encoding window and the recent frames every answer sees
+    mid_questions: int = 1  # mid-stream ask times per stream (besides the end)
+    distractors_per_minute: float = 3.0
+    plain_max_frames: int = 256
+    max_new_tokens: int = 4
+    seed: int = 0
+    device: str | None = None
+    dtype: str | None = None
+
+    def answer_configs(self) -> list[AnswerConfig]:
+        return [AnswerConfig.parse(c) for c in self.configs]
+
+
+@dataclass
+class Outcome:
+    """One question answered by one configuration."""
+
+    length: int
+    stream: int
+    config: str
+    family: str
+    question: str
+    expected: str
+    answer: str
+    correct: bool
+    distance: float
+    asked_at: float
+    ttft_s: float
+
+
+@dataclass
+class StreamRecord:
+    length: int
+    stream: int
+    needles: int
+    questions: int
+    bytes_stored: int  # session KV bytes (all tiers) at the end of the stream
+    encode_s: float
+
+
+@dataclass
+class NeedleEvalResult:
+    config: dict
+    outcomes: list[Outcome] = field(default_factory=list)
+    streams: list[StreamRecord] = field(default_factory=list)
+
+    def accuracy(self, by: str = "length") -> dict[str, dict[str, dict]]:
+        """``{config: {key: {"accuracy", "n"}}}`` with ``by`` one of ``length``, ``distance``."""
+        groups: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+        for o in self.outcomes:
+            key = str(o.length) if by == "length" else distance_bin(o.distance)
+            groups[o.config][key].append(o.correct)
+        return {
+            c: {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in per.items()}
+            for c, per in groups.items()
+        }
+
+    def ttft(self) -> dict[str, dict[str, float]]:
+        """Median time to first token, ``{config: {length: seconds}}``."""
+        groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for o in self.outcomes:
+            groups[o.config][str(o.length)].append(o.ttft_s)
+        return {c: {k: statistics.median(v) for k, v in per.items()} for c, per in groups.items()}
+
+    def to_dict(self) -> dict:
+        return {
+            "config": self.config,
+            "accuracy_by_length": self.accuracy("length"),
+            "accuracy_by_distance": self.accuracy("distance"),
+            "median_ttft_s": self.ttft(),
+            "streams": [asdict(s) for s in self.streams],
+            "outcomes": [asdict(o) for o in self.outcomes],
+        }
+
+
+def distance_bin(distance: float) -> str:
+    """The report's label for a distance in seconds, e.g. ``16-64s``."""
+    lower = 0.0
+    for edge in DISTANCE_BINS:
+        if distance < edge:
+            return f"{lower:g}-{edge:g}s"
+        lower = edge
+    return f">={lower:g}s"
+
+
+def distances_for(length: int) -> tuple[float, ...]:
+    """The needle distances that fit a stream of ``length`` frames at 1 fps (at most ``MAX_NEEDLES``)."""
+    fit = [d for d in DISTANCES if d + NEEDLE_SECONDS + 1 <= length - 1]
+    return tuple(fit[-MAX_NEEDLES:])
+
+
+def answers_match(answer: str, expected: str) -> bool:
+    """Exact match of the answer's words (case and punctuation aside)."""
+    from ..synth import words
+
+    def plain(text: str) -> list[str]:
+        return [w for w in words(text) if w.isalnum()]
+
+    return plain(answer) == plain(expected)
+
+
+def run_needle_eval(config: NeedleEvalConfig, log=print) -> NeedleEvalResult:
+    """Stream every needle stream once per session group; answer each question with every configuration."""
+    from ..runtime.engine import StreamVLM
+
+    answer_configs = config.answer_configs()
+    lengths = sorted(set(config.lengths))
+    if not lengths or lengths[0] < 8:
+        raise ConfigError(f"lengths must be >= 8 frames (a needle lasts {NEEDLE_SECONDS:g} s), got {lengths}")
+    engine = StreamVLM.from_pretrained(
+        config.model, device=config.device, dtype=config.dtype, seed=config.seed
+    )
+    result = NeedleEvalResult(config=asdict(config))
+    for length in lengths:
+        asked = streams = 0
+        while streams < config.streams or asked < config.min_questions:
+            asked += _run_stream(engine, config, answer_configs, length, config.seed + streams, result)
+            streams += 1
+        log(_length_row(result, length, answer_configs))
+    return result
+
+
+def _run_stream(engine, config, answer_configs, length, seed, result) -> int:
+    """Stream one needle stream, answer its questions with every configuration; return how many."""
+    from ..config import MemoryConfig
+    from ..synth import make_needle_stream
+
+    distances = distances_for(length)
+    if not distances:
+        raise ConfigError(f"no needle distance fits a {length}-frame stream; use lengths >= 10")
+    needle = make_needle_stream(
+        seed,
+        float(length),
+        distances,
+        mid_questions=config.mid_questions,
+        distractors_per_minute=config.distractors_per_minute,
+        needle_seconds=NEEDLE_SECONDS,
+    )
+    world = needle.world
+    pending = sorted(needle.questions, key=lambda q: q.asked_at)
+    by_frame: dict[int, list] = defaultdict(list)
+    for q in pending:
+        by_frame[world.frame_at(q.asked_at)].append(q)
+    with tempfile.TemporaryDirectory(prefix="streamvlm-needle-") as tmp:
+        session = engine.new_session(memory=MemoryConfig(window=config.window, disk_dir=tmp))
+        encode_s = 0.0
+        for i in range(world.n_frames):
+            started = time.perf_counter()
+            session.add_frame(world.render(i), world.frame_time(i))
+            encode_s += time.perf_counter() - started
+            for q in by_frame.get(i, ()):
+                for ac in answer_configs:
+                    if ac.plain and i + 1 > config.plain_max_frames:
+                        continue
+                    text, ttft = _answer(engine, session, world, i + 1, q.text, ac, config)
+                    result.outcomes.append(
+                        Outcome(
+                            length=length,
+                            stream=seed,
+                            config=ac.name,
+                            family=q.family,
+                            question=q.text,
+                            expected=q.answer,
+                            answer=text,
+                            correct=answers_match(text, q.answer),
+                            distance=q.distance,
+                            asked_at=q.asked_at,
+                            ttft_s=ttft,
+                        )
+                    )
+        stats = session.stats()
+        result.streams.append(
+            StreamRecord(
+                length=length,
+                stream=seed,
+                needles=len(needle.needles),
+                questions=len(pending),
+                bytes_stored=sum(stats.bytes_per_tier.values()),
+                encode_s=encode_s,
+            )
+        )
+        session.close()
+    return len(pending)
+
+
+def _answer(engine, session, world, frames, question, ac: AnswerConfig, config) -> tuple[str, float]:
+    if ac.plain:
+        from ..bench.baseline import generate_over_all_frames
+
+        run = generate_over_all_frames(
+            engine.backend,
+            session.system_prompt,
+            list(world.frames(0, frames)),
+            world.fps,
+            question,
+            max_new_tokens=config.max_new_tokens,
+        )
+        return run["text"], run["ttft_s"]
+    answer = session.ask(
+        question,
+        top_k=ac.top_k,
+        positions=ac.positions,
+        max_new_tokens=config.max_new_tokens,
+    )
+    return answer.text, answer.timings.ttft_s
+
+
+def header(answer_configs: list[AnswerConfig]) -> str:
+    return f"{'frames':>7} " + " ".join(f"{c.name:>16}" for c in answer_configs)
+
+
+def _length_row(result: NeedleEvalResult, length: int, answer_configs) -> str:
+    acc = result.accuracy("length")
+    cells = []
+    for c in answer_configs:
+        cell = acc.get(c.name, {}).get(str(length))
+        cells.append(f"{cell['accuracy']:10.2f} ({cell['n']:3d})" if cell else f"{'-':>16}")
+    return f"{length:7d} " + " ".join(cells)
+
+
+def distance_table(result: NeedleEvalResult, answer_configs) -> str:
+    """Accuracy per distance bin and configuration, all lengths together."""
+    acc = result.accuracy("distance")
+    bins = [distance_bin(e - 1) for e in DISTANCE_BINS] + [distance_bin(DISTANCE_BINS[-1])]
+    lines = [f"{'distance':>9} " + " ".join(f"{c.name:>16}" for c in answer_configs)]
+    for b in bins:
+        cells = []
+        for c in answer_configs:
+            cell = acc.get(c.name, {}).get(b)
+            cells.append(f"{cell['accuracy']:10.2f} ({cell['n']:3d})" if cell else f"{'-':>16}")
+        lines.append(f"{b:>9} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def plot(result: NeedleEvalResult, path: str) -> None:
+    """A PNG: accuracy against stream length, and against needle distance, per configuration."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ConfigError("--plot needs matplotlib: pip install 'streamvlm[bench]'") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_length, by_distance = result.accuracy("length"), result.accuracy("distance")
+    bins = [distance_bin(e - 1) for e in DISTANCE_BINS] + [distance_bin(DISTANCE_BINS[-1])]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for name in result.config["configs"]:
+        per = by_length.get(name, {})
+        xs = sorted(int(k) for k in per)
+        axes[0].plot(xs, [per[str(x)]["accuracy"] for x in xs], "o-", label=name)
+        per = by_distance.get(name, {})
+        present = [b for b in bins if b in per]
+        axes[1].plot(present, [per[b]["accuracy"] for b in present], "o-", label=name)
+    axes[0].set(
+        title="needle accuracy against stream length",
+        xlabel="stream length (frames, 1 fps)",
+        ylabel="accuracy",
+        xscale="log",
+        ylim=(0, 1.02),
+    )
+    axes[1].set(title="needle accuracy against distance", xlabel="needle distance", ylim=(0, 1.02))
+    axes[0].legend()
+    fig.suptitle(f"streamvlm eval needle — {result.config['model']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
