@@ -61,7 +61,7 @@ def _csv(values) -> str:
 
 
 def cmd_eval_needle(args: argparse.Namespace) -> int:
-    from .needle import NeedleEvalConfig, distance_table, header, plot, run_needle_eval
+    from .needle import NeedleEvalConfig, distance_table, plot, run_needle_eval
 
     try:
         lengths = tuple(int(x) for x in args.lengths.split(","))
@@ -91,8 +91,6 @@ def cmd_eval_needle(args: argparse.Namespace) -> int:
     )
     answer_configs = config.answer_configs()  # a bad name fails here, before the model loads
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
-    log("accuracy (questions) per stream length:")
-    log(header(answer_configs))
     result = run_needle_eval(config, log=log)
     if args.plot:
         plot(result, args.plot)

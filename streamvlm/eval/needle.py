@@ -121,10 +121,19 @@ class NeedleEvalResult:
     streams: list[StreamRecord] = field(default_factory=list)
 
     def accuracy(self, by: str = "length") -> dict[str, dict[str, dict]]:
-        """``{config: {key: {"accuracy", "n"}}}`` with ``by`` one of ``length``, ``distance``."""
+        """``{config: {key: {"accuracy", "n"}}}`` with ``by`` one of ``length``, ``distance``,
+        ``family``, ``length_distance`` (keys ``"<length>/<distance bin>"``)."""
+        keys = {
+            "length": lambda o: str(o.length),
+            "distance": lambda o: distance_bin(o.distance),
+            "family": lambda o: o.family,
+            "length_distance": lambda o: f"{o.length}/{distance_bin(o.distance)}",
+        }
+        if by not in keys:
+            raise ValueError(f"by must be one of {', '.join(keys)}, got {by!r}")
         groups: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
         for o in self.outcomes:
-            key = str(o.length) if by == "length" else distance_bin(o.distance)
+            key = keys[by](o)
             groups[o.config][key].append(o.correct)
         return {
             c: {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in per.items()}
@@ -143,6 +152,8 @@ class NeedleEvalResult:
             "config": self.config,
             "accuracy_by_length": self.accuracy("length"),
             "accuracy_by_distance": self.accuracy("distance"),
+            "accuracy_by_family": self.accuracy("family"),
+            "accuracy_by_length_and_distance": self.accuracy("length_distance"),
             "median_ttft_s": self.ttft(),
             "streams": [asdict(s) for s in self.streams],
             "outcomes": [asdict(o) for o in self.outcomes],
@@ -187,6 +198,8 @@ def run_needle_eval(config: NeedleEvalConfig, log=print) -> NeedleEvalResult:
         config.model, device=config.device, dtype=config.dtype, seed=config.seed
     )
     result = NeedleEvalResult(config=asdict(config))
+    log("accuracy (questions) per stream length:")
+    log(header(answer_configs))
     for length in lengths:
         asked = streams = 0
         while streams < config.streams or asked < config.min_questions:

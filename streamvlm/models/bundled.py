@@ -18,16 +18,16 @@ def bundled_path(name: str) -> Path | None:
     """The directory of a bundled model ``name``, or ``None`` if ``name`` is not one.
 
     Raises:
-        ModelNotFoundError: ``name`` is bundled but its files are not here (the
-            checkpoint lives in the source checkout's ``assets/models/``, which a
-            wheel install does not carry).
+        ModelNotFoundError: ``name`` is bundled but its files are not here (it lives
+            in a source checkout's ``assets/models/``, which a wheel does not carry; no
+            checkpoint is committed yet).
     """
     path = BUNDLED.get(name)
     if path is None:
         return None
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(
-            f"the bundled model {name!r} is not at {path}; it ships in a source checkout's "
-            f"assets/models/ (install with `pip install -e .` from the checkout) or pass the checkpoint's path"
+            f"no checkpoint of {name!r} at {path}: train one with `streamvlm train-tiny --out {path}` "
+            "(docs/training.md) or pass a checkpoint directory with --model"
         )
     return path
