@@ -18,6 +18,7 @@ class TrainConfig:
     eval_samples: int = 256
     log_every: int = 25
     token_loss_weight: float = 1.0  # weight of the auxiliary per-token loss (TokenProbe)
+    token_background_weight: float = 1.0  # weight of its "no object" class
     save_dtype: str = "float32"  # float16 halves the shipped checkpoint
     hidden: int = 128
     layers: int = 4

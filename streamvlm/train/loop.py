@@ -72,9 +72,13 @@ class TokenProbe(torch.nn.Module):
     tower a dense signal. The heads are dropped when the checkpoint is saved.
     """
 
-    def __init__(self, visual: torch.nn.Module, hidden: int, classes: Sequence[int]):
+    def __init__(
+        self, visual: torch.nn.Module, hidden: int, classes: Sequence[int], background_weight: float = 1.0
+    ):
         super().__init__()
         self.classes = list(classes)
+        # Most tokens show no object: class 0 is learned at once and then dominates the loss.
+        self.weights = [torch.tensor([background_weight] + [1.0] * (n - 1)) for n in self.classes]
         self.heads = torch.nn.Linear(hidden, sum(self.classes))
         self._tokens: torch.Tensor | None = None
         visual.register_forward_hook(self._capture)
@@ -119,7 +123,12 @@ def train(
     probe = None
     params = list(model.parameters())
     if token_classes:
-        probe = TokenProbe(model.model.visual, model.config.vision_config.out_hidden_size, token_classes)
+        probe = TokenProbe(
+            model.model.visual,
+            model.config.vision_config.out_hidden_size,
+            token_classes,
+            config.token_background_weight,
+        )
         params += list(probe.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
