@@ -19,14 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from .cli_options import add_run_options, parse_lengths
 from .config import MemoryConfig
 from .errors import ConfigError, EmptyVideoError, InvalidQuestionError, StreamVLMError
 from .runtime.questions import validate_question
 
-# The model `streamvlm watch` uses when none is given: the tiny model the project trained
-# on its synthetic world (assets/models/). It answers questions about that world's
-# videos (coloured shapes, digits); about real footage it can only say shapes and colours.
-DEFAULT_MODEL = "tiny-qwen2.5-vl"  # becomes TINY_SYNTH once the checkpoint is committed
+# The model `streamvlm watch` uses when none is given. Tiny models have random weights:
+# they exercise the whole pipeline offline but their answers are noise. (The model
+# trained on the synthetic world, models.bundled.TINY_SYNTH, takes over once its
+# checkpoint is good enough to commit: docs/training.md.)
+DEFAULT_MODEL = "tiny-qwen2.5-vl"
 DEFAULT_FPS = 1.0
 DEFAULT_MAX_NEW_TOKENS = 64
 QUIT_WORDS = {"quit", "exit", ":q"}
@@ -278,24 +280,14 @@ def _add_bench_stream(bench) -> None:
     s.add_argument("--host-bytes", type=int, default=d.host_bytes)
     s.add_argument("--question", default=d.question)
     s.add_argument("--baseline-cap-s", type=float, default=d.baseline_cap_s)
-    s.add_argument("--device", default=None)
-    s.add_argument("--dtype", default=None)
-    s.add_argument("--json", action="store_true", help="print one JSON document on stdout and nothing else")
-    s.add_argument("--plot", metavar="FILE", help="write a PNG plot")
+    add_run_options(s)
     s.set_defaults(func=cmd_bench_stream)
 
 
 def cmd_bench_stream(args: argparse.Namespace) -> int:
     from .bench.stream import HEADER, StreamBenchConfig, plot, run_stream_bench
 
-    try:
-        lengths = tuple(int(x) for x in args.lengths.split(","))
-    except ValueError:
-        lengths = ()
-    if not lengths or min(lengths) < 2:
-        raise ConfigError(
-            f"--lengths takes comma-separated frame counts >= 2, e.g. 100,300,1000; got {args.lengths!r}"
-        )
+    lengths = parse_lengths(args.lengths, 2, "100,300,1000")
     config = StreamBenchConfig(
         model=args.model,
         lengths=lengths,

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from ..cli_options import add_run_options, parse_lengths
 from ..errors import ConfigError
 
 
@@ -48,10 +49,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     )
     n.add_argument("--plain-max-frames", type=int, default=d.plain_max_frames)
     n.add_argument("--seed", type=int, default=d.seed)
-    n.add_argument("--device", default=None)
-    n.add_argument("--dtype", default=None)
-    n.add_argument("--json", action="store_true", help="print one JSON document on stdout and nothing else")
-    n.add_argument("--plot", metavar="FILE", help="write a PNG plot")
+    add_run_options(n)
     n.set_defaults(func=cmd_eval_needle)
     return ev
 
@@ -61,14 +59,9 @@ def _csv(values) -> str:
 
 
 def cmd_eval_needle(args: argparse.Namespace) -> int:
-    from .needle import NeedleEvalConfig, distance_table, plot, run_needle_eval
+    from .needle import MIN_LENGTH, NeedleEvalConfig, distance_table, plot, run_needle_eval
 
-    try:
-        lengths = tuple(int(x) for x in args.lengths.split(","))
-    except ValueError:
-        raise ConfigError(
-            f"--lengths takes comma-separated frame counts, e.g. 16,256,3600; got {args.lengths!r}"
-        ) from None
+    lengths = parse_lengths(args.lengths, MIN_LENGTH, "16,256,3600")
     if (
         min(args.streams, args.window, args.plain_max_frames) < 1
         or min(args.mid_questions, args.min_questions) < 0

@@ -12,9 +12,9 @@ question is answered, in the same run, by each configuration:
 - ``top<K>``: retrieval of ``K`` blocks (plus the recent window), block positions as
   stored; ``top<K>-contiguous``: the same, re-positioned next to the question.
 
-A configuration that changes what a session *stores* (pruning, codecs: issue 5) gets a
-session of its own; configurations that only change how a question is answered share
-one, so the stream is encoded once for all of them.
+All of these only change how a question is answered, so each stream is encoded once, in
+one session, for all of them. (Configurations that change what a session *stores*,
+such as pruning and codecs, will need a session each.)
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ NEEDLE_SECONDS = 4.0
 MAX_NEEDLES = 5  # one per shape (and colour), so every needle question has one answer
 # Distance bins of the report, in seconds: upper edges (the last bin is open).
 DISTANCE_BINS: tuple[float, ...] = (16, 64, 256, 1024)
+# The shortest stream the nearest needle distance fits in (see distances_for).
+MIN_LENGTH = int(DISTANCES[0] + NEEDLE_SECONDS) + 2
 
 _CONFIG = re.compile(r"^(plain|lossless|top(\d+))(-contiguous)?$")
 
@@ -180,20 +182,28 @@ def answers_match(answer: str, expected: str) -> bool:
     """Exact match of the answer's words (case and punctuation aside)."""
     from ..synth import words
 
-    def plain(text: str) -> list[str]:
-        return [w for w in words(text) if w.isalnum()]
+    return [w for w in words(answer) if w.isalnum()] == [w for w in words(expected) if w.isalnum()]
 
-    return plain(answer) == plain(expected)
+
+def distance_labels() -> list[str]:
+    """Every distance bin's label, nearest first."""
+    return [distance_bin(e - 1) for e in DISTANCE_BINS] + [distance_bin(DISTANCE_BINS[-1])]
+
+
+def _cell(cell: dict | None) -> str:
+    return f"{cell['accuracy']:10.2f} ({cell['n']:3d})" if cell else f"{'-':>16}"
 
 
 def run_needle_eval(config: NeedleEvalConfig, log=print) -> NeedleEvalResult:
-    """Stream every needle stream once per session group; answer each question with every configuration."""
+    """Stream each needle stream once; answer each of its questions with every configuration."""
     from ..runtime.engine import StreamVLM
 
     answer_configs = config.answer_configs()
     lengths = sorted(set(config.lengths))
-    if not lengths or lengths[0] < 8:
-        raise ConfigError(f"lengths must be >= 8 frames (a needle lasts {NEEDLE_SECONDS:g} s), got {lengths}")
+    if not lengths or lengths[0] < MIN_LENGTH:
+        raise ConfigError(
+            f"lengths must be >= {MIN_LENGTH} frames (the nearest needle must fit), got {lengths}"
+        )
     engine = StreamVLM.from_pretrained(
         config.model, device=config.device, dtype=config.dtype, seed=config.seed
     )
@@ -215,8 +225,6 @@ def _run_stream(engine, config, answer_configs, length, seed, result) -> int:
     from ..synth import make_needle_stream
 
     distances = distances_for(length)
-    if not distances:
-        raise ConfigError(f"no needle distance fits a {length}-frame stream; use lengths >= 10")
     needle = make_needle_stream(
         seed,
         float(length),
@@ -300,24 +308,15 @@ def header(answer_configs: list[AnswerConfig]) -> str:
 
 def _length_row(result: NeedleEvalResult, length: int, answer_configs) -> str:
     acc = result.accuracy("length")
-    cells = []
-    for c in answer_configs:
-        cell = acc.get(c.name, {}).get(str(length))
-        cells.append(f"{cell['accuracy']:10.2f} ({cell['n']:3d})" if cell else f"{'-':>16}")
-    return f"{length:7d} " + " ".join(cells)
+    return f"{length:7d} " + " ".join(_cell(acc.get(c.name, {}).get(str(length))) for c in answer_configs)
 
 
 def distance_table(result: NeedleEvalResult, answer_configs) -> str:
     """Accuracy per distance bin and configuration, all lengths together."""
     acc = result.accuracy("distance")
-    bins = [distance_bin(e - 1) for e in DISTANCE_BINS] + [distance_bin(DISTANCE_BINS[-1])]
     lines = [f"{'distance':>9} " + " ".join(f"{c.name:>16}" for c in answer_configs)]
-    for b in bins:
-        cells = []
-        for c in answer_configs:
-            cell = acc.get(c.name, {}).get(b)
-            cells.append(f"{cell['accuracy']:10.2f} ({cell['n']:3d})" if cell else f"{'-':>16}")
-        lines.append(f"{b:>9} " + " ".join(cells))
+    for b in distance_labels():
+        lines.append(f"{b:>9} " + " ".join(_cell(acc.get(c.name, {}).get(b)) for c in answer_configs))
     return "\n".join(lines)
 
 
@@ -331,7 +330,7 @@ def plot(result: NeedleEvalResult, path: str) -> None:
     import matplotlib.pyplot as plt
 
     by_length, by_distance = result.accuracy("length"), result.accuracy("distance")
-    bins = [distance_bin(e - 1) for e in DISTANCE_BINS] + [distance_bin(DISTANCE_BINS[-1])]
+    bins = distance_labels()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for name in result.config["configs"]:
         per = by_length.get(name, {})

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from ..errors import ModelNotFoundError
 
-# The checkpoint `streamvlm train-tiny` trained on the synthetic world (docs/training.md):
-# the default model of `streamvlm watch` and `streamvlm eval needle`.
+# The checkpoint `streamvlm train-tiny` trains on the synthetic world (docs/training.md):
+# the default model of `streamvlm eval needle`, and of `streamvlm watch` once a
+# checkpoint good enough to ship is committed (none is yet).
 TINY_SYNTH = "streamvlm-tiny-synth"
 
 _ASSETS = Path(__file__).resolve().parents[2] / "assets" / "models"
