@@ -11,6 +11,7 @@ import pytest
 from streamvlm.errors import ConfigError
 from streamvlm.eval.needle import (
     MAX_NEEDLES,
+    MIN_LENGTH,
     NEEDLE_SECONDS,
     AnswerConfig,
     NeedleEvalConfig,
@@ -38,7 +39,7 @@ def test_config_names_parse():
             AnswerConfig.parse(bad)
 
 
-@pytest.mark.parametrize("length", [16, 64, 256, 1024, 3600])
+@pytest.mark.parametrize("length", [MIN_LENGTH, 16, 64, 256, 1024, 3600])
 def test_distances_fit_every_length(length):
     distances = distances_for(length)
     assert 1 <= len(distances) <= MAX_NEEDLES
@@ -47,6 +48,12 @@ def test_distances_fit_every_length(length):
     assert len(stream.needles) == len(distances)
     at_end = [q for q in stream.questions if q.asked_at == stream.world.end_time]
     assert sorted(round(q.distance) for q in at_end) == sorted(round(d) for d in distances)
+
+
+def test_no_needle_fits_below_the_minimum_length():
+    assert distances_for(MIN_LENGTH - 1) == ()
+    with pytest.raises(ConfigError, match=f">= {MIN_LENGTH}"):
+        run_needle_eval(NeedleEvalConfig(model="tiny-qwen2.5-vl", lengths=(MIN_LENGTH - 1,)))
 
 
 def test_distance_bins_and_answer_matching():
@@ -66,9 +73,10 @@ def test_distance_bins_and_answer_matching():
 
 
 def test_every_configuration_answers_every_question():
-    """Plain transformers and the session answer the same questions, asked at the same times.
+    """Every configuration answers the same questions, asked at the same times, and
+    retrieval of more blocks than the stream holds answers exactly as lossless does.
 
-    Their answers may differ: plain uses transformers' own ``get_rope_index``, which (in
+    Plain's answers may differ: it uses transformers' own ``get_rope_index``, which (in
     5.x) starts the text after a video at max(h, w) + 1 rather than max(t, h, w) + 1 as the
     session and the training layout do (docs/BENCHMARKS.md)."""
     config = NeedleEvalConfig(
@@ -76,19 +84,21 @@ def test_every_configuration_answers_every_question():
         lengths=(16,),
         streams=2,
         min_questions=0,
-        configs=("plain", "lossless", "top1-contiguous"),
-        window=16,
+        configs=("plain", "lossless", "top64", "top1-contiguous"),
+        window=4,
         max_new_tokens=3,
     )
     result = run_needle_eval(config, log=lambda _: None)
-    asked = {c: [(o.question, o.asked_at) for o in result.outcomes if o.config == c] for c in config.configs}
-    assert len(asked["plain"]) >= 2 and asked["plain"] == asked["lossless"] == asked["top1-contiguous"]
+    by_config = {c: [o for o in result.outcomes if o.config == c] for c in config.configs}
+    asked = {c: [(o.question, o.asked_at) for o in outcomes] for c, outcomes in by_config.items()}
+    assert len(asked["plain"]) >= 2 and all(a == asked["plain"] for a in asked.values())
+    assert [o.answer for o in by_config["top64"]] == [o.answer for o in by_config["lossless"]]
     assert all(s.bytes_stored > 0 for s in result.streams)
     assert all(o.ttft_s > 0 for o in result.outcomes)
 
 
 def test_cli_rejects_bad_options_in_one_line():
-    for args in (["--configs", "top4,foo"], ["--lengths", "16,x"], ["--streams", "0"]):
+    for args in (["--configs", "top4,foo"], ["--lengths", "16,x"], ["--lengths", "9"], ["--streams", "0"]):
         run = subprocess.run(
             [sys.executable, "-m", "streamvlm", "eval", "needle", *args], capture_output=True, text=True
         )

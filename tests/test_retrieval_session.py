@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from streamvlm import MemoryConfig, StreamVLM
+from streamvlm.errors import ConfigError
 from streamvlm.retrieval.index import LayeredIndex
 from streamvlm.retrieval.select import select_blocks
 from streamvlm.runtime.context import per_layer_context
@@ -171,3 +172,20 @@ def test_contiguous_mode_answers_and_places_the_question_after_the_retrieved_blo
     a, b = logits_and_tokens(original), logits_and_tokens(contiguous)
     if engine.backend.position_dims == 1:  # a 1-D stream is already contiguous: nothing moves
         assert a.answer.token_ids == b.answer.token_ids
+
+
+def test_positions_per_question_equal_the_configured_mode(engine):
+    """``ask(positions=...)`` answers exactly as a session configured with that mode."""
+    frames = [(f, 5.0 * i) for i, (f, _) in enumerate(clip(12))]
+    streams = {}
+    for mode in ("original", "contiguous"):
+        session = engine.new_session(memory=MemoryConfig(window=2, top_k=2, position_mode=mode))
+        session.add_frames(frames)
+        streams[mode] = session
+    for mode, other in (("contiguous", "original"), ("original", "contiguous")):
+        configured = logits_and_tokens(streams[mode])
+        overridden = logits_and_tokens(streams[other], positions=mode)
+        assert overridden.selection.layers == configured.selection.layers
+        assert overridden.answer.token_ids == configured.answer.token_ids
+    with pytest.raises(ConfigError, match="positions"):
+        streams["original"].ask(Q, positions="sideways")
