@@ -201,6 +201,12 @@ def _add_train_tiny(sub) -> None:
     t.add_argument("--batch-size", type=int, default=d.batch_size)
     t.add_argument("--lr", type=float, default=d.lr)
     t.add_argument(
+        "--vision-steps",
+        type=int,
+        default=d.vision_steps,
+        help=f"steps pre-training the vision tower alone on objects, before the questions (default: {d.vision_steps})",
+    )
+    t.add_argument(
         "--minutes", type=float, default=d.time_budget_s / 60, help="stop and save after this long"
     )
     t.add_argument("--seed", type=int, default=d.seed)
@@ -220,7 +226,7 @@ def _add_train_tiny(sub) -> None:
 def cmd_train_tiny(args: argparse.Namespace) -> int:
     from .train.config import TrainConfig
     from .train.loop import train
-    from .train.synth_task import TOKEN_CLASSES, VOCABULARY, synth_sample
+    from .train.synth_task import OBJECT_CLASSES, VOCABULARY, synth_sample, vision_sample
 
     if min(args.steps, args.batch_size, args.eval_every, args.eval_samples) < 1 or not (
         args.lr > 0 and args.minutes > 0
@@ -228,10 +234,13 @@ def cmd_train_tiny(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--steps, --batch-size, --lr, --minutes, --eval-every and --eval-samples must be positive"
         )
+    if args.vision_steps < 0:
+        raise ConfigError(f"--vision-steps must be 0 or more, got {args.vision_steps}")
     config = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        vision_steps=args.vision_steps,
         seed=args.seed,
         time_budget_s=60 * args.minutes,
         eval_every=args.eval_every,
@@ -244,10 +253,12 @@ def cmd_train_tiny(args: argparse.Namespace) -> int:
         args.out,
         config,
         log=lambda line: print(line, flush=True),
-        token_classes=TOKEN_CLASSES,
+        object_classes=OBJECT_CLASSES,
+        make_view=vision_sample,
     )
     print(
-        f"saved {args.out}: held-out accuracy {result['held_out_accuracy']:.3f} after {result['steps_run']} steps"
+        f"saved {args.out}: held-out accuracy {result['held_out_accuracy']:.3f} after "
+        f"{result['vision_steps_run']} vision steps and {result['steps_run']} steps"
     )
     return 0
 

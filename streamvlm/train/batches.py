@@ -21,19 +21,28 @@ IGNORE = -100  # label of tokens the loss skips
 
 
 @dataclass(frozen=True)
-class Sample:
-    """A clip and a question about it, with the expected answer.
+class ObjectLabels:
+    """Targets of the auxiliary object loss (``loop.ObjectProbe``): what the visual tokens show.
 
-    ``token_labels`` (optional) are targets of the auxiliary per-token loss: int
-    ``(temporal patches, rows, cols, attributes)`` over the merged visual tokens, one
-    class id per attribute (0 = nothing there); see ``loop.train``.
+    An *instance* is one object on one temporal patch (2 frames). ``token_object`` maps each
+    merged visual token, in the vision tower's output order, to the instance covering it
+    (-1: none); ``classes`` holds one class id per attribute for each instance.
     """
+
+    token_object: np.ndarray  # int, [visual tokens]
+    classes: np.ndarray  # int, [instances, attributes]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A clip and a question about it, with the expected answer, and optionally the
+    objects its visual tokens show (targets of the auxiliary loss; see ``loop.train``)."""
 
     frames: Sequence[np.ndarray]
     times: Sequence[float]  # stream seconds of each frame
     question: str
     answer: str
-    token_labels: np.ndarray | None = None
+    objects: ObjectLabels | None = None
 
 
 @dataclass(frozen=True)
@@ -43,7 +52,7 @@ class Encoded:
     positions: torch.Tensor  # [3, L]
     pixel_values: torch.Tensor  # [patches, C*T*P*P]
     grid: tuple[int, int, int]  # (t, h, w) in patches
-    token_labels: torch.Tensor | None = None  # [visual tokens, attributes]
+    objects: ObjectLabels | None = None
 
 
 def encode_sample(backend: Qwen25VLBackend, system_prompt: str, sample: Sample) -> Encoded:
@@ -73,17 +82,19 @@ def encode_sample(backend: Qwen25VLBackend, system_prompt: str, sample: Sample) 
         dim=1,
     )
     labels = [IGNORE] * (len(ids) - len(answer)) + answer
-    token_labels = None
-    if sample.token_labels is not None:
-        token_labels = torch.as_tensor(sample.token_labels, dtype=torch.long).reshape(n_visual, -1)
-    return Encoded(ids, labels, positions, pixel_values, grid, token_labels)
+    if sample.objects is not None and len(sample.objects.token_object) != n_visual:
+        raise ValueError(
+            f"object labels cover {len(sample.objects.token_object)} tokens, the clip has {n_visual}"
+        )
+    return Encoded(ids, labels, positions, pixel_values, grid, sample.objects)
 
 
 def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded model inputs for a batch (``position_ids`` as [3, batch, length]).
 
-    With token labels on every item, ``token_labels`` holds them for all visual tokens of
-    the batch in the vision tower's output order; pop it before calling the model.
+    With object labels on every item, ``object_of_token`` and ``object_classes`` hold them
+    for the whole batch (see ``collate_objects``); ``pop_object_targets`` takes them out
+    before the batch goes to the model.
     """
     length = max(len(e.input_ids) for e in items)
     batch = len(items)
@@ -98,8 +109,8 @@ def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         mask[row, :n] = 1
         positions[:, row, :n] = e.positions
     extra = {}
-    if all(e.token_labels is not None for e in items):
-        extra["token_labels"] = torch.cat([e.token_labels for e in items])
+    if all(e.objects is not None for e in items):
+        extra = collate_objects([e.objects for e in items])
     return {
         **extra,
         "input_ids": input_ids,
@@ -109,3 +120,22 @@ def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         "pixel_values_videos": torch.cat([e.pixel_values for e in items]),
         "video_grid_thw": torch.tensor([e.grid for e in items]),
     }
+
+
+def collate_objects(labels: Sequence[ObjectLabels]) -> dict[str, torch.Tensor]:
+    """The object labels of several clips as one batch: instance ids are renumbered so
+    they are unique across the batch, tokens concatenated in the vision tower's order."""
+    token_object, classes, offset = [], [], 0
+    for lab in labels:
+        ids = torch.as_tensor(lab.token_object, dtype=torch.long)
+        token_object.append(torch.where(ids >= 0, ids + offset, ids))
+        classes.append(torch.as_tensor(lab.classes, dtype=torch.long).reshape(len(lab.classes), -1))
+        offset += len(lab.classes)
+    return {"object_of_token": torch.cat(token_object), "object_classes": torch.cat(classes)}
+
+
+def pop_object_targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Remove the object targets from a collated batch; ``(object_of_token, object_classes)`` or None."""
+    if "object_of_token" not in batch:
+        return None
+    return batch.pop("object_of_token"), batch.pop("object_classes")

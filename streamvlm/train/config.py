@@ -17,8 +17,9 @@ class TrainConfig:
     eval_every: int = 250
     eval_samples: int = 256
     log_every: int = 25
-    token_loss_weight: float = 1.0  # weight of the auxiliary per-token loss (TokenProbe)
-    token_background_weight: float = 1.0  # weight of its "no object" class
+    object_loss_weight: float = 1.0  # weight of the auxiliary object loss (ObjectProbe)
+    vision_steps: int = 800  # steps pre-training the vision tower alone on the object loss
+    vision_batch_size: int = 64  # views (2 frames, one object) per vision step
     save_dtype: str = "float32"  # float16 halves the shipped checkpoint
     hidden: int = 128
     layers: int = 4

@@ -8,7 +8,11 @@ on the full task learns only the answer priors (docs/training.md has the runs):
 2. one object per clip, every question about a single object (colour, shape, digit,
    what is on screen): the model learns to *see* each attribute;
 3. one to three objects per clip, every question family: binding (the colour *of the
-   circle*), order and counting.
+   circle*), order and counting; frame times stretched up to 2.5x, so that the time
+   spans of 30-s videos and retrieved blocks are not new to the model.
+
+Before the first stage, the vision tower alone learns to see shape, colour and digit
+(``vision_sample``, ``loop.pretrain_vision``).
 
 Clips are short (4-8 frames, half the cost of 4-16) in the first stages: seeing is
 learned from the number of examples, not their length.
@@ -21,13 +25,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..synth import COLOURS, FAMILIES, SHAPES, VOCABULARY, World, make_clip_sample
-from .batches import Sample
+from .batches import ObjectLabels, Sample
 
 MIN_FRAMES, MAX_FRAMES = 4, 16
 TOKEN_PX = 28  # a merged visual token covers 28 x 28 px (14-px patches, 2 x 2 merge)
 TEMPORAL_PATCH = 2  # frames per merged token
-# Classes per attribute of the auxiliary token labels (0 = no object on the token).
-TOKEN_CLASSES = (1 + len(SHAPES), 1 + len(COLOURS), 1 + 10)
+# Classes per attribute of the auxiliary object labels (shape, colour, digit; digit 0 = none).
+OBJECT_CLASSES = (len(SHAPES), len(COLOURS), 1 + 10)
 SINGLE_OBJECT_FAMILIES = ("colour_of_shape", "shape_of_colour", "digit_of_shape", "now")
 
 
@@ -37,12 +41,15 @@ class Stage:
     max_frames: int
     max_events: int  # events per clip: 1..max_events (fewer when the clip is short)
     families: tuple[str, ...]
+    # Frame times are i * s seconds, s drawn from 1..max_time_scale: the model meets the
+    # longer time spans (and so position gaps) of streams longer than its clips.
+    max_time_scale: float = 1.0
 
 
 CURRICULUM: tuple[Stage, ...] = (
     Stage(0.1, 8, 1, ("colour_of_shape",)),
     Stage(0.5, 8, 1, SINGLE_OBJECT_FAMILIES),
-    Stage(1.0, MAX_FRAMES, 3, FAMILIES),
+    Stage(1.0, MAX_FRAMES, 3, FAMILIES, max_time_scale=2.5),
 )
 
 
@@ -61,20 +68,25 @@ def synth_sample(rng: np.random.Generator, progress: float = 1.0) -> Sample:
     clip = make_clip_sample(
         int(rng.integers(2**31)), n_frames=n_frames, n_events=(1, most), families=stage.families
     )
-    times = [i / 1.0 for i in range(len(clip.frames))]
-    labels = token_labels(clip.world, len(clip.frames))
-    return Sample(list(clip.frames), times, clip.question, clip.answer, labels)
+    scale = float(rng.uniform(1.0, stage.max_time_scale)) if stage.max_time_scale > 1 else 1.0
+    times = [i * scale for i in range(len(clip.frames))]
+    objects = object_labels(clip.world, len(clip.frames))
+    return Sample(list(clip.frames), times, clip.question, clip.answer, objects)
 
 
-def token_labels(world: World, n_frames: int) -> np.ndarray:
-    """Per merged token, the shape, colour and digit class of the object covering at least
-    half of it on the first frame of its temporal patch (0: none), from the event list.
+def object_labels(world: World, n_frames: int) -> ObjectLabels:
+    """Which object each merged visual token of the first ``n_frames`` frames shows, from
+    the event list.
 
-    Shape ``(temporal patches, rows, cols, 3)``, in the vision tower's output order.
+    One instance per object per temporal patch, as it is on the patch's first frame: the
+    tokens it covers at least half of (the one it covers most if none), and its classes
+    ``(shape, colour, digit)`` (digit 0 = none, else 1 + the digit). Tokens are in the
+    vision tower's output order (temporal patch, row, column).
     """
     grid = world.size // TOKEN_PX
     pairs = -(-n_frames // TEMPORAL_PATCH)
-    out = np.zeros((pairs, grid, grid, 3), np.int64)
+    token_object = np.full((pairs, grid, grid), -1, np.int64)
+    classes: list[tuple[int, int, int]] = []
     edges = np.arange(grid) * TOKEN_PX
     for t in range(pairs):
         frame = t * TEMPORAL_PATCH
@@ -82,10 +94,29 @@ def token_labels(world: World, n_frames: int) -> np.ndarray:
             x, y = e.position(frame)
             cover_x = np.clip(np.minimum(edges + TOKEN_PX, x + e.size) - np.maximum(edges, x), 0, None)
             cover_y = np.clip(np.minimum(edges + TOKEN_PX, y + e.size) - np.maximum(edges, y), 0, None)
-            covered = np.outer(cover_y, cover_x) >= TOKEN_PX * TOKEN_PX / 2
+            cover = np.outer(cover_y, cover_x)
+            covered = cover >= TOKEN_PX * TOKEN_PX / 2
+            if not covered.any():
+                covered = cover == cover.max()
+            token_object[t][covered] = len(classes)
             digit = 0 if e.digit is None else 1 + e.digit
-            out[t][covered] = (1 + SHAPES.index(e.shape), 1 + COLOURS.index(e.colour), digit)
-    return out
+            classes.append((SHAPES.index(e.shape), COLOURS.index(e.colour), digit))
+    return ObjectLabels(token_object.reshape(-1), np.asarray(classes, np.int64).reshape(-1, 3))
 
 
-__all__ = ["CURRICULUM", "TOKEN_CLASSES", "VOCABULARY", "stage_at", "synth_sample", "token_labels"]
+def vision_sample(rng: np.random.Generator) -> tuple[list[np.ndarray], ObjectLabels]:
+    """Two frames (one temporal patch) showing one random object, and its labels: a view
+    for pre-training the vision tower alone (``loop.pretrain_vision``)."""
+    world = World(int(rng.integers(2**31)), 2.0 / 1.0, n_events=1, durations=(2.0, 2.0))
+    return list(world.frames()), object_labels(world, world.n_frames)
+
+
+__all__ = [
+    "CURRICULUM",
+    "OBJECT_CLASSES",
+    "VOCABULARY",
+    "object_labels",
+    "stage_at",
+    "synth_sample",
+    "vision_sample",
+]

@@ -1,0 +1,100 @@
+"""The object loss that teaches the tiny model's vision tower to see: labels, pooling, speed-up."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from streamvlm.synth import COLOURS, SHAPES, World
+from streamvlm.synth.events import Event
+from streamvlm.train.batches import ObjectLabels, collate_objects
+from streamvlm.train.config import TrainConfig
+from streamvlm.train.loop import ObjectProbe, build_trainee, linear_patch_embedding, pretrain_vision
+from streamvlm.train.synth_task import OBJECT_CLASSES, VOCABULARY, object_labels, vision_sample
+
+
+def world_with(*events: Event, seconds: float = 4.0) -> World:
+    size = events[0].size
+    return World(0, seconds, events=events, scene_seconds=None, max_on_screen=2, object_size=size)
+
+
+def test_object_labels_map_the_tokens_each_object_covers():
+    # On the 4 x 4 grid of 28-px tokens: a 48-px circle at (0, 0) on frames 0-3 covers
+    # 28 and 20 px of tokens 0 and 1 on each axis, so the top-left 2 x 2 of both temporal
+    # patches; a 48-px square at (60, 60) on frames 2-3 covers 24 px of tokens 2 and 3.
+    circle = Event(0, "circle", "red", 3, 0, 4, 1.0, 48, ((0, 0),) * 4)
+    square = Event(1, "square", "blue", None, 2, 4, 1.0, 48, ((60, 60),) * 2)
+    labels = object_labels(world_with(circle, square), 4)
+    grid = labels.token_object.reshape(2, 4, 4)
+    expected_first = np.full((4, 4), -1)
+    expected_first[:2, :2] = 0
+    np.testing.assert_array_equal(grid[0], expected_first)
+    assert set(grid[1][:2, :2].ravel()) == {1} and set(grid[1][2:, 2:].ravel()) == {2}
+    assert (grid[1] >= 0).sum() == 8
+    red, blue = COLOURS.index("red"), COLOURS.index("blue")
+    circle_cls = [SHAPES.index("circle"), red, 1 + 3]
+    np.testing.assert_array_equal(labels.classes, [circle_cls, circle_cls, [SHAPES.index("square"), blue, 0]])
+
+
+def test_a_small_object_still_labels_the_token_it_covers_most():
+    # 16 x 16 px inside token (row 2, col 1): under half of it, but more than of any other
+    dot = Event(0, "diamond", "green", None, 0, 2, 1.0, 16, ((30, 60),) * 2)
+    labels = object_labels(world_with(dot, seconds=2.0), 2)
+    assert np.flatnonzero(labels.token_object >= 0).tolist() == [2 * 4 + 1]  # row 2, col 1
+
+
+def test_collated_object_ids_are_unique_across_the_batch():
+    a = ObjectLabels(np.array([-1, 0, 0, 1]), np.array([[1, 2, 0], [3, 4, 5]]))
+    b = ObjectLabels(np.array([0, -1]), np.array([[0, 1, 2]]))
+    batch = collate_objects([a, b])
+    assert batch["object_of_token"].tolist() == [-1, 0, 0, 1, 2, -1]
+    assert batch["object_classes"].tolist() == [[1, 2, 0], [3, 4, 5], [0, 1, 2]]
+
+
+def test_probe_classifies_the_mean_of_each_objects_tokens():
+    backend = build_trainee(VOCABULARY, TrainConfig(), seed=0)
+    visual = backend.model.model.visual
+    probe = ObjectProbe(visual, backend.model.config.vision_config.out_hidden_size, OBJECT_CLASSES)
+    frames, labels = vision_sample(np.random.default_rng(3))
+    pixels, grid = backend.preprocess(frames)
+    with torch.no_grad():
+        tokens = visual(pixels, grid_thw=torch.tensor([grid])).pooler_output
+        logits = probe.logits(torch.as_tensor(labels.token_object), len(labels.classes))
+    assert len(labels.classes) == 1 and (labels.token_object >= 0).sum() >= 1
+    mean = tokens[torch.as_tensor(labels.token_object) == 0].mean(0)
+    expected = probe.heads(mean).split(OBJECT_CLASSES)
+    for got, want in zip(logits, expected, strict=True):
+        torch.testing.assert_close(got[0], want)
+
+
+def test_linear_patch_embedding_equals_the_convolution_and_is_undone():
+    backend = build_trainee(VOCABULARY, TrainConfig(), seed=0)
+    visual = backend.model.model.visual
+    pixels, grid = backend.preprocess(vision_sample(np.random.default_rng(5))[0])
+    with torch.no_grad():
+        conv = visual(pixels, grid_thw=torch.tensor([grid])).pooler_output
+        with linear_patch_embedding(backend.model):
+            linear = visual(pixels, grid_thw=torch.tensor([grid])).pooler_output
+        again = visual(pixels, grid_thw=torch.tensor([grid])).pooler_output
+    torch.testing.assert_close(linear, conv, atol=1e-5, rtol=1e-5)
+    assert "forward" not in vars(visual.patch_embed)
+    torch.testing.assert_close(again, conv, atol=0, rtol=0)
+
+
+def test_vision_pretraining_learns_colours():
+    backend = build_trainee(VOCABULARY, TrainConfig(), seed=0)
+    visual = backend.model.model.visual
+    probe = ObjectProbe(visual, backend.model.config.vision_config.out_hidden_size, OBJECT_CLASSES)
+    config = TrainConfig(vision_steps=40, vision_batch_size=16, warmup=5, lr=3e-3, log_every=1000)
+    steps = pretrain_vision(
+        backend, probe, vision_sample, config, np.random.default_rng(0), deadline=float("inf"), log=print
+    )
+    assert steps == 40
+    views = [vision_sample(np.random.default_rng([9, i])) for i in range(32)]
+    inputs = [backend.preprocess(f) for f, _ in views]
+    targets = collate_objects([lab for _, lab in views])
+    with torch.no_grad():
+        visual(torch.cat([p for p, _ in inputs]), grid_thw=torch.tensor([g for _, g in inputs]))
+        colour = probe.logits(targets["object_of_token"], len(targets["object_classes"]))[1]
+    accuracy = (colour.argmax(-1) == targets["object_classes"][:, 1]).float().mean().item()
+    assert accuracy >= 0.9, accuracy
