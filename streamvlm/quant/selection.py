@@ -1,0 +1,76 @@
+"""Which channels and tokens get more bits (question-independent, decided at write time)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def top_range_channels(keys: torch.Tensor, count: int) -> torch.Tensor:
+    """bool ``[heads, head_dim]``: per head, the ``count`` channels with the largest max - min.
+
+    Ties go to the lower channel index (stable sort), so the choice is deterministic.
+    """
+    rng = keys.float().amax(dim=1) - keys.float().amin(dim=1)
+    order = torch.argsort(-rng, dim=-1, stable=True)[:, :count]
+    mask = torch.zeros_like(rng, dtype=torch.bool)
+    return mask.scatter_(1, order, True)
+
+
+def split_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ascending indices of the True and of the False entries of each row of ``mask``.
+
+    Every row must hold the same number of True entries (the codecs guarantee it).
+    """
+    order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)
+    count = int(mask[0].sum())
+    return order[:, :count], order[:, count:]
+
+
+def salient_count(tokens: int, fraction: float) -> int:
+    return min(tokens, int(round(tokens * fraction)))
+
+
+def salient_tokens(values: torch.Tensor, count: int) -> torch.Tensor:
+    """bool ``[heads, tokens]``: per head, the ``count`` tokens with the largest value L2 norm.
+
+    Why the norm: a token's share of the attention output is its weight times its value
+    vector, so large-norm values cost the most when quantized coarsely, whatever the
+    (not yet known) question. Ties go to the earlier token.
+    """
+    norm = values.float().norm(dim=-1)
+    order = torch.argsort(-norm, dim=-1, stable=True)[:, :count]
+    mask = torch.zeros_like(norm, dtype=torch.bool)
+    return mask.scatter_(1, order, True)
+
+
+def key_2bit_count(head_dim: int, fraction: float) -> int:
+    """Key channels at 2 bits: ``fraction`` of head_dim, leaving at least one on each side."""
+    return min(head_dim - 1, max(1, round(head_dim * fraction)))
+
+
+def channel_rows(idx: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Channel indices ``[heads, c]`` broadcast to ``[heads, tokens, c]`` for gather/scatter."""
+    return idx.unsqueeze(1).expand(-1, tokens, -1)
+
+
+def channel_tiers(keys: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """int8 ``[heads, head_dim]`` tier per channel, ranked by range (max - min over tokens).
+
+    Per head, the ``counts[0]`` widest channels get tier ``len(counts)``, the next
+    ``counts[1]`` tier ``len(counts) - 1``, and so on; the rest tier 0. Ties go to the lower
+    channel index.
+    """
+    rng = keys.float().amax(dim=1) - keys.float().amin(dim=1)
+    order = torch.argsort(-rng, dim=-1, stable=True)
+    tiers = torch.zeros_like(rng, dtype=torch.int8)
+    start = 0
+    for i, count in enumerate(counts):
+        tiers.scatter_(1, order[:, start : start + count], len(counts) - i)
+        start += count
+    return tiers
+
+
+def tier_indices(tiers: torch.Tensor, tier: int) -> torch.Tensor:
+    """Ascending channel indices ``[heads, count]`` of ``tier`` (every head has the same count)."""
+    count = int((tiers[0] == tier).sum())
+    return torch.argsort((tiers != tier).to(torch.int8), dim=-1, stable=True)[:, :count]
