@@ -62,6 +62,13 @@ def _check_bits(bits: int) -> int:
 
 
 def _check_codes(codes: torch.Tensor, limit: int, what: str) -> torch.Tensor:
+    validate_codes(codes, limit, what)
+    return codes.to(torch.int32)
+
+
+def validate_codes(codes: torch.Tensor, limit: int, what: str) -> None:
+    """Raise ``QuantError`` unless ``codes`` is an integer tensor of at least one dimension
+    with values in ``[0, limit)`` (``what`` names them in the message)."""
     if codes.dtype.is_floating_point or codes.dtype.is_complex:
         raise QuantError(f"{what} codes must be an integer tensor, got {codes.dtype}; round and cast first")
     if codes.dim() == 0:
@@ -70,7 +77,6 @@ def _check_codes(codes: torch.Tensor, limit: int, what: str) -> torch.Tensor:
         raise QuantError(
             f"{what} codes must lie in [0, {limit - 1}], got [{int(codes.min())}, {int(codes.max())}]"
         )
-    return codes.to(torch.int32)
 
 
 def _pad_last(codes: torch.Tensor, multiple: int) -> torch.Tensor:
