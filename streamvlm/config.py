@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import ConfigError
+from .memory.codec import CODEC_NAMES
 from .memory.policy import POLICIES
 from .runtime.scheduling import QUEUE_POLICIES
 
@@ -49,7 +50,14 @@ class MemoryConfig:
         Make the disk tier durable (fsync + block table) every this many blocks; a
         crash loses at most the blocks written since.
     host_codec, disk_codec:
-        How blocks are encoded in host RAM and on disk (``identity`` for now).
+        How blocks are encoded in host RAM and on disk: ``identity`` (as computed,
+        lossless; the default) or a KV codec of ``docs/quantization.md``: ``fp16``,
+        ``bf16`` (16 bits), ``int8``, ``int4`` (per token), ``kivi2`` (KIVI, 2 bits),
+        ``vidkv-ref`` (VidKV as published), ``vidkv`` (about 2 bits per element with
+        metadata). The device tier always holds full precision, and retrieval summaries
+        come from the full-precision keys whatever the codec. The default stays
+        ``identity`` until measurements on real models justify ``vidkv`` there.
+        ``stats().kv_bits_per_element`` reports what each tier really stores.
     eviction:
         Which block leaves a full tier first: ``age`` (oldest, default) or ``lru``.
 
@@ -126,6 +134,8 @@ class MemoryConfig:
         _one_of("metric", self.metric, ("ip", "cosine"))
         _one_of("position_mode", self.position_mode, POSITION_MODES)
         _one_of("eviction", self.eviction, tuple(POLICIES))
+        _one_of("host_codec", self.host_codec, CODEC_NAMES)
+        _one_of("disk_codec", self.disk_codec, CODEC_NAMES)
         _one_of("queue_policy", self.queue_policy, QUEUE_POLICIES)
         if self.queue_frames < 1:
             raise ConfigError(f"queue_frames must be >= 1, got {self.queue_frames}")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _blocks import random_block
 
 from streamvlm.errors import ConfigError
-from streamvlm.memory.block import Block, BlockMeta
+from streamvlm.memory.block import Block
 from streamvlm.memory.codec import IdentityCodec
 from streamvlm.memory.policy import Candidate, LeastRecentlyUsed, OldestFirst, get_policy
 from streamvlm.memory.tiered import TieredStore
@@ -15,21 +16,7 @@ LAYERS, HEADS, DIM = 2, 2, 8
 
 
 def make_block(block_id: int, tokens: int = 4) -> Block:
-    g = torch.Generator().manual_seed(block_id)
-    layers = tuple(
-        (torch.randn(HEADS, tokens, DIM, generator=g), torch.randn(HEADS, tokens, DIM, generator=g))
-        for _ in range(LAYERS)
-    )
-    meta = BlockMeta(
-        id=block_id,
-        t_start=float(block_id),
-        t_end=block_id + 0.5,
-        frames=2,
-        positions=torch.arange(tokens).expand(3, tokens) + 10 * block_id,
-        kept=torch.ones(tokens, dtype=torch.bool),
-        summary=torch.randn(LAYERS, HEADS * DIM, generator=g),
-    )
-    return Block(meta=meta, layers=layers)
+    return random_block(block_id, tokens, LAYERS, HEADS, DIM, position_step=10)
 
 
 BLOCK_BYTES = make_block(0).nbytes  # 2 layers x (K + V) x 2 heads x 4 tokens x 8 dims x 4 bytes = 1024

@@ -7,6 +7,7 @@ written.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -15,6 +16,11 @@ import torch
 
 if TYPE_CHECKING:  # the runtime import would pull in transformers for a type alias
     from ..models.base import LayerKV
+
+
+# BlockMeta fields a stored block keeps as tensors beside its KV (see codec.py); every
+# other tensor of a StoredBlock is the codec's encoding of the KV.
+META_TENSORS = ("positions", "kept", "summary")
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,16 @@ class Block:
     def nbytes(self) -> int:
         return sum(k.nbytes + v.nbytes for k, v in self.layers)
 
+    @property
+    def kv_bits(self) -> int:
+        """Bits of the keys and values as held (full precision)."""
+        return 8 * self.nbytes
+
+    @cached_property
+    def kv_elements(self) -> int:
+        """Number of key and value elements over all layers."""
+        return sum(k.numel() + v.numel() for k, v in self.layers)
+
     def __post_init__(self) -> None:
         for k, v in self.layers:
             if k.shape != v.shape or k.shape[1] != self.meta.tokens:
@@ -86,3 +102,17 @@ class StoredBlock:
     def nbytes(self) -> int:
         # cached: tiers ask for it on every put, for every block they hold
         return sum(t.nbytes for t in self.tensors.values())
+
+    @cached_property
+    def kv_bits(self) -> int:
+        """Bits of the encoded keys and values: payload and codec metadata, not the block's
+        positions, mask or summary, nor state a codec keeps once per layer."""
+        return 8 * sum(t.nbytes for name, t in self.tensors.items() if name not in META_TENSORS)
+
+    @cached_property
+    def kv_elements(self) -> int:
+        """Number of key and value elements the block decodes to, over all layers."""
+        shape = self.meta.get("kv_shape")
+        if shape is None:  # written before kv_shape existed: identity, which stores raw KV
+            return sum(t.numel() for name, t in self.tensors.items() if name not in META_TENSORS)
+        return 2 * int(self.meta["layers"]) * math.prod(shape)

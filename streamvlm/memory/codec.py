@@ -1,8 +1,13 @@
 """Codecs turn a block's KV into what a tier stores, and back.
 
 A tier holds ``StoredBlock``s: JSON metadata plus named CPU tensors. The identity codec
-keeps the tensors as they are; quantized codecs (a later issue) plug in here without
-changing tier code.
+keeps the tensors as they are; the quantized codecs (``quantized.py``, one per
+``streamvlm.quant`` codec) store each layer's keys and values encoded. Tiers never look
+inside: they store, move and count what a codec gives them.
+
+Besides the block's own fields, ``StoredBlock.meta`` holds ``codec`` (this codec's name),
+``layers`` and ``kv_shape`` (``[kv_heads, tokens, head_dim]`` of every layer), which is
+what a decoder needs to rebuild tensors that were stored packed.
 """
 
 from __future__ import annotations
@@ -12,47 +17,85 @@ from dataclasses import fields
 
 import torch
 
-from .block import Block, BlockMeta, StoredBlock
+from ..errors import ConfigError
+from ..quant.registry import CODEC_NAMES as QUANT_CODEC_NAMES
+from .block import META_TENSORS, Block, BlockMeta, StoredBlock
 
-_TENSOR_FIELDS = ("positions", "kept", "summary")
+# Names ``get_codec`` (and ``MemoryConfig.host_codec`` / ``disk_codec``) accept.
+CODEC_NAMES: tuple[str, ...] = ("identity", *QUANT_CODEC_NAMES)
 
 
 def meta_to_json(meta: BlockMeta) -> dict:
     # not dataclasses.asdict: it deep-copies the tensor fields only to drop them
-    return {f.name: getattr(meta, f.name) for f in fields(meta) if f.name not in _TENSOR_FIELDS}
+    return {f.name: getattr(meta, f.name) for f in fields(meta) if f.name not in META_TENSORS}
+
+
+def kv_shape(block: Block) -> list[int]:
+    """``[kv_heads, tokens, head_dim]`` shared by every layer of ``block``."""
+    shapes = {tuple(k.shape) for k, _ in block.layers}
+    if len(shapes) > 1:
+        raise ValueError(f"block {block.id}: layers differ in KV shape {sorted(shapes)}; codecs need one")
+    return list(shapes.pop()) if shapes else [0, block.meta.tokens, 0]
 
 
 class Codec(ABC):
-    """Encodes a block's per-layer KV into named tensors, and decodes them."""
+    """Encodes a block's per-layer KV into named tensors, and decodes them.
+
+    A codec may keep state once per layer rather than per block (``vidkv``'s frozen key
+    channel tiers): ``shared_state`` returns it as named CPU tensors to persist next to the
+    blocks, ``load_shared_state`` restores it, and ``state_version`` changes whenever new
+    state appears, so that a store knows when to persist it again. ``stateful`` says
+    whether a codec's blocks need such state to be decoded at all.
+    """
 
     name: str
+    stateful: bool = False
+    state_version: int = 0
 
     @abstractmethod
     def encode_layers(self, block: Block) -> dict[str, torch.Tensor]:
         """Named CPU tensors holding the block's KV."""
 
     @abstractmethod
-    def decode_layers(self, tensors: dict[str, torch.Tensor], num_layers: int, device, dtype):
-        """The per-layer ``(keys, values)`` back on ``device`` in ``dtype``."""
+    def decode_layers(self, tensors: dict[str, torch.Tensor], meta: dict, device, dtype):
+        """The per-layer ``(keys, values)`` back on ``device`` in ``dtype``; ``meta`` is the
+        stored block's JSON metadata (``layers``, ``kv_shape``)."""
+
+    def shared_state(self) -> dict[str, torch.Tensor]:
+        """Per-layer state as named CPU tensors (empty for stateless codecs)."""
+        return {}
+
+    def load_shared_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what ``shared_state`` returned, before decoding blocks encoded with it."""
+        if tensors:
+            raise ConfigError(f"codec {self.name!r} keeps no per-layer state; there is none to load")
+
+    def shared_bytes(self) -> int:
+        """Bytes of the per-layer state (stored once per stream, not in any block)."""
+        return sum(t.nbytes for t in self.shared_state().values())
 
     def encode(self, block: Block) -> StoredBlock:
         tensors = {
             name: getattr(block.meta, name).cpu()
-            for name in _TENSOR_FIELDS
+            for name in META_TENSORS
             if getattr(block.meta, name) is not None
         }
         tensors.update(self.encode_layers(block))
-        meta = meta_to_json(block.meta) | {"codec": self.name, "layers": len(block.layers)}
+        meta = meta_to_json(block.meta) | {
+            "codec": self.name,
+            "layers": len(block.layers),
+            "kv_shape": kv_shape(block),
+        }
         return StoredBlock(meta=meta, tensors=tensors)
 
     def decode(self, stored: StoredBlock, device, dtype) -> Block:
-        layers = self.decode_layers(stored.tensors, stored.meta["layers"], device, dtype)
+        layers = self.decode_layers(stored.tensors, stored.meta, device, dtype)
         return Block(meta=self.decode_meta(stored), layers=tuple(layers))
 
     @staticmethod
     def decode_meta(stored: StoredBlock) -> BlockMeta:
         """The block's metadata alone (no KV is decoded)."""
-        tensors = {name: stored.tensors[name].clone() for name in _TENSOR_FIELDS if name in stored.tensors}
+        tensors = {name: stored.tensors[name].clone() for name in META_TENSORS if name in stored.tensors}
         return BlockMeta(
             **tensors, **{k: stored.meta[k] for k in ("id", "t_start", "t_end", "frames", "codec")}
         )
@@ -70,22 +113,22 @@ class IdentityCodec(Codec):
             tensors[f"v.{i}"] = v.detach().to("cpu").contiguous()
         return tensors
 
-    def decode_layers(self, tensors, num_layers, device, dtype):
+    def decode_layers(self, tensors, meta, device, dtype):
         return [
             (
                 tensors[f"k.{i}"].to(device=device, dtype=dtype, non_blocking=True),
                 tensors[f"v.{i}"].to(device=device, dtype=dtype, non_blocking=True),
             )
-            for i in range(num_layers)
+            for i in range(meta["layers"])
         ]
 
 
-CODECS: dict[str, type[Codec]] = {"identity": IdentityCodec}
-
-
 def get_codec(name: str) -> Codec:
-    from ..errors import ConfigError
+    """A new block codec: ``identity`` or any ``streamvlm.quant`` codec with default options."""
+    if name == "identity":
+        return IdentityCodec()
+    if name in QUANT_CODEC_NAMES:
+        from .quantized import QuantizedCodec  # it subclasses Codec: import here, not at the top
 
-    if name not in CODECS:
-        raise ConfigError(f"unknown codec {name!r}; choose one of {', '.join(CODECS)}")
-    return CODECS[name]()
+        return QuantizedCodec(name)
+    raise ConfigError(f"unknown codec {name!r}; choose one of {', '.join(CODEC_NAMES)}")

@@ -5,13 +5,18 @@ asked of an ``EvictionPolicy``. With a disk tier every block is written through 
 when it is created, so the device and host tiers are caches of it: moving a block out of
 host RAM costs nothing, and a crash loses only what was not yet flushed to disk. Without
 a disk tier, a block pushed out of host RAM is gone (counted in ``dropped_blocks``).
+
+The device tier holds blocks at full precision; the host and disk tiers hold them as their
+codecs encode them. A stateful disk codec's per-layer state is handed to
+``on_disk_codec_state`` whenever it changes, before the first block that needs it reaches
+the disk, so that whatever survives a crash can be decoded.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -36,6 +41,7 @@ class TieredStore(BlockStore):
         policy: EvictionPolicy,
         disk=None,
         disk_codec: Codec | None = None,
+        on_disk_codec_state: Callable[[Codec], None] | None = None,
     ):
         self.device_tier: MemoryTier[Block] = MemoryTier("device", device_bytes)
         self.host_tier: MemoryTier[StoredBlock] = MemoryTier("host", host_bytes)
@@ -44,6 +50,12 @@ class TieredStore(BlockStore):
         self.host_codec = host_codec
         self.disk_codec = disk_codec or host_codec
         self.policy = policy
+        self.on_disk_codec_state = on_disk_codec_state
+        self._disk_state_version = self.disk_codec.state_version  # last version handed over
+        # (kv_bits, kv_elements) of every block on disk, and their totals (kept up to date:
+        # stats() asks for them, and a disk tier may hold many blocks)
+        self._disk_kv: dict[int, tuple[int, int]] = {}
+        self._disk_kv_total = [0, 0]
         self._metas: dict[int, BlockMeta] = {}
         self._last_used: dict[int, int] = {}
         self._clock = 0
@@ -63,11 +75,15 @@ class TieredStore(BlockStore):
         """
         if self._metas and block.id <= next(reversed(self._metas)):
             raise ValueError(f"block id {block.id} is not newer than the stored ones")
+        # encode first: a codec that rejects the block (e.g. fp16 overflow) leaves no trace of it
+        stored = self.disk_codec.encode(block) if self.disk is not None else None
         self._metas[block.id] = block.meta
         self._touch(block.id)
         gone: list[int] = []
-        if self.disk is not None:
-            gone += self.disk.put(self.disk_codec.encode(block))
+        if stored is not None:
+            self.persist_disk_codec_state()  # before the block that may need it is on disk
+            gone += self.disk.put(stored)
+            self._count_on_disk(stored)
         self.device_tier.put(block)
         gone += self._rebalance()
         for block_id in gone:
@@ -77,7 +93,9 @@ class TieredStore(BlockStore):
     def _rebalance(self) -> list[int]:
         gone = []
         for block_id in self._victims(self.device_tier):
-            self.host_tier.put(pin(self.host_codec.encode(self.device_tier.pop(block_id))))
+            stored = pin(self.host_codec.encode(self.device_tier.get(block_id)))  # may raise: pop after
+            self.host_tier.put(stored)
+            self.device_tier.pop(block_id)
         for block_id in self._victims(self.host_tier):
             stored = self.host_tier.pop(block_id)
             if self.disk is None:
@@ -100,6 +118,14 @@ class TieredStore(BlockStore):
                 tier.pop(block_id)
         self._metas.pop(block_id, None)
         self._last_used.pop(block_id, None)
+        bits, elements = self._disk_kv.pop(block_id, (0, 0))
+        self._disk_kv_total[0] -= bits
+        self._disk_kv_total[1] -= elements
+
+    def _count_on_disk(self, stored: StoredBlock) -> None:
+        self._disk_kv[stored.id] = (stored.kv_bits, stored.kv_elements)
+        self._disk_kv_total[0] += stored.kv_bits
+        self._disk_kv_total[1] += stored.kv_elements
 
     def _touch(self, block_id: int) -> None:
         self._clock += 1
@@ -150,6 +176,34 @@ class TieredStore(BlockStore):
             "disk": self.disk.nbytes if self.disk is not None else 0,
         }
 
+    def kv_bits_per_element(self) -> dict[str, float | None]:
+        """Stored bits of the keys and values held in each tier over their element count.
+
+        Payload and per-block codec metadata count; positions, masks, summaries and the
+        per-layer codec state (``codec_state_bytes``) do not. ``None`` for an empty tier.
+        """
+        totals = {
+            "device": (self.device_tier.kv_bits, self.device_tier.kv_elements),
+            "host": (self.host_tier.kv_bits, self.host_tier.kv_elements),
+            "disk": tuple(self._disk_kv_total),
+        }
+        return {tier: bits / n if n else None for tier, (bits, n) in totals.items()}
+
+    def codec_state_bytes(self) -> dict[str, int]:
+        """Bytes of per-layer codec state (stored once per stream, not per block) per tier."""
+        return {
+            "device": 0,
+            "host": self.host_codec.shared_bytes(),
+            "disk": self.disk_codec.shared_bytes() if self.disk is not None else 0,
+        }
+
+    def persist_disk_codec_state(self) -> None:
+        """Hand the disk codec's state to ``on_disk_codec_state`` if it changed since last time."""
+        version = self.disk_codec.state_version
+        if version != self._disk_state_version and self.on_disk_codec_state is not None:
+            self.on_disk_codec_state(self.disk_codec)
+            self._disk_state_version = version
+
     def __len__(self) -> int:
         return len(self._metas)
 
@@ -160,4 +214,5 @@ class TieredStore(BlockStore):
         for block_id in self.disk.ids():
             stored = self.disk.get(block_id)
             self._metas[block_id] = self.disk_codec.decode_meta(stored)
+            self._count_on_disk(stored)
             self._touch(block_id)

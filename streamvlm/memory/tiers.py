@@ -18,24 +18,35 @@ Item = TypeVar("Item", Block, StoredBlock)
 
 
 class MemoryTier(Generic[Item]):
-    """Items by block id, with their byte total. ``capacity`` is enforced by the caller's policy."""
+    """Items by block id, with their byte total. ``capacity`` is enforced by the caller's policy.
+
+    ``kv_bits`` / ``kv_elements`` total the stored bits of the keys and values and their
+    element count, for bits per element (``nbytes`` also counts positions and summaries).
+    """
 
     def __init__(self, name: str, capacity: int):
         self.name = name
         self.capacity = capacity
         self._items: dict[int, Item] = {}
         self.nbytes = 0
+        self.kv_bits = 0
+        self.kv_elements = 0
 
     def put(self, item: Item) -> None:
         if item.id in self._items:
             raise ValueError(f"{self.name} tier already holds block {item.id}")
         self._items[item.id] = item
-        self.nbytes += item.nbytes
+        self._count(item, 1)
 
     def pop(self, block_id: int) -> Item:
         item = self._items.pop(block_id)
-        self.nbytes -= item.nbytes
+        self._count(item, -1)
         return item
+
+    def _count(self, item: Item, sign: int) -> None:
+        self.nbytes += sign * item.nbytes
+        self.kv_bits += sign * item.kv_bits
+        self.kv_elements += sign * item.kv_elements
 
     def get(self, block_id: int) -> Item:
         return self._items[block_id]

@@ -49,7 +49,15 @@ class Answer:
 
 @dataclass(frozen=True)
 class SessionStats:
-    """What a session has seen and what it holds. Bytes are per memory tier."""
+    """What a session has seen and what it holds. Bytes and bits are per memory tier.
+
+    ``kv_bits_per_element``: stored bits of the keys and values a tier holds (codec payload
+    and per-block codec metadata) over the number of K/V elements; ``None`` for an empty
+    tier. The device tier holds full precision (32 for float32). Per-layer codec state
+    (``vidkv``'s channel tiers), stored once per stream, is not in it: it is
+    ``codec_state_bytes``. ``bytes_per_tier`` counts everything held, positions and
+    summaries included (on disk: whole records).
+    """
 
     frames_seen: int
     frames_encoded: int
@@ -60,6 +68,8 @@ class SessionStats:
     stream_time: float
     next_position: int
     bytes_per_tier: dict[str, int]
+    kv_bits_per_element: dict[str, float | None]
+    codec_state_bytes: dict[str, int]  # per-layer codec state, once per stream (not per block)
     encode_s: float
     hits_per_tier: dict[str, int]  # blocks loaded for questions, by the tier they came from
     window_hits_per_tier: dict[

@@ -1,10 +1,13 @@
 """Building a session's store and index, checkpointing them to its directory, resuming.
 
 A session directory holds the disk tier (segments + block table), the retrieval index
-(``index/``) and ``session.json`` with what the blocks do not say: the model, the system
-prompt, the memory options, the stream clock and the counters. Everything is written
-atomically at each checkpoint; blocks written after the last checkpoint are recovered
-from the segments by the disk tier, and the counters are then rebuilt from them.
+(``index/``), ``session.json`` with what the blocks do not say (the model, the system
+prompt, the memory options, the stream clock and the counters) and, for a stateful
+``disk_codec`` (``vidkv``), ``codec_state.safetensors``: its per-layer state, without which
+the disk blocks cannot be decoded. Everything is written atomically; blocks written after
+the last checkpoint are recovered from the segments by the disk tier, and the counters are
+then rebuilt from them. The codec state is written whenever it changes, before the first
+block that needs it reaches the disk, so every recovered block can be decoded.
 """
 
 from __future__ import annotations
@@ -12,11 +15,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from functools import partial
 from pathlib import Path
+
+import safetensors
+import safetensors.torch
 
 from ..config import MemoryConfig
 from ..errors import StreamVLMError
-from ..memory.codec import get_codec
+from ..memory.codec import Codec, get_codec
 from ..memory.disk import DiskTier
 from ..memory.policy import get_policy
 from ..memory.tiered import TieredStore
@@ -24,6 +31,7 @@ from ..retrieval.index import LayeredIndex
 
 SESSION_FILE = "session.json"
 INDEX_DIR = "index"
+CODEC_STATE_FILE = "codec_state.safetensors"
 FORMAT_VERSION = 1
 # Options a resumed session may change: they do not alter what is stored.
 RESUME_OVERRIDABLE = {
@@ -54,6 +62,7 @@ def build_store(memory: MemoryConfig, backend, resume: bool = False) -> TieredSt
             )
         # the session decides when to make the disk durable (checkpoint), not the tier
         disk = DiskTier(memory.disk_dir, max_bytes=memory.disk_bytes, flush_every=None, flush_seconds=None)
+    save_state = partial(save_codec_state, Path(memory.disk_dir)) if disk is not None else None
     store = TieredStore(
         device_bytes=memory.device_bytes,
         host_bytes=memory.host_bytes,
@@ -63,10 +72,50 @@ def build_store(memory: MemoryConfig, backend, resume: bool = False) -> TieredSt
         disk=disk,
         disk_codec=get_codec(memory.disk_codec),
         policy=get_policy(memory.eviction),
+        on_disk_codec_state=save_state,
     )
     if resume:
-        store.adopt_disk_blocks()
+        try:
+            load_codec_state(Path(memory.disk_dir), store.disk_codec, blocks=len(disk))
+            store.adopt_disk_blocks()
+        except BaseException:
+            disk.close()  # release the directory's lock: the caller may fix it and resume again
+            raise
     return store
+
+
+def save_codec_state(directory: Path, codec: Codec) -> None:
+    """Write ``codec``'s per-layer state to ``directory/codec_state.safetensors``, atomically."""
+    tensors = {name: t.contiguous() for name, t in codec.shared_state().items()}
+    data = safetensors.torch.save(tensors, metadata={"codec": codec.name})
+    _write_bytes_atomically(directory / CODEC_STATE_FILE, data)
+
+
+def load_codec_state(directory: Path, codec: Codec, blocks: int) -> None:
+    """Restore the disk codec's state saved by ``save_codec_state``.
+
+    A stateful codec with ``blocks`` on disk and no state file cannot decode them: that is
+    an error here rather than at the first question.
+    """
+    path = directory / CODEC_STATE_FILE
+    if not path.exists():
+        if codec.stateful and blocks:
+            raise SessionResumeError(
+                f"{path} is missing: the {blocks} blocks on disk were encoded with {codec.name} "
+                "state that was saved there and cannot be decoded without it"
+            )
+        return
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            saved_by = (f.metadata() or {}).get("codec")
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (OSError, safetensors.SafetensorError) as e:
+        raise SessionResumeError(f"cannot read {path}: {e}") from e
+    if saved_by != codec.name:
+        raise SessionResumeError(
+            f"{path} holds state of codec {saved_by!r}, not of disk_codec {codec.name!r}"
+        )
+    codec.load_shared_state(tensors)
 
 
 def build_index(memory: MemoryConfig, backend) -> LayeredIndex:
@@ -97,6 +146,7 @@ def checkpoint(session, full: bool | None = None) -> None:
     since = held - session._blocks_at_full
     if full is None:
         full = since >= max(FULL_MIN, FULL_FRACTION * held)
+    session.store.persist_disk_codec_state()  # a no-op unless it changed (put writes it first)
     if full:
         session.store.disk.flush()
         session.index.save(directory / INDEX_DIR)
@@ -197,9 +247,14 @@ def _read_state(directory: Path) -> dict:
 
 
 def _write_json_atomically(path: Path, data: dict) -> None:
+    _write_bytes_atomically(path, json.dumps(data, indent=1).encode())
+
+
+def _write_bytes_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path``: a crash leaves the old file or the new one, never a mix."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

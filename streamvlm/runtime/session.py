@@ -358,6 +358,8 @@ class Session:
             stream_time=self.stream_time,
             next_position=self.next_position,
             bytes_per_tier=self.store.bytes_per_tier(),
+            kv_bits_per_element=self.store.kv_bits_per_element(),
+            codec_state_bytes=self.store.codec_state_bytes(),
             encode_s=self.encode_s,
             hits_per_tier=dict(self.store.hits["answer"]),
             window_hits_per_tier=dict(self.store.hits["window"]),

@@ -1,0 +1,100 @@
+"""Block codecs backed by ``streamvlm.quant``: each layer's keys and values encoded on their own.
+
+``QuantizedCodec("vidkv")`` encodes layer ``i``'s keys with ``kind="key", layer=i`` and its
+values with ``kind="value"``, and stores the resulting tensors as ``k.{i}.{field}`` and
+``v.{i}.{field}`` beside the block's positions, mask and summary. The block's JSON meta
+(``kv_shape``, written by ``Codec.encode``) gives back the shape the packed fields need.
+Decoding goes through ``streamvlm.kernels.decode``: a fused Triton kernel on CUDA where
+the codec has one, the PyTorch reference elsewhere (both give the same floats).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from .. import kernels
+from ..quant.base import EncodedTensor, KVCodec
+from ..quant.registry import get_codec as get_kv_codec
+from .block import META_TENSORS, Block
+from .codec import Codec
+
+_KINDS = {"k": "key", "v": "value"}
+
+
+class QuantizedCodec(Codec):
+    """A ``streamvlm.quant`` codec (default options) applied per layer and per kind.
+
+    One object per tier and stream: stateful codecs (``vidkv``) freeze their key channel
+    tiers on the first block of each layer, and every later block of that layer is encoded
+    and decoded with them (``shared_state`` / ``load_shared_state`` carry them over a restart).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.kv_codec = get_kv_codec(name)
+        self.name = name
+        self.stateful = type(self.kv_codec).shared_state is not KVCodec.shared_state
+        self.state_version = 0
+        self._stateful_layers: set[int] = set()
+
+    def encode_layers(self, block: Block) -> dict[str, torch.Tensor]:
+        tensors = {}
+        for i, (k, v) in enumerate(block.layers):
+            if k.shape[1] == 0:
+                continue  # the quant codecs need a token; kv_shape alone rebuilds an empty layer
+            for prefix, x in (("k", k), ("v", v)):
+                enc = self.kv_codec.encode(x, _KINDS[prefix], i)
+                tensors.update({f"{prefix}.{i}.{field}": t for field, t in enc.tensors.items()})
+            self._note_state(i)
+        return tensors
+
+    def decode_layers(self, tensors, meta, device, dtype):
+        shape = tuple(int(s) for s in meta["kv_shape"])
+        fields = _by_layer(tensors)
+        layers = []
+        for i in range(meta["layers"]):
+            if shape[1] == 0:
+                layers.append(tuple(torch.empty(shape, device=device, dtype=dtype) for _ in range(2)))
+                continue
+            layers.append(tuple(self._decode(fields[p, i], p, i, shape, device, dtype) for p in ("k", "v")))
+        return layers
+
+    def _decode(self, fields, prefix, layer, shape, device, dtype) -> torch.Tensor:
+        enc = EncodedTensor(self.kv_codec.name, _KINDS[prefix], shape, fields, layer)
+        return kernels.decode(enc, self.kv_codec, device, dtype)
+
+    # per-layer state ------------------------------------------------------------------
+    def _note_state(self, layer: int) -> None:
+        """Bump ``state_version`` when ``layer`` has just acquired state (vidkv: its first block)."""
+        if layer not in self._stateful_layers and self.kv_codec.shared_state(layer):
+            self._stateful_layers.add(layer)
+            self.state_version += 1
+
+    def shared_state(self) -> dict[str, torch.Tensor]:
+        """Every layer's state, named ``{layer}.{field}``."""
+        return {
+            f"{i}.{field}": t
+            for i in sorted(self._stateful_layers)
+            for field, t in self.kv_codec.shared_state(i).items()
+        }
+
+    def load_shared_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        per_layer: dict[int, dict[str, torch.Tensor]] = defaultdict(dict)
+        for name, t in tensors.items():
+            layer, field = name.split(".", 1)
+            per_layer[int(layer)][field] = t
+        for layer, state in per_layer.items():
+            self.kv_codec.load_shared_state(layer, state)
+            self._stateful_layers.add(layer)
+
+
+def _by_layer(tensors: dict[str, torch.Tensor]) -> dict[tuple[str, int], dict[str, torch.Tensor]]:
+    """``k.3.scale`` -> ``fields["k", 3]["scale"]``, in one pass over the block's tensors."""
+    fields: dict[tuple[str, int], dict[str, torch.Tensor]] = defaultdict(dict)
+    for name, t in tensors.items():
+        if name in META_TENSORS:
+            continue
+        prefix, layer, field = name.split(".", 2)
+        fields[prefix, int(layer)][field] = t
+    return fields

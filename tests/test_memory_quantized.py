@@ -1,0 +1,192 @@
+"""Quantized host and disk tiers: a tier adds no error to its codec's, bits are reported, vidkv resumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _blocks import random_block
+
+from streamvlm import MemoryConfig, StreamVLM
+from streamvlm.errors import ConfigError
+from streamvlm.memory.block import Block
+from streamvlm.memory.codec import CODEC_NAMES, IdentityCodec, get_codec
+from streamvlm.memory.disk import DiskTier
+from streamvlm.memory.policy import get_policy
+from streamvlm.memory.tiered import TieredStore
+from streamvlm.quant import get_codec as get_kv_codec
+from streamvlm.runtime.persistence import CODEC_STATE_FILE, SessionResumeError
+from streamvlm.runtime.session import Session
+
+MODEL = "tiny-qwen2.5-vl"
+LAYERS, HEADS, TOKENS, DIM = 2, 2, 16, 16  # the tiny model's KV shape for a 112x112 chunk
+QUANT_NAMES = [n for n in CODEC_NAMES if n != "identity"]
+
+
+def make_block(block_id: int, tokens: int = TOKENS) -> Block:
+    return random_block(block_id, tokens, LAYERS, HEADS, DIM, position_step=100)
+
+
+def codec_alone(name: str, blocks: list[Block]) -> tuple[list[list[tuple]], float]:
+    """Each block's layers as the quant codec alone decodes them (one codec object, blocks in
+    order, as a tier sees them), and the bits per K/V element it stores."""
+    if name == "identity":
+        return [list(b.layers) for b in blocks], 32.0
+    codec = get_kv_codec(name)
+    decoded, bits, elements = [], 0, 0
+    for block in blocks:
+        layers = []
+        for i, (k, v) in enumerate(block.layers):
+            ek, ev = codec.encode(k, "key", i), codec.encode(v, "value", i)
+            layers.append((codec.decode(ek), codec.decode(ev)))
+            bits += ek.stored_bits + ev.stored_bits
+            elements += ek.numel + ev.numel
+        decoded.append(layers)
+    return decoded, bits / elements
+
+
+def assert_same_kv(got: Block, expected_layers) -> None:
+    for (k, v), (ek, ev) in zip(got.layers, expected_layers, strict=True):
+        assert torch.equal(k, ek) and torch.equal(v, ev)
+
+
+@pytest.mark.parametrize("name", CODEC_NAMES)
+def test_host_and_disk_tiers_add_no_error_to_the_codec(name, tmp_path):
+    blocks = [make_block(i) for i in range(3)]
+    store = TieredStore(
+        device_bytes=0,  # every block goes down to host RAM at once
+        host_bytes=1 << 20,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        host_codec=get_codec(name),
+        disk=DiskTier(tmp_path / "d", flush_every=None, flush_seconds=None),
+        disk_codec=get_codec(name),
+        policy=get_policy("age"),
+    )
+    for block in blocks:
+        store.put(block)
+    expected, bits = codec_alone(name, blocks)
+    assert [store.tier_of(b.id) for b in blocks] == ["host"] * 3
+    for block, layers in zip(store.get(b.id for b in blocks), expected, strict=True):
+        assert_same_kv(block, layers)
+        assert torch.equal(block.meta.summary, blocks[block.id].meta.summary)  # summaries untouched
+    for block, layers in zip(blocks, expected, strict=True):  # the same blocks from the disk tier
+        assert_same_kv(store.disk_codec.decode(store.disk.get(block.id), "cpu", torch.float32), layers)
+    per_tier = store.kv_bits_per_element()
+    assert per_tier == {"device": None, "host": pytest.approx(bits), "disk": pytest.approx(bits)}
+    state = 16 if name == "vidkv" else 0  # 2 bits per channel, head and layer: 2 * 2 * 16 * 2 / 8
+    assert store.codec_state_bytes() == {"device": 0, "host": state, "disk": state}
+    store.disk.close()
+
+
+@pytest.mark.parametrize("name", ["identity", "vidkv"])
+def test_a_block_without_tokens_round_trips(name):
+    block = make_block(0, tokens=0)
+    codec = get_codec(name)
+    stored = codec.encode(block)
+    assert stored.meta["kv_shape"] == [HEADS, 0, DIM] and stored.kv_elements == 0
+    back = codec.decode(stored, "cpu", torch.float32)
+    assert [tuple(k.shape) for k, _ in back.layers] == [(HEADS, 0, DIM)] * LAYERS
+
+
+def test_unknown_codecs_are_one_line_config_errors():
+    for make in (lambda: get_codec("vidkv3"), lambda: MemoryConfig(disk_codec="vidkv3")):
+        with pytest.raises(ConfigError) as err:
+            make()
+        message = str(err.value)
+        assert (
+            "'vidkv3'" in message and "identity, fp16, bf16, int8, int4, kivi2, vidkv-ref, vidkv" in message
+        )
+        assert "\n" not in message
+    assert MemoryConfig().host_codec == MemoryConfig().disk_codec == "identity"
+    assert IdentityCodec().shared_state() == {}
+
+
+# ----- sessions on the tiny model -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine() -> StreamVLM:
+    return StreamVLM.from_pretrained(MODEL, device="cpu", dtype="float32")
+
+
+def frames(n: int, start: int = 0) -> list[tuple[np.ndarray, float]]:
+    # 112x112 pixels: one 2-frame chunk is a 16-token block on the tiny model
+    return [
+        (np.random.default_rng(i).integers(0, 256, size=(112, 112, 3), dtype=np.uint8), float(i))
+        for i in range(start, start + n)
+    ]
+
+
+def test_session_tiers_store_with_their_codec_and_report_bits(engine, tmp_path):
+    # window=0: no chunk attends to stored blocks, so every block's KV is the same whatever
+    # the codec, and the identity session gives the full-precision reference
+    def session(codec: str, name: str):
+        memory = MemoryConfig(
+            window=0, device_bytes=0, host_codec=codec, disk_codec=codec, disk_dir=str(tmp_path / name)
+        )
+        s = engine.new_session(memory=memory)
+        s.add_frames(frames(4))
+        return s
+
+    exact, quantized = session("identity", "exact"), session("vidkv", "vidkv")
+    ids = [m.id for m in exact.store.metas()]
+    full = exact.store.get(ids)
+    assert [m.tokens for m in exact.store.metas()] == [TOKENS, TOKENS]
+    expected, bits = codec_alone("vidkv", full)
+    for block, layers in zip(quantized.store.get(ids), expected, strict=True):  # from host RAM
+        assert_same_kv(block, layers)
+    disk = quantized.store
+    for block_id, layers in zip(ids, expected, strict=True):
+        assert_same_kv(disk.disk_codec.decode(disk.disk.get(block_id), "cpu", torch.float32), layers)
+    # retrieval summaries come from the full-precision keys, whatever the codec
+    for a, b in zip(exact.store.metas(), quantized.store.metas(), strict=True):
+        assert torch.equal(a.summary, b.summary)
+    stats = quantized.stats()
+    assert bits == pytest.approx(2.375)  # vidkv on [2, 16, 16]: keys and values 2.375 each
+    assert stats.kv_bits_per_element == {
+        "device": None,
+        "host": pytest.approx(2.375),
+        "disk": pytest.approx(2.375),
+    }
+    assert stats.codec_state_bytes == {"device": 0, "host": 16, "disk": 16}
+    assert exact.stats().kv_bits_per_element == {"device": None, "host": 32.0, "disk": 32.0}
+    quantized.ask("what is there?", max_new_tokens=1)
+    exact.close(), quantized.close()
+
+
+def test_resume_with_a_vidkv_disk_tier_decodes_blocks_bit_for_bit(engine, tmp_path):
+    directory = tmp_path / "s"
+    memory = MemoryConfig(
+        window=2,
+        device_bytes=0,
+        host_bytes=0,
+        disk_codec="vidkv",
+        disk_dir=str(directory),
+        disk_flush_blocks=99,
+    )
+    session = engine.new_session(memory=memory)
+    session.add_frames(frames(2))
+    # written before the first block reached the disk, not only at checkpoints
+    state_file = directory / CODEC_STATE_FILE
+    saved = state_file.read_bytes()
+    session.add_frames(frames(4, start=2))
+    ids = [m.id for m in session.store.metas()]
+    before = session.store.get(ids)
+    session.close()
+
+    resumed = Session.resume(directory, StreamVLM.from_pretrained(MODEL, device="cpu", dtype="float32"))
+    assert [resumed.store.tier_of(i) for i in ids] == ["disk"] * 3
+    for old, new in zip(before, resumed.store.get(ids), strict=True):
+        assert_same_kv(new, old.layers)
+    resumed.add_frames(frames(2, start=6))  # keeps encoding with the same frozen channel tiers
+    resumed.close()
+    assert state_file.read_bytes() == saved
+
+    state_file.unlink()  # without its state, a vidkv disk block cannot be decoded
+    with pytest.raises(SessionResumeError, match=f"{CODEC_STATE_FILE} is missing"):
+        Session.resume(directory, engine)
+    state_file.write_bytes(saved)  # the failed resume released the directory: try again
+    again = Session.resume(directory, engine)
+    assert_same_kv(again.store.get(ids[:1])[0], before[0].layers)
+    again.close()
