@@ -12,18 +12,22 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 EXTRAS ?= dev,server
 
-# What `make watch` runs.
-VIDEO ?= assets/sample.mp4
-MODEL ?= tiny-qwen2.5-vl
-FPS ?= 2
-QUESTION ?= What is happening in the video?
+# What `make watch` runs: the bundled trained model on a video of the world it was
+# trained on (assets/shapes.json lists its events and more questions with answers).
+VIDEO ?= assets/shapes.mp4
+MODEL ?= streamvlm-tiny-synth
+FPS ?= 1
+QUESTION ?= What digit did the diamond show?
+# assets/shapes.mp4 is `streamvlm synth make` with these.
+SHAPES_SECONDS ?= 20
+SHAPES_SEED ?= 24
 PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.streamvlm-installed
 PIP := $(BIN)/python -m pip
 
-.PHONY: help watch test lint format sample venv clean-venv
+.PHONY: help watch test lint format sample shapes venv clean-venv
 .DEFAULT_GOAL := help
 
 help:
@@ -32,6 +36,7 @@ help:
 	@echo "make lint    ruff check"
 	@echo "make format  ruff format"
 	@echo "make sample  regenerate assets/sample.mp4"
+	@echo "make shapes  regenerate assets/shapes.mp4 and assets/shapes.json"
 	@echo "Each sets up $(VENV) on first use (TORCH_SPEC=$(TORCH_SPEC), TORCH_INDEX=$(TORCH_INDEX))."
 
 venv: $(STAMP)
@@ -61,6 +66,12 @@ assets/sample.mp4: | $(STAMP)
 
 sample: $(STAMP)
 	$(BIN)/python -m streamvlm.samples assets/sample.mp4
+
+assets/shapes.mp4: | $(STAMP)
+	$(BIN)/streamvlm synth make --seconds $(SHAPES_SECONDS) --seed $(SHAPES_SEED) --out $@
+
+shapes: $(STAMP)
+	$(BIN)/streamvlm synth make --seconds $(SHAPES_SECONDS) --seed $(SHAPES_SEED) --out assets/shapes.mp4
 
 clean-venv:
 	rm -rf $(VENV)

@@ -383,6 +383,8 @@ def test_train_tiny_smoke_run_saves_a_loadable_checkpoint(tmp_path, capfd):
         str(out),
         "--steps",
         "2",
+        "--vision-steps",
+        "2",
         "--batch-size",
         "2",
         "--eval-every",
@@ -394,12 +396,13 @@ def test_train_tiny_smoke_run_saves_a_loadable_checkpoint(tmp_path, capfd):
     assert proc.returncode == 0, proc.stderr
     assert "held-out accuracy" in proc.stdout
     log = json.loads((out / "training_log.json").read_text())
-    assert log["steps_run"] == 2 and 0.0 <= log["held_out_accuracy"] <= 1.0
+    assert log["steps_run"] == 2 and log["vision_steps_run"] == 2 and 0.0 <= log["held_out_accuracy"] <= 1.0
     from streamvlm import StreamVLM
 
     engine = StreamVLM.from_pretrained(str(out))
     assert engine.backend.family == "qwen2.5-vl" and len(engine.backend.tokenizer) < 100
     assert run_main(["train-tiny", "--out", str(out), "--steps", "0"], capfd).returncode == 2
+    assert run_main(["train-tiny", "--out", str(out), "--vision-steps", "-1"], capfd).returncode == 2
 
 
 def test_building_the_parser_imports_neither_torch_nor_transformers():

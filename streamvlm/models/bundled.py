@@ -6,9 +6,8 @@ from pathlib import Path
 
 from ..errors import ModelNotFoundError
 
-# The checkpoint `streamvlm train-tiny` trains on the synthetic world (docs/training.md):
-# the default model of `streamvlm eval needle`, and of `streamvlm watch` once a
-# checkpoint good enough to ship is committed (none is yet).
+# The checkpoint `streamvlm train-tiny` trains on the synthetic world (docs/training.md),
+# committed in assets/models/: the default model of `streamvlm watch` and `eval needle`.
 TINY_SYNTH = "streamvlm-tiny-synth"
 
 _ASSETS = Path(__file__).resolve().parents[2] / "assets" / "models"
@@ -20,8 +19,7 @@ def bundled_path(name: str) -> Path | None:
 
     Raises:
         ModelNotFoundError: ``name`` is bundled but its files are not here (it lives
-            in a source checkout's ``assets/models/``, which a wheel does not carry; no
-            checkpoint is committed yet).
+            in a source checkout's ``assets/models/``, which a wheel does not carry).
     """
     path = BUNDLED.get(name)
     if path is None:
