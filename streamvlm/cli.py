@@ -22,14 +22,13 @@ from typing import Any, NoReturn, TextIO
 from .cli_options import add_run_options, parse_lengths
 from .config import MemoryConfig
 from .errors import ConfigError, EmptyVideoError, InvalidQuestionError, StreamVLMError
-from .models.bundled import TINY_SYNTH
 from .runtime.questions import validate_question
 
 # The model `streamvlm watch` uses when none is given: the ~2M-parameter model the
 # project trained on its synthetic world (assets/models/, docs/training.md). It answers
 # questions about videos of that world (assets/shapes.mp4); on other videos its answers
 # are words of that world, not descriptions.
-DEFAULT_MODEL = TINY_SYNTH
+DEFAULT_MODEL = "streamvlm-tiny-synth"  # models.bundled.TINY_SYNTH; that package imports torch
 DEFAULT_FPS = 1.0
 DEFAULT_MAX_NEW_TOKENS = 64
 QUIT_WORDS = {"quit", "exit", ":q"}

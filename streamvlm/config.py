@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import ConfigError
-from .memory.codec import CODEC_NAMES
 from .memory.policy import POLICIES
 from .runtime.scheduling import QUEUE_POLICIES
 
@@ -134,6 +133,9 @@ class MemoryConfig:
         _one_of("metric", self.metric, ("ip", "cosine"))
         _one_of("position_mode", self.position_mode, POSITION_MODES)
         _one_of("eviction", self.eviction, tuple(POLICIES))
+        # imported here, not at the top: it imports torch, which the CLI parser must not
+        from .memory.codec import CODEC_NAMES
+
         _one_of("host_codec", self.host_codec, CODEC_NAMES)
         _one_of("disk_codec", self.disk_codec, CODEC_NAMES)
         _one_of("queue_policy", self.queue_policy, QUEUE_POLICIES)

@@ -1,10 +1,22 @@
-"""Shared fixtures: paths to the bundled and the shared sample videos, and a clip writer."""
+"""Shared fixtures: paths to the bundled and the shared sample videos, and a clip writer.
+
+Also sets ``TRITON_INTERPRET=1`` on machines without a CUDA GPU, before any test module is
+imported: triton reads it once, when it is first imported, and other modules (through
+torch or transformers) may import it before tests/test_kernels_triton.py does. Without a
+GPU the interpreter is the only way a Triton kernel can run, so nothing else loses by it.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+if "TRITON_INTERPRET" not in os.environ and "triton" not in sys.modules and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_VIDEOS = REPO_ROOT.parent / "shared" / "videos"

@@ -15,7 +15,8 @@ from streamvlm.models.bundled import BUNDLED, TINY_SYNTH
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(
-    not (BUNDLED[TINY_SYNTH] / "config.json").is_file(), reason="the trained checkpoint is not in assets/models"
+    not (BUNDLED[TINY_SYNTH] / "config.json").is_file(),
+    reason="the trained checkpoint is not in assets/models",
 )
 
 
@@ -31,6 +32,12 @@ def end_questions(video: Path) -> list[dict]:
     questions = json.loads(video.with_suffix(".json").read_text())["questions"]
     end = max(q["asked_at"] for q in questions)
     return [q for q in questions if q["asked_at"] == end]
+
+
+def test_watch_defaults_to_the_bundled_model():
+    from streamvlm.cli import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL == TINY_SYNTH == makefile_default("MODEL")
 
 
 def test_make_watch_answers_its_question():
