@@ -96,3 +96,15 @@ def test_bad_input_is_a_one_line_error(call, match: str) -> None:
         call()
     assert "\n" not in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8, None])
+def test_tensors_with_no_rows_pack_and_unpack(bits):
+    codes = torch.zeros(0, 7, dtype=torch.uint8)
+    if bits is None:
+        packed = pack_trits(codes)
+        back = unpack_trits(packed, 7)
+    else:
+        packed = pack_bits(codes, bits)
+        back = unpack_bits(packed, bits, 7)
+    assert packed.shape == (0, packed_length(7, bits)) and back.shape == (0, 7)

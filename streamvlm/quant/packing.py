@@ -90,7 +90,7 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack unsigned ``bits``-bit codes along the last dimension into uint8 (zero padded)."""
     per = 8 // _check_bits(bits)
     c = _pad_last(_check_codes(codes, 1 << bits, f"{bits}-bit"), per)
-    c = c.reshape(*c.shape[:-1], -1, per)
+    c = c.reshape(*c.shape[:-1], c.shape[-1] // per, per)  # explicit: -1 is ambiguous with 0 rows
     shifts = torch.arange(per, device=c.device, dtype=torch.int32) * bits
     # fields do not overlap, so the sum is the bitwise OR of the shifted codes
     return (c << shifts).sum(dim=-1).to(torch.uint8)
@@ -102,7 +102,7 @@ def unpack_bits(packed: torch.Tensor, bits: int, length: int) -> torch.Tensor:
     _check_packed(packed, length, bits, f"{bits}-bit codes")
     shifts = torch.arange(per, device=packed.device, dtype=torch.int32) * bits
     c = (packed.to(torch.int32).unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
-    return c.reshape(*packed.shape[:-1], -1)[..., :length].to(torch.uint8)
+    return c.reshape(*packed.shape[:-1], c.shape[-2] * c.shape[-1])[..., :length].to(torch.uint8)
 
 
 def _check_packed(packed: torch.Tensor, length: int, bits: int | None, what: str) -> None:
@@ -118,7 +118,7 @@ def _check_packed(packed: torch.Tensor, length: int, bits: int | None, what: str
 def pack_trits(codes: torch.Tensor) -> torch.Tensor:
     """Pack ternary codes {0, 1, 2} along the last dimension, 5 per byte (base 3, zero padded)."""
     c = _pad_last(_check_codes(codes, 3, "ternary"), TRITS_PER_BYTE)
-    c = c.reshape(*c.shape[:-1], -1, TRITS_PER_BYTE)
+    c = c.reshape(*c.shape[:-1], c.shape[-1] // TRITS_PER_BYTE, TRITS_PER_BYTE)
     weights = torch.tensor(_POW3, device=c.device, dtype=torch.int32)
     return (c * weights).sum(dim=-1).to(torch.uint8)
 
@@ -128,7 +128,7 @@ def unpack_trits(packed: torch.Tensor, length: int) -> torch.Tensor:
     _check_packed(packed, length, None, "trits")
     weights = torch.tensor(_POW3, device=packed.device, dtype=torch.int32)
     c = (packed.to(torch.int32).unsqueeze(-1) // weights) % 3
-    return c.reshape(*packed.shape[:-1], -1)[..., :length].to(torch.uint8)
+    return c.reshape(*packed.shape[:-1], c.shape[-2] * c.shape[-1])[..., :length].to(torch.uint8)
 
 
 def pack_per_head(codes: torch.Tensor, bits: int | None) -> torch.Tensor:
