@@ -104,7 +104,7 @@ def object_labels(world: World, n_frames: int) -> ObjectLabels:
 def vision_sample(rng: np.random.Generator) -> tuple[list[np.ndarray], ObjectLabels]:
     """Two frames (one temporal patch) showing one random object, and its labels: a view
     for pre-training the vision tower alone (``loop.pretrain_vision``)."""
-    world = World(int(rng.integers(2**31)), 2.0 / 1.0, n_events=1, durations=(2.0, 2.0))
+    world = World(int(rng.integers(2**31)), 2.0, n_events=1, durations=(2.0, 2.0))  # 1 fps: 2 frames
     return list(world.frames()), object_labels(world, world.n_frames)
 
 
