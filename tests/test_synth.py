@@ -274,7 +274,7 @@ def test_clip_samples():
     s = make_clip_sample(1, n_frames=12, fps=2.0, size=64, n_events=2, families=("now",))
     assert s.frames.shape == (12, 64, 64, 3) and len(s.world.events) == 2 and s.info.family == "now"
     with pytest.raises(ConfigError):
-        make_clip_sample(0, n_frames=17)
+        make_clip_sample(0, n_frames=33)
 
 
 def test_needle_stream_distances_and_unique_needles():

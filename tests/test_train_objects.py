@@ -98,3 +98,38 @@ def test_vision_pretraining_learns_colours():
         colour = probe.logits(targets["object_of_token"], len(targets["object_classes"]))[1]
     accuracy = (colour.argmax(-1) == targets["object_classes"][:, 1]).float().mean().item()
     assert accuracy >= 0.9, accuracy
+
+
+def test_clip_times_jump_only_between_temporal_patches():
+    from streamvlm.train.synth_task import clip_times
+
+    rng = np.random.default_rng(0)
+    assert clip_times(rng, 6) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert clip_times(rng, 4, scale=2.0) == [0.0, 2.0, 4.0, 6.0]
+    times = clip_times(rng, 24, scale=1.5, gap_prob=1.0, max_gap=30.0)
+    steps = np.diff(times)
+    assert np.allclose(steps[0::2], 1.5)  # within a patch: the frame spacing
+    assert (steps[1::2] >= 1.5 - 1e-9).all() and (steps[1::2] > 2.0).any()  # between patches: jumps
+
+
+def test_the_long_curriculum_draws_up_to_24_frames_and_5_objects_with_labels():
+    from streamvlm.train.synth_task import LONG_CURRICULUM, LONG_MAX_FRAMES, synth_sample
+
+    rng = np.random.default_rng(3)
+    samples = [synth_sample(rng, 1.0, LONG_CURRICULUM) for _ in range(40)]
+    lengths = [len(s.frames) for s in samples]
+    assert max(lengths) > 16 and max(lengths) <= LONG_MAX_FRAMES
+    for s in samples:
+        assert len(s.times) == len(s.frames) and list(s.times) == sorted(s.times)
+        tokens = 16 * -(-len(s.frames) // 2)  # 16 merged tokens per 2-frame patch at 112 px
+        assert len(s.objects.token_object) == tokens
+
+
+def test_short_held_out_clips_are_deterministic_and_cover_every_family():
+    from streamvlm.synth import FAMILIES
+    from streamvlm.train.synth_task import short_clip_samples
+
+    a, b = short_clip_samples(60), short_clip_samples(60)
+    assert [(f, s.question, s.answer) for f, s in a] == [(f, s.question, s.answer) for f, s in b]
+    assert {f for f, _ in a} == set(FAMILIES)
+    assert all(4 <= len(s.frames) <= 16 and s.objects is None for _, s in a)

@@ -51,7 +51,31 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     n.add_argument("--seed", type=int, default=d.seed)
     add_run_options(n)
     n.set_defaults(func=cmd_eval_needle)
+    c = evals.add_parser(
+        "clips",
+        help="held-out short clips: did the model learn the task? accuracy per question family",
+        description=(
+            "Score a model trained on the synthetic world on held-out 4-16 frame clips (one to three "
+            "objects, question families drawn uniformly) by greedy exact match; a table or --json."
+        ),
+    )
+    c.add_argument("--model", default=d.model, help=f"model name or path (default: {d.model})")
+    c.add_argument("--clips", type=int, default=400, help="held-out clips (default: 400)")
+    c.add_argument("--seed", type=int, default=12345, help="seed of the held-out clips (default: 12345)")
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.set_defaults(func=cmd_eval_clips)
     return ev
+
+
+def cmd_eval_clips(args: argparse.Namespace) -> int:
+    from .clips import run_clip_eval
+
+    if args.clips < 1:
+        raise ConfigError(f"--clips must be >= 1, got {args.clips}")
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    result = run_clip_eval(args.model, args.clips, args.seed, log=log)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
+    return 0
 
 
 def _csv(values) -> str:

@@ -1,6 +1,6 @@
 """Ready-made tasks: short training clips with one question, and long needle streams.
 
-- ``make_clip_sample``: a clip of <= 16 frames with 1-3 events and one question asked
+- ``make_clip_sample``: a clip of <= 32 frames with 1-3 events and one question asked
   after its last frame, for training a tiny model.
 - ``make_needle_stream``: a long stream (e.g. 3600 frames) with a few *needle* events
   placed at controlled distances before the end, distractor events that can never make a
@@ -21,7 +21,8 @@ from .questions import FAMILIES, Question, candidates, make_question, make_quest
 from .vocab import COLOURS, SHAPES
 from .world import World
 
-MAX_CLIP_FRAMES = 16
+CLIP_FRAMES = 16  # a training clip's default length
+MAX_CLIP_FRAMES = 32  # the longest (24-frame clips continue training on long-stream contexts)
 
 # Needles are about single, uniquely identified objects: the families keyed on one.
 NEEDLE_FAMILIES: tuple[str, ...] = ("colour_of_shape", "shape_of_colour", "digit_of_shape")
@@ -42,7 +43,7 @@ class ClipSample:
 
 def make_clip_sample(
     seed: int,
-    n_frames: int = MAX_CLIP_FRAMES,
+    n_frames: int = CLIP_FRAMES,
     fps: float = 1.0,
     size: int = 112,
     n_events: int | tuple[int, int] = (1, 3),

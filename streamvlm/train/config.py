@@ -22,4 +22,8 @@ class TrainConfig:
     vision_batch_size: int = 64  # views (2 frames, one object) per vision step
     save_dtype: str = "float32"  # float16 halves the shipped checkpoint
     hidden: int = 128
+    # Warm start: a checkpoint directory to continue from (its tokenizer and weights;
+    # hidden and layers then come from it). None trains from scratch.
+    init: str | None = None
+    curriculum: str = "base"  # a name in train.synth_task.CURRICULA
     layers: int = 4

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Qwen2_5_VLForConditionalGeneration
 
+from ..errors import ConfigError
 from ..models.preprocessing import qwen_preprocess_for
 from ..models.qwen2_5_vl import Qwen25VLBackend
 from ..runtime.session import DEFAULT_SYSTEM_PROMPT
@@ -25,7 +26,10 @@ from .tokenizer import build_word_tokenizer, words_of
 
 
 def build_trainee(vocabulary: Iterable[str], config: TrainConfig, seed: int):
-    """A fresh model, its word tokenizer and a backend that preprocesses like the checkpoint will."""
+    """A fresh model (or, with ``config.init``, the checkpoint there in float32), its word
+    tokenizer and a backend that preprocesses like the checkpoint will."""
+    if config.init:
+        return load_trainee(config.init, vocabulary)
     # the chat role names and the default system prompt are in every prompt: give them words
     tokenizer = build_word_tokenizer(
         set(vocabulary) | words_of([DEFAULT_SYSTEM_PROMPT, "system user assistant"])
@@ -37,6 +41,34 @@ def build_trainee(vocabulary: Iterable[str], config: TrainConfig, seed: int):
         )
     preprocess = qwen_preprocess_for(model.config, PROCESSOR_CONFIG, VIDEO_PROCESSOR_CONFIG)
     return Qwen25VLBackend(model, tokenizer, "trainee", preprocess)
+
+
+def load_trainee(path: str | Path, vocabulary: Iterable[str]) -> Qwen25VLBackend:
+    """A trained checkpoint to continue training, in float32 on the CPU.
+
+    Raises:
+        ConfigError: ``path`` is not a Qwen2.5-VL checkpoint, or its tokenizer lacks
+            words of ``vocabulary`` (it was trained on another world).
+    """
+    from ..models.loading import load_backend
+
+    if not (Path(path) / "config.json").is_file():
+        raise ConfigError(
+            f"--init {path}: no checkpoint there (config.json missing); pass a train-tiny output directory"
+        )
+    backend = load_backend(str(path), device="cpu", dtype="float32")
+    if not isinstance(backend, Qwen25VLBackend):
+        raise ConfigError(
+            f"--init {path}: not a Qwen2.5-VL checkpoint; train-tiny continues only its own models"
+        )
+    known = backend.tokenizer.get_vocab()
+    missing = sorted(w for w in words_of(vocabulary) if w not in known)
+    if missing:
+        raise ConfigError(
+            f"--init {path}: its tokenizer lacks {missing[:5]}; it was trained on another vocabulary"
+        )
+    backend.model.train()
+    return backend
 
 
 def accuracy(backend: Qwen25VLBackend, samples: list[Sample], batch_size: int = 32) -> float:

@@ -10,12 +10,18 @@ Training has three parts (docs/training.md has the runs that chose them):
    circle*), order and counting; frame times stretched up to 2.5x, so that the time
    spans of 30-s videos and retrieved blocks are not new to the model.
 
+``CURRICULA["long"]`` continues a trained checkpoint (``train-tiny --init``) on what
+answering over a long stream looks like: up to 24 frames (a 16-frame recent window plus
+four retrieved 2-frame blocks), up to five objects, and jumps in time between blocks
+(retrieved blocks keep their stream times unless repositioned contiguously).
+
 Clips are short (4-8 frames, half the cost of 4-16) in the first stage: reading the
 question is learned from the number of examples, not their length.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +30,7 @@ from ..synth import COLOURS, FAMILIES, SHAPES, VOCABULARY, World, make_clip_samp
 from .batches import ObjectLabels, Sample
 
 MIN_FRAMES, MAX_FRAMES = 4, 16
+LONG_MAX_FRAMES = 24  # a 16-frame window plus four retrieved 2-frame blocks
 TOKEN_PX = 28  # a merged visual token covers 28 x 28 px (14-px patches, 2 x 2 merge)
 TEMPORAL_PATCH = 2  # frames per merged token
 # Classes per attribute of the auxiliary object labels (shape, colour, digit; digit 0 = none).
@@ -40,6 +47,11 @@ class Stage:
     # Frame times are i * s seconds, s drawn from 1..max_time_scale: the model meets the
     # longer time spans (and so position gaps) of streams longer than its clips.
     max_time_scale: float = 1.0
+    min_frames: int = MIN_FRAMES
+    # Before each temporal patch after the first, with probability gap_prob, the clock
+    # jumps by up to max_gap seconds: the position gaps between retrieved blocks.
+    gap_prob: float = 0.0
+    max_gap: float = 0.0
 
 
 # A family listed twice is drawn twice as often (where it has a question): digits and
@@ -50,25 +62,77 @@ CURRICULUM: tuple[Stage, ...] = (
 )
 
 
-def stage_at(progress: float) -> Stage:
+# Continuing a trained checkpoint: every family, 4-24 frames, up to five objects, gaps.
+LONG_CURRICULUM: tuple[Stage, ...] = (
+    Stage(
+        1.0,
+        LONG_MAX_FRAMES,
+        5,
+        (*FAMILIES, "digit_of_shape", "which_first"),
+        max_time_scale=2.5,
+        gap_prob=0.2,
+        max_gap=30.0,
+    ),
+)
+
+CURRICULA: dict[str, tuple[Stage, ...]] = {"base": CURRICULUM, "long": LONG_CURRICULUM}
+
+
+def stage_at(progress: float, curriculum: Sequence[Stage] = CURRICULUM) -> Stage:
     """The curriculum stage at ``progress`` (share of training done; >= 1 is the last stage)."""
-    return next((s for s in CURRICULUM if progress < s.until), CURRICULUM[-1])
+    return next((s for s in curriculum if progress < s.until), curriculum[-1])
 
 
-def synth_sample(rng: np.random.Generator, progress: float = 1.0) -> Sample:
-    """A random clip of the synthetic world and one question about it, as the curriculum
+def synth_sample(
+    rng: np.random.Generator, progress: float = 1.0, curriculum: Sequence[Stage] = CURRICULUM
+) -> Sample:
+    """A random clip of the synthetic world and one question about it, as ``curriculum``
     says at ``progress``; held-out samples use 1.0, the full task."""
-    stage = stage_at(progress)
-    n_frames = int(rng.integers(MIN_FRAMES, stage.max_frames + 1))
+    stage = stage_at(progress, curriculum)
+    n_frames = int(rng.integers(stage.min_frames, stage.max_frames + 1))
     # an event lasts 2-6 s with a gap after it: about one per 5 frames fits
     most = max(1, min(stage.max_events, n_frames // 5))
     clip = make_clip_sample(
         int(rng.integers(2**31)), n_frames=n_frames, n_events=(1, most), families=stage.families
     )
     scale = float(rng.uniform(1.0, stage.max_time_scale)) if stage.max_time_scale > 1 else 1.0
-    times = [i * scale for i in range(len(clip.frames))]
+    times = clip_times(rng, len(clip.frames), scale, stage.gap_prob, stage.max_gap)
     objects = object_labels(clip.world, len(clip.frames))
     return Sample(list(clip.frames), times, clip.question, clip.answer, objects)
+
+
+def clip_times(
+    rng: np.random.Generator, n_frames: int, scale: float = 1.0, gap_prob: float = 0.0, max_gap: float = 0.0
+) -> list[float]:
+    """Frame times ``i * scale`` seconds, the clock jumping by up to ``max_gap`` s (with
+    probability ``gap_prob``) before each temporal patch after the first. Times never
+    decrease, and the frames of one patch keep one gap, as a retrieved block does."""
+    times, offset = [], 0.0
+    for i in range(n_frames):
+        if i and i % TEMPORAL_PATCH == 0 and gap_prob > 0 and rng.random() < gap_prob:
+            offset += float(rng.uniform(0.0, max_gap))
+        times.append(i * scale + offset)
+    return times
+
+
+def short_clip_samples(n: int, seed: int = 12345) -> list[tuple[str, Sample]]:
+    """``n`` held-out clips of the base task's last stage shape (4-16 frames at 1 fps, one
+    to three objects), families drawn uniformly: ``(family, sample)`` pairs.
+
+    The yardstick for "the model learned the task" (``streamvlm eval clips``): seeds
+    ``[seed, i]`` never meet training's generator, and uniform families weigh every
+    question kind alike, unlike the curriculum's doubled draws.
+    """
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        n_frames = int(rng.integers(MIN_FRAMES, MAX_FRAMES + 1))
+        clip = make_clip_sample(
+            int(rng.integers(2**31)), n_frames=n_frames, n_events=(1, max(1, min(3, n_frames // 5)))
+        )
+        times = [float(t) for t in range(n_frames)]
+        out.append((clip.info.family, Sample(list(clip.frames), times, clip.question, clip.answer)))
+    return out
 
 
 def object_labels(world: World, n_frames: int) -> ObjectLabels:
@@ -109,10 +173,14 @@ def vision_sample(rng: np.random.Generator) -> tuple[list[np.ndarray], ObjectLab
 
 
 __all__ = [
+    "CURRICULA",
     "CURRICULUM",
+    "LONG_CURRICULUM",
     "OBJECT_CLASSES",
     "VOCABULARY",
+    "clip_times",
     "object_labels",
+    "short_clip_samples",
     "stage_at",
     "synth_sample",
     "vision_sample",
