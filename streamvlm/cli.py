@@ -126,6 +126,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer over the N blocks retrieved for each question (+ the window); default: every block",
     )
     w.add_argument(
+        "--prune",
+        type=float,
+        default=None,
+        metavar="TAU",
+        help="drop visual tokens at least TAU alike (cosine) to the last kept one at their place, "
+        "e.g. 0.95 (docs/pruning.md); default: keep every token",
+    )
+    w.add_argument(
+        "--host-codec",
+        default=MemoryConfig.host_codec,
+        metavar="CODEC",
+        help=f"how blocks are stored in host RAM, e.g. vidkv or kivi2 (docs/quantization.md; default: {MemoryConfig.host_codec})",
+    )
+    w.add_argument(
+        "--disk-codec",
+        default=MemoryConfig.disk_codec,
+        metavar="CODEC",
+        help=f"how blocks are stored on disk (default: {MemoryConfig.disk_codec})",
+    )
+    w.add_argument(
         "--disk-dir",
         metavar="DIR",
         help="keep the session on disk in DIR (an empty or new directory), so it can be resumed",
@@ -210,6 +230,18 @@ def _add_train_tiny(sub) -> None:
         "--minutes", type=float, default=d.time_budget_s / 60, help="stop and save after this long"
     )
     t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument(
+        "--init",
+        metavar="DIR",
+        help="continue from this checkpoint (a train-tiny output) instead of a fresh model",
+    )
+    t.add_argument(
+        "--curriculum",
+        choices=("base", "long"),
+        default=d.curriculum,
+        help="base: from scratch, 4-16 frames; long: continue (with --init) on 4-24 frames, "
+        f"up to 5 objects, time jumps between blocks (default: {d.curriculum})",
+    )
     t.add_argument("--eval-every", type=int, default=d.eval_every)
     t.add_argument(
         "--eval-samples", type=int, default=d.eval_samples, help="held-out clips scored at each evaluation"
@@ -226,7 +258,7 @@ def _add_train_tiny(sub) -> None:
 def cmd_train_tiny(args: argparse.Namespace) -> int:
     from .train.config import TrainConfig
     from .train.loop import train
-    from .train.synth_task import OBJECT_CLASSES, VOCABULARY, synth_sample, vision_sample
+    from .train.synth_task import CURRICULA, OBJECT_CLASSES, VOCABULARY, synth_sample, vision_sample
 
     if min(args.steps, args.batch_size, args.eval_every, args.eval_samples) < 1 or not (
         args.lr > 0 and args.minutes > 0
@@ -246,9 +278,12 @@ def cmd_train_tiny(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         eval_samples=args.eval_samples,
         save_dtype=args.save_dtype,
+        init=args.init,
+        curriculum=args.curriculum,
     )
+    curriculum = CURRICULA[args.curriculum]
     result = train(
-        synth_sample,
+        lambda rng, progress: synth_sample(rng, progress, curriculum),
         VOCABULARY,
         args.out,
         config,
@@ -417,7 +452,14 @@ def _answer_record(answer, kind: str, requested_at: float | None) -> dict:
 def cmd_watch(args: argparse.Namespace) -> int:
     # Everything is checked before streaming starts, cheapest first: options and
     # questions, then the video (opened and probed), then the model.
-    memory = MemoryConfig(window=args.window, top_k=args.top_k, disk_dir=args.disk_dir)
+    memory = MemoryConfig(
+        window=args.window,
+        top_k=args.top_k,
+        disk_dir=args.disk_dir,
+        prune_threshold=args.prune,
+        host_codec=args.host_codec,
+        disk_codec=args.disk_codec,
+    )
     if args.video is None and args.resume is None:
         raise ConfigError("give a VIDEO to watch, or --resume DIR to ask about a saved session")
     if args.resume is not None and args.disk_dir is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -9,6 +10,7 @@ from .memory.policy import POLICIES
 from .runtime.scheduling import QUEUE_POLICIES
 
 POSITION_MODES = ("original", "contiguous")
+PRUNE_MODES = ("drop", "merge")
 
 
 @dataclass
@@ -79,6 +81,19 @@ class MemoryConfig:
         ``original`` (retrieved keys keep the positions they were encoded at) or
         ``contiguous`` (re-rotated to consecutive positions, as ReKV does).
 
+    Temporal-redundancy pruning (see ``docs/pruning.md``):
+
+    prune_threshold:
+        ``None`` (the default) encodes every visual token. A cosine similarity, e.g.
+        ``0.95``: a merged visual token at least this similar to the last kept token at
+        its spatial position is not encoded. Kept tokens keep their positions; above 1.0
+        nothing is pruned and answers equal the unpruned ones exactly.
+    prune_mode:
+        ``drop`` (the default) or ``merge`` (average a redundant token into the kept one).
+    prune_min_kept:
+        Share of each chunk's tokens kept at least, the least redundant first (0..1).
+        At least one token per chunk is always kept.
+
     Background encoding (``Session.push_frame``):
 
     queue_frames:
@@ -106,6 +121,9 @@ class MemoryConfig:
     metric: str = "ip"
     index_groups: int = 1
     position_mode: str = "original"
+    prune_threshold: float | None = None
+    prune_mode: str = "drop"
+    prune_min_kept: float = 0.0
     queue_frames: int = 64
     queue_policy: str = "drop_oldest"
 
@@ -139,8 +157,20 @@ class MemoryConfig:
         _one_of("host_codec", self.host_codec, CODEC_NAMES)
         _one_of("disk_codec", self.disk_codec, CODEC_NAMES)
         _one_of("queue_policy", self.queue_policy, QUEUE_POLICIES)
+        check_pruning_options(self.prune_threshold, self.prune_mode, self.prune_min_kept)
         if self.queue_frames < 1:
             raise ConfigError(f"queue_frames must be >= 1, got {self.queue_frames}")
+
+
+def check_pruning_options(threshold: float | None, mode: str, min_kept: float) -> None:
+    """Raise ``ConfigError`` for pruning options that cannot work."""
+    if threshold is not None and not (isinstance(threshold, (int, float)) and -1.0 < threshold < math.inf):
+        raise ConfigError(
+            f"prune_threshold must be a cosine similarity above -1 (e.g. 0.95), or None to keep every token; got {threshold}"
+        )
+    _one_of("prune_mode", mode, PRUNE_MODES)
+    if not (isinstance(min_kept, (int, float)) and 0.0 <= min_kept <= 1.0):
+        raise ConfigError(f"prune_min_kept must be a share of tokens between 0 and 1, got {min_kept}")
 
 
 def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -61,6 +61,8 @@ ERROR_CASES = {  # name: (video, extra args, fragment of the error line)
     "long-question": ("SAMPLE", ["--ask", "why? " * 500], "over the limit"),
     "unknown-model": ("SAMPLE", ["--model", "no-such-model"], "no-such-model"),
     "bad-ask-at": ("SAMPLE", ["--ask-at", "soon:what?"], "--ask-at"),
+    "bad-codec": ("SAMPLE", ["--host-codec", "zip"], "host_codec must be one of"),
+    "bad-prune": ("SAMPLE", ["--prune", "nan"], "prune_threshold must be a cosine similarity"),
 }
 TOO_LONG = "x" * 3000
 
@@ -93,6 +95,10 @@ def runs(tmp_path_factory, sample_video):
         ),
         "",
     )  # fmt: skip
+    cases["pruned"] = (
+        (*watch, str(sample_video), "--json", "--fps", "2", "--prune", "0.9", "--ask", "what is there?"),
+        "",
+    )
     cases["text"] = (
         (
             *watch,
@@ -162,6 +168,16 @@ def test_watch_json_with_timed_and_final_questions(runs, sample_video):
     assert stats["frames_seen"] == doc["sampling"]["frames_fed"] == 40
     assert stats["blocks"] >= 1 and sum(stats["bytes_per_tier"].values()) > 0
     assert doc["realtime_factor"] > 0
+
+
+def test_watch_with_pruning_reports_tokens_kept(runs):
+    doc = parse_json(runs["pruned"])
+    stats = doc["stats"]
+    assert stats["frames_seen"] == 40
+    assert stats["visual_tokens_kept"] == stats["tokens_stored"]
+    # the sample's background is still and its shapes move: much is redundant, not all
+    assert 0 < stats["visual_tokens_kept"] < 0.8 * stats["visual_tokens_seen"]
+    assert doc["answers"][0]["text"]
 
 
 def test_watch_real_footage_json(runs, pancake_video):
@@ -403,6 +419,23 @@ def test_train_tiny_smoke_run_saves_a_loadable_checkpoint(tmp_path, capfd):
     assert engine.backend.family == "qwen2.5-vl" and len(engine.backend.tokenizer) < 100
     assert run_main(["train-tiny", "--out", str(out), "--steps", "0"], capfd).returncode == 2
     assert run_main(["train-tiny", "--out", str(out), "--vision-steps", "-1"], capfd).returncode == 2
+
+    # a warm start continues the saved weights on the long-stream curriculum
+    more = tmp_path / "more"
+    again = [*args[:2], str(more), *args[3:], "--init", str(out), "--curriculum", "long"]
+    proc = run_main(again, capfd)
+    assert proc.returncode == 0, proc.stderr
+    log = json.loads((more / "training_log.json").read_text())
+    assert log["config"]["init"] == str(out) and log["config"]["curriculum"] == "long"
+    bad = run_main([*again[:-4], "--init", str(tmp_path)], capfd)
+    assert_cli_error(bad, "no checkpoint there")
+
+    proc = run_main(["eval", "clips", "--model", str(more), "--clips", "6", "--json"], capfd)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["clips"] == 6 == sum(f["clips"] for f in doc["per_family"].values())
+    assert 0.0 <= doc["overall"] <= 1.0
+    assert_cli_error(run_main(["eval", "clips", "--clips", "0"], capfd), "--clips")
 
 
 def test_building_the_parser_imports_neither_torch_nor_transformers():

@@ -62,6 +62,8 @@ class SessionStats:
     frames_seen: int
     frames_encoded: int
     chunks_encoded: int
+    visual_tokens_seen: int  # merged visual tokens of every encoded chunk
+    visual_tokens_kept: int  # of those, the ones pruning kept (all of them without pruning)
     blocks: int
     tokens_stored: int
     sink_tokens: int

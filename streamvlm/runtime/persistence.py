@@ -165,6 +165,8 @@ def checkpoint(session, full: bool | None = None) -> None:
         "frames_seen": session.frames_seen,
         "frames_encoded": session.frames_encoded,
         "chunks_encoded": session.chunks_encoded,
+        "visual_tokens_seen": session.visual_tokens_seen,
+        "visual_tokens_kept": session.visual_tokens_kept,
     }
     _write_json_atomically(directory / SESSION_FILE, state)
 
@@ -192,6 +194,8 @@ def _restore_counters(session, state: dict) -> None:
     """Counters as of the last checkpoint, moved on by the blocks recovered after it."""
     for name in ("next_position", "frames_seen", "frames_encoded", "chunks_encoded"):
         setattr(session, name, state[name])
+    for name in ("visual_tokens_seen", "visual_tokens_kept"):  # absent before pruning existed
+        setattr(session, name, state.get(name, 0))
     session._t0, session._last_t, session._next_block_id = (
         state["t0"],
         state["last_t"],
@@ -203,6 +207,8 @@ def _restore_counters(session, state: dict) -> None:
     session.frames_seen += sum(m.frames for m in recovered)
     session.frames_encoded += sum(m.frames for m in recovered)
     session.chunks_encoded += len(recovered)
+    session.visual_tokens_seen += sum(m.kept.numel() for m in recovered)
+    session.visual_tokens_kept += sum(m.tokens for m in recovered)
     session._next_block_id = recovered[-1].id + 1
     session.next_position = max(session.next_position, max(m.max_position for m in recovered) + 1)
     newest = recovered[-1].t_end

@@ -16,6 +16,7 @@ from ..config import POSITION_MODES, MemoryConfig
 from ..errors import ConfigError, InvalidFrameError
 from ..ingest.frames import Frame
 from ..memory.block import Block, BlockMeta
+from ..memory.pruning import TemporalPruner
 from ..models.base import Backend, LayerKV
 from ..retrieval.positions import contiguous_positions, reposition
 from ..retrieval.select import Selection, select_blocks
@@ -74,7 +75,14 @@ class Session:
         self.frames_seen = 0
         self.frames_encoded = 0
         self.chunks_encoded = 0
+        self.visual_tokens_seen = 0
+        self.visual_tokens_kept = 0
         self.encode_s = 0.0
+        self.pruner = (
+            TemporalPruner(self.memory.prune_threshold, self.memory.prune_mode, self.memory.prune_min_kept)
+            if self.memory.prune_threshold is not None
+            else None
+        )
         self._encode_sinks()
         if self.memory.disk_dir is not None and not _resume:
             self.checkpoint()
@@ -197,17 +205,31 @@ class Session:
             chunk = self.backend.encode_frames(
                 frames, times, video_start=self.video_start, next_position=self.next_position
             )
+            embeds, positions, kept = self._prune(chunk)
             window = recent_by_frames(self.store.metas(), self.memory.window)
             visible = self.store.get((m.id for m in window), purpose="window")
             context = concat_layers([self.sink_kv, *(b.layers for b in visible)])
             cache = self.backend.new_cache(context)
-            self.backend.forward(chunk.embeds, chunk.positions, cache)
+            self.backend.forward(embeds, positions, cache)
             layers = new_kv_from_cache(cache, context[0][0].shape[1])
-            summary = block_summary(self.backend, layers, chunk.positions)
-            self._commit_block(pending, real_frames, chunk.positions, layers, summary)
+            summary = block_summary(self.backend, layers, positions)
+            self._commit_block(pending, real_frames, positions, kept, layers, summary)
+            # the positions the chunk spans, pruned or not: what follows starts after them
+            self.next_position = max(self.next_position, int(chunk.positions.max()) + 1)
         self.encode_s += time.perf_counter() - started
 
-    def _commit_block(self, pending, real_frames, positions, layers, summary) -> None:
+    def _prune(self, chunk) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The chunk's embeddings and positions that the pruner keeps, and its kept mask."""
+        seen = chunk.embeds.shape[0]
+        self.visual_tokens_seen += seen
+        if self.pruner is None:
+            self.visual_tokens_kept += seen
+            return chunk.embeds, chunk.positions, torch.ones(seen, dtype=torch.bool)
+        pruned = self.pruner.prune(chunk.embeds, chunk.grid)
+        self.visual_tokens_kept += int(pruned.kept.sum())
+        return pruned.embeds, chunk.positions[:, pruned.kept.to(chunk.positions.device)], pruned.kept.cpu()
+
+    def _commit_block(self, pending, real_frames, positions, kept, layers, summary) -> None:
         """Store a new block and index it (under the device lock: questions never see half of it)."""
         meta = BlockMeta(
             id=self._next_block_id,
@@ -215,7 +237,7 @@ class Session:
             t_end=pending[real_frames - 1][1],
             frames=real_frames,
             positions=positions.cpu(),
-            kept=torch.ones(positions.shape[1], dtype=torch.bool),
+            kept=kept,
             summary=summary,
         )
         gone = self.store.put(Block(meta=meta, layers=layers))
@@ -352,6 +374,8 @@ class Session:
             frames_seen=self.frames_seen,
             frames_encoded=self.frames_encoded,
             chunks_encoded=self.chunks_encoded,
+            visual_tokens_seen=self.visual_tokens_seen,
+            visual_tokens_kept=self.visual_tokens_kept,
             blocks=len(metas),
             tokens_stored=sum(m.tokens for m in metas),
             sink_tokens=len(self.sink_ids),
