@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = b.add_subparsers(dest="bench", metavar="BENCH", parser_class=_Parser)
     bench.required = True
     _add_bench_stream(bench)
+    _add_bench_quant(bench)
 
     from .synth.cli import add_synth_parser
 
@@ -359,6 +360,79 @@ def cmd_bench_stream(args: argparse.Namespace) -> int:
     print(f"baseline: {result.baseline_stopped or 'ran at every length'}")
     for name, value in result.ratios().items():
         print(f"{name}: {value:.3f}" if isinstance(value, float) else f"{name}: {value}")
+    return 0
+
+
+def _add_bench_quant(bench) -> None:
+    from .bench.quant import QuantBenchConfig
+
+    d = QuantBenchConfig()
+    q = bench.add_parser(
+        "quant",
+        help="every KV codec on the same tensors: bits, errors, throughput; needle accuracy per storage",
+        description=(
+            "For each KV set (synthetic with outlier channels, and the KV of tiny models over a "
+            "synthetic-world video with their real queries) and each codec: stored bits per element "
+            "with metadata, K/V relative error, attention-output error and attention-weight TV "
+            "distance, encode/decode GB/s next to a plain copy. Then needle accuracy of the trained "
+            "model with every codec and with pruning, against lossless storage, in the same run."
+        ),
+    )
+    q.add_argument("--codecs", default=",".join(d.codecs), help=f"(default: {','.join(d.codecs)})")
+    q.add_argument("--kv-sets", default=",".join(d.kv_sets), help=f"(default: {','.join(d.kv_sets)})")
+    q.add_argument(
+        "--frames", type=int, default=d.frames, help="video frames streamed to capture a model's KV"
+    )
+    q.add_argument("--repeats", type=int, default=d.repeats, help="timing repeats (median)")
+    q.add_argument(
+        "--needle-lengths",
+        default=",".join(map(str, d.needle_lengths)),
+        help="stream lengths of the needle part; 'none' skips it (default: %(default)s)",
+    )
+    q.add_argument("--needle-streams", type=int, default=d.needle_streams)
+    q.add_argument("--needle-min-questions", type=int, default=d.needle_min_questions)
+    q.add_argument("--seed", type=int, default=d.seed)
+    add_run_options(q)
+    q.set_defaults(func=cmd_bench_quant)
+
+
+def cmd_bench_quant(args: argparse.Namespace) -> int:
+    from .bench.quant import QuantBenchConfig, plot, run_quant_bench
+    from .eval.needle import MIN_LENGTH
+    from .quant import CODEC_NAMES
+
+    codecs = tuple(c.strip() for c in args.codecs.split(",") if c.strip())
+    unknown = [c for c in codecs if c not in CODEC_NAMES]
+    if not codecs or unknown:
+        raise ConfigError(f"--codecs takes names among {', '.join(CODEC_NAMES)}; got {args.codecs!r}")
+    kv_sets = tuple(k.strip() for k in args.kv_sets.split(",") if k.strip())
+    if not kv_sets:
+        raise ConfigError("--kv-sets needs at least one of: synthetic, a model name or path")
+    needle = () if args.needle_lengths.strip().lower() in ("none", "") else None
+    if needle is None:
+        needle = parse_lengths(args.needle_lengths, MIN_LENGTH, "256", "--needle-lengths")
+    if min(args.frames, args.repeats, args.needle_streams) < 1 or args.needle_min_questions < 0:
+        raise ConfigError(
+            "--frames, --repeats and --needle-streams must be >= 1, --needle-min-questions >= 0"
+        )
+    config = QuantBenchConfig(
+        codecs=codecs,
+        kv_sets=kv_sets,
+        frames=args.frames,
+        repeats=args.repeats,
+        needle_lengths=needle,
+        needle_streams=args.needle_streams,
+        needle_min_questions=args.needle_min_questions,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    result = run_quant_bench(config, log=log)
+    if args.plot:
+        plot(result, args.plot)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
     return 0
 
 

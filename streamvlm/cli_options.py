@@ -20,8 +20,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="FILE", help="write a PNG plot")
 
 
-def parse_lengths(text: str, minimum: int, example: str) -> tuple[int, ...]:
-    """``--lengths``: comma-separated frame counts, each at least ``minimum``.
+def parse_lengths(text: str, minimum: int, example: str, flag: str = "--lengths") -> tuple[int, ...]:
+    """``flag``: comma-separated frame counts, each at least ``minimum``.
 
     Raises:
         ConfigError: anything else, with ``example`` in the message.
@@ -32,6 +32,6 @@ def parse_lengths(text: str, minimum: int, example: str) -> tuple[int, ...]:
         lengths = ()
     if not lengths or min(lengths) < minimum:
         raise ConfigError(
-            f"--lengths takes comma-separated frame counts >= {minimum}, e.g. {example}; got {text!r}"
+            f"{flag} takes comma-separated frame counts >= {minimum}, e.g. {example}; got {text!r}"
         )
     return lengths

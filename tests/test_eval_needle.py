@@ -39,6 +39,41 @@ def test_config_names_parse():
             AnswerConfig.parse(bad)
 
 
+def test_storage_suffixes_parse():
+    c = AnswerConfig.parse("top4-contiguous+prune0.95+vidkv")
+    assert (c.top_k, c.positions, c.prune, c.codec) == (4, "contiguous", 0.95, "vidkv")
+    assert AnswerConfig.parse("lossless+kivi2").store == (None, "kivi2")
+    assert AnswerConfig.parse("lossless").store == AnswerConfig.parse("top2").store == (None, None)
+    for bad in ("lossless+zip", "lossless+prune", "lossless+vidkv+kivi2", "plain+vidkv", "lossless+identity"):
+        with pytest.raises(ConfigError, match="configuration|prune<T>"):
+            AnswerConfig.parse(bad)
+
+
+def test_storage_configurations_get_a_session_each_over_the_same_questions():
+    """Threshold 1.5 prunes nothing and fp16 on float32 KV is near lossless: the same answers;
+    the pruned and quantized sessions report what they kept and how many bits they stored."""
+    config = NeedleEvalConfig(
+        model="tiny-qwen2.5-vl",
+        lengths=(24,),
+        streams=1,
+        min_questions=0,
+        configs=("lossless", "lossless+prune1.5", "lossless+prune0.5+int8", "top2+fp16"),
+        window=4,
+        max_new_tokens=3,
+    )
+    result = run_needle_eval(config, log=lambda _: None)
+    answers = {c: [o.answer for o in result.outcomes if o.config == c] for c in config.configs}
+    assert answers["lossless+prune1.5"] == answers["lossless"] and answers["lossless"]
+    assert len(answers["top2+fp16"]) == len(answers["lossless+prune0.5+int8"]) == len(answers["lossless"])
+    stores = {s.store: s for s in result.streams}
+    assert set(stores) == {"full", "prune1.5", "prune0.5+int8", "fp16"}
+    assert stores["prune1.5"].visual_tokens_kept == stores["prune1.5"].visual_tokens_seen
+    assert stores["prune0.5+int8"].visual_tokens_kept < stores["prune0.5+int8"].visual_tokens_seen
+    assert 8 < stores["prune0.5+int8"].kv_bits_per_element["disk"] < 16
+    assert stores["fp16"].kv_bits_per_element["disk"] == 16
+    assert stores["full"].kv_bits_per_element["disk"] == 32
+
+
 @pytest.mark.parametrize("length", [MIN_LENGTH, 16, 64, 256, 1024, 3600])
 def test_distances_fit_every_length(length):
     distances = distances_for(length)

@@ -12,9 +12,13 @@ question is answered, in the same run, by each configuration:
 - ``top<K>``: retrieval of ``K`` blocks (plus the recent window), block positions as
   stored; ``top<K>-contiguous``: the same, re-positioned next to the question.
 
-All of these only change how a question is answered, so each stream is encoded once, in
-one session, for all of them. (Configurations that change what a session *stores*,
-such as pruning and codecs, will need a session each.)
+These only change how a question is answered, so they share one session per stream.
+Suffixes change what a session *stores*, and each distinct storage gets a session of its
+own over the same stream: ``+prune<T>`` prunes visual tokens at cosine threshold ``T``
+(``docs/pruning.md``), ``+<codec>`` stores blocks outside the device tier with a KV codec
+(``docs/quantization.md``); the device tier then holds just the encoding window, so
+every older block a question reads has been through the codec. E.g.
+``top4-contiguous+prune0.95+vidkv``.
 """
 
 from __future__ import annotations
@@ -38,35 +42,66 @@ DISTANCE_BINS: tuple[float, ...] = (16, 64, 256, 1024)
 # The shortest stream the nearest needle distance fits in (see distances_for).
 MIN_LENGTH = int(DISTANCES[0] + NEEDLE_SECONDS) + 2
 
-_CONFIG = re.compile(r"^(plain|lossless|top(\d+))(-contiguous)?$")
+_CONFIG = re.compile(r"^(plain|lossless|top(\d+))(-contiguous)?((?:\+[a-z0-9.\-]+)*)$")
+_PRUNE = re.compile(r"^prune(\d*\.?\d+)$")
 
 
 @dataclass(frozen=True)
 class AnswerConfig:
-    """How one configuration answers: parsed from names like ``top4-contiguous``."""
+    """How one configuration answers, and over what storage: parsed from names like
+    ``top4-contiguous`` or ``lossless+prune0.95+vidkv``."""
 
     name: str
     plain: bool = False
     top_k: int | None = None
     positions: str = "original"
+    prune: float | None = None  # the session's prune_threshold
+    codec: str | None = None  # the session's host and disk codec
+
+    @property
+    def store(self) -> tuple[float | None, str | None]:
+        """What the session stores; configurations with the same store share a session."""
+        return (self.prune, self.codec)
 
     @classmethod
     def parse(cls, name: str) -> AnswerConfig:
         m = _CONFIG.match(name)
-        if not m or (m.group(1) == "plain" and m.group(3)):
+        if not m or (m.group(1) == "plain" and (m.group(3) or m.group(4))):
             raise ConfigError(
-                f"unknown configuration {name!r}; use plain, lossless, top<K> or top<K>-contiguous "
-                "(e.g. plain,lossless,top4,top4-contiguous)"
+                f"unknown configuration {name!r}; use plain, lossless, top<K> or top<K>-contiguous, "
+                "optionally with +prune<T> and +<codec> (e.g. plain,lossless,top4-contiguous,lossless+prune0.95+vidkv)"
             )
         top_k = int(m.group(2)) if m.group(2) else None
         if top_k is not None and top_k < 1:
             raise ConfigError(f"{name}: top_k must be >= 1")
+        prune, codec = _storage(name, [x for x in m.group(4).split("+") if x])
         return cls(
             name=name,
             plain=m.group(1) == "plain",
             top_k=top_k,
             positions="contiguous" if m.group(3) else "original",
+            prune=prune,
+            codec=codec,
         )
+
+
+def _storage(name: str, parts: list[str]) -> tuple[float | None, str | None]:
+    """``(prune threshold, codec)`` from a configuration's ``+`` suffixes."""
+    from ..memory.codec import CODEC_NAMES
+
+    prune = codec = None
+    for part in parts:
+        m = _PRUNE.match(part)
+        if m and prune is None:
+            prune = float(m.group(1))
+        elif part in CODEC_NAMES and part != "identity" and codec is None:
+            codec = part
+        else:
+            raise ConfigError(
+                f"{name}: {part!r} is not prune<T> (e.g. prune0.95) or a codec ({', '.join(CODEC_NAMES)}), "
+                "or it is given twice"
+            )
+    return prune, codec
 
 
 @dataclass
@@ -114,6 +149,10 @@ class StreamRecord:
     questions: int
     bytes_stored: int  # session KV bytes (all tiers) at the end of the stream
     encode_s: float
+    store: str = "full"  # what the session stored: "full", or e.g. "prune0.95+vidkv"
+    visual_tokens_seen: int = 0
+    visual_tokens_kept: int = 0
+    kv_bits_per_element: dict | None = None  # per tier, from session.stats()
 
 
 @dataclass
@@ -221,7 +260,6 @@ def run_needle_eval(config: NeedleEvalConfig, log=print) -> NeedleEvalResult:
 
 def _run_stream(engine, config, answer_configs, length, seed, result) -> int:
     """Stream one needle stream, answer its questions with every configuration; return how many."""
-    from ..config import MemoryConfig
     from ..synth import make_needle_stream
 
     distances = distances_for(length)
@@ -238,46 +276,83 @@ def _run_stream(engine, config, answer_configs, length, seed, result) -> int:
     by_frame: dict[int, list] = defaultdict(list)
     for q in pending:
         by_frame[world.frame_at(q.asked_at)].append(q)
-    with tempfile.TemporaryDirectory(prefix="streamvlm-needle-") as tmp:
-        session = engine.new_session(memory=MemoryConfig(window=config.window, disk_dir=tmp))
-        encode_s = 0.0
-        for i in range(world.n_frames):
-            started = time.perf_counter()
-            session.add_frame(world.render(i), world.frame_time(i))
-            encode_s += time.perf_counter() - started
-            for q in by_frame.get(i, ()):
-                for ac in answer_configs:
-                    if ac.plain and i + 1 > config.plain_max_frames:
-                        continue
-                    text, ttft = _answer(engine, session, world, i + 1, q.text, ac, config)
-                    result.outcomes.append(
-                        Outcome(
-                            length=length,
-                            stream=seed,
-                            config=ac.name,
-                            family=q.family,
-                            question=q.text,
-                            expected=q.answer,
-                            answer=text,
-                            correct=answers_match(text, q.answer),
-                            distance=q.distance,
-                            asked_at=q.asked_at,
-                            ttft_s=ttft,
+    stores: dict[tuple, list[AnswerConfig]] = defaultdict(list)
+    for ac in answer_configs:
+        stores[ac.store].append(ac)
+    for store, configs in stores.items():
+        with tempfile.TemporaryDirectory(prefix="streamvlm-needle-") as tmp:
+            session = engine.new_session(memory=_store_memory(engine, world, config.window, store, tmp))
+            encode_s = 0.0
+            for i in range(world.n_frames):
+                started = time.perf_counter()
+                session.add_frame(world.render(i), world.frame_time(i))
+                encode_s += time.perf_counter() - started
+                for q in by_frame.get(i, ()):
+                    for ac in configs:
+                        if ac.plain and i + 1 > config.plain_max_frames:
+                            continue
+                        text, ttft = _answer(engine, session, world, i + 1, q.text, ac, config)
+                        result.outcomes.append(
+                            Outcome(
+                                length=length,
+                                stream=seed,
+                                config=ac.name,
+                                family=q.family,
+                                question=q.text,
+                                expected=q.answer,
+                                answer=text,
+                                correct=answers_match(text, q.answer),
+                                distance=q.distance,
+                                asked_at=q.asked_at,
+                                ttft_s=ttft,
+                            )
                         )
-                    )
-        stats = session.stats()
-        result.streams.append(
-            StreamRecord(
-                length=length,
-                stream=seed,
-                needles=len(needle.needles),
-                questions=len(pending),
-                bytes_stored=sum(stats.bytes_per_tier.values()),
-                encode_s=encode_s,
+            stats = session.stats()
+            result.streams.append(
+                StreamRecord(
+                    length=length,
+                    stream=seed,
+                    needles=len(needle.needles),
+                    questions=len(pending),
+                    bytes_stored=sum(stats.bytes_per_tier.values()),
+                    encode_s=encode_s,
+                    store=store_name(store),
+                    visual_tokens_seen=stats.visual_tokens_seen,
+                    visual_tokens_kept=stats.visual_tokens_kept,
+                    kv_bits_per_element=stats.kv_bits_per_element,
+                )
             )
-        )
-        session.close()
+            session.close()
     return len(pending)
+
+
+def store_name(store: tuple[float | None, str | None]) -> str:
+    """``full`` or the storage suffixes, e.g. ``prune0.95+vidkv``."""
+    prune, codec = store
+    parts = ([f"prune{prune:g}"] if prune is not None else []) + ([codec] if codec else [])
+    return "+".join(parts) or "full"
+
+
+def _store_memory(engine, world, window: int, store: tuple[float | None, str | None], disk_dir: str):
+    """The session options for one storage. With a codec the device tier holds exactly the
+    encoding window (at full precision, as it always does), so every block a question reads
+    from further back comes from the codec."""
+    import torch
+
+    from ..config import MemoryConfig
+
+    prune, codec = store
+    options = dict(window=window, disk_dir=disk_dir, prune_threshold=prune)
+    if codec is not None:
+        backend = engine.backend
+        chunk = backend.default_chunk_frames
+        tokens = backend.encode_frames(
+            [world.render(0)] * chunk, [0.0] * chunk, video_start=0, next_position=0
+        ).embeds.shape[0]
+        element = torch.finfo(backend.dtype).bits // 8
+        block_bytes = 2 * backend.num_layers * backend.num_kv_heads * tokens * backend.head_dim * element
+        options.update(host_codec=codec, disk_codec=codec, device_bytes=-(-window // chunk) * block_bytes)
+    return MemoryConfig(**options)
 
 
 def _answer(engine, session, world, frames, question, ac: AnswerConfig, config) -> tuple[str, float]:

@@ -1,0 +1,335 @@
+"""``streamvlm bench quant``: every KV codec on the same tensors, in one run, and what it does to answers.
+
+For each KV set and codec: stored bits per element (scales, zero points, masks and
+indices included), relative error of K and of V, relative error of the attention output
+and total-variation distance of the attention weights, with queries of the same set;
+and encode / decode throughput next to a plain copy of the same bytes.
+
+KV sets:
+
+- ``synthetic``: Gaussian KV shaped like one Qwen2.5-VL-7B layer's video block ([4 KV
+  heads, 1024 tokens, 128]) with four outlier key channels per head, 20x the others, as
+  reported for real LLMs (``quant/synthetic.py``);
+- a model name (``tiny-qwen2.5-vl``, ``streamvlm-tiny-synth``): the KV a session stores
+  for a synthetic-world video, per layer, with that model's post-RoPE queries for a
+  question asked after it (errors are averaged over layers).
+
+With ``needle_lengths``, needle accuracy of the trained model per storage (every codec
+and pruning, alone and combined) through ``eval needle``'s configurations.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+from ..models.bundled import TINY_SYNTH
+
+LOSSY_CODECS: tuple[str, ...] = ("fp16", "bf16", "int8", "int4", "kivi2", "vidkv-ref", "vidkv")
+QUESTION = "what colour was the circle?"
+
+
+@dataclass
+class QuantBenchConfig:
+    codecs: tuple[str, ...] = LOSSY_CODECS
+    kv_sets: tuple[str, ...] = ("synthetic", "tiny-qwen2.5-vl", TINY_SYNTH)
+    frames: int = 64  # frames of synthetic-world video streamed to capture a model's KV
+    synthetic_shape: tuple[int, int, int] = (4, 1024, 128)
+    synthetic_outliers: int = 4
+    repeats: int = 5  # timing repeats (median)
+    needle_model: str = TINY_SYNTH
+    needle_lengths: tuple[int, ...] = (256,)  # () skips the needle part
+    needle_streams: int = 4
+    needle_min_questions: int = 24
+    needle_answers: tuple[str, ...] = ("lossless", "top4-contiguous")
+    needle_stores: tuple[str, ...] = ("", "+vidkv", "+kivi2", "+vidkv-ref", "+prune0.95", "+prune0.95+vidkv")
+    seed: int = 0
+    device: str | None = None
+    dtype: str | None = None
+
+
+@dataclass
+class CodecRow:
+    kv_set: str
+    codec: str
+    key_bits: float  # stored bits per key element, everything included
+    value_bits: float
+    key_rel_error: float
+    value_rel_error: float
+    attention_output_rel_error: float
+    attention_weights_tv: float
+    encode_gb_s: float  # input bytes at 16 bits per element, per second
+    decode_gb_s: float
+    copy_gb_s: float  # a plain copy of the same 16-bit bytes, same device
+
+    @property
+    def bits(self) -> float:
+        return (self.key_bits + self.value_bits) / 2
+
+
+@dataclass
+class QuantBenchResult:
+    config: dict
+    rows: list[CodecRow] = field(default_factory=list)
+    needle: dict | None = None  # eval needle's result (to_dict) over the storages
+    storage: list[dict] = field(default_factory=list)  # per storage: bits, tokens kept, bytes
+
+    def to_dict(self) -> dict:
+        return {
+            "config": self.config,
+            "codecs": [asdict(r) | {"bits": r.bits} for r in self.rows],
+            "needle_storage": self.storage,
+            "needle": self.needle,
+        }
+
+
+# ----- KV sets -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KVLayer:
+    """One layer's cached KV ``[kv_heads, tokens, head_dim]`` and queries ``[heads, queries, head_dim]``."""
+
+    queries: object
+    keys: object
+    values: object
+
+
+def synthetic_set(config: QuantBenchConfig) -> list[KVLayer]:
+    from ..quant.synthetic import synthetic_kv
+
+    q, k, v = synthetic_kv(
+        *config.synthetic_shape, queries=16, outliers=config.synthetic_outliers, seed=config.seed
+    )
+    return [KVLayer(q, k, v)]
+
+
+def model_set(name: str, config: QuantBenchConfig) -> list[KVLayer]:
+    """The KV a lossless session stores for ``config.frames`` frames of the synthetic world,
+    per layer, with the post-RoPE queries of a question asked after them."""
+    import torch
+
+    from ..config import MemoryConfig
+    from ..models.base import rotate
+    from ..runtime.context import concat_layers
+    from ..runtime.engine import StreamVLM
+    from ..synth import World
+
+    engine = StreamVLM.from_pretrained(name, device=config.device, dtype=config.dtype, seed=config.seed)
+    backend = engine.backend
+    world = World(config.seed, float(config.frames), n_events=max(1, config.frames // 8))
+    session = engine.new_session(memory=MemoryConfig(window=config.frames))
+    for i in range(world.n_frames):
+        session.add_frame(world.render(i), world.frame_time(i))
+    session.flush()
+    blocks = session.store.get(m.id for m in session.store.metas())
+    video = concat_layers([b.layers for b in blocks])
+    ids = backend.prompt_parts(session.system_prompt, QUESTION).question
+    embeds = backend.question_embeds(ids)
+    positions = backend.text_positions(session.next_position, embeds.shape[0])
+    captured: list[torch.Tensor] = [None] * backend.num_layers
+    heads = backend.model.config.get_text_config().num_attention_heads
+
+    def hook(index):
+        def save(_module, _inputs, output):
+            captured[index] = output[0].float().view(-1, heads, backend.head_dim).transpose(0, 1)
+
+        return save
+
+    layers = backend.language_model.layers
+    handles = [layer.self_attn.q_proj.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
+    try:
+        backend.forward(embeds, positions, backend.new_cache(concat_layers([session.sink_kv, video])))
+    finally:
+        for handle in handles:
+            handle.remove()
+    cos, sin = backend.rotary(positions)
+    session.close()
+    return [
+        KVLayer(rotate(q, cos, sin), k.float().cpu(), v.float().cpu())
+        for q, (k, v) in zip(captured, video, strict=True)
+    ]
+
+
+# ----- measuring -----------------------------------------------------------------------
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    import torch
+
+    fn()  # warm-up (lazy init, first-call allocations)
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def measure_codec(kv_set: str, layers: Sequence[KVLayer], name: str, repeats: int) -> CodecRow:
+    """Bits, errors and throughput of codec ``name`` on ``layers`` (errors: mean over layers)."""
+    import torch
+
+    from ..quant import get_codec
+    from ..quant.metrics import attention_error, relative_error
+
+    codec = get_codec(name)
+    sums = dict(kb=0.0, vb=0.0, ke=0.0, ve=0.0, ao=0.0, tv=0.0)
+    for i, layer in enumerate(layers):
+        ek, ev = codec.encode(layer.keys, "key", i), codec.encode(layer.values, "value", i)
+        kh, vh = codec.decode(ek), codec.decode(ev)
+        err = attention_error(layer.queries, layer.keys, layer.values, kh, vh)
+        sums["kb"] += ek.bits_per_element
+        sums["vb"] += ev.bits_per_element
+        sums["ke"] += relative_error(layer.keys, kh)
+        sums["ve"] += relative_error(layer.values, vh)
+        sums["ao"] += err.output_rel_error
+        sums["tv"] += err.weights_tv
+    m = {k: v / len(layers) for k, v in sums.items()}
+    # throughput on the largest layer tensor, in 16-bit input bytes (what a tier would copy)
+    x = max((layer.keys for layer in layers), key=lambda t: t.numel())
+    half = x.to(torch.float16)
+    gigabytes = half.numel() * 2 / 1e9
+    encode_s = _median_seconds(lambda: codec.encode(x, "key", 0), repeats)
+    encoded = codec.encode(x, "key", 0)
+    decode_s = _median_seconds(lambda: codec.decode(encoded), repeats)
+    copy_s = _median_seconds(lambda: half.clone(), repeats)
+    return CodecRow(
+        kv_set=kv_set,
+        codec=name,
+        key_bits=m["kb"],
+        value_bits=m["vb"],
+        key_rel_error=m["ke"],
+        value_rel_error=m["ve"],
+        attention_output_rel_error=m["ao"],
+        attention_weights_tv=m["tv"],
+        encode_gb_s=gigabytes / encode_s,
+        decode_gb_s=gigabytes / decode_s,
+        copy_gb_s=gigabytes / copy_s,
+    )
+
+
+def run_quant_bench(config: QuantBenchConfig, log: Callable[[str], None] = print) -> QuantBenchResult:
+    result = QuantBenchResult(config=asdict(config))
+    for kv_set in config.kv_sets:
+        layers = synthetic_set(config) if kv_set == "synthetic" else model_set(kv_set, config)
+        shape = list(layers[0].keys.shape)
+        log(f"\n{kv_set}: {len(layers)} layer(s) of K/V {shape}, queries {list(layers[0].queries.shape)}")
+        log(ROW_HEADER)
+        for name in config.codecs:
+            row = measure_codec(kv_set, layers, name, config.repeats)
+            result.rows.append(row)
+            log(format_row(row))
+    if config.needle_lengths:
+        run_needle_part(config, result, log)
+    return result
+
+
+def needle_configs(config: QuantBenchConfig) -> list[str]:
+    return [answer + store for store in config.needle_stores for answer in config.needle_answers]
+
+
+def run_needle_part(config: QuantBenchConfig, result: QuantBenchResult, log: Callable[[str], None]) -> None:
+    from ..eval.needle import NeedleEvalConfig, header, run_needle_eval
+
+    needle_config = NeedleEvalConfig(
+        model=config.needle_model,
+        lengths=config.needle_lengths,
+        streams=config.needle_streams,
+        min_questions=config.needle_min_questions,
+        configs=tuple(needle_configs(config)),
+        seed=config.seed,
+        device=config.device,
+        dtype=config.dtype,
+    )
+    log(f"\nneedle accuracy, {config.needle_model}, every storage (eval needle):")
+    answers = needle_config.answer_configs()
+    log(header(answers))
+    needle = run_needle_eval(needle_config, log=lambda _: None)
+    result.needle = needle.to_dict()
+    by_store: dict[str, list] = {}
+    for s in needle.streams:
+        by_store.setdefault(s.store, []).append(s)
+    for store, streams in by_store.items():
+        seen = sum(s.visual_tokens_seen for s in streams)
+        result.storage.append(
+            {
+                "store": store,
+                "kept_fraction": sum(s.visual_tokens_kept for s in streams) / max(1, seen),
+                "host_bits_per_element": streams[-1].kv_bits_per_element.get("host"),
+                "disk_bits_per_element": streams[-1].kv_bits_per_element.get("disk"),
+                "bytes_stored_mean": statistics.mean(s.bytes_stored for s in streams),
+            }
+        )
+    log(needle_table(result))
+
+
+ROW_HEADER = (
+    f"{'codec':>10} {'K bits':>7} {'V bits':>7} {'K err':>7} {'V err':>7} {'attn err':>8} {'attn TV':>8} "
+    f"{'enc GB/s':>9} {'dec GB/s':>9} {'copy GB/s':>9}"
+)
+
+
+def format_row(r: CodecRow) -> str:
+    return (
+        f"{r.codec:>10} {r.key_bits:7.3f} {r.value_bits:7.3f} {r.key_rel_error:7.3f} {r.value_rel_error:7.3f} "
+        f"{r.attention_output_rel_error:8.3f} {r.attention_weights_tv:8.3f} "
+        f"{r.encode_gb_s:9.3f} {r.decode_gb_s:9.3f} {r.copy_gb_s:9.3f}"
+    )
+
+
+def needle_table(result: QuantBenchResult) -> str:
+    """Accuracy per configuration and length, with what each storage keeps."""
+    acc = result.needle["accuracy_by_length"]
+    storage = {s["store"]: s for s in result.storage}
+    lines = [f"{'configuration':>34} {'length':>6} {'accuracy':>8} {'n':>4} {'kept':>6} {'host bits':>9}"]
+    for name in result.config["needle_answers"]:
+        for store in result.config["needle_stores"]:
+            full = name + store
+            key = store.lstrip("+") or "full"
+            info = storage.get(key, {})
+            bits = info.get("host_bits_per_element")
+            for length, cell in sorted(acc.get(full, {}).items(), key=lambda x: int(x[0])):
+                lines.append(
+                    f"{full:>34} {length:>6} {cell['accuracy']:8.2f} {cell['n']:4d} "
+                    f"{info.get('kept_fraction', 1.0):6.2f} {bits if bits is not None else '-':>9}"
+                )
+    return "\n".join(lines)
+
+
+def plot(result: QuantBenchResult, path: str) -> None:
+    """A PNG: attention-output error against stored bits per element, per KV set."""
+    from ..errors import ConfigError
+
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ConfigError("--plot needs matplotlib: pip install 'streamvlm[bench]'") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(dict.fromkeys(r.kv_set for r in result.rows))
+    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4.2), squeeze=False)
+    for ax, kv_set in zip(axes[0], sets, strict=True):
+        for r in (r for r in result.rows if r.kv_set == kv_set):
+            ax.scatter(r.bits, r.attention_output_rel_error)
+            ax.annotate(
+                r.codec, (r.bits, r.attention_output_rel_error), textcoords="offset points", xytext=(4, 4)
+            )
+        ax.set(
+            title=kv_set,
+            xlabel="stored bits per element (K and V mean)",
+            ylabel="attention output rel. error",
+        )
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("symlog", linthresh=1e-4)
+    fig.suptitle("streamvlm bench quant: error against size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
