@@ -128,6 +128,11 @@ def test_every_configuration_answers_every_question():
     asked = {c: [(o.question, o.asked_at) for o in outcomes] for c, outcomes in by_config.items()}
     assert len(asked["plain"]) >= 2 and all(a == asked["plain"] for a in asked.values())
     assert [o.answer for o in by_config["top64"]] == [o.answer for o in by_config["lossless"]]
+    # retrieving every block always holds the needle; lossless and plain do not retrieve
+    assert all(o.needle_retrieved is True for o in by_config["top64"])
+    assert all(o.needle_retrieved is None for c in ("plain", "lossless") for o in by_config[c])
+    assert all(isinstance(o.needle_retrieved, bool) for o in by_config["top1-contiguous"])
+    assert result.hit_rate()["top64"]["16"]["rate"] == 1.0
     assert all(s.bytes_stored > 0 for s in result.streams)
     assert all(o.ttft_s > 0 for o in result.outcomes)
 

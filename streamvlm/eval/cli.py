@@ -116,6 +116,17 @@ def cmd_eval_needle(args: argparse.Namespace) -> int:
         return 0
     print("\naccuracy (questions) per needle distance, all lengths:")
     print(distance_table(result, answer_configs))
+    hits = result.hit_rate()
+    if hits:
+        print("\nshare of questions whose attended blocks held the needle (retrieval configurations):")
+        for name, per in hits.items():
+            print(
+                f"{name:>18}: "
+                + "  ".join(
+                    f"{k}: {v['rate']:.2f} ({v['n']})"
+                    for k, v in sorted(per.items(), key=lambda x: int(x[0]))
+                )
+            )
     print("\nmedian time to first token (s) per stream length:")
     for name, per in result.ttft().items():
         print(

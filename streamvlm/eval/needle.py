@@ -139,6 +139,9 @@ class Outcome:
     distance: float
     asked_at: float
     ttft_s: float
+    # retrieval configurations: did the blocks attended include a frame of the needle?
+    # (the recent window counts: a needle in it is in the context) None for the others
+    needle_retrieved: bool | None = None
 
 
 @dataclass
@@ -188,9 +191,22 @@ class NeedleEvalResult:
             groups[o.config][str(o.length)].append(o.ttft_s)
         return {c: {k: statistics.median(v) for k, v in per.items()} for c, per in groups.items()}
 
+    def hit_rate(self) -> dict[str, dict[str, dict]]:
+        """Retrieval configurations: ``{config: {length: {"rate", "n"}}}``, the share of
+        questions whose attended blocks held a frame of the needle."""
+        groups: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+        for o in self.outcomes:
+            if o.needle_retrieved is not None:
+                groups[o.config][str(o.length)].append(o.needle_retrieved)
+        return {
+            c: {k: {"rate": sum(v) / len(v), "n": len(v)} for k, v in per.items()}
+            for c, per in groups.items()
+        }
+
     def to_dict(self) -> dict:
         return {
             "config": self.config,
+            "needle_retrieved_by_length": self.hit_rate(),
             "accuracy_by_length": self.accuracy("length"),
             "accuracy_by_distance": self.accuracy("distance"),
             "accuracy_by_family": self.accuracy("family"),
@@ -291,7 +307,7 @@ def _run_stream(engine, config, answer_configs, length, seed, result) -> int:
                     for ac in configs:
                         if ac.plain and i + 1 > config.plain_max_frames:
                             continue
-                        text, ttft = _answer(engine, session, world, i + 1, q.text, ac, config)
+                        text, ttft, blocks = _answer(engine, session, world, i + 1, q.text, ac, config)
                         result.outcomes.append(
                             Outcome(
                                 length=length,
@@ -305,6 +321,7 @@ def _run_stream(engine, config, answer_configs, length, seed, result) -> int:
                                 distance=q.distance,
                                 asked_at=q.asked_at,
                                 ttft_s=ttft,
+                                needle_retrieved=_holds_needle(world, q, blocks) if ac.top_k else None,
                             )
                         )
             stats = session.stats()
@@ -355,7 +372,17 @@ def _store_memory(engine, world, window: int, store: tuple[float | None, str | N
     return MemoryConfig(**options)
 
 
-def _answer(engine, session, world, frames, question, ac: AnswerConfig, config) -> tuple[str, float]:
+def _holds_needle(world, question, blocks) -> bool:
+    """Whether any attended block overlaps (in stream time) a frame of the question's events."""
+    for event_id in question.event_ids:
+        event = world.events[event_id]
+        first, last = world.frame_time(event.frame_start), world.frame_time(event.frame_end - 1)
+        if any(b.t_start <= last and b.t_end >= first for b in blocks):
+            return True
+    return False
+
+
+def _answer(engine, session, world, frames, question, ac: AnswerConfig, config) -> tuple[str, float, list]:
     if ac.plain:
         from ..bench.baseline import generate_over_all_frames
 
@@ -367,14 +394,14 @@ def _answer(engine, session, world, frames, question, ac: AnswerConfig, config) 
             question,
             max_new_tokens=config.max_new_tokens,
         )
-        return run["text"], run["ttft_s"]
+        return run["text"], run["ttft_s"], []
     answer = session.ask(
         question,
         top_k=ac.top_k,
         positions=ac.positions,
         max_new_tokens=config.max_new_tokens,
     )
-    return answer.text, answer.timings.ttft_s
+    return answer.text, answer.timings.ttft_s, answer.blocks
 
 
 def header(answer_configs: list[AnswerConfig]) -> str:
