@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_synth_parser(sub)
     _add_train_tiny(sub)
+    _add_serve(sub)
     from .eval.cli import add_eval_parser
 
     add_eval_parser(sub)
@@ -817,6 +818,117 @@ def cmd_info(args: argparse.Namespace) -> int:
     width = max(len(k) for k, _ in rows) + 2
     for k, v in rows:
         print(f"{k:<{width}}{v}".rstrip())
+    return 0
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _add_serve(sub) -> None:
+    # servers.settings is plain Python (no FastAPI, no torch): the parser stays light
+    from .servers.settings import API_KEY_ENV, ServerSettings
+
+    d = ServerSettings()
+    s = sub.add_parser(
+        "serve",
+        help="serve a model over HTTP and websockets (docs/protocol.md)",
+        description=(
+            "Load a model and serve it: REST for sessions, health and Prometheus metrics, and a "
+            "websocket per session that takes frames and questions and streams answers "
+            f"(docs/protocol.md). Set {API_KEY_ENV} to require a key for creating sessions and "
+            "reading metrics; every session also has its own token."
+        ),
+    )
+    s.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"model name, path or hub id (default: {DEFAULT_MODEL})"
+    )
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    s.add_argument(
+        "--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)"
+    )
+    s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    s.add_argument("--dtype", default=None, help="float32, float16, bfloat16 (default: per device)")
+    s.add_argument(
+        "--max-sessions",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"sessions open at once (default: {d.max_sessions})",
+    )
+    s.add_argument(
+        "--max-fps",
+        type=float,
+        default=None,
+        metavar="F",
+        help=f"frames per second each session accepts; more are dropped and counted (default: {d.max_fps:g})",
+    )
+    s.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=None,
+        metavar="B",
+        help=f"largest encoded frame accepted (default: {d.max_frame_bytes})",
+    )
+    s.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"close sessions idle this long (default: {d.idle_timeout_s:g})",
+    )
+    s.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="uvicorn's log level (default: info)",
+    )
+    s.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .servers.settings import API_KEY_ENV, ServerSettings
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
+    settings = ServerSettings.from_env()
+    wanted = {
+        "max_sessions": args.max_sessions,
+        "max_fps": args.max_fps,
+        "max_frame_bytes": args.max_frame_bytes,
+        "idle_timeout_s": args.idle_timeout,
+    }
+    overrides = {k: v for k, v in wanted.items() if v is not None}
+    if "max_frame_bytes" in overrides:  # keep the socket limit above the frame limit
+        overrides["max_message_bytes"] = max(
+            settings.max_message_bytes, overrides["max_frame_bytes"] + (64 << 10)
+        )
+    settings = replace(settings, **overrides)
+    try:
+        from .servers.run import bind_socket, serve
+    except ImportError as e:
+        raise ConfigError(
+            f"streamvlm serve needs the server extra ({e.name} is missing): pip install 'streamvlm[server]'"
+        ) from None
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+
+    from . import StreamVLM
+
+    kwargs = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
+    engine = StreamVLM.from_pretrained(args.model, **kwargs)
+    host, port = sock.getsockname()[:2]
+    if settings.api_key is None and host not in ("127.0.0.1", "::1", "localhost"):
+        print(
+            f"warning: listening on {host} with no {API_KEY_ENV}: anyone who can reach it can open sessions",
+            file=sys.stderr,
+        )
+    shown = f"[{host}]" if ":" in host else host
+    print(f"streamvlm: serving {engine.model_name} on http://{shown}:{port}", file=sys.stderr, flush=True)
+    serve(engine, settings, args.host, port, args.log_level, sock=sock)
     return 0
 
 

@@ -1,0 +1,55 @@
+"""HTTP and websocket serving: ``create_app(engine, settings)``, ``streamvlm serve``.
+
+Needs the ``server`` extra (FastAPI, uvicorn, websockets). The protocol is written down
+in ``docs/protocol.md``; ``protocol.py`` has the frame header and message helpers a
+client can reuse. Names are imported on first use, so ``protocol`` and ``settings``
+(used by the CLI parser and by clients) load without FastAPI, uvicorn or torch.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+_LAZY = {
+    "create_app": "streamvlm.servers.app",
+    "build_server": "streamvlm.servers.run",
+    "bind_socket": "streamvlm.servers.run",
+    "serve": "streamvlm.servers.run",
+    "ServerSettings": "streamvlm.servers.settings",
+    "API_KEY_ENV": "streamvlm.servers.settings",
+    "ProtocolError": "streamvlm.servers.protocol",
+    "FRAME_HEADER": "streamvlm.servers.protocol",
+    "FRAME_MAGIC": "streamvlm.servers.protocol",
+    "HEADER_SIZE": "streamvlm.servers.protocol",
+    "pack_frame": "streamvlm.servers.protocol",
+    "unpack_frame": "streamvlm.servers.protocol",
+}
+
+if TYPE_CHECKING:
+    from .app import create_app
+    from .protocol import FRAME_HEADER, FRAME_MAGIC, HEADER_SIZE, ProtocolError, pack_frame, unpack_frame
+    from .run import bind_socket, build_server, serve
+    from .settings import API_KEY_ENV, ServerSettings
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'streamvlm.servers' has no attribute {name!r}")
+
+
+__all__ = [
+    "API_KEY_ENV",
+    "FRAME_HEADER",
+    "FRAME_MAGIC",
+    "HEADER_SIZE",
+    "ProtocolError",
+    "ServerSettings",
+    "bind_socket",
+    "build_server",
+    "create_app",
+    "pack_frame",
+    "serve",
+    "unpack_frame",
+]

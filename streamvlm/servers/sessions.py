@@ -1,0 +1,292 @@
+"""The sessions a server holds: ids, tokens, counters, and their life cycle.
+
+Each ``ServedSession`` wraps one ``Session`` with what the server adds: an unguessable
+id, its own bearer token, frame counters that survive a reset, the frame-rate bucket,
+and the stream connection feeding it (at most one at a time, so frame times from two
+sources never interleave).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..config import MemoryConfig
+from .limits import FrameRateLimiter
+from .metrics import Metrics, SessionSample
+from .protocol import ProtocolError
+from .settings import ServerSettings
+
+if TYPE_CHECKING:
+    from ..runtime.engine import StreamVLM
+    from ..runtime.session import Session
+
+
+@dataclass
+class FrameCounts:
+    """Frame messages of one session, over its whole life (resets included).
+
+    Every received frame is in exactly one of: rejected (invalid, got an ``error``),
+    dropped by rate, dropped by the encoder queue, encoded, or still pending (being
+    decoded, waiting in the queue or in a partly filled chunk).
+    """
+
+    received: int = 0
+    rejected: int = 0
+    dropped_rate: int = 0
+    accepted: int = 0  # handed to the session's encoder queue
+    retired_encoded: int = 0  # encoded by memories a reset replaced
+    retired_dropped_queue: int = 0
+
+
+def sample_session(session: Session, device_lock) -> tuple[SessionSample, dict]:
+    """A session's stats, read under the device lock (the block store is only consistent
+    there): run it off the event loop."""
+    with device_lock:
+        stats = session.stats()
+    sample = SessionSample(
+        frames_encoded=stats.frames_encoded,
+        frames_dropped_queue=stats.frames_dropped,
+        queue_depth=stats.queue_depth,
+        bytes_per_tier=dict(stats.bytes_per_tier),
+    )
+    return sample, stats.to_dict()
+
+
+def queue_counts(session: Session | None) -> tuple[int, int]:
+    """(frames the encoder queue dropped, frames waiting in it).
+
+    Read from the queue itself, not ``Session.stats()``: stats walks the block store and
+    needs the device lock, while these are two ints that any thread may read, and an
+    ack is sent for every frame.
+    """
+    queue = getattr(session, "_queue", None)  # None too for a deleted session
+    return (queue.dropped, len(queue)) if queue is not None else (0, 0)
+
+
+class ServedSession:
+    """One session as the server holds it."""
+
+    def __init__(
+        self, session: Session, memory: MemoryConfig, system_prompt: str | None, settings: ServerSettings
+    ):
+        self.id = secrets.token_urlsafe(16)  # 128 random bits: unguessable, safe in a URL
+        self.token = secrets.token_urlsafe(32)
+        self.session: Session | None = session  # None once deleted
+        self.memory = memory
+        self.system_prompt = system_prompt
+        self.created_at = time.time()
+        self.last_active = time.monotonic()
+        self.limiter = FrameRateLimiter(settings.max_fps)
+        self.frames = FrameCounts()
+        self.answers = 0
+        self.resets = 0
+        self.last_t: float | None = None  # time of the last frame accepted for order checks
+        self.connection: Any = None  # the StreamConnection feeding it, if any
+
+    def touch(self) -> None:
+        self.last_active = time.monotonic()
+
+    def matches(self, token: str) -> bool:
+        return hmac.compare_digest(token.encode(), self.token.encode())
+
+    def counts(self) -> dict[str, int]:
+        """Frame counters as sent in ``ack`` (cheap: no lock, see ``queue_counts``)."""
+        f = self.frames
+        dropped_queue, depth = queue_counts(self.session)
+        dropped_queue += f.retired_dropped_queue
+        encoded = f.retired_encoded + (self.session.frames_encoded if self.session is not None else 0)
+        return {
+            "received": f.received,
+            "accepted": f.accepted,
+            "encoded": encoded,
+            "dropped": f.dropped_rate + dropped_queue,
+            "dropped_rate": f.dropped_rate,
+            "dropped_queue": dropped_queue,
+            "rejected": f.rejected,
+            # everything not settled yet: being decoded, queued, or in a partly filled chunk
+            "pending": f.received - f.rejected - f.dropped_rate - dropped_queue - encoded,
+            "queue_depth": depth,
+        }
+
+    def describe(self, stats: dict, model: str) -> dict[str, Any]:
+        """The JSON body of ``GET /v1/sessions/{id}``."""
+        return {
+            "id": self.id,
+            "model": model,
+            "created_at": self.created_at,
+            "streaming": self.connection is not None,
+            "frames": self.counts(),
+            "answers": self.answers,
+            "resets": self.resets,
+            "memory": asdict(self.memory),
+            "stats": stats,
+        }
+
+
+class SessionRegistry:
+    """Creates, finds, authorises, resets and closes the server's sessions.
+
+    Called on the event loop; model work (encoding the sinks of a new session, closing
+    one, reading stats) runs in threads.
+    """
+
+    def __init__(self, engine: StreamVLM, settings: ServerSettings, metrics: Metrics):
+        self.engine = engine
+        self.settings = settings
+        self.metrics = metrics
+        self._sessions: dict[str, ServedSession] = {}
+        self._reserved = 0  # creations in flight: they count against max_sessions too
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def all(self) -> list[ServedSession]:
+        return list(self._sessions.values())
+
+    @property
+    def connections(self) -> int:
+        return sum(s.connection is not None for s in self._sessions.values())
+
+    def reserve(self) -> Callable[[], None]:
+        """Hold a session slot (503 ``too_many_sessions`` when none is free); returns its release.
+
+        A session being created holds one, and so does the throwaway session a chat
+        completion builds for an inline video.
+        """
+        if len(self._sessions) + self._reserved >= self.settings.max_sessions:
+            raise ProtocolError(
+                "too_many_sessions",
+                f"this server holds {self.settings.max_sessions} sessions at most; delete one or retry later",
+                status=503,
+            )
+        self._reserved += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._reserved -= 1
+
+        return release
+
+    async def create(self, memory: MemoryConfig, system_prompt: str | None) -> ServedSession:
+        """Open a session; 503 ``too_many_sessions`` at the limit."""
+        release = self.reserve()
+        try:
+            kwargs = {"memory": memory} | (
+                {"system_prompt": system_prompt} if system_prompt is not None else {}
+            )
+            session = await asyncio.to_thread(self.engine.new_session, **kwargs)
+        finally:
+            release()
+        served = ServedSession(session, memory, system_prompt, self.settings)
+        self._sessions[served.id] = served
+        self.metrics.sessions_created += 1
+        return served
+
+    def knows(self, token: str) -> bool:
+        """Whether ``token`` is some open session's (every one compared: constant time per session)."""
+        return sum(s.matches(token) for s in self._sessions.values()) > 0
+
+    def authorize(self, session_id: str, authorization: str | None) -> ServedSession:
+        """The session if ``authorization`` carries its token: 401 without a bearer
+        token, 404 for an unknown session, 403 for another session's token."""
+        token = bearer_token(authorization)
+        if token is None:
+            raise ProtocolError(
+                "unauthorized", "send this session's token as 'Authorization: Bearer <token>'", status=401
+            )
+        served = self._sessions.get(session_id)
+        if served is None:
+            raise ProtocolError(
+                "not_found", "no such session (it was deleted, expired or never existed)", status=404
+            )
+        if not served.matches(token):
+            raise ProtocolError("forbidden", "this token does not belong to this session", status=403)
+        served.touch()
+        return served
+
+    async def reset(self, served: ServedSession) -> None:
+        """Replace the session's memory with a fresh one with the same options.
+
+        The old memory is closed after the swap (its queued frames are encoded into it),
+        and answers already under way keep reading it, so they answer what was asked.
+        """
+        kwargs = {"memory": served.memory}
+        if served.system_prompt is not None:
+            kwargs["system_prompt"] = served.system_prompt
+        fresh = await asyncio.to_thread(self.engine.new_session, **kwargs)
+        old, served.session = served.session, fresh
+        served.last_t = None
+        served.resets += 1
+        await self._retire(served, old)
+
+    async def delete(self, session_id: str) -> dict[str, Any]:
+        """Close a session (its stream connection first) and return its last counts and stats."""
+        served = self._sessions.pop(session_id)
+        if served.connection is not None:
+            await served.connection.kick("session_deleted", "this session was deleted")
+        stats = await self._retire(served, served.session)
+        return {"id": served.id, "deleted": True, "frames": served.counts(), "stats": stats}
+
+    async def stats(self, served: ServedSession) -> dict:
+        """``Session.stats()`` as a dict, read off the event loop."""
+        _, stats = await asyncio.to_thread(sample_session, served.session, self.engine.device_lock)
+        return stats
+
+    async def _retire(self, served: ServedSession, session: Session) -> dict:
+        """Close ``session`` (its queued frames are encoded) and keep its counts in ``served``."""
+
+        def close() -> tuple[SessionSample, dict]:
+            session.close()
+            return sample_session(session, self.engine.device_lock)
+
+        sample, stats = await asyncio.to_thread(close)
+        # back on the event loop, where counts are read: moved in one step, never counted twice
+        served.frames.retired_encoded += sample.frames_encoded
+        served.frames.retired_dropped_queue += sample.frames_dropped_queue
+        self.metrics.retire(sample)
+        if served.session is session:  # deleted, not reset: the retired counts hold everything
+            served.session = None
+        return stats
+
+    async def samples(self) -> list[SessionSample]:
+        """Current samples of every open session, for ``/metrics``."""
+        live = [s.session for s in self.all() if s.session is not None]
+        pairs = await asyncio.to_thread(lambda: [sample_session(x, self.engine.device_lock) for x in live])
+        return [sample for sample, _ in pairs]
+
+    async def expire_idle(self) -> list[str]:
+        """Delete sessions with no connection and no request for ``idle_timeout_s``."""
+        if self.settings.idle_timeout_s is None:
+            return []
+        now = time.monotonic()
+        idle = [
+            s.id
+            for s in self.all()
+            if s.connection is None and now - s.last_active > self.settings.idle_timeout_s
+        ]
+        for session_id in idle:
+            if session_id in self._sessions:
+                await self.delete(session_id)
+        return idle
+
+    async def close_all(self) -> None:
+        for session_id in list(self._sessions):
+            await self.delete(session_id)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None

@@ -1,0 +1,126 @@
+"""Every limit the server enforces, in one dataclass with defaults that work."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields, replace
+
+from ..errors import ConfigError
+from .protocol import HEADER_SIZE
+
+API_KEY_ENV = "STREAMVLM_API_KEY"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Limits and access control of a streamvlm server (``create_app``, ``streamvlm serve``).
+
+    Access:
+
+    api_key:
+        When set (``STREAMVLM_API_KEY``), creating a session and reading ``/metrics`` need
+        ``Authorization: Bearer <api_key>``. Session endpoints always need that session's
+        own token, returned when it is created, whether or not an API key is set.
+
+    Sessions:
+
+    max_sessions:
+        Sessions open at once on this server; more are refused (503 ``too_many_sessions``).
+    idle_timeout_s:
+        A session with no stream connection and no request for this long is closed
+        (``None``: never), so abandoned sessions do not hold memory and slots for ever.
+    max_window, max_chunk_frames, max_queue_frames, max_device_bytes, max_host_bytes:
+        Upper bounds on the ``MemoryConfig`` options a client may ask for: they set the
+        compute per frame and the memory one session may hold.
+    max_system_prompt_chars:
+        Longest system prompt a client may give a session.
+
+    Frames (per websocket binary message):
+
+    max_frame_bytes:
+        Encoded image size (after the header); larger frames get ``frame_too_large``.
+    max_frame_side, max_frame_pixels:
+        Width or height, and width x height, read from the image header before it is
+        decoded (so a small file cannot expand into a huge bitmap): ``frame_dimensions``.
+    max_fps:
+        Frames per second a session accepts, averaged over a second (a token bucket);
+        frames over it are dropped, counted and acked as dropped, never decoded.
+
+    Messages and questions:
+
+    max_text_bytes:
+        A JSON control message, and the body of a REST request (``message_too_large``, 413).
+    max_message_bytes:
+        The websocket's hard limit on any one message: past it the connection is closed
+        with code 1009. Keep it above ``max_frame_bytes`` so too large frames get an
+        ``error`` and the connection stays open.
+    max_question_chars:
+        Longest question (``question_too_long``).
+    max_new_tokens:
+        Largest ``max_new_tokens`` a question may ask for (``bad_option``).
+    max_pending_questions:
+        Questions that may wait behind the one being answered on a connection
+        (``too_many_questions``).
+
+    Videos sent inline to ``/v1/chat/completions`` (a ``video_url`` data URL):
+
+    max_video_bytes:
+        Decoded size of the video (the request body may be a third larger: base64).
+    max_video_seconds:
+        Longest video by its container's duration: decoding costs time for every
+        frame, sampled or not.
+    max_video_frames:
+        Frames sampled from it (at the request's ``fps``) and encoded.
+
+    Threads:
+
+    decode_threads:
+        Threads decoding JPEG/PNG/WebP frames, shared by all sessions.
+    """
+
+    api_key: str | None = None
+    max_sessions: int = 16
+    idle_timeout_s: float | None = 900.0
+    max_window: int = 256
+    max_chunk_frames: int = 64
+    max_queue_frames: int = 256
+    max_device_bytes: int = 1 << 30
+    max_host_bytes: int = 4 << 30
+    max_system_prompt_chars: int = 4000
+    max_frame_bytes: int = 4 << 20
+    max_frame_side: int = 4096
+    max_frame_pixels: int = 3840 * 2160
+    max_fps: float = 30.0
+    max_text_bytes: int = 64 << 10
+    max_message_bytes: int = 8 << 20
+    max_question_chars: int = 2000
+    max_new_tokens: int = 512
+    max_pending_questions: int = 8
+    max_video_bytes: int = 32 << 20
+    max_video_seconds: float = 600.0
+    max_video_frames: int = 256
+    decode_threads: int = 4
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("api_key", "idle_timeout_s") or value is None:
+                continue
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value < math.inf):
+                raise ConfigError(f"server setting {f.name} must be a positive number, got {value!r}")
+        if self.idle_timeout_s is not None and not 0 < self.idle_timeout_s < math.inf:
+            raise ConfigError(f"idle_timeout_s must be positive seconds or None, got {self.idle_timeout_s}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ConfigError("the API key is empty; unset STREAMVLM_API_KEY or give it a value")
+        if self.max_message_bytes < max(self.max_frame_bytes + HEADER_SIZE, self.max_text_bytes):
+            raise ConfigError(
+                f"max_message_bytes ({self.max_message_bytes}) must be at least max_frame_bytes + "
+                f"{HEADER_SIZE} and max_text_bytes, so that too large frames get an error, not a closed socket"
+            )
+
+    @classmethod
+    def from_env(cls, **overrides) -> ServerSettings:
+        """Defaults, the API key from ``STREAMVLM_API_KEY`` (empty means none), then ``overrides``."""
+        settings = cls(api_key=os.environ.get(API_KEY_ENV) or None)
+        return replace(settings, **overrides) if overrides else settings
