@@ -390,6 +390,12 @@ def _add_bench_quant(bench) -> None:
         default=",".join(map(str, d.needle_lengths)),
         help="stream lengths of the needle part; 'none' skips it (default: %(default)s)",
     )
+    q.add_argument(
+        "--clips",
+        type=int,
+        default=d.clip_samples,
+        help="held-out clips answered per storage; 0 skips (default: %(default)s)",
+    )
     q.add_argument("--needle-streams", type=int, default=d.needle_streams)
     q.add_argument("--needle-min-questions", type=int, default=d.needle_min_questions)
     q.add_argument("--seed", type=int, default=d.seed)
@@ -424,6 +430,7 @@ def cmd_bench_quant(args: argparse.Namespace) -> int:
         needle_lengths=needle,
         needle_streams=args.needle_streams,
         needle_min_questions=args.needle_min_questions,
+        clip_samples=args.clips,
         seed=args.seed,
         device=args.device,
         dtype=args.dtype,

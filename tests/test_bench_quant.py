@@ -54,6 +54,7 @@ def test_bench_runs_end_to_end_with_a_needle_part():
         needle_min_questions=0,
         needle_answers=("lossless",),
         needle_stores=("", "+vidkv", "+prune0.9"),
+        clip_samples=3,
     )
     lines: list[str] = []
     result = run_quant_bench(config, log=lines.append)
@@ -64,6 +65,9 @@ def test_bench_runs_end_to_end_with_a_needle_part():
     assert by_store["full"]["kept_fraction"] == 1.0 and by_store["vidkv"]["host_bits_per_element"] < 3
     assert set(doc["needle"]["accuracy_by_length"]) == {"lossless", "lossless+vidkv", "lossless+prune0.9"}
     assert any("lossless+prune0.9" in line for line in lines)
+    clips = {c["store"]: c for c in doc["clips"]}
+    assert set(clips) == {"full", "vidkv", "prune0.9"} and clips["full"]["agreement_with_full"] == 1.0
+    assert clips["vidkv"]["host_bits_per_element"] < 3 and clips["full"]["host_bits_per_element"] == 32
     json.dumps(doc)
 
 
@@ -88,11 +92,15 @@ def test_cli_json_and_plot(tmp_path):
     run = subprocess.run(
         [
             sys.executable, "-m", "streamvlm", "bench", "quant", "--kv-sets", "synthetic", "--codecs", "fp16,vidkv",
-            "--needle-lengths", "none", "--repeats", "1", "--json", "--plot", str(plot),
+            "--needle-lengths", "none", "--clips", "0", "--repeats", "1", "--json", "--plot", str(plot),
         ],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)
-    assert [r["codec"] for r in doc["codecs"]] == ["fp16", "vidkv"] and doc["needle"] is None
+    assert (
+        [r["codec"] for r in doc["codecs"]] == ["fp16", "vidkv"]
+        and doc["needle"] is None
+        and doc["clips"] == []
+    )
     assert plot.stat().st_size > 10_000

@@ -45,6 +45,9 @@ class QuantBenchConfig:
     needle_min_questions: int = 24
     needle_answers: tuple[str, ...] = ("lossless", "top4-contiguous")
     needle_stores: tuple[str, ...] = ("", "+vidkv", "+kivi2", "+vidkv-ref", "+prune0.95", "+prune0.95+vidkv")
+    # held-out short clips answered with every block stored through the codec (device
+    # tier 0 bytes), where the model answers well; 0 skips this part
+    clip_samples: int = 200
     seed: int = 0
     device: str | None = None
     dtype: str | None = None
@@ -74,12 +77,14 @@ class QuantBenchResult:
     config: dict
     rows: list[CodecRow] = field(default_factory=list)
     needle: dict | None = None  # eval needle's result (to_dict) over the storages
+    clips: list[dict] = field(default_factory=list)  # per storage: short-clip accuracy, agreement
     storage: list[dict] = field(default_factory=list)  # per storage: bits, tokens kept, bytes
 
     def to_dict(self) -> dict:
         return {
             "config": self.config,
             "codecs": [asdict(r) | {"bits": r.bits} for r in self.rows],
+            "clips": self.clips,
             "needle_storage": self.storage,
             "needle": self.needle,
         }
@@ -226,9 +231,62 @@ def run_quant_bench(config: QuantBenchConfig, log: Callable[[str], None] = print
             row = measure_codec(kv_set, layers, name, config.repeats)
             result.rows.append(row)
             log(format_row(row))
+    if config.clip_samples:
+        run_clip_part(config, result, log)
     if config.needle_lengths:
         run_needle_part(config, result, log)
     return result
+
+
+def run_clip_part(config: QuantBenchConfig, result: QuantBenchResult, log: Callable[[str], None]) -> None:
+    """Held-out 4-16 frame clips (``eval clips``'s) answered by a session per clip whose
+    device tier holds nothing: every block, the encoding window's included, goes through
+    the storage's codec (and pruning) — the harshest setting, on clips the model answers
+    well. Accuracy, and agreement with the full-precision answers."""
+    from ..config import MemoryConfig
+    from ..eval.needle import AnswerConfig, answers_match, store_name
+    from ..runtime.engine import StreamVLM
+    from ..train.synth_task import short_clip_samples
+
+    engine = StreamVLM.from_pretrained(
+        config.needle_model, device=config.device, dtype=config.dtype, seed=config.seed
+    )
+    clips = short_clip_samples(config.clip_samples, seed=config.seed + 54321)
+    log(f"\nheld-out clips ({len(clips)}, {config.needle_model}), every block through the storage:")
+    log(f"{'storage':>18} {'accuracy':>8} {'agree':>6} {'kept':>6} {'bits/el':>8}")
+    reference: list[str] | None = None
+    for suffix in config.needle_stores:
+        store = AnswerConfig.parse("lossless" + suffix).store
+        prune, codec = store
+        answers, right, seen, kept, bits = [], 0, 0, 0, []
+        for _, sample in clips:
+            memory = MemoryConfig(
+                window=16, device_bytes=0, host_codec=codec or "identity", prune_threshold=prune
+            )
+            session = engine.new_session(memory=memory)
+            for frame, t in zip(sample.frames, sample.times, strict=True):
+                session.add_frame(frame, t)
+            text = session.ask(sample.question, max_new_tokens=4).text
+            stats = session.stats()
+            answers.append(text)
+            right += answers_match(text, sample.answer)
+            seen += stats.visual_tokens_seen
+            kept += stats.visual_tokens_kept
+            if stats.kv_bits_per_element["host"] is not None:
+                bits.append(stats.kv_bits_per_element["host"])
+        reference = answers if reference is None else reference
+        agree = sum(a == b for a, b in zip(answers, reference, strict=True)) / len(clips)
+        row = {
+            "store": store_name(store),
+            "accuracy": right / len(clips),
+            "agreement_with_full": agree,
+            "kept_fraction": kept / max(1, seen),
+            "host_bits_per_element": statistics.mean(bits) if bits else None,
+            "clips": len(clips),
+        }
+        result.clips.append(row)
+        shown = f"{row['host_bits_per_element']:8.3f}" if bits else f"{'-':>8}"
+        log(f"{row['store']:>18} {row['accuracy']:8.3f} {agree:6.3f} {row['kept_fraction']:6.2f} {shown}")
 
 
 def needle_configs(config: QuantBenchConfig) -> list[str]:
