@@ -51,13 +51,13 @@ class MemoryConfig:
         Make the disk tier durable (fsync + block table) every this many blocks; a
         crash loses at most the blocks written since.
     host_codec, disk_codec:
-        How blocks are encoded in host RAM and on disk: ``identity`` (as computed,
-        lossless; the default) or a KV codec of ``docs/quantization.md``: ``fp16``,
-        ``bf16`` (16 bits), ``int8``, ``int4`` (per token), ``kivi2`` (KIVI, 2 bits),
-        ``vidkv-ref`` (VidKV as published), ``vidkv`` (about 2 bits per element with
-        metadata). The device tier always holds full precision, and retrieval summaries
-        come from the full-precision keys whatever the codec. The default stays
-        ``identity`` until measurements on real models justify ``vidkv`` there.
+        How blocks are encoded in host RAM and on disk: ``vidkv`` (the default: about 2
+        bits per K/V element with metadata on blocks of a few hundred tokens), ``identity``
+        (as computed, lossless), or another KV codec of ``docs/quantization.md``:
+        ``fp16``, ``bf16`` (16 bits), ``int8``, ``int4`` (per token), ``kivi2`` (KIVI, 2
+        bits), ``vidkv-ref`` (VidKV as published). The device tier always holds full
+        precision, and retrieval summaries come from the full-precision keys whatever
+        the codec. Exact answers (DESIGN.md invariant 4) need ``identity`` here.
         ``stats().kv_bits_per_element`` reports what each tier really stores.
     eviction:
         Which block leaves a full tier first: ``age`` (oldest, default) or ``lru``.
@@ -112,8 +112,8 @@ class MemoryConfig:
     disk_dir: str | None = None
     disk_bytes: int | None = None
     disk_flush_blocks: int = 8
-    host_codec: str = "identity"
-    disk_codec: str = "identity"
+    host_codec: str = "vidkv"
+    disk_codec: str = "vidkv"
     eviction: str = "age"
     top_k: int | None = None
     selection: str = "shared"

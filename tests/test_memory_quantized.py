@@ -98,7 +98,7 @@ def test_unknown_codecs_are_one_line_config_errors():
             "'vidkv3'" in message and "identity, fp16, bf16, int8, int4, kivi2, vidkv-ref, vidkv" in message
         )
         assert "\n" not in message
-    assert MemoryConfig().host_codec == MemoryConfig().disk_codec == "identity"
+    assert MemoryConfig().host_codec == MemoryConfig().disk_codec == "vidkv"  # the default
     assert IdentityCodec().shared_state() == {}
 
 

@@ -125,7 +125,8 @@ def model_set(name: str, config: QuantBenchConfig) -> list[KVLayer]:
     engine = StreamVLM.from_pretrained(name, device=config.device, dtype=config.dtype, seed=config.seed)
     backend = engine.backend
     world = World(config.seed, float(config.frames), n_events=max(1, config.frames // 8))
-    session = engine.new_session(memory=MemoryConfig(window=config.frames))
+    memory = MemoryConfig(window=config.frames, host_codec="identity", disk_codec="identity")
+    session = engine.new_session(memory=memory)
     for i in range(world.n_frames):
         session.add_frame(world.render(i), world.frame_time(i))
     session.flush()

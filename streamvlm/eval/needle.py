@@ -359,7 +359,10 @@ def _store_memory(engine, world, window: int, store: tuple[float | None, str | N
     from ..config import MemoryConfig
 
     prune, codec = store
-    options = dict(window=window, disk_dir=disk_dir, prune_threshold=prune)
+    # no codec named: full precision everywhere (MemoryConfig's default stores vidkv)
+    options = dict(
+        window=window, disk_dir=disk_dir, prune_threshold=prune, host_codec="identity", disk_codec="identity"
+    )
     if codec is not None:
         backend = engine.backend
         chunk = backend.default_chunk_frames
