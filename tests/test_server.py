@@ -360,12 +360,14 @@ def test_session_limit_frame_rate_and_reset(server):
 
     async def main():
         async with connect(stream_url(server, session), additional_headers=auth(session["token"])) as ws:
+            started = time.monotonic()
             for i in range(burst):
                 await ws.send(pack_frame(jpeg(i), t=i / 100))
             acks = [await reply(ws) for _ in range(burst)]
+            elapsed = time.monotonic() - started  # the bucket refills meanwhile (slow on a busy machine)
             assert all(a["type"] == "ack" for a in acks)
             last = acks[-1]
-            assert last["dropped_rate"] >= burst - SETTINGS.max_fps - 20  # 20: refill while sending
+            assert last["dropped_rate"] >= burst - SETTINGS.max_fps * (1 + elapsed) - 1
             assert sum(not a["queued"] for a in acks) == last["dropped_rate"]
             await ws.send(json.dumps({"type": "reset"}))
             reset = await reply(ws)

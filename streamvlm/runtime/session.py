@@ -174,6 +174,13 @@ class Session:
             self._worker.start()
         return self._queue.put((rgb, t))
 
+    def queue_counts(self) -> tuple[int, int]:
+        """``(frames dropped by the encoder queue, frames waiting in it)``; ``(0, 0)`` before
+        ``push_frame`` was first used. Two counters any thread may read without the device
+        lock, unlike ``stats()``: cheap enough to report on every frame."""
+        queue = self._queue
+        return (queue.dropped, len(queue)) if queue is not None else (0, 0)
+
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every queued frame is encoded (a partial chunk stays pending); False on timeout."""
         return self._queue.join(timeout) if self._queue is not None else True

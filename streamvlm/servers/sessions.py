@@ -59,14 +59,12 @@ def sample_session(session: Session, device_lock) -> tuple[SessionSample, dict]:
 
 
 def queue_counts(session: Session | None) -> tuple[int, int]:
-    """(frames the encoder queue dropped, frames waiting in it).
+    """(frames the encoder queue dropped, frames waiting in it); (0, 0) for a deleted session.
 
-    Read from the queue itself, not ``Session.stats()``: stats walks the block store and
-    needs the device lock, while these are two ints that any thread may read, and an
-    ack is sent for every frame.
+    ``Session.queue_counts``, not ``Session.stats()``: stats walks the block store and
+    needs the device lock, and an ack is sent for every frame.
     """
-    queue = getattr(session, "_queue", None)  # None too for a deleted session
-    return (queue.dropped, len(queue)) if queue is not None else (0, 0)
+    return session.queue_counts() if session is not None else (0, 0)
 
 
 class ServedSession:
