@@ -193,12 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.required = True
     _add_bench_stream(bench)
     _add_bench_quant(bench)
+    from .bench.serve import add_bench_serve_parser
+
+    add_bench_serve_parser(bench)
 
     from .synth.cli import add_synth_parser
 
     add_synth_parser(sub)
     _add_train_tiny(sub)
     _add_serve(sub)
+    from .client.cli import add_stream_parser
+
+    add_stream_parser(sub)
     from .eval.cli import add_eval_parser
 
     add_eval_parser(sub)

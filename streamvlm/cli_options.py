@@ -32,6 +32,6 @@ def parse_lengths(text: str, minimum: int, example: str, flag: str = "--lengths"
         lengths = ()
     if not lengths or min(lengths) < minimum:
         raise ConfigError(
-            f"{flag} takes comma-separated frame counts >= {minimum}, e.g. {example}; got {text!r}"
+            f"{flag} takes comma-separated whole numbers >= {minimum}, e.g. {example}; got {text!r}"
         )
     return lengths

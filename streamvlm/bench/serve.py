@@ -1,0 +1,402 @@
+"""``streamvlm bench serve``: load on a real server from N concurrent streaming clients.
+
+A uvicorn server runs in a thread on a loopback port (the same app ``streamvlm serve``
+runs). For each session count N, N ``AsyncStreamClient``s stream synthetic JPEG frames
+in real time at a target fps for D seconds and each asks a question every few seconds,
+one at a time. Reported per N: sustained frames/s (accepted by the server, and encoded
+into memory while the clients streamed), frames dropped and rejected, answer latency
+(p50/p99, question sent to ``answer.done`` received, as a client sees it) and each
+session's memory per tier at the end.
+
+The clients run on one event loop in the main thread; the server, its decoder pool and
+the sessions' encoder threads are what is measured, but they share the machine with the
+clients, so the figures are a floor for a server on a machine of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+QUESTIONS = ("What moved?", "What colour is the square?", "Where is the bright square?")
+
+HEADER = (
+    f"{'sessions':>8} {'fps/sess':>8} {'sent/s':>7} {'accept/s':>8} {'encode/s':>8} {'dropped':>7} "
+    f"{'rejected':>8} {'answers':>7} {'p50 s':>7} {'p99 s':>7} {'ttft50 s':>8} "
+    f"{'device B':>9} {'host B':>9} {'disk B':>7}"
+)
+
+
+@dataclass(frozen=True)
+class ServeBenchConfig:
+    """What ``bench serve`` runs; every field is a command-line option."""
+
+    model: str = "tiny-qwen2.5-vl"
+    sessions: tuple[int, ...] = (1, 2, 4)
+    duration_s: float = 20.0  # seconds each session count streams for
+    fps: float = 8.0  # frames per second each session sends, in real time
+    size: int = 112  # frame side in pixels
+    question_every_s: float = 2.0  # a session asks its next question this long after the last answer
+    max_new_tokens: int = 8
+    window: int = 8
+    device_bytes: int = 256 << 10  # small tiers, so blocks move between tiers during the run
+    host_bytes: int = 1 << 20
+    device: str | None = None
+    dtype: str | None = None
+
+
+@dataclass
+class ServeBenchRow:
+    """One session count's figures (rates are per second of the streaming window)."""
+
+    sessions: int
+    fps_target: float
+    duration_s: float
+    frames_sent: int
+    frames_accepted: int
+    frames_encoded_in_window: int  # encoded while the clients streamed
+    frames_encoded: int  # after the close handshake: every accepted frame not dropped
+    frames_dropped: int
+    frames_dropped_rate: int
+    frames_dropped_queue: int
+    frames_rejected: int
+    drain_s: float  # how long closing took: encoding the frames still queued
+    answers: int
+    answer_errors: int
+    latency_p50_s: float | None
+    latency_p99_s: float | None
+    ttft_p50_s: float | None
+    server_latency_p50_s: float | None
+    memory_bytes_per_session: dict[str, float]  # mean over sessions, per tier
+    memory_bytes_max: dict[str, int]  # the largest session, per tier
+
+    @property
+    def sent_per_s(self) -> float:
+        return self.frames_sent / self.duration_s
+
+    @property
+    def accepted_per_s(self) -> float:
+        return self.frames_accepted / self.duration_s
+
+    @property
+    def encoded_per_s(self) -> float:
+        return self.frames_encoded_in_window / self.duration_s
+
+    def line(self) -> str:
+        mem = self.memory_bytes_per_session
+        return (
+            f"{self.sessions:>8} {self.fps_target:>8.1f} {self.sent_per_s:>7.1f} {self.accepted_per_s:>8.1f} "
+            f"{self.encoded_per_s:>8.1f} {self.frames_dropped:>7} {self.frames_rejected:>8} {self.answers:>7} "
+            f"{_fmt(self.latency_p50_s):>7} {_fmt(self.latency_p99_s):>7} {_fmt(self.ttft_p50_s):>8} "
+            f"{mem.get('device', 0):>9.0f} {mem.get('host', 0):>9.0f} {mem.get('disk', 0):>7.0f}"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "sent_per_s": self.sent_per_s,
+            "accepted_per_s": self.accepted_per_s,
+            "encoded_per_s": self.encoded_per_s,
+        }
+
+
+@dataclass
+class ServeBenchResult:
+    config: ServeBenchConfig
+    rows: list[ServeBenchRow] = field(default_factory=list)
+    machine: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "config": asdict(self.config),
+            "machine": self.machine,
+            "rows": [r.to_dict() for r in self.rows],
+        }
+
+
+def run_serve_bench(config: ServeBenchConfig, log: Callable[[str], None] = print) -> ServeBenchResult:
+    """Load the model once, then for each session count serve it and stream to it."""
+    import torch
+
+    from ..runtime.engine import StreamVLM
+    from ..servers import ServerSettings, create_app
+
+    kwargs = {k: v for k, v in (("device", config.device), ("dtype", config.dtype)) if v is not None}
+    engine = StreamVLM.from_pretrained(config.model, **kwargs)
+    settings = ServerSettings(
+        api_key=None,
+        max_sessions=max(config.sessions),
+        idle_timeout_s=None,
+        max_fps=max(30.0, 2 * config.fps),  # the bench measures the server, not its rate limit
+        max_new_tokens=max(config.max_new_tokens, 8),
+    )
+    result = ServeBenchResult(
+        config,
+        machine={
+            "model": engine.model_name,
+            "device": str(getattr(engine.backend, "device", config.device)),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+        },
+    )
+    frames = _synthetic_frames(config.size)
+    for n in config.sessions:
+        server = _LoopbackServer(create_app(engine, settings), settings)
+        try:
+            row = asyncio.run(_bench_sessions(server.url, n, config, frames))
+        finally:
+            server.stop()
+        result.rows.append(row)
+        log(row.line())
+    return result
+
+
+# --------------------------------------------------------------------------- clients
+
+
+async def _bench_sessions(url: str, n: int, config: ServeBenchConfig, frames: list[bytes]) -> ServeBenchRow:
+    runs = await asyncio.gather(*(_one_session(url, config, frames, i, n) for i in range(n)))
+    latencies = [x for r in runs for x in r["latencies"]]
+    ttfts = [x for r in runs for x in r["ttfts"]]
+    server_latencies = [x for r in runs for x in r["server_latencies"]]
+    tiers = sorted({tier for r in runs for tier in r["bytes_per_tier"]})
+    final = [r["final"] for r in runs]
+    return ServeBenchRow(
+        sessions=n,
+        fps_target=config.fps,
+        duration_s=config.duration_s,
+        frames_sent=sum(r["sent"] for r in runs),
+        frames_accepted=sum(f["accepted"] for f in final),
+        frames_encoded_in_window=sum(r["encoded_in_window"] for r in runs),
+        frames_encoded=sum(f["encoded"] for f in final),
+        frames_dropped=sum(f["dropped"] for f in final),
+        frames_dropped_rate=sum(f["dropped_rate"] for f in final),
+        frames_dropped_queue=sum(f["dropped_queue"] for f in final),
+        frames_rejected=sum(f["rejected"] for f in final),
+        drain_s=max(r["drain_s"] for r in runs),
+        answers=len(latencies),
+        answer_errors=sum(r["answer_errors"] for r in runs),
+        latency_p50_s=_percentile(latencies, 50),
+        latency_p99_s=_percentile(latencies, 99),
+        ttft_p50_s=_percentile(ttfts, 50),
+        server_latency_p50_s=_percentile(server_latencies, 50),
+        memory_bytes_per_session={
+            t: statistics.fmean(r["bytes_per_tier"].get(t, 0) for r in runs) for t in tiers
+        },
+        memory_bytes_max={t: max(r["bytes_per_tier"].get(t, 0) for r in runs) for t in tiers},
+    )
+
+
+async def _one_session(url: str, config: ServeBenchConfig, frames: list[bytes], index: int, n: int) -> dict:
+    from ..client.async_client import AsyncStreamClient
+
+    memory = {"window": config.window, "device_bytes": config.device_bytes, "host_bytes": config.host_bytes}
+    # a wide window: frames are sent on the clock, and acks never hold the sender back
+    client = AsyncStreamClient(url, memory=memory, max_in_flight=256, delete_on_exit=False)
+    await client.connect()
+    loop = asyncio.get_running_loop()
+    stats = {"latencies": [], "ttfts": [], "server_latencies": [], "answer_errors": 0}
+    stop = asyncio.Event()
+    asking = asyncio.create_task(_ask_repeatedly(client, config, stop, stats, index))
+    start, k = loop.time(), 0
+    # stagger sessions over one frame interval so that N clients do not send in lockstep
+    offset = index / (config.fps * n)
+    while (t := k / config.fps) < config.duration_s:
+        await asyncio.sleep(max(0.0, start + offset + t - loop.time()))
+        await client.send_frame(frames[k % len(frames)], t)
+        k += 1
+    await client.wait_in_flight(0)
+    encoded_in_window = client.last_ack["encoded"]
+    stop.set()
+    await asking
+    drain_start = loop.time()
+    final = await client.close()
+    drain_s = loop.time() - drain_start
+    info = await client.stats()
+    await client.delete_session()
+    return {
+        **stats,
+        "sent": client.frames_sent,
+        "encoded_in_window": encoded_in_window,
+        "final": final,
+        "drain_s": drain_s,
+        "bytes_per_tier": info["stats"]["bytes_per_tier"],
+    }
+
+
+async def _ask_repeatedly(
+    client, config: ServeBenchConfig, stop: asyncio.Event, stats: dict, index: int
+) -> None:
+    """Ask a question every ``question_every_s`` (after the previous answer) until ``stop``."""
+    from ..client.rest import ClientError
+
+    asked = 0
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), config.question_every_s)
+            return
+        except TimeoutError:
+            pass
+        text = QUESTIONS[(index + asked) % len(QUESTIONS)]
+        asked += 1
+        sent = time.perf_counter()
+        try:
+            stream = await client.ask(text, max_new_tokens=config.max_new_tokens)
+            first = None
+            async for _ in stream:
+                first = first or time.perf_counter()
+            done = stream.done
+        except ClientError:
+            stats["answer_errors"] += 1
+            continue
+        end = time.perf_counter()
+        stats["latencies"].append(end - sent)
+        stats["ttfts"].append((first or end) - sent)
+        stats["server_latencies"].append(done["timings"]["latency_s"])
+
+
+# ---------------------------------------------------------------------------- server
+
+
+class _LoopbackServer:
+    """The app under uvicorn in a daemon thread, on a free 127.0.0.1 port."""
+
+    def __init__(self, app, settings):
+        from ..servers import bind_socket, build_server
+
+        sock = bind_socket("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.server = build_server(app, settings, "127.0.0.1", sock.getsockname()[1], log_level="warning")
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the benchmark's server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _synthetic_frames(size: int, count: int = 32) -> list[bytes]:
+    """JPEGs of a bright square moving over a slowly changing background, encoded once
+    up front so the clients spend no time encoding while they stream."""
+    import numpy as np
+    from PIL import Image
+
+    out = []
+    for i in range(count):
+        rgb = np.full((size, size, 3), (i * 8 % 256, 90, 170), dtype=np.uint8)
+        side = max(4, size // 5)
+        x = i * (size - side) // count
+        rgb[size // 3 : size // 3 + side, x : x + side] = 255
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="JPEG", quality=85)
+        out.append(buffer.getvalue())
+    return out
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    """The ``q``-th percentile, nearest rank (with few answers p99 is the slowest one)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+def add_bench_serve_parser(bench_subparsers) -> None:
+    """Add ``serve`` to ``streamvlm bench``'s subcommands (this module imports only the
+    standard library at load time, so building the parser stays light)."""
+    d = ServeBenchConfig()
+    s = bench_subparsers.add_parser(
+        "serve",
+        help="frames/s, drops, answer latency and memory of a server under N streaming sessions",
+        description=(
+            "Start a server on a loopback port and, for each session count, stream synthetic frames "
+            "from that many concurrent websocket clients in real time for --duration seconds while "
+            "each asks a question every --question-every seconds. Prints a table (or --json): "
+            "frames/s sent, accepted and encoded, dropped and rejected frames, p50/p99 answer "
+            "latency and time to first token as a client sees them, memory per session per tier."
+        ),
+    )
+    s.add_argument("--model", default=d.model, help=f"model to serve (default: {d.model})")
+    s.add_argument(
+        "--sessions",
+        default=",".join(map(str, d.sessions)),
+        help=f"comma-separated session counts, each run in turn (default: {','.join(map(str, d.sessions))})",
+    )
+    s.add_argument(
+        "--duration", type=float, default=d.duration_s, metavar="SECONDS", help="per session count"
+    )
+    s.add_argument(
+        "--fps", type=float, default=d.fps, help=f"frames/s each session sends (default: {d.fps:g})"
+    )
+    s.add_argument("--size", type=int, default=d.size, help=f"frame side in pixels (default: {d.size})")
+    s.add_argument("--question-every", type=float, default=d.question_every_s, metavar="SECONDS")
+    s.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    s.add_argument("--window", type=int, default=d.window)
+    s.add_argument("--device-bytes", type=int, default=d.device_bytes)
+    s.add_argument("--host-bytes", type=int, default=d.host_bytes)
+    s.add_argument("--device", default=None)
+    s.add_argument("--dtype", default=None)
+    s.add_argument("--json", action="store_true", help="print one JSON document on stdout and nothing else")
+    s.set_defaults(func=cmd_bench_serve)
+
+
+def cmd_bench_serve(args) -> int:
+    """Run ``streamvlm bench serve``."""
+    import json
+    import sys
+
+    from ..cli_options import parse_lengths
+    from ..errors import ConfigError
+
+    sessions = parse_lengths(args.sessions, 1, "1,2,4", flag="--sessions")
+    for name in ("duration", "fps", "question_every"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    if args.size < 16 or args.max_new_tokens < 1:
+        raise ConfigError("--size must be >= 16 and --max-new-tokens >= 1")
+    config = ServeBenchConfig(
+        model=args.model,
+        sessions=sessions,
+        duration_s=args.duration,
+        fps=args.fps,
+        size=args.size,
+        question_every_s=args.question_every,
+        max_new_tokens=args.max_new_tokens,
+        window=args.window,
+        device_bytes=args.device_bytes,
+        host_bytes=args.host_bytes,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    log(HEADER)
+    result = run_serve_bench(config, log=log)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(f"machine: {', '.join(f'{k}={v}' for k, v in result.machine.items())}")
+    return 0
