@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .client.cli import add_stream_parser
 
     add_stream_parser(sub)
+    from .demos.cli import add_demo_parser
+
+    add_demo_parser(sub)
     from .eval.cli import add_eval_parser
 
     add_eval_parser(sub)

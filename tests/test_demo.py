@@ -1,0 +1,350 @@
+"""The Gradio live demo: its parts without a browser, its command, and the page in headless Chromium.
+
+The browser test serves the demo mounted in the real server app on a loopback port,
+opens it in Debian's Chromium with a fake webcam (``--use-fake-device-for-media-stream``),
+starts the webcam stream, checks that frames reach the tab's session, asks a question
+in the chat box and waits for the answer. It keeps a screenshot: in
+``$STREAMVLM_TEST_ARTIFACTS`` when set, else in pytest's tmp_path (the path is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamvlm.errors import ConfigError
+
+HAVE_GRADIO = importlib.util.find_spec("gradio") is not None
+HAVE_SERVER = (
+    importlib.util.find_spec("fastapi") is not None and importlib.util.find_spec("uvicorn") is not None
+)
+HAVE_SELENIUM = importlib.util.find_spec("selenium") is not None
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+needs_gradio = pytest.mark.skipif(
+    not (HAVE_GRADIO and HAVE_SERVER),
+    reason="the demo needs gradio and the server extra: pip install -e '.[demo,server]'",
+)
+needs_browser = pytest.mark.skipif(
+    not (HAVE_SELENIUM and CHROMIUM and CHROMEDRIVER),
+    reason="the browser test needs selenium (pip) and Debian's chromium and chromium-driver "
+    "(apt-get install -y chromium chromium-driver)",
+)
+
+
+def _frame(i: int, size: int = 64) -> np.ndarray:
+    rgb = np.full((size, size, 3), i * 37 % 255, dtype=np.uint8)
+    rgb[8:24, (i * 5) % 40 : (i * 5) % 40 + 16] = 255
+    return rgb
+
+
+# ----------------------------------------------------------------- no browser, no Gradio
+
+
+def test_thumbnail_ring_keeps_the_newest_frames_and_finds_them_by_time():
+    from streamvlm.demos.thumbnails import ThumbnailRing
+
+    ring = ThumbnailRing(capacity=4, side=16)
+    for i in range(6):
+        ring.add(i * 0.5, _frame(i))
+    assert len(ring) == 4 and ring.oldest == 1.0
+    assert [th.t for th in ring.between(1.4, 2.0)] == [1.5, 2.0]
+    assert ring.between(0.0, 0.9) == []  # evicted
+    image = ring.between(2.5, 2.5)[0].image()
+    assert max(image.size) <= 16 and image.mode == "RGB"
+
+
+def test_demo_session_keeps_times_increasing_and_maps_answers_to_thumbnails(engine):
+    from streamvlm.demos.panels import gallery_items, memory_markdown, retrieved_summary
+    from streamvlm.demos.state import DemoSessions
+
+    sessions = DemoSessions(engine, max_sessions=1)
+    demo = sessions.get_or_create("tab")
+    assert sessions.get_or_create("tab") is demo
+    with pytest.raises(ConfigError, match="already serves 1"):
+        sessions.get_or_create("other tab")
+    demo.push(_frame(0), 5.0)
+    demo.push(_frame(1), 1.0)  # a second source behind the first: nudged after it, not refused
+    demo.push(_frame(2), 5.5)
+    demo.push(_frame(3))
+    assert demo.session.drain(30)
+    stats = demo.stats()
+    assert stats.frames_seen == 4 and stats.blocks == 2
+    assert "frames seen **4**" in memory_markdown(stats) and "| device |" in memory_markdown(stats)
+
+    stream = demo.ask_stream("what did you see?", max_new_tokens=3)
+    with pytest.raises(ConfigError, match="still streaming"):
+        demo.ask_stream("and now?")
+    "".join(stream)
+    retrieved = demo.retrieved(stream.answer)
+    assert [r.t_start for r in retrieved] == sorted(r.t_start for r in retrieved)
+    assert sum(len(r.thumbnails) for r in retrieved) == 4  # every frame is still in the ring
+    assert retrieved_summary(retrieved).startswith("frames attended: 5.0")
+    assert len(gallery_items(retrieved)) == 4
+    "".join(demo.ask_stream("again?", max_new_tokens=1))  # the answer lock was released
+    sessions.close_all()
+    assert len(sessions) == 0
+
+
+def test_a_video_file_plays_into_the_session_at_its_own_timestamps(engine, sample_video):
+    from streamvlm.demos.state import DemoSession, video_frames
+
+    demo = DemoSession(engine)
+    fed = []
+    played = demo.play(video_frames(sample_video, fps=2.0), realtime=False, stopped=lambda: len(fed) >= 6)
+    for _rgb, t in played:
+        fed.append(t)
+    assert len(fed) == 6
+    offsets = [t - fed[0] for t in fed]
+    assert offsets == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.5], abs=0.01)  # the video's times
+    assert demo.session.drain(30) and demo.stats().frames_seen == 6
+    assert len(demo.thumbnails.between(fed[0], fed[-1])) == 6
+    demo.close()
+
+
+def test_demo_parser_imports_neither_torch_nor_gradio():
+    """`streamvlm --help` builds this parser: it must stay light."""
+    code = (
+        "import argparse, sys; from streamvlm.demos.cli import add_demo_parser; "
+        "p = argparse.ArgumentParser(); add_demo_parser(p.add_subparsers()); "
+        "p.parse_args(['demo', '--port', '0']); "
+        "print(sorted({'torch', 'transformers', 'gradio', 'fastapi'} & set(sys.modules)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def _demo_args(*argv: str) -> argparse.Namespace:
+    from streamvlm.demos.cli import add_demo_parser
+
+    parser = argparse.ArgumentParser()
+    add_demo_parser(parser.add_subparsers())
+    return parser.parse_args(["demo", *argv])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--port", "70000"], "--port"), (["--fps", "0"], "--fps"), (["--max-sessions", "0"], ">= 1")],
+)
+def test_demo_command_rejects_bad_options_before_loading_a_model(argv, message):
+    args = _demo_args(*argv)
+    with pytest.raises(ConfigError, match=message):
+        args.func(args)
+
+
+# ------------------------------------------------------------------- the served demo
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from streamvlm import StreamVLM
+
+    return StreamVLM.from_pretrained("tiny-qwen2.5-vl", device="cpu", dtype="float32")
+
+
+@needs_gradio
+def test_demo_command_serves_the_page_standalone():
+    """`streamvlm demo` on its own: the page is served at / (the command runs in a child process)."""
+    code = (
+        "import argparse; from streamvlm.demos.cli import add_demo_parser; "
+        "p = argparse.ArgumentParser(); add_demo_parser(p.add_subparsers()); "
+        "a = p.parse_args(['demo', '--model', 'tiny-qwen2.5-vl', '--device', 'cpu', '--port', '0']); "
+        "a.func(a)"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "the demo command exited early"
+            if "streamvlm: demo of" in line:
+                url = line.split(" on ", 1)[1].strip()
+        assert url is not None and url.endswith("/"), url
+        # the URL is printed once the port is bound; uvicorn starts accepting a moment later
+        page = _wait("the page", lambda: _get(url), timeout=30).decode()
+        assert "<html" in page and "gradio" in page.lower()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def served_demo(engine):
+    """The server app with the demo mounted at /demo, on a free loopback port; yields (server, sessions)."""
+    if not (HAVE_GRADIO and HAVE_SERVER):
+        pytest.skip("the demo needs gradio and the server extra: pip install -e '.[demo,server]'")
+    from _server import ServerThread
+
+    from streamvlm.demos import DemoSessions, mount_demo
+    from streamvlm.servers import ServerSettings, create_app
+
+    settings = ServerSettings(api_key=None)
+    app = create_app(engine, settings)
+    sessions = DemoSessions(engine, max_sessions=2)
+    mount_demo(app, engine, "/demo", sessions=sessions, max_new_tokens=8)
+    server = ServerThread(app, settings)
+    yield server, sessions
+    server.stop()
+    assert len(sessions) == 0, "the app's shutdown closes the demo's sessions"
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not look for drivers online
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="streamvlm-chromium-")
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",  # we may run as root
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        # no network here: without these Chromium keeps trying Google's hosts
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--use-fake-device-for-media-stream",  # a synthetic webcam
+        "--use-fake-ui-for-media-stream",  # grant camera access without asking
+        "--window-size=1400,1000",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _get(url: str) -> bytes | None:
+    try:
+        return urllib.request.urlopen(url, timeout=30).read()
+    except OSError:
+        return None
+
+
+def _wait(what: str, condition, timeout: float = 30.0, every: float = 0.2):
+    """Poll ``condition`` until it returns something true. The page is built by script and
+    Gradio re-renders parts of it as values change, so an element not there yet or gone
+    stale counts as "not yet"."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+        except Exception as e:
+            if type(e).__name__ not in ("StaleElementReferenceException", "NoSuchElementException"):
+                raise
+            value = None
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def _click(what: str, find, timeout: float = 30.0) -> None:
+    """Click the first element ``find()`` returns, finding it again if it went stale."""
+    _wait(what, lambda: (els := find()) and (els[0].click() or True), timeout)
+
+
+def _text(browser, element_id: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.ID, element_id).text
+
+
+@needs_gradio
+@needs_browser
+def test_demo_page_streams_the_webcam_into_a_session_and_answers(served_demo, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    server, sessions = served_demo
+    before = sessions.sessions()
+    browser.get(server.http + "/demo/")
+    _wait("the page", lambda: "streamvlm" in browser.find_element(By.TAG_NAME, "h2").text)
+
+    # Gradio's webcam: grant access (the fake UI accepts), then start streaming.
+    def webcam_button(label):
+        return lambda: [
+            b
+            for b in browser.find_elements(By.CSS_SELECTOR, "#streamvlm-webcam button")
+            if label in b.text and b.is_displayed()
+        ]
+
+    _click("the webcam access button", webcam_button("Access Webcam"))
+    _click("the record button", webcam_button("Record"))
+
+    session = _wait("the tab's session", lambda: [x for x in sessions.sessions() if x not in before])[0]
+    _wait("webcam frames in the session", lambda: session.stats().frames_seen >= 4)
+    assert session.stats().blocks >= 1
+    _wait("the memory panel to show frames", lambda: "frames seen" in _text(browser, "streamvlm-memory"))
+
+    box = browser.find_element(By.CSS_SELECTOR, "#streamvlm-question textarea")
+    box.send_keys("What did the camera show?", Keys.ENTER)
+    _wait("the answer", lambda: "frames attended" in _text(browser, "streamvlm-chat"), timeout=45)
+    assert "What did the camera show?" in _text(browser, "streamvlm-chat")
+    _wait(
+        "the attended frames' thumbnails",
+        lambda: browser.find_elements(By.CSS_SELECTOR, "#streamvlm-retrieved img"),
+    )
+    assert session.stats().frames_seen > 4, "frames keep flowing while the answer streams"
+
+    artifacts = Path(os.environ.get("STREAMVLM_TEST_ARTIFACTS") or tmp_path)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    shot = artifacts / "demo_webcam_answer.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
+
+    # "New session" closes the tab's session at once (leaving the page closes it too, once
+    # Gradio's heartbeat notices: up to tens of seconds, too slow to wait for here).
+    _click("the reset button", lambda: browser.find_elements(By.ID, "streamvlm-reset"))
+    _wait("the session to close", lambda: session not in sessions.sessions())
+    _wait("its encoder thread to end", lambda: not session.session._worker.is_alive())
+    assert not session.push(_frame(0)), "a closed session takes no frames"
+
+
+@needs_gradio
+@needs_browser
+def test_demo_page_plays_an_uploaded_video_as_a_stream(served_demo, browser, sample_video):
+    from selenium.webdriver.common.by import By
+
+    server, sessions = served_demo
+    before = sessions.sessions()
+    browser.get(server.http + "/demo/")
+    _click(
+        "the video tab",
+        lambda: [b for b in browser.find_elements(By.CSS_SELECTOR, "button[role=tab]") if "Video" in b.text],
+    )
+    upload = _wait(
+        "the upload input",
+        lambda: browser.find_elements(By.CSS_SELECTOR, "#streamvlm-video input[type=file]"),
+    )
+    upload[0].send_keys(str(sample_video))
+    _wait("the upload", lambda: browser.find_elements(By.CSS_SELECTOR, "#streamvlm-video video"))
+    _click("the play button", lambda: browser.find_elements(By.ID, "streamvlm-play"))
+    session = _wait("the tab's session", lambda: [x for x in sessions.sessions() if x not in before])[0]
+    _wait("video frames in the session", lambda: session.stats().frames_seen >= 3)
+    _click("the stop button", lambda: browser.find_elements(By.ID, "streamvlm-stop"))
+    seen = session.stats().frames_seen
+    time.sleep(1.5)  # at 2 fps, three more frames would have gone in had Stop not stopped it
+    assert session.stats().frames_seen <= seen + 1
