@@ -852,7 +852,9 @@ def _add_serve(sub) -> None:
             "Load a model and serve it: REST for sessions, health and Prometheus metrics, and a "
             "websocket per session that takes frames and questions and streams answers "
             f"(docs/protocol.md). Set {API_KEY_ENV} to require a key for creating sessions and "
-            "reading metrics; every session also has its own token."
+            "reading metrics; every session also has its own token. The server reads no file a "
+            "client names unless --allow-dir is given, and then only regular files inside those "
+            "directories."
         ),
     )
     s.add_argument(
@@ -893,6 +895,18 @@ def _add_serve(sub) -> None:
         help=f"close sessions idle this long (default: {d.idle_timeout_s:g})",
     )
     s.add_argument(
+        "--allow-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        dest="allow_dirs",
+        help=(
+            "let chat completions name a video by file:// URL or absolute path when its real path "
+            "(symlinks followed) is a regular file inside DIR; repeatable (default: none, the "
+            "server reads no file a client names)"
+        ),
+    )
+    s.add_argument(
         "--log-level",
         default="info",
         choices=("critical", "error", "warning", "info", "debug"),
@@ -914,6 +928,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "max_fps": args.max_fps,
         "max_frame_bytes": args.max_frame_bytes,
         "idle_timeout_s": args.idle_timeout,
+        "allowed_dirs": tuple(args.allow_dirs) or None,  # resolved and checked by ServerSettings
     }
     overrides = {k: v for k, v in wanted.items() if v is not None}
     if "max_frame_bytes" in overrides:  # keep the socket limit above the frame limit
@@ -944,6 +959,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     shown = f"[{host}]" if ":" in host else host
     print(f"streamvlm: serving {engine.model_name} on http://{shown}:{port}", file=sys.stderr, flush=True)
+    for directory in settings.allowed_dirs:
+        print(f"streamvlm: clients may read videos under {directory}", file=sys.stderr, flush=True)
     serve(engine, settings, args.host, port, args.log_level, sock=sock)
     return 0
 

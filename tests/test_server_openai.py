@@ -152,8 +152,8 @@ def _video_part(url: str) -> list[dict]:
         (chat_body(messages=[{"role": "system", "content": "hi"}]), 400, "bad_request"),
         (
             chat_body(messages=[{"role": "user", "content": _video_part("file:///etc/passwd")}]),
-            400,
-            "bad_video",
+            403,
+            "path_not_allowed",  # no --allow-dir: the server reads no path a client names
         ),
         (
             chat_body(messages=[{"role": "user", "content": _video_part("https://example.com/v.mp4")}]),

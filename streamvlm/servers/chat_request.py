@@ -1,4 +1,5 @@
-"""The request side of ``POST /v1/chat/completions``: checking the body, the inline video.
+"""The request side of ``POST /v1/chat/completions``: checking the body, the inline video,
+and a video file named by path inside a directory the operator allowed (``--allow-dir``).
 
 Every refusal is a ``ProtocolError`` with a one-line message (docs/protocol.md).
 """
@@ -7,8 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from .protocol import ProtocolError, check_question_option
 from .settings import ServerSettings
@@ -31,6 +36,9 @@ class ChatCall:
     stream: bool
     include_usage: bool
     options: dict[str, Any] = field(default_factory=dict)  # Session.ask_stream keyword arguments
+    # A video named by path (``file://`` URL or absolute path), not yet checked against
+    # ``settings.allowed_dirs`` nor read: ``read_video_file`` does both, off the event loop.
+    video_path: str | None = None
 
 
 def parse_chat(body: Any, settings: ServerSettings, model_name: str) -> ChatCall:
@@ -69,13 +77,18 @@ def parse_chat(body: Any, settings: ServerSettings, model_name: str) -> ChatCall
         raise ProtocolError(
             "bad_option", f"streamvlm.fps must be a number in (0, {MAX_VIDEO_FPS:g}], got {fps!r}"
         )
-    video, suffix = _decode_video_url(video_url, settings) if video_url is not None else (None, "")
+    video, suffix, path = None, "", None
+    if video_url is not None:
+        path = _video_path(video_url, settings)
+        if path is None:
+            video, suffix = _decode_video_url(video_url, settings)
     stream_options = body.get("stream_options") or {}
     return ChatCall(
         question=question,
         session_id=session_id,
         video=video,
         video_suffix=suffix,
+        video_path=path,
         fps=float(fps),
         stream=body.get("stream") is True,
         include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
@@ -140,17 +153,116 @@ def _sampling(body: dict, settings: ServerSettings) -> dict[str, Any]:
     return options
 
 
+def _video_path(url: Any, settings: ServerSettings) -> str | None:
+    """The path a ``video_url`` names (a ``file:`` URL or a scheme-less path), else ``None``.
+
+    With no allowed directory every path is refused here, before anything is looked up.
+    """
+    if not isinstance(url, str) or url.startswith("data:"):
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+            raise _not_allowed(settings)
+        try:
+            path = unquote(parts.path, errors="strict")
+        except UnicodeDecodeError:
+            raise _not_allowed(settings) from None
+    elif parts.scheme == "":
+        path = url
+    else:
+        return None  # http:, https:, ...: refused as not a data: URL
+    if not settings.allowed_dirs or not os.path.isabs(path) or "\0" in path:
+        raise _not_allowed(settings)
+    return path
+
+
+def _not_allowed(settings: ServerSettings) -> ProtocolError:
+    if not settings.allowed_dirs:
+        return ProtocolError(
+            "path_not_allowed",
+            "this server reads no file a client names unless its operator passes --allow-dir; "
+            "send the video inline as a base64 data: URL",
+            status=403,
+        )
+    return ProtocolError(
+        "path_not_allowed",
+        "video_url must name a regular file inside a directory the operator allowed with --allow-dir, "
+        "as a file:// URL or an absolute path",
+        status=403,
+    )
+
+
+def read_video_file(path: str, settings: ServerSettings) -> tuple[bytes, str]:
+    """The bytes and container suffix of the video at ``path`` (from ``parse_chat``), if allowed.
+
+    Allowed means: the real path (symlinks followed, ``..`` collapsed) lies inside one of
+    ``settings.allowed_dirs`` and is a regular file. Anything else is ``403
+    path_not_allowed`` whether or not it exists, so a client learns nothing about the disk
+    outside those directories; a missing file inside one is ``404 video_not_found``. The
+    bytes then go through the same checks as an inline video (size, container sniffing).
+    Does blocking file I/O: call it in a thread.
+    """
+    try:
+        real = os.path.realpath(path)
+    except (OSError, ValueError):
+        raise _not_allowed(settings) from None
+    if not any(_inside(real, d) for d in settings.allowed_dirs):
+        raise _not_allowed(settings)
+    # O_NOFOLLOW: the last component was resolved above and must still not be a link;
+    # O_NONBLOCK: opening a FIFO does not wait for a writer (it is refused just below).
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(real, flags)
+    except FileNotFoundError:
+        raise ProtocolError(
+            "video_not_found", "no such file in the allowed directories", status=404
+        ) from None
+    except OSError as e:
+        if e.errno == errno.ENOTDIR:
+            raise ProtocolError(
+                "video_not_found", "no such file in the allowed directories", status=404
+            ) from None
+        raise _not_allowed(settings) from None
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        regular = False
+    if not regular:
+        os.close(fd)
+        raise _not_allowed(settings)
+    with os.fdopen(fd, "rb") as f:  # owns fd from here
+        data = f.read(settings.max_video_bytes + 1)
+    if len(data) > settings.max_video_bytes:
+        raise ProtocolError(
+            "video_too_large", f"the video is over the limit of {settings.max_video_bytes} bytes", status=413
+        )
+    return data, _container_suffix(data)
+
+
+def _inside(path: str, directory: str) -> bool:
+    try:
+        return os.path.commonpath([path, directory]) == directory
+    except ValueError:
+        return False
+
+
 def _decode_video_url(url: Any, settings: ServerSettings) -> tuple[bytes, str]:
     """The bytes of a ``data:video/...;base64,...`` URL and a file suffix matching their container.
 
-    Only data URLs: the server fetches nothing and opens no path a client names. The
-    container is recognised from the bytes (MP4/MOV or Matroska/WebM), never from the
-    client's MIME type, so FFmpeg never probes formats that can point at other files
-    (playlists, concat lists).
+    The server fetches no URL; a path (``file://`` or absolute) is handled by
+    ``_video_path`` and ``read_video_file``, never here. The container is recognised
+    from the bytes (MP4/MOV or Matroska/WebM), never from the client's MIME type, so
+    FFmpeg never probes formats that can point at other files (playlists, concat lists).
     """
     if not isinstance(url, str) or not url.startswith("data:"):
         raise ProtocolError(
-            "bad_video", "video_url must be a base64 data: URL; the server fetches no URLs or paths"
+            "bad_video",
+            "video_url must be a base64 data: URL (or, where the operator allowed a directory, a file:// URL); "
+            "the server fetches no URLs",
         )
     head, sep, payload = url.partition(",")
     if not sep or not head.endswith(";base64") or not head[5:].startswith("video/"):
@@ -163,8 +275,13 @@ def _decode_video_url(url: Any, settings: ServerSettings) -> tuple[bytes, str]:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise ProtocolError("bad_video", "video_url's data is not valid base64") from None
+    return data, _container_suffix(data)
+
+
+def _container_suffix(data: bytes) -> str:
+    """``.mp4`` or ``.mkv`` by the bytes' container, else ``bad_video``."""
     if data[4:8] == b"ftyp":
-        return data, ".mp4"
+        return ".mp4"
     if data[:4] == b"\x1a\x45\xdf\xa3":
-        return data, ".mkv"
+        return ".mkv"
     raise ProtocolError("bad_video", "the video must be MP4/MOV or Matroska/WebM")

@@ -4,7 +4,8 @@ A completion answers the last user message's text either over a session's memory
 (named in the extra field ``"streamvlm": {"session": "<id>"}``, authorised by that
 session's token) or over a video sent inline as a ``video_url`` content part holding a
 base64 ``data:`` URL (the convention of vLLM and SGLang), which is streamed through a
-throwaway session first. ``"stream": true`` sends server-sent events in OpenAI's
+throwaway session first; where the operator passed ``--allow-dir``, the URL may instead
+name a video file inside an allowed directory. ``"stream": true`` sends server-sent events in OpenAI's
 ``chat.completion.chunk`` format, ending with ``data: [DONE]``. See docs/protocol.md.
 """
 
@@ -19,6 +20,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from fastapi.responses import StreamingResponse
 
 from ..config import MemoryConfig
 from ..errors import ConfigError, InvalidQuestionError, StreamVLMError
-from .chat_request import ChatCall, parse_chat
+from .chat_request import ChatCall, parse_chat, read_video_file
 from .metrics import Metrics
 from .protocol import ProtocolError, answer_fields
 from .sessions import SessionRegistry, bearer_token
@@ -76,6 +78,9 @@ def add_openai_routes(
         if not _names_session(body):
             require_api_key(request)  # an inline video makes a new (throwaway) session: the key's to grant
         call = parse_chat(body, settings, engine.model_name)
+        if call.video_path is not None:  # checked against --allow-dir and read, off the loop
+            video, suffix = await asyncio.to_thread(read_video_file, call.video_path, settings)
+            call = replace(call, video=video, video_suffix=suffix, video_path=None)
         lease = await _lease(call, request)
         arrived = time.perf_counter()
         try:

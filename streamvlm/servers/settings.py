@@ -77,6 +77,16 @@ class ServerSettings:
 
     decode_threads:
         Threads decoding JPEG/PNG/WebP frames, shared by all sessions.
+
+    Files on the server's disk:
+
+    allowed_dirs:
+        Directories (``streamvlm serve --allow-dir DIR``, repeatable) from which a chat
+        completion's ``video_url`` may name a video by ``file://`` URL or absolute path.
+        Resolved to absolute real paths when the settings are made (each must be an
+        existing directory, else ``ConfigError``). A named file is read only if its real
+        path (symlinks followed, ``..`` collapsed) lies inside one of them and is a
+        regular file. Empty (the default): the server reads no file a client names.
     """
 
     api_key: str | None = None
@@ -101,11 +111,13 @@ class ServerSettings:
     max_video_seconds: float = 600.0
     max_video_frames: int = 256
     decode_threads: int = 4
+    allowed_dirs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed_dirs", _resolve_dirs(self.allowed_dirs))
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("api_key", "idle_timeout_s") or value is None:
+            if f.name in ("api_key", "idle_timeout_s", "allowed_dirs") or value is None:
                 continue
             if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value < math.inf):
                 raise ConfigError(f"server setting {f.name} must be a positive number, got {value!r}")
@@ -124,3 +136,20 @@ class ServerSettings:
         """Defaults, the API key from ``STREAMVLM_API_KEY`` (empty means none), then ``overrides``."""
         settings = cls(api_key=os.environ.get(API_KEY_ENV) or None)
         return replace(settings, **overrides) if overrides else settings
+
+
+def _resolve_dirs(dirs) -> tuple[str, ...]:
+    """``dirs`` as absolute real paths (symlinks resolved), each checked to be a directory."""
+    if isinstance(dirs, (str, bytes, os.PathLike)):
+        raise ConfigError("allowed_dirs must be a sequence of directories, not one path")
+    resolved: list[str] = []
+    for d in dirs:
+        try:
+            real = os.path.realpath(os.fspath(d))
+        except (TypeError, ValueError):
+            raise ConfigError(f"--allow-dir must name a directory, got {d!r}") from None
+        if not isinstance(real, str) or not os.path.isdir(real):
+            raise ConfigError(f"--allow-dir {d}: not an existing directory")
+        if real not in resolved:
+            resolved.append(real)
+    return tuple(resolved)
