@@ -5,9 +5,9 @@ The engine and session are imported on first use, so ``import streamvlm`` (and e
 is needed.
 """
 
-from importlib import import_module
 from typing import TYPE_CHECKING
 
+from ._lazy import lazy_getattr
 from .config import MemoryConfig
 from .errors import (
     ConfigError,
@@ -36,12 +36,7 @@ if TYPE_CHECKING:
     from .runtime.session import Session
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'streamvlm' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 __all__ = [

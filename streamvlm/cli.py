@@ -942,10 +942,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"streamvlm serve needs the server extra ({e.name} is missing): pip install 'streamvlm[server]'"
         ) from None
-    try:
-        sock = bind_socket(args.host, args.port)
-    except OSError as e:
-        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    sock = bind_socket(args.host, args.port)  # ConfigError when in use: before the model loads
 
     from . import StreamVLM
 

@@ -103,13 +103,7 @@ def test_sync_client_from_plain_threads(server):
 
 
 def stream_command() -> list[str]:
-    """``streamvlm stream`` once it is wired into the main CLI, else the module's own entry."""
-    from streamvlm.cli import build_parser
-
-    subcommands = next(a for a in build_parser()._actions if a.dest == "command").choices
-    if "stream" in subcommands:
-        return [sys.executable, "-m", "streamvlm", "stream"]
-    return [sys.executable, "-m", "streamvlm.client.cli", "stream"]
+    return [sys.executable, "-m", "streamvlm", "stream"]
 
 
 def test_stream_command_sends_a_file_and_prints_the_answer(server, make_video):

@@ -8,8 +8,9 @@ Names are imported on first use, so the CLI parser (``client.cli``) loads withou
 ``websockets`` and without torch.
 """
 
-from importlib import import_module
 from typing import TYPE_CHECKING
+
+from .._lazy import lazy_getattr
 
 _LAZY = {
     "AsyncStreamClient": "streamvlm.client.async_client",
@@ -27,12 +28,7 @@ if TYPE_CHECKING:
     from .sync_client import StreamClient, SyncAnswerStream
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'streamvlm.client' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 __all__ = [

@@ -249,27 +249,3 @@ def _summary(sent: int, ack: dict) -> str:
         f"streamvlm: {sent} frames sent, {ack['encoded']} encoded, {ack['dropped']} dropped, "
         f"{ack['rejected']} rejected; stream time {ack.get('stream_time') or 0:.1f}s"
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m streamvlm.client.cli stream ...``: the command without the main CLI."""
-    from ..cli import _Parser
-    from ..errors import StreamVLMError
-
-    parser = _Parser(prog="streamvlm")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-    add_stream_parser(sub)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except StreamVLMError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

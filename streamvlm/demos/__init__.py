@@ -4,8 +4,9 @@ Needs the ``demo`` extra (Gradio). Names are imported on first use, so ``demos.c
 (the command's parser) loads without Gradio or torch. See ``docs/demo.md``.
 """
 
-from importlib import import_module
 from typing import TYPE_CHECKING
+
+from .._lazy import lazy_getattr
 
 _LAZY = {
     "build_demo": "streamvlm.demos.app",
@@ -21,12 +22,7 @@ if TYPE_CHECKING:
     from .thumbnails import ThumbnailRing
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'streamvlm.demos' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 __all__ = ["DemoSession", "DemoSessions", "ThumbnailRing", "build_demo", "mount_demo"]

@@ -115,10 +115,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"streamvlm demo needs the demo and server extras ({e.name} is missing): "
             "pip install 'streamvlm[demo,server]'"
         ) from None
-    try:
-        sock = bind_socket(args.host, args.port)
-    except OSError as e:
-        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    sock = bind_socket(args.host, args.port)  # ConfigError when in use: before the model loads
 
     from .. import StreamVLM
 

@@ -6,8 +6,9 @@ client can reuse. Names are imported on first use, so ``protocol`` and ``setting
 (used by the CLI parser and by clients) load without FastAPI, uvicorn or torch.
 """
 
-from importlib import import_module
 from typing import TYPE_CHECKING
+
+from .._lazy import lazy_getattr
 
 _LAZY = {
     "create_app": "streamvlm.servers.app",
@@ -31,12 +32,7 @@ if TYPE_CHECKING:
     from .settings import API_KEY_ENV, ServerSettings
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'streamvlm.servers' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 __all__ = [

@@ -6,6 +6,7 @@ import socket
 
 import uvicorn
 
+from ..errors import ConfigError
 from .app import create_app
 from .settings import ServerSettings
 
@@ -33,7 +34,11 @@ def build_server(
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bind ``host:port`` now (port 0: any free port), so a port in use is reported before
-    a model is loaded, and the real port is known before serving starts."""
+    a model is loaded, and the real port is known before serving starts.
+
+    Raises:
+        ConfigError: the address cannot be bound (in use, not this machine's, ...).
+    """
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
@@ -41,9 +46,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
-    except OSError:
+    except OSError as e:
         sock.close()
-        raise
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     return sock
 
 
