@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -200,18 +202,26 @@ def test_pruned_answer_equals_plain_forward_over_the_kept_tokens(engine):
     assert first == int(reference.argmax())
 
 
-@pytest.mark.parametrize("codec", ["kivi2", "vidkv"])
-def test_pruned_blocks_go_through_quantized_tiers_and_resume(codec, tmp_path):
+@pytest.mark.parametrize(
+    "model, codec", [("tiny-qwen2.5-vl", "kivi2"), ("tiny-qwen2.5-vl", "vidkv"), ("tiny-llava-ov", "vidkv")]
+)
+def test_pruned_blocks_go_through_quantized_tiers_and_resume(model, codec, tmp_path):
     """Pruned blocks hold any number of tokens (one, here); the codecs and the disk tier take
     them, and a resumed session keeps its token counters."""
+    from streamvlm.runtime.persistence import SESSION_FILE
     from streamvlm.runtime.session import Session
 
-    engine = StreamVLM.from_pretrained("tiny-qwen2.5-vl", device="cpu", dtype="float32")
+    engine = StreamVLM.from_pretrained(model, device="cpu", dtype="float32")
     frames = scene(0, 8, noise=2.0) + scene(1, 4)
-    memory = dict(device_bytes=0, host_codec=codec, disk_codec=codec, disk_dir=str(tmp_path / "s"))
+    memory = dict(
+        device_bytes=0, host_codec=codec, disk_codec=codec, disk_dir=str(tmp_path / "s"), disk_flush_blocks=1
+    )
     session = run(engine, frames, prune_threshold=0.95, **memory)
     tokens = [m.tokens for m in session.store.metas()]
     assert 1 in tokens and 16 in tokens
+    # every block's checkpoint saved the counter past the whole chunk, pruned tokens included
+    saved = json.loads((tmp_path / "s" / SESSION_FILE).read_text())
+    assert saved["next_position"] == session.next_position
     before = session.stats()
     assert session.ask(QUESTION, max_new_tokens=2).text is not None
     session.close()

@@ -220,9 +220,9 @@ class Session:
             self.backend.forward(embeds, positions, cache)
             layers = new_kv_from_cache(cache, context[0][0].shape[1])
             summary = block_summary(self.backend, layers, positions)
-            self._commit_block(pending, real_frames, positions, kept, layers, summary)
             # the positions the chunk spans, pruned or not: what follows starts after them
-            self.next_position = max(self.next_position, int(chunk.positions.max()) + 1)
+            spans_to = int(chunk.positions.max()) + 1
+            self._commit_block(pending, real_frames, positions, kept, layers, summary, spans_to)
         self.encode_s += time.perf_counter() - started
 
     def _prune(self, chunk) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -236,7 +236,7 @@ class Session:
         self.visual_tokens_kept += int(pruned.kept.sum())
         return pruned.embeds, chunk.positions[:, pruned.kept.to(chunk.positions.device)], pruned.kept.cpu()
 
-    def _commit_block(self, pending, real_frames, positions, kept, layers, summary) -> None:
+    def _commit_block(self, pending, real_frames, positions, kept, layers, summary, spans_to) -> None:
         """Store a new block and index it (under the device lock: questions never see half of it)."""
         meta = BlockMeta(
             id=self._next_block_id,
@@ -252,7 +252,7 @@ class Session:
         if gone:
             self.index.remove(gone)
         self._next_block_id += 1
-        self.next_position = max(self.next_position, meta.max_position + 1)
+        self.next_position = max(self.next_position, spans_to)  # before a checkpoint saves it
         self.frames_encoded += real_frames
         self.chunks_encoded += 1
         self._unflushed += 1
@@ -377,6 +377,7 @@ class Session:
 
     def stats(self) -> SessionStats:
         metas = self.store.metas()
+        dropped, waiting = self.queue_counts()
         return SessionStats(
             frames_seen=self.frames_seen,
             frames_encoded=self.frames_encoded,
@@ -398,8 +399,8 @@ class Session:
             dropped_blocks=self.store.dropped_blocks
             + (self.store.disk.dropped_blocks if self.store.disk else 0),
             indexed_blocks=len(self.index),
-            frames_dropped=self._queue.dropped if self._queue is not None else 0,
-            queue_depth=len(self._queue) if self._queue is not None else 0,
+            frames_dropped=dropped,
+            queue_depth=waiting,
         )
 
 
