@@ -114,7 +114,6 @@ def synthetic_set(config: QuantBenchConfig) -> list[KVLayer]:
 def model_set(name: str, config: QuantBenchConfig) -> list[KVLayer]:
     """The KV a lossless session stores for ``config.frames`` frames of the synthetic world,
     per layer, with the post-RoPE queries of a question asked after them."""
-    import torch
 
     from ..config import MemoryConfig
     from ..models.base import rotate
@@ -135,27 +134,13 @@ def model_set(name: str, config: QuantBenchConfig) -> list[KVLayer]:
     ids = backend.prompt_parts(session.system_prompt, QUESTION).question
     embeds = backend.question_embeds(ids)
     positions = backend.text_positions(session.next_position, embeds.shape[0])
-    captured: list[torch.Tensor] = [None] * backend.num_layers
-    heads = backend.model.config.get_text_config().num_attention_heads
-
-    def hook(index):
-        def save(_module, _inputs, output):
-            captured[index] = output[0].float().view(-1, heads, backend.head_dim).transpose(0, 1)
-
-        return save
-
-    layers = backend.language_model.layers
-    handles = [layer.self_attn.q_proj.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
-    try:
-        backend.forward(embeds, positions, backend.new_cache(concat_layers([session.sink_kv, video])))
-    finally:
-        for handle in handles:
-            handle.remove()
+    cache = backend.new_cache(concat_layers([session.sink_kv, video]))
+    queries = backend.query_states(embeds, positions, cache)
     cos, sin = backend.rotary(positions)
     session.close()
     return [
         KVLayer(rotate(q, cos, sin), k.float().cpu(), v.float().cpu())
-        for q, (k, v) in zip(captured, video, strict=True)
+        for q, (k, v) in zip(queries, video, strict=True)
     ]
 
 

@@ -166,22 +166,19 @@ class Backend(ABC):
         return out.last_hidden_state[0]
 
     @torch.inference_mode()
-    def question_queries(
+    def query_states(
         self, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
-    ) -> torch.Tensor:
-        """Prefill ``embeds`` and return each layer's mean pre-RoPE query per KV head: [layers, kv_heads * head_dim].
-
-        Query heads are averaged within their GQA group, so the vectors live in the same
-        space as the (de-rotated) keys of that KV head. Captured from ``q_proj``, whose
-        output is the query before rotation.
-        """
+    ) -> list[torch.Tensor]:
+        """Prefill ``embeds`` and return each layer's pre-RoPE queries, ``[heads, L, head_dim]``
+        float32. Captured from ``q_proj``, whose output is the query before rotation."""
         captured: list[torch.Tensor] = [None] * self.num_layers
-        groups = self.model.config.get_text_config().num_attention_heads // self.num_kv_heads
+        heads = self.model.config.get_text_config().num_attention_heads
 
         def hook(index):
             def save(_module, _inputs, output):
-                heads = output[0].float().view(output.shape[1], self.num_kv_heads, groups, self.head_dim)
-                captured[index] = heads.mean(dim=(0, 2)).flatten()
+                captured[index] = (
+                    output[0].float().view(output.shape[1], heads, self.head_dim).transpose(0, 1)
+                )
 
             return save
 
@@ -194,7 +191,22 @@ class Backend(ABC):
         finally:
             for handle in handles:
                 handle.remove()
-        return torch.stack(captured)
+        return captured
+
+    def question_queries(
+        self, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
+    ) -> torch.Tensor:
+        """Prefill ``embeds`` and return each layer's mean pre-RoPE query per KV head: [layers, kv_heads * head_dim].
+
+        Query heads are averaged within their GQA group, so the vectors live in the same
+        space as the (de-rotated) keys of that KV head.
+        """
+        return torch.stack(
+            [
+                q.view(self.num_kv_heads, -1, *q.shape[1:]).mean(dim=(1, 2)).flatten()
+                for q in self.query_states(embeds, positions, cache)
+            ]
+        )
 
     # ----- rotary position embedding -------------------------------------------
 
