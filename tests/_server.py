@@ -45,6 +45,18 @@ class ServerThread:
         self.thread.join(timeout=30)
 
 
+def wait_for_health(base: str, proc, timeout_s: float = 30.0) -> tuple[int, dict]:
+    """``GET /health`` on a server starting in subprocess ``proc`` until it answers:
+    (status, body). Fails if ``proc`` exits or ``timeout_s`` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return request(base, "GET", "/health")
+        except urllib.error.URLError:
+            assert time.monotonic() < deadline and proc.poll() is None, "the server did not come up"
+            time.sleep(0.1)
+
+
 def request(base: str, method: str, path: str, body=None, token: str | None = None, raw: bytes | None = None):
     """(status, parsed JSON or text) of one HTTP request."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)

@@ -9,8 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
 from pathlib import Path
 
 import pytest
@@ -83,7 +81,7 @@ def test_compose_file_names_the_dockerfiles_and_reserves_a_gpu():
 def test_entrypoint_serves_the_default_model_and_answers_health(tmp_path):
     """The entrypoint exactly as the images run it, with the default (bundled) model
     resolved through STREAMVLM_ASSETS as in an image, on a free loopback port."""
-    from _server import request
+    from _server import wait_for_health
 
     bin_dir = Path(sys.executable).parent
     if not (bin_dir / "streamvlm").exists():
@@ -114,14 +112,7 @@ def test_entrypoint_serves_the_default_model_and_answers_health(tmp_path):
             lines.append(line)
         assert match.group(1).endswith("streamvlm-tiny-synth")  # the checkpoint the name resolved to
         base = f"http://127.0.0.1:{match.group(2)}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                status, body = request(base, "GET", "/health")
-                break
-            except urllib.error.URLError:
-                assert time.monotonic() < deadline and proc.poll() is None, "the server did not come up"
-                time.sleep(0.1)
+        status, body = wait_for_health(base, proc)
         assert status == 200 and body["status"] == "ok" and body["model"].endswith("streamvlm-tiny-synth")
     finally:
         proc.send_signal(signal.SIGINT)

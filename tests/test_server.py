@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("websockets")
-from _server import ServerThread, auth, jpeg, parse_metrics, png, request  # noqa: E402
+from _server import ServerThread, auth, jpeg, parse_metrics, png, request, wait_for_health  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 
@@ -562,14 +561,7 @@ def test_serve_command_serves(tmp_path):
         match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
         assert match, line
         base = f"http://127.0.0.1:{match.group(1)}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                status, body = request(base, "GET", "/health")
-                break
-            except urllib.error.URLError:
-                assert time.monotonic() < deadline and proc.poll() is None, "serve did not come up"
-                time.sleep(0.1)
+        status, body = wait_for_health(base, proc)
         assert status == 200 and body["status"] == "ok"
         assert request(base, "POST", "/v1/sessions", {}, token="k")[0] == 201
     finally:
