@@ -123,7 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="answer over the N blocks retrieved for each question (+ the window); default: every block",
+        help="answer over the N blocks retrieved for each question (+ the answer window); default: every block",
+    )
+    w.add_argument(
+        "--answer-window",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --top-k: frames of the newest video every answer sees besides the retrieved "
+        "blocks, e.g. 2 (docs/retrieval.md); default: the --window",
     )
     w.add_argument(
         "--prune",
@@ -248,10 +256,18 @@ def _add_train_tiny(sub) -> None:
     )
     t.add_argument(
         "--curriculum",
-        choices=("base", "long"),
+        choices=("base", "long", "finetune"),
         default=d.curriculum,
         help="base: from scratch, 4-16 frames; long: continue (with --init) on 4-24 frames, "
-        f"up to 5 objects, time jumps between blocks (default: {d.curriculum})",
+        "up to 5 objects, time jumps between blocks; finetune: continue on the base task's "
+        f"last stage (default: {d.curriculum})",
+    )
+    t.add_argument(
+        "--retrieval-loss-weight",
+        type=float,
+        default=d.retrieval_loss_weight,
+        help="weight of the auxiliary loss that trains question queries and block keys to "
+        f"retrieve the block a question is about (docs/training.md; default: {d.retrieval_loss_weight:g}, off)",
     )
     t.add_argument("--eval-every", type=int, default=d.eval_every)
     t.add_argument(
@@ -279,6 +295,8 @@ def cmd_train_tiny(args: argparse.Namespace) -> int:
         )
     if args.vision_steps < 0:
         raise ConfigError(f"--vision-steps must be 0 or more, got {args.vision_steps}")
+    if not (math.isfinite(args.retrieval_loss_weight) and args.retrieval_loss_weight >= 0):
+        raise ConfigError(f"--retrieval-loss-weight must be 0 or more, got {args.retrieval_loss_weight}")
     config = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -291,6 +309,7 @@ def cmd_train_tiny(args: argparse.Namespace) -> int:
         save_dtype=args.save_dtype,
         init=args.init,
         curriculum=args.curriculum,
+        retrieval_loss_weight=args.retrieval_loss_weight,
     )
     curriculum = CURRICULA[args.curriculum]
     result = train(
@@ -546,6 +565,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     memory = MemoryConfig(
         window=args.window,
         top_k=args.top_k,
+        answer_window=args.answer_window,
         disk_dir=args.disk_dir,
         prune_threshold=args.prune,
         host_codec=args.host_codec,
@@ -574,7 +594,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     kwargs = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
     engine = StreamVLM.from_pretrained(args.model, **kwargs)
     if args.resume is not None:
-        overrides = {"window": args.window} | ({"top_k": args.top_k} if args.top_k is not None else {})
+        overrides = {"window": args.window} | {
+            name: value
+            for name, value in (("top_k", args.top_k), ("answer_window", args.answer_window))
+            if value is not None
+        }
         session = Session.resume(args.resume, engine, **overrides)
     else:
         session = engine.new_session(memory=memory)

@@ -66,8 +66,15 @@ class MemoryConfig:
 
     top_k:
         ``None`` answers over every stored block (lossless). ``N`` retrieves the N
-        blocks whose key summaries best match the question (plus the window and
-        ``answer_blocks``).
+        blocks whose key summaries best match the question (plus the ``answer_window``
+        and ``answer_blocks``).
+    answer_window:
+        With ``top_k``: frames of the newest blocks every answer attends besides the
+        retrieved ones. ``None`` (the default) means the encoding ``window``. A smaller
+        one, e.g. ``2``, answers a question about the past over the blocks retrieved for
+        it and the latest frames, not over a window of unrelated recent video; the
+        window's other blocks are candidates for retrieval like any older block
+        (docs/retrieval.md has what it changes on the tiny model).
     selection:
         ``shared`` (one set of blocks for all layers, from scores summed over layers) or
         ``per_layer`` (each layer its own top-k, as ReKV).
@@ -116,6 +123,7 @@ class MemoryConfig:
     disk_codec: str = "vidkv"
     eviction: str = "age"
     top_k: int | None = None
+    answer_window: int | None = None
     selection: str = "shared"
     neighbours: int = 0
     metric: str = "ip"
@@ -145,6 +153,10 @@ class MemoryConfig:
             raise ConfigError(f"disk_flush_blocks must be >= 1, got {self.disk_flush_blocks}")
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"top_k must be >= 1 or None (all blocks), got {self.top_k}")
+        if self.answer_window is not None and self.answer_window < 0:
+            raise ConfigError(
+                f"answer_window must be >= 0 frames or None (the encoding window), got {self.answer_window}"
+            )
         if self.neighbours < 0 or self.index_groups < 1:
             raise ConfigError("neighbours must be >= 0 and index_groups >= 1")
         _one_of("selection", self.selection, ("shared", "per_layer"))

@@ -167,3 +167,15 @@ def test_shipped_model_recalls_needles_past_its_training_length():
 # shipped model does not yet answer well past its training length (docs/BENCHMARKS.md),
 # so this only guards against a collapse to nothing; raise it with a better checkpoint.
 THRESHOLD = 0.04
+
+
+def test_answer_window_configurations_parse():
+    from streamvlm.eval.needle import AnswerConfig
+
+    c = AnswerConfig.parse("top4-contiguous-w2+vidkv")
+    assert (c.top_k, c.positions, c.answer_window, c.codec) == (4, "contiguous", 2, "vidkv")
+    assert AnswerConfig.parse("top8-w0").answer_window == 0
+    assert AnswerConfig.parse("top8").answer_window is None
+    for bad in ("lossless-w2", "plain-w2", "top4-w"):
+        with pytest.raises(ConfigError, match="unknown configuration"):
+            AnswerConfig.parse(bad)

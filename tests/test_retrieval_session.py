@@ -189,3 +189,31 @@ def test_positions_per_question_equal_the_configured_mode(engine):
         assert overridden.answer.token_ids == configured.answer.token_ids
     with pytest.raises(ConfigError, match="positions"):
         streams["original"].ask(Q, positions="sideways")
+
+
+def test_answer_window_leaves_the_rest_of_the_window_to_retrieval(engine):
+    """With ``answer_window`` the answer always sees only the newest frames; the other window
+    blocks compete with older ones. Per question it equals the configured option."""
+    frames = clip(16)
+    default = engine.new_session(memory=MemoryConfig(window=8, top_k=1))
+    narrow = engine.new_session(memory=MemoryConfig(window=8, top_k=1, answer_window=2))
+    for s in (default, narrow):
+        s.add_frames(frames)
+    metas = default.store.metas()
+    chunk = metas[-1].frames
+    window_ids = {m.id for m in metas[-(8 // chunk) :]}
+    wide = logits_and_tokens(default)
+    assert window_ids <= set(wide.selection.union) and len(wide.selection.union) <= len(window_ids) + 1
+    small = logits_and_tokens(narrow)
+    newest = {m.id for m in metas[-(2 // chunk) :]}
+    assert newest <= set(small.selection.union)
+    assert len(small.selection.union) <= len(newest) + 1  # one retrieved, maybe a newest one again
+    overridden = logits_and_tokens(default, answer_window=2)
+    assert overridden.selection.layers == small.selection.layers
+    assert overridden.answer.token_ids == small.answer.token_ids
+    only_retrieved = logits_and_tokens(default, answer_window=0)
+    assert len(only_retrieved.selection.union) == 1
+    with pytest.raises(ConfigError, match="answer_window"):
+        default.ask(Q, answer_window=-1)
+    with pytest.raises(ConfigError, match="answer_window"):
+        MemoryConfig(answer_window=-2)

@@ -10,7 +10,9 @@ question is answered, in the same run, by each configuration:
   stream);
 - ``lossless``: the session attending to every block;
 - ``top<K>``: retrieval of ``K`` blocks (plus the recent window), block positions as
-  stored; ``top<K>-contiguous``: the same, re-positioned next to the question.
+  stored; ``top<K>-contiguous``: the same, re-positioned next to the question;
+  ``-w<N>`` after either: the answer sees only the newest ``N`` frames of the window
+  besides the retrieved blocks (``MemoryConfig.answer_window``), e.g. ``top4-contiguous-w2``.
 
 These only change how a question is answered, so they share one session per stream.
 Suffixes change what a session *stores*, and each distinct storage gets a session of its
@@ -42,7 +44,7 @@ DISTANCE_BINS: tuple[float, ...] = (16, 64, 256, 1024)
 # The shortest stream the nearest needle distance fits in (see distances_for).
 MIN_LENGTH = int(DISTANCES[0] + NEEDLE_SECONDS) + 2
 
-_CONFIG = re.compile(r"^(plain|lossless|top(\d+))(-contiguous)?((?:\+[a-z0-9.\-]+)*)$")
+_CONFIG = re.compile(r"^(plain|lossless|top(\d+))(-contiguous)?(?:-w(\d+))?((?:\+[a-z0-9.\-]+)*)$")
 _PRUNE = re.compile(r"^prune(\d*\.?\d+)$")
 
 
@@ -55,6 +57,7 @@ class AnswerConfig:
     plain: bool = False
     top_k: int | None = None
     positions: str = "original"
+    answer_window: int | None = None  # frames of the window every retrieval answer sees
     prune: float | None = None  # the session's prune_threshold
     codec: str | None = None  # the session's host and disk codec
 
@@ -66,20 +69,26 @@ class AnswerConfig:
     @classmethod
     def parse(cls, name: str) -> AnswerConfig:
         m = _CONFIG.match(name)
-        if not m or (m.group(1) == "plain" and (m.group(3) or m.group(4))):
+        if (
+            not m
+            or (m.group(1) == "plain" and (m.group(3) or m.group(5)))
+            or (m.group(4) is not None and m.group(2) is None)
+        ):
             raise ConfigError(
                 f"unknown configuration {name!r}; use plain, lossless, top<K> or top<K>-contiguous, "
-                "optionally with +prune<T> and +<codec> (e.g. plain,lossless,top4-contiguous,lossless+prune0.95+vidkv)"
+                "top<K> optionally with -w<N> (answer window), any but plain with +prune<T> and +<codec> "
+                "(e.g. plain,lossless,top4-contiguous-w2,lossless+prune0.95+vidkv)"
             )
         top_k = int(m.group(2)) if m.group(2) else None
         if top_k is not None and top_k < 1:
             raise ConfigError(f"{name}: top_k must be >= 1")
-        prune, codec = _storage(name, [x for x in m.group(4).split("+") if x])
+        prune, codec = _storage(name, [x for x in m.group(5).split("+") if x])
         return cls(
             name=name,
             plain=m.group(1) == "plain",
             top_k=top_k,
             positions="contiguous" if m.group(3) else "original",
+            answer_window=int(m.group(4)) if m.group(4) is not None else None,
             prune=prune,
             codec=codec,
         )
@@ -401,6 +410,7 @@ def _answer(engine, session, world, frames, question, ac: AnswerConfig, config) 
     answer = session.ask(
         question,
         top_k=ac.top_k,
+        answer_window=ac.answer_window,
         positions=ac.positions,
         max_new_tokens=config.max_new_tokens,
     )

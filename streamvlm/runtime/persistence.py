@@ -41,6 +41,7 @@ RESUME_OVERRIDABLE = {
     "device_bytes",
     "host_bytes",
     "top_k",
+    "answer_window",
     "selection",
     "neighbours",
     "eviction",

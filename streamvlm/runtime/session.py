@@ -289,19 +289,25 @@ class Session:
         since: float | None = None,
         until: float | None = None,
         top_k: int | None = None,
+        answer_window: int | None = None,
     ) -> Selection:
         """Blocks a question attends to (besides sinks), per layer, oldest first.
 
         Candidates are the blocks overlapping ``[since, until]`` (all by default). With no
         ``top_k`` (and no ``answer_blocks``) every candidate is attended: lossless. With
         ``top_k``, the index picks blocks for ``queries`` as ``MemoryConfig.selection``
-        says; the encoding window and the ``answer_blocks`` newest candidates are added.
+        says; the blocks of the ``answer_window`` newest frames (this argument, else
+        ``MemoryConfig.answer_window``, else the encoding window) and the ``answer_blocks``
+        newest candidates are added.
         """
         metas = [m for m in self.store.metas() if _overlaps(m, since, until)]
         top_k = top_k if top_k is not None else self.memory.top_k
         if top_k is None and self.memory.answer_blocks is None:
             return Selection([[m.id for m in metas]] * self.backend.num_layers)
-        recent = recent_by_frames(metas, self.memory.window)
+        window = next(
+            w for w in (answer_window, self.memory.answer_window, self.memory.window) if w is not None
+        )
+        recent = recent_by_frames(metas, window)
         if self.memory.answer_blocks:
             recent += metas[len(metas) - self.memory.answer_blocks :]
         always = {m.id for m in recent}
@@ -322,7 +328,8 @@ class Session:
     def ask(self, question: str, **options) -> Answer:
         """Answer ``question`` about what the session has seen.
 
-        Options: ``since`` / ``until`` / ``top_k`` / ``blocks`` (see ``ask_stream``) and
+        Options: ``since`` / ``until`` / ``top_k`` / ``answer_window`` / ``blocks`` /
+        ``positions`` (see ``ask_stream``) and
         the sampling options of ``SamplingParams`` (``max_new_tokens``, ``temperature``,
         ``top_p``, ``seed``, ``stop_token_ids``).
         """
@@ -338,21 +345,25 @@ class Session:
         since: float | None = None,
         until: float | None = None,
         top_k: int | None = None,
+        answer_window: int | None = None,
         blocks: list[int] | None = None,
         positions: str | None = None,
         **sampling,
     ) -> AnswerStream:
         """Like ``ask`` but iterate it for text deltas as tokens are produced; ``.answer`` holds the result.
 
-        ``since`` / ``until`` (stream seconds) restrict the blocks considered; ``top_k``
-        overrides ``MemoryConfig.top_k`` for this question; ``blocks`` names the block
-        ids to attend outright (no retrieval); ``positions`` (``original`` or
-        ``contiguous``) overrides ``MemoryConfig.position_mode`` for this question.
+        ``since`` / ``until`` (stream seconds) restrict the blocks considered. For this
+        question only: ``top_k`` overrides ``MemoryConfig.top_k``, ``answer_window``
+        ``MemoryConfig.answer_window`` (with retrieval, the newest frames always attended)
+        and ``positions`` (``original`` or ``contiguous``) ``MemoryConfig.position_mode``;
+        ``blocks`` names the block ids to attend outright (no retrieval).
         """
         text = validate_question(question, self.memory.max_question_chars)
         params = SamplingParams(**sampling)
         if top_k is not None and top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {top_k}")
+        if answer_window is not None and answer_window < 0:
+            raise ConfigError(f"answer_window must be >= 0 frames, got {answer_window}")
         if positions is not None and positions not in POSITION_MODES:
             raise ConfigError(f"positions must be one of {', '.join(POSITION_MODES)}, got {positions!r}")
         if self._queue is None:  # with an encoder thread, frames in flight are that thread's
@@ -364,6 +375,7 @@ class Session:
             since=since,
             until=until,
             top_k=top_k,
+            answer_window=answer_window,
             blocks=blocks,
             positions=positions or self.memory.position_mode,
         )
@@ -448,7 +460,13 @@ class AnswerStream:
                 )
             )
             queries = backend.question_queries(embeds, positions, cache)
-        return s.answer_context(queries, since=ctx["since"], until=ctx["until"], top_k=ctx["top_k"])
+        return s.answer_context(
+            queries,
+            since=ctx["since"],
+            until=ctx["until"],
+            top_k=ctx["top_k"],
+            answer_window=ctx["answer_window"],
+        )
 
     def _contiguous(self, blocks: dict, question_tokens: int):
         """Re-rotate the attended blocks to consecutive positions; the question follows them."""

@@ -82,6 +82,7 @@ def memory_config(options: dict[str, Any], settings: ServerSettings) -> MemoryCo
     known = {f.name: f for f in fields(MemoryConfig)}
     caps = {
         "window": settings.max_window,
+        "answer_window": settings.max_window,
         "chunk_frames": settings.max_chunk_frames,
         "queue_frames": settings.max_queue_frames,
         "device_bytes": settings.max_device_bytes,

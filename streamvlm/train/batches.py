@@ -43,6 +43,9 @@ class Sample:
     question: str
     answer: str
     objects: ObjectLabels | None = None
+    # (attribute column of ``objects.classes``, class) the question names its object by,
+    # e.g. (shape, circle) for "what colour was the circle?": target of the retrieval loss
+    query_key: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Encoded:
     pixel_values: torch.Tensor  # [patches, C*T*P*P]
     grid: tuple[int, int, int]  # (t, h, w) in patches
     objects: ObjectLabels | None = None
+    query_key: tuple[int, int] | None = None
 
 
 def encode_sample(backend: Qwen25VLBackend, system_prompt: str, sample: Sample) -> Encoded:
@@ -86,15 +90,16 @@ def encode_sample(backend: Qwen25VLBackend, system_prompt: str, sample: Sample) 
         raise ValueError(
             f"object labels cover {len(sample.objects.token_object)} tokens, the clip has {n_visual}"
         )
-    return Encoded(ids, labels, positions, pixel_values, grid, sample.objects)
+    return Encoded(ids, labels, positions, pixel_values, grid, sample.objects, sample.query_key)
 
 
 def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded model inputs for a batch (``position_ids`` as [3, batch, length]).
 
     With object labels on every item, ``object_of_token`` and ``object_classes`` hold them
-    for the whole batch (see ``collate_objects``); ``pop_object_targets`` takes them out
-    before the batch goes to the model.
+    for the whole batch (see ``collate_objects``) and ``query_keys`` [batch, 2] the items'
+    ``query_key`` ((-1, -1) for none); ``pop_object_targets`` takes them out before the
+    batch goes to the model.
     """
     length = max(len(e.input_ids) for e in items)
     batch = len(items)
@@ -111,6 +116,7 @@ def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     extra = {}
     if all(e.objects is not None for e in items):
         extra = collate_objects([e.objects for e in items])
+        extra["query_keys"] = torch.tensor([e.query_key or (-1, -1) for e in items], dtype=torch.long)
     return {
         **extra,
         "input_ids": input_ids,
@@ -134,8 +140,11 @@ def collate_objects(labels: Sequence[ObjectLabels]) -> dict[str, torch.Tensor]:
     return {"object_of_token": torch.cat(token_object), "object_classes": torch.cat(classes)}
 
 
-def pop_object_targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Remove the object targets from a collated batch; ``(object_of_token, object_classes)`` or None."""
+def pop_object_targets(
+    batch: dict[str, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Remove the object targets from a collated batch: ``(object_of_token, object_classes,
+    query_keys)`` or None."""
     if "object_of_token" not in batch:
         return None
-    return batch.pop("object_of_token"), batch.pop("object_classes")
+    return batch.pop("object_of_token"), batch.pop("object_classes"), batch.pop("query_keys")

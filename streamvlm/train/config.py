@@ -18,6 +18,8 @@ class TrainConfig:
     eval_samples: int = 256
     log_every: int = 25
     object_loss_weight: float = 1.0  # weight of the auxiliary object loss (ObjectProbe)
+    # weight of the auxiliary retrieval loss (train.retrieval.RetrievalLoss); 0 = off
+    retrieval_loss_weight: float = 0.0
     vision_steps: int = 800  # steps pre-training the vision tower alone on the object loss
     vision_batch_size: int = 64  # views (2 frames, one object) per vision step
     save_dtype: str = "float32"  # float16 halves the shipped checkpoint

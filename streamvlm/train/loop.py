@@ -22,6 +22,7 @@ from ..runtime.session import DEFAULT_SYSTEM_PROMPT
 from .batches import IGNORE, ObjectLabels, Sample, collate, collate_objects, encode_sample, pop_object_targets
 from .config import TrainConfig
 from .model import PROCESSOR_CONFIG, VIDEO_PROCESSOR_CONFIG, trained_tiny_config
+from .retrieval import RetrievalLoss
 from .tokenizer import build_word_tokenizer, words_of
 
 
@@ -297,8 +298,13 @@ def _train_answers(
     deadline: float,
     log: Callable[[str], None],
 ) -> _Run:
-    """The main stage: the whole model on questions (plus the object loss with a probe)."""
+    """The main stage: the whole model on questions (plus the object loss with a probe, and
+    the retrieval loss when ``config.retrieval_loss_weight`` is set)."""
     model, pad = backend.model, backend.tokenizer.pad_token_id
+    retrieval = None
+    if config.retrieval_loss_weight > 0:
+        retrieval = RetrievalLoss(model)
+        params = [*params, *retrieval.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup, config.steps))
     history: list[dict] = []
@@ -316,8 +322,14 @@ def _train_answers(
         )
         objects = pop_object_targets(batch)
         loss = answer_loss = model(**batch).loss
+        extra = ""
         if probe is not None and objects is not None:
-            loss = answer_loss + config.object_loss_weight * probe.loss(*objects)
+            loss = answer_loss + config.object_loss_weight * probe.loss(*objects[:2])
+        if retrieval is not None and objects is not None:
+            found = retrieval.loss(batch["input_ids"], batch["labels"], batch["video_grid_thw"], *objects)
+            if found is not None:
+                loss = loss + config.retrieval_loss_weight * found
+                extra = f"  retrieval {found.item():.3f}"
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -326,7 +338,7 @@ def _train_answers(
         elapsed = time.perf_counter() - started
         if step % config.log_every == 0:
             log(
-                f"step {step:5d}  loss {answer_loss.item():.4f}  total {loss.item():.4f}  lr {scheduler.get_last_lr()[0]:.2e}  {elapsed:6.0f}s"
+                f"step {step:5d}  loss {answer_loss.item():.4f}  total {loss.item():.4f}{extra}  lr {scheduler.get_last_lr()[0]:.2e}  {elapsed:6.0f}s"
             )
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
             acc = accuracy(backend, held_out)

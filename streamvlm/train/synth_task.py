@@ -22,7 +22,7 @@ question is learned from the number of examples, not their length.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -75,7 +75,23 @@ LONG_CURRICULUM: tuple[Stage, ...] = (
     ),
 )
 
-CURRICULA: dict[str, tuple[Stage, ...]] = {"base": CURRICULUM, "long": LONG_CURRICULUM}
+# Continuing a trained checkpoint on the base task's last stage (e.g. with the retrieval loss).
+FINETUNE_CURRICULUM: tuple[Stage, ...] = (replace(CURRICULUM[-1], until=1.0),)
+
+CURRICULA: dict[str, tuple[Stage, ...]] = {
+    "base": CURRICULUM,
+    "long": LONG_CURRICULUM,
+    "finetune": FINETUNE_CURRICULUM,
+}
+
+# Families whose question names one object (or one colour) by an attribute, and which
+# column of the object classes that is (0 shape, 1 colour): the retrieval loss's targets.
+KEYED_FAMILIES: dict[str, int] = {
+    "colour_of_shape": 0,
+    "digit_of_shape": 0,
+    "shape_of_colour": 1,
+    "count_colour": 1,
+}
 
 
 def stage_at(progress: float, curriculum: Sequence[Stage] = CURRICULUM) -> Stage:
@@ -98,7 +114,20 @@ def synth_sample(
     scale = float(rng.uniform(1.0, stage.max_time_scale)) if stage.max_time_scale > 1 else 1.0
     times = clip_times(rng, len(clip.frames), scale, stage.gap_prob, stage.max_gap)
     objects = object_labels(clip.world, len(clip.frames))
-    return Sample(list(clip.frames), times, clip.question, clip.answer, objects)
+    return Sample(
+        list(clip.frames), times, clip.question, clip.answer, objects, query_key(clip.world, clip.info)
+    )
+
+
+def query_key(world: World, question) -> tuple[int, int] | None:
+    """``(attribute column, class)`` the question names its object by, e.g. ``(0, shape
+    index of circle)`` for "what colour was the circle?"; None for the other families
+    and for questions about no event (a zero count)."""
+    column = KEYED_FAMILIES.get(question.family)
+    if column is None or not question.event_ids:
+        return None
+    event = world.events[question.event_ids[0]]
+    return (0, SHAPES.index(event.shape)) if column == 0 else (1, COLOURS.index(event.colour))
 
 
 def clip_times(
@@ -175,11 +204,14 @@ def vision_sample(rng: np.random.Generator) -> tuple[list[np.ndarray], ObjectLab
 __all__ = [
     "CURRICULA",
     "CURRICULUM",
+    "FINETUNE_CURRICULUM",
+    "KEYED_FAMILIES",
     "LONG_CURRICULUM",
     "OBJECT_CLASSES",
     "VOCABULARY",
     "clip_times",
     "object_labels",
+    "query_key",
     "short_clip_samples",
     "stage_at",
     "synth_sample",
