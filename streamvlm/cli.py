@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from .cli_options import add_run_options, parse_lengths
-from .config import MemoryConfig
+from .config import POSITION_MODES, QUERY_CONTEXTS, MemoryConfig
 from .errors import ConfigError, EmptyVideoError, InvalidQuestionError, StreamVLMError
 from .runtime.questions import validate_question
 
@@ -132,6 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with --top-k: frames of the newest video every answer sees besides the retrieved "
         "blocks, e.g. 2 (docs/retrieval.md); default: the --window",
+    )
+    w.add_argument(
+        "--query-context",
+        choices=QUERY_CONTEXTS,
+        default=None,
+        help="with --top-k: what retrieval reads the question over, the --window or the sink alone "
+        f"(docs/retrieval.md; default: {MemoryConfig.query_context})",
+    )
+    w.add_argument(
+        "--positions",
+        choices=POSITION_MODES,
+        default=None,
+        help="with --top-k: keep retrieved blocks at their stream positions, or re-rotate them "
+        f"next to the question (docs/retrieval.md; default: {MemoryConfig.position_mode})",
     )
     w.add_argument(
         "--prune",
@@ -256,11 +270,12 @@ def _add_train_tiny(sub) -> None:
     )
     t.add_argument(
         "--curriculum",
-        choices=("base", "long", "finetune"),
+        choices=("base", "long", "finetune", "late"),
         default=d.curriculum,
         help="base: from scratch, 4-16 frames; long: continue (with --init) on 4-24 frames, "
         "up to 5 objects, time jumps between blocks; finetune: continue on the base task's "
-        f"last stage (default: {d.curriculum})",
+        "last stage; late: the same, half the clips starting up to an hour into the stream "
+        f"(default: {d.curriculum})",
     )
     t.add_argument(
         "--retrieval-loss-weight",
@@ -268,6 +283,13 @@ def _add_train_tiny(sub) -> None:
         default=d.retrieval_loss_weight,
         help="weight of the auxiliary loss that trains question queries and block keys to "
         f"retrieve the block a question is about (docs/training.md; default: {d.retrieval_loss_weight:g}, off)",
+    )
+    t.add_argument(
+        "--retrieval-query-context",
+        choices=QUERY_CONTEXTS,
+        default=d.retrieval_query_context,
+        help="what the retrieval loss reads the question over: the sink alone (as MemoryConfig("
+        f"query_context='sink') retrieves) or the whole clip (default: {d.retrieval_query_context})",
     )
     t.add_argument("--eval-every", type=int, default=d.eval_every)
     t.add_argument(
@@ -310,6 +332,7 @@ def cmd_train_tiny(args: argparse.Namespace) -> int:
         init=args.init,
         curriculum=args.curriculum,
         retrieval_loss_weight=args.retrieval_loss_weight,
+        retrieval_query_context=args.retrieval_query_context,
     )
     curriculum = CURRICULA[args.curriculum]
     result = train(
@@ -566,6 +589,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         window=args.window,
         top_k=args.top_k,
         answer_window=args.answer_window,
+        query_context=args.query_context or MemoryConfig.query_context,
+        position_mode=args.positions or MemoryConfig.position_mode,
         disk_dir=args.disk_dir,
         prune_threshold=args.prune,
         host_codec=args.host_codec,
@@ -596,7 +621,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if args.resume is not None:
         overrides = {"window": args.window} | {
             name: value
-            for name, value in (("top_k", args.top_k), ("answer_window", args.answer_window))
+            for name, value in (
+                ("top_k", args.top_k),
+                ("answer_window", args.answer_window),
+                ("query_context", args.query_context),
+                ("position_mode", args.positions),
+            )
             if value is not None
         }
         session = Session.resume(args.resume, engine, **overrides)

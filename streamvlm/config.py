@@ -10,6 +10,7 @@ from .memory.policy import POLICIES
 from .runtime.scheduling import QUEUE_POLICIES
 
 POSITION_MODES = ("original", "contiguous")
+QUERY_CONTEXTS = ("window", "sink")
 PRUNE_MODES = ("drop", "merge")
 
 
@@ -82,6 +83,11 @@ class MemoryConfig:
         Also take this many blocks on each side of every retrieved block.
     metric:
         ``ip`` (inner product) or ``cosine`` between question queries and key summaries.
+    query_context:
+        What the question is read over to get its retrieval queries: ``window`` (the
+        sinks and the encoding window, the default) or ``sink`` (the question alone
+        after the sinks; what the shipped tiny model's retrieval was trained for,
+        docs/training.md).
     index_groups:
         Layers per retrieval index (1 = one index per layer).
     position_mode:
@@ -127,6 +133,7 @@ class MemoryConfig:
     selection: str = "shared"
     neighbours: int = 0
     metric: str = "ip"
+    query_context: str = "window"
     index_groups: int = 1
     position_mode: str = "original"
     prune_threshold: float | None = None
@@ -161,6 +168,7 @@ class MemoryConfig:
             raise ConfigError("neighbours must be >= 0 and index_groups >= 1")
         _one_of("selection", self.selection, ("shared", "per_layer"))
         _one_of("metric", self.metric, ("ip", "cosine"))
+        _one_of("query_context", self.query_context, QUERY_CONTEXTS)
         _one_of("position_mode", self.position_mode, POSITION_MODES)
         _one_of("eviction", self.eviction, tuple(POLICIES))
         # imported here, not at the top: it imports torch, which the CLI parser must not

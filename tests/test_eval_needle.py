@@ -150,23 +150,23 @@ def test_cli_rejects_bad_options_in_one_line():
 def test_shipped_model_recalls_needles_past_its_training_length():
     """The CI slice: streams of 256 frames (16x the training clips), needles up to 150 s back.
 
-    The measured accuracies are in docs/BENCHMARKS.md; the threshold sits well below them.
+    The measured accuracies are in docs/BENCHMARKS.md; the thresholds sit well below them.
     """
     config = NeedleEvalConfig(
-        lengths=(256,), streams=3, min_questions=24, configs=("lossless", "top4-contiguous")
+        lengths=(256,), streams=3, min_questions=24, configs=tuple(THRESHOLDS), query_context="sink"
     )
     result = run_needle_eval(config, log=lambda _: None)
     accuracy = result.accuracy("length")
-    doc = json.dumps(accuracy)
-    for name in config.configs:
+    doc = json.dumps([accuracy, result.hit_rate()])
+    for name, threshold in THRESHOLDS.items():
         assert accuracy[name]["256"]["n"] >= 24, doc
-        assert accuracy[name]["256"]["accuracy"] >= THRESHOLD, doc
+        assert accuracy[name]["256"]["accuracy"] >= threshold, doc
+    assert result.hit_rate()["top2-contiguous-w2"]["256"]["rate"] >= 0.75, doc
 
 
-# Measured on this slice: lossless 0.12, top4-contiguous 0.20 (25 questions each). The
-# shipped model does not yet answer well past its training length (docs/BENCHMARKS.md),
-# so this only guards against a collapse to nothing; raise it with a better checkpoint.
-THRESHOLD = 0.04
+# Measured on this slice (25 questions): see docs/BENCHMARKS.md. Lossless, over every
+# block and all the objects in them, stays low: it only guards against a collapse.
+THRESHOLDS = {"lossless": 0.04, "top2-contiguous-w2": 0.45}
 
 
 def test_answer_window_configurations_parse():

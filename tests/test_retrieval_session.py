@@ -217,3 +217,20 @@ def test_answer_window_leaves_the_rest_of_the_window_to_retrieval(engine):
         default.ask(Q, answer_window=-1)
     with pytest.raises(ConfigError, match="answer_window"):
         MemoryConfig(answer_window=-2)
+
+
+def test_query_context_sink_reads_the_question_alone(engine):
+    """``query_context="sink"``: retrieval queries come from the question over the sinks
+    only, so the recent window does not change which blocks are retrieved."""
+    backend = engine.backend
+    session = engine.new_session(memory=MemoryConfig(window=4, top_k=2, query_context="sink"))
+    session.add_frames(clip(12))
+    stream = logits_and_tokens(session)
+    ids = backend.prompt_parts(session.system_prompt, Q).question
+    embeds = backend.question_embeds(ids)
+    positions = backend.text_positions(stream.position, embeds.shape[0])
+    queries = backend.question_queries(embeds, positions, backend.new_cache(list(session.sink_kv)))
+    expected = session.answer_context(queries, top_k=2)
+    assert stream.selection.layers == expected.layers
+    with pytest.raises(ConfigError, match="query_context"):
+        MemoryConfig(query_context="everything")

@@ -41,11 +41,24 @@ def test_watch_defaults_to_the_bundled_model():
     assert DEFAULT_MODEL == TINY_SYNTH == makefile_default("MODEL")
 
 
-def test_make_watch_answers_its_question():
+# what the bundled model's retrieval was trained for (docs/retrieval.md, docs/BENCHMARKS.md)
+RETRIEVAL = ["--top-k", "1", "--answer-window", "0", "--query-context", "sink", "--positions", "contiguous"]
+
+
+@pytest.mark.parametrize("options", [[], RETRIEVAL], ids=["lossless", "retrieval"])
+def test_make_watch_answers_its_question(options):
     video = ROOT / makefile_default("VIDEO")
     question = makefile_default("QUESTION")
     expected = next(q["answer"] for q in end_questions(video) if q["text"] == question)
-    args = ["watch", str(video), "--model", makefile_default("MODEL"), "--fps", makefile_default("FPS")]
+    args = [
+        "watch",
+        str(video),
+        "--model",
+        makefile_default("MODEL"),
+        "--fps",
+        makefile_default("FPS"),
+        *options,
+    ]
     proc = subprocess.run(
         [sys.executable, "-m", "streamvlm", *args, "--ask", question, "--json", "--no-progress"],
         cwd=ROOT,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from test_train_objects import world_with  # noqa: E402
 
@@ -23,19 +24,21 @@ def _sample(seed: int = 5) -> Sample:
     return synth_sample(np.random.default_rng(seed), 1.0, FINETUNE_CURRICULUM)
 
 
-def test_training_vectors_are_the_sessions_retrieval_vectors(tmp_path):
+@pytest.mark.parametrize("query_context", ["window", "sink"])
+def test_training_vectors_are_the_sessions_retrieval_vectors(tmp_path, query_context):
     """Queries and patch summaries from the training forward equal what a session streaming
-    the same clip indexes and searches with (``block_summary``, ``question_queries``)."""
+    the same clip indexes and searches with (``block_summary``, ``question_queries``), the
+    question read over the whole clip (a window holding it all) or over the sink alone."""
     backend = build_trainee(VOCABULARY, TrainConfig(), seed=0)
-    loss = RetrievalLoss(backend.model)
+    loss = RetrievalLoss(backend.model, query_context)
     sample = _sample()
     batch = collate([encode_sample(backend, DEFAULT_SYSTEM_PROMPT, sample)], backend.tokenizer.pad_token_id)
     pop_object_targets(batch)
     backend.model.eval()(**batch)  # with gradients, as in training (no dropout in this model)
-    with torch.no_grad():
-        queries, summaries, counts = loss.vectors(
-            batch["input_ids"], batch["labels"], batch["video_grid_thw"]
-        )
+    # hooks keep projections only with gradients on, as in training (the sink forward too)
+    queries, summaries, counts = loss.vectors(
+        batch["input_ids"], batch["labels"], batch["video_grid_thw"], batch["position_ids"]
+    )
     save(backend, tmp_path, {})
     engine = StreamVLM.from_pretrained(str(tmp_path), device="cpu", dtype="float32")
     b = engine.backend
@@ -46,7 +49,10 @@ def test_training_vectors_are_the_sessions_retrieval_vectors(tmp_path):
     indexed = torch.stack([block_summary(b, x.layers, x.meta.positions).flatten() for x in blocks])
     torch.testing.assert_close(summaries.detach(), indexed, atol=1e-4, rtol=0)
     ids = b.prompt_parts(session.system_prompt, sample.question).question
-    cache = b.new_cache(concat_layers([session.sink_kv, *(x.layers for x in blocks)]))
+    context = (
+        [session.sink_kv, *(x.layers for x in blocks)] if query_context == "window" else [session.sink_kv]
+    )
+    cache = b.new_cache(concat_layers(context))
     searched = b.question_queries(
         b.question_embeds(ids), b.text_positions(session.next_position, len(ids)), cache
     )
@@ -89,7 +95,7 @@ def test_a_step_on_the_retrieval_loss_lowers_it():
 
     def step_loss():
         model(**batch)
-        return loss_fn.loss(batch["input_ids"], batch["labels"], batch["video_grid_thw"], *targets)
+        return loss_fn.loss(batch, *targets)
 
     before = step_loss()
     assert before is not None and torch.isfinite(before)

@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..cli_options import add_run_options, parse_lengths
+from ..config import QUERY_CONTEXTS
 from ..errors import ConfigError
 
 
@@ -44,6 +45,13 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         help=f"add streams until each length has this many questions (default: {d.min_questions})",
     )
     n.add_argument("--window", type=int, default=d.window, help=f"recent frames (default: {d.window})")
+    n.add_argument(
+        "--query-context",
+        choices=QUERY_CONTEXTS,
+        default=d.query_context,
+        help="what retrieval reads the question over: the window, or the sink alone (MemoryConfig."
+        f"query_context; default: {d.query_context})",
+    )
     n.add_argument(
         "--mid-questions", type=int, default=d.mid_questions, help="mid-stream ask times per stream"
     )
@@ -100,6 +108,7 @@ def cmd_eval_needle(args: argparse.Namespace) -> int:
         min_questions=args.min_questions,
         configs=tuple(c.strip() for c in args.configs.split(",") if c.strip()),
         window=args.window,
+        query_context=args.query_context,
         mid_questions=args.mid_questions,
         plain_max_frames=args.plain_max_frames,
         seed=args.seed,

@@ -119,8 +119,18 @@ class NeedleEvalConfig:
     lengths: tuple[int, ...] = (16, 64, 256, 1024, 3600)  # sampled frames (1 fps: seconds)
     streams: int = 4  # needle streams per length at least (seeds seed, seed + 1, ...) ...
     min_questions: int = 24  # ... and more until a length has this many questions
-    configs: tuple[str, ...] = ("plain", "lossless", "top2", "top4", "top8", "top4-contiguous")
+    configs: tuple[str, ...] = (
+        "plain",
+        "lossless",
+        "top4-contiguous",
+        "top2-contiguous",
+        "top2-contiguous-w2",
+        "top1-contiguous-w0",
+    )
     window: int = 16  # the session's encoding window and the recent frames every answer sees
+    # MemoryConfig.query_context of every session: the bundled model's retrieval was
+    # trained on the question read alone (docs/training.md)
+    query_context: str = "sink"
     mid_questions: int = 1  # mid-stream ask times per stream (besides the end)
     distractors_per_minute: float = 3.0
     plain_max_frames: int = 256
@@ -306,7 +316,7 @@ def _run_stream(engine, config, answer_configs, length, seed, result) -> int:
         stores[ac.store].append(ac)
     for store, configs in stores.items():
         with tempfile.TemporaryDirectory(prefix="streamvlm-needle-") as tmp:
-            session = engine.new_session(memory=_store_memory(engine, world, config.window, store, tmp))
+            session = engine.new_session(memory=_store_memory(engine, world, config, store, tmp))
             encode_s = 0.0
             for i in range(world.n_frames):
                 started = time.perf_counter()
@@ -359,7 +369,9 @@ def store_name(store: tuple[float | None, str | None]) -> str:
     return "+".join(parts) or "full"
 
 
-def _store_memory(engine, world, window: int, store: tuple[float | None, str | None], disk_dir: str):
+def _store_memory(
+    engine, world, config: NeedleEvalConfig, store: tuple[float | None, str | None], disk_dir: str
+):
     """The session options for one storage. With a codec the device tier holds exactly the
     encoding window (at full precision, as it always does), so every block a question reads
     from further back comes from the codec."""
@@ -369,8 +381,14 @@ def _store_memory(engine, world, window: int, store: tuple[float | None, str | N
 
     prune, codec = store
     # no codec named: full precision everywhere (MemoryConfig's default stores vidkv)
+    window = config.window
     options = dict(
-        window=window, disk_dir=disk_dir, prune_threshold=prune, host_codec="identity", disk_codec="identity"
+        window=window,
+        query_context=config.query_context,
+        disk_dir=disk_dir,
+        prune_threshold=prune,
+        host_codec="identity",
+        disk_codec="identity",
     )
     if codec is not None:
         backend = engine.backend

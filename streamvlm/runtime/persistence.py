@@ -42,6 +42,8 @@ RESUME_OVERRIDABLE = {
     "host_bytes",
     "top_k",
     "answer_window",
+    "query_context",
+    "position_mode",
     "selection",
     "neighbours",
     "eviction",

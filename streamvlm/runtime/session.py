@@ -420,8 +420,9 @@ class AnswerStream:
     """Iterator of an answer's text deltas; ``answer`` is set when it is exhausted.
 
     Retrieval runs in two passes (see docs/retrieval.md): the question is first prefilled
-    over the sinks and the recent window to get its per-layer queries, which pick the
-    blocks; then it is prefilled again over sinks + picked blocks, and answered.
+    over the sinks and the recent window (or the sinks alone: ``query_context``) to get
+    its per-layer queries, which pick the blocks; then it is prefilled again over sinks +
+    picked blocks, and answered.
     """
 
     def __init__(self, session: Session, question: str, params: SamplingParams, **context):
@@ -453,7 +454,11 @@ class AnswerStream:
             return Selection([sorted(ctx["blocks"])] * backend.num_layers)
         queries = None
         if (ctx["top_k"] or s.memory.top_k) is not None:
-            window = recent_by_frames(s.store.metas(), s.memory.window)
+            window = (
+                recent_by_frames(s.store.metas(), s.memory.window)
+                if s.memory.query_context == "window"
+                else []
+            )
             cache = backend.new_cache(
                 concat_layers(
                     [s.sink_kv, *(b.layers for b in s.store.get((m.id for m in window), purpose="window"))]

@@ -39,7 +39,7 @@ class Sample:
     objects its visual tokens show (targets of the auxiliary loss; see ``loop.train``)."""
 
     frames: Sequence[np.ndarray]
-    times: Sequence[float]  # stream seconds of each frame
+    times: Sequence[float]  # stream seconds of each frame (0: the stream's first frame)
     question: str
     answer: str
     objects: ObjectLabels | None = None
@@ -61,7 +61,9 @@ class Encoded:
 
 def encode_sample(backend: Qwen25VLBackend, system_prompt: str, sample: Sample) -> Encoded:
     """Token ids, labels (answer + end of turn), positions and pixels of one sample."""
-    frames, times = list(sample.frames), [t - sample.times[0] for t in sample.times]
+    # times are stream seconds from the stream's first frame: a clip that starts late sits
+    # where a late window of a session's stream does, far from the sink
+    frames, times = list(sample.frames), list(sample.times)
     while len(frames) % backend.frame_multiple:  # pad as the session does: repeat the last frame
         frames.append(frames[-1])
         times.append(times[-1])

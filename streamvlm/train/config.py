@@ -20,6 +20,9 @@ class TrainConfig:
     object_loss_weight: float = 1.0  # weight of the auxiliary object loss (ObjectProbe)
     # weight of the auxiliary retrieval loss (train.retrieval.RetrievalLoss); 0 = off
     retrieval_loss_weight: float = 0.0
+    # what the retrieval loss reads the question over: "sink" (the question alone, as a
+    # session with MemoryConfig(query_context="sink")) or "window" (the whole clip)
+    retrieval_query_context: str = "sink"
     vision_steps: int = 800  # steps pre-training the vision tower alone on the object loss
     vision_batch_size: int = 64  # views (2 frames, one object) per vision step
     save_dtype: str = "float32"  # float16 halves the shipped checkpoint

@@ -303,7 +303,7 @@ def _train_answers(
     model, pad = backend.model, backend.tokenizer.pad_token_id
     retrieval = None
     if config.retrieval_loss_weight > 0:
-        retrieval = RetrievalLoss(model)
+        retrieval = RetrievalLoss(model, config.retrieval_query_context)
         params = [*params, *retrieval.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup, config.steps))
@@ -326,7 +326,7 @@ def _train_answers(
         if probe is not None and objects is not None:
             loss = answer_loss + config.object_loss_weight * probe.loss(*objects[:2])
         if retrieval is not None and objects is not None:
-            found = retrieval.loss(batch["input_ids"], batch["labels"], batch["video_grid_thw"], *objects)
+            found = retrieval.loss(batch, *objects)
             if found is not None:
                 loss = loss + config.retrieval_loss_weight * found
                 extra = f"  retrieval {found.item():.3f}"

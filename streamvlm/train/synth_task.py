@@ -52,6 +52,11 @@ class Stage:
     # jumps by up to max_gap seconds: the position gaps between retrieved blocks.
     gap_prob: float = 0.0
     max_gap: float = 0.0
+    # With probability late_prob, the clip starts max_start * U(0, 1) seconds into the
+    # stream: its positions (and the question's) are those of a late window of a long
+    # stream, far from the sink, as every block after the first window is in a session.
+    late_prob: float = 0.0
+    max_start: float = 0.0
 
 
 # A family listed twice is drawn twice as often (where it has a question): digits and
@@ -77,11 +82,14 @@ LONG_CURRICULUM: tuple[Stage, ...] = (
 
 # Continuing a trained checkpoint on the base task's last stage (e.g. with the retrieval loss).
 FINETUNE_CURRICULUM: tuple[Stage, ...] = (replace(CURRICULUM[-1], until=1.0),)
+# The same, half the clips starting up to an hour into the stream.
+LATE_CURRICULUM: tuple[Stage, ...] = (replace(FINETUNE_CURRICULUM[0], late_prob=0.5, max_start=3600.0),)
 
 CURRICULA: dict[str, tuple[Stage, ...]] = {
     "base": CURRICULUM,
     "long": LONG_CURRICULUM,
     "finetune": FINETUNE_CURRICULUM,
+    "late": LATE_CURRICULUM,
 }
 
 # Families whose question names one object (or one colour) by an attribute, and which
@@ -113,6 +121,9 @@ def synth_sample(
     )
     scale = float(rng.uniform(1.0, stage.max_time_scale)) if stage.max_time_scale > 1 else 1.0
     times = clip_times(rng, len(clip.frames), scale, stage.gap_prob, stage.max_gap)
+    if stage.late_prob > 0 and rng.random() < stage.late_prob:
+        start = float(rng.uniform(0.0, stage.max_start))
+        times = [t + start for t in times]
     objects = object_labels(clip.world, len(clip.frames))
     return Sample(
         list(clip.frames), times, clip.question, clip.answer, objects, query_key(clip.world, clip.info)
@@ -206,6 +217,7 @@ __all__ = [
     "CURRICULUM",
     "FINETUNE_CURRICULUM",
     "KEYED_FAMILIES",
+    "LATE_CURRICULUM",
     "LONG_CURRICULUM",
     "OBJECT_CLASSES",
     "VOCABULARY",
