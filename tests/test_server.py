@@ -233,6 +233,7 @@ def test_malformed_input_gets_documented_errors_and_the_connection_stays_usable(
             await expect(json.dumps(question | {"text": "\ud800?"}), "bad_question")  # a lone surrogate
             await expect(json.dumps(question | {"options": {"max_new_tokens": 10**9}}), "bad_option")
             await expect(json.dumps(question | {"options": {"top_k": 0}}), "bad_option")
+            await expect(json.dumps(question | {"options": {"answer_window": -1}}), "bad_option")
             await expect(json.dumps(question | {"options": {"temperature": "hot"}}), "bad_option")
             await expect(json.dumps(question | {"options": {"path": "/etc/passwd"}}), "bad_option")
             await expect(b"\x89PNG not a header", "bad_header")

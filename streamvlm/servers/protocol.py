@@ -31,11 +31,13 @@ FRAME_HEADER = struct.Struct("<4sd")  # magic, timestamp (s); '<' means no paddi
 HEADER_SIZE = FRAME_HEADER.size
 
 MAX_QUESTION_ID_CHARS = 64
+MAX_ANSWER_WINDOW = 65536  # frames; what a question's answer window may ask for
 
 # Options a question may carry, with the JSON types each accepts (bool is not a number here).
 QUESTION_OPTIONS: dict[str, tuple[type, ...]] = {
     "max_new_tokens": (int,),
     "top_k": (int,),
+    "answer_window": (int,),
     "since": (int, float),
     "until": (int, float),
     "temperature": (int, float),
@@ -189,6 +191,8 @@ def check_question_option(name: str, value: Any, max_new_tokens: int, **context:
         raise bad(f"must be between 1 and {max_new_tokens} on this server, got {value}")
     if name == "top_k" and value < 1:
         raise bad(f"must be >= 1, got {value}")
+    if name == "answer_window" and not 0 <= value <= MAX_ANSWER_WINDOW:
+        raise bad(f"must be between 0 and {MAX_ANSWER_WINDOW} frames, got {value}")
     if name == "temperature" and not 0 <= value <= 100:
         raise bad(f"must be between 0 and 100, got {value}")
     if name == "top_p" and not 0 < value <= 1:
