@@ -189,6 +189,21 @@ def test_ambiguous_questions_are_never_asked():
     assert counts and not any("red" in t for t in counts) and set(counts.values()) == {"0"}
 
 
+def test_zero_counts_ask_about_every_absent_colour_alike():
+    # The same single red circle in worlds of different seeds: the absent colour asked
+    # about ("0") must not be predictable from the events, or "0" becomes a colour prior.
+    asked = []
+    for seed in range(60):
+        world = World(seed, 6, events=[make_event(0, "circle", "red", 1, 3)], object_size=SMALL)
+        zeros = [
+            q for q in make_questions(world, world.end_time, 0, families=("count_colour",)) if q.answer == "0"
+        ]
+        assert len(zeros) == 1
+        asked += [c for c in COLOURS if c in zeros[0].text]
+    assert set(asked) == set(COLOURS) - {"red"}
+    assert max(asked.count(c) for c in set(asked)) <= 2 * min(asked.count(c) for c in set(asked))
+
+
 def test_rendered_pixels_show_the_events():
     ink = np.asarray(DIGIT_INK)
     palette = np.asarray([*COLOUR_RGB.values(), DIGIT_INK])

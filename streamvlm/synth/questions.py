@@ -180,9 +180,13 @@ def candidates(world, asked_at: float, families: Sequence[str] = FAMILIES) -> li
                     out.append(_Candidate(family, {"colour": colour}, str(n), evs))
             absent = [c for c in COLOURS if by_colour[c] == 0]
             if absent:
-                # One absent colour, picked deterministically from the seen events, so
-                # that candidates() stays a pure function of the world and asked_at.
-                colour = absent[len(seen) % len(absent)]
+                # One absent colour, picked deterministically from the world's seed and
+                # the seen events, so that candidates() stays a pure function of the
+                # world and asked_at. The seed spreads the pick over every colour: from
+                # the event count alone, "0" was almost always the answer for green or
+                # blue and never for purple, a prior a model could learn in place of
+                # looking.
+                colour = absent[(world.seed + len(seen)) % len(absent)]
                 out.append(_Candidate(family, {"colour": colour}, "0", ()))
         elif family == "now":
             on = world.on_screen(world.frame_at(asked_at))
