@@ -270,11 +270,12 @@ def _add_train_tiny(sub) -> None:
     )
     t.add_argument(
         "--curriculum",
-        choices=("base", "long", "finetune", "late"),
+        choices=("base", "long", "finetune", "late", "count"),
         default=d.curriculum,
         help="base: from scratch, 4-16 frames; long: continue (with --init) on 4-24 frames, "
         "up to 5 objects, time jumps between blocks; finetune: continue on the base task's "
-        "last stage; late: the same, half the clips starting up to an hour into the stream "
+        "last stage; late: the same, half the clips starting up to an hour into the stream; "
+        "count: late with counting questions three times as often "
         f"(default: {d.curriculum})",
     )
     t.add_argument(

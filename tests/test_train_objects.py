@@ -133,3 +133,38 @@ def test_short_held_out_clips_are_deterministic_and_cover_every_family():
     assert [(f, s.question, s.answer) for f, s in a] == [(f, s.question, s.answer) for f, s in b]
     assert {f for f, _ in a} == set(FAMILIES)
     assert all(4 <= len(s.frames) <= 16 and s.objects is None for _, s in a)
+
+
+def test_late_and_count_curricula_start_late_and_count_more_often():
+    from streamvlm.train.synth_task import CURRICULA, FINETUNE_CURRICULUM, synth_sample
+
+    def draws(name: str) -> list:
+        rng = np.random.default_rng(11)
+        return [synth_sample(rng, 1.0, CURRICULA[name]) for _ in range(150)]
+
+    def counting_share(samples) -> float:
+        return np.mean([s.question.lower().startswith(("how many", "count")) for s in samples])
+
+    finetune, count = draws("finetune"), draws("count")
+    assert CURRICULA["finetune"] == FINETUNE_CURRICULUM
+    assert max(s.times[0] for s in finetune) == 0.0
+    late_starts = [s.times[0] for s in count if s.times[0] > 0]
+    assert 0.3 < len(late_starts) / len(count) < 0.7 and max(late_starts) <= 3600.0
+    # count_colour is drawn three times in ten (one in eight in finetune)
+    assert counting_share(count) > 0.22 and counting_share(finetune) < 0.2
+
+
+def test_the_cli_offers_every_curriculum():
+    from streamvlm.cli import build_parser
+    from streamvlm.train.synth_task import CURRICULA
+
+    parser = build_parser()
+    action = next(
+        a
+        for sub in parser._subparsers._group_actions
+        for name, p in sub.choices.items()
+        if name == "train-tiny"
+        for a in p._actions
+        if a.dest == "curriculum"
+    )
+    assert set(action.choices) == set(CURRICULA)
