@@ -43,7 +43,8 @@ class QuantBenchConfig:
     needle_lengths: tuple[int, ...] = (256,)  # () skips the needle part
     needle_streams: int = 4
     needle_min_questions: int = 24
-    needle_answers: tuple[str, ...] = ("lossless", "top4-contiguous")
+    # lossless, and the configuration the bundled model answers best with (docs/BENCHMARKS.md)
+    needle_answers: tuple[str, ...] = ("lossless", "top1-contiguous-w0")
     needle_stores: tuple[str, ...] = ("", "+vidkv", "+kivi2", "+vidkv-ref", "+prune0.95", "+prune0.95+vidkv")
     # held-out short clips answered with every block stored through the codec (device
     # tier 0 bytes), where the model answers well; 0 skips this part
