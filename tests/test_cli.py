@@ -158,7 +158,10 @@ def test_watch_json_with_timed_and_final_questions(runs, sample_video):
     assert final["asked_at"] > 19
     for answer in doc["answers"]:
         assert isinstance(answer["text"], str)
-        assert 1 <= answer["timings"]["new_tokens"] <= int(MAX_NEW_TOKENS)
+        # The bundled model knows only its world's words: to a question outside it, it
+        # may end its turn at once, an empty answer of 0 new tokens.
+        assert 0 <= answer["timings"]["new_tokens"] <= int(MAX_NEW_TOKENS)
+        assert (answer["timings"]["new_tokens"] == 0) == (answer["text"] == "")
         assert answer["timings"]["total_s"] >= answer["timings"]["ttft_s"] >= 0
         assert answer["blocks"], "an answer attends to the blocks seen so far"
         assert max(b["t_end"] for b in answer["blocks"]) <= answer["asked_at"]
