@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import signal
 import threading
 import time
 import urllib.error
@@ -122,3 +123,11 @@ def parse_metrics(text: str) -> dict[str, float]:
             assert key.split("{")[0] in typed or base in typed, f"sample before its TYPE: {line}"
             samples[key] = float(value)
     return samples
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that a test interrupts with SIGINT: restore the default
+    disposition, which the child's Python turns into KeyboardInterrupt as at a terminal.
+    A test run started in the background by a shell without job control inherits SIGINT
+    ignored, and so would the child, which then never sees the Ctrl-C under test."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

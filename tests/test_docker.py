@@ -81,7 +81,7 @@ def test_compose_file_names_the_dockerfiles_and_reserves_a_gpu():
 def test_entrypoint_serves_the_default_model_and_answers_health(tmp_path):
     """The entrypoint exactly as the images run it, with the default (bundled) model
     resolved through STREAMVLM_ASSETS as in an image, on a free loopback port."""
-    from _server import wait_for_health
+    from _server import default_sigint, wait_for_health
 
     bin_dir = Path(sys.executable).parent
     if not (bin_dir / "streamvlm").exists():
@@ -103,6 +103,7 @@ def test_entrypoint_serves_the_default_model_and_answers_health(tmp_path):
         cwd=tmp_path,  # not the checkout: the image runs from the user's home
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     try:
         lines = []

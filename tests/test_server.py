@@ -24,7 +24,16 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("websockets")
-from _server import ServerThread, auth, jpeg, parse_metrics, png, request, wait_for_health  # noqa: E402
+from _server import (  # noqa: E402
+    ServerThread,
+    auth,
+    default_sigint,
+    jpeg,
+    parse_metrics,
+    png,
+    request,
+    wait_for_health,
+)
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 
@@ -555,7 +564,12 @@ def test_serve_command_serves(tmp_path):
     command = [sys.executable, "-m", "streamvlm", "serve", "--model", "tiny-qwen2.5-vl", "--port", "0"]
     command += ["--device", "cpu", "--dtype", "float32", "--log-level", "warning"]
     proc = subprocess.Popen(
-        command, env=env, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1]
+        command,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        preexec_fn=default_sigint,
     )
     try:
         line = proc.stderr.readline()
