@@ -3,9 +3,9 @@
 At answer time a session retrieves blocks by the inner product of the question's mean
 pre-RoPE query (per KV head, summed over layers) with each block's mean pre-RoPE key
 (``retrieval/summaries.py``, ``Backend.question_queries``). A model trained only to answer
-clips it sees whole never needs those vectors to single out one block, and the shipped
-tiny model's do not: at 256 frames the needle is in the top 4 of 128 blocks for 30-45%
-of questions, whichever way the scores are pooled (docs/training.md).
+clips it sees whole never needs those vectors to single out one block, and the tiny
+model's first checkpoint's did not: at 256 frames the needle was in the top 4 of 128
+blocks for 28-38% of questions, whichever way the scores were pooled (docs/training.md).
 
 This loss scores, for each question of a batch, every temporal patch of every clip of
 the batch exactly as retrieval scores blocks, and is a softmax cross-entropy that puts
@@ -30,6 +30,7 @@ import math
 
 import torch
 
+from ..config import QUERY_CONTEXTS
 from .batches import IGNORE
 
 
@@ -42,8 +43,10 @@ class RetrievalLoss(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, query_context: str = "sink"):
         super().__init__()
-        if query_context not in ("window", "sink"):
-            raise ValueError(f"query_context must be window or sink, got {query_context!r}")
+        if query_context not in QUERY_CONTEXTS:
+            raise ValueError(
+                f"query_context must be one of {', '.join(QUERY_CONTEXTS)}, got {query_context!r}"
+            )
         self.model = [model]  # in a list: not a submodule (its parameters are trained elsewhere)
         self.query_context = query_context
         text = model.config.get_text_config()
