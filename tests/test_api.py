@@ -70,7 +70,7 @@ def test_encode_context_is_bounded_by_window(engine, monkeypatch):
     monkeypatch.setattr(engine.backend, "new_cache", spy)
     session.add_frames((f, float(i)) for i, f in enumerate(frames(16)))
     per_block = session.stats().tokens_stored // session.stats().blocks
-    sink = len(session.sink_ids)
+    sink = len(session.sink.ids)
     assert seen[:3] == [sink, sink + per_block, sink + 2 * per_block]
     assert max(seen) == sink + 2 * per_block  # 4 frames = 2 blocks, never more
     assert session.stats().blocks == 8

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from streamvlm import MemoryConfig, StreamVLM
-from streamvlm.runtime.context import recent_by_frames
+from streamvlm.memory.block import recent_by_frames
 
 ATOL = 1e-4
 QUESTION = "what colour was the square?"
@@ -50,7 +50,7 @@ def stream(engine, frames, times, **memory):
 def chunks_of(session, frames):
     """The frames of each stored block (padding the last like the session does)."""
     out, i = [], 0
-    for meta in session.store.metas():
+    for meta in session.blocks.metas():
         chunk = frames[i : i + meta.frames]
         while len(chunk) % session.backend.frame_multiple:
             chunk = chunk + [chunk[-1]]
@@ -73,16 +73,16 @@ def reference_forward(session, frames, question_ids, extra_positions, mask=None)
     with the session's position ids. Returns (logits [L, vocab], cache, slot ranges).
     """
     backend, model = session.backend, session.backend.model
-    metas = session.store.metas()
+    metas = session.blocks.metas()
     n_visual = sum(m.tokens for m in metas)
-    positions = [session.sink_positions, *(m.positions for m in metas), extra_positions]
+    positions = [session.sink.positions, *(m.positions for m in metas), extra_positions]
     positions = torch.cat(positions, dim=1)
     if backend.family == "qwen2.5-vl":
         pixels, grids = zip(*(backend.preprocess(c) for c in chunks_of(session, frames)), strict=True)
         assert len({g[1:] for g in grids}) == 1, "reference needs one frame size"
         grid = torch.tensor([[sum(g[0] for g in grids), *grids[0][1:]]])
         video = model.config.video_token_id
-        ids = session.sink_ids + [video] * n_visual + list(question_ids)
+        ids = session.sink.ids + [video] * n_visual + list(question_ids)
         inputs = dict(
             pixel_values_videos=torch.cat(pixels), video_grid_thw=grid, position_ids=positions[:, None]
         )
@@ -90,7 +90,7 @@ def reference_forward(session, frames, question_ids, extra_positions, mask=None)
         pixels = torch.cat([backend.preprocess(c) for c in chunks_of(session, frames)])[None]
         video = model.config.video_token_id
         # the end-of-video newline row is the question's first embedding in the session
-        ids = session.sink_ids + [video] * (n_visual + 1) + list(question_ids)
+        ids = session.sink.ids + [video] * (n_visual + 1) + list(question_ids)
         inputs = dict(pixel_values_videos=pixels, position_ids=positions)
     assert len(ids) == positions.shape[1]
     with torch.inference_mode():
@@ -100,9 +100,9 @@ def reference_forward(session, frames, question_ids, extra_positions, mask=None)
 
 def slot_ranges(session):
     """[start, end) cache slots of the sink and of each block in the reference sequence."""
-    start = len(session.sink_ids)
+    start = len(session.sink.ids)
     ranges = {"sink": (0, start)}
-    for meta in session.store.metas():
+    for meta in session.blocks.metas():
         ranges[meta.id] = (start, start + meta.tokens)
         start += meta.tokens
     ranges["question"] = (start, None)
@@ -117,7 +117,7 @@ def block_mask(session, length, visible_blocks_for, question_blocks):
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     s0, s1 = ranges["sink"]
     allowed[:, s0:s1] = True
-    for meta in session.store.metas():
+    for meta in session.blocks.metas():
         b0, b1 = ranges[meta.id]
         for other in visible_blocks_for(meta.id):
             o0, o1 = ranges[other]
@@ -141,7 +141,7 @@ def test_positions_follow_stream_time_and_counter_is_separate(engine):
     frames = make_frames(6)
     times = [0.0, 1.0, 2.0, 3.0, 10.0, 11.0]
     session = stream(engine, frames, times, window=64)
-    metas = session.store.metas()
+    metas = session.blocks.metas()
     all_max = max(m.max_position for m in metas)
     assert session.next_position == all_max + 1
     start = session.video_start
@@ -176,9 +176,9 @@ def first_logits(session, question, blocks=None):
     ids, qpos = question_parts(session, question)
     from streamvlm.runtime.context import concat_layers
 
-    metas = session.store.metas() if blocks is None else blocks
-    stored = session.store.get(m.id for m in metas)
-    cache = backend.new_cache(concat_layers([session.sink_kv, *(b.layers for b in stored)]))
+    metas = session.blocks.metas() if blocks is None else blocks
+    stored = session.blocks.load(m.id for m in metas)
+    cache = backend.new_cache(concat_layers([session.sink.kv, *(b.layers for b in stored)]))
     hidden = backend.forward(backend.question_embeds(ids), qpos, cache)
     return backend.logits(hidden[-1:])[0]
 
@@ -188,7 +188,7 @@ def test_sliding_window_kv_equals_masked_reference(engine):
     times = [0.5 * i for i in range(10)]
     window = 2 * session_chunk(engine)  # two blocks visible while encoding
     session = stream(engine, frames, times, window=window)
-    metas = session.store.metas()
+    metas = session.blocks.metas()
     assert len(metas) >= 4
 
     def visible(block_id):
@@ -196,11 +196,11 @@ def test_sliding_window_kv_equals_masked_reference(engine):
         return [m.id for m in recent_by_frames(earlier, window)]
 
     ids, qpos = question_parts(session)
-    length = len(session.sink_ids) + sum(m.tokens for m in metas) + qpos.shape[1]
+    length = len(session.sink.ids) + sum(m.tokens for m in metas) + qpos.shape[1]
     mask = block_mask(session, length, visible, [m.id for m in metas])
     _, cache = reference_forward(session, frames, ids, qpos, mask=mask)
     ranges = slot_ranges(session)
-    for block in session.store.get(m.id for m in metas):
+    for block in session.blocks.load(m.id for m in metas):
         b0, b1 = ranges[block.id]
         for layer, (k, v) in enumerate(block.layers):
             torch.testing.assert_close(k, cache.layers[layer].keys[0, :, b0:b1], atol=ATOL, rtol=0)
@@ -210,7 +210,7 @@ def test_sliding_window_kv_equals_masked_reference(engine):
     last = metas[-1].id
     b0, b1 = ranges[last]
     assert not torch.allclose(
-        session.store.get([last])[0].layers[-1][1], full_cache.layers[-1].values[0, :, b0:b1], atol=1e-3
+        session.blocks.load([last])[0].layers[-1][1], full_cache.layers[-1].values[0, :, b0:b1], atol=1e-3
     )
 
 
@@ -239,7 +239,7 @@ def test_ask_matches_plain_forward_and_greedy_decode(engine):
         generated.append(int(torch.argmax(logits[-1])))
     assert answer.token_ids == generated
     assert answer.text == session.backend.tokenizer.decode(generated, skip_special_tokens=True)
-    assert [b.id for b in answer.blocks] == [m.id for m in session.store.metas()]
+    assert [b.id for b in answer.blocks] == [m.id for m in session.blocks.metas()]
     assert answer.timings.ttft_s > 0 and answer.timings.total_s >= answer.timings.ttft_s
 
 
@@ -247,11 +247,11 @@ def test_dropping_a_block_equals_masking_it_out(engine):
     frames = make_frames(8)
     times = [0.5 * i for i in range(8)]
     session = stream(engine, frames, times, window=64)
-    metas = session.store.metas()
+    metas = session.blocks.metas()
     dropped = metas[1].id
     kept = [m for m in metas if m.id != dropped]
     ids, qpos = question_parts(session)
-    length = len(session.sink_ids) + sum(m.tokens for m in metas) + qpos.shape[1]
+    length = len(session.sink.ids) + sum(m.tokens for m in metas) + qpos.shape[1]
     mask = block_mask(session, length, lambda b: [m.id for m in metas if m.id < b], [m.id for m in kept])
     logits, _ = reference_forward(session, frames, ids, qpos, mask=mask)
     ours = first_logits(session, QUESTION, blocks=kept)

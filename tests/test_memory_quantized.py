@@ -15,7 +15,7 @@ from streamvlm.memory.disk import DiskTier
 from streamvlm.memory.policy import get_policy
 from streamvlm.memory.tiered import TieredStore
 from streamvlm.quant import get_codec as get_kv_codec
-from streamvlm.runtime.persistence import CODEC_STATE_FILE, SessionResumeError
+from streamvlm.memory.checkpoint import CODEC_STATE_FILE, SessionResumeError
 from streamvlm.runtime.session import Session
 
 MODEL = "tiny-qwen2.5-vl"
@@ -130,17 +130,17 @@ def test_session_tiers_store_with_their_codec_and_report_bits(engine, tmp_path):
         return s
 
     exact, quantized = session("identity", "exact"), session("vidkv", "vidkv")
-    ids = [m.id for m in exact.store.metas()]
-    full = exact.store.get(ids)
-    assert [m.tokens for m in exact.store.metas()] == [TOKENS, TOKENS]
+    ids = [m.id for m in exact.blocks.metas()]
+    full = exact.blocks.load(ids)
+    assert [m.tokens for m in exact.blocks.metas()] == [TOKENS, TOKENS]
     expected, bits = codec_alone("vidkv", full)
-    for block, layers in zip(quantized.store.get(ids), expected, strict=True):  # from host RAM
+    for block, layers in zip(quantized.blocks.load(ids), expected, strict=True):  # from host RAM
         assert_same_kv(block, layers)
-    disk = quantized.store
+    disk = quantized.blocks._store  # TODO tier API
     for block_id, layers in zip(ids, expected, strict=True):
         assert_same_kv(disk.disk_codec.decode(disk.disk.get(block_id), "cpu", torch.float32), layers)
     # retrieval summaries come from the full-precision keys, whatever the codec
-    for a, b in zip(exact.store.metas(), quantized.store.metas(), strict=True):
+    for a, b in zip(exact.blocks.metas(), quantized.blocks.metas(), strict=True):
         assert torch.equal(a.summary, b.summary)
     stats = quantized.stats()
     assert bits == pytest.approx(2.375)  # vidkv on [2, 16, 16]: keys and values 2.375 each
@@ -171,13 +171,13 @@ def test_resume_with_a_vidkv_disk_tier_decodes_blocks_bit_for_bit(engine, tmp_pa
     state_file = directory / CODEC_STATE_FILE
     saved = state_file.read_bytes()
     session.add_frames(frames(4, start=2))
-    ids = [m.id for m in session.store.metas()]
-    before = session.store.get(ids)
+    ids = [m.id for m in session.blocks.metas()]
+    before = session.blocks.load(ids)
     session.close()
 
     resumed = Session.resume(directory, StreamVLM.from_pretrained(MODEL, device="cpu", dtype="float32"))
-    assert [resumed.store.tier_of(i) for i in ids] == ["disk"] * 3
-    for old, new in zip(before, resumed.store.get(ids), strict=True):
+    assert [resumed.blocks.tier_of(i) for i in ids] == ["disk"] * 3
+    for old, new in zip(before, resumed.blocks.load(ids), strict=True):
         assert_same_kv(new, old.layers)
     resumed.add_frames(frames(2, start=6))  # keeps encoding with the same frozen channel tiers
     resumed.close()
@@ -188,5 +188,5 @@ def test_resume_with_a_vidkv_disk_tier_decodes_blocks_bit_for_bit(engine, tmp_pa
         Session.resume(directory, engine)
     state_file.write_bytes(saved)  # the failed resume released the directory: try again
     again = Session.resume(directory, engine)
-    assert_same_kv(again.store.get(ids[:1])[0], before[0].layers)
+    assert_same_kv(again.blocks.load(ids[:1])[0], before[0].layers)
     again.close()

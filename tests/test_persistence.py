@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from streamvlm import MemoryConfig, StreamVLM
-from streamvlm.runtime.persistence import SessionResumeError
+from streamvlm.memory.checkpoint import SessionResumeError
 from streamvlm.runtime.session import Session
 
 MODEL = "tiny-qwen2.5-vl"
@@ -32,7 +32,7 @@ def frame(i: int, size: int = 56) -> np.ndarray:
 def test_budgets_hold_over_thousands_of_frames(engine, tmp_path):
     probe = engine.new_session(memory=MemoryConfig(window=4))
     probe.add_frames([(frame(0), 0.0), (frame(1), 1.0)])
-    block = probe.store.get([0])[0].nbytes  # device bytes of one block
+    block = probe.blocks.load([0])[0].nbytes  # device bytes of one block
     memory = MemoryConfig(
         window=4, device_bytes=3 * block, host_bytes=6 * block, disk_dir=str(tmp_path / "s"), top_k=4
     )
@@ -40,7 +40,7 @@ def test_budgets_hold_over_thousands_of_frames(engine, tmp_path):
     worst = {"device": 0, "host": 0}
     for i in range(2000):
         session.add_frame(frame(i % 50), float(i))
-        tiers = session.store.bytes_per_tier()
+        tiers = session.stats().bytes_per_tier
         worst = {t: max(worst[t], tiers[t]) for t in worst}
     stats = session.stats()
     assert stats.blocks == 1000 and stats.indexed_blocks == 1000 and stats.frames_encoded == 2000
@@ -72,7 +72,7 @@ def test_resumed_session_answers_as_before(engine, tmp_path):
     assert {b.tier for b in after.blocks} == {"disk"}  # nothing in RAM after a restart
     # it keeps streaming where it left off
     resumed.add_frames((frame(i), 0.5 * i + 100.0) for i in range(17, 21))
-    assert resumed.stats().blocks == 11 and resumed.store.metas()[-1].t_end == 110.0
+    assert resumed.stats().blocks == 11 and resumed.blocks.metas()[-1].t_end == 110.0
     resumed.close()
 
 
@@ -101,8 +101,8 @@ def test_disk_budget_drops_oldest_and_the_index_forgets_them(engine, tmp_path):
     stats = session.stats()
     assert stats.bytes_per_tier["disk"] <= 40_000
     assert stats.dropped_blocks > 0 and stats.blocks + stats.dropped_blocks == 30
-    assert sorted(session.index.ids()) == [m.id for m in session.store.metas()]
-    assert session.store.metas()[0].id == stats.dropped_blocks  # the oldest went first
+    assert session.blocks.indexed_ids() == [m.id for m in session.blocks.metas()]
+    assert session.blocks.metas()[0].id == stats.dropped_blocks  # the oldest went first
     session.ask("still fine?", top_k=2, max_new_tokens=1)
     session.close()
 
@@ -117,8 +117,8 @@ CHILD = textwrap.dedent(
     while True:
         rng = np.random.default_rng(i)
         session.add_frame(rng.integers(0, 256, size=(56, 56, 3), dtype=np.uint8), float(i))
-        if session._unflushed == 0 and session.chunks_encoded:
-            print("checkpoint", session.chunks_encoded, flush=True)
+        if session.blocks.blocks_since_checkpoint == 0 and session.state.chunks_encoded:
+            print("checkpoint", session.state.chunks_encoded, flush=True)
         i += 1
     """
 )
@@ -148,10 +148,10 @@ def test_kill_9_loses_at_most_the_unflushed_blocks(engine, tmp_path):
             child.wait(10)
         assert flushed >= 4 * checkpoints, "the child did not get far enough"
         resumed = Session.resume(directory, engine)
-        ids = [m.id for m in resumed.store.metas()]
+        ids = [m.id for m in resumed.blocks.metas()]
         assert ids == list(range(len(ids))) and len(ids) >= flushed  # every flushed block, in order
-        assert resumed.store.disk.verify() == []  # nothing comes back corrupt
-        assert resumed.store.disk.recovery is not None
+        assert resumed.blocks.disk.verify() == []  # nothing comes back corrupt
+        assert resumed.blocks.disk.recovery is not None
         answer = resumed.ask("anything?", max_new_tokens=1)
         assert [b.id for b in answer.blocks] == ids
         resumed.add_frames([(frame(1), 1e6), (frame(2), 1e6 + 1)])

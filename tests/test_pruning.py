@@ -128,7 +128,7 @@ def test_static_scene_keeps_under_a_fifth_after_its_first_chunk_and_a_cut_keeps_
     static = scene(0, 8 * chunk, noise=2.0)
     cut = scene(1, chunk)
     session = run(engine, static + cut, prune_threshold=0.95)
-    metas = session.store.metas()
+    metas = session.blocks.metas()
     assert len(metas) == 9
     assert metas[0].kept.all()
     later = metas[1:8]
@@ -142,7 +142,7 @@ def test_static_scene_keeps_under_a_fifth_after_its_first_chunk_and_a_cut_keeps_
     assert stats.frames_seen == 9 * chunk
     # positions: the kept tokens keep theirs, and the question starts after the full chunks
     unpruned = run(engine, static + cut)
-    for m, full in zip(metas, unpruned.store.metas(), strict=True):
+    for m, full in zip(metas, unpruned.blocks.metas(), strict=True):
         assert torch.equal(m.positions, full.positions[:, m.kept])
     assert session.next_position == unpruned.next_position
 
@@ -152,8 +152,8 @@ def test_threshold_above_one_is_exactly_the_unpruned_core(engine):
     pruned = run(engine, frames, prune_threshold=1.0001)
     plain = run(engine, frames)
     for a, b in zip(
-        pruned.store.get(m.id for m in pruned.store.metas()),
-        plain.store.get(m.id for m in plain.store.metas()),
+        pruned.blocks.load(m.id for m in pruned.blocks.metas()),
+        plain.blocks.load(m.id for m in plain.blocks.metas()),
         strict=True,
     ):
         assert a.meta.kept.all()
@@ -168,7 +168,7 @@ def test_pruned_answer_equals_plain_forward_over_the_kept_tokens(engine):
     chunk = backend.default_chunk_frames
     frames = scene(0, 3 * chunk, noise=2.0) + scene(5, 2 * chunk, noise=2.0)
     session = run(engine, frames, prune_threshold=0.95)
-    metas = session.store.metas()
+    metas = session.blocks.metas()
     assert 0 < sum(m.tokens for m in metas) < sum(m.kept.numel() for m in metas)  # some pruned
     # reference: the plain forward over embeddings, the visual ones from a fresh pruner
     pruner = TemporalPruner(0.95)
@@ -187,14 +187,14 @@ def test_pruned_answer_equals_plain_forward_over_the_kept_tokens(engine):
         ids = backend.prompt_parts(session.system_prompt, QUESTION).question
         question = backend.question_embeds(ids)
         q_positions = backend.text_positions(session.next_position, question.shape[0])
-        embeds = torch.cat([backend.embed_ids(session.sink_ids), *visual, question])
-        all_positions = torch.cat([session.sink_positions, *positions, q_positions], dim=1)
+        embeds = torch.cat([backend.embed_ids(session.sink.ids), *visual, question])
+        all_positions = torch.cat([session.sink.positions, *positions, q_positions], dim=1)
         if backend.position_dims == 3:
             all_positions = all_positions[:, None]
         reference = backend.model(inputs_embeds=embeds[None], position_ids=all_positions).logits[0, -1]
     with torch.inference_mode():
-        stored = session.store.get(m.id for m in metas)
-        cache = backend.new_cache(concat_layers([session.sink_kv, *(b.layers for b in stored)]))
+        stored = session.blocks.load(m.id for m in metas)
+        cache = backend.new_cache(concat_layers([session.sink.kv, *(b.layers for b in stored)]))
         hidden = backend.forward(question, q_positions, cache)
         ours = backend.logits(hidden[-1:])[0]
     torch.testing.assert_close(ours, reference.float(), atol=1e-4, rtol=0)
@@ -208,7 +208,7 @@ def test_pruned_answer_equals_plain_forward_over_the_kept_tokens(engine):
 def test_pruned_blocks_go_through_quantized_tiers_and_resume(model, codec, tmp_path):
     """Pruned blocks hold any number of tokens (one, here); the codecs and the disk tier take
     them, and a resumed session keeps its token counters."""
-    from streamvlm.runtime.persistence import SESSION_FILE
+    from streamvlm.memory.checkpoint import SESSION_FILE
     from streamvlm.runtime.session import Session
 
     engine = StreamVLM.from_pretrained(model, device="cpu", dtype="float32")
@@ -217,7 +217,7 @@ def test_pruned_blocks_go_through_quantized_tiers_and_resume(model, codec, tmp_p
         device_bytes=0, host_codec=codec, disk_codec=codec, disk_dir=str(tmp_path / "s"), disk_flush_blocks=1
     )
     session = run(engine, frames, prune_threshold=0.95, **memory)
-    tokens = [m.tokens for m in session.store.metas()]
+    tokens = [m.tokens for m in session.blocks.metas()]
     assert 1 in tokens and 16 in tokens
     # every block's checkpoint saved the counter past the whole chunk, pruned tokens included
     saved = json.loads((tmp_path / "s" / SESSION_FILE).read_text())
@@ -231,6 +231,6 @@ def test_pruned_blocks_go_through_quantized_tiers_and_resume(model, codec, tmp_p
         before.visual_tokens_seen,
         before.visual_tokens_kept,
     )
-    assert [m.tokens for m in resumed.store.metas()] == tokens
+    assert [m.tokens for m in resumed.blocks.metas()] == tokens
     assert resumed.ask(QUESTION, max_new_tokens=2).text is not None
     resumed.close()

@@ -49,7 +49,7 @@ def test_derotated_cached_keys_equal_pre_rope_projections(engine):
     finally:
         for h in handles:
             h.remove()
-    block = session.store.get([session.store.metas()[-1].id])[0]
+    block = session.blocks.load([session.blocks.metas()[-1].id])[0]
     for layer, (keys, _) in enumerate(block.layers):
         truth = captured[layer][-1]  # the last forward encoded this block
         derotated = backend.derotate_keys(keys, block.meta.positions)
@@ -76,9 +76,9 @@ def test_summaries_do_not_depend_on_when_a_block_was_seen(engine):
     for gap in (1.0, 41.0):
         session = engine.new_session(memory=MemoryConfig(window=0))
         session.add_frames([(filler, 0.0), (filler, 0.5), (clip[0], gap), (clip[1], gap + 0.5)])
-        meta = session.store.metas()[-1]
+        meta = session.blocks.metas()[-1]
         summaries.append(meta.summary[0])
-        keys.append(session.store.get([meta.id])[0].layers[0][0])
+        keys.append(session.blocks.load([meta.id])[0].layers[0][0])
     torch.testing.assert_close(summaries[0], summaries[1], atol=1e-5, rtol=0)
     if backend.family == "qwen2.5-vl":  # time positions differ by 80; LLaVA's 1-D positions do not move
         assert not torch.allclose(keys[0], keys[1], atol=1e-3)
@@ -101,11 +101,11 @@ def test_question_queries_are_group_means_of_pre_rope_queries(engine):
         for i, layer in enumerate(backend.language_model.layers)
     ]
     try:
-        backend.forward(embeds, positions, backend.new_cache(list(session.sink_kv)))
+        backend.forward(embeds, positions, backend.new_cache(list(session.sink.kv)))
     finally:
         for h in handles:
             h.remove()
-    queries = backend.question_queries(embeds, positions, backend.new_cache(list(session.sink_kv)))
+    queries = backend.question_queries(embeds, positions, backend.new_cache(list(session.sink.kv)))
     heads = backend.model.config.get_text_config().num_attention_heads
     groups = heads // backend.num_kv_heads
     for layer in range(backend.num_layers):

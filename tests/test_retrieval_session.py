@@ -11,6 +11,7 @@ from streamvlm.errors import ConfigError
 from streamvlm.retrieval.index import LayeredIndex
 from streamvlm.retrieval.select import select_blocks
 from streamvlm.runtime.context import per_layer_context
+from streamvlm.runtime.plan import AnswerPlan
 
 Q = "what colour was the square?"
 
@@ -37,7 +38,7 @@ def test_top_k_covering_every_block_equals_lossless(engine, selection):
     session.add_frames(clip(12))
     lossless = logits_and_tokens(session)
     retrieved = logits_and_tokens(session, top_k=1000)
-    every = [m.id for m in session.store.metas()]
+    every = [m.id for m in session.blocks.metas()]
     assert retrieved.selection.layers == [every] * engine.backend.num_layers
     assert retrieved.answer.token_ids == lossless.answer.token_ids
     assert [b.id for b in retrieved.answer.blocks] == every
@@ -47,10 +48,10 @@ def reference_ragged_logits(backend, session, selection, question_ids, position)
     """Layer by layer with the model's own decoder layers, plain SDPA and an explicit mask per layer."""
 
     lm = backend.language_model
-    blocks = {b.id: b for b in session.store.get(selection.union)}
+    blocks = {b.id: b for b in session.blocks.load(selection.union)}
     embeds = backend.question_embeds(question_ids)[None]
     positions = backend.text_positions(position, embeds.shape[1])
-    cache = backend.new_cache(per_layer_context(session.sink_kv, blocks, selection.layers))
+    cache = backend.new_cache(per_layer_context(session.sink.kv, blocks, selection.layers))
     pos = backend.model_position_ids(positions)
     rotary = lm.rotary_emb(embeds, pos)
     hidden, q = embeds, embeds.shape[1]
@@ -78,8 +79,8 @@ def test_per_layer_selection_gives_each_layer_its_own_blocks(engine):
     expected = reference_ragged_logits(backend, session, stream.selection, ids, session.next_position)
     assert stream.answer.token_ids[0] == int(torch.argmax(expected))
 
-    blocks = {b.id: b for b in session.store.get(stream.selection.union)}
-    cache = backend.new_cache(per_layer_context(session.sink_kv, blocks, layers))
+    blocks = {b.id: b for b in session.blocks.load(stream.selection.union)}
+    cache = backend.new_cache(per_layer_context(session.sink.kv, blocks, layers))
     embeds = backend.question_embeds(ids)
     hidden = backend.forward(embeds, backend.text_positions(session.next_position, embeds.shape[0]), cache)
     torch.testing.assert_close(backend.logits(hidden[-1:])[0], expected, atol=1e-4, rtol=0)
@@ -91,15 +92,15 @@ def test_per_layer_contexts_of_different_lengths_match_the_reference(engine):
 
     session = engine.new_session(memory=MemoryConfig(window=64))
     session.add_frames(clip(10, seed=4))
-    ids_all = [m.id for m in session.store.metas()]
+    ids_all = [m.id for m in session.blocks.metas()]
     layers = [ids_all[:1], ids_all[1:]] + [ids_all] * (engine.backend.num_layers - 2)
     selection = Selection(layers)
     backend = engine.backend
     qids = backend.prompt_parts(session.system_prompt, Q).question
     expected = reference_ragged_logits(backend, session, selection, qids, session.next_position)
 
-    blocks = {b.id: b for b in session.store.get(selection.union)}
-    cache = backend.new_cache(per_layer_context(session.sink_kv, blocks, layers))
+    blocks = {b.id: b for b in session.blocks.load(selection.union)}
+    cache = backend.new_cache(per_layer_context(session.sink.kv, blocks, layers))
     assert cache.layers[0].keys.shape[2] != cache.layers[1].keys.shape[2]
     embeds = backend.question_embeds(qids)
     hidden = backend.forward(embeds, backend.text_positions(session.next_position, embeds.shape[0]), cache)
@@ -134,14 +135,14 @@ def test_selection_modes_neighbours_and_always_with_a_real_index():
 
 
 def test_contiguous_positions_close_the_gaps(engine):
-    from streamvlm.retrieval.positions import contiguous_positions, reposition
-
     backend = engine.backend
     session = engine.new_session(memory=MemoryConfig(window=64))
     session.add_frames((f, 7.0 * i) for i, (f, _) in enumerate(clip(8)))  # frames 7 s apart: big time gaps
-    blocks = session.store.get([1, 3])
+    blocks = session.blocks.load([1, 3])
     step = backend.tokens_per_second * backend.temporal_patch_size if backend.position_dims == 3 else 1
-    layout = contiguous_positions(blocks, session.video_start, backend.position_dims, step)
+    layout = dict(
+        zip([1, 3], backend.contiguous_positions([b.meta.positions for b in blocks], session.video_start))
+    )
     start = session.video_start
     if backend.position_dims == 3:
         assert int(layout[1][0].min()) == start and int(layout[3][0].min()) == start + step
@@ -151,13 +152,14 @@ def test_contiguous_positions_close_the_gaps(engine):
         assert torch.equal(layout[1][0], torch.arange(start, start + n))
         assert torch.equal(layout[3][0], torch.arange(start + n, start + 2 * n))
     for block in blocks:  # re-rotating to the same positions changes nothing; to new ones, only keys
-        same = reposition(backend, block, block.meta.positions)
-        for (k, v), (k2, v2) in zip(block.layers, same.layers, strict=True):
+        old = block.meta.positions
+        same = backend.reposition_keys(block.layers, old, old)
+        for (k, v), (k2, v2) in zip(block.layers, same, strict=True):
             torch.testing.assert_close(k2, k, atol=1e-5, rtol=0)
             assert v2 is v
-        moved = reposition(backend, block, layout[block.id])
-        back = reposition(backend, moved, block.meta.positions)
-        torch.testing.assert_close(back.layers[1][0], block.layers[1][0], atol=1e-4, rtol=0)
+        moved = backend.reposition_keys(block.layers, old, layout[block.id])
+        back = backend.reposition_keys(moved, layout[block.id], old)
+        torch.testing.assert_close(back[1][0], block.layers[1][0], atol=1e-4, rtol=0)
 
 
 def test_contiguous_mode_answers_and_places_the_question_after_the_retrieved_blocks(engine):
@@ -199,7 +201,7 @@ def test_answer_window_leaves_the_rest_of_the_window_to_retrieval(engine):
     narrow = engine.new_session(memory=MemoryConfig(window=8, top_k=1, answer_window=2))
     for s in (default, narrow):
         s.add_frames(frames)
-    metas = default.store.metas()
+    metas = default.blocks.metas()
     chunk = metas[-1].frames
     window_ids = {m.id for m in metas[-(8 // chunk) :]}
     wide = logits_and_tokens(default)
@@ -229,8 +231,8 @@ def test_query_context_sink_reads_the_question_alone(engine):
     ids = backend.prompt_parts(session.system_prompt, Q).question
     embeds = backend.question_embeds(ids)
     positions = backend.text_positions(stream.position, embeds.shape[0])
-    queries = backend.question_queries(embeds, positions, backend.new_cache(list(session.sink_kv)))
-    expected = session.answer_context(queries, top_k=2)
+    queries = backend.question_queries(embeds, positions, backend.new_cache(list(session.sink.kv)))
+    expected = session.blocks.select(AnswerPlan.resolve(session.memory, top_k=2), queries)
     assert stream.selection.layers == expected.layers
     with pytest.raises(ConfigError, match="query_context"):
         MemoryConfig(query_context="everything")

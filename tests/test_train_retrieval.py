@@ -44,13 +44,13 @@ def test_training_vectors_are_the_sessions_retrieval_vectors(tmp_path, query_con
     b = engine.backend
     session = engine.new_session(memory=MemoryConfig(window=64, host_codec="identity", disk_codec="identity"))
     session.add_frames(zip(sample.frames, sample.times, strict=True))
-    blocks = session.store.get(m.id for m in session.store.metas())
+    blocks = session.blocks.load(m.id for m in session.blocks.metas())
     assert counts == [len(blocks)]
     indexed = torch.stack([block_summary(b, x.layers, x.meta.positions).flatten() for x in blocks])
     torch.testing.assert_close(summaries.detach(), indexed, atol=1e-4, rtol=0)
     ids = b.prompt_parts(session.system_prompt, sample.question).question
     context = (
-        [session.sink_kv, *(x.layers for x in blocks)] if query_context == "window" else [session.sink_kv]
+        [session.sink.kv, *(x.layers for x in blocks)] if query_context == "window" else [session.sink.kv]
     )
     cache = b.new_cache(concat_layers(context))
     searched = b.question_queries(

@@ -130,12 +130,12 @@ def model_set(name: str, config: QuantBenchConfig) -> list[KVLayer]:
     for i in range(world.n_frames):
         session.add_frame(world.render(i), world.frame_time(i))
     session.flush()
-    blocks = session.store.get(m.id for m in session.store.metas())
+    blocks = session.blocks.load(m.id for m in session.blocks.metas())
     video = concat_layers([b.layers for b in blocks])
     ids = backend.prompt_parts(session.system_prompt, QUESTION).question
     embeds = backend.question_embeds(ids)
     positions = backend.text_positions(session.next_position, embeds.shape[0])
-    cache = backend.new_cache(concat_layers([session.sink_kv, video]))
+    cache = backend.new_cache(concat_layers([session.sink.kv, video]))
     queries = backend.query_states(embeds, positions, cache)
     cos, sin = backend.rotary(positions)
     session.close()

@@ -135,7 +135,7 @@ def _run_baseline(config, backend, session, scene, frames, cp, result) -> bool:
     """Run the baseline at this length; return whether to run it at the next one."""
     from .baseline import generate_over_all_frames  # torch + transformers: not at CLI start-up
 
-    tokens_per_frame = session.stats().tokens_stored / max(1, session.frames_encoded)
+    tokens_per_frame = session.stats().tokens_stored / max(1, session.state.frames_encoded)
     kv_bytes = 2 * backend.num_layers * backend.num_kv_heads * backend.head_dim * backend.dtype.itemsize
     expected_bytes = tokens_per_frame * frames * kv_bytes
     if expected_bytes > config.baseline_cap_bytes:

@@ -8,6 +8,7 @@ written.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -116,3 +117,19 @@ class StoredBlock:
         if shape is None:  # written before kv_shape existed: identity, which stores raw KV
             return sum(t.numel() for name, t in self.tensors.items() if name not in META_TENSORS)
         return 2 * int(self.meta["layers"]) * math.prod(shape)
+
+
+def recent_by_frames(metas: Sequence[BlockMeta], frames: int) -> list[BlockMeta]:
+    """The newest blocks whose frame counts add up to at most ``frames``, oldest first.
+
+    Blocks are atomic: a block that would overflow the budget is left out with
+    everything older.
+    """
+    picked: list[BlockMeta] = []
+    total = 0
+    for meta in reversed(metas):
+        if total + meta.frames > frames:
+            break
+        picked.append(meta)
+        total += meta.frames
+    return picked[::-1]

@@ -114,6 +114,35 @@ class Backend(ABC):
         row = torch.arange(start, start + count, dtype=torch.long)
         return row.expand(self.position_dims, count).clone()
 
+    def contiguous_positions(self, positions: Sequence[torch.Tensor], video_start: int) -> list[torch.Tensor]:
+        """ReKV's ``contiguous`` layout: blocks attended together, laid out one after another.
+
+        ``positions`` are the encoded positions of each block, in time order; the result
+        gives each block new positions of the same shape from ``video_start`` on, with no
+        gap between blocks and the order within each block kept. With 1-D positions each
+        block takes the next ``tokens`` positions; families with a time axis override this.
+        """
+        out, cursor = [], video_start
+        for old in positions:
+            out.append(self.text_positions(cursor, old.shape[1]))
+            cursor += old.shape[1]
+        return out
+
+    def reposition_keys(
+        self, layers: Sequence[LayerKV], old: torch.Tensor, new: torch.Tensor
+    ) -> tuple[LayerKV, ...]:
+        """``layers`` with their keys re-rotated from positions ``old`` to ``new``.
+
+        Keys are cached after RoPE, so moving them is an inverse rotation at the encoded
+        positions and a rotation at the new ones; values carry no position.
+        """
+        cos_old, sin_old = self.rotary(old)
+        cos_new, sin_new = self.rotary(new)
+        return tuple(
+            (rotate(rotate(k, cos_old, sin_old, inverse=True), cos_new, sin_new).to(k.dtype), v)
+            for k, v in layers
+        )
+
     # ----- vision ----------------------------------------------------------------
 
     @abstractmethod

@@ -55,6 +55,21 @@ class Qwen25VLBackend(Backend):
     def model_position_ids(self, positions: torch.Tensor) -> torch.Tensor:
         return positions[:, None, :]  # [3, batch=1, L]
 
+    def contiguous_positions(self, positions: Sequence[torch.Tensor], video_start: int) -> list[torch.Tensor]:
+        """Height and width rows are kept; the k-th temporal patch of the attended blocks gets
+        time ``video_start + k * step``, ``step`` being the spacing of a video sampled at 1 fps
+        (``tokens_per_second * temporal_patch_size``), so patches keep their order and spacing."""
+        step = self.tokens_per_second * self.temporal_patch_size
+        out, cursor = [], video_start
+        for old in positions:
+            times = torch.unique(old[0])  # this block's temporal patches, in order
+            slot = torch.searchsorted(times, old[0])
+            new = old.clone()
+            new[0] = cursor + slot * step
+            out.append(new)
+            cursor += len(times) * step
+        return out
+
     def chunk_positions(
         self, grid: tuple[int, int, int], patch_times: Sequence[float], video_start: int
     ) -> torch.Tensor:

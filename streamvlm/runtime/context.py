@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..memory.block import Block, BlockMeta
+from ..memory.block import Block
 from ..models.base import LayerKV
 
 
@@ -28,22 +28,6 @@ def new_kv_from_cache(cache, start: int) -> tuple[LayerKV, ...]:
     return tuple(
         (layer.keys[0, :, start:].clone(), layer.values[0, :, start:].clone()) for layer in cache.layers
     )
-
-
-def recent_by_frames(metas: Sequence[BlockMeta], frames: int) -> list[BlockMeta]:
-    """The newest blocks whose frame counts add up to at most ``frames``, oldest first.
-
-    Blocks are atomic: a block that would overflow the budget is left out with
-    everything older.
-    """
-    picked: list[BlockMeta] = []
-    total = 0
-    for meta in reversed(metas):
-        if total + meta.frames > frames:
-            break
-        picked.append(meta)
-        total += meta.frames
-    return picked[::-1]
 
 
 def per_layer_context(

@@ -234,7 +234,7 @@ class _Completion:
         """Prompt tokens: sink + attended blocks + the question turn; completion: new tokens."""
         answer, backend = self.stream.answer, self.session.backend
         question = len(backend.prompt_parts(self.session.system_prompt, answer.question).question)
-        prompt = len(self.session.sink_ids) + sum(b.tokens for b in answer.blocks) + question
+        prompt = len(self.session.sink.ids) + sum(b.tokens for b in answer.blocks) + question
         done = answer.timings.new_tokens
         return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
 

@@ -98,7 +98,7 @@ class ServedSession:
         f = self.frames
         dropped_queue, depth = queue_counts(self.session)
         dropped_queue += f.retired_dropped_queue
-        encoded = f.retired_encoded + (self.session.frames_encoded if self.session is not None else 0)
+        encoded = f.retired_encoded + (self.session.state.frames_encoded if self.session is not None else 0)
         return {
             "received": f.received,
             "accepted": f.accepted,

@@ -1,0 +1,122 @@
+"""The files of a session directory besides the disk tier's own, written atomically.
+
+A session directory holds the disk tier (segments + block table), the retrieval index
+(``index/``), ``session.json`` with what the blocks do not say (the model, the memory
+options, the next block id, and the session's own record: system prompt and stream
+counters) and, for a stateful ``disk_codec`` (``vidkv``), ``codec_state.safetensors``: its
+per-layer state, without which the disk blocks cannot be decoded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+
+from ..errors import StreamVLMError
+
+SESSION_FILE = "session.json"
+INDEX_DIR = "index"
+CODEC_STATE_FILE = "codec_state.safetensors"
+FORMAT_VERSION = 1
+# MemoryConfig fields a resumed session may change: they do not alter what is stored.
+RESUME_OVERRIDABLE = frozenset(
+    {
+        "window",
+        "answer_blocks",
+        "max_question_chars",
+        "device_bytes",
+        "host_bytes",
+        "top_k",
+        "answer_window",
+        "query_context",
+        "position_mode",
+        "selection",
+        "neighbours",
+        "eviction",
+        "disk_flush_blocks",
+    }
+)
+
+
+class SessionResumeError(StreamVLMError):
+    """A directory cannot be resumed as a session."""
+
+
+def holds_session(directory: Path) -> bool:
+    return (directory / SESSION_FILE).exists()
+
+
+def read_record(directory: Path) -> dict:
+    """``session.json`` of ``directory``; ``SessionResumeError`` when it is not a session."""
+    path = directory / SESSION_FILE
+    if not path.is_file():
+        raise SessionResumeError(f"{directory} is not a streamvlm session directory (no {SESSION_FILE})")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SessionResumeError(f"cannot read {path}: {e}") from e
+    if record.get("format") != FORMAT_VERSION:
+        raise SessionResumeError(
+            f"{path} has format {record.get('format')!r}; this streamvlm reads {FORMAT_VERSION}"
+        )
+    return record
+
+
+def write_record(directory: Path, record: dict) -> None:
+    """Replace ``session.json`` (the format version is added here)."""
+    data = json.dumps({"format": FORMAT_VERSION, **record}, indent=1).encode()
+    write_atomically(directory / SESSION_FILE, data)
+
+
+def save_codec_state(directory: Path, codec) -> None:
+    """Write ``codec``'s per-layer state to ``directory/codec_state.safetensors``, atomically."""
+    tensors = {name: t.contiguous() for name, t in codec.shared_state().items()}
+    write_atomically(
+        directory / CODEC_STATE_FILE, safetensors.torch.save(tensors, metadata={"codec": codec.name})
+    )
+
+
+def load_codec_state(directory: Path, codec, blocks: int) -> None:
+    """Restore the disk codec's state saved by ``save_codec_state``.
+
+    A stateful codec with ``blocks`` on disk and no state file cannot decode them: that is
+    an error here rather than at the first question.
+    """
+    path = directory / CODEC_STATE_FILE
+    if not path.exists():
+        if codec.stateful and blocks:
+            raise SessionResumeError(
+                f"{path} is missing: the {blocks} blocks on disk were encoded with {codec.name} "
+                "state that was saved there and cannot be decoded without it"
+            )
+        return
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            saved_by = (f.metadata() or {}).get("codec")
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (OSError, safetensors.SafetensorError) as e:
+        raise SessionResumeError(f"cannot read {path}: {e}") from e
+    if saved_by != codec.name:
+        raise SessionResumeError(
+            f"{path} holds state of codec {saved_by!r}, not of disk_codec {codec.name!r}"
+        )
+    codec.load_shared_state(tensors)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path``: a crash leaves the old file or the new one, never a mix."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,352 @@
+"""``BlockMemory``: the only object a session talks to about blocks.
+
+Modelled on vLLM v1's ``KVCacheManager`` in front of its ``BlockPool``: the session asks
+for the blocks of its encoding window, commits each new block, asks which blocks a
+question attends and loads them; it never touches a tier, the index or a codec. Behind
+this front the manager owns:
+
+- the tiers (``TieredStore``: device, host, disk, each within its byte budget),
+- the retrieval index over the blocks' key summaries,
+- block ids (one counter, so that ids grow with stream time),
+- the checkpoint schedule and the session directory's files (``checkpoint.py``),
+- the read counters a session reports (``MemoryStats``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from ..config import MemoryConfig
+from ..errors import ConfigError, StreamVLMError
+from ..retrieval.index import LayeredIndex
+from ..retrieval.select import Selection, select_blocks
+from . import checkpoint as files
+from .block import Block, BlockMeta, recent_by_frames
+from .codec import get_codec
+from .disk import DiskTier
+from .policy import get_policy
+from .tiered import TieredStore
+
+# A full checkpoint rewrites the block table and the index: O(blocks held). It runs when
+# the blocks since the last one reach this fraction of all blocks (at least FULL_MIN), so
+# its cost per block stays constant however long the stream, and a resume scans at most
+# that fraction of the blocks past the table.
+FULL_FRACTION = 0.1
+FULL_MIN = 64
+# session.json keys the memory writes; the rest is the session's own record
+_MEMORY_KEYS = ("format", "model", "memory", "next_block_id")
+
+
+@dataclass(frozen=True)
+class MemoryStats:
+    """What the memory holds and how it was read; the memory half of ``SessionStats``."""
+
+    blocks: int
+    tokens_stored: int
+    bytes_per_tier: dict[str, int]
+    kv_bits_per_element: dict[str, float | None]
+    codec_state_bytes: dict[str, int]  # per-layer codec state, once per stream (not per block)
+    hits_per_tier: dict[str, int]  # blocks loaded for questions, by the tier they came from
+    # window blocks read while encoding (host/disk: window too big for the device)
+    window_hits_per_tier: dict[str, int]
+    load_s: float  # seconds spent loading blocks for questions
+    dropped_blocks: int  # blocks that left memory entirely (host budget without disk, or disk budget)
+    indexed_blocks: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class BlockMemory:
+    """A stream's blocks: stored across tiers within budgets, indexed, checkpointed.
+
+    Create one with ``BlockMemory.create(config, backend)`` for a new stream or
+    ``BlockMemory.open(directory, backend)`` to resume one from its directory.
+    """
+
+    def __init__(
+        self, config: MemoryConfig, backend, store: TieredStore, index: LayeredIndex, next_block_id=0
+    ):
+        self.config = config
+        self.num_layers = backend.num_layers
+        self._model = backend.name
+        self._store = store
+        self._index = index
+        self._next_block_id = next_block_id
+        self._directory = Path(config.disk_dir) if config.disk_dir is not None else None
+        self._unflushed = 0  # blocks committed since the last checkpoint
+        self._blocks_at_full = len(store)  # blocks held at the last full checkpoint (table + index)
+        self._hits = {"answer": Counter(), "window": Counter()}  # reads by purpose and serving tier
+        self._load_s = 0.0
+
+    # ----- opening ---------------------------------------------------------------
+
+    @classmethod
+    def create(cls, config: MemoryConfig, backend) -> BlockMemory:
+        """Empty memory for a new stream (its directory, if any, must not hold a session)."""
+        if config.disk_dir is not None and files.holds_session(Path(config.disk_dir)):
+            raise files.SessionResumeError(
+                f"{config.disk_dir} already holds a session; resume it with Session.resume(dir, engine) "
+                "or pick an empty directory"
+            )
+        return cls(config, backend, _build_store(config, backend), _new_index(config, backend))
+
+    @classmethod
+    def open(cls, directory: Path, backend, overrides: dict) -> tuple[BlockMemory, dict]:
+        """Reopen a stream's memory from its directory: its blocks, index and codec state as of
+        the last flushed block. Returns the memory and the session's own saved record, with
+        ``recovered``: the metadata of blocks written after that record was saved.
+
+        ``overrides`` replace saved ``MemoryConfig`` fields that do not change what is stored.
+        """
+        record = files.read_record(directory)
+        if record["model"] != backend.name:
+            raise files.SessionResumeError(
+                f"{directory} was written by model {record['model']!r}, not {backend.name!r}; "
+                f"resume it with StreamVLM.from_pretrained({record['model']!r})"
+            )
+        fixed = set(overrides) - files.RESUME_OVERRIDABLE
+        if fixed:
+            raise files.SessionResumeError(
+                f"cannot change {', '.join(sorted(fixed))} when resuming; they define what is stored"
+            )
+        config = MemoryConfig(**{**record["memory"], **overrides, "disk_dir": str(directory)})
+        store = _build_store(config, backend)
+        try:
+            files.load_codec_state(directory, store.disk_codec, blocks=len(store.disk))
+            store.adopt_disk_blocks()
+        except BaseException:
+            store.disk.close()  # release the directory's lock: the caller may fix it and resume again
+            raise
+        memory = cls(config, backend, store, _load_index(directory, config, backend, store.metas()))
+        recovered = [m for m in store.metas() if m.id >= record["next_block_id"]]
+        memory._next_block_id = recovered[-1].id + 1 if recovered else record["next_block_id"]
+        session = {k: v for k, v in record.items() if k not in _MEMORY_KEYS}
+        return memory, {**session, "recovered": recovered}
+
+    # ----- the encoder's side ----------------------------------------------------
+
+    def window(self, frames: int) -> list[Block]:
+        """The newest blocks covering at most ``frames`` frames, oldest first, on the device."""
+        return self._read((m.id for m in recent_by_frames(self.metas(), frames)), "window")
+
+    def commit(
+        self,
+        layers,
+        *,
+        t_start: float,
+        t_end: float,
+        frames: int,
+        positions: torch.Tensor,
+        kept: torch.Tensor,
+        summary: torch.Tensor,
+        session_record: dict,
+    ) -> BlockMeta:
+        """Store a new block (it gets the next id), index it, and checkpoint when due.
+
+        ``session_record`` is what the session saves beside the blocks at a checkpoint
+        (its stream counters as of this block): a dict of JSON values.
+        """
+        meta = BlockMeta(
+            id=self._next_block_id,
+            t_start=t_start,
+            t_end=t_end,
+            frames=frames,
+            positions=positions.cpu(),
+            kept=kept,
+            summary=summary,
+        )
+        gone = self._store.put(Block(meta=meta, layers=layers))
+        self._index.add(meta.id, summary)
+        if gone:
+            self._index.remove(gone)
+        self._next_block_id += 1
+        self._unflushed += 1
+        if self._directory is not None and self._unflushed >= self.config.disk_flush_blocks:
+            self.checkpoint(session_record)
+        return meta
+
+    # ----- the question's side ---------------------------------------------------
+
+    def select(self, plan, queries: torch.Tensor | None = None) -> Selection:
+        """Blocks a question attends to (besides the sinks), per layer, oldest first.
+
+        ``plan`` is the question's ``AnswerPlan``. Candidates are the blocks overlapping
+        ``[plan.since, plan.until]``. Without ``top_k`` (and ``answer_blocks``) every
+        candidate is attended: lossless. With ``top_k`` the index picks blocks for
+        ``queries`` ([layers, dim]); the blocks of the ``answer_window`` newest frames and
+        the ``answer_blocks`` newest candidates are always added.
+        """
+        if plan.blocks is not None:
+            held = {m.id for m in self.metas()}
+            missing = [b for b in plan.blocks if b not in held]
+            if missing:
+                raise ConfigError(f"blocks {missing} are not in this session's memory")
+            return Selection([sorted(plan.blocks)] * self.num_layers)
+        metas = [m for m in self.metas() if _overlaps(m, plan.since, plan.until)]
+        if plan.top_k is None and plan.answer_blocks is None:
+            return Selection([[m.id for m in metas]] * self.num_layers)
+        recent = recent_by_frames(metas, plan.answer_window)
+        if plan.answer_blocks:
+            recent += metas[len(metas) - plan.answer_blocks :]
+        always = {m.id for m in recent}
+        if plan.top_k is None:
+            return Selection([sorted(always)] * self.num_layers)
+        if queries is None:
+            raise ValueError("retrieval needs the question's queries")
+        return select_blocks(
+            self._index,
+            queries,
+            [m.id for m in metas],
+            plan.top_k,
+            mode=plan.selection,
+            neighbours=plan.neighbours,
+            always=always,
+        )
+
+    def load(self, ids: Iterable[int]) -> list[Block]:
+        """Blocks by id, decoded onto the device from whichever tier holds them, for an answer."""
+        started = time.perf_counter()
+        blocks = self._read(ids, "answer")
+        self._load_s += time.perf_counter() - started
+        return blocks
+
+    def _read(self, ids: Iterable[int], purpose: str) -> list[Block]:
+        ids = list(ids)
+        for block_id in ids:
+            self._hits[purpose][self._store.tier_of(block_id)] += 1
+        return self._store.get(ids)
+
+    # ----- what it holds ---------------------------------------------------------
+
+    def metas(self) -> list[BlockMeta]:
+        """Metadata of every block held, oldest first."""
+        return self._store.metas()
+
+    def tier_of(self, block_id: int) -> str:
+        """Name of the tier that holds a block."""
+        return self._store.tier_of(block_id)
+
+    def indexed_ids(self) -> list[int]:
+        """Block ids the retrieval index holds (the same as ``metas()``'s)."""
+        return sorted(int(i) for i in self._index.ids())
+
+    @property
+    def blocks_since_checkpoint(self) -> int:
+        return self._unflushed
+
+    def stats(self) -> MemoryStats:
+        metas = self.metas()
+        return MemoryStats(
+            blocks=len(metas),
+            tokens_stored=sum(m.tokens for m in metas),
+            bytes_per_tier=self._store.bytes_per_tier(),
+            kv_bits_per_element=self._store.kv_bits_per_element(),
+            codec_state_bytes=self._store.codec_state_bytes(),
+            hits_per_tier=dict(self._hits["answer"]),
+            window_hits_per_tier=dict(self._hits["window"]),
+            load_s=self._load_s,
+            dropped_blocks=self._store.dropped_blocks
+            + (self._store.disk.dropped_blocks if self._store.disk else 0),
+            indexed_blocks=len(self._index),
+        )
+
+    @property
+    def disk(self) -> DiskTier | None:
+        """The disk tier, for tools that inspect or verify it (``None`` without one)."""
+        return self._store.disk
+
+    # ----- durability ------------------------------------------------------------
+
+    def checkpoint(self, session_record: dict, full: bool | None = None) -> None:
+        """Make the memory durable: blocks (fsync), when due the block table and the index,
+        and last ``session.json`` (with ``session_record``), atomically.
+
+        ``full=None`` decides by the schedule above; ``True`` forces table and index.
+        """
+        if self._directory is None:
+            raise ConfigError("this session has no disk tier; set MemoryConfig.disk_dir to checkpoint it")
+        held = len(self._store)
+        if full is None:
+            full = held - self._blocks_at_full >= max(FULL_MIN, FULL_FRACTION * held)
+        self._store.persist_disk_codec_state()  # a no-op unless it changed (put writes it first)
+        if full:
+            self._store.disk.flush()
+            self._index.save(self._directory / files.INDEX_DIR)
+            self._blocks_at_full = held
+        else:
+            self._store.disk.sync()
+        files.write_record(
+            self._directory,
+            {
+                "model": self._model,
+                "memory": dataclasses.asdict(self.config),
+                "next_block_id": self._next_block_id,
+                **session_record,
+            },
+        )
+        self._unflushed = 0
+
+    def close(self) -> None:
+        """Release the disk tier (its directory lock); call after the last checkpoint."""
+        if self._store.disk is not None:
+            self._store.disk.close()
+
+
+def _build_store(config: MemoryConfig, backend) -> TieredStore:
+    disk = None
+    if config.disk_dir is not None:
+        # the manager decides when to make the disk durable (checkpoint), not the tier
+        disk = DiskTier(config.disk_dir, max_bytes=config.disk_bytes, flush_every=None, flush_seconds=None)
+    return TieredStore(
+        device_bytes=config.device_bytes,
+        host_bytes=config.host_bytes,
+        device=backend.device,
+        dtype=backend.dtype,
+        host_codec=get_codec(config.host_codec),
+        disk=disk,
+        disk_codec=get_codec(config.disk_codec),
+        policy=get_policy(config.eviction),
+        on_disk_codec_state=partial(files.save_codec_state, Path(config.disk_dir)) if disk else None,
+    )
+
+
+def _new_index(config: MemoryConfig, backend) -> LayeredIndex:
+    return LayeredIndex(
+        backend.num_layers,
+        backend.num_kv_heads * backend.head_dim,
+        groups=config.index_groups,
+        metric=config.metric,
+    )
+
+
+def _load_index(directory: Path, config: MemoryConfig, backend, metas: list[BlockMeta]) -> LayeredIndex:
+    """The saved index brought up to date from the blocks' stored summaries.
+
+    The index is saved at full checkpoints only: blocks written since are added from their
+    summaries, blocks dropped since are removed. A missing or damaged index is rebuilt.
+    """
+    try:
+        index = LayeredIndex.load(directory / files.INDEX_DIR)
+    except (OSError, ValueError, StreamVLMError, RuntimeError):
+        index = _new_index(config, backend)
+    held = {m.id: m for m in metas}
+    indexed = {int(i) for i in index.ids()}
+    stale = sorted(indexed - held.keys())
+    if stale:
+        index.remove(stale)
+    for block_id in sorted(held.keys() - indexed):
+        index.add(block_id, held[block_id].summary)
+    return index
+
+
+def _overlaps(meta: BlockMeta, since: float | None, until: float | None) -> bool:
+    return (since is None or meta.t_end >= since) and (until is None or meta.t_start <= until)

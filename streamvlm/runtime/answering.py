@@ -1,0 +1,166 @@
+"""A question's path: plain steps over explicit arguments, as gpt-fast's ``generate.py``.
+
+1. ``question_inputs``: the question's embeddings at the position after everything seen.
+2. ``retrieval_queries``: with retrieval, the question is first prefilled over the sinks
+   and the encoding window (or the sinks alone: ``query_context``) for its per-layer
+   queries, which ``BlockMemory.select`` turns into a ``Selection`` (docs/retrieval.md).
+3. ``contiguous_layout``: optionally, the picked blocks re-rotated to consecutive positions.
+4. ``prefill``: the question over the sinks and the picked blocks, layer by layer.
+5. ``decode_tokens`` (decode.py): the answer token by token at explicit positions.
+
+``answer_deltas`` strings them together under the device lock and streams text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..memory.block import Block
+from ..memory.manager import BlockMemory
+from ..models.base import Backend, LayerKV
+from ..retrieval.select import Selection
+from .answer import Answer, BlockRef, Timings
+from .context import concat_layers, per_layer_context
+from .decode import TextStreamer, decode_tokens
+from .plan import AnswerPlan
+
+
+@dataclass(frozen=True)
+class Sink:
+    """The text before the video (system prompt, opening of the user turn), encoded once
+    per stream at positions ``0 .. len(ids) - 1``; every forward attends to it."""
+
+    ids: list[int]
+    positions: torch.Tensor  # [position_dims, len(ids)]
+    kv: tuple[LayerKV, ...]
+
+
+class AnswerStream:
+    """An answer's text deltas as they are produced: iterate it.
+
+    ``selection`` (the blocks attended, per layer) is set once the question is prefilled,
+    ``answer`` once the stream is exhausted. Nothing runs before the first ``next``.
+    """
+
+    def __init__(
+        self, question: str, asked_at: float, position: int, run: Callable[[AnswerStream], Iterator[str]]
+    ):
+        self.question = question
+        self.asked_at = asked_at  # stream time of the latest frame seen when asked
+        self.position = position  # where the question starts: after everything seen when asked
+        self.selection: Selection | None = None
+        self.answer: Answer | None = None
+        self._deltas = run(self)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._deltas
+
+    def __next__(self) -> str:
+        return next(self._deltas)
+
+
+def question_inputs(
+    backend: Backend, system_prompt: str, question: str, position: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The question turn's embeddings and their positions from ``position`` on."""
+    ids = backend.prompt_parts(system_prompt, question).question
+    embeds = backend.question_embeds(ids)
+    return embeds, backend.text_positions(position, embeds.shape[0])
+
+
+def retrieval_queries(
+    backend: Backend, sink: Sink, window: Sequence[Block], embeds: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    """The question's per-layer queries [layers, dim], read over the sink and ``window``."""
+    cache = backend.new_cache(concat_layers([sink.kv, *(b.layers for b in window)]))
+    return backend.question_queries(embeds, positions, cache)
+
+
+def contiguous_layout(
+    backend: Backend, blocks: dict[int, Block], video_start: int, question_tokens: int
+) -> tuple[dict[int, Block], torch.Tensor]:
+    """``blocks`` re-rotated to consecutive positions from ``video_start`` (in id order,
+    which is time order), and the positions of a question that follows them."""
+    ids = sorted(blocks)
+    layout = backend.contiguous_positions([blocks[b].meta.positions for b in ids], video_start)
+    moved = {
+        b: Block(
+            meta=replace(blocks[b].meta, positions=new),
+            layers=backend.reposition_keys(blocks[b].layers, blocks[b].meta.positions, new),
+        )
+        for b, new in zip(ids, layout, strict=True)
+    }
+    start = max(int(p.max()) for p in layout) + 1
+    return moved, backend.text_positions(start, question_tokens)
+
+
+def prefill(
+    backend: Backend,
+    sink: Sink,
+    blocks: dict[int, Block],
+    selection: Selection,
+    embeds: torch.Tensor,
+    positions: torch.Tensor,
+):
+    """Prefill the question over each layer's context; returns the cache and the first logits."""
+    cache = backend.new_cache(per_layer_context(sink.kv, blocks, selection.layers))
+    hidden = backend.forward(embeds, positions, cache)
+    return cache, backend.logits(hidden[-1:])[0]
+
+
+def answer_deltas(
+    stream: AnswerStream,
+    *,
+    backend: Backend,
+    memory: BlockMemory,
+    sink: Sink,
+    system_prompt: str,
+    video_start: int,
+    plan: AnswerPlan,
+    lock: AbstractContextManager,
+) -> Iterator[str]:
+    """Answer ``stream.question`` by ``plan``; yields text deltas and fills
+    ``stream.selection`` and ``stream.answer``."""
+    started = time.perf_counter()
+    embeds, positions = question_inputs(backend, system_prompt, stream.question, stream.position)
+    with lock:
+        queries = None
+        if plan.retrieves:
+            window = memory.window(plan.encode_window) if plan.query_context == "window" else []
+            queries = retrieval_queries(backend, sink, window, embeds, positions)
+        stream.selection = selection = memory.select(plan, queries)
+        blocks = {b.id: b for b in memory.load(selection.union)}  # one batched load from the tiers
+        tiers = {b: memory.tier_of(b) for b in blocks}
+        if plan.positions == "contiguous" and blocks:
+            blocks, positions = contiguous_layout(backend, blocks, video_start, embeds.shape[0])
+        cache, first_logits = prefill(backend, sink, blocks, selection, embeds, positions)
+    ttft = time.perf_counter() - started
+    refs = [BlockRef(b, m.meta.t_start, m.meta.t_end, m.meta.tokens, tiers[b]) for b, m in blocks.items()]
+    streamer = TextStreamer(backend.tokenizer)
+    tokens: list[int] = []
+    next_position = int(positions[0, -1]) + 1
+    for token in decode_tokens(backend, cache, first_logits, next_position, plan.sampling, lambda: lock):
+        tokens.append(token)
+        delta = streamer.push(token)
+        if delta:
+            yield delta
+    tail = streamer.finish()
+    if tail:
+        yield tail
+    total = time.perf_counter() - started
+    stream.answer = Answer(
+        question=stream.question,
+        text=streamer.text,
+        asked_at=stream.asked_at,
+        blocks=refs,
+        timings=Timings(
+            ttft_s=ttft, total_s=total, prefill_s=ttft, decode_s=total - ttft, new_tokens=len(tokens)
+        ),
+        token_ids=tokens,
+        finish_reason="length" if len(tokens) == plan.sampling.max_new_tokens else "stop",
+    )
