@@ -31,7 +31,7 @@ class EvictionPolicy(ABC):
     name: str
     #: whether ``victims`` takes a lazy iterator of candidates in tier order. A tier lists
     #: blocks in the order they entered it, which is stream age under the age policy: the
-    #: device and disk tiers get new blocks only, and each tier below the device tier
+    #: first tier and a persistent (disk) tier get new blocks only, and every other tier
     #: gets them from the one above, oldest first.
     lazy = False
 
