@@ -1,4 +1,4 @@
-"""Helper of tests/test_disk_tier.py: writers of a DiskTier that the test kills with SIGKILL.
+"""Helper of tests/test_disk_tier.py: writers of a DiskLog that the test kills with SIGKILL.
 
 Run as a script it is a small fork server: it imports torch and streamvlm once (seconds on
 a small machine), prints ``ready``, then for each ``run DIR BIG_BYTES SEGMENT_BYTES
@@ -51,9 +51,9 @@ def _say(line: str) -> None:
 
 
 def _writer(directory: str, big_bytes: int, segment_bytes: int, flush_every: int) -> None:
-    from streamvlm.memory.disk import DiskTier
+    from streamvlm.memory.disk import DiskLog
 
-    tier = DiskTier(directory, segment_bytes=segment_bytes, flush_every=None, flush_seconds=None)
+    tier = DiskLog(directory, segment_bytes=segment_bytes, flush_every=None, flush_seconds=None)
     start = max(tier.ids(), default=-1) + 1
     for block_id in range(start, start + MAX_PUTS):
         tier.put(make_block(block_id, big_bytes))

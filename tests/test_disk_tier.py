@@ -1,4 +1,4 @@
-"""The disk tier: round trips, memory maps, reopen, segments, budget, checksums, crash safety."""
+"""The disk tier: round trips, memory maps, reopen, segments, budget and its policy, checksums, crash safety."""
 
 from __future__ import annotations
 
@@ -17,21 +17,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from _blocks import random_block
 
 from streamvlm.errors import StreamVLMError
-from streamvlm.memory.block import StoredBlock
+from streamvlm.memory.block import Block, StoredBlock
+from streamvlm.memory.codec import IdentityCodec
 from streamvlm.memory.disk import (
     BlockNotFoundError,
     CorruptBlockError,
     DirectoryNotWritableError,
-    DiskTier,
+    DiskBudgetError,
+    DiskLog,
     DiskTierClosedError,
     DiskTierLockedError,
     InvalidBlockError,
     NotASessionDirError,
     UnsupportedFormatError,
 )
+from streamvlm.memory.disk_tier import DiskTier
+from streamvlm.memory.policy import get_policy
 from streamvlm.memory.segments import HEADER_SIZE
+from streamvlm.memory.tiered import TieredStore
+from streamvlm.memory.tiers import DeviceTier
 
 CHILD = Path(__file__).with_name("disk_tier_crash_child.py")
 _spec = importlib.util.spec_from_file_location("disk_tier_crash_child", CHILD)
@@ -56,7 +63,7 @@ def assert_same_block(got: StoredBlock, want: StoredBlock) -> None:
 
 def record_size(tmp_path: Path, big_bytes: int) -> int:
     """Bytes one ``make_block(_, big_bytes)`` takes in a segment."""
-    with DiskTier(tmp_path / f"probe-{big_bytes}") as probe:
+    with DiskLog(tmp_path / f"probe-{big_bytes}") as probe:
         probe.put(make_block(0, big_bytes))
         return probe.nbytes
 
@@ -90,14 +97,14 @@ def test_round_trip_is_bit_exact_for_every_dtype(tmp_path):
         "transposed": torch.arange(12, dtype=torch.int64).reshape(3, 4).t(),  # not contiguous
     }
     block = StoredBlock({"id": 7, "t_start": 3.5, "t_end": 4.0, "frames": 2, "codec": "identity"}, tensors)
-    with DiskTier(tmp_path / "s") as tier:
-        assert tier.put(block) == []
+    with DiskLog(tmp_path / "s") as tier:
+        tier.put(block)
         got = tier.get(7)
         assert_same_block(got, block)
         # Every non-empty tensor is a 64-byte aligned view into the memory map.
         assert all(t.data_ptr() % 64 == 0 for t in got.tensors.values() if t.numel())
         assert tier.meta(7) == block.meta and 7 in tier and len(tier) == 1
-    with DiskTier.open(tmp_path / "s") as tier:
+    with DiskLog.open(tmp_path / "s") as tier:
         assert_same_block(tier.get(7), block)
 
 
@@ -122,7 +129,7 @@ def _rss_anon() -> int:
 def test_reads_are_memory_mapped_not_copied(tmp_path):
     directory = tmp_path / "s"
     mb = 1 << 20
-    with DiskTier(directory, segment_bytes=32 * mb) as tier:
+    with DiskLog(directory, segment_bytes=32 * mb) as tier:
         for i in range(12):  # 96 MiB of blocks over 4 segments
             tier.put(make_block(i, big_bytes=8 * mb))
         before = _rss_anon()
@@ -143,7 +150,7 @@ def test_reads_are_memory_mapped_not_copied(tmp_path):
     # Tensors stay valid after close (the map lives as long as they do), and writing to
     # one is private: it never reaches the file.
     big[0].fill_(0)
-    with DiskTier.open(directory) as tier:
+    with DiskLog.open(directory) as tier:
         assert_same_block(tier.get(0), make_block(0, 8 * mb))
 
 
@@ -153,23 +160,23 @@ def test_reads_are_memory_mapped_not_copied(tmp_path):
 def test_reopen_returns_identical_blocks_in_order(tmp_path):
     directory = tmp_path / "s"
     ids = [3, 1, 10, 11, 2, 40]  # put order is age order, whatever the ids
-    with DiskTier(directory, segment_bytes=4096) as tier:
+    with DiskLog(directory, segment_bytes=4096) as tier:
         for i in ids:
             tier.put(make_block(i, big_bytes=1500))
         nbytes = tier.nbytes
-    with DiskTier.open(directory) as tier:
+    with DiskLog.open(directory) as tier:
         assert tier.recovery.clean
         assert tier.ids() == ids and tier.nbytes == nbytes
         for got, i in zip(tier.get_many(ids), ids, strict=True):
             assert_same_block(got, make_block(i, 1500))
         tier.put(make_block(41, 1500))  # and appending goes on
-    with DiskTier(directory) as tier:  # the constructor reopens too
+    with DiskLog(directory) as tier:  # the constructor reopens too
         assert tier.ids() == [*ids, 41]
 
 
 def test_segments_roll_over(tmp_path):
     directory = tmp_path / "s"
-    with DiskTier(directory, segment_bytes=8192, flush_every=None) as tier:
+    with DiskLog(directory, segment_bytes=8192, flush_every=None) as tier:
         tier.put(make_block(0, big_bytes=1000))
         record = tier.nbytes
         per_segment = 8192 // record
@@ -186,40 +193,115 @@ def test_segments_roll_over(tmp_path):
     assert all(r["offset"] % 64 == 0 for r in rows)
 
 
-def test_budget_drops_oldest_and_deletes_emptied_segments(tmp_path):
+def test_a_full_log_refuses_a_put_until_blocks_are_dropped(tmp_path):
     directory = tmp_path / "s"
     record = record_size(tmp_path, 1000)
-    budget, segment = 5 * record, 3 * record
-    dropped_all = []
-    with DiskTier(directory, max_bytes=budget, segment_bytes=segment) as tier:
-        for i in range(20):
-            dropped = tier.put(make_block(i, big_bytes=1000))
-            dropped_all += dropped
-            assert tier.nbytes <= budget
-            assert dropped == ([i - 5] if i >= 5 else [])  # oldest first, one for one
-            tier.flush()  # so table.json tells which segments hold live blocks
-            live_segments = {r["segment"] for r in table(directory)["blocks"]}
-            assert {int(n[:8]) for n in segment_files(directory)} == live_segments
-            assert tier.disk_bytes - tier.nbytes < segment
-        assert tier.ids() == list(range(15, 20))
-        assert dropped_all == list(range(15))
-        assert (tier.dropped_blocks, tier.dropped_bytes) == (15, 15 * record)
-        assert len(segment_files(directory)) == 2  # blocks 15..17 and 18..19
-        with pytest.raises(BlockNotFoundError):
-            tier.get(3)
+    with DiskLog(directory, max_bytes=5 * record, segment_bytes=3 * record) as tier:
+        for i in range(5):
+            tier.put(make_block(i, big_bytes=1000))
+        assert tier.nbytes == 5 * record and tier.overflow() == 0 and tier.overflow(record) == record
+        on_disk = tier.disk_bytes
+        with pytest.raises(DiskBudgetError, match="drop blocks first") as e:
+            tier.put(make_block(5, big_bytes=1000))
+        _one_line(e)
+        assert tier.ids() == list(range(5)) and tier.disk_bytes == on_disk  # nothing written
         with pytest.raises(InvalidBlockError, match="budget"):
             tier.put(make_block(99, big_bytes=10 * record))
-        assert tier.ids() == list(range(15, 20))  # a refused put drops nothing
-    # A smaller budget on reopen is enforced at once.
-    with DiskTier.open(directory, max_bytes=2 * record) as tier:
-        assert tier.ids() == [18, 19]
-        assert tier.recovery.dropped_for_budget == [15, 16, 17]
-        assert segment_files(directory) == ["00000007.seg"]
+        assert tier.ids() == list(range(5))  # a refused put drops nothing
+        tier.drop(0)
+        tier.put(make_block(5, big_bytes=1000))
+        assert tier.ids() == [1, 2, 3, 4, 5] and tier.nbytes == 5 * record
+    # A smaller budget on reopen keeps every block (its owner's policy chooses what
+    # leaves, ``test_the_disk_budget_drops_blocks_by_policy``) and refuses puts meanwhile.
+    with DiskLog.open(directory, max_bytes=2 * record) as tier:
+        assert tier.ids() == [1, 2, 3, 4, 5] and tier.overflow() == 3 * record and tier.recovery.clean
+        with pytest.raises(DiskBudgetError):
+            tier.put(make_block(6, big_bytes=1000))
+
+
+def disk_store(directory: Path, budget: int | None, segment: int, policy: str = "age") -> TieredStore:
+    """A store whose blocks all go down to one disk tier (a device tier of 0 bytes)."""
+    log = DiskLog(directory, max_bytes=budget, segment_bytes=segment, flush_every=None, flush_seconds=None)
+    tiers = [DeviceTier(0), DiskTier(log, IdentityCodec())]
+    return TieredStore(tiers, get_policy(policy), device=torch.device("cpu"), dtype=torch.float32)
+
+
+def kv_block(block_id: int, tokens: int = 16) -> Block:
+    return random_block(block_id, tokens, layers=2, heads=2, dim=8)
+
+
+def block_record_size(tmp_path: Path) -> int:
+    """Bytes one ``kv_block`` takes in a segment."""
+    store = disk_store(tmp_path / "probe-kv", None, 1 << 20)
+    store.put(kv_block(0))
+    nbytes = store.bytes_per_tier()["disk"]
+    store.close()
+    return nbytes
+
+
+def test_the_disk_budget_drops_blocks_by_policy_and_deletes_emptied_segments(tmp_path):
+    directory = tmp_path / "s"
+    record = block_record_size(tmp_path)
+    budget, segment = 5 * record, 3 * record
+    store = disk_store(directory, budget, segment)  # policy "age": oldest first
+    disk = store.tiers[1].log
+    gone_all = []
+    for i in range(20):
+        gone = store.put(kv_block(i))
+        gone_all += gone
+        assert disk.nbytes <= budget
+        assert gone == ([i - 5] if i >= 5 else [])  # oldest first, one for one
+        store.flush()  # so table.json tells which segments hold live blocks
+        live_segments = {r["segment"] for r in table(directory)["blocks"]}
+        assert {int(n[:8]) for n in segment_files(directory)} == live_segments
+        assert disk.disk_bytes - disk.nbytes < segment
+    assert disk.ids() == list(range(15, 20)) and [m.id for m in store.metas()] == list(range(15, 20))
+    assert gone_all == list(range(15))
+    assert (store.dropped_blocks, store.dropped_bytes) == (15, 15 * record)
+    assert len(segment_files(directory)) == 2  # blocks 15..17 and 18..19
+    with pytest.raises(KeyError):
+        store.get([3])
+    with pytest.raises(InvalidBlockError, match="budget"):
+        store.put(kv_block(99, tokens=160))
+    assert disk.ids() == list(range(15, 20)) and len(store) == 5  # a refused put drops nothing
+    store.close()
+    # A smaller budget on reopen is enforced at once, when the store adopts the blocks.
+    resumed = TieredStore(
+        [DeviceTier(0), DiskTier(DiskLog.open(directory, max_bytes=2 * record), IdentityCodec())],
+        get_policy("age"),
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+    assert resumed.adopt() == [15, 16, 17]
+    assert resumed.tiers[1].log.ids() == [18, 19] and [m.id for m in resumed.metas()] == [18, 19]
+    assert segment_files(directory) == ["00000007.seg"]
+    resumed.close()
+
+
+@pytest.mark.parametrize("policy, kept", [("lru", [0, 4, 5]), ("age", [3, 4, 5])])
+def test_lru_eviction_applies_to_the_disk_tier_within_its_budget(tmp_path, policy, kept):
+    record = block_record_size(tmp_path)
+    store = disk_store(tmp_path / "s", 3 * record, 1 << 20, policy)
+    disk = store.tiers[1].log
+    gone_all = []
+    for i in range(6):
+        if i in (3, 5) and 0 in {m.id for m in store.metas()}:
+            store.get([0])  # block 0 retrieved while held: the most recently used
+        gone_all += store.put(kv_block(i))
+        assert disk.nbytes <= 3 * record
+    assert disk.ids() == kept and [m.id for m in store.metas()] == kept
+    assert sorted(gone_all) == sorted(set(range(6)) - set(kept))
+    for (block, tier), i in zip(store.get(kept), kept, strict=True):
+        assert tier == "disk" and all(
+            torch.equal(k, ek) and torch.equal(v, ev)
+            for (k, v), (ek, ev) in zip(block.layers, kv_block(i).layers, strict=True)
+        )
+    store.close()
 
 
 def test_drop_frees_a_segment_once_all_its_blocks_are_gone(tmp_path):
     directory = tmp_path / "s"
-    with DiskTier(directory, segment_bytes=2 * record_size(tmp_path, 1500)) as tier:
+    with DiskLog(directory, segment_bytes=2 * record_size(tmp_path, 1500)) as tier:
         for i in range(4):
             tier.put(make_block(i, big_bytes=1500))  # two records per segment
         assert len(segment_files(directory)) == 2
@@ -233,14 +315,14 @@ def test_drop_frees_a_segment_once_all_its_blocks_are_gone(tmp_path):
         tier.drop(3)  # the segment being appended to
         assert segment_files(directory) == [] and len(tier) == 0 and tier.nbytes == 0
         tier.put(make_block(4, big_bytes=1500))
-    with DiskTier.open(directory) as tier:
+    with DiskLog.open(directory) as tier:
         assert tier.ids() == [4] and tier.recovery.clean
         assert_same_block(tier.get(4), make_block(4, 1500))
 
 
 def test_a_segment_whose_deletion_was_interrupted_is_removed_on_open(tmp_path):
     directory = tmp_path / "s"
-    with DiskTier(directory, segment_bytes=2 * record_size(tmp_path, 1500)) as tier:
+    with DiskLog(directory, segment_bytes=2 * record_size(tmp_path, 1500)) as tier:
         for i in range(4):
             tier.put(make_block(i, big_bytes=1500))
         first = directory / "segments" / "00000001.seg"
@@ -248,14 +330,14 @@ def test_a_segment_whose_deletion_was_interrupted_is_removed_on_open(tmp_path):
         tier.drop(0)
         tier.drop(1)  # the table is rewritten without segment 1, then the file is deleted
     first.write_bytes(saved)  # as if the process died between the two
-    with DiskTier.open(directory) as tier:
+    with DiskLog.open(directory) as tier:
         assert tier.ids() == [2, 3] and tier.recovery.removed_segments == ["00000001.seg"]
         assert segment_files(directory) == ["00000002.seg"]
 
 
 def test_put_batches_flushes(tmp_path):
     directory = tmp_path / "s"
-    with DiskTier(directory, flush_every=3, flush_seconds=None) as tier:
+    with DiskLog(directory, flush_every=3, flush_seconds=None) as tier:
         assert table(directory)["blocks"] == []  # an empty table exists from the start
         for i in range(5):
             tier.put(make_block(i))
@@ -279,7 +361,7 @@ def _flip_byte(directory: Path, block_id: int, into_payload: int) -> None:
 
 def test_flipped_byte_is_never_returned_as_data(tmp_path):
     directory = tmp_path / "s"
-    tier = DiskTier(directory)
+    tier = DiskLog(directory)
     for i in range(4):
         tier.put(make_block(i, big_bytes=4096))
     tier.flush()
@@ -295,7 +377,7 @@ def test_flipped_byte_is_never_returned_as_data(tmp_path):
         assert_same_block(b, make_block(b.id, 4096))
     assert tier.verify() == [2]
     tier.close()
-    with DiskTier.open(directory) as tier:
+    with DiskLog.open(directory) as tier:
         assert tier.verify() == [2] and tier.corrupt == {2}
         assert [b.id for b in tier.get_many(tier.ids(), skip_corrupt=True)] == [0, 1, 3]
         tier.drop(2)  # what a policy would do with it
@@ -304,7 +386,7 @@ def test_flipped_byte_is_never_returned_as_data(tmp_path):
 
 def test_flipped_byte_in_the_metadata_is_caught_too(tmp_path):
     directory = tmp_path / "s"
-    with DiskTier(directory) as tier:
+    with DiskLog(directory) as tier:
         tier.put(make_block(0))
         tier.put(make_block(1))
         tier.flush()
@@ -313,7 +395,7 @@ def test_flipped_byte_in_the_metadata_is_caught_too(tmp_path):
         assert_same_block(tier.get(0), make_block(0))
 
 
-def _crash_copy(tier: DiskTier, directory: Path, old_table: bytes) -> None:
+def _crash_copy(tier: DiskLog, directory: Path, old_table: bytes) -> None:
     """Leave ``directory`` as a crash before the last flush would: the older table, all records."""
     tier.close()
     (directory / "table.json").write_bytes(old_table)
@@ -321,7 +403,7 @@ def _crash_copy(tier: DiskTier, directory: Path, old_table: bytes) -> None:
 
 def test_unflushed_records_are_recovered_and_a_torn_tail_is_cut(tmp_path):
     directory = tmp_path / "s"
-    tier = DiskTier(directory, flush_every=None, flush_seconds=None)
+    tier = DiskLog(directory, flush_every=None, flush_seconds=None)
     for i in range(3):
         tier.put(make_block(i, big_bytes=5000))
     tier.flush()
@@ -332,7 +414,7 @@ def test_unflushed_records_are_recovered_and_a_torn_tail_is_cut(tmp_path):
     _crash_copy(tier, directory, old_table)
     segment = directory / "segments" / "00000001.seg"
     os.truncate(segment, 4 * record + 1000)  # block 4 was cut short mid-record
-    with DiskTier.open(directory) as tier:
+    with DiskLog.open(directory) as tier:
         rep = tier.recovery
         assert tier.ids() == [0, 1, 2, 3] and rep.recovered == [3]
         assert [(t.segment, t.offset, t.nbytes) for t in rep.torn] == [("00000001.seg", 4 * record, 1000)]
@@ -341,14 +423,14 @@ def test_unflushed_records_are_recovered_and_a_torn_tail_is_cut(tmp_path):
         assert_same_block(tier.get(3), make_block(3, 5000))
         tier.put(make_block(4, big_bytes=5000))  # a new put lands right after block 3
         assert os.path.getsize(segment) == 5 * record
-    with DiskTier.open(directory) as tier:
+    with DiskLog.open(directory) as tier:
         assert tier.recovery.clean and tier.ids() == [0, 1, 2, 3, 4]
         assert_same_block(tier.get(4), make_block(4, 5000))
 
 
 def test_a_damaged_unflushed_record_is_skipped_not_the_ones_after(tmp_path):
     directory = tmp_path / "s"
-    tier = DiskTier(directory, flush_every=None, flush_seconds=None)
+    tier = DiskLog(directory, flush_every=None, flush_seconds=None)
     tier.put(make_block(0, big_bytes=5000))
     tier.flush()
     old_table = (directory / "table.json").read_bytes()
@@ -358,7 +440,7 @@ def test_a_damaged_unflushed_record_is_skipped_not_the_ones_after(tmp_path):
     _flip_byte(directory, 2, into_payload=2000)
     record = tier.nbytes // 4
     _crash_copy(tier, directory, old_table)
-    with DiskTier.open(directory) as tier:
+    with DiskLog.open(directory) as tier:
         rep = tier.recovery
         assert tier.ids() == [0, 1, 3] and rep.recovered == [1, 3]
         assert [(t.offset, t.nbytes) for t in rep.damaged] == [(2 * record, record)] and rep.torn == []
@@ -368,7 +450,7 @@ def test_a_damaged_unflushed_record_is_skipped_not_the_ones_after(tmp_path):
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])
 def test_a_damaged_table_is_rebuilt_from_the_segments(tmp_path, damage):
     directory = tmp_path / "s"
-    with DiskTier(directory, segment_bytes=8192) as tier:
+    with DiskLog(directory, segment_bytes=8192) as tier:
         for i in range(6):
             tier.put(make_block(i, big_bytes=2000))
         nbytes = tier.nbytes
@@ -379,12 +461,12 @@ def test_a_damaged_table_is_rebuilt_from_the_segments(tmp_path, damage):
         path.write_bytes(b"\x00\xff not json")
     else:
         path.unlink()
-    with DiskTier.open(directory) as tier:
+    with DiskLog.open(directory) as tier:
         assert tier.recovery.table_rebuilt and "table.json" in tier.recovery.table_error
         assert tier.ids() == list(range(6)) and tier.nbytes == nbytes
         for i in range(6):
             assert_same_block(tier.get(i), make_block(i, 2000))
-    with DiskTier.open(directory) as tier:  # the rebuilt table was written back
+    with DiskLog.open(directory) as tier:  # the rebuilt table was written back
         assert tier.recovery.clean and tier.ids() == list(range(6))
 
 
@@ -399,37 +481,37 @@ def _one_line(e: pytest.ExceptionInfo) -> str:
 
 def test_a_directory_is_used_by_one_tier_at_a_time(tmp_path):
     directory = tmp_path / "s"
-    tier = DiskTier(directory)
+    tier = DiskLog(directory)
     with pytest.raises(DiskTierLockedError) as e:
-        DiskTier(directory)
+        DiskLog(directory)
     assert f"already open in process {os.getpid()}" in _one_line(e)
     tier.close()
-    DiskTier.open(directory).close()  # closing released it
+    DiskLog.open(directory).close()  # closing released it
 
 
 def test_clear_errors(tmp_path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"meow")
     with pytest.raises(NotASessionDirError) as e:
-        DiskTier(tmp_path / "photos")
+        DiskLog(tmp_path / "photos")
     assert "not a streamvlm disk-tier session directory" in _one_line(e)
     with pytest.raises(NotASessionDirError):
-        DiskTier.open(tmp_path / "nowhere")
+        DiskLog.open(tmp_path / "nowhere")
     (tmp_path / "file").write_text("x")
     with pytest.raises(DirectoryNotWritableError) as e:
-        DiskTier(tmp_path / "file" / "s")
+        DiskLog(tmp_path / "file" / "s")
     _one_line(e)
 
     directory = tmp_path / "s"
-    DiskTier(directory).close()
+    DiskLog(directory).close()
     marker = directory / "streamvlm-disk.json"
     marker.write_text(json.dumps({"format": "streamvlm-disk-tier", "version": 2}))
     with pytest.raises(UnsupportedFormatError) as e:
-        DiskTier.open(directory)
+        DiskLog.open(directory)
     assert "version 2" in _one_line(e)
     marker.write_text(json.dumps({"format": "streamvlm-disk-tier", "version": 1}))
 
-    tier = DiskTier(directory)
+    tier = DiskLog(directory)
     tier.put(make_block(1))
     for bad, match in [
         (StoredBlock({"id": 1}, {}), "already in the disk tier"),
@@ -452,11 +534,11 @@ def test_clear_errors(tmp_path):
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
 def test_read_only_directory(tmp_path):
     directory = tmp_path / "s"
-    DiskTier(directory).close()
+    DiskLog(directory).close()
     directory.chmod(0o500)
     try:
         with pytest.raises(DirectoryNotWritableError):
-            DiskTier.open(directory)
+            DiskLog.open(directory)
     finally:
         directory.chmod(0o700)
 
@@ -567,7 +649,7 @@ def test_sigkill_mid_write_loses_nothing_that_was_put(tmp_path, zygote):
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
 
         on_disk = _segment_bytes_on_disk(directory)
-        with DiskTier.open(directory, segment_bytes=segment) as tier:
+        with DiskLog.open(directory, segment_bytes=segment) as tier:
             rep, ids = tier.recovery, tier.ids()
             assert rep.table_error is None and rep.damaged == [] and rep.lost == []
             assert seen["flushed"] <= set(ids)  # durable ones, of course...
@@ -587,6 +669,6 @@ def test_sigkill_mid_write_loses_nothing_that_was_put(tmp_path, zygote):
         seen["put"].add(resumed)
         checked.add(resumed)
     assert torn_kills >= 1, "no kill landed mid-record"
-    with DiskTier.open(directory) as tier:
+    with DiskLog.open(directory) as tier:
         assert tier.recovery.clean and tier.verify() == []
         assert tier.ids() == sorted(checked) and len(segment_files(directory)) >= 2

@@ -1,4 +1,4 @@
-"""Tier mechanism and eviction policies: budgets are hard, blocks move intact."""
+"""Tier mechanism and eviction policies: budgets are hard, blocks move intact, a new tier is a new class."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import torch
 from _blocks import random_block
 
 from streamvlm.errors import ConfigError
-from streamvlm.memory.block import Block
-from streamvlm.memory.codec import IdentityCodec
+from streamvlm.memory.block import Block, BlockMeta, StoredBlock
+from streamvlm.memory.codec import IdentityCodec, get_codec
+from streamvlm.memory.disk import DiskLog
+from streamvlm.memory.disk_tier import DiskTier
 from streamvlm.memory.policy import Candidate, LeastRecentlyUsed, OldestFirst, get_policy
 from streamvlm.memory.tiered import TieredStore
+from streamvlm.memory.tiers import DeviceTier, HostTier, StagedPut, Tier
 
 LAYERS, HEADS, DIM = 2, 2, 8
 
@@ -24,15 +27,20 @@ BLOCK_BYTES = make_block(0).nbytes  # 2 layers x (K + V) x 2 heads x 4 tokens x 
 STORED_BYTES = IdentityCodec().encode(make_block(0)).nbytes
 
 
-def store(device_blocks: int, host_blocks: int, policy="age") -> TieredStore:
-    return TieredStore(
-        device_bytes=device_blocks * BLOCK_BYTES,
-        host_bytes=host_blocks * STORED_BYTES,
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-        host_codec=IdentityCodec(),
-        policy=get_policy(policy),
-    )
+def store(device_blocks: int, host_blocks: int, policy="age", *below: Tier) -> TieredStore:
+    tiers = [
+        DeviceTier(device_blocks * BLOCK_BYTES),
+        HostTier(host_blocks * STORED_BYTES, IdentityCodec()),
+        *below,
+    ]
+    return TieredStore(tiers, get_policy(policy), device=torch.device("cpu"), dtype=torch.float32)
+
+
+def assert_same_block(block: Block, expected: Block) -> None:
+    for (k, v), (ek, ev) in zip(block.layers, expected.layers, strict=True):
+        assert torch.equal(k, ek) and torch.equal(v, ev)
+    assert torch.equal(block.meta.positions, expected.meta.positions)
+    assert torch.equal(block.meta.summary, expected.meta.summary)
 
 
 def test_policies_order_victims():
@@ -60,13 +68,10 @@ def test_budgets_are_never_exceeded_and_blocks_move_down_intact():
     assert [m.id for m in s.metas()] == list(range(32, 40))  # 3 on device + 5 in host RAM
     assert gone_all == list(range(32)) and s.dropped_blocks == 32 and s.dropped_bytes == 32 * STORED_BYTES
     assert [s.tier_of(i) for i in (32, 36, 37, 39)] == ["host", "host", "device", "device"]
-    for block in s.get([33, 38]):
-        expected = make_block(block.id)
-        for (k, v), (ek, ev) in zip(block.layers, expected.layers, strict=True):
-            assert torch.equal(k, ek) and torch.equal(v, ev)
-        assert torch.equal(block.meta.positions, expected.meta.positions)
-        assert torch.equal(block.meta.summary, expected.meta.summary)
-    assert s.hits["answer"] == {"host": 1, "device": 1} and not s.hits["window"]
+    loaded = s.get([33, 38])
+    for block, _ in loaded:
+        assert_same_block(block, make_block(block.id))
+    assert [(block.id, tier) for block, tier in loaded] == [(33, "host"), (38, "device")]  # who served each
     with pytest.raises(KeyError):
         s.tier_of(5)
 
@@ -98,3 +103,110 @@ def test_ids_must_grow():
     s.put(make_block(5))
     with pytest.raises(ValueError, match="not newer"):
         s.put(make_block(5))
+
+
+class RemoteTier(Tier):
+    """A stand-in for a shared object store: encoded blocks in a dict, written to by nobody else."""
+
+    def __init__(self, capacity: int):
+        self.name, self.capacity = "remote", capacity
+        self.codec = IdentityCodec()
+        self.objects: dict[int, StoredBlock] = {}
+
+    def stage(self, block: Block) -> StagedPut:
+        stored = self.codec.encode(block)
+        return StagedPut(block.id, stored.nbytes, lambda: self.objects.__setitem__(block.id, stored))
+
+    def get(self, block_id: int, device, dtype) -> Block:
+        return self.codec.decode(self.objects[block_id], device, dtype)
+
+    def meta(self, block_id: int) -> BlockMeta:
+        return self.codec.decode_meta(self.objects[block_id])
+
+    def pop(self, block_id: int) -> None:
+        del self.objects[block_id]
+
+    def entries(self):
+        return ((i, stored.nbytes) for i, stored in self.objects.items())
+
+    def __contains__(self, block_id) -> bool:
+        return block_id in self.objects
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(stored.nbytes for stored in self.objects.values())
+
+    @property
+    def kv_bits(self) -> int:
+        return sum(stored.kv_bits for stored in self.objects.values())
+
+    @property
+    def kv_elements(self) -> int:
+        return sum(stored.kv_elements for stored in self.objects.values())
+
+
+def test_a_new_tier_class_plugs_in_below_the_others():
+    s = store(1, 2, "age", RemoteTier(3 * STORED_BYTES))
+    gone_all = []
+    for i in range(10):
+        gone_all += s.put(make_block(i))
+        tiers = s.bytes_per_tier()
+        assert tiers["device"] <= BLOCK_BYTES and tiers["host"] <= 2 * STORED_BYTES
+        assert tiers["remote"] <= 3 * STORED_BYTES
+    assert gone_all == [0, 1, 2, 3] and s.dropped_blocks == 4
+    assert [m.id for m in s.metas()] == list(range(4, 10))
+    assert [s.tier_of(i) for i in range(4, 10)] == ["remote"] * 3 + ["host"] * 2 + ["device"]
+    for block, tier in s.get([5, 8]):
+        assert tier == {5: "remote", 8: "host"}[block.id]
+        assert_same_block(block, make_block(block.id))
+    assert s.kv_bits_per_element() == {"device": 32.0, "host": 32.0, "remote": 32.0}
+    assert s.codec_state_bytes() == {"device": 0, "host": 0, "remote": 0}
+    s.sync(), s.flush(), s.close()  # memory tiers have nothing to make durable
+
+
+def test_disk_writes_through_and_host_ram_caches_it(tmp_path):
+    disk = DiskTier(DiskLog(tmp_path / "s", flush_every=None, flush_seconds=None), IdentityCodec())
+    s = store(1, 2, "age", disk)
+    for i in range(6):
+        assert s.put(make_block(i)) == []  # nothing leaves: the disk tier is unbounded
+    assert disk.log.ids() == list(range(6))  # every block, from its creation
+    assert [s.tier_of(i) for i in range(6)] == ["disk"] * 3 + ["host"] * 2 + ["device"]
+    assert (len(s.tiers[1]), s.dropped_blocks) == (2, 0)  # host victims were only popped
+    assert [tier for _, tier in s.get([0, 4])] == ["disk", "host"]
+    s.close()
+    resumed = store(1, 2, "age", DiskTier(DiskLog.open(tmp_path / "s"), IdentityCodec()))
+    assert resumed.adopt() == [] and [m.id for m in resumed.metas()] == list(range(6))
+    assert {resumed.tier_of(i) for i in range(6)} == {"disk"}
+    assert_same_block(resumed.get([2])[0].block, make_block(2))
+    resumed.close()
+
+
+def test_a_rejected_block_leaves_no_trace(tmp_path):
+    disk = DiskTier(DiskLog(tmp_path / "s", flush_every=None, flush_seconds=None), get_codec("fp16"))
+    s = store(1, 1, "age", disk)
+    s.put(make_block(0))
+    huge = make_block(1)
+    huge = Block(meta=huge.meta, layers=tuple((k * 1e6, v) for k, v in huge.layers))  # fp16 overflow
+    with pytest.raises(ValueError):
+        s.put(huge)
+    assert [m.id for m in s.metas()] == [0] and disk.log.ids() == [0] and s.tier_of(0) == "device"
+    s.close()
+
+
+def test_a_stateful_disk_codec_hands_its_state_over_before_a_block_needs_it(tmp_path):
+    handed = []
+    log = DiskLog(tmp_path / "s", flush_every=None, flush_seconds=None)
+    disk = DiskTier(
+        log, get_codec("vidkv"), on_codec_state=lambda codec: handed.append((len(log), codec.state_version))
+    )
+    s = store(1, 1, "age", disk)
+    for i in range(3):
+        s.put(make_block(i))
+    # once, when the first block made state (one version per layer), before it reached the disk
+    assert handed == [(0, LAYERS)]
+    assert s.codec_state_bytes()["disk"] == 8  # 2 bits per channel, head and layer: 2 * 8 * 2 * 2 / 8
+    s.close()
+    assert handed == [(0, LAYERS)]  # nothing changed since

@@ -1,7 +1,9 @@
-"""The long-term tier: one session's blocks on disk, append-only, read back memory-mapped.
+"""The disk tier's storage: one session's blocks on disk, append-only, read back memory-mapped.
 
-``DiskTier`` is a mechanism: it stores, reads, drops and lists blocks (``StoredBlock``,
-codec-agnostic); a policy elsewhere decides what goes there.
+``DiskLog`` is a mechanism: it stores, reads, drops and lists blocks (``StoredBlock``,
+codec-agnostic). It never chooses what leaves: a put that would pass ``max_bytes`` is
+refused (``DiskBudgetError``) and the caller drops blocks in the order its eviction policy
+gives (``disk_tier.DiskTier`` puts a codec in front of it and implements ``Tier``).
 
 A session directory holds::
 
@@ -22,15 +24,17 @@ Durability rule:
   recovered), never a flushed one;
 * a record cut short by a crash (torn tail) is ignored, reported in ``tier.recovery`` and
   truncated away on reopen; a record damaged in place is never returned as data.
-* drops (budget or ``drop``) become durable at the next flush; a segment file is deleted
-  only after a flushed table no longer mentions it. A crash before that flush can bring
-  dropped blocks back; the budget is enforced again on open.
+* drops become durable at the next flush; a segment file is deleted only after a flushed
+  table no longer mentions it. A crash before that flush can bring dropped blocks back, so
+  a reopened log may hold more than ``max_bytes`` (``overflow``) until its owner drops
+  blocks again; it refuses every put until then.
 
 Space: ``nbytes`` counts the records of the blocks held (header, payload and padding),
 which is what ``max_bytes`` bounds. A segment file is deleted once all its blocks are
-dropped; with drops by age (the budget) only the oldest segment is partly dead, so the
+dropped; with drops by age (oldest first) only the oldest segment is partly dead, so the
 bytes on disk exceed ``nbytes`` by less than one segment (or one record bigger than a
-segment). ``drop`` of arbitrary blocks can leave more dead space: there is no compaction.
+segment). Drops in another order (an LRU policy) can leave more dead space: there is no
+compaction.
 
 Unix only (``fcntl.flock``, ``mmap``). Truncating a segment file behind an open tier's
 back can crash the process with SIGBUS when a mapped tensor is touched.
@@ -47,7 +51,7 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +63,8 @@ __all__ = [
     "BlockNotFoundError",
     "CorruptBlockError",
     "DirectoryNotWritableError",
-    "DiskTier",
+    "DiskBudgetError",
+    "DiskLog",
     "DiskTierClosedError",
     "DiskTierError",
     "DiskTierLockedError",
@@ -103,7 +108,7 @@ class BlockNotFoundError(DiskTierError, KeyError):
 
 
 class DiskTierLockedError(DiskTierError):
-    """Another live process (or another DiskTier in this one) has the session directory open."""
+    """Another live process (or another DiskLog in this one) has the session directory open."""
 
 
 class NotASessionDirError(DiskTierError):
@@ -120,6 +125,10 @@ class DirectoryNotWritableError(DiskTierError):
 
 class InvalidBlockError(DiskTierError):
     """A block cannot be stored: bad metadata, a tensor without a byte layout, a duplicate id, too big."""
+
+
+class DiskBudgetError(DiskTierError):
+    """A put would take the log past ``max_bytes``; drop blocks first."""
 
 
 class DiskTierClosedError(DiskTierError):
@@ -145,7 +154,6 @@ class RecoveryReport:
     damaged: list[TornTail] = field(default_factory=list)  # unreadable spans between intact records
     lost: list[int] = field(default_factory=list)  # ids in the table whose segment file is gone
     removed_segments: list[str] = field(default_factory=list)  # leftovers of an unfinished drop
-    dropped_for_budget: list[int] = field(default_factory=list)  # over max_bytes on open
 
     @property
     def table_rebuilt(self) -> bool:
@@ -153,8 +161,13 @@ class RecoveryReport:
 
     @property
     def clean(self) -> bool:
-        return not (self.table_error or self.recovered or self.torn or self.damaged or self.lost) and not (
-            self.removed_segments or self.dropped_for_budget
+        return not (
+            self.table_error
+            or self.recovered
+            or self.torn
+            or self.damaged
+            or self.lost
+            or self.removed_segments
         )
 
 
@@ -200,17 +213,17 @@ def _write_atomically(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-class DiskTier:
+class DiskLog:
     """One session's blocks on disk: append-only segments, a block table, memory-mapped reads.
 
-    ``DiskTier(directory)`` creates the session directory (or an empty one) or reopens an
-    existing one; ``DiskTier.open(directory)`` only reopens. Reopening restores every block
+    ``DiskLog(directory)`` creates the session directory (or an empty one) or reopens an
+    existing one; ``DiskLog.open(directory)`` only reopens. Reopening restores every block
     of the table plus every intact record appended after it; see ``recovery``.
 
     Args:
         directory: the session directory.
-        max_bytes: budget on ``nbytes``; a ``put`` that would pass it drops the oldest
-            blocks first. ``None``: unbounded.
+        max_bytes: budget on ``nbytes``; a ``put`` that would pass it is refused (the
+            caller drops blocks first, in its policy's order). ``None``: unbounded.
         segment_bytes: a new segment file starts when a record would take the current one
             past this size (a bigger record gets a segment of its own).
         flush_every: flush after this many puts (``None``: never automatically).
@@ -241,8 +254,6 @@ class DiskTier:
         self.flush_seconds = flush_seconds
         self.verify_reads = verify_reads
         self.corrupt: set[int] = set()  # ids found not to match their checksum
-        self.dropped_blocks = 0
-        self.dropped_bytes = 0
         self.recovery = RecoveryReport()
         self._mutex = threading.RLock()
         self._entries: dict[int, _Entry] = {}  # insertion order is age order
@@ -267,17 +278,21 @@ class DiskTier:
             raise
 
     @classmethod
-    def open(cls, directory: str | os.PathLike, **kwargs) -> DiskTier:
+    def open(cls, directory: str | os.PathLike, **kwargs) -> DiskLog:
         """Reopen an existing session directory (raises ``NotASessionDirError`` otherwise)."""
         return cls(directory, _must_exist=True, **kwargs)
 
     # --- public API ---------------------------------------------------------------------
 
-    def put(self, block: StoredBlock) -> list[int]:
-        """Append a block; returns the ids dropped (oldest first) to stay within ``max_bytes``.
+    def put(self, block: StoredBlock) -> None:
+        """Append a block: ``append(prepare(block))``."""
+        self.append(self.prepare(block))
+
+    def prepare(self, block: StoredBlock) -> rec.EncodedRecord:
+        """Lay a block out as the record ``append`` writes (``header.record_len`` bytes); writes nothing.
 
         Raises ``InvalidBlockError`` for a duplicate id, metadata that is not JSON, a tensor
-        that has no byte layout, or a block bigger than ``max_bytes`` (nothing is dropped then).
+        that has no byte layout, or a block bigger than ``max_bytes``.
         """
         with self._mutex:
             self._check_open()
@@ -286,17 +301,38 @@ class DiskTier:
             except ValueError as e:
                 raise InvalidBlockError(str(e)) from None
             block_id, size = record.header.block_id, record.header.record_len
-            if block_id in self._entries:
-                raise InvalidBlockError(f"block {block_id} is already in the disk tier at {self.directory}")
+            self._check_new(block_id)
             if self.max_bytes is not None and size > self.max_bytes:
                 raise InvalidBlockError(
                     f"block {block_id} takes {size} bytes on disk, more than the disk budget "
                     f"max_bytes={self.max_bytes}; raise the budget"
                 )
-            dropped = self._make_room(size)
+            return record
+
+    def append(self, record: rec.EncodedRecord) -> None:
+        """Write a record from ``prepare``. Raises ``DiskBudgetError`` (writing nothing) if it
+        would take ``nbytes`` past ``max_bytes``: make room with ``drop`` first."""
+        with self._mutex:
+            self._check_open()
+            block_id, size = record.header.block_id, record.header.record_len
+            self._check_new(block_id)
+            if self.overflow(size):
+                raise DiskBudgetError(
+                    f"block {block_id} needs {size} bytes but the disk tier at {self.directory} holds "
+                    f"{self._nbytes} of max_bytes={self.max_bytes}; drop blocks first"
+                )
             self._append(record)
             self._maybe_flush()
-            return dropped
+
+    def overflow(self, extra: int = 0) -> int:
+        """Bytes to drop before ``extra`` more bytes fit ``max_bytes`` (0 if they fit or it is None)."""
+        if self.max_bytes is None:
+            return 0
+        return max(0, self._nbytes + extra - self.max_bytes)
+
+    def _check_new(self, block_id: int) -> None:
+        if block_id in self._entries:
+            raise InvalidBlockError(f"block {block_id} is already in the disk tier at {self.directory}")
 
     def get(self, block_id: int) -> StoredBlock:
         """The block, its tensors memory-mapped (copy-on-write: writing to them never reaches disk).
@@ -338,6 +374,11 @@ class DiskTier:
         """Ids of the blocks held, oldest (first put) first."""
         with self._mutex:
             return list(self._entries)
+
+    def entries(self) -> Iterator[tuple[int, int]]:
+        """``(block id, record bytes)`` of the blocks held, oldest first, read lazily: an
+        eviction policy may stop early. Do not put or drop while iterating."""
+        return ((block_id, entry.nbytes) for block_id, entry in self._entries.items())
 
     def meta(self, block_id: int) -> dict:
         """A block's metadata from the table (a copy), without touching its record."""
@@ -423,7 +464,7 @@ class DiskTier:
                 self._release_lock()
                 self._closed = True
 
-    def __enter__(self) -> DiskTier:
+    def __enter__(self) -> DiskLog:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -431,7 +472,7 @@ class DiskTier:
 
     def __repr__(self) -> str:
         return (
-            f"DiskTier({str(self.directory)!r}, blocks={len(self)}, nbytes={self._nbytes}, "
+            f"DiskLog({str(self.directory)!r}, blocks={len(self)}, nbytes={self._nbytes}, "
             f"max_bytes={self.max_bytes})"
         )
 
@@ -444,7 +485,7 @@ class DiskTier:
         elif must_exist:
             raise NotASessionDirError(
                 f"{d} is not a streamvlm disk-tier session directory (no {MARKER}); "
-                "use DiskTier(directory) to create one"
+                "use DiskLog(directory) to create one"
             )
         elif d.exists() and not d.is_dir():
             raise NotASessionDirError(f"disk tier directory {d} is a file, not a directory")
@@ -522,7 +563,6 @@ class DiskTier:
         self._next_segment = max([self._next_segment, *(n + 1 for n in on_disk)])
         self._delete_segments([n for n in list(self._sizes) if not self._live.get(n)])
         self._resume_active()
-        self.recovery.dropped_for_budget = self._make_room(0)
         self._report()
         if table is None or not self.recovery.clean:
             self.flush()  # so the table exists and is the whole truth again
@@ -573,7 +613,7 @@ class DiskTier:
             for offset, header in found.records:
                 meta = rec.read_directory(buf, offset, header.payload_len)[0]["meta"]
                 if header.block_id in self._entries:  # dropped and put again: the later record wins
-                    self._forget(header.block_id, count_as_dropped=False)
+                    self._forget(header.block_id)
                 self._add(
                     header.block_id, _Entry(number, offset, header.payload_len, header.payload_crc, meta)
                 )
@@ -725,26 +765,13 @@ class DiskTier:
         self._live[entry.segment] = self._live.get(entry.segment, 0) + 1
         self._nbytes += entry.nbytes
 
-    def _forget(self, block_id: int, count_as_dropped: bool = True) -> list[int]:
+    def _forget(self, block_id: int) -> list[int]:
         """Remove a block from the table; returns the segments it leaves empty."""
         entry = self._entries.pop(block_id)
         self._nbytes -= entry.nbytes
         self.corrupt.discard(block_id)
-        if count_as_dropped:
-            self.dropped_blocks += 1
-            self.dropped_bytes += entry.nbytes
         self._live[entry.segment] -= 1
         return [entry.segment] if self._live[entry.segment] == 0 else []
-
-    def _make_room(self, size: int) -> list[int]:
-        """Drop the oldest blocks until ``size`` more bytes fit the budget; returns their ids."""
-        dropped, emptied = [], []
-        while self.max_bytes is not None and self._entries and self._nbytes + size > self.max_bytes:
-            oldest = next(iter(self._entries))
-            emptied += self._forget(oldest)
-            dropped.append(oldest)
-        self._delete_segments(emptied)
-        return dropped
 
     def _delete_segments(self, numbers: list[int]) -> None:
         """Delete emptied segment files, after a flushed table has stopped pointing into them."""

@@ -1,8 +1,9 @@
 """Which block leaves a full tier. Policies decide; tiers only store and move.
 
 A policy sees each candidate's id, size and last use and returns victims in eviction
-order; the tier mechanism (``TieredStore``) moves them. Block ids grow with stream
-time, so "oldest" is "smallest id".
+order; ``TieredStore`` asks the same policy for every tier (device, host, disk, any new
+one) and moves or drops the victims. Block ids grow with stream time, so "oldest" is
+"smallest id". A new policy is a subclass with a name, nothing else.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ class EvictionPolicy(ABC):
 
     name: str
     #: whether ``victims`` takes a lazy iterator of candidates in tier order. A tier lists
-    #: blocks in the order they entered it, which is stream age: the device tier gets new
-    #: blocks only, and the host tier gets them from the device tier oldest first.
+    #: blocks in the order they entered it, which is stream age under the age policy: the
+    #: first tier and a persistent (disk) tier get new blocks only, and every other tier
+    #: gets them from the one above, oldest first.
     lazy = False
 
     def __init_subclass__(cls, name: str | None = None, **kwargs):

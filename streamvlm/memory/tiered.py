@@ -1,131 +1,135 @@
-"""The hierarchical block store: device (short-term) -> host (mid-term) -> disk (long-term).
+"""The hierarchical block store: an ordered list of tiers (device -> host -> disk) and one policy.
 
 Mechanism only: byte budgets are hard, and *which* block moves when a tier is full is
-asked of an ``EvictionPolicy``. With a disk tier every block is written through to disk
-when it is created, so the device and host tiers are caches of it: moving a block out of
-host RAM costs nothing, and a crash loses only what was not yet flushed to disk. Without
-a disk tier, a block pushed out of host RAM is gone (counted in ``dropped_blocks``).
+asked of one ``EvictionPolicy``, the same for every tier. The store never asks which tier
+it is talking to; it only knows each tier's place in the list and whether it is
+``persistent``:
 
-The device tier holds blocks at full precision; the host and disk tiers hold them as their
-codecs encode them. A stateful disk codec's per-layer state is handed to
-``on_disk_codec_state`` whenever it changes, before the first block that needs it reaches
-the disk, so that whatever survives a crash can be decoded.
+- a new block is encoded for every persistent tier first (a codec that rejects it leaves
+  no trace), written through to them (each made room for before the write, so a disk
+  budget is never passed, not even for a moment), then put into the first tier;
+- a tier over its budget gives up the policy's victims: each moves to the next tier,
+  unless that tier already holds it (a persistent tier holds every block: moving a block
+  out of host RAM then costs nothing); a victim of the last tier leaves the store and is
+  forgotten by every tier (``dropped_blocks``).
+
+So with a disk tier, the device and host tiers are caches of it and a crash loses only
+what was not yet made durable (``sync``/``flush``); without one, a block pushed out of
+host RAM is gone.
 """
 
 from __future__ import annotations
 
-import time
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 
-from .block import Block, BlockMeta, StoredBlock
-from .codec import Codec
+from .block import Block, BlockMeta
 from .policy import Candidate, EvictionPolicy
-from .store import BlockStore
-from .tiers import MemoryTier, pin
+from .store import BlockStore, Loaded
+from .tiers import StagedPut, Tier
 
 
 class TieredStore(BlockStore):
-    """Blocks across a device tier, a host tier and an optional disk tier, within byte budgets."""
+    """Blocks across ``tiers`` (fastest first), within each tier's byte budget.
+
+    Args:
+        tiers: the tiers, in the order blocks move down them; names must differ.
+        policy: chooses the victims of every tier.
+        device, dtype: where and as what blocks are decoded when read.
+    """
 
     def __init__(
-        self,
-        *,
-        device_bytes: int,
-        host_bytes: int,
-        device: torch.device,
-        dtype: torch.dtype,
-        host_codec: Codec,
-        policy: EvictionPolicy,
-        disk=None,
-        disk_codec: Codec | None = None,
-        on_disk_codec_state: Callable[[Codec], None] | None = None,
+        self, tiers: Sequence[Tier], policy: EvictionPolicy, *, device: torch.device, dtype: torch.dtype
     ):
-        self.device_tier: MemoryTier[Block] = MemoryTier("device", device_bytes)
-        self.host_tier: MemoryTier[StoredBlock] = MemoryTier("host", host_bytes)
-        self.disk = disk
-        self.device, self.dtype = device, dtype
-        self.host_codec = host_codec
-        self.disk_codec = disk_codec or host_codec
+        names = [tier.name for tier in tiers]
+        if not tiers or len(set(names)) < len(names):
+            raise ValueError(f"a store needs at least one tier and distinct tier names; got {names}")
+        self.tiers = tuple(tiers)
         self.policy = policy
-        self.on_disk_codec_state = on_disk_codec_state
-        self._disk_state_version = self.disk_codec.state_version  # last version handed over
-        # (kv_bits, kv_elements) of every block on disk, and their totals (kept up to date:
-        # stats() asks for them, and a disk tier may hold many blocks)
-        self._disk_kv: dict[int, tuple[int, int]] = {}
-        self._disk_kv_total = [0, 0]
-        self._metas: dict[int, BlockMeta] = {}
+        self.device, self.dtype = device, dtype
+        self._metas: dict[int, BlockMeta] = {}  # every block held, oldest first
         self._last_used: dict[int, int] = {}
         self._clock = 0
-        # blocks read, by who asked (``answer`` or ``window``) and the tier that served them
-        self.hits: dict[str, Counter[str]] = {"answer": Counter(), "window": Counter()}
-        self.load_s = 0.0  # seconds spent reading blocks for answers
-        self.dropped_blocks = 0
-        self.dropped_bytes = 0
+        self.dropped_blocks = 0  # blocks that left the store entirely, whatever the cause
+        self.dropped_bytes = 0  # their bytes in the tier that gave them up
 
     # ----- writing ---------------------------------------------------------------
 
     def put(self, block: Block) -> list[int]:
-        """Store a new block on the device tier (and on disk), then restore the budgets.
+        """Store a new block, then bring every tier within its budget.
 
-        Returns the ids of blocks that left the store entirely (disk budget, or host
-        budget without a disk tier), so indexes can forget them.
+        Returns the ids of blocks that left the store entirely, so indexes can forget them.
         """
         if self._metas and block.id <= next(reversed(self._metas)):
             raise ValueError(f"block id {block.id} is not newer than the stored ones")
         # encode first: a codec that rejects the block (e.g. fp16 overflow) leaves no trace of it
-        stored = self.disk_codec.encode(block) if self.disk is not None else None
+        staged = [(i, tier.stage(block)) for i, tier in enumerate(self.tiers) if tier.persistent]
+        gone: list[int] = []
+        for i, write in staged:
+            gone += self._commit(i, write)
         self._metas[block.id] = block.meta
         self._touch(block.id)
-        gone: list[int] = []
-        if stored is not None:
-            self.persist_disk_codec_state()  # before the block that may need it is on disk
-            gone += self.disk.put(stored)
-            self._count_on_disk(stored)
-        self.device_tier.put(block)
-        gone += self._rebalance()
-        for block_id in gone:
-            self._forget(block_id)
+        if block.id not in self.tiers[0]:
+            self.tiers[0].put(block)
+        return gone + self._rebalance()
+
+    def _commit(self, i: int, write: StagedPut) -> list[int]:
+        """Store a staged block in tier ``i``. A persistent tier makes room first, so its budget
+        is never passed even for a moment (a crash would leave it so); the others are brought
+        within budget right after, by ``_rebalance``, so a new block may itself move down."""
+        tier = self.tiers[i]
+        gone = self._evict(i, self._victims(tier, write.nbytes)) if tier.persistent else []
+        write.commit()
         return gone
 
     def _rebalance(self) -> list[int]:
         gone = []
-        for block_id in self._victims(self.device_tier):
-            stored = pin(self.host_codec.encode(self.device_tier.get(block_id)))  # may raise: pop after
-            self.host_tier.put(stored)
-            self.device_tier.pop(block_id)
-        for block_id in self._victims(self.host_tier):
-            stored = self.host_tier.pop(block_id)
-            if self.disk is None:
-                gone.append(block_id)
-                self.dropped_blocks += 1
-                self.dropped_bytes += stored.nbytes
+        for i, tier in enumerate(self.tiers):
+            gone += self._evict(i, self._victims(tier))
         return gone
 
-    def _victims(self, tier: MemoryTier) -> list[int]:
-        excess = tier.overflow()
+    def _victims(self, tier: Tier, extra: int = 0) -> dict[int, int]:
+        """The policy's victims in ``tier`` (id -> bytes, in eviction order) to fit ``extra`` more bytes."""
+        excess = tier.overflow(extra)
         if not excess:
-            return []
-        candidates = (Candidate(item.id, item.nbytes, self._last_used[item.id]) for item in tier)
-        return self.policy.victims(candidates if self.policy.lazy else list(candidates), excess)
+            return {}
+        sizes: dict[int, int] = {}
+
+        def candidates():
+            for block_id, nbytes in tier.entries():
+                sizes[block_id] = nbytes
+                yield Candidate(block_id, nbytes, self._last_used.get(block_id, 0))
+
+        chosen = self.policy.victims(candidates() if self.policy.lazy else list(candidates()), excess)
+        return {block_id: sizes[block_id] for block_id in chosen}
+
+    def _evict(self, i: int, victims: dict[int, int]) -> list[int]:
+        """Move tier ``i``'s victims to the next tier; those of the last tier leave the store."""
+        tier = self.tiers[i]
+        below = self.tiers[i + 1] if i + 1 < len(self.tiers) else None
+        gone = []
+        for block_id, nbytes in victims.items():
+            if block_id not in tier:
+                continue  # left the store while making room below for an earlier victim
+            if below is None:
+                self._forget(block_id)
+                self.dropped_blocks += 1
+                self.dropped_bytes += nbytes
+                gone.append(block_id)
+                continue
+            if block_id not in below:
+                gone += self._commit(i + 1, below.stage(tier.get(block_id, self.device, self.dtype)))
+            tier.pop(block_id)  # after: a tier below that rejects the block leaves it here
+        return gone
 
     def _forget(self, block_id: int) -> None:
         """Remove every trace of a block that left the store."""
-        for tier in (self.device_tier, self.host_tier):
+        for tier in self.tiers:
             if block_id in tier:
                 tier.pop(block_id)
         self._metas.pop(block_id, None)
         self._last_used.pop(block_id, None)
-        bits, elements = self._disk_kv.pop(block_id, (0, 0))
-        self._disk_kv_total[0] -= bits
-        self._disk_kv_total[1] -= elements
-
-    def _count_on_disk(self, stored: StoredBlock) -> None:
-        self._disk_kv[stored.id] = (stored.kv_bits, stored.kv_elements)
-        self._disk_kv_total[0] += stored.kv_bits
-        self._disk_kv_total[1] += stored.kv_elements
 
     def _touch(self, block_id: int) -> None:
         self._clock += 1
@@ -133,48 +137,39 @@ class TieredStore(BlockStore):
 
     # ----- reading ---------------------------------------------------------------
 
-    def get(self, ids: Iterable[int], purpose: str = "answer") -> list[Block]:
-        """Blocks by id, decoded onto the device from whichever tier holds them.
+    def get(self, ids: Iterable[int]) -> list[Loaded]:
+        """Blocks by id, decoded onto the device from the fastest tier holding each.
 
-        Device-tier blocks come back as stored; host and disk blocks are decoded (the
-        host copies start asynchronously from pinned memory when CUDA is present).
-        ``purpose`` (``answer`` or ``window``) only says which counters the reads go to.
+        Device-tier blocks come back as held; others are decoded (host copies start
+        asynchronously from pinned memory when CUDA is present). A read counts as a use
+        for the policy.
         """
-        started = time.perf_counter()
-        blocks = []
-        hits = self.hits[purpose]
+        loaded = []
         for block_id in ids:
-            tier = self.tier_of(block_id)
-            hits[tier] += 1
+            tier = self._holder(block_id)
             self._touch(block_id)
-            if tier == "device":
-                blocks.append(self.device_tier.get(block_id))
-            elif tier == "host":
-                blocks.append(self.host_codec.decode(self.host_tier.get(block_id), self.device, self.dtype))
-            else:
-                blocks.append(self.disk_codec.decode(self.disk.get(block_id), self.device, self.dtype))
-        if purpose == "answer":
-            self.load_s += time.perf_counter() - started
-        return blocks
+            loaded.append(Loaded(tier.get(block_id, self.device, self.dtype), tier.name))
+        return loaded
+
+    def _holder(self, block_id: int) -> Tier:
+        for tier in self.tiers:
+            if block_id in tier:
+                return tier
+        raise KeyError(block_id)
 
     def metas(self) -> list[BlockMeta]:
         return list(self._metas.values())
 
     def tier_of(self, block_id: int) -> str:
-        if block_id in self.device_tier:
-            return "device"
-        if block_id in self.host_tier:
-            return "host"
-        if self.disk is not None and block_id in self.disk:
-            return "disk"
-        raise KeyError(block_id)
+        return self._holder(block_id).name
+
+    def __len__(self) -> int:
+        return len(self._metas)
+
+    # ----- per-tier figures ------------------------------------------------------
 
     def bytes_per_tier(self) -> dict[str, int]:
-        return {
-            "device": self.device_tier.nbytes,
-            "host": self.host_tier.nbytes,
-            "disk": self.disk.nbytes if self.disk is not None else 0,
-        }
+        return {tier.name: tier.nbytes for tier in self.tiers}
 
     def kv_bits_per_element(self) -> dict[str, float | None]:
         """Stored bits of the keys and values held in each tier over their element count.
@@ -182,37 +177,44 @@ class TieredStore(BlockStore):
         Payload and per-block codec metadata count; positions, masks, summaries and the
         per-layer codec state (``codec_state_bytes``) do not. ``None`` for an empty tier.
         """
-        totals = {
-            "device": (self.device_tier.kv_bits, self.device_tier.kv_elements),
-            "host": (self.host_tier.kv_bits, self.host_tier.kv_elements),
-            "disk": tuple(self._disk_kv_total),
+        return {
+            tier.name: tier.kv_bits / tier.kv_elements if tier.kv_elements else None for tier in self.tiers
         }
-        return {tier: bits / n if n else None for tier, (bits, n) in totals.items()}
 
     def codec_state_bytes(self) -> dict[str, int]:
         """Bytes of per-layer codec state (stored once per stream, not per block) per tier."""
-        return {
-            "device": 0,
-            "host": self.host_codec.shared_bytes(),
-            "disk": self.disk_codec.shared_bytes() if self.disk is not None else 0,
-        }
+        return {tier.name: tier.codec_state_bytes() for tier in self.tiers}
 
-    def persist_disk_codec_state(self) -> None:
-        """Hand the disk codec's state to ``on_disk_codec_state`` if it changed since last time."""
-        version = self.disk_codec.state_version
-        if version != self._disk_state_version and self.on_disk_codec_state is not None:
-            self.on_disk_codec_state(self.disk_codec)
-            self._disk_state_version = version
+    # ----- durability and resume -------------------------------------------------
 
-    def __len__(self) -> int:
-        return len(self._metas)
+    def sync(self) -> None:
+        """Make every block put so far survive a crash (the persistent tiers' business)."""
+        for tier in self.tiers:
+            tier.sync()
 
-    # ----- resume ----------------------------------------------------------------
+    def flush(self) -> None:
+        """``sync``, and make drops durable and reopening fast."""
+        for tier in self.tiers:
+            tier.flush()
 
-    def adopt_disk_blocks(self) -> None:
-        """Take every block the disk tier holds as this store's (after reopening a session)."""
-        for block_id in self.disk.ids():
-            stored = self.disk.get(block_id)
-            self._metas[block_id] = self.disk_codec.decode_meta(stored)
-            self._count_on_disk(stored)
-            self._touch(block_id)
+    def adopt(self) -> list[int]:
+        """Take every block the persistent tiers hold as this store's (a resumed session).
+
+        Then brings every tier within its budget (a session may resume with a smaller
+        one); returns the ids of the blocks that left the store for it.
+        """
+        holders = {}
+        for tier in self.tiers:
+            if tier.persistent:
+                for block_id, _ in tier.entries():
+                    holders.setdefault(block_id, tier)
+        for block_id in sorted(holders):
+            if block_id not in self._metas:
+                self._metas[block_id] = holders[block_id].meta(block_id)
+                self._touch(block_id)
+        return self._rebalance()
+
+    def close(self) -> None:
+        """Close every tier (a persistent tier makes what it holds durable first)."""
+        for tier in self.tiers:
+            tier.close()

@@ -1,68 +1,222 @@
-"""In-memory tiers: a byte-counted map of block id -> item, with no opinion on what leaves.
+"""The tier interface, and the two tiers that live in memory: device and host.
 
-The short-term (device) tier holds full-precision ``Block``s on the model's device; the
-mid-term (host) tier holds codec-encoded ``StoredBlock``s in host RAM, pinned when CUDA
-is present so reloads can overlap with compute.
+Every tier stores and returns ``Block``s; what it holds them as (full precision on the
+model's device, codec-encoded in RAM or on disk, somewhere else entirely) is its own
+business. A tier never chooses what leaves: it reports its entries and how far it is over
+its budget, and its owner (``TieredStore``) asks an ``EvictionPolicy`` and pops the
+victims. So a new tier is one new class implementing ``Tier``.
+
+- ``DeviceTier`` (short-term) holds full-precision blocks as computed, on the model's device.
+- ``HostTier`` (mid-term) holds them encoded by its codec in host RAM, pinned when CUDA
+  is present so reloads can overlap with compute.
+- ``disk_tier.DiskTier`` (long-term) holds them encoded in a session directory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import torch
 
-from .block import Block, StoredBlock
+from .block import Block, BlockMeta, StoredBlock
+from .codec import Codec
+
+
+@dataclass(frozen=True)
+class StagedPut:
+    """A block encoded for one tier and not stored yet: ``commit()`` stores it.
+
+    Staging first lets the owner make room for exactly ``nbytes`` before anything is
+    written, and lets a codec reject a block before anything changed.
+    """
+
+    block_id: int
+    nbytes: int  # what ``commit`` adds to the tier's ``nbytes``
+    commit: Callable[[], None]
+
+
+class Tier(ABC):
+    """One level of block memory: blocks by id, within a byte budget its owner enforces.
+
+    ``entries()`` lists ``(block id, bytes)`` in the order blocks entered the tier, which
+    an eviction policy reads; ``overflow`` says how many bytes must leave. ``nbytes``
+    counts everything held (KV, positions, mask, summary, a disk record's header);
+    ``kv_bits`` / ``kv_elements`` count the stored bits of the keys and values and their
+    element count, for bits per element.
+    """
+
+    name: str
+    capacity: int | None  # byte budget; None: unbounded
+    #: holds every block from its creation and survives a restart: its owner writes
+    #: blocks through to it and adopts what it holds on resume
+    persistent: bool = False
+
+    @abstractmethod
+    def stage(self, block: Block) -> StagedPut:
+        """Encode ``block`` for this tier without storing it (raises if the tier cannot hold it)."""
+
+    def put(self, block: Block) -> None:
+        """Store a block the tier does not hold (overflow is its owner's to resolve)."""
+        self.stage(block).commit()
+
+    @abstractmethod
+    def get(self, block_id: int, device: torch.device, dtype: torch.dtype) -> Block:
+        """The block, decoded onto ``device`` in ``dtype`` (``KeyError`` if not held)."""
+
+    @abstractmethod
+    def meta(self, block_id: int) -> BlockMeta:
+        """A held block's metadata, with no KV decoded."""
+
+    @abstractmethod
+    def pop(self, block_id: int) -> None:
+        """Forget a held block."""
+
+    @abstractmethod
+    def entries(self) -> Iterator[tuple[int, int]]:
+        """``(block id, bytes)`` of every held block, in the order they entered; lazy, so
+        a policy may stop early. Do not put or pop while iterating."""
+
+    @abstractmethod
+    def __contains__(self, block_id: object) -> bool: ...
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Bytes held: what ``capacity`` bounds."""
+
+    @property
+    @abstractmethod
+    def kv_bits(self) -> int:
+        """Stored bits of the held keys and values (payload and per-block codec metadata)."""
+
+    @property
+    @abstractmethod
+    def kv_elements(self) -> int:
+        """Key and value elements the held blocks decode to."""
+
+    def overflow(self, extra: int = 0) -> int:
+        """Bytes that must leave before ``extra`` more fit the budget (0 when they fit)."""
+        if self.capacity is None:
+            return 0
+        return max(0, self.nbytes + extra - self.capacity)
+
+    def codec_state_bytes(self) -> int:
+        """Bytes of per-layer codec state the tier keeps once per stream (not per block)."""
+        return 0
+
+    # Optional hooks, deliberately empty here: only a tier holding files or connections
+    # has anything to do.
+    def sync(self) -> None:  # noqa: B027
+        """Make the blocks put so far survive a crash (a no-op for a tier that does not persist)."""
+
+    def flush(self) -> None:  # noqa: B027
+        """Like ``sync``, and make drops durable and reopening fast (a no-op if nothing persists)."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release what the tier holds open (files, locks); blocks already returned stay valid."""
+
 
 Item = TypeVar("Item", Block, StoredBlock)
 
 
-class MemoryTier(Generic[Item]):
-    """Items by block id, with their byte total. ``capacity`` is enforced by the caller's policy.
+class MemoryTier(Tier, Generic[Item]):
+    """A tier in this process's memory: items by block id, with their byte totals.
 
-    ``kv_bits`` / ``kv_elements`` total the stored bits of the keys and values and their
-    element count, for bits per element (``nbytes`` also counts positions and summaries).
+    Subclasses say what an item is (``_encode``) and how it becomes a block again
+    (``_decode``, ``meta``).
     """
 
-    def __init__(self, name: str, capacity: int):
+    def __init__(self, name: str, capacity: int | None):
         self.name = name
         self.capacity = capacity
         self._items: dict[int, Item] = {}
-        self.nbytes = 0
-        self.kv_bits = 0
-        self.kv_elements = 0
+        self._nbytes = self._kv_bits = self._kv_elements = 0
 
-    def put(self, item: Item) -> None:
+    @abstractmethod
+    def _encode(self, block: Block) -> Item: ...
+
+    def stage(self, block: Block) -> StagedPut:
+        item = self._encode(block)
+        return StagedPut(block.id, item.nbytes, lambda: self._store(item))
+
+    def _store(self, item: Item) -> None:
         if item.id in self._items:
             raise ValueError(f"{self.name} tier already holds block {item.id}")
         self._items[item.id] = item
         self._count(item, 1)
 
-    def pop(self, block_id: int) -> Item:
-        item = self._items.pop(block_id)
-        self._count(item, -1)
-        return item
+    def pop(self, block_id: int) -> None:
+        self._count(self._items.pop(block_id), -1)
 
     def _count(self, item: Item, sign: int) -> None:
-        self.nbytes += sign * item.nbytes
-        self.kv_bits += sign * item.kv_bits
-        self.kv_elements += sign * item.kv_elements
+        self._nbytes += sign * item.nbytes
+        self._kv_bits += sign * item.kv_bits
+        self._kv_elements += sign * item.kv_elements
 
-    def get(self, block_id: int) -> Item:
-        return self._items[block_id]
+    def entries(self) -> Iterator[tuple[int, int]]:
+        return ((block_id, item.nbytes) for block_id, item in self._items.items())
 
-    def overflow(self) -> int:
-        """Bytes above capacity (0 when within budget)."""
-        return max(0, self.nbytes - self.capacity)
-
-    def __contains__(self, block_id: int) -> bool:
+    def __contains__(self, block_id: object) -> bool:
         return block_id in self._items
-
-    def __iter__(self) -> Iterator[Item]:
-        return iter(self._items.values())
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return self._nbytes
+
+    @property
+    def kv_bits(self) -> int:
+        return self._kv_bits
+
+    @property
+    def kv_elements(self) -> int:
+        return self._kv_elements
+
+
+class DeviceTier(MemoryTier[Block]):
+    """Blocks at full precision, as computed: already on the model's device, in its dtype,
+    so ``get`` returns them as held."""
+
+    def __init__(self, capacity: int | None, name: str = "device"):
+        super().__init__(name, capacity)
+
+    def _encode(self, block: Block) -> Block:
+        return block
+
+    def get(self, block_id: int, device: torch.device, dtype: torch.dtype) -> Block:
+        return self._items[block_id]
+
+    def meta(self, block_id: int) -> BlockMeta:
+        return self._items[block_id].meta
+
+
+class HostTier(MemoryTier[StoredBlock]):
+    """Blocks encoded by ``codec`` in host RAM; pinned when CUDA is present, so reading one
+    back starts an asynchronous copy to the device."""
+
+    def __init__(self, capacity: int | None, codec: Codec, name: str = "host"):
+        super().__init__(name, capacity)
+        self.codec = codec
+
+    def _encode(self, block: Block) -> StoredBlock:
+        return pin(self.codec.encode(block))
+
+    def get(self, block_id: int, device: torch.device, dtype: torch.dtype) -> Block:
+        return self.codec.decode(self._items[block_id], device, dtype)
+
+    def meta(self, block_id: int) -> BlockMeta:
+        return self.codec.decode_meta(self._items[block_id])
+
+    def codec_state_bytes(self) -> int:
+        return self.codec.shared_bytes()
 
 
 def pin(stored: StoredBlock) -> StoredBlock:
