@@ -10,12 +10,14 @@ from _blocks import random_block
 from streamvlm import MemoryConfig, StreamVLM
 from streamvlm.errors import ConfigError
 from streamvlm.memory.block import Block
+from streamvlm.memory.checkpoint import CODEC_STATE_FILE, SessionResumeError
 from streamvlm.memory.codec import CODEC_NAMES, IdentityCodec, get_codec
-from streamvlm.memory.disk import DiskTier
+from streamvlm.memory.disk import DiskLog
+from streamvlm.memory.disk_tier import DiskTier
 from streamvlm.memory.policy import get_policy
 from streamvlm.memory.tiered import TieredStore
+from streamvlm.memory.tiers import DeviceTier, HostTier
 from streamvlm.quant import get_codec as get_kv_codec
-from streamvlm.memory.checkpoint import CODEC_STATE_FILE, SessionResumeError
 from streamvlm.runtime.session import Session
 
 MODEL = "tiny-qwen2.5-vl"
@@ -53,30 +55,28 @@ def assert_same_kv(got: Block, expected_layers) -> None:
 @pytest.mark.parametrize("name", CODEC_NAMES)
 def test_host_and_disk_tiers_add_no_error_to_the_codec(name, tmp_path):
     blocks = [make_block(i) for i in range(3)]
+    disk = DiskTier(DiskLog(tmp_path / "d", flush_every=None, flush_seconds=None), get_codec(name))
     store = TieredStore(
-        device_bytes=0,  # every block goes down to host RAM at once
-        host_bytes=1 << 20,
+        # device_bytes=0: every block goes down to host RAM at once
+        [DeviceTier(0), HostTier(1 << 20, get_codec(name)), disk],
+        get_policy("age"),
         device=torch.device("cpu"),
         dtype=torch.float32,
-        host_codec=get_codec(name),
-        disk=DiskTier(tmp_path / "d", flush_every=None, flush_seconds=None),
-        disk_codec=get_codec(name),
-        policy=get_policy("age"),
     )
     for block in blocks:
         store.put(block)
     expected, bits = codec_alone(name, blocks)
     assert [store.tier_of(b.id) for b in blocks] == ["host"] * 3
-    for block, layers in zip(store.get(b.id for b in blocks), expected, strict=True):
+    for (block, _), layers in zip(store.get(b.id for b in blocks), expected, strict=True):
         assert_same_kv(block, layers)
         assert torch.equal(block.meta.summary, blocks[block.id].meta.summary)  # summaries untouched
     for block, layers in zip(blocks, expected, strict=True):  # the same blocks from the disk tier
-        assert_same_kv(store.disk_codec.decode(store.disk.get(block.id), "cpu", torch.float32), layers)
+        assert_same_kv(disk.get(block.id, "cpu", torch.float32), layers)
     per_tier = store.kv_bits_per_element()
     assert per_tier == {"device": None, "host": pytest.approx(bits), "disk": pytest.approx(bits)}
     state = 16 if name == "vidkv" else 0  # 2 bits per channel, head and layer: 2 * 2 * 16 * 2 / 8
     assert store.codec_state_bytes() == {"device": 0, "host": state, "disk": state}
-    store.disk.close()
+    store.close()
 
 
 @pytest.mark.parametrize("name", ["identity", "vidkv"])
@@ -136,9 +136,9 @@ def test_session_tiers_store_with_their_codec_and_report_bits(engine, tmp_path):
     expected, bits = codec_alone("vidkv", full)
     for block, layers in zip(quantized.blocks.load(ids), expected, strict=True):  # from host RAM
         assert_same_kv(block, layers)
-    disk = quantized.blocks._store  # TODO tier API
+    disk = quantized.blocks.disk
     for block_id, layers in zip(ids, expected, strict=True):
-        assert_same_kv(disk.disk_codec.decode(disk.disk.get(block_id), "cpu", torch.float32), layers)
+        assert_same_kv(disk.get(block_id, "cpu", torch.float32), layers)
     # retrieval summaries come from the full-precision keys, whatever the codec
     for a, b in zip(exact.blocks.metas(), quantized.blocks.metas(), strict=True):
         assert torch.equal(a.summary, b.summary)

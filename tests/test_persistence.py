@@ -150,8 +150,8 @@ def test_kill_9_loses_at_most_the_unflushed_blocks(engine, tmp_path):
         resumed = Session.resume(directory, engine)
         ids = [m.id for m in resumed.blocks.metas()]
         assert ids == list(range(len(ids))) and len(ids) >= flushed  # every flushed block, in order
-        assert resumed.blocks.disk.verify() == []  # nothing comes back corrupt
-        assert resumed.blocks.disk.recovery is not None
+        assert resumed.blocks.disk.log.verify() == []  # nothing comes back corrupt
+        assert resumed.blocks.disk.log.recovery is not None
         answer = resumed.ask("anything?", max_new_tokens=1)
         assert [b.id for b in answer.blocks] == ids
         resumed.add_frames([(frame(1), 1e6), (frame(2), 1e6 + 1)])

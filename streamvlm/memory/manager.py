@@ -31,9 +31,11 @@ from ..retrieval.select import Selection, select_blocks
 from . import checkpoint as files
 from .block import Block, BlockMeta, recent_by_frames
 from .codec import get_codec
-from .disk import DiskTier
+from .disk import DiskLog
+from .disk_tier import DiskTier
 from .policy import get_policy
 from .tiered import TieredStore
+from .tiers import DeviceTier, HostTier
 
 # A full checkpoint rewrites the block table and the index: O(blocks held). It runs when
 # the blocks since the last one reach this fraction of all blocks (at least FULL_MIN), so
@@ -43,6 +45,8 @@ FULL_FRACTION = 0.1
 FULL_MIN = 64
 # session.json keys the memory writes; the rest is the session's own record
 _MEMORY_KEYS = ("format", "model", "memory", "next_block_id")
+# every per-tier figure names these tiers, held or not, so reports keep one shape
+_TIER_NAMES = ("device", "host", "disk")
 
 
 @dataclass(frozen=True)
@@ -73,17 +77,22 @@ class BlockMemory:
     """
 
     def __init__(
-        self, config: MemoryConfig, backend, store: TieredStore, index: LayeredIndex, next_block_id=0
+        self,
+        config: MemoryConfig,
+        backend,
+        tiers: tuple[TieredStore, DiskTier | None],
+        index: LayeredIndex,
+        next_block_id: int = 0,
     ):
         self.config = config
         self.num_layers = backend.num_layers
         self._model = backend.name
-        self._store = store
+        self._store, self._disk = tiers
         self._index = index
         self._next_block_id = next_block_id
         self._directory = Path(config.disk_dir) if config.disk_dir is not None else None
         self._unflushed = 0  # blocks committed since the last checkpoint
-        self._blocks_at_full = len(store)  # blocks held at the last full checkpoint (table + index)
+        self._blocks_at_full = len(self._store)  # blocks held at the last full checkpoint (table + index)
         self._hits = {"answer": Counter(), "window": Counter()}  # reads by purpose and serving tier
         self._load_s = 0.0
 
@@ -119,14 +128,14 @@ class BlockMemory:
                 f"cannot change {', '.join(sorted(fixed))} when resuming; they define what is stored"
             )
         config = MemoryConfig(**{**record["memory"], **overrides, "disk_dir": str(directory)})
-        store = _build_store(config, backend)
+        store, disk = _build_store(config, backend)
         try:
-            files.load_codec_state(directory, store.disk_codec, blocks=len(store.disk))
-            store.adopt_disk_blocks()
+            files.load_codec_state(directory, disk.codec, blocks=len(disk))
+            store.adopt()  # blocks past a smaller disk budget leave; the index is rebuilt below
         except BaseException:
-            store.disk.close()  # release the directory's lock: the caller may fix it and resume again
+            store.close()  # release the directory's lock: the caller may fix it and resume again
             raise
-        memory = cls(config, backend, store, _load_index(directory, config, backend, store.metas()))
+        memory = cls(config, backend, (store, disk), _load_index(directory, config, backend, store.metas()))
         recovered = [m for m in store.metas() if m.id >= record["next_block_id"]]
         memory._next_block_id = recovered[-1].id + 1 if recovered else record["next_block_id"]
         session = {k: v for k, v in record.items() if k not in _MEMORY_KEYS}
@@ -220,10 +229,9 @@ class BlockMemory:
         return blocks
 
     def _read(self, ids: Iterable[int], purpose: str) -> list[Block]:
-        ids = list(ids)
-        for block_id in ids:
-            self._hits[purpose][self._store.tier_of(block_id)] += 1
-        return self._store.get(ids)
+        loaded = self._store.get(ids)
+        self._hits[purpose].update(tier for _, tier in loaded)
+        return [block for block, _ in loaded]
 
     # ----- what it holds ---------------------------------------------------------
 
@@ -248,21 +256,20 @@ class BlockMemory:
         return MemoryStats(
             blocks=len(metas),
             tokens_stored=sum(m.tokens for m in metas),
-            bytes_per_tier=self._store.bytes_per_tier(),
-            kv_bits_per_element=self._store.kv_bits_per_element(),
-            codec_state_bytes=self._store.codec_state_bytes(),
+            bytes_per_tier=dict.fromkeys(_TIER_NAMES, 0) | self._store.bytes_per_tier(),
+            kv_bits_per_element=dict.fromkeys(_TIER_NAMES) | self._store.kv_bits_per_element(),
+            codec_state_bytes=dict.fromkeys(_TIER_NAMES, 0) | self._store.codec_state_bytes(),
             hits_per_tier=dict(self._hits["answer"]),
             window_hits_per_tier=dict(self._hits["window"]),
             load_s=self._load_s,
-            dropped_blocks=self._store.dropped_blocks
-            + (self._store.disk.dropped_blocks if self._store.disk else 0),
+            dropped_blocks=self._store.dropped_blocks,
             indexed_blocks=len(self._index),
         )
 
     @property
     def disk(self) -> DiskTier | None:
         """The disk tier, for tools that inspect or verify it (``None`` without one)."""
-        return self._store.disk
+        return self._disk
 
     # ----- durability ------------------------------------------------------------
 
@@ -277,13 +284,12 @@ class BlockMemory:
         held = len(self._store)
         if full is None:
             full = held - self._blocks_at_full >= max(FULL_MIN, FULL_FRACTION * held)
-        self._store.persist_disk_codec_state()  # a no-op unless it changed (put writes it first)
         if full:
-            self._store.disk.flush()
+            self._store.flush()
             self._index.save(self._directory / files.INDEX_DIR)
             self._blocks_at_full = held
         else:
-            self._store.disk.sync()
+            self._store.sync()
         files.write_record(
             self._directory,
             {
@@ -296,27 +302,22 @@ class BlockMemory:
         self._unflushed = 0
 
     def close(self) -> None:
-        """Release the disk tier (its directory lock); call after the last checkpoint."""
-        if self._store.disk is not None:
-            self._store.disk.close()
+        """Close the tiers (the disk tier releases its directory); call after the last checkpoint."""
+        self._store.close()
 
 
-def _build_store(config: MemoryConfig, backend) -> TieredStore:
+def _build_store(config: MemoryConfig, backend) -> tuple[TieredStore, DiskTier | None]:
+    """The tiers ``config`` asks for, fastest first, and the disk tier among them (if any)."""
+    tiers = [DeviceTier(config.device_bytes), HostTier(config.host_bytes, get_codec(config.host_codec))]
     disk = None
     if config.disk_dir is not None:
-        # the manager decides when to make the disk durable (checkpoint), not the tier
-        disk = DiskTier(config.disk_dir, max_bytes=config.disk_bytes, flush_every=None, flush_seconds=None)
-    return TieredStore(
-        device_bytes=config.device_bytes,
-        host_bytes=config.host_bytes,
-        device=backend.device,
-        dtype=backend.dtype,
-        host_codec=get_codec(config.host_codec),
-        disk=disk,
-        disk_codec=get_codec(config.disk_codec),
-        policy=get_policy(config.eviction),
-        on_disk_codec_state=partial(files.save_codec_state, Path(config.disk_dir)) if disk else None,
-    )
+        # the manager decides when to make the disk durable (checkpoint), not the log
+        log = DiskLog(config.disk_dir, max_bytes=config.disk_bytes, flush_every=None, flush_seconds=None)
+        save_state = partial(files.save_codec_state, Path(config.disk_dir))
+        disk = DiskTier(log, get_codec(config.disk_codec), on_codec_state=save_state)
+        tiers.append(disk)
+    store = TieredStore(tiers, get_policy(config.eviction), device=backend.device, dtype=backend.dtype)
+    return store, disk
 
 
 def _new_index(config: MemoryConfig, backend) -> LayeredIndex:
