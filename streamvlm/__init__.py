@@ -28,12 +28,20 @@ _LAZY = {
     "BlockRef": "streamvlm.runtime.answer",
     "SessionStats": "streamvlm.runtime.answer",
     "Timings": "streamvlm.runtime.answer",
+    "AnswerPlan": "streamvlm.runtime.plan",
+    "AnswerStream": "streamvlm.runtime.answering",
+    "StreamState": "streamvlm.runtime.state",
+    "BlockMemory": "streamvlm.memory.manager",
 }
 
 if TYPE_CHECKING:
+    from .memory.manager import BlockMemory
     from .runtime.answer import Answer, BlockRef, SessionStats, Timings
+    from .runtime.answering import AnswerStream
     from .runtime.engine import StreamVLM
+    from .runtime.plan import AnswerPlan
     from .runtime.session import Session
+    from .runtime.state import StreamState
 
 
 __getattr__ = lazy_getattr(__name__, _LAZY, globals())
@@ -41,6 +49,9 @@ __getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 __all__ = [
     "Answer",
+    "AnswerPlan",
+    "AnswerStream",
+    "BlockMemory",
     "BlockRef",
     "ConfigError",
     "EmptyVideoError",
@@ -52,6 +63,7 @@ __all__ = [
     "SessionStats",
     "StreamVLM",
     "StreamVLMError",
+    "StreamState",
     "Timings",
     "VideoOpenError",
     "__version__",

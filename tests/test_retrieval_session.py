@@ -141,7 +141,11 @@ def test_contiguous_positions_close_the_gaps(engine):
     blocks = session.blocks.load([1, 3])
     step = backend.tokens_per_second * backend.temporal_patch_size if backend.position_dims == 3 else 1
     layout = dict(
-        zip([1, 3], backend.contiguous_positions([b.meta.positions for b in blocks], session.video_start))
+        zip(
+            [1, 3],
+            backend.contiguous_positions([b.meta.positions for b in blocks], session.video_start),
+            strict=True,
+        )
     )
     start = session.video_start
     if backend.position_dims == 3:

@@ -1,4 +1,4 @@
-"""A block: the KV of one encoded chunk, for every layer (DESIGN.md invariant 3).
+"""A block: the KV of one encoded chunk, for every layer (invariant 3 of docs/architecture.md).
 
 Metadata and payload are separate so that a tier can move or encode the payload while
 the index and the session keep the (small) metadata at hand. Both are immutable once

@@ -5,7 +5,7 @@ Consecutive video frames are mostly the same picture. At ingest, each merged vis
 with the last *kept* token at the same spatial position, by cosine similarity; when they
 are at least ``threshold`` alike the new token is dropped (or merged into the kept one) and
 never reaches the LLM, the KV cache or a tier. Kept tokens keep their original positions
-(DESIGN.md invariant 1), so what remains is attended exactly as it would have been.
+(invariant 1 of docs/architecture.md), so what remains is attended exactly as it would have been.
 
 The comparison is against the last kept token, not the previous frame: a slow drift
 cannot slip through frame by frame, because the reference only moves when a token is kept.

@@ -2,7 +2,7 @@
 
 A backend knows its model's prompt format, how frames become visual embeddings and
 which position ids every token gets. It keeps no per-stream state: positions and KV are
-passed in by the runtime (DESIGN.md invariant 1), so one backend serves many sessions.
+passed in by the runtime (invariant 1 of docs/architecture.md), so one backend serves many sessions.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Key summaries: one vector per block and layer that retrieval compares questions with.
 
 ReKV's summary: the mean of a block's keys per KV head, concatenated. Keys are cached
-after RoPE (DESIGN.md invariant 2), and a rotated key depends on where it sits, so
+after RoPE (invariant 2 of docs/architecture.md), and a rotated key depends on where it sits, so
 summaries are taken over de-rotated keys: two blocks showing the same thing at different
 times then get the same summary.
 """

@@ -2,7 +2,7 @@
 
 ``generate()`` rebuilds positions from the cache length, which is wrong as soon as the
 context holds a subset of the stream; this loop takes the next position from the
-session instead (DESIGN.md invariant 1).
+session instead (invariant 1 of docs/architecture.md).
 """
 
 from __future__ import annotations
