@@ -1,4 +1,10 @@
-"""Configuration dataclasses. Every option is documented here, once."""
+"""Configuration dataclasses. Every option is documented here, once.
+
+A leaf module: it imports nothing of streamvlm but ``errors`` and ``registry``, so the
+CLI parser can build its options without importing torch. Named options (codecs,
+eviction, selection, queue policy) are checked against the registries their
+implementations fill where they are defined, imported on the first check.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,7 @@ import math
 from dataclasses import dataclass
 
 from .errors import ConfigError
-from .memory.policy import POLICIES
-from .runtime.scheduling import QUEUE_POLICIES
+from .registry import BLOCK_CODECS, EVICTION_POLICIES, QUEUE_POLICIES, SELECTION_MODES
 
 POSITION_MODES = ("original", "contiguous")
 QUERY_CONTEXTS = ("window", "sink")
@@ -56,7 +61,8 @@ class MemoryConfig:
         bits per K/V element with metadata on blocks of a few hundred tokens), ``identity``
         (as computed, lossless), or another KV codec of ``docs/quantization.md``:
         ``fp16``, ``bf16`` (16 bits), ``int8``, ``int4`` (per token), ``kivi2`` (KIVI, 2
-        bits), ``vidkv-ref`` (VidKV as published). The device tier always holds full
+        bits), ``vidkv-paper`` (VidKV as published; its old name ``vidkv-ref`` is
+        still accepted and read back as ``vidkv-paper``). The device tier always holds full
         precision, and retrieval summaries come from the full-precision keys whatever
         the codec. Exact answers (DESIGN.md invariant 4) need ``identity`` here.
         ``stats().kv_bits_per_element`` reports what each tier really stores.
@@ -166,17 +172,16 @@ class MemoryConfig:
             )
         if self.neighbours < 0 or self.index_groups < 1:
             raise ConfigError("neighbours must be >= 0 and index_groups >= 1")
-        _one_of("selection", self.selection, ("shared", "per_layer"))
+        self.selection = SELECTION_MODES.check("selection", self.selection)
         _one_of("metric", self.metric, ("ip", "cosine"))
         _one_of("query_context", self.query_context, QUERY_CONTEXTS)
         _one_of("position_mode", self.position_mode, POSITION_MODES)
-        _one_of("eviction", self.eviction, tuple(POLICIES))
-        # imported here, not at the top: it imports torch, which the CLI parser must not
-        from .memory.codec import CODEC_NAMES
-
-        _one_of("host_codec", self.host_codec, CODEC_NAMES)
-        _one_of("disk_codec", self.disk_codec, CODEC_NAMES)
-        _one_of("queue_policy", self.queue_policy, QUEUE_POLICIES)
+        self.eviction = EVICTION_POLICIES.check("eviction", self.eviction)
+        # an old name (``vidkv-ref``) becomes the current one here, so the rest of the
+        # code, saved sessions included, only ever sees current names
+        self.host_codec = BLOCK_CODECS.check("host_codec", self.host_codec)
+        self.disk_codec = BLOCK_CODECS.check("disk_codec", self.disk_codec)
+        self.queue_policy = QUEUE_POLICIES.check("queue_policy", self.queue_policy)
         check_pruning_options(self.prune_threshold, self.prune_mode, self.prune_min_kept)
         if self.queue_frames < 1:
             raise ConfigError(f"queue_frames must be >= 1, got {self.queue_frames}")

@@ -58,6 +58,11 @@ class Registry(Generic[T]):
             for module in self._modules:
                 importlib.import_module(module)
 
+    def aliases(self, name: str) -> tuple[str, ...]:
+        """The old names still accepted for the current name ``name``."""
+        self._load()
+        return tuple(alias for alias, current in self._aliases.items() if current == name)
+
     def names(self) -> tuple[str, ...]:
         """Current names, in registration order (aliases excluded)."""
         self._load()

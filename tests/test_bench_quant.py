@@ -13,17 +13,17 @@ from streamvlm.bench.quant import QuantBenchConfig, measure_codec, model_set, ru
 
 def test_codecs_on_synthetic_outliers_meet_the_issue_targets():
     """vidkv stores <= 2 bits per element with metadata and, at that size, errs less than
-    vidkv-ref and kivi2 (3 bits) on keys with outlier channels."""
+    vidkv-paper and kivi2 (3 bits) on keys with outlier channels."""
     layers = synthetic_set(QuantBenchConfig(synthetic_shape=(4, 256, 128)))
     rows = {
         name: measure_codec("synthetic", layers, name, repeats=1)
-        for name in ("fp16", "kivi2", "vidkv-ref", "vidkv")
+        for name in ("fp16", "kivi2", "vidkv-paper", "vidkv")
     }
     assert rows["fp16"].key_bits == rows["fp16"].value_bits == 16
     assert rows["fp16"].attention_output_rel_error < 1e-2
     vidkv = rows["vidkv"]
     assert vidkv.key_bits <= 2.0 and vidkv.value_bits <= 2.0
-    assert vidkv.attention_output_rel_error < rows["vidkv-ref"].attention_output_rel_error
+    assert vidkv.attention_output_rel_error < rows["vidkv-paper"].attention_output_rel_error
     assert vidkv.attention_output_rel_error < rows["kivi2"].attention_output_rel_error
     assert rows["kivi2"].key_bits == 3.0
     for row in rows.values():

@@ -17,7 +17,7 @@ import torch
 from streamvlm import kernels
 from streamvlm.errors import ConfigError
 from streamvlm.kernels import backend
-from streamvlm.quant import get_codec
+from streamvlm.quant import get_kv_codec
 from streamvlm.quant.synthetic import synthetic_kv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -98,11 +98,11 @@ def test_cpu_launches_need_no_device_switch() -> None:
         pass
 
 
-@pytest.mark.parametrize("name", ["kivi2", "vidkv", "int8", "vidkv-ref", "fp16"])
+@pytest.mark.parametrize("name", ["kivi2", "vidkv", "int8", "vidkv-paper", "fp16"])
 def test_cpu_decode_is_the_reference(monkeypatch, name: str) -> None:
     monkeypatch.delenv(backend.BACKEND_ENV, raising=False)
     _, k, v = synthetic_kv(2, 40, 32, seed=0)
-    codec = get_codec(name)
+    codec = get_kv_codec(name)
     for kind, x in (("key", k), ("value", v)):
         enc = codec.encode(x, kind, layer=2)
         assert torch.equal(kernels.decode(enc, codec), codec.decode(enc))
@@ -111,10 +111,10 @@ def test_cpu_decode_is_the_reference(monkeypatch, name: str) -> None:
 
 def test_codecs_without_a_kernel_ignore_a_forced_backend(triton_is) -> None:
     triton_is(False)  # would raise if the dispatch even asked
-    enc = get_codec("int8").encode(torch.randn(1, 4, 8), "value")
-    assert torch.equal(kernels.decode(enc, backend="triton"), get_codec("int8").decode(enc))
-    assert kernels.has_kernel(get_codec("kivi2", bits=4)) and kernels.has_kernel(get_codec("vidkv"))
-    assert not kernels.has_kernel(get_codec("vidkv-ref"))
+    enc = get_kv_codec("int8").encode(torch.randn(1, 4, 8), "value")
+    assert torch.equal(kernels.decode(enc, backend="triton"), get_kv_codec("int8").decode(enc))
+    assert kernels.has_kernel(get_kv_codec("kivi2", bits=4)) and kernels.has_kernel(get_kv_codec("vidkv"))
+    assert not kernels.has_kernel(get_kv_codec("vidkv-paper"))
 
 
 def test_cpu_packing_is_the_reference(monkeypatch) -> None:
@@ -134,8 +134,8 @@ def test_works_without_triton_and_never_imports_it_unasked() -> None:
         import sys
         import torch
         import streamvlm.kernels as k
-        from streamvlm.quant import get_codec
-        codec = get_codec("kivi2")
+        from streamvlm.quant import get_kv_codec
+        codec = get_kv_codec("kivi2")
         enc = codec.encode(torch.randn(2, 8, 16), "key")
         assert torch.equal(k.decode(enc, codec), codec.decode(enc))
         assert "triton" not in sys.modules, "importing or CPU decoding imported triton"

@@ -23,7 +23,7 @@ triton = pytest.importorskip("triton")
 
 from streamvlm import kernels  # noqa: E402
 from streamvlm.kernels import reference  # noqa: E402
-from streamvlm.quant import QuantError, get_codec  # noqa: E402
+from streamvlm.quant import QuantError, get_kv_codec  # noqa: E402
 from streamvlm.quant.packing import unpack_per_head  # noqa: E402
 from streamvlm.quant.synthetic import synthetic_kv  # noqa: E402
 
@@ -143,13 +143,13 @@ def _check_decode(codec, x: torch.Tensor, kind: str, dtype: torch.dtype = torch.
 @pytest.mark.parametrize("kind", ["key", "value"])
 @pytest.mark.parametrize("name", ["kivi2", "vidkv"])
 def test_decode_equals_the_reference(name: str, kind: str, tokens: int, head_dim: int, heads: int) -> None:
-    _check_decode(get_codec(name), _kv(kind, heads, tokens, head_dim), kind)
+    _check_decode(get_kv_codec(name), _kv(kind, heads, tokens, head_dim), kind)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", ["kivi2", "vidkv"])
 def test_decode_rounds_to_the_output_dtype_like_the_reference(name: str, dtype: torch.dtype) -> None:
-    codec = get_codec(name)
+    codec = get_kv_codec(name)
     for kind in ("key", "value"):
         _check_decode(codec, _kv(kind, 2, 40, 64), kind, dtype)
 
@@ -166,27 +166,27 @@ def test_decode_rounds_to_the_output_dtype_like_the_reference(name: str, dtype: 
     ],
 )
 def test_decode_equals_the_reference_for_other_options(name: str, options: dict) -> None:
-    codec = get_codec(name, **options)
+    codec = get_kv_codec(name, **options)
     for kind in ("key", "value"):
         _check_decode(codec, _kv(kind, 2, 70, 32), kind)
 
 
 def test_vidkv_keys_decode_with_restored_layer_state() -> None:
     # a restarted stream: a fresh codec with the layer's tiers loaded, not recomputed
-    writer = get_codec("vidkv")
+    writer = get_kv_codec("vidkv")
     enc = writer.encode(_kv("key", 2, 48, 64), "key", layer=3)
-    reader = get_codec("vidkv")
+    reader = get_kv_codec("vidkv")
     reader.load_shared_state(3, writer.shared_state(3))
     got = kernels.decode(enc, reader, DEVICE, backend="triton")
     assert_same_bits(got, writer.decode(enc, DEVICE))
     with pytest.raises(QuantError, match="no key channel tiers for layer 3"):
-        kernels.decode(enc, get_codec("vidkv"), DEVICE, backend="triton")
+        kernels.decode(enc, get_kv_codec("vidkv"), DEVICE, backend="triton")
 
 
 @pytest.mark.parametrize("name", ["kivi2", "vidkv"])
 def test_stored_payloads_repack_to_the_same_bytes(name: str) -> None:
     """Every packed tensor a codec stores, unpacked and packed again by the kernels."""
-    codec = get_codec(name)
+    codec = get_kv_codec(name)
     heads, tokens, head_dim = 4, 33, 32
     for kind in ("key", "value"):
         enc = codec.encode(_kv(kind, heads, tokens, head_dim), kind)

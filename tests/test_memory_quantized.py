@@ -11,17 +11,19 @@ from streamvlm import MemoryConfig, StreamVLM
 from streamvlm.errors import ConfigError
 from streamvlm.memory.block import Block
 from streamvlm.memory.checkpoint import CODEC_STATE_FILE, SessionResumeError
-from streamvlm.memory.codec import CODEC_NAMES, IdentityCodec, get_codec
+from streamvlm.memory.codec import IdentityCodec, get_block_codec
 from streamvlm.memory.disk import DiskLog
 from streamvlm.memory.disk_tier import DiskTier
 from streamvlm.memory.policy import get_policy
 from streamvlm.memory.tiered import TieredStore
 from streamvlm.memory.tiers import DeviceTier, HostTier
-from streamvlm.quant import get_codec as get_kv_codec
+from streamvlm.quant import get_kv_codec
+from streamvlm.registry import BLOCK_CODECS
 from streamvlm.runtime.session import Session
 
 MODEL = "tiny-qwen2.5-vl"
 LAYERS, HEADS, TOKENS, DIM = 2, 2, 16, 16  # the tiny model's KV shape for a 112x112 chunk
+CODEC_NAMES = BLOCK_CODECS.names()
 QUANT_NAMES = [n for n in CODEC_NAMES if n != "identity"]
 
 
@@ -55,10 +57,10 @@ def assert_same_kv(got: Block, expected_layers) -> None:
 @pytest.mark.parametrize("name", CODEC_NAMES)
 def test_host_and_disk_tiers_add_no_error_to_the_codec(name, tmp_path):
     blocks = [make_block(i) for i in range(3)]
-    disk = DiskTier(DiskLog(tmp_path / "d", flush_every=None, flush_seconds=None), get_codec(name))
+    disk = DiskTier(DiskLog(tmp_path / "d", flush_every=None, flush_seconds=None), get_block_codec(name))
     store = TieredStore(
         # device_bytes=0: every block goes down to host RAM at once
-        [DeviceTier(0), HostTier(1 << 20, get_codec(name)), disk],
+        [DeviceTier(0), HostTier(1 << 20, get_block_codec(name)), disk],
         get_policy("age"),
         device=torch.device("cpu"),
         dtype=torch.float32,
@@ -82,20 +84,32 @@ def test_host_and_disk_tiers_add_no_error_to_the_codec(name, tmp_path):
 @pytest.mark.parametrize("name", ["identity", "vidkv"])
 def test_a_block_without_tokens_round_trips(name):
     block = make_block(0, tokens=0)
-    codec = get_codec(name)
+    codec = get_block_codec(name)
     stored = codec.encode(block)
     assert stored.meta["kv_shape"] == [HEADS, 0, DIM] and stored.kv_elements == 0
     back = codec.decode(stored, "cpu", torch.float32)
     assert [tuple(k.shape) for k, _ in back.layers] == [(HEADS, 0, DIM)] * LAYERS
 
 
+def test_blocks_stored_as_vidkv_ref_decode_after_the_rename():
+    """``vidkv-ref`` is the old name of ``vidkv-paper``: configuration reads it as the new
+    name, and a block stored under the old name decodes as before."""
+    assert MemoryConfig(host_codec="vidkv-ref", disk_codec="vidkv-ref").disk_codec == "vidkv-paper"
+    block = make_block(0)
+    stored = get_block_codec("vidkv-paper").encode(block)
+    stored.meta["codec"] = "vidkv-ref"  # as written before the rename
+    for reader in (get_block_codec("vidkv-ref"), get_block_codec("vidkv-paper")):
+        assert reader.name == "vidkv-paper"
+        assert_same_kv(reader.decode(stored, "cpu", torch.float32), codec_alone("vidkv-paper", [block])[0][0])
+
+
 def test_unknown_codecs_are_one_line_config_errors():
-    for make in (lambda: get_codec("vidkv3"), lambda: MemoryConfig(disk_codec="vidkv3")):
+    for make in (lambda: get_block_codec("vidkv3"), lambda: MemoryConfig(disk_codec="vidkv3")):
         with pytest.raises(ConfigError) as err:
             make()
         message = str(err.value)
         assert (
-            "'vidkv3'" in message and "identity, fp16, bf16, int8, int4, kivi2, vidkv-ref, vidkv" in message
+            "'vidkv3'" in message and "identity, fp16, bf16, int8, int4, kivi2, vidkv-paper, vidkv" in message
         )
         assert "\n" not in message
     assert MemoryConfig().host_codec == MemoryConfig().disk_codec == "vidkv"  # the issue's default

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..models.bundled import TINY_SYNTH
 
-LOSSY_CODECS: tuple[str, ...] = ("fp16", "bf16", "int8", "int4", "kivi2", "vidkv-ref", "vidkv")
+LOSSY_CODECS: tuple[str, ...] = ("fp16", "bf16", "int8", "int4", "kivi2", "vidkv-paper", "vidkv")
 QUESTION = "what colour was the circle?"
 
 
@@ -45,7 +45,14 @@ class QuantBenchConfig:
     needle_min_questions: int = 24
     # lossless, and the configuration the bundled model answers best with (docs/BENCHMARKS.md)
     needle_answers: tuple[str, ...] = ("lossless", "top1-contiguous-w0")
-    needle_stores: tuple[str, ...] = ("", "+vidkv", "+kivi2", "+vidkv-ref", "+prune0.95", "+prune0.95+vidkv")
+    needle_stores: tuple[str, ...] = (
+        "",
+        "+vidkv",
+        "+kivi2",
+        "+vidkv-paper",
+        "+prune0.95",
+        "+prune0.95+vidkv",
+    )
     # held-out short clips answered with every block stored through the codec (device
     # tier 0 bytes), where the model answers well; 0 skips this part
     clip_samples: int = 200
@@ -168,10 +175,10 @@ def measure_codec(kv_set: str, layers: Sequence[KVLayer], name: str, repeats: in
     """Bits, errors and throughput of codec ``name`` on ``layers`` (errors: mean over layers)."""
     import torch
 
-    from ..quant import get_codec
+    from ..quant import get_kv_codec
     from ..quant.metrics import attention_error, relative_error
 
-    codec = get_codec(name)
+    codec = get_kv_codec(name)
     sums = dict(kb=0.0, vb=0.0, ke=0.0, ve=0.0, ao=0.0, tv=0.0)
     for i, layer in enumerate(layers):
         ek, ev = codec.encode(layer.keys, "key", i), codec.encode(layer.values, "value", i)
@@ -194,7 +201,7 @@ def measure_codec(kv_set: str, layers: Sequence[KVLayer], name: str, repeats: in
     copy_s = _median_seconds(lambda: half.clone(), repeats)
     return CodecRow(
         kv_set=kv_set,
-        codec=name,
+        codec=codec.name,  # the current name when ``name`` is an old alias (vidkv-ref)
         key_bits=m["kb"],
         value_bits=m["vb"],
         key_rel_error=m["ke"],

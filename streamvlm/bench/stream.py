@@ -133,7 +133,7 @@ def run_stream_bench(config: StreamBenchConfig, log=print) -> StreamBenchResult:
 
 def _run_baseline(config, backend, session, scene, frames, cp, result) -> bool:
     """Run the baseline at this length; return whether to run it at the next one."""
-    from .baseline import generate_over_all_frames  # torch + transformers: not at CLI start-up
+    from ..eval.baseline import generate_over_all_frames  # torch + transformers: not at CLI start-up
 
     tokens_per_frame = session.stats().tokens_stored / max(1, session.state.frames_encoded)
     kv_bytes = 2 * backend.num_layers * backend.num_kv_heads * backend.head_dim * backend.dtype.itemsize

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..errors import ConfigError
 from ..models.bundled import TINY_SYNTH
+from ..registry import BLOCK_CODECS
 
 # Needle distances (seconds before the question) tried at every length; those that fit.
 DISTANCES: tuple[float, ...] = (4, 12, 40, 150, 600, 2500)
@@ -96,19 +97,17 @@ class AnswerConfig:
 
 def _storage(name: str, parts: list[str]) -> tuple[float | None, str | None]:
     """``(prune threshold, codec)`` from a configuration's ``+`` suffixes."""
-    from ..memory.codec import CODEC_NAMES
-
     prune = codec = None
     for part in parts:
         m = _PRUNE.match(part)
         if m and prune is None:
             prune = float(m.group(1))
-        elif part in CODEC_NAMES and part != "identity" and codec is None:
-            codec = part
+        elif part in BLOCK_CODECS and part != "identity" and codec is None:
+            codec = BLOCK_CODECS.canonical(part)  # an old name (vidkv-ref) runs as the current one
         else:
             raise ConfigError(
-                f"{name}: {part!r} is not prune<T> (e.g. prune0.95) or a codec ({', '.join(CODEC_NAMES)}), "
-                "or it is given twice"
+                f"{name}: {part!r} is not prune<T> (e.g. prune0.95) or a codec "
+                f"({', '.join(BLOCK_CODECS.names())}), or it is given twice"
             )
     return prune, codec
 
@@ -414,7 +413,7 @@ def _holds_needle(world, question, blocks) -> bool:
 
 def _answer(engine, session, world, frames, question, ac: AnswerConfig, config) -> tuple[str, float, list]:
     if ac.plain:
-        from ..bench.baseline import generate_over_all_frames
+        from .baseline import generate_over_all_frames
 
         run = generate_over_all_frames(
             engine.backend,

@@ -10,7 +10,7 @@ import torch
 
 from ..quant.base import EncodedTensor, KVCodec, QuantError
 from ..quant.kivi import KIVICodec
-from ..quant.registry import get_codec
+from ..quant.registry import get_kv_codec
 from ..quant.vidkv import VidKVCodec
 from . import reference
 from .backend import launch_device, on_device, use_triton
@@ -71,20 +71,17 @@ def decode(
 ) -> torch.Tensor:
     """``codec.decode(enc, device, dtype)``, by a fused Triton kernel where one applies.
 
-    ``codec`` defaults to ``get_codec(enc.codec)`` (default options); pass the codec that
-    encoded the block when its options differ, and always for ``vidkv`` keys (the layer's
-    channel tiers live in the codec). Codecs without a kernel (fp16, int8, vidkv-ref, ...)
-    decode with the reference whatever the backend.
+    ``codec`` defaults to ``get_kv_codec(enc.codec)`` (default options); pass the codec
+    that encoded the block when its options differ, and always for ``vidkv`` keys (the
+    layer's channel tiers live in the codec). Codecs without a kernel (fp16, int8,
+    vidkv-paper, ...) decode with the reference whatever the backend.
     """
-    codec = get_codec(enc.codec) if codec is None else codec
+    codec = get_kv_codec(enc.codec) if codec is None else codec
     device = torch.device(device)
     if not has_kernel(codec) or not use_triton(device, backend):
         return reference.decode(enc, codec, device, dtype)
     # the reference's argument checks, so both paths fail alike
-    if enc.codec != codec.name:
-        raise QuantError(
-            f"tensor was encoded by {enc.codec!r}; decode it with that codec, not {codec.name!r}"
-        )
+    codec.check_decodes(enc)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise QuantError(f"decode dtype must be a floating torch.dtype, got {dtype!r}")
     device = launch_device(device)

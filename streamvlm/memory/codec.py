@@ -1,9 +1,11 @@
-"""Codecs turn a block's KV into what a tier stores, and back.
+"""Block codecs turn a block's KV into what a tier stores, and back.
 
 A tier holds ``StoredBlock``s: JSON metadata plus named CPU tensors. The identity codec
-keeps the tensors as they are; the quantized codecs (``quantized.py``, one per
-``streamvlm.quant`` codec) store each layer's keys and values encoded. Tiers never look
-inside: they store, move and count what a codec gives them.
+keeps the tensors as they are; the quantized block codecs (``quantized.py``, one per KV
+codec of ``streamvlm.quant``) store each layer's keys and values encoded. Tiers never look
+inside: they store, move and count what a block codec gives them. Block codecs are found
+by name in ``BLOCK_CODECS`` (``MemoryConfig.host_codec`` / ``disk_codec``); KV codecs,
+which encode one tensor, in ``KV_CODECS``.
 
 Besides the block's own fields, ``StoredBlock.meta`` holds ``codec`` (this codec's name),
 ``layers`` and ``kv_shape`` (``[kv_heads, tokens, head_dim]`` of every layer), which is
@@ -18,11 +20,8 @@ from dataclasses import fields
 import torch
 
 from ..errors import ConfigError
-from ..quant.registry import CODEC_NAMES as QUANT_CODEC_NAMES
+from ..registry import BLOCK_CODECS
 from .block import META_TENSORS, Block, BlockMeta, StoredBlock
-
-# Names ``get_codec`` (and ``MemoryConfig.host_codec`` / ``disk_codec``) accept.
-CODEC_NAMES: tuple[str, ...] = ("identity", *QUANT_CODEC_NAMES)
 
 
 def meta_to_json(meta: BlockMeta) -> dict:
@@ -38,8 +37,12 @@ def kv_shape(block: Block) -> list[int]:
     return list(shapes.pop()) if shapes else [0, block.meta.tokens, 0]
 
 
-class Codec(ABC):
+class BlockCodec(ABC):
     """Encodes a block's per-layer KV into named tensors, and decodes them.
+
+    Subclasses register by name: ``class MyCodec(BlockCodec, name="mine")`` makes
+    ``host_codec="mine"`` valid; a class that serves several names (``QuantizedCodec``)
+    omits ``name`` and adds a factory per name to ``BLOCK_CODECS`` itself.
 
     A codec may keep state once per layer rather than per block (``vidkv``'s frozen key
     channel tiers): ``shared_state`` returns it as named CPU tensors to persist next to the
@@ -51,6 +54,12 @@ class Codec(ABC):
     name: str
     stateful: bool = False
     state_version: int = 0
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            cls.name = name
+            BLOCK_CODECS.add(name, cls)
 
     @abstractmethod
     def encode_layers(self, block: Block) -> dict[str, torch.Tensor]:
@@ -101,10 +110,8 @@ class Codec(ABC):
         )
 
 
-class IdentityCodec(Codec):
+class IdentityCodec(BlockCodec, name="identity"):
     """Stores keys and values exactly as computed (lossless)."""
-
-    name = "identity"
 
     def encode_layers(self, block: Block) -> dict[str, torch.Tensor]:
         tensors = {}
@@ -123,12 +130,7 @@ class IdentityCodec(Codec):
         ]
 
 
-def get_codec(name: str) -> Codec:
-    """A new block codec: ``identity`` or any ``streamvlm.quant`` codec with default options."""
-    if name == "identity":
-        return IdentityCodec()
-    if name in QUANT_CODEC_NAMES:
-        from .quantized import QuantizedCodec  # it subclasses Codec: import here, not at the top
-
-        return QuantizedCodec(name)
-    raise ConfigError(f"unknown codec {name!r}; choose one of {', '.join(CODEC_NAMES)}")
+def get_block_codec(name: str) -> BlockCodec:
+    """A new block codec: ``identity`` or any KV codec of ``streamvlm.quant`` with default
+    options (old names such as ``vidkv-ref`` accepted); ``ConfigError`` names the choices."""
+    return BLOCK_CODECS.get(name)()

@@ -21,7 +21,7 @@ import torch
 
 from . import segments as rec
 from .block import Block, BlockMeta, StoredBlock
-from .codec import Codec
+from .codec import BlockCodec
 from .disk import DiskLog
 from .tiers import StagedPut, Tier
 
@@ -40,9 +40,9 @@ class DiskTier(Tier):
     def __init__(
         self,
         log: DiskLog,
-        codec: Codec,
+        codec: BlockCodec,
         *,
-        on_codec_state: Callable[[Codec], None] | None = None,
+        on_codec_state: Callable[[BlockCodec], None] | None = None,
         name: str = "disk",
     ):
         self.name = name

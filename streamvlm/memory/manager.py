@@ -30,7 +30,7 @@ from ..retrieval.index import LayeredIndex
 from ..retrieval.select import Selection, select_blocks
 from . import checkpoint as files
 from .block import Block, BlockMeta, recent_by_frames
-from .codec import get_codec
+from .codec import get_block_codec
 from .disk import DiskLog
 from .disk_tier import DiskTier
 from .policy import get_policy
@@ -308,13 +308,13 @@ class BlockMemory:
 
 def _build_store(config: MemoryConfig, backend) -> tuple[TieredStore, DiskTier | None]:
     """The tiers ``config`` asks for, fastest first, and the disk tier among them (if any)."""
-    tiers = [DeviceTier(config.device_bytes), HostTier(config.host_bytes, get_codec(config.host_codec))]
+    tiers = [DeviceTier(config.device_bytes), HostTier(config.host_bytes, get_block_codec(config.host_codec))]
     disk = None
     if config.disk_dir is not None:
         # the manager decides when to make the disk durable (checkpoint), not the log
         log = DiskLog(config.disk_dir, max_bytes=config.disk_bytes, flush_every=None, flush_seconds=None)
         save_state = partial(files.save_codec_state, Path(config.disk_dir))
-        disk = DiskTier(log, get_codec(config.disk_codec), on_codec_state=save_state)
+        disk = DiskTier(log, get_block_codec(config.disk_codec), on_codec_state=save_state)
         tiers.append(disk)
     store = TieredStore(tiers, get_policy(config.eviction), device=backend.device, dtype=backend.dtype)
     return store, disk

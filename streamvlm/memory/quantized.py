@@ -1,9 +1,10 @@
 """Block codecs backed by ``streamvlm.quant``: each layer's keys and values encoded on their own.
 
-``QuantizedCodec("vidkv")`` encodes layer ``i``'s keys with ``kind="key", layer=i`` and its
+Every KV codec of ``KV_CODECS`` is a block codec of the same name (and old aliases) in
+``BLOCK_CODECS``. ``QuantizedCodec("vidkv")`` encodes layer ``i``'s keys with ``kind="key", layer=i`` and its
 values with ``kind="value"``, and stores the resulting tensors as ``k.{i}.{field}`` and
 ``v.{i}.{field}`` beside the block's positions, mask and summary. The block's JSON meta
-(``kv_shape``, written by ``Codec.encode``) gives back the shape the packed fields need.
+(``kv_shape``, written by ``BlockCodec.encode``) gives back the shape the packed fields need.
 Decoding goes through ``streamvlm.kernels.decode``: a fused Triton kernel on CUDA where
 the codec has one, the PyTorch reference elsewhere (both give the same floats).
 """
@@ -11,20 +12,22 @@ the codec has one, the PyTorch reference elsewhere (both give the same floats).
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import partial
 
 import torch
 
 from .. import kernels
 from ..quant.base import EncodedTensor, KVCodec
-from ..quant.registry import get_codec as get_kv_codec
+from ..quant.registry import get_kv_codec
+from ..registry import BLOCK_CODECS, KV_CODECS
 from .block import META_TENSORS, Block
-from .codec import Codec
+from .codec import BlockCodec
 
 _KINDS = {"k": "key", "v": "value"}
 
 
-class QuantizedCodec(Codec):
-    """A ``streamvlm.quant`` codec (default options) applied per layer and per kind.
+class QuantizedCodec(BlockCodec):
+    """A ``streamvlm.quant`` KV codec (default options) applied per layer and per kind.
 
     One object per tier and stream: stateful codecs (``vidkv``) freeze their key channel
     tiers on the first block of each layer, and every later block of that layer is encoded
@@ -33,7 +36,7 @@ class QuantizedCodec(Codec):
 
     def __init__(self, name: str) -> None:
         self.kv_codec = get_kv_codec(name)
-        self.name = name
+        self.name = self.kv_codec.name  # the current name when ``name`` is an old alias
         self.stateful = type(self.kv_codec).shared_state is not KVCodec.shared_state
         self.state_version = 0
         self._stateful_layers: set[int] = set()
@@ -98,3 +101,7 @@ def _by_layer(tensors: dict[str, torch.Tensor]) -> dict[tuple[str, int], dict[st
         prefix, layer, field = name.split(".", 2)
         fields[prefix, int(layer)][field] = t
     return fields
+
+
+for _name in KV_CODECS.names():
+    BLOCK_CODECS.add(_name, partial(QuantizedCodec, _name), KV_CODECS.aliases(_name))

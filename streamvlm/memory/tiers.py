@@ -22,7 +22,7 @@ from typing import Generic, TypeVar
 import torch
 
 from .block import Block, BlockMeta, StoredBlock
-from .codec import Codec
+from .codec import BlockCodec
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ class HostTier(MemoryTier[StoredBlock]):
     """Blocks encoded by ``codec`` in host RAM; pinned when CUDA is present, so reading one
     back starts an asynchronous copy to the device."""
 
-    def __init__(self, capacity: int | None, codec: Codec, name: str = "host"):
+    def __init__(self, capacity: int | None, codec: BlockCodec, name: str = "host"):
         super().__init__(name, capacity)
         self.codec = codec
 

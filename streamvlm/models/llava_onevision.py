@@ -8,12 +8,14 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..registry import BACKENDS
 from .base import Backend, VisualChunk
 
 # frames -> pixel_values [frames, 3, S, S]
 LlavaPreprocess = Callable[[Sequence[np.ndarray]], torch.Tensor]
 
 
+@BACKENDS.register("llava_onevision")  # transformers model_type
 class LlavaOnevisionBackend(Backend):
     """The stream is one long video; every frame is SigLIP-encoded, projected and 2x2-pooled.
 

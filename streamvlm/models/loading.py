@@ -16,23 +16,30 @@ from transformers import (
 from transformers.utils import cached_file
 
 from ..errors import ConfigError, ModelNotFoundError
+from ..registry import BACKENDS
 from .base import Backend
 from .bundled import bundled_path
-from .llava_onevision import LlavaOnevisionBackend
 from .preprocessing import llava_preprocess_for, qwen_preprocess_for
-from .qwen2_5_vl import Qwen25VLBackend
 from .tiny import (
-    TINY_LLAVA,
     TINY_MODELS,
-    TINY_QWEN,
     build_tiny_model,
     build_tiny_tokenizer,
     tiny_processor_configs,
 )
 
+# The transformers class that loads a checkpoint of each model family (``BACKENDS`` has
+# the streamvlm side of each family under the same model_type).
 SUPPORTED = {
     "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
     "llava_onevision": LlavaOnevisionForConditionalGeneration,
+}
+# How each family's frames are preprocessed: (model config, processor config, video
+# processor config) -> the preprocessing its backend takes.
+_PREPROCESS = {
+    "qwen2_5_vl": qwen_preprocess_for,
+    "llava_onevision": lambda model_config, processor_config, _video_config: llava_preprocess_for(
+        model_config, processor_config
+    ),
 }
 
 _HINT = f"pass a local checkpoint directory (config.json + *.safetensors), or use {' / '.join(TINY_MODELS)}"
@@ -88,14 +95,10 @@ def load_backend(name: str, device=None, dtype=None, seed: int = 0) -> Backend:
             ) from e
         processor_config = _json_file(source, "preprocessor_config.json")
         video_config = _json_file(source, "video_preprocessor_config.json")
-    if name == TINY_QWEN or model.config.model_type == "qwen2_5_vl":
-        preprocess = qwen_preprocess_for(model.config, processor_config, video_config)
-        return Qwen25VLBackend(model, tokenizer, name, preprocess)
-    if name == TINY_LLAVA or model.config.model_type == "llava_onevision":
-        return LlavaOnevisionBackend(
-            model, tokenizer, name, llava_preprocess_for(model.config, processor_config)
-        )
-    raise AssertionError(f"no backend for {name}")  # _model_type already rejected it
+    # the tiny models are built with their family's transformers config, so they have its model_type
+    model_type = model.config.model_type
+    preprocess = _PREPROCESS[model_type](model.config, processor_config, video_config)
+    return BACKENDS.get(model_type)(model, tokenizer, name, preprocess)
 
 
 def _model_type(name: str) -> str:
@@ -108,9 +111,9 @@ def _model_type(name: str) -> str:
             f"unknown model {name!r}: no local directory of that name and it could not be fetched from the "
             f"Hugging Face hub (offline?); {_HINT}"
         ) from e
-    if config.model_type not in SUPPORTED:
+    if config.model_type not in BACKENDS:
         raise ModelNotFoundError(
-            f"model {name!r} is a {config.model_type!r} model; streamvlm supports {', '.join(SUPPORTED)}"
+            f"model {name!r} is a {config.model_type!r} model; streamvlm supports {', '.join(BACKENDS.names())}"
         )
     return config.model_type
 

@@ -8,12 +8,14 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..registry import BACKENDS
 from .base import Backend, VisualChunk
 
 # frames -> (pixel_values [patches, C*T*P*P], grid (t, h, w) in patches)
 QwenPreprocess = Callable[[Sequence[np.ndarray]], tuple[torch.Tensor, tuple[int, int, int]]]
 
 
+@BACKENDS.register("qwen2_5_vl")  # transformers model_type
 class Qwen25VLBackend(Backend):
     """The stream is one long video opened in the first user turn.
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import StreamVLMError
+from ..registry import KV_CODECS
 
 KINDS = ("key", "value")
 INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -75,12 +76,34 @@ class KVCodec(ABC):
     """Encodes one layer's keys or values of one block; decodes them back.
 
     Subclasses implement ``_encode`` (input already validated and on its own device) and
-    ``_decode`` (returns float32 on the requested device).
+    ``_decode`` (returns float32 on the requested device), and register by name:
+    ``class MyCodec(KVCodec, name="mine")`` makes ``get_kv_codec("mine")`` build one;
+    ``aliases`` are old names still accepted, by the registry and by ``decode`` for
+    tensors encoded under them. A class built for several names (``IntCodec``) omits
+    ``name`` and registers a factory per name with ``KV_CODECS.add``.
     """
 
     name: str
+    aliases: tuple[str, ...] = ()
     # Largest magnitude the codec can store; fp16 metadata overflows beyond FP16_MAX.
     max_abs: float | None = FP16_MAX
+
+    def __init_subclass__(cls, name: str | None = None, aliases: tuple[str, ...] = (), **kwargs):
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            cls.name, cls.aliases = name, aliases
+            KV_CODECS.add(name, cls, aliases)
+
+    def reads(self, codec: str) -> bool:
+        """Whether tensors that name ``codec`` as their encoder are this codec's to decode."""
+        return codec == self.name or codec in self.aliases
+
+    def check_decodes(self, enc: EncodedTensor) -> None:
+        """Raise ``QuantError`` unless ``enc`` was encoded by this codec (under a current or old name)."""
+        if not self.reads(enc.codec):
+            raise QuantError(
+                f"tensor was encoded by {enc.codec!r}; decode it with that codec, not {self.name!r}"
+            )
 
     def encode(self, x: torch.Tensor, kind: str, layer: int = 0) -> EncodedTensor:
         """Encode ``x`` ``[kv_heads, tokens, head_dim]`` (keys post-RoPE) of layer ``layer``."""
@@ -93,10 +116,7 @@ class KVCodec(ABC):
         self, enc: EncodedTensor, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
         """The ``[kv_heads, tokens, head_dim]`` tensor back, on ``device`` in ``dtype``."""
-        if enc.codec != self.name:
-            raise QuantError(
-                f"tensor was encoded by {enc.codec!r}; decode it with that codec, not {self.name!r}"
-            )
+        self.check_decodes(enc)
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise QuantError(f"decode dtype must be a floating torch.dtype, got {dtype!r}")
         return self._decode(enc, torch.device(device)).to(dtype)

@@ -17,17 +17,15 @@ class _CastCodec(KVCodec):
         return enc.tensors["data"].to(device)
 
 
-class FP16Codec(_CastCodec):
+class FP16Codec(_CastCodec, name="fp16"):
     """float16 copy; exact for float16 input."""
 
-    name = "fp16"
     storage_dtype = torch.float16
     max_abs = FP16_MAX  # beyond it the cast would silently give inf
 
 
-class BF16Codec(_CastCodec):
+class BF16Codec(_CastCodec, name="bf16"):
     """bfloat16 copy; exact for bfloat16 input; the float32 range."""
 
-    name = "bf16"
     storage_dtype = torch.bfloat16
     max_abs = None

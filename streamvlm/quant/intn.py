@@ -8,8 +8,11 @@ are not centred on zero per token, and it costs only the 16-bit minimum.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
+from ..registry import KV_CODECS
 from .base import EncodedTensor, KVCodec
 from .packing import pack_per_head, unpack_per_head
 from .uniform import decode_fp16, encode_fp16
@@ -30,3 +33,8 @@ class IntCodec(KVCodec):
         t = {k: v.to(device) for k, v in enc.tensors.items()}
         codes = unpack_per_head(t["codes"], self.bits, enc.shape)
         return decode_fp16(codes, t["scale"], t["min"], group=enc.shape[-1])
+
+
+# one name per width, each a codec without options
+KV_CODECS.add("int8", partial(IntCodec, 8))
+KV_CODECS.add("int4", partial(IntCodec, 4))

@@ -22,8 +22,12 @@ from .packing import pack_per_head, unpack_per_head
 from .uniform import decode_fp16, encode_fp16
 
 
-class KIVICodec(KVCodec):
-    """``bits``-bit KIVI with fp16 scale and minimum per group of ``group_size``."""
+class KIVICodec(KVCodec, name="kivi2"):
+    """``bits``-bit KIVI with fp16 scale and minimum per group of ``group_size``.
+
+    Registered as ``kivi2`` (its default width); an object is named for its own width
+    (``kivi4``), which is the name its encoded tensors carry.
+    """
 
     def __init__(self, bits: int = 2, group_size: int = 32) -> None:
         if bits not in (2, 4, 8):

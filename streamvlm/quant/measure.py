@@ -12,8 +12,9 @@ import argparse
 
 import torch
 
+from ..registry import KV_CODECS
 from .metrics import attention_error, relative_error
-from .registry import CODEC_NAMES, get_codec
+from .registry import get_kv_codec
 from .synthetic import synthetic_kv
 
 
@@ -21,12 +22,12 @@ def bit_table(shapes: tuple[tuple[int, int, int], ...]) -> str:
     """Markdown: every stored tensor of every codec, its dtype and bits per element, per shape."""
     head = " | ".join(f"{list(shape)}: shape, bits/el" for shape in shapes)
     rows = [f"| codec | kind | tensor | dtype | {head} |", "|---|---|---|---|" + "---|" * len(shapes)]
-    for name in CODEC_NAMES:
+    for name in KV_CODECS.names():
         for kind in ("key", "value"):
             encs = []
             for shape in shapes:
                 _, k, v = synthetic_kv(*shape)
-                encs.append(get_codec(name).encode(k if kind == "key" else v, kind))
+                encs.append(get_kv_codec(name).encode(k if kind == "key" else v, kind))
             for tname, t in encs[0].tensors.items():
                 dtype = str(t.dtype).replace("torch.", "")
                 cells = " | ".join(
@@ -37,7 +38,7 @@ def bit_table(shapes: tuple[tuple[int, int, int], ...]) -> str:
             rows.append(f"| **{name}** | **{kind}** | **total** | | {totals} |")
     state = []
     for shape in shapes:
-        codec = get_codec("vidkv")
+        codec = get_kv_codec("vidkv")
         codec.encode(synthetic_kv(*shape)[1], "key")
         state.append(f"{codec.shared_bits(0)} bits once per layer")
     rows.append(f"| vidkv | key | per-layer tiers | uint8 | {' | '.join(state)} |")
@@ -45,7 +46,7 @@ def bit_table(shapes: tuple[tuple[int, int, int], ...]) -> str:
 
 
 # (label, codec name, options): every registered codec with defaults, plus ablations
-VARIANTS: list[tuple[str, str, dict]] = [(name, name, {}) for name in CODEC_NAMES] + [
+VARIANTS: list[tuple[str, str, dict]] = [(name, name, {}) for name in KV_CODECS.names()] + [
     ("vidkv, key_4bit_fraction=0", "vidkv", {"key_4bit_fraction": 0.0}),
 ]
 
@@ -61,7 +62,7 @@ def error_table(shape: tuple[int, int, int], seeds: int, variants=VARIANTS, **da
         acc = torch.zeros(8, dtype=torch.float64)
         for seed in range(seeds):
             q, k, v = synthetic_kv(*shape, seed=seed, **data)
-            codec = get_codec(name, **options)
+            codec = get_kv_codec(name, **options)
             ek, ev = codec.encode(k, "key"), codec.encode(v, "value")
             kh, vh = codec.decode(ek), codec.decode(ev)
             both = attention_error(q, k, v, kh, vh)
@@ -90,7 +91,7 @@ def main() -> None:
     print(f"\n### Stored tensors\n\n{bit_table(((4, 256, 128), (2, 16, 32)))}")
     for shape in ((4, 256, 128), (2, 64, 32)):
         print(f"\n### Errors, shape {list(shape)}, {args.seeds} seeds\n\n{error_table(shape, args.seeds)}")
-    low_bit = [v for v in VARIANTS if v[1] in ("kivi2", "vidkv-ref", "vidkv")]
+    low_bit = [v for v in VARIANTS if v[1] in ("kivi2", "vidkv-paper", "vidkv")]
     for outliers in (1, 8):
         table = error_table((4, 256, 128), args.seeds, low_bit, outliers=outliers)
         print(f"\n### Errors, shape [4, 256, 128], {outliers} outlier channel(s) per head\n\n{table}")

@@ -1,6 +1,6 @@
 """VidKV tuned to store <= 2.0 bits per element, metadata included (streamvlm's default).
 
-Same ideas as ``vidkv-ref`` (``vidkv_ref.py``), with the storage made honest and small:
+Same ideas as ``vidkv-paper`` (``vidkv_paper.py``, VidKV as published), with the storage made honest and small:
 
 Groups hold at least ``group_size`` elements (``groups.balanced_group``: a 65-token block
 has groups of 33 and 32, not 32, 32 and 1), so metadata per element never exceeds its
@@ -57,10 +57,9 @@ from .spectral import from_rfft_components, rfft_components
 from .uniform import decode_log8_minmax, encode_log8_minmax
 
 
-class VidKVCodec(KVCodec):
+class VidKVCodec(KVCodec, name="vidkv"):
     """VidKV with rfft signs, base-3 trits, log8 metadata and a per-layer frozen channel split."""
 
-    name = "vidkv"
     # key channel tiers: (tier id, bits) of the uniform tiers; tier 0 is the rfft sign tier
     _UNIFORM_TIERS = ((2, 4), (1, 2))
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
+
+from ..registry import SELECTION_MODES
 
 
 @dataclass(frozen=True)
@@ -79,3 +82,9 @@ def _with_neighbours(ids: list[int], candidates: list[int], n: int) -> set[int]:
         at = bisect.bisect_left(candidates, block_id)
         out.update(candidates[max(0, at - n) : at + n + 1])
     return out
+
+
+# The modes ``select_blocks`` implements (``MemoryConfig.selection``), each registered as
+# the selector for that mode.
+for _mode in ("shared", "per_layer"):
+    SELECTION_MODES.add(_mode, partial(select_blocks, mode=_mode))

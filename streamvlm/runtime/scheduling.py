@@ -16,6 +16,7 @@ from collections import deque
 from typing import Any
 
 from ..errors import ConfigError
+from ..registry import QUEUE_POLICIES as QUEUE_POLICY_REGISTRY
 
 
 class FairLock:
@@ -49,6 +50,9 @@ class FairLock:
 
 
 QUEUE_POLICIES = ("drop_oldest", "drop_newest")
+# what each policy drops, by name (``MemoryConfig.queue_policy``); ``FrameQueue`` applies them
+QUEUE_POLICY_REGISTRY.add("drop_oldest", "the oldest waiting frame: keep up with the live edge")
+QUEUE_POLICY_REGISTRY.add("drop_newest", "the frame that arrives: keep the frames already waiting")
 
 
 class FrameQueue:

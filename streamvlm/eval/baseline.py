@@ -1,4 +1,8 @@
-"""The baseline a user would otherwise write: plain transformers ``generate()`` over all frames so far."""
+"""The baseline a user would otherwise write: plain transformers ``generate()`` over all frames so far.
+
+It lives in ``eval`` (answers are checked against it: ``eval needle --store plain``) and
+``bench`` times it (``bench stream``); ``bench`` depends on ``eval``, never the reverse.
+"""
 
 from __future__ import annotations
 

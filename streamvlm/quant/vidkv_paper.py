@@ -1,4 +1,4 @@
-"""VidKV as published (Tao et al. 2025, arXiv:2503.16257), as a reference.
+"""VidKV as published (Tao et al. 2025, arXiv:2503.16257): the ``vidkv-paper`` codec.
 
 Keys: per head, the half of the channels with the largest range (max - min over the
 block's tokens) is quantized at 2 bits per channel (KIVI style: groups of ``group_size``
@@ -38,10 +38,12 @@ from .spectral import fft_components, from_fft_components
 from .uniform import decode_fp16, encode_fp16
 
 
-class VidKVRefCodec(KVCodec):
-    """The published VidKV method with fp16 metadata and a per-block channel split."""
+class VidKVPaperCodec(KVCodec, name="vidkv-paper", aliases=("vidkv-ref",)):
+    """The published VidKV method with fp16 metadata and a per-block channel split.
 
-    name = "vidkv-ref"
+    ``vidkv-ref``, its name until it was renamed for what it is, is still accepted, and
+    tensors encoded under that name still decode: the format did not change.
+    """
 
     def __init__(
         self, group_size: int = 32, key_2bit_fraction: float = 0.5, salient_fraction: float = 0.1
