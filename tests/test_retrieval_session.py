@@ -8,7 +8,7 @@ import torch
 
 from streamvlm import MemoryConfig, StreamVLM
 from streamvlm.errors import ConfigError
-from streamvlm.retrieval.index import LayeredIndex
+from streamvlm.retrieval.layered import LayeredIndex
 from streamvlm.retrieval.select import select_blocks
 from streamvlm.runtime.context import per_layer_context
 from streamvlm.runtime.plan import AnswerPlan

@@ -26,7 +26,7 @@ import torch
 
 from ..config import MemoryConfig
 from ..errors import ConfigError, StreamVLMError
-from ..retrieval.index import LayeredIndex
+from ..retrieval.layered import LayeredIndex
 from ..retrieval.select import Selection, select_blocks
 from . import checkpoint as files
 from .block import Block, BlockMeta, recent_by_frames

@@ -427,12 +427,3 @@ def _read_sidecar(path: Path) -> dict:
         raise IndexFileError(f"{sidecar} is not a {_FORMAT} v{_VERSION} sidecar")
     return meta
 
-
-def __getattr__(name: str):
-    # LayeredIndex lives in layered.py because it builds on BlockIndex; resolving it lazily
-    # lets callers import every index from this module without an import cycle.
-    if name == "LayeredIndex":
-        from .layered import LayeredIndex
-
-        return LayeredIndex
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
