@@ -16,7 +16,7 @@ from streamvlm.models.bundled import BUNDLED, TINY_SYNTH
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(
     not (BUNDLED[TINY_SYNTH] / "config.json").is_file(),
-    reason="the trained checkpoint is not in assets/models",
+    reason="the trained checkpoint is not in streamvlm/models/checkpoints",
 )
 MIN_RIGHT = 6  # of the 10 end-of-video questions; 8 measured lossless (README, docs/training.md)
 
