@@ -25,7 +25,7 @@ from .errors import ConfigError, EmptyVideoError, InvalidQuestionError, StreamVL
 from .runtime.questions import validate_question
 
 # The model `streamvlm watch` uses when none is given: the ~2M-parameter model the
-# project trained on its synthetic world (assets/models/, docs/training.md). It answers
+# project trained on its synthetic world (streamvlm/models/checkpoints/, docs/training.md). It answers
 # questions about videos of that world (assets/shapes.mp4); on other videos its answers
 # are words of that world, not descriptions.
 DEFAULT_MODEL = "streamvlm-tiny-synth"  # models.bundled.TINY_SYNTH; that package imports torch

@@ -79,8 +79,8 @@ def test_compose_file_names_the_dockerfiles_and_reserves_a_gpu():
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="no POSIX shell")
 def test_entrypoint_serves_the_default_model_and_answers_health(tmp_path):
-    """The entrypoint exactly as the images run it, with the default (bundled) model
-    resolved through STREAMVLM_ASSETS as in an image, on a free loopback port."""
+    """The entrypoint exactly as the images run it, with the default model the installed
+    package carries, on a free loopback port."""
     from _server import default_sigint, wait_for_health
 
     bin_dir = Path(sys.executable).parent
@@ -91,7 +91,6 @@ def test_entrypoint_serves_the_default_model_and_answers_health(tmp_path):
         PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         OMP_NUM_THREADS="1",
         HF_HUB_OFFLINE="1",
-        STREAMVLM_ASSETS=str(REPO / "assets" / "models"),
         STREAMVLM_HOST="127.0.0.1",
         STREAMVLM_PORT="0",
     )
