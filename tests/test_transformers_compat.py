@@ -80,20 +80,18 @@ def test_rotary_is_the_rotation_the_decoder_applies(backend):
     """Keys captured after RoPE equal pre-RoPE keys rotated with the adapter's (cos, sin)."""
     positions = backend.text_positions(5, 3)
     embeds = backend.embed_ids([1, 2, 3])
-    raw: list[torch.Tensor] = []
-    layer = backend.language_model.layers[0].self_attn
-    handle = layer.k_proj.register_forward_hook(lambda _m, _i, out: raw.append(out[0]))
+    raw: dict[int, torch.Tensor] = {}
     cache = backend.new_cache()
-    try:
+    with hf_compat.projection_outputs(
+        backend.language_model, "k_proj", lambda i, out: raw.setdefault(i, out[0])
+    ):
         backend.forward(embeds, positions, cache)
-    finally:
-        handle.remove()
-    pre_rope = raw[0].view(3, backend.num_kv_heads, backend.head_dim).transpose(0, 1)
-    cached_keys = hf_compat.cached_layers(cache)[0][0]
-    torch.testing.assert_close(backend.rotate_keys(pre_rope, positions), cached_keys, atol=1e-5, rtol=0)
+    for (cached_keys, _), layer in zip(hf_compat.cached_layers(cache), sorted(raw), strict=True):
+        pre_rope = raw[layer].view(3, backend.num_kv_heads, backend.head_dim).transpose(0, 1)
+        torch.testing.assert_close(backend.rotate_keys(pre_rope, positions), cached_keys, atol=1e-5, rtol=0)
 
 
-def test_query_hooks_and_attention_switch_leave_the_model_as_it_was(backend):
+def test_projection_hooks_and_attention_switch_leave_the_model_as_it_was(backend):
     q_proj = backend.language_model.layers[0].self_attn.q_proj
     config = backend.language_model.config
     before = config._attn_implementation

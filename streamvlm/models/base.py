@@ -176,7 +176,7 @@ class Backend(ABC):
         def save(index: int, output: torch.Tensor) -> None:
             captured[index] = output[0].float().view(output.shape[1], heads, self.head_dim).transpose(0, 1)
 
-        with hf_compat.query_projections(self.language_model, save):
+        with hf_compat.projection_outputs(self.language_model, "q_proj", save):
             self.forward(embeds, positions, cache)
         return captured
 

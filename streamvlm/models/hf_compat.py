@@ -2,15 +2,16 @@
 
 streamvlm drives the language model below ``generate()``: it fills caches from stored
 blocks, reads back the KV a forward appended, evaluates the model's own rotary
-embedding, swaps the attention function per call and captures query projections.
+embedding, swaps the attention function per call and captures attention projections.
 Those reach past transformers' documented surface (private attributes, module layout,
 names renamed between releases), so they live here and nowhere else: a new
 transformers release is checked by tests/test_transformers_compat.py and adapted in
 this file. The range it is tested on is the ``transformers`` requirement in
 pyproject.toml.
 
-The rest of the package uses only public API: model and config classes,
-``from_pretrained``, ``get_text_config``, ``get_input_embeddings``.
+Everything else should use public API only (model and config classes,
+``from_pretrained``, ``get_text_config``, ``get_input_embeddings``); what a model
+family holds of its own (vision tower, ``image_newline``) stays in its backend.
 """
 
 from __future__ import annotations
@@ -93,16 +94,20 @@ def rotary_cos_sin(
 
 
 @contextmanager
-def query_projections(
-    language_model: torch.nn.Module, save: Callable[[int, torch.Tensor], None]
+def projection_outputs(
+    language_model: torch.nn.Module, projection: str, save: Callable[[int, torch.Tensor], None]
 ) -> Iterator[None]:
-    """While the block runs, call ``save(layer_index, output)`` with each layer's ``q_proj`` output [1, L, heads * head_dim].
+    """While the block runs, call ``save(layer_index, output)`` with each layer's ``projection`` output.
 
-    ``self_attn.q_proj`` is the query before RoPE; attention exposes no hook of its own
-    for it, so a forward hook on the projection module is the way to read it.
+    ``projection`` is ``"q_proj"``, ``"k_proj"`` or ``"v_proj"`` of ``self_attn``; the
+    output is [1, L, heads * head_dim], before RoPE. Attention exposes no hook of its
+    own for its queries and keys before rotation, so a forward hook on the projection
+    module is the way to read them.
     """
     handles = [
-        layer.self_attn.q_proj.register_forward_hook(lambda _module, _inputs, output, i=i: save(i, output))
+        getattr(layer.self_attn, projection).register_forward_hook(
+            lambda _module, _inputs, output, i=i: save(i, output)
+        )
         for i, layer in enumerate(language_model.layers)
     ]
     try:
