@@ -61,7 +61,7 @@ def reference_ragged_logits(backend, session, selection, question_ids, position)
             allowed = torch.ones(q, kv, dtype=torch.bool).tril(kv - q)
             mask = torch.zeros(q, kv).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
             hidden = layer(
-                hidden, attention_mask=mask, position_embeddings=rotary, past_key_values=cache, use_cache=True
+                hidden, attention_mask=mask, position_embeddings=rotary, cache=cache, use_cache=True
             )
         return backend.logits(lm.norm(hidden)[0, -1:])[0]
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from .attention import attention_implementation
+from . import hf_compat
 
 # One layer's KV as the runtime keeps it: keys (after RoPE) and values, each
 # [kv_heads, tokens, head_dim].
@@ -184,15 +184,14 @@ class Backend(ABC):
         The new tokens' KV is appended to ``cache``. With ``attention_mask`` None every
         cached slot is visible and the new tokens are causal among themselves.
         """
-        with attention_implementation(self.language_model.config):
-            out = self.language_model(
-                inputs_embeds=embeds[None].to(self.dtype),
-                position_ids=self.model_position_ids(positions.to(self.device)),
-                past_key_values=cache,
-                attention_mask=attention_mask,
-                use_cache=True,
-            )
-        return out.last_hidden_state[0]
+        hidden = hf_compat.prefill(
+            self.language_model,
+            embeds[None].to(self.dtype),
+            self.model_position_ids(positions.to(self.device)),
+            cache,
+            attention_mask,
+        )
+        return hidden[0]
 
     @torch.inference_mode()
     def query_states(
@@ -203,23 +202,11 @@ class Backend(ABC):
         captured: list[torch.Tensor] = [None] * self.num_layers
         heads = self.model.config.get_text_config().num_attention_heads
 
-        def hook(index):
-            def save(_module, _inputs, output):
-                captured[index] = (
-                    output[0].float().view(output.shape[1], heads, self.head_dim).transpose(0, 1)
-                )
+        def save(index: int, output: torch.Tensor) -> None:
+            captured[index] = output[0].float().view(output.shape[1], heads, self.head_dim).transpose(0, 1)
 
-            return save
-
-        handles = [
-            layer.self_attn.q_proj.register_forward_hook(hook(i))
-            for i, layer in enumerate(self.language_model.layers)
-        ]
-        try:
+        with hf_compat.projection_outputs(self.language_model, "q_proj", save):
             self.forward(embeds, positions, cache)
-        finally:
-            for handle in handles:
-                handle.remove()
         return captured
 
     def question_queries(
@@ -242,9 +229,9 @@ class Backend(ABC):
     @torch.inference_mode()
     def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's own (cos, sin) for ``positions`` [position_dims, T]: each [T, head_dim], float32."""
-        probe = torch.empty(0, device=self.device, dtype=torch.float32)
-        cos, sin = self.language_model.rotary_emb(probe, self.model_position_ids(positions.to(self.device)))
-        return cos[0].float(), sin[0].float()
+        return hf_compat.rotary_cos_sin(
+            self.language_model, self.model_position_ids(positions.to(self.device))
+        )
 
     def derotate_keys(self, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Undo RoPE on cached keys [kv_heads, T, head_dim] (float32 result)."""
@@ -264,9 +251,7 @@ class Backend(ABC):
 
         Layers may hold different numbers of slots (per-layer retrieval).
         """
-        if not layers:
-            return DynamicCache(config=self.model.config.get_text_config())
-        return DynamicCache(ddp_cache_data=[(k[None], v[None]) for k, v in layers])
+        return hf_compat.new_cache(self.model.config.get_text_config(), layers)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:

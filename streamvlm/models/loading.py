@@ -13,12 +13,13 @@ from transformers import (
     LlavaOnevisionForConditionalGeneration,
     Qwen2_5_VLForConditionalGeneration,
 )
-from transformers.utils import cached_file
 
 from ..errors import ConfigError, ModelNotFoundError
+from ..output import is_verbose
 from ..registry import BACKENDS
 from .base import Backend
 from .bundled import bundled_path
+from .hf_compat import checkpoint_file, progress_bars
 from .preprocessing import llava_preprocess_for, qwen_preprocess_for
 from .tiny import (
     TINY_MODELS,
@@ -84,21 +85,29 @@ def load_backend(name: str, device=None, dtype=None, seed: int = 0) -> Backend:
         tokenizer = build_tiny_tokenizer()
         processor_config, video_config = tiny_processor_configs(name)
     else:
-        source = str(bundled_path(name) or name)  # a bundled model's name keeps naming it
-        model_class = SUPPORTED[_model_type(source)]
-        try:
-            model = model_class.from_pretrained(source, dtype=dtype).to(device).eval()
-            tokenizer = AutoTokenizer.from_pretrained(source)
-        except OSError as e:
-            raise ModelNotFoundError(
-                f"cannot load the weights of model {name!r} ({_first_line(e)}); {_HINT}"
-            ) from e
-        processor_config = _json_file(source, "preprocessor_config.json")
-        video_config = _json_file(source, "video_preprocessor_config.json")
+        # transformers' bars (weight loading, hub downloads) only for verbose output (configure_output)
+        with progress_bars(shown=is_verbose()):
+            model, tokenizer, processor_config, video_config = _load_checkpoint(name, device, dtype)
     # the tiny models are built with their family's transformers config, so they have its model_type
     model_type = model.config.model_type
     preprocess = _PREPROCESS[model_type](model.config, processor_config, video_config)
     return BACKENDS.get(model_type)(model, tokenizer, name, preprocess)
+
+
+def _load_checkpoint(name: str, device: torch.device, dtype: torch.dtype) -> tuple:
+    """(model, tokenizer, preprocessor config, video preprocessor config) of a checkpoint."""
+    source = str(bundled_path(name) or name)  # a bundled model's name keeps naming it
+    model_class = SUPPORTED[_model_type(source)]
+    try:
+        model = model_class.from_pretrained(source, dtype=dtype).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as e:
+        raise ModelNotFoundError(
+            f"cannot load the weights of model {name!r} ({_first_line(e)}); {_HINT}"
+        ) from e
+    processor_config = _json_file(source, "preprocessor_config.json")
+    video_config = _json_file(source, "video_preprocessor_config.json")
+    return model, tokenizer, processor_config, video_config
 
 
 def _model_type(name: str) -> str:
@@ -159,7 +168,7 @@ def _json_file(name: str, filename: str) -> dict:
     Processor configs are read as JSON rather than through AutoImageProcessor, which may
     pick a torchvision ("fast") processor that does not import everywhere.
     """
-    path = cached_file(name, filename, _raise_exceptions_for_missing_entries=False)
+    path = checkpoint_file(name, filename)
     return json.loads(Path(path).read_text()) if path else {}
 
 

@@ -17,6 +17,7 @@ from transformers import (
 )
 
 from ..ingest.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
+from .hf_compat import set_attention_implementation
 from .tokenizer import SPECIAL_TOKENS, build_tiny_tokenizer
 
 TINY_QWEN = "tiny-qwen2.5-vl"
@@ -148,7 +149,7 @@ def build_tiny_model(name: str, seed: int = 0) -> PreTrainedModel:
     }
     make_config, model_class = builders[name]
     config = make_config()
-    config._attn_implementation = "sdpa"
+    set_attention_implementation(config, "sdpa")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_class(config)

@@ -8,6 +8,7 @@ import torch
 
 from ..memory.block import Block
 from ..models.base import LayerKV
+from ..models.hf_compat import cached_layers
 
 
 def concat_layers(parts: Sequence[Sequence[LayerKV]]) -> list[LayerKV]:
@@ -25,9 +26,7 @@ def new_kv_from_cache(cache, start: int) -> tuple[LayerKV, ...]:
 
     Cloned, so a block does not pin the whole (window-sized) cache tensor in memory.
     """
-    return tuple(
-        (layer.keys[0, :, start:].clone(), layer.values[0, :, start:].clone()) for layer in cache.layers
-    )
+    return tuple((k[:, start:].clone(), v[:, start:].clone()) for k, v in cached_layers(cache))
 
 
 def per_layer_context(
