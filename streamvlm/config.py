@@ -64,7 +64,7 @@ class MemoryConfig:
         bits), ``vidkv-paper`` (VidKV as published; its old name ``vidkv-ref`` is
         still accepted and read back as ``vidkv-paper``). The device tier always holds full
         precision, and retrieval summaries come from the full-precision keys whatever
-        the codec. Exact answers (DESIGN.md invariant 4) need ``identity`` here.
+        the codec. Exact answers (invariant 4 of docs/architecture.md) need ``identity`` here.
         ``stats().kv_bits_per_element`` reports what each tier really stores.
     eviction:
         Which block leaves a full tier first: ``age`` (oldest, default) or ``lru``.

@@ -1,4 +1,9 @@
-"""The `streamvlm` command line, run as a real subprocess (`python -m streamvlm.cli`).
+"""The `streamvlm` command line.
+
+Most tests call ``streamvlm.cli.main([...])`` in this process and read what it printed
+(fd-level capture, so FFmpeg's own log lines would show up too); each makes or names the
+video and options it uses. One real subprocess per command checks exit codes and the
+one-line error as a shell sees them.
 
 Tiny random-weight models on CPU, a few frames per second of stream: the answers are
 noise, what is tested is the plumbing (timing of questions, output formats, errors).
@@ -11,32 +16,36 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from streamvlm.cli import DEFAULT_MODEL, TimedQuestion, _interactive, _printable, main, parse_ask_at
+from streamvlm.cli import main
+from streamvlm.cli_options import DEFAULT_MODEL
 from streamvlm.errors import ConfigError, InvalidQuestionError
-from streamvlm.samples import write_video
+from streamvlm.runtime.cli import TimedQuestion, ask_from_stdin, parse_ask_at
+from streamvlm.runtime.cli_output import printable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_VIDEOS = REPO_ROOT.parent / "shared" / "videos"
-
 MAX_NEW_TOKENS = "4"
+WATCH = ("watch", "--max-new-tokens", MAX_NEW_TOKENS)
 
 
-def run_cli(*args: str, stdin: str = "", timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [sys.executable, "-m", "streamvlm.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO_ROOT,
-        env=env,
-    )
+def run_main(
+    argv: list[str], capfd, stdin: str | None = None, monkeypatch=None
+) -> subprocess.CompletedProcess:
+    """``main(argv)`` in this process, as a finished process: exit code, stdout, stderr.
+
+    ``stdin`` (with ``monkeypatch``) is what the command reads from standard input.
+    """
+    if stdin is not None:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse exits itself
+        code = e.code
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(argv, code, out, err)
 
 
 def assert_cli_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -50,95 +59,26 @@ def assert_cli_error(proc: subprocess.CompletedProcess, *fragments: str) -> None
     assert proc.stdout == ""
 
 
-# Every process pays several seconds importing torch and transformers before it does
-# anything, so the file's CLI runs are started together, up front, and the tests below
-# read their results: on 2 cores this halves the file's time.
-ERROR_CASES = {  # name: (video, extra args, fragment of the error line)
-    "missing": ("missing.mp4", [], "no such file"),
-    "not-a-video": ("notes.mp4", [], "cannot open"),
-    "truncated": ("truncated.mp4", [], "truncated.mp4"),
-    "empty-question": ("SAMPLE", ["--ask", ""], "question is empty"),
-    "long-question": ("SAMPLE", ["--ask", "why? " * 500], "over the limit"),
-    "unknown-model": ("SAMPLE", ["--model", "no-such-model"], "no-such-model"),
-    "bad-ask-at": ("SAMPLE", ["--ask-at", "soon:what?"], "--ask-at"),
-    "bad-codec": ("SAMPLE", ["--host-codec", "zip"], "host_codec must be one of"),
-    "bad-prune": ("SAMPLE", ["--prune", "nan"], "prune_threshold must be a cosine similarity"),
-}
-TOO_LONG = "x" * 3000
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, sample_video):
-    """``runs[name]`` is the ``CompletedProcess`` of one CLI run, all started concurrently."""
-    tmp = tmp_path_factory.mktemp("cli")
-    clip4s = write_video(tmp / "clip4s.mp4", num_frames=32, width=96, height=64, fps=8.0)
-    clip2s = write_video(tmp / "clip2s.mp4", num_frames=16, width=64, height=48, fps=8.0)
-    clip1s = write_video(tmp / "clip1s.mp4", num_frames=8, width=64, height=48, fps=8.0)
-    data = sample_video.read_bytes()
-    (tmp / "notes.mp4").write_text("not a video\n")
-    (tmp / "truncated.mp4").write_bytes(data[: len(data) // 2])
-    watch = ("watch", "--max-new-tokens", MAX_NEW_TOKENS)
-
-    cases: dict[str, tuple[tuple[str, ...], str]] = {}  # name: (args, stdin), slowest first
-    pancake = SHARED_VIDEOS / "flipping_a_pancake.mkv"
-    if pancake.is_file():
-        cases["pancake"] = (
-            (*watch, str(pancake), "--json", "--fps", "2", "--ask", "what is being cooked?"),
-            "",
-        )
-    cases["json"] = (
-        (
-            *watch, str(sample_video), "--json", "--fps", "2",
-            "--ask-at", "12.5:what just came in from the right?",
-            "--ask-at", "4:what is moving?",
-            "--ask", "what happened in the whole video?",
-        ),
-        "",
-    )  # fmt: skip
-    cases["pruned"] = (
-        (*watch, str(sample_video), "--json", "--fps", "2", "--prune", "0.9", "--ask", "what is there?"),
-        "",
-    )
-    cases["text"] = (
-        (
-            *watch,
-            str(clip4s),
-            "--fps",
-            "2",
-            "--ask-at",
-            "1:what is there?",
-            "--ask",
-            "and now?",
-            "--progress",
-        ),
-        "",
-    )
-    cases["interactive-empty-line"] = (
-        (*watch, str(clip2s), "--fps", "2"),
-        "what do you see?\n   \nnever asked\n",
-    )
-    cases["interactive-eof"] = ((*watch, str(clip1s), "--fps", "4"), f"first?\n{TOO_LONG}\nlast?")
-    cases["info"] = (("info",), "")
-    for name, (video, extra, _) in ERROR_CASES.items():
-        path = str(sample_video) if video == "SAMPLE" else str(tmp / video)
-        cases[f"error-{name}"] = (("watch", path, *extra, "--ask-at", "1:still valid?"), "")
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {name: pool.submit(run_cli, *args, stdin=stdin) for name, (args, stdin) in cases.items()}
-        yield {name: future.result() for name, future in futures.items()}
-
-
 def parse_json(proc: subprocess.CompletedProcess) -> dict:
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     return json.loads(proc.stdout)  # stdout holds one JSON document and nothing else
 
 
-# ----------------------------------------------------------------- end to end
+# ------------------------------------------------------------------ watch
 
 
-def test_watch_json_with_timed_and_final_questions(runs, sample_video):
-    doc = parse_json(runs["json"])
+def test_watch_json_with_timed_and_final_questions(sample_video, capfd):
+    proc = run_main(
+        [
+            *WATCH, str(sample_video), "--json", "--fps", "2",
+            "--ask-at", "12.5:what just came in from the right?",
+            "--ask-at", "4:what is moving?",
+            "--ask", "what happened in the whole video?",
+        ],
+        capfd,
+    )  # fmt: skip
+    doc = parse_json(proc)
     assert doc["model"] == DEFAULT_MODEL
     assert doc["video"]["path"] == str(sample_video)
     assert doc["video"]["width"] == 320 and doc["video"]["height"] == 240
@@ -173,8 +113,12 @@ def test_watch_json_with_timed_and_final_questions(runs, sample_video):
     assert doc["realtime_factor"] > 0
 
 
-def test_watch_with_pruning_reports_tokens_kept(runs):
-    doc = parse_json(runs["pruned"])
+def test_watch_with_pruning_reports_tokens_kept(sample_video, capfd):
+    proc = run_main(
+        [*WATCH, str(sample_video), "--json", "--fps", "2", "--prune", "0.9", "--ask", "what is there?"],
+        capfd,
+    )
+    doc = parse_json(proc)
     stats = doc["stats"]
     assert stats["frames_seen"] == 40
     assert stats["visual_tokens_kept"] == stats["tokens_stored"]
@@ -183,8 +127,11 @@ def test_watch_with_pruning_reports_tokens_kept(runs):
     assert doc["answers"][0]["text"]
 
 
-def test_watch_real_footage_json(runs, pancake_video):
-    doc = parse_json(runs["pancake"])
+def test_watch_real_footage_json(pancake_video, capfd):
+    proc = run_main(
+        [*WATCH, str(pancake_video), "--json", "--fps", "2", "--ask", "what is being cooked?"], capfd
+    )
+    doc = parse_json(proc)
     assert doc["video"]["width"] == 426 and doc["video"]["height"] == 240
     assert doc["video"]["duration"] == pytest.approx(310 / 30, abs=0.2)
     assert doc["stats"]["frames_seen"] == doc["sampling"]["frames_fed"]
@@ -194,8 +141,12 @@ def test_watch_real_footage_json(runs, pancake_video):
     assert answer["asked_at"] == pytest.approx(doc["stats"]["stream_time"])
 
 
-def test_watch_text_output_and_progress(runs):
-    proc = runs["text"]
+def test_watch_text_output_and_progress(make_video, capfd):
+    clip = make_video("clip4s.mp4", num_frames=32, width=96, height=64, fps=8.0)
+    proc = run_main(
+        [*WATCH, str(clip), "--fps", "2", "--ask-at", "1:what is there?", "--ask", "and now?", "--progress"],
+        capfd,
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.splitlines()
     assert out[0] == "[1.0s] Q: what is there?"
@@ -206,17 +157,21 @@ def test_watch_text_output_and_progress(runs):
     assert "watched 8 frames" in proc.stderr
 
 
-def test_watch_interactive_reads_questions_until_an_empty_line(runs):
-    proc = runs["interactive-empty-line"]
+def test_watch_interactive_reads_questions_until_an_empty_line(make_video, capfd, monkeypatch):
+    clip = make_video("clip2s.mp4", num_frames=16, width=64, height=48, fps=8.0)
+    stdin = "what do you see?\n   \nnever asked\n"
+    proc = run_main([*WATCH, str(clip), "--fps", "2"], capfd, stdin, monkeypatch)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("Q: ") == 1
     assert "[1.5s] Q: what do you see?" in proc.stdout
     assert "never asked" not in proc.stdout
 
 
-def test_watch_interactive_ends_at_eof_and_reports_bad_questions(runs):
-    proc = runs["interactive-eof"]
-    assert proc.returncode == 0, proc.stderr  # EOF without a newline ends the session too
+def test_watch_interactive_ends_at_eof_and_reports_bad_questions(make_video, capfd, monkeypatch):
+    clip = make_video("clip1s.mp4", num_frames=8, width=64, height=48, fps=8.0)
+    stdin = f"first?\n{'x' * 3000}\nlast?"  # EOF without a newline ends the session too
+    proc = run_main([*WATCH, str(clip), "--fps", "4"], capfd, stdin, monkeypatch)
+    assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("Q: ") == 2
     assert "Q: first?" in proc.stdout and "Q: last?" in proc.stdout
     assert "error: question is 3000 characters" in proc.stderr  # reported, and the prompt goes on
@@ -235,34 +190,50 @@ class FakeSession:
 def test_interactive_stops_at_quit(monkeypatch, capsys, word):
     session = FakeSession()
     monkeypatch.setattr("sys.stdin", io.StringIO(f"one?\n{word}\nnever?\n"))
-    _interactive(session, max_new_tokens=4, max_chars=100, stream_t=2.0)
+    ask_from_stdin(session, max_new_tokens=4, max_chars=100, stream_t=2.0)
     assert session.asked == ["one?"]
     assert capsys.readouterr().out == "[2.0s] Q: one?\n       A: an answer\n"
 
 
-def test_info(runs):
-    proc = runs["info"]
-    assert proc.returncode == 0, proc.stderr
-    for name in ("streamvlm", "python", "torch", "transformers", "numpy", "av", "decord", "faiss"):
-        assert any(line.split()[:1] == [name] for line in proc.stdout.splitlines()), name
-    assert "decoder pyav" in proc.stdout and "device cpu" in proc.stdout
+@pytest.fixture
+def bad_videos(tmp_path, sample_video):
+    """A directory of videos that cannot be watched, cut from the bundled sample."""
+    data = sample_video.read_bytes()
+    (tmp_path / "notes.mp4").write_text("not a video\n")
+    (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (tmp_path / "header.mp4").write_bytes(bytes(64) + data[64:])
+    return tmp_path
 
 
-# --------------------------------------------------------------------- errors
-
-
-@pytest.mark.parametrize("name", list(ERROR_CASES))
-def test_bad_input_is_one_error_line_and_exit_2(runs, name):
-    assert_cli_error(runs[f"error-{name}"], ERROR_CASES[name][2])
-
-
-def run_main(argv: list[str], capfd) -> subprocess.CompletedProcess:
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse exits itself
-        code = e.code
-    out, err = capfd.readouterr()  # fd level: FFmpeg's own log lines would show up too
-    return subprocess.CompletedProcess(argv, code, out, err)
+@pytest.mark.parametrize(
+    ("video", "extra", "fragment"),
+    [
+        ("missing.mp4", [], "no such file"),
+        ("notes.mp4", [], "cannot open"),
+        ("truncated.mp4", [], "truncated.mp4"),
+        ("header.mp4", [], "header.mp4"),
+        ("SAMPLE", ["--ask", ""], "question is empty"),
+        ("SAMPLE", ["--ask", "  \n "], "question is empty"),
+        ("SAMPLE", ["--ask", "why? " * 500], "over the limit"),
+        ("SAMPLE", ["--model", "no-such-model"], "no-such-model"),
+        ("SAMPLE", ["--ask-at", "soon:what?"], "--ask-at"),
+        ("SAMPLE", ["--ask-at", "12.5"], "--ask-at"),
+        ("SAMPLE", ["--ask-at", "-3:what?"], "--ask-at"),
+        ("SAMPLE", ["--ask-at", "3:"], "question is empty"),
+        ("SAMPLE", ["--host-codec", "zip"], "host_codec must be one of"),
+        ("SAMPLE", ["--prune", "nan"], "prune_threshold must be a cosine similarity"),
+        ("SAMPLE", ["--fps", "0"], "--fps"),
+        ("SAMPLE", ["--window", "-1"], "window"),
+        ("SAMPLE", ["--max-new-tokens", "0"], "max_new_tokens"),
+        ("SAMPLE", ["--dtype", "int3"], "dtype"),
+    ],
+)
+def test_watch_bad_input_is_one_error_line_and_exit_2(
+    bad_videos, sample_video, video, extra, fragment, capfd
+):
+    path = sample_video if video == "SAMPLE" else bad_videos / video  # missing.mp4 is not there
+    proc = run_main(["watch", str(path), *extra, "--ask-at", "1:still valid?"], capfd)
+    assert_cli_error(proc, fragment)
 
 
 def test_questions_are_checked_before_the_video_is_opened(tmp_path, capfd):
@@ -272,40 +243,25 @@ def test_questions_are_checked_before_the_video_is_opened(tmp_path, capfd):
     )
 
 
-def test_usage_errors_exit_2(capfd):
-    assert_cli_error(run_main(["watch"], capfd), "VIDEO")
-    assert_cli_error(run_main(["frobnicate"], capfd), "frobnicate")
-    assert_cli_error(run_main(["watch", "x.mp4", "--fps", "two"], capfd), "--fps")
-
-
-@pytest.fixture
-def bad_files(tmp_path, sample_video):
-    data = sample_video.read_bytes()
-    (tmp_path / "header.mp4").write_bytes(bytes(64) + data[64:])
-    return tmp_path
-
-
-@pytest.mark.parametrize(
-    ("video", "extra", "fragment"),
-    [
-        ("header.mp4", [], "header.mp4"),
-        ("SAMPLE", ["--ask", "  \n "], "question is empty"),
-        ("SAMPLE", ["--ask-at", "12.5"], "--ask-at"),
-        ("SAMPLE", ["--ask-at", "-3:what?"], "--ask-at"),
-        ("SAMPLE", ["--ask-at", "3:"], "question is empty"),
-        ("SAMPLE", ["--fps", "0"], "--fps"),
-        ("SAMPLE", ["--window", "-1"], "window"),
-        ("SAMPLE", ["--max-new-tokens", "0"], "max_new_tokens"),
-        ("SAMPLE", ["--dtype", "int3"], "dtype"),
-    ],
-)
-def test_bad_input_in_process(bad_files, sample_video, capfd, video, extra, fragment):
-    """More bad input, through ``main()`` in this process (same code path, no process start)."""
-    path = str(sample_video) if video == "SAMPLE" else str(bad_files / video)
-    assert_cli_error(run_main(["watch", path, *extra, "--ask", "valid?"], capfd), fragment)
-
-
-# ---------------------------------------------------------- parsing, in process
+def test_watch_on_disk_then_resume(tmp_path, sample_video, capfd):
+    """--disk-dir keeps the session; --resume reopens it, answers over it, and can stream more."""
+    directory = tmp_path / "session"
+    base = ["watch", "--fps", "1", "--max-new-tokens", "2", "--json", "--no-progress"]
+    first = run_main([*base, str(sample_video), "--disk-dir", str(directory), "--ask", "what?"], capfd)
+    assert first.returncode == 0, first.stderr
+    blocks = json.loads(first.stdout)["stats"]["blocks"]
+    again = run_main([*base, "--resume", str(directory), "--top-k", "2", "--ask", "and then?"], capfd)
+    assert again.returncode == 0, again.stderr
+    doc = json.loads(again.stdout)
+    assert doc["stats"]["blocks"] == blocks and doc["video"] is None
+    assert {b["tier"] for b in doc["answers"][0]["blocks"]} == {"disk"}
+    more = run_main([*base, str(sample_video), "--resume", str(directory), "--ask", "more?"], capfd)
+    doc = json.loads(more.stdout)
+    assert doc["stats"]["blocks"] == 2 * blocks and doc["stats"]["stream_time"] > 20
+    taken = run_main([*base, str(sample_video), "--disk-dir", str(directory), "--ask", "x"], capfd)
+    assert taken.returncode == 2 and "already holds a session" in taken.stderr
+    neither = run_main(["watch", "--ask", "x"], capfd)
+    assert neither.returncode == 2 and "give a VIDEO" in neither.stderr
 
 
 @pytest.mark.parametrize(
@@ -331,38 +287,19 @@ def test_parse_ask_at_checks_the_question():
         parse_ask_at("1:" + "x" * 101, max_chars=100)
 
 
-def test_interrupt_exits_130(monkeypatch, capsys):
-    def interrupted(args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr("streamvlm.cli.cmd_info", interrupted)
-    assert main(["info"]) == 130
-    assert capsys.readouterr().err == "interrupted\n"
-
-
 def test_control_characters_in_answers_are_escaped():
-    assert _printable("a\x1b[31mb\n\tc\u00e9\x00") == "a\\x1b[31mb\n\tc\u00e9\\x00"
+    assert printable("a\x1b[31mb\n\tc\u00e9\x00") == "a\\x1b[31mb\n\tc\u00e9\\x00"
 
 
-def test_watch_on_disk_then_resume(tmp_path, sample_video, capfd):
-    """--disk-dir keeps the session; --resume reopens it, answers over it, and can stream more."""
-    directory = tmp_path / "session"
-    base = ["watch", "--fps", "1", "--max-new-tokens", "2", "--json", "--no-progress"]
-    first = run_main([*base, str(sample_video), "--disk-dir", str(directory), "--ask", "what?"], capfd)
-    assert first.returncode == 0, first.stderr
-    blocks = json.loads(first.stdout)["stats"]["blocks"]
-    again = run_main([*base, "--resume", str(directory), "--top-k", "2", "--ask", "and then?"], capfd)
-    assert again.returncode == 0, again.stderr
-    doc = json.loads(again.stdout)
-    assert doc["stats"]["blocks"] == blocks and doc["video"] is None
-    assert {b["tier"] for b in doc["answers"][0]["blocks"]} == {"disk"}
-    more = run_main([*base, str(sample_video), "--resume", str(directory), "--ask", "more?"], capfd)
-    doc = json.loads(more.stdout)
-    assert doc["stats"]["blocks"] == 2 * blocks and doc["stats"]["stream_time"] > 20
-    taken = run_main([*base, str(sample_video), "--disk-dir", str(directory), "--ask", "x"], capfd)
-    assert taken.returncode == 2 and "already holds a session" in taken.stderr
-    neither = run_main(["watch", "--ask", "x"], capfd)
-    assert neither.returncode == 2 and "give a VIDEO" in neither.stderr
+# ------------------------------------------------------- the other commands
+
+
+def test_info(capfd):
+    proc = run_main(["info"], capfd)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("streamvlm", "python", "torch", "transformers", "numpy", "av", "decord", "faiss"):
+        assert any(line.split()[:1] == [name] for line in proc.stdout.splitlines()), name
+    assert "decoder pyav" in proc.stdout and "device cpu" in proc.stdout
 
 
 def test_bench_stream_small_run_prints_json_and_plot(tmp_path, capfd):
@@ -439,6 +376,56 @@ def test_train_tiny_smoke_run_saves_a_loadable_checkpoint(tmp_path, capfd):
     assert doc["clips"] == 6 == sum(f["clips"] for f in doc["per_family"].values())
     assert 0.0 <= doc["overall"] <= 1.0
     assert_cli_error(run_main(["eval", "clips", "--clips", "0"], capfd), "--clips")
+
+
+# -------------------------------------------------------- the entry point
+
+
+def test_usage_errors_exit_2(capfd):
+    assert_cli_error(run_main(["watch"], capfd), "VIDEO")
+    assert_cli_error(run_main(["frobnicate"], capfd), "frobnicate")
+    assert_cli_error(run_main(["watch", "x.mp4", "--fps", "two"], capfd), "--fps")
+
+
+def test_interrupt_exits_130(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("streamvlm.info.cmd_info", interrupted)
+    assert main(["info"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+# Bad input each command rejects before any heavy import, as a shell runs it: a real
+# process, exit code 2 and one `error:` line. TMP is the test's temporary directory.
+SMOKE = {  # command: (arguments, fragment of the error line)
+    "watch": (["watch", "TMP/clip.mp4", "--fps", "0"], "--fps must be > 0"),
+    "info": (["info", "--bogus"], "unrecognized arguments: --bogus"),
+    "bench stream": (["bench", "stream", "--lengths", "x"], "--lengths"),
+    "bench quant": (["bench", "quant", "--frames", "x"], "--frames"),  # argparse's: --codecs imports torch
+    "bench serve": (["bench", "serve", "--sessions", "0"], "--sessions"),
+    "synth": (["synth", "make", "--seconds", "-1", "--out", "TMP/x.mp4"], "--seconds"),
+    "train-tiny": (["train-tiny", "--out", "TMP/model", "--vision-steps", "-1"], "--vision-steps"),
+    "serve": (["serve", "--port", "70000"], "--port must be between 0 and 65535"),
+    "stream": (["stream", "--server", "http://127.0.0.1:9", "--file", "TMP/x.mp4", "--fps", "-1"], "--fps"),
+    "demo": (["demo", "--port", "70000"], "--port must be between 0 and 65535"),
+    "eval": (["eval", "clips", "--clips", "0"], "--clips must be >= 1"),
+}
+
+
+@pytest.mark.parametrize("command", list(SMOKE))
+def test_each_command_as_a_process_exits_2_with_one_error_line(command, tmp_path):
+    argv, fragment = SMOKE[command]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamvlm.cli", *(a.replace("TMP", str(tmp_path)) for a in argv)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    assert_cli_error(proc, fragment)
 
 
 def test_building_the_parser_imports_neither_torch_nor_transformers():

@@ -130,8 +130,8 @@ def test_stream_command_reports_a_missing_file_before_opening_a_session(server):
 def test_stream_parser_imports_neither_websockets_nor_torch():
     code = (
         "import sys, argparse; from streamvlm.client.cli import add_stream_parser; "
-        "from streamvlm.bench.serve import add_bench_serve_parser; "
-        "p = argparse.ArgumentParser(); s = p.add_subparsers(); add_stream_parser(s); add_bench_serve_parser(s); "
+        "from streamvlm.bench.cli import add_bench_parser; "
+        "p = argparse.ArgumentParser(); s = p.add_subparsers(); add_stream_parser(s); add_bench_parser(s); "
         "print(sorted({'torch', 'transformers', 'websockets', 'numpy'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -24,7 +24,9 @@ from streamvlm.models.bundled import BUNDLED, TINY_SYNTH
 from streamvlm.synth import make_needle_stream
 
 SHIPPED = (BUNDLED[TINY_SYNTH] / "config.json").is_file()
-needs_shipped = pytest.mark.skipif(not SHIPPED, reason="the trained checkpoint is not in streamvlm/models/checkpoints")
+needs_shipped = pytest.mark.skipif(
+    not SHIPPED, reason="the trained checkpoint is not in streamvlm/models/checkpoints"
+)
 
 
 def test_config_names_parse():

@@ -15,10 +15,10 @@ import threading
 from collections.abc import Iterator
 from typing import TextIO
 
+from ..cli_options import QUIT_WORDS, add_max_new_tokens_option, add_memory_options
 from ..errors import ConfigError
 
 API_KEY_ENV = "STREAMVLM_API_KEY"  # as servers.settings.API_KEY_ENV (the same variable on both ends)
-QUIT_WORDS = {"quit", "exit", ":q"}
 DEFAULT_FPS = 1.0
 ENCODER_POLL_S = 0.2
 
@@ -60,9 +60,8 @@ def add_stream_parser(subparsers) -> argparse.ArgumentParser:
         metavar="Q",
         help="question to ask once the file has been streamed (repeatable)",
     )
-    s.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="per answer (default: 64)")
-    s.add_argument("--top-k", type=int, default=None, metavar="N", help="answer over N retrieved blocks")
-    s.add_argument("--window", type=int, default=None, metavar="N", help="the session's window, in frames")
+    add_max_new_tokens_option(s)
+    add_memory_options(s, "top_k", "window", window=None)  # not given: the server's defaults
     s.add_argument(
         "--duration",
         type=float,

@@ -1,18 +1,23 @@
-"""``streamvlm eval needle``: the parser (light: no torch at start-up) and the command."""
+"""``streamvlm eval needle|clips``: the parser (light: no torch at start-up) and the commands."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from ..cli_options import add_run_options, parse_lengths
-from ..config import QUERY_CONTEXTS
+from ..cli_options import (
+    add_json_option,
+    add_memory_options,
+    add_model_options,
+    add_plot_option,
+    line_printer,
+    parse_lengths,
+)
 from ..errors import ConfigError
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``eval`` (with its ``needle`` evaluation) to ``subparsers`` and return its parser."""
+    """Add ``eval`` (with its ``needle`` and ``clips`` evaluations) to ``subparsers`` and return its parser."""
     from .needle import NeedleEvalConfig
 
     d = NeedleEvalConfig()
@@ -30,7 +35,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
             "tables (or --json) and can plot them."
         ),
     )
-    n.add_argument("--model", default=d.model, help=f"model name or path (default: {d.model})")
+    add_model_options(n, model=d.model)
     n.add_argument(
         "--lengths", default=_csv(d.lengths), help=f"stream lengths in frames (default: {_csv(d.lengths)})"
     )
@@ -44,20 +49,14 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         default=d.min_questions,
         help=f"add streams until each length has this many questions (default: {d.min_questions})",
     )
-    n.add_argument("--window", type=int, default=d.window, help=f"recent frames (default: {d.window})")
-    n.add_argument(
-        "--query-context",
-        choices=QUERY_CONTEXTS,
-        default=d.query_context,
-        help="what retrieval reads the question over: the window, or the sink alone (MemoryConfig."
-        f"query_context; default: {d.query_context})",
-    )
+    add_memory_options(n, "window", "query_context", window=d.window, query_context=d.query_context)
     n.add_argument(
         "--mid-questions", type=int, default=d.mid_questions, help="mid-stream ask times per stream"
     )
     n.add_argument("--plain-max-frames", type=int, default=d.plain_max_frames)
     n.add_argument("--seed", type=int, default=d.seed)
-    add_run_options(n)
+    add_json_option(n)
+    add_plot_option(n)
     n.set_defaults(func=cmd_eval_needle)
     c = evals.add_parser(
         "clips",
@@ -67,21 +66,21 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
             "objects, question families drawn uniformly) by greedy exact match; a table or --json."
         ),
     )
-    c.add_argument("--model", default=d.model, help=f"model name or path (default: {d.model})")
+    add_model_options(c, model=d.model, device=False)  # clips are scored on CPU in float32
     c.add_argument("--clips", type=int, default=400, help="held-out clips (default: 400)")
     c.add_argument("--seed", type=int, default=12345, help="seed of the held-out clips (default: 12345)")
-    c.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_json_option(c)
     c.set_defaults(func=cmd_eval_clips)
     return ev
 
 
 def cmd_eval_clips(args: argparse.Namespace) -> int:
+    """Run ``streamvlm eval clips``."""
     from .clips import run_clip_eval
 
     if args.clips < 1:
         raise ConfigError(f"--clips must be >= 1, got {args.clips}")
-    log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
-    result = run_clip_eval(args.model, args.clips, args.seed, log=log)
+    result = run_clip_eval(args.model, args.clips, args.seed, log=line_printer(args.json))
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
     return 0
 
@@ -91,6 +90,7 @@ def _csv(values) -> str:
 
 
 def cmd_eval_needle(args: argparse.Namespace) -> int:
+    """Run ``streamvlm eval needle``; bad lengths and configuration names fail before the model loads."""
     from .needle import MIN_LENGTH, NeedleEvalConfig, distance_table, plot, run_needle_eval
 
     lengths = parse_lengths(args.lengths, MIN_LENGTH, "16,256,3600")
@@ -116,8 +116,7 @@ def cmd_eval_needle(args: argparse.Namespace) -> int:
         dtype=args.dtype,
     )
     answer_configs = config.answer_configs()  # a bad name fails here, before the model loads
-    log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
-    result = run_needle_eval(config, log=log)
+    result = run_needle_eval(config, log=line_printer(args.json))
     if args.plot:
         plot(result, args.plot)
     if args.json:

@@ -2,9 +2,8 @@
 
     python -m streamvlm.ingest.bench [VIDEO ...] [--repeats 3]
 
-Without arguments it decodes ../shared/videos/flipping_a_pancake.mkv (if present), a
-640x360, 20 s, 30 fps H.264 file and a 160x90, 10 min one, both written to a temporary
-directory. Each row is the
+It decodes each VIDEO given or, without arguments, a 640x360, 20 s, 30 fps H.264 file
+and a 160x90, 10 min one, both written to a temporary directory. Each row is the
 median of ``--repeats`` full passes: frames/s over the whole file to RGB uint8 arrays,
 and the time from "open" to the first frame (decord builds its whole index there).
 """
@@ -22,8 +21,6 @@ from .decode_decord import DecordDecoder, decord_available
 from .decode_pyav import PyAVDecoder
 from .sources import FileSource
 from .synthetic import write_video
-
-DEFAULT_VIDEO = Path(__file__).resolve().parents[3] / "shared" / "videos" / "flipping_a_pancake.mkv"
 
 
 def time_pass(make_frames: Callable[[], Iterable]) -> tuple[int, float, float]:
@@ -77,8 +74,6 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         videos = list(args.videos)
         if not videos:
-            if DEFAULT_VIDEO.exists():
-                videos.append(DEFAULT_VIDEO)
             # 'veryfast' with B-frames: a typical camera/screen-recording encoding.
             long = Path(tmp) / "synthetic_640x360_20s.mp4"
             write_video(long, 600, 640, 360, 30.0, options={"preset": "veryfast", "bf": "3"})

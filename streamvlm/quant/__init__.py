@@ -12,10 +12,9 @@ from ..registry import KV_CODECS
 from .base import EncodedTensor, KVCodec, QuantError
 from .metrics import AttentionError, attention_error, relative_error
 from .packing import PackedCodes, pack_bits, pack_trits, packed_length, unpack_bits, unpack_trits
-from .registry import CODEC_NAMES, get_kv_codec, kv_codec_options
+from .registry import get_kv_codec, kv_codec_options
 
 __all__ = [
-    "CODEC_NAMES",
     "KV_CODECS",
     "AttentionError",
     "EncodedTensor",

@@ -55,8 +55,3 @@ def get_kv_codec(name: str, **options) -> KVCodec:
         valid = ", ".join(kv_codec_options(name)) or "none"
         raise QuantError(f"codec {name!r} has no option {', '.join(unknown)}; its options are: {valid}")
     return factory(**options)
-
-
-# Deprecated: cli.py's ``bench quant --codecs`` check still imports it (through
-# ``streamvlm.quant``); new code reads ``KV_CODECS.names()`` or checks ``name in KV_CODECS``.
-CODEC_NAMES: tuple[str, ...] = KV_CODECS.names()

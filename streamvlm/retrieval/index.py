@@ -426,4 +426,3 @@ def _read_sidecar(path: Path) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
         raise IndexFileError(f"{sidecar} is not a {_FORMAT} v{_VERSION} sidecar")
     return meta
-

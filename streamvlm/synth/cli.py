@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import ConfigError, StreamVLMError
+from ..cli_options import run_command
+from ..errors import ConfigError
 
 
 def add_synth_parser(subparsers) -> argparse.ArgumentParser:
@@ -80,8 +81,4 @@ def main(argv: list[str] | None = None) -> int:
     sub.required = True
     add_synth_parser(sub)
     args = parser.parse_args(["synth", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except StreamVLMError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    return run_command(args)

@@ -1,0 +1,261 @@
+"""``streamvlm bench stream|quant|serve``: benchmarks against a baseline in the same run.
+
+The parser is built at CLI start-up: the benchmark modules are imported for their
+config dataclasses only (plain Python); torch loads when a benchmark runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from ..cli_options import (
+    add_json_option,
+    add_max_new_tokens_option,
+    add_memory_options,
+    add_model_options,
+    add_plot_option,
+    line_printer,
+    parse_lengths,
+)
+from ..config import MemoryConfig
+from ..errors import ConfigError
+from ..runtime.questions import validate_question
+from .quant import QuantBenchConfig
+from .serve import ServeBenchConfig
+from .stream import StreamBenchConfig
+
+
+def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``bench`` (with ``stream``, ``quant`` and ``serve``) to the CLI's subcommands;
+    returns its parser."""
+    b = subparsers.add_parser("bench", help="benchmarks against a baseline in the same run")
+    benches = b.add_subparsers(dest="bench", metavar="BENCH", parser_class=type(b))
+    benches.required = True
+    _add_stream(benches)
+    _add_quant(benches)
+    _add_serve(benches)
+    return b
+
+
+def _add_stream(benches) -> None:
+    d = StreamBenchConfig()
+    s = benches.add_parser(
+        "stream",
+        help="cost per frame, time to first token and memory against stream length",
+        description=(
+            "Stream a synthetic video of growing length through one session (retrieval on, "
+            "tiers with small budgets) and, at each checkpoint length, ask a question; in the same "
+            "run, answer it with plain transformers generate() over every frame so far until that "
+            "passes a time or memory cap. Prints a table (or --json) and the ratios the targets use."
+        ),
+    )
+    add_model_options(s, model=d.model)
+    s.add_argument(
+        "--lengths",
+        default=",".join(map(str, d.lengths)),
+        help=f"checkpoint lengths in sampled frames (default: {','.join(map(str, d.lengths))})",
+    )
+    s.add_argument("--fps", type=float, default=d.fps, help="stream time between frames is 1/fps")
+    s.add_argument("--size", type=int, default=d.size, help="frame side in pixels")
+    add_memory_options(
+        s,
+        *("window", "top_k", "device_bytes", "host_bytes"),
+        window=d.window,
+        top_k=d.top_k,
+        device_bytes=d.device_bytes,
+        host_bytes=d.host_bytes,
+    )
+    s.add_argument("--question", default=d.question)
+    s.add_argument("--baseline-cap-s", type=float, default=d.baseline_cap_s)
+    add_json_option(s)
+    add_plot_option(s)
+    s.set_defaults(func=cmd_bench_stream)
+
+
+def cmd_bench_stream(args: argparse.Namespace) -> int:
+    """Run ``streamvlm bench stream``."""
+    from .stream import HEADER, plot, run_stream_bench
+
+    lengths = parse_lengths(args.lengths, 2, "100,300,1000")
+    config = StreamBenchConfig(
+        model=args.model,
+        lengths=lengths,
+        fps=args.fps,
+        size=args.size,
+        window=args.window,
+        top_k=args.top_k,
+        device_bytes=args.device_bytes,
+        host_bytes=args.host_bytes,
+        question=validate_question(args.question, MemoryConfig.max_question_chars),
+        baseline_cap_s=args.baseline_cap_s,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    log = line_printer(args.json)
+    log(HEADER)
+    result = run_stream_bench(config, log=log)
+    if args.plot:
+        plot(result, args.plot)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"baseline: {result.baseline_stopped or 'ran at every length'}")
+    for name, value in result.ratios().items():
+        print(f"{name}: {value:.3f}" if isinstance(value, float) else f"{name}: {value}")
+    return 0
+
+
+def _add_quant(benches) -> None:
+    d = QuantBenchConfig()
+    q = benches.add_parser(
+        "quant",
+        help="every KV codec on the same tensors: bits, errors, throughput; needle accuracy per storage",
+        description=(
+            "For each KV set (synthetic with outlier channels, and the KV of tiny models over a "
+            "synthetic-world video with their real queries) and each codec: stored bits per element "
+            "with metadata, K/V relative error, attention-output error and attention-weight TV "
+            "distance, encode/decode GB/s next to a plain copy. Then needle accuracy of the trained "
+            "model with every codec and with pruning, against lossless storage, in the same run."
+        ),
+    )
+    q.add_argument("--codecs", default=",".join(d.codecs), help=f"(default: {','.join(d.codecs)})")
+    q.add_argument("--kv-sets", default=",".join(d.kv_sets), help=f"(default: {','.join(d.kv_sets)})")
+    q.add_argument(
+        "--frames", type=int, default=d.frames, help="video frames streamed to capture a model's KV"
+    )
+    q.add_argument("--repeats", type=int, default=d.repeats, help="timing repeats (median)")
+    q.add_argument(
+        "--needle-lengths",
+        default=",".join(map(str, d.needle_lengths)),
+        help="stream lengths of the needle part; 'none' skips it (default: %(default)s)",
+    )
+    q.add_argument(
+        "--clips",
+        type=int,
+        default=d.clip_samples,
+        help="held-out clips answered per storage; 0 skips (default: %(default)s)",
+    )
+    q.add_argument("--needle-streams", type=int, default=d.needle_streams)
+    q.add_argument("--needle-min-questions", type=int, default=d.needle_min_questions)
+    q.add_argument("--seed", type=int, default=d.seed)
+    add_model_options(q, model=None)  # the models are among --kv-sets
+    add_json_option(q)
+    add_plot_option(q)
+    q.set_defaults(func=cmd_bench_quant)
+
+
+def cmd_bench_quant(args: argparse.Namespace) -> int:
+    """Run ``streamvlm bench quant``; unknown codecs and bad lengths fail before any work."""
+    from ..eval.needle import MIN_LENGTH
+    from ..registry import KV_CODECS
+    from .quant import plot, run_quant_bench
+
+    names = [c.strip() for c in args.codecs.split(",") if c.strip()]
+    if not names or any(c not in KV_CODECS for c in names):
+        raise ConfigError(f"--codecs takes names among {', '.join(KV_CODECS.names())}; got {args.codecs!r}")
+    codecs = tuple(KV_CODECS.canonical(c) for c in names)  # old names (vidkv-ref) read as today's
+    kv_sets = tuple(k.strip() for k in args.kv_sets.split(",") if k.strip())
+    if not kv_sets:
+        raise ConfigError("--kv-sets needs at least one of: synthetic, a model name or path")
+    needle = () if args.needle_lengths.strip().lower() in ("none", "") else None
+    if needle is None:
+        needle = parse_lengths(args.needle_lengths, MIN_LENGTH, "256", "--needle-lengths")
+    if min(args.frames, args.repeats, args.needle_streams) < 1 or args.needle_min_questions < 0:
+        raise ConfigError(
+            "--frames, --repeats and --needle-streams must be >= 1, --needle-min-questions >= 0"
+        )
+    config = QuantBenchConfig(
+        codecs=codecs,
+        kv_sets=kv_sets,
+        frames=args.frames,
+        repeats=args.repeats,
+        needle_lengths=needle,
+        needle_streams=args.needle_streams,
+        needle_min_questions=args.needle_min_questions,
+        clip_samples=args.clips,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    result = run_quant_bench(config, log=line_printer(args.json))
+    if args.plot:
+        plot(result, args.plot)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+def _add_serve(benches) -> None:
+    d = ServeBenchConfig()
+    s = benches.add_parser(
+        "serve",
+        help="frames/s, drops, answer latency and memory of a server under N streaming sessions",
+        description=(
+            "Start a server on a loopback port and, for each session count, stream synthetic frames "
+            "from that many concurrent websocket clients in real time for --duration seconds while "
+            "each asks a question every --question-every seconds. Prints a table (or --json): "
+            "frames/s sent, accepted and encoded, dropped and rejected frames, p50/p99 answer "
+            "latency and time to first token as a client sees them, memory per session per tier."
+        ),
+    )
+    add_model_options(s, model=d.model)
+    s.add_argument(
+        "--sessions",
+        default=",".join(map(str, d.sessions)),
+        help=f"comma-separated session counts, each run in turn (default: {','.join(map(str, d.sessions))})",
+    )
+    s.add_argument(
+        "--duration", type=float, default=d.duration_s, metavar="SECONDS", help="per session count"
+    )
+    s.add_argument(
+        "--fps", type=float, default=d.fps, help=f"frames/s each session sends (default: {d.fps:g})"
+    )
+    s.add_argument("--size", type=int, default=d.size, help=f"frame side in pixels (default: {d.size})")
+    s.add_argument("--question-every", type=float, default=d.question_every_s, metavar="SECONDS")
+    add_max_new_tokens_option(s, default=d.max_new_tokens)
+    add_memory_options(
+        s,
+        *("window", "device_bytes", "host_bytes"),
+        window=d.window,
+        device_bytes=d.device_bytes,
+        host_bytes=d.host_bytes,
+    )
+    add_json_option(s)
+    s.set_defaults(func=cmd_bench_serve)
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    """Run ``streamvlm bench serve``."""
+    from .serve import HEADER, run_serve_bench
+
+    sessions = parse_lengths(args.sessions, 1, "1,2,4", flag="--sessions")
+    for name in ("duration", "fps", "question_every"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    if args.size < 16 or args.max_new_tokens < 1:
+        raise ConfigError("--size must be >= 16 and --max-new-tokens >= 1")
+    config = ServeBenchConfig(
+        model=args.model,
+        sessions=sessions,
+        duration_s=args.duration,
+        fps=args.fps,
+        size=args.size,
+        question_every_s=args.question_every,
+        max_new_tokens=args.max_new_tokens,
+        window=args.window,
+        device_bytes=args.device_bytes,
+        host_bytes=args.host_bytes,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    log = line_printer(args.json)
+    log(HEADER)
+    result = run_serve_bench(config, log=log)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(f"machine: {', '.join(f'{k}={v}' for k, v in result.machine.items())}")
+    return 0
