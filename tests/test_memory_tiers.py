@@ -8,7 +8,7 @@ from _blocks import random_block
 
 from streamvlm.errors import ConfigError
 from streamvlm.memory.block import Block, BlockMeta, StoredBlock
-from streamvlm.memory.codec import IdentityCodec, get_codec
+from streamvlm.memory.codec import IdentityCodec, get_block_codec
 from streamvlm.memory.disk import DiskLog
 from streamvlm.memory.disk_tier import DiskTier
 from streamvlm.memory.policy import Candidate, LeastRecentlyUsed, OldestFirst, get_policy
@@ -185,7 +185,7 @@ def test_disk_writes_through_and_host_ram_caches_it(tmp_path):
 
 
 def test_a_rejected_block_leaves_no_trace(tmp_path):
-    disk = DiskTier(DiskLog(tmp_path / "s", flush_every=None, flush_seconds=None), get_codec("fp16"))
+    disk = DiskTier(DiskLog(tmp_path / "s", flush_every=None, flush_seconds=None), get_block_codec("fp16"))
     s = store(1, 1, "age", disk)
     s.put(make_block(0))
     huge = make_block(1)
@@ -200,7 +200,7 @@ def test_a_stateful_disk_codec_hands_its_state_over_before_a_block_needs_it(tmp_
     handed = []
     log = DiskLog(tmp_path / "s", flush_every=None, flush_seconds=None)
     disk = DiskTier(
-        log, get_codec("vidkv"), on_codec_state=lambda codec: handed.append((len(log), codec.state_version))
+        log, get_block_codec("vidkv"), on_codec_state=lambda codec: handed.append((len(log), codec.state_version))
     )
     s = store(1, 1, "age", disk)
     for i in range(3):
