@@ -14,7 +14,6 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..config import MemoryConfig
-from ..samples import SceneRenderer
 
 
 @dataclass
@@ -81,7 +80,9 @@ class StreamBenchResult:
 
 
 def run_stream_bench(config: StreamBenchConfig, log=print) -> StreamBenchResult:
+    # here, not at the top: the CLI imports this module for its config while building the parser
     from ..runtime.engine import StreamVLM
+    from ..samples import SceneRenderer
 
     engine = StreamVLM.from_pretrained(
         config.model, device=config.device, dtype=config.dtype, seed=config.seed
