@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -245,6 +246,19 @@ def line_printer(json_output: bool) -> Callable[[str], None]:
     return print
 
 
+def write_results(
+    args: argparse.Namespace, result: Any, plot: Callable[[Any, str], None] | None = None
+) -> bool:
+    """Write a command's result where its options say: the ``--plot`` image, and with
+    ``--json`` the result's ``to_dict()`` as one JSON document on stdout. Returns whether
+    the JSON went out (a text report would then be out of place)."""
+    if plot is not None and args.plot:
+        plot(result, args.plot)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    return args.json
+
+
 def parse_lengths(text: str, minimum: int, example: str, flag: str = "--lengths") -> tuple[int, ...]:
     """``flag``: comma-separated frame counts, each at least ``minimum``.
 
@@ -277,6 +291,15 @@ def check_port(port: int) -> None:
     """Raises ``ConfigError`` unless ``port`` is one a socket can bind (0: any free one)."""
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, got {port}")
+
+
+def announce_listening(what: str, host: str, port: int, path: str = "", open_to: str | None = None) -> None:
+    """Say on stderr where a server listens (``streamvlm: {what} on http://...``), after a
+    warning when it is reachable beyond this machine: ``open_to`` says who could use it,
+    ``None`` when nobody but the owner can (a key guards it, or it is on loopback)."""
+    if open_to is not None and host not in LOOPBACK:
+        print(f"warning: listening on {host} {open_to}", file=sys.stderr)
+    print(f"streamvlm: {what} on http://{url_host(host)}:{port}{path}", file=sys.stderr, flush=True)
 
 
 def url_host(host: str) -> str:

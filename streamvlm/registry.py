@@ -3,9 +3,8 @@
 Configuration names things by string (``eviction="lru"``, ``disk_codec="vidkv"``); each
 concept has one ``Registry`` that maps those names to the classes implementing them. A
 class joins its registry where it is defined, as transformers' ``cache_utils`` does
-(``class LeastRecentlyUsed(EvictionPolicy, name="lru")`` with the base class calling
-``REGISTRY.add`` from ``__init_subclass__``), so adding an implementation never means
-editing a list elsewhere.
+(``class LeastRecentlyUsed(EvictionPolicy, name="lru")``: the concept's base class is
+``Registered``), so adding an implementation never means editing a list elsewhere.
 
 This module is a leaf: it imports nothing of streamvlm but ``errors``. A registry knows
 the modules that define its members by name and imports them on the first lookup, so
@@ -108,3 +107,22 @@ BACKENDS: Registry = Registry(
     "model family", "streamvlm.models.qwen2_5_vl", "streamvlm.models.llava_onevision"
 )
 """Model families (``Backend`` subclasses) by their transformers ``model_type``."""
+
+
+class Registered:
+    """Base for a concept whose subclasses join its registry by naming themselves.
+
+    The concept's base class sets ``registry``; a subclass passes ``name`` (and old
+    ``aliases``) in its class statement, ``class LeastRecentlyUsed(EvictionPolicy,
+    name="lru")``, and is registered there. Intermediate bases pass no name.
+    """
+
+    registry: Registry
+    name: str
+    aliases: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, name: str | None = None, aliases: tuple[str, ...] = (), **kwargs):
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            cls.name, cls.aliases = name, aliases
+            cls.registry.add(name, cls, aliases)

@@ -200,7 +200,9 @@ def test_a_stateful_disk_codec_hands_its_state_over_before_a_block_needs_it(tmp_
     handed = []
     log = DiskLog(tmp_path / "s", flush_every=None, flush_seconds=None)
     disk = DiskTier(
-        log, get_block_codec("vidkv"), on_codec_state=lambda codec: handed.append((len(log), codec.state_version))
+        log,
+        get_block_codec("vidkv"),
+        on_codec_state=lambda codec: handed.append((len(log), codec.state_version)),
     )
     s = store(1, 1, "age", disk)
     for i in range(3):

@@ -7,7 +7,6 @@ config dataclasses only (plain Python); torch loads when a benchmark runs.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 
 from ..cli_options import (
@@ -18,6 +17,7 @@ from ..cli_options import (
     add_plot_option,
     line_printer,
     parse_lengths,
+    write_results,
 )
 from ..config import MemoryConfig
 from ..errors import ConfigError
@@ -96,10 +96,7 @@ def cmd_bench_stream(args: argparse.Namespace) -> int:
     log = line_printer(args.json)
     log(HEADER)
     result = run_stream_bench(config, log=log)
-    if args.plot:
-        plot(result, args.plot)
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+    if write_results(args, result, plot):
         return 0
     print(f"baseline: {result.baseline_stopped or 'ran at every length'}")
     for name, value in result.ratios().items():
@@ -179,11 +176,7 @@ def cmd_bench_quant(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
     )
-    result = run_quant_bench(config, log=line_printer(args.json))
-    if args.plot:
-        plot(result, args.plot)
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+    write_results(args, run_quant_bench(config, log=line_printer(args.json)), plot)
     return 0
 
 
@@ -254,8 +247,6 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     log = line_printer(args.json)
     log(HEADER)
     result = run_serve_bench(config, log=log)
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-    else:
+    if not write_results(args, result):
         print(f"machine: {', '.join(f'{k}={v}' for k, v in result.machine.items())}")
     return 0

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 
 from ..cli_options import (
-    LOOPBACK,
     add_listen_options,
     add_max_new_tokens_option,
     add_memory_options,
     add_model_options,
+    announce_listening,
     check_port,
     load_model,
     memory_config,
-    url_host,
 )
 from ..errors import ConfigError
 
@@ -98,16 +96,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     mount_demo(app, engine, path, sessions=sessions, fps=args.fps, max_new_tokens=args.max_new_tokens)
 
     host, port = sock.getsockname()[:2]
-    if host not in LOOPBACK:
-        # The API key guards the REST and websocket routes, not the page: a browser sends none.
-        print(
-            f"warning: the demo on {host} has no authentication: anyone who can reach it can use it",
-            file=sys.stderr,
-        )
-    print(
-        f"streamvlm: demo of {engine.model_name} on http://{url_host(host)}:{port}{path.rstrip('/')}/",
-        file=sys.stderr,
-        flush=True,
-    )
+    # The API key guards the REST and websocket routes, not the page: a browser sends none.
+    anyone = "with no authentication on the demo page: anyone who can reach it can use it"
+    announce_listening(f"demo of {engine.model_name}", host, port, f"{path.rstrip('/')}/", open_to=anyone)
     build_server(app, settings, args.host, port, log_level="warning").run(sockets=[sock])
     return 0

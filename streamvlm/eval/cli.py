@@ -12,6 +12,7 @@ from ..cli_options import (
     add_plot_option,
     line_printer,
     parse_lengths,
+    write_results,
 )
 from ..errors import ConfigError
 
@@ -117,10 +118,7 @@ def cmd_eval_needle(args: argparse.Namespace) -> int:
     )
     answer_configs = config.answer_configs()  # a bad name fails here, before the model loads
     result = run_needle_eval(config, log=line_printer(args.json))
-    if args.plot:
-        plot(result, args.plot)
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+    if write_results(args, result, plot):
         return 0
     print("\naccuracy (questions) per needle distance, all lengths:")
     print(distance_table(result, answer_configs))

@@ -10,13 +10,13 @@ per-layer state, without which the disk blocks cannot be decoded.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import safetensors
 import safetensors.torch
 
 from ..errors import StreamVLMError
+from .disk import write_atomically
 
 SESSION_FILE = "session.json"
 INDEX_DIR = "index"
@@ -105,18 +105,3 @@ def load_codec_state(directory: Path, codec, blocks: int) -> None:
             f"{path} holds state of codec {saved_by!r}, not of disk_codec {codec.name!r}"
         )
     codec.load_shared_state(tensors)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path``: a crash leaves the old file or the new one, never a mix."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -20,7 +20,7 @@ from dataclasses import fields
 import torch
 
 from ..errors import ConfigError
-from ..registry import BLOCK_CODECS
+from ..registry import BLOCK_CODECS, Registered
 from .block import META_TENSORS, Block, BlockMeta, StoredBlock
 
 
@@ -37,7 +37,7 @@ def kv_shape(block: Block) -> list[int]:
     return list(shapes.pop()) if shapes else [0, block.meta.tokens, 0]
 
 
-class BlockCodec(ABC):
+class BlockCodec(Registered, ABC):
     """Encodes a block's per-layer KV into named tensors, and decodes them.
 
     Subclasses register by name: ``class MyCodec(BlockCodec, name="mine")`` makes
@@ -51,15 +51,9 @@ class BlockCodec(ABC):
     whether a codec's blocks need such state to be decoded at all.
     """
 
-    name: str
+    registry = BLOCK_CODECS
     stateful: bool = False
     state_version: int = 0
-
-    def __init_subclass__(cls, name: str | None = None, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if name is not None:
-            cls.name = name
-            BLOCK_CODECS.add(name, cls)
 
     @abstractmethod
     def encode_layers(self, block: Block) -> dict[str, torch.Tensor]:

@@ -202,7 +202,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     """Replace ``path`` so that a crash leaves either the old or the new file, never a mix."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -388,6 +388,9 @@ class DiskLog:
     def __contains__(self, block_id: object) -> bool:
         return block_id in self._entries
 
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.ids())
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -445,7 +448,7 @@ class DiskLog:
         with self._mutex:
             self._check_open()
             self._sync_segments()
-            _write_atomically(self.directory / TABLE, self._table_json())
+            write_atomically(self.directory / TABLE, self._table_json())
             self._unflushed = 0
             self._last_flush = time.monotonic()
 
@@ -504,7 +507,7 @@ class DiskLog:
         try:
             (d / SEGMENTS).mkdir(parents=True, exist_ok=True)
             marker = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
-            _write_atomically(d / MARKER, json.dumps(marker).encode())
+            write_atomically(d / MARKER, json.dumps(marker).encode())
         except OSError as e:
             raise DirectoryNotWritableError(
                 f"cannot create disk tier directory {d}: {e.strerror or e}"

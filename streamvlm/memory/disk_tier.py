@@ -14,7 +14,7 @@ block that needs it reaches the disk, so whatever survives a crash can be decode
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from functools import partial
 
 import torch
@@ -102,11 +102,9 @@ class DiskTier(Tier):
     def entries(self) -> Iterator[tuple[int, int]]:
         return self.log.entries()
 
-    def __contains__(self, block_id: object) -> bool:
-        return block_id in self.log
-
-    def __len__(self) -> int:
-        return len(self.log)
+    @property
+    def held(self) -> Collection[int]:
+        return self.log  # the log answers ``in`` and ``len`` from its block table
 
     @property
     def nbytes(self) -> int:

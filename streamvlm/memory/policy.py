@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..registry import EVICTION_POLICIES
+from ..registry import EVICTION_POLICIES, Registered
 
 
 @dataclass(frozen=True)
@@ -24,22 +24,16 @@ class Candidate:
     last_used: int  # a logical clock: larger is more recent (written or retrieved)
 
 
-class EvictionPolicy(ABC):
+class EvictionPolicy(Registered, ABC):
     """Orders a tier's blocks for eviction. Subclasses register by name:
     ``class MyPolicy(EvictionPolicy, name="mine")`` makes ``eviction="mine"`` valid."""
 
-    name: str
+    registry = EVICTION_POLICIES
     #: whether ``victims`` takes a lazy iterator of candidates in tier order. A tier lists
     #: blocks in the order they entered it, which is stream age under the age policy: the
     #: first tier and a persistent (disk) tier get new blocks only, and every other tier
     #: gets them from the one above, oldest first.
     lazy = False
-
-    def __init_subclass__(cls, name: str | None = None, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if name is not None:
-            cls.name = name
-            EVICTION_POLICIES.add(name, cls)
 
     @abstractmethod
     def order(self, candidates: Sequence[Candidate]) -> list[int]:

@@ -15,7 +15,7 @@ victims. So a new tier is one new class implementing ``Tier``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -79,11 +79,16 @@ class Tier(ABC):
         """``(block id, bytes)`` of every held block, in the order they entered; lazy, so
         a policy may stop early. Do not put or pop while iterating."""
 
+    @property
     @abstractmethod
-    def __contains__(self, block_id: object) -> bool: ...
+    def held(self) -> Collection[int]:
+        """The ids of the blocks held (membership and count; ``entries`` gives the order)."""
 
-    @abstractmethod
-    def __len__(self) -> int: ...
+    def __contains__(self, block_id: object) -> bool:
+        return block_id in self.held
+
+    def __len__(self) -> int:
+        return len(self.held)
 
     @property
     @abstractmethod
@@ -162,11 +167,9 @@ class MemoryTier(Tier, Generic[Item]):
     def entries(self) -> Iterator[tuple[int, int]]:
         return ((block_id, item.nbytes) for block_id, item in self._items.items())
 
-    def __contains__(self, block_id: object) -> bool:
-        return block_id in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
+    @property
+    def held(self) -> Collection[int]:
+        return self._items.keys()
 
     @property
     def nbytes(self) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import StreamVLMError
-from ..registry import KV_CODECS
+from ..registry import KV_CODECS, Registered
 
 KINDS = ("key", "value")
 INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -72,7 +72,7 @@ class EncodedTensor:
         return {name: t.numel() * t.element_size() * 8 for name, t in self.tensors.items()}
 
 
-class KVCodec(ABC):
+class KVCodec(Registered, ABC):
     """Encodes one layer's keys or values of one block; decodes them back.
 
     Subclasses implement ``_encode`` (input already validated and on its own device) and
@@ -83,16 +83,9 @@ class KVCodec(ABC):
     ``name`` and registers a factory per name with ``KV_CODECS.add``.
     """
 
-    name: str
-    aliases: tuple[str, ...] = ()
+    registry = KV_CODECS
     # Largest magnitude the codec can store; fp16 metadata overflows beyond FP16_MAX.
     max_abs: float | None = FP16_MAX
-
-    def __init_subclass__(cls, name: str | None = None, aliases: tuple[str, ...] = (), **kwargs):
-        super().__init_subclass__(**kwargs)
-        if name is not None:
-            cls.name, cls.aliases = name, aliases
-            KV_CODECS.add(name, cls, aliases)
 
     def reads(self, codec: str) -> bool:
         """Whether tensors that name ``codec`` as their encoder are this codec's to decode."""

@@ -10,7 +10,7 @@ import argparse
 import sys
 from dataclasses import replace
 
-from ..cli_options import LOOPBACK, add_listen_options, add_model_options, check_port, load_model, url_host
+from ..cli_options import add_listen_options, add_model_options, announce_listening, check_port, load_model
 from ..errors import ConfigError
 from .settings import API_KEY_ENV, ServerSettings
 
@@ -118,15 +118,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     engine = load_model(args)
     host, port = sock.getsockname()[:2]
-    if settings.api_key is None and host not in LOOPBACK:
-        print(
-            f"warning: listening on {host} with no {API_KEY_ENV}: anyone who can reach it can open sessions",
-            file=sys.stderr,
-        )
-    print(
-        f"streamvlm: serving {engine.model_name} on http://{url_host(host)}:{port}",
-        file=sys.stderr,
-        flush=True,
+    unguarded = f"with no {API_KEY_ENV}: anyone who can reach it can open sessions"
+    announce_listening(
+        f"serving {engine.model_name}", host, port, open_to=unguarded if settings.api_key is None else None
     )
     for directory in settings.allowed_dirs:
         print(f"streamvlm: clients may read videos under {directory}", file=sys.stderr, flush=True)

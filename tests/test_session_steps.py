@@ -1,0 +1,123 @@
+"""The session's two plain steps, the options of a question resolved once (AnswerPlan),
+and the stream's counters saved and restored whole (StreamState)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from streamvlm import AnswerPlan, MemoryConfig, Session, StreamState, StreamVLM
+from streamvlm.errors import ConfigError
+from streamvlm.memory.checkpoint import SESSION_FILE
+from streamvlm.runtime.decode import SamplingParams
+
+QUESTION = "what colour was the square?"
+
+
+@pytest.fixture(scope="module")
+def engine() -> StreamVLM:
+    return StreamVLM.from_pretrained("tiny-qwen2.5-vl", device="cpu", dtype="float32")
+
+
+def frames(n: int, seed: int = 0) -> list[tuple[np.ndarray, float]]:
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(0, 256, size=(56, 56, 3), dtype=np.uint8), float(i)) for i in range(n)]
+
+
+def test_encode_chunk_and_answer_are_what_add_frame_and_ask_do(engine):
+    stepped = engine.new_session(memory=MemoryConfig(window=8))
+    clip = frames(6)
+    stepped.state.t0 = clip[0][1]  # the stream clock's job when frames come through add_frame
+    metas = [stepped.encode_chunk(clip[i : i + 2]) for i in range(0, 6, 2)]
+    assert [m.id for m in metas] == [0, 1, 2] and [m.frames for m in metas] == [2, 2, 2]
+    plain = engine.new_session(memory=MemoryConfig(window=8))
+    plain.add_frames(clip)
+    assert stepped.next_position == plain.next_position
+    for a, b in zip(stepped.blocks.load([0, 1, 2]), plain.blocks.load([0, 1, 2]), strict=True):
+        for (k1, v1), (k2, v2) in zip(a.layers, b.layers, strict=True):
+            assert torch.equal(k1, k2) and torch.equal(v1, v2)
+    plan = AnswerPlan.resolve(stepped.memory, max_new_tokens=3, stop_token_ids=())
+    stream = stepped.answer(QUESTION, plan)
+    assert stream.answer is None and stream.selection is None  # nothing runs before the first delta
+    text = "".join(stream)
+    assert text == stream.answer.text
+    assert stream.selection.union == [0, 1, 2]
+    assert stream.answer.token_ids == plain.ask(QUESTION, max_new_tokens=3, stop_token_ids=()).token_ids
+
+
+def test_a_one_frame_chunk_is_padded_but_counts_its_real_frame(engine):
+    session = engine.new_session()
+    session.add_frame(*frames(1)[0])
+    session.flush()
+    (meta,) = session.blocks.metas()
+    assert meta.frames == 1 and session.state.frames_encoded == 1 and session.state.chunks_encoded == 1
+
+
+def test_answer_plan_takes_the_config_and_overrides_it_for_one_question():
+    config = MemoryConfig(window=12, top_k=3, answer_window=4, selection="per_layer", neighbours=1)
+    plan = AnswerPlan.resolve(config)
+    assert (plan.top_k, plan.answer_window, plan.selection, plan.neighbours) == (3, 4, "per_layer", 1)
+    assert plan.encode_window == 12 and plan.positions == "original" and plan.retrieves
+    assert plan.sampling == SamplingParams()
+    mine = AnswerPlan.resolve(config, top_k=1, answer_window=0, positions="contiguous", max_new_tokens=5)
+    assert (mine.top_k, mine.answer_window, mine.positions, mine.sampling.max_new_tokens) == (
+        1,
+        0,
+        "contiguous",
+        5,
+    )
+    # without answer_window anywhere, the encoding window is what every answer sees
+    assert AnswerPlan.resolve(MemoryConfig(window=7)).answer_window == 7
+    named = AnswerPlan.resolve(config, blocks=[3, 1])
+    assert named.blocks == (3, 1) and not named.retrieves
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"top_k": 0}, "top_k must be >= 1, got 0"),
+        ({"answer_window": -1}, "answer_window must be >= 0 frames, got -1"),
+        ({"positions": "sideways"}, "positions must be one of original, contiguous, got 'sideways'"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be between 1 and"),
+        ({"topk": 3}, "unknown question option topk"),
+    ],
+)
+def test_answer_plan_rejects_bad_options_in_one_line(options, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        AnswerPlan.resolve(MemoryConfig(), **options)
+    assert "\n" not in str(info.value)
+
+
+def test_a_bad_option_fails_before_the_question_runs(engine):
+    session = engine.new_session()
+    session.add_frames(frames(4))
+    with pytest.raises(ConfigError, match="unknown question option"):
+        session.ask_stream(QUESTION, tok_k=2)
+    assert session.ask(QUESTION, max_new_tokens=1).timings.new_tokens == 1  # the session carries on
+
+
+def test_stream_state_is_saved_whole_and_restored_whole(engine, tmp_path):
+    session = engine.new_session(memory=MemoryConfig(disk_dir=str(tmp_path / "s"), disk_flush_blocks=1))
+    session.add_frames(frames(5))  # two blocks and one frame pending
+    saved = json.loads((tmp_path / "s" / SESSION_FILE).read_text())
+    state = StreamState.from_dict(saved)
+    assert state.chunks_encoded == 2 and state.frames_encoded == 4
+    assert state.next_position == session.next_position and state.t0 == 0.0
+    session.close()  # the pending frame becomes a third block
+    resumed = Session.resume(tmp_path / "s", engine)
+    assert resumed.state == session.state
+    assert StreamState.from_dict({"frames_seen": 3}) == StreamState(frames_seen=3)  # older records
+    resumed.close()
+
+
+def test_stream_state_moves_on_by_blocks_recovered_after_it_was_saved(engine):
+    session = engine.new_session()
+    session.add_frames(frames(6))
+    metas = session.blocks.metas()
+    state = StreamState(t0=0.0, last_t=1.0, next_position=session.video_start, frames_seen=2)
+    state.recover(metas[1:])
+    assert state.frames_seen == 2 + 4 and state.chunks_encoded == 2
+    assert state.last_t == metas[-1].t_end and state.next_position == metas[-1].max_position + 1
