@@ -129,11 +129,9 @@ class RemoteTier(Tier):
     def entries(self):
         return ((i, stored.nbytes) for i, stored in self.objects.items())
 
-    def __contains__(self, block_id) -> bool:
-        return block_id in self.objects
-
-    def __len__(self) -> int:
-        return len(self.objects)
+    @property
+    def held(self):
+        return self.objects.keys()
 
     @property
     def nbytes(self) -> int:
