@@ -39,14 +39,16 @@ def test_session_stats_and_answer_fields(engine):
     assert (before.frames_seen, before.frames_encoded, before.blocks) == (5, 4, 2)
     answer = session.ask("what is happening?", max_new_tokens=4)
     stats = session.stats()
-    # asking flushed the odd frame into a third (padded) block
-    assert (stats.frames_encoded, stats.blocks, stats.chunks_encoded) == (5, 3, 3)
+    # the odd frame was encoded for the question alone (padded) and stays pending: no third block
+    assert (stats.frames_encoded, stats.blocks, stats.chunks_encoded) == (4, 2, 2)
     assert stats.stream_time == 14.0 and answer.asked_at == 14.0
-    per_block = stats.tokens_stored // 3
+    per_block = stats.tokens_stored // 2
     kv_bytes = 2 * engine.backend.num_layers * engine.backend.num_kv_heads * engine.backend.head_dim * 4
     assert stats.bytes_per_tier == {"device": stats.tokens_stored * kv_bytes, "host": 0, "disk": 0}
     assert [(b.t_start, b.t_end) for b in answer.blocks] == [(10.0, 11.0), (12.0, 13.0), (14.0, 14.0)]
-    assert all(b.tokens == per_block and b.tier == "device" for b in answer.blocks)
+    assert all(b.tokens == per_block for b in answer.blocks)
+    assert [b.tier for b in answer.blocks] == ["device", "device", "pending"]
+    assert [b.id for b in answer.blocks] == [0, 1, 2]  # the pending frame: the id its block will get
     json.dumps(answer.to_dict()), json.dumps(stats.to_dict())
 
 

@@ -121,3 +121,37 @@ def test_stream_state_moves_on_by_blocks_recovered_after_it_was_saved(engine):
     state.recover(metas[1:])
     assert state.frames_seen == 2 + 4 and state.chunks_encoded == 2
     assert state.last_t == metas[-1].t_end and state.next_position == metas[-1].max_position + 1
+
+
+def test_questions_never_change_how_frames_are_chunked(engine):
+    clip = frames(12, seed=5)
+    quiet, asking = engine.new_session(), engine.new_session()
+    quiet.add_frames(clip)
+    for i, frame in enumerate(clip):
+        asking.add_frame(*frame)
+        if i % 3 == 2:  # every 3 frames: every other question lands mid-chunk
+            asking.ask(QUESTION, max_new_tokens=1)
+    spans = [(m.t_start, m.t_end, m.frames) for m in quiet.blocks.metas()]
+    assert [(m.t_start, m.t_end, m.frames) for m in asking.blocks.metas()] == spans
+    assert len(spans) == 6 and asking.state == quiet.state
+    ids = [m.id for m in quiet.blocks.metas()]
+    for a, b in zip(asking.blocks.load(ids), quiet.blocks.load(ids), strict=True):
+        for (k1, v1), (k2, v2) in zip(a.layers, b.layers, strict=True):
+            assert torch.equal(k1, k2) and torch.equal(v1, v2)
+
+
+def test_a_question_mid_chunk_attends_the_pending_frames_as_a_flushed_block_would(engine):
+    clip = frames(5, seed=6)
+    pending, flushed = engine.new_session(), engine.new_session()
+    pending.add_frames(clip)
+    flushed.add_frames(clip)
+    flushed.flush()  # what a question did before: commit the padded partial chunk
+    options = dict(max_new_tokens=3, stop_token_ids=())
+    a, b = pending.ask_stream(QUESTION, **options), flushed.ask_stream(QUESTION, **options)
+    assert a.position == b.position  # the question starts after the pending frames' positions
+    list(a), list(b)
+    assert a.answer.token_ids == b.answer.token_ids
+    assert [r.tier for r in a.answer.blocks] == ["device", "device", "pending"]
+    assert pending.stats().blocks == 2 and pending.state.frames_seen == 5
+    retrieved = pending.ask(QUESTION, top_k=1, answer_window=0, max_new_tokens=1)
+    assert all(r.tier != "pending" for r in retrieved.blocks)  # never retrieved: not in the index

@@ -185,14 +185,18 @@ class BlockMemory:
 
     # ----- the question's side ---------------------------------------------------
 
-    def select(self, plan, queries: torch.Tensor | None = None) -> Selection:
+    def select(
+        self, plan, queries: torch.Tensor | None = None, pending: BlockMeta | None = None
+    ) -> Selection:
         """Blocks a question attends to (besides the sinks), per layer, oldest first.
 
         ``plan`` is the question's ``AnswerPlan``. Candidates are the blocks overlapping
         ``[plan.since, plan.until]``. Without ``top_k`` (and ``answer_blocks``) every
         candidate is attended: lossless. With ``top_k`` the index picks blocks for
         ``queries`` ([layers, dim]); the blocks of the ``answer_window`` newest frames and
-        the ``answer_blocks`` newest candidates are always added.
+        the ``answer_blocks`` newest candidates are always added. ``pending`` is a block
+        not stored yet (the chunk being filled): the newest candidate, attended where a
+        stored block there would be, never retrieved (the index does not hold it).
         """
         if plan.blocks is not None:
             held = {m.id for m in self.metas()}
@@ -200,7 +204,11 @@ class BlockMemory:
             if missing:
                 raise ConfigError(f"blocks {missing} are not in this session's memory")
             return Selection([sorted(plan.blocks)] * self.num_layers)
-        metas = [m for m in self.metas() if _overlaps(m, plan.since, plan.until)]
+        metas = [
+            m
+            for m in [*self.metas(), *([pending] if pending else [])]
+            if _overlaps(m, plan.since, plan.until)
+        ]
         if plan.top_k is None and plan.answer_blocks is None:
             return Selection([[m.id for m in metas]] * self.num_layers)
         recent = recent_by_frames(metas, plan.answer_window)
@@ -214,7 +222,7 @@ class BlockMemory:
         return select_blocks(
             self._index,
             queries,
-            [m.id for m in metas],
+            [m.id for m in metas if m is not pending],
             plan.top_k,
             mode=plan.selection,
             neighbours=plan.neighbours,
@@ -246,6 +254,11 @@ class BlockMemory:
     def indexed_ids(self) -> list[int]:
         """Block ids the retrieval index holds (the same as ``metas()``'s)."""
         return sorted(int(i) for i in self._index.ids())
+
+    @property
+    def next_block_id(self) -> int:
+        """The id the next committed block gets (ids grow with stream time)."""
+        return self._next_block_id
 
     @property
     def blocks_since_checkpoint(self) -> int:

@@ -113,6 +113,15 @@ def prefill(
     return cache, backend.logits(hidden[-1:])[0]
 
 
+def _window(memory: BlockMemory, frames: int, pending: Block | None) -> list[Block]:
+    """The encoding window as a question reads it: the pending chunk is its newest block."""
+    if pending is None:
+        return memory.window(frames)
+    if pending.meta.frames > frames:
+        return []  # as with stored blocks, one that overflows the window leaves out all older
+    return [*memory.window(frames - pending.meta.frames), pending]
+
+
 def answer_deltas(
     stream: AnswerStream,
     *,
@@ -122,20 +131,25 @@ def answer_deltas(
     system_prompt: str,
     video_start: int,
     plan: AnswerPlan,
+    pending: Block | None,
     lock: AbstractContextManager,
 ) -> Iterator[str]:
     """Answer ``stream.question`` by ``plan``; yields text deltas and fills
-    ``stream.selection`` and ``stream.answer``."""
+    ``stream.selection`` and ``stream.answer``. ``pending`` is the chunk being filled,
+    encoded for this question only: the newest block it may attend."""
     started = time.perf_counter()
     embeds, positions = question_inputs(backend, system_prompt, stream.question, stream.position)
     with lock:
         queries = None
         if plan.retrieves:
-            window = memory.window(plan.encode_window) if plan.query_context == "window" else []
+            window = _window(memory, plan.encode_window, pending) if plan.query_context == "window" else []
             queries = retrieval_queries(backend, sink, window, embeds, positions)
-        stream.selection = selection = memory.select(plan, queries)
-        blocks = {b.id: b for b in memory.load(selection.union)}  # one batched load from the tiers
+        stream.selection = selection = memory.select(plan, queries, pending.meta if pending else None)
+        stored = [b for b in selection.union if pending is None or b != pending.id]
+        blocks = {b.id: b for b in memory.load(stored)}  # one batched load from the tiers
         tiers = {b: memory.tier_of(b) for b in blocks}
+        if pending is not None and pending.id in selection.union:
+            blocks[pending.id], tiers[pending.id] = pending, "pending"
         if plan.positions == "contiguous" and blocks:
             blocks, positions = contiguous_layout(backend, blocks, video_start, embeds.shape[0])
         cache, first_logits = prefill(backend, sink, blocks, selection, embeds, positions)

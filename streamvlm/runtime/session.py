@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import fields
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ import torch
 from ..config import MemoryConfig
 from ..errors import ConfigError, InvalidFrameError
 from ..ingest.frames import Frame
-from ..memory.block import BlockMeta
+from ..memory.block import Block, BlockMeta
 from ..memory.manager import BlockMemory
 from ..memory.pruning import TemporalPruner
 from ..models.base import Backend
@@ -220,40 +221,64 @@ class Session:
         temporal patch is padded by repeating the last frame (the block counts only the
         real frames).
         """
-        real_frames = len(frames)
-        frames = frames + [frames[-1]] * (-real_frames % self.backend.frame_multiple)
         state = self.state
         started = time.perf_counter()
         with self._lock:
-            chunk = self.backend.encode_frames(
-                [rgb for rgb, _ in frames],
-                [t - state.t0 for _, t in frames],
-                video_start=self.video_start,
-                next_position=state.next_position,
-            )
-            embeds, positions, kept = self._prune(chunk)
-            context = concat_layers(
-                [self.sink.kv, *(b.layers for b in self.blocks.window(self.memory.window))]
-            )
-            cache = self.backend.new_cache(context)
-            self.backend.forward(embeds, positions, cache)
-            layers = new_kv_from_cache(cache, context[0][0].shape[1])
-            # the positions the chunk spans, pruned or not: what follows starts after them
-            state.next_position = max(state.next_position, int(chunk.positions.max()) + 1)
-            state.frames_encoded += real_frames
+            chunk = self._forward_chunk(frames, prune=True)
+            state.next_position = max(state.next_position, chunk.spans_to)
+            state.frames_encoded += len(frames)
             state.chunks_encoded += 1
             meta = self.blocks.commit(
-                layers,
+                chunk.layers,
                 t_start=frames[0][1],
-                t_end=frames[real_frames - 1][1],
-                frames=real_frames,
-                positions=positions,
-                kept=kept,
-                summary=block_summary(self.backend, layers, positions),
+                t_end=frames[-1][1],
+                frames=len(frames),
+                positions=chunk.positions,
+                kept=chunk.kept,
+                summary=block_summary(self.backend, chunk.layers, chunk.positions),
                 session_record=self._record(),
             )
         self.encode_s += time.perf_counter() - started
         return meta
+
+    def _forward_chunk(self, frames: list[tuple[np.ndarray, float]], prune: bool) -> _Chunk:
+        """A chunk's KV against the sink and the encoding window (the caller holds the lock)."""
+        padded = frames + [frames[-1]] * (-len(frames) % self.backend.frame_multiple)
+        visual = self.backend.encode_frames(
+            [rgb for rgb, _ in padded],
+            [t - self.state.t0 for _, t in padded],
+            video_start=self.video_start,
+            next_position=self.state.next_position,
+        )
+        if prune:
+            embeds, positions, kept = self._prune(visual)
+        else:
+            embeds, positions = visual.embeds, visual.positions
+            kept = torch.ones(embeds.shape[0], dtype=torch.bool)
+        context = concat_layers([self.sink.kv, *(b.layers for b in self.blocks.window(self.memory.window))])
+        cache = self.backend.new_cache(context)
+        self.backend.forward(embeds, positions, cache)
+        # the positions the chunk spans, pruned or not: what follows starts after them
+        spans_to = int(visual.positions.max()) + 1
+        return _Chunk(new_kv_from_cache(cache, context[0][0].shape[1]), positions.cpu(), kept, spans_to)
+
+    def _pending_block(self) -> tuple[Block, int]:
+        """The frames of the chunk being filled, encoded for a question only: the block they
+        would make now (with the id the next block gets, nothing pruned), and the position
+        after it. Nothing is stored and no counter moves, so a question never changes how
+        later frames are paired into chunks."""
+        frames = list(self._pending)
+        with self._lock:
+            chunk = self._forward_chunk(frames, prune=False)
+        meta = BlockMeta(
+            id=self.blocks.next_block_id,
+            t_start=frames[0][1],
+            t_end=frames[-1][1],
+            frames=len(frames),
+            positions=chunk.positions,
+            kept=chunk.kept,
+        )
+        return Block(meta=meta, layers=chunk.layers), max(self.state.next_position, chunk.spans_to)
 
     def _prune(self, chunk) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The chunk's embeddings and positions that the pruner keeps, and its kept mask."""
@@ -272,12 +297,16 @@ class Session:
         """Answer ``question`` as ``plan`` says; iterate the result for text deltas.
 
         The question follows everything seen when it is asked, even if frames arrive
-        while it is being answered. Without an encoder thread a partial chunk is encoded
-        first; with one, frames in flight are that thread's.
+        while it is being answered. Without an encoder thread, the frames of a chunk still
+        being filled are encoded for this question alone and attended as its newest block
+        (``tier="pending"`` in ``Answer.blocks``); they stay pending, so chunking is the
+        same whether or not questions are asked. With an encoder thread, frames in flight
+        are that thread's.
         """
         text = validate_question(question, self.memory.max_question_chars)
-        if self._queue is None:
-            self.flush()
+        pending, position = None, self.state.next_position
+        if self._queue is None and self._pending:
+            pending, position = self._pending_block()
         run = partial(
             answer_deltas,
             backend=self.backend,
@@ -286,9 +315,10 @@ class Session:
             system_prompt=self.system_prompt,
             video_start=self.video_start,
             plan=plan,
+            pending=pending,
             lock=self._lock,
         )
-        return AnswerStream(text, self.stream_time, self.state.next_position, run)
+        return AnswerStream(text, self.stream_time, position, run)
 
     def ask_stream(self, question: str, **options) -> AnswerStream:
         """``answer`` with the plan resolved from ``options`` (``AnswerPlan.resolve``):
@@ -344,6 +374,15 @@ class Session:
 
 
 _STATS_FIELDS = {f.name for f in fields(SessionStats)}
+
+
+class _Chunk(NamedTuple):
+    """A chunk's KV as encoded, before it becomes a block."""
+
+    layers: tuple
+    positions: torch.Tensor  # [position_dims, kept tokens], CPU
+    kept: torch.Tensor  # [tokens seen] bool
+    spans_to: int  # one past the largest position of the chunk, pruned tokens included
 
 
 def _check_frame(rgb: object) -> None:
