@@ -82,6 +82,14 @@ class MemoryConfig:
         it and the latest frames, not over a window of unrelated recent video; the
         window's other blocks are candidates for retrieval like any older block
         (docs/retrieval.md has what it changes on the tiny model).
+    answer_tokens:
+        Most tokens one question's context may hold on the device: sink, attended blocks,
+        the question and its answer (``max_new_tokens``). ``None`` (the default, for now)
+        sets no bound. With a bound, ``top_k=None`` attends every block while they fit
+        (lossless, as without it) and otherwise retrieval fills the budget best first
+        (the newest ``answer_window`` frames first, then the best-matching blocks);
+        retrieved sets are trimmed the same way. ``Answer.mode`` says which happened and
+        ``Answer.left_out`` how many candidate blocks were not attended.
     selection:
         ``shared`` (one set of blocks for all layers, from scores summed over layers) or
         ``per_layer`` (each layer its own top-k, as ReKV).
@@ -136,6 +144,7 @@ class MemoryConfig:
     eviction: str = "age"
     top_k: int | None = None
     answer_window: int | None = None
+    answer_tokens: int | None = None
     selection: str = "shared"
     neighbours: int = 0
     metric: str = "ip"
@@ -170,6 +179,8 @@ class MemoryConfig:
             raise ConfigError(
                 f"answer_window must be >= 0 frames or None (the encoding window), got {self.answer_window}"
             )
+        if self.answer_tokens is not None and self.answer_tokens < 1:
+            raise ConfigError(f"answer_tokens must be >= 1 or None (no bound), got {self.answer_tokens}")
         if self.neighbours < 0 or self.index_groups < 1:
             raise ConfigError("neighbours must be >= 0 and index_groups >= 1")
         self.selection = SELECTION_MODES.check("selection", self.selection)

@@ -3,6 +3,7 @@ and the stream's counters saved and restored whole (StreamState)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -155,3 +156,56 @@ def test_a_question_mid_chunk_attends_the_pending_frames_as_a_flushed_block_woul
     assert pending.stats().blocks == 2 and pending.state.frames_seen == 5
     retrieved = pending.ask(QUESTION, top_k=1, answer_window=0, max_new_tokens=1)
     assert all(r.tier != "pending" for r in retrieved.blocks)  # never retrieved: not in the index
+
+
+def context_tokens(session, answer, max_new_tokens: int) -> int:
+    question = session.backend.prompt_parts(session.system_prompt, QUESTION).question
+    extra = session.backend.question_embeds(question).shape[0]
+    return len(session.sink.ids) + sum(b.tokens for b in answer.blocks) + extra + max_new_tokens
+
+
+def test_a_budget_every_block_fits_in_answers_losslessly(engine):
+    free = engine.new_session(memory=MemoryConfig(window=4))
+    free.add_frames(frames(12, seed=7))
+    unbounded = free.ask(QUESTION, max_new_tokens=3, stop_token_ids=())
+    roomy = AnswerPlan.resolve(
+        MemoryConfig(window=4, answer_tokens=10_000), max_new_tokens=3, stop_token_ids=()
+    )
+    stream = free.answer(QUESTION, roomy)
+    list(stream)
+    assert stream.answer.token_ids == unbounded.token_ids
+    assert (
+        (stream.answer.mode, stream.answer.left_out)
+        == ("lossless", 0)
+        == (unbounded.mode, unbounded.left_out)
+    )
+
+
+@pytest.mark.parametrize("top_k", [None, 5])
+def test_a_question_never_holds_more_than_answer_tokens(engine, top_k):
+    session = engine.new_session(memory=MemoryConfig(window=4))
+    session.add_frames(frames(24, seed=8))  # 12 blocks
+    every = session.ask(QUESTION, max_new_tokens=2)
+    assert len(every.blocks) == 12
+    budget = context_tokens(session, every, 2) - 5 * every.blocks[0].tokens  # room for all but five
+    answer = session.ask(QUESTION, max_new_tokens=2, top_k=top_k)
+    config = dataclasses.replace(session.memory, answer_tokens=budget)
+    stream = session.answer(QUESTION, AnswerPlan.resolve(config, max_new_tokens=2, top_k=top_k))
+    list(stream)
+    bounded = stream.answer
+    assert context_tokens(session, bounded, 2) <= budget
+    assert bounded.mode == "retrieval" and bounded.left_out == 12 - len(bounded.blocks)
+    assert len(bounded.blocks) == min(len(answer.blocks), 12 - 5)  # the budget is filled
+    newest = [b.id for b in every.blocks][-2:]  # the 4-frame answer window: always attended
+    assert set(newest) <= {b.id for b in bounded.blocks}
+
+
+def test_named_blocks_over_the_budget_are_refused_in_one_line(engine):
+    session = engine.new_session(memory=MemoryConfig(answer_tokens=60))
+    session.add_frames(frames(8, seed=9))
+    with pytest.raises(
+        ConfigError, match=r"blocks \[0, 1, 2\] need \d+ tokens with the question, over answer_tokens=60"
+    ):
+        session.ask(QUESTION, blocks=[0, 1, 2], max_new_tokens=1)
+    with pytest.raises(ConfigError, match="answer_tokens must be >= 1"):
+        MemoryConfig(answer_tokens=0)

@@ -32,6 +32,7 @@ RESUME_OVERRIDABLE = frozenset(
         "host_bytes",
         "top_k",
         "answer_window",
+        "answer_tokens",
         "query_context",
         "position_mode",
         "selection",

@@ -186,7 +186,11 @@ class BlockMemory:
     # ----- the question's side ---------------------------------------------------
 
     def select(
-        self, plan, queries: torch.Tensor | None = None, pending: BlockMeta | None = None
+        self,
+        plan,
+        queries: torch.Tensor | None = None,
+        pending: BlockMeta | None = None,
+        fixed_tokens: int = 0,
     ) -> Selection:
         """Blocks a question attends to (besides the sinks), per layer, oldest first.
 
@@ -197,37 +201,84 @@ class BlockMemory:
         the ``answer_blocks`` newest candidates are always added. ``pending`` is a block
         not stored yet (the chunk being filled): the newest candidate, attended where a
         stored block there would be, never retrieved (the index does not hold it).
+
+        With ``plan.answer_tokens``, the blocks' tokens and ``fixed_tokens`` (sink,
+        question, answer) stay within it: what does not fit is filled best first, the
+        newest window frames, then the blocks that match ``queries`` best.
         """
-        if plan.blocks is not None:
-            held = {m.id for m in self.metas()}
-            missing = [b for b in plan.blocks if b not in held]
-            if missing:
-                raise ConfigError(f"blocks {missing} are not in this session's memory")
-            return Selection([sorted(plan.blocks)] * self.num_layers)
         metas = [
             m
             for m in [*self.metas(), *([pending] if pending else [])]
             if _overlaps(m, plan.since, plan.until)
         ]
-        if plan.top_k is None and plan.answer_blocks is None:
-            return Selection([[m.id for m in metas]] * self.num_layers)
+        tokens = {m.id: m.tokens for m in metas}
+        if plan.blocks is not None:
+            return self._named(plan, fixed_tokens, pending)
+        budget = None if plan.answer_tokens is None else plan.answer_tokens - fixed_tokens
         recent = recent_by_frames(metas, plan.answer_window)
         if plan.answer_blocks:
             recent += metas[len(metas) - plan.answer_blocks :]
-        always = {m.id for m in recent}
-        if plan.top_k is None:
-            return Selection([sorted(always)] * self.num_layers)
+        retrieve = partial(
+            self._retrieve,
+            queries,
+            [m.id for m in metas if m is not pending],
+            plan.selection,
+            plan.neighbours,
+        )
+        if plan.top_k is None and plan.answer_blocks is None:
+            chosen, top_k = Selection([[m.id for m in metas]] * self.num_layers), len(metas)
+        elif plan.top_k is None:
+            chosen, top_k = Selection([sorted({m.id for m in recent})] * self.num_layers), 0
+        else:
+            chosen, top_k = retrieve(plan.top_k, {m.id for m in recent}), plan.top_k
+        if budget is not None and _cost(chosen, tokens) > budget:
+            chosen = self._fill(budget, tokens, recent, top_k, retrieve)
+        union = set(chosen.union)
+        return Selection(chosen.layers, left_out=sum(1 for m in metas if m.id not in union))
+
+    def _named(self, plan, fixed_tokens: int, pending: BlockMeta | None) -> Selection:
+        """The blocks a question names outright (``plan.blocks``), all stored and within budget."""
+        held = {m.id: m.tokens for m in self.metas()}
+        missing = [b for b in plan.blocks if b not in held]
+        if missing:
+            raise ConfigError(f"blocks {missing} are not in this session's memory")
+        named = Selection([sorted(plan.blocks)] * self.num_layers)
+        need = sum(held[b] for b in set(plan.blocks)) + fixed_tokens
+        if plan.answer_tokens is not None and need > plan.answer_tokens:
+            raise ConfigError(
+                f"blocks {sorted(plan.blocks)} need {need} tokens with the question, over "
+                f"answer_tokens={plan.answer_tokens}; name fewer blocks or raise answer_tokens"
+            )
+        return Selection(named.layers, left_out=len(held) + (pending is not None) - len(set(plan.blocks)))
+
+    def _retrieve(self, queries, candidates, mode, neighbours, top_k: int, always: set[int]) -> Selection:
         if queries is None:
             raise ValueError("retrieval needs the question's queries")
         return select_blocks(
-            self._index,
-            queries,
-            [m.id for m in metas if m is not pending],
-            plan.top_k,
-            mode=plan.selection,
-            neighbours=plan.neighbours,
-            always=always,
+            self._index, queries, candidates, top_k, mode=mode, neighbours=neighbours, always=always
         )
+
+    def _fill(
+        self, budget: int, tokens: dict[int, int], recent: list[BlockMeta], top_k: int, retrieve
+    ) -> Selection:
+        """The most blocks within ``budget`` tokens: the recent ones newest first, then the
+        largest number of retrieved ones (up to ``top_k``) that still fits."""
+        always: set[int] = set()
+        spent = 0
+        for meta in reversed(recent):
+            if meta.id not in always and spent + meta.tokens <= budget:
+                always.add(meta.id)
+                spent += meta.tokens
+        fits = Selection([sorted(always)] * self.num_layers)
+        low, high = 1, top_k  # bisect the retrieved count: the context grows with it
+        while low <= high:
+            middle = (low + high) // 2
+            candidate = retrieve(middle, always)
+            if _cost(candidate, tokens) <= budget:
+                fits, low = candidate, middle + 1
+            else:
+                high = middle - 1
+        return fits
 
     def load(self, ids: Iterable[int]) -> list[Block]:
         """Blocks by id, decoded onto the device from whichever tier holds them, for an answer."""
@@ -360,6 +411,11 @@ def _load_index(directory: Path, config: MemoryConfig, backend, metas: list[Bloc
     for block_id in sorted(held.keys() - indexed):
         index.add(block_id, held[block_id].summary)
     return index
+
+
+def _cost(selection: Selection, tokens: dict[int, int]) -> int:
+    """Tokens of the largest layer context ``selection`` makes (layers may differ)."""
+    return max((sum(tokens[b] for b in ids) for ids in selection.layers), default=0)
 
 
 def _overlaps(meta: BlockMeta, since: float | None, until: float | None) -> bool:

@@ -20,9 +20,15 @@ from ..registry import SELECTION_MODES
 
 @dataclass(frozen=True)
 class Selection:
-    """Block ids attended per layer, oldest first."""
+    """Block ids attended per layer, oldest first, and how many candidates were left out."""
 
     layers: list[list[int]]
+    left_out: int = 0  # candidate blocks attended by no layer (0: every candidate, lossless)
+
+    @property
+    def mode(self) -> str:
+        """``lossless`` when every candidate block is attended, else ``retrieval``."""
+        return "retrieval" if self.left_out else "lossless"
 
     @property
     def union(self) -> list[int]:

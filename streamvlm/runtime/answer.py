@@ -42,6 +42,8 @@ class Answer:
     timings: Timings
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str = "stop"  # "stop" (stop token) or "length" (max_new_tokens)
+    mode: str = "lossless"  # "lossless": every candidate block attended; else "retrieval"
+    left_out: int = 0  # candidate blocks not attended (retrieval, or the answer_tokens budget)
 
     def to_dict(self) -> dict:
         return asdict(self)

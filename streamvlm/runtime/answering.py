@@ -144,7 +144,8 @@ def answer_deltas(
         if plan.retrieves:
             window = _window(memory, plan.encode_window, pending) if plan.query_context == "window" else []
             queries = retrieval_queries(backend, sink, window, embeds, positions)
-        stream.selection = selection = memory.select(plan, queries, pending.meta if pending else None)
+        fixed = len(sink.ids) + embeds.shape[0] + plan.sampling.max_new_tokens  # what any context holds
+        stream.selection = selection = memory.select(plan, queries, pending.meta if pending else None, fixed)
         stored = [b for b in selection.union if pending is None or b != pending.id]
         blocks = {b.id: b for b in memory.load(stored)}  # one batched load from the tiers
         tiers = {b: memory.tier_of(b) for b in blocks}
@@ -177,4 +178,6 @@ def answer_deltas(
         ),
         token_ids=tokens,
         finish_reason="length" if len(tokens) == plan.sampling.max_new_tokens else "stop",
+        mode=selection.mode,
+        left_out=selection.left_out,
     )

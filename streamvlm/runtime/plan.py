@@ -25,6 +25,7 @@ class AnswerPlan:
     # frames of the newest blocks attended besides the retrieved ones (with top_k or answer_blocks)
     answer_window: int = 0
     answer_blocks: int | None = None  # the N newest blocks attended besides the retrieved ones
+    answer_tokens: int | None = None  # most tokens of the context on the device (None: no bound)
     blocks: tuple[int, ...] | None = None  # attend exactly these block ids (no retrieval)
     positions: str = "original"  # "original" (as encoded) or "contiguous" (re-rotated, ReKV)
     query_context: str = "window"  # what the question is read over for its retrieval queries
@@ -35,8 +36,9 @@ class AnswerPlan:
 
     @property
     def retrieves(self) -> bool:
-        """Whether the question's queries pick blocks from the index."""
-        return self.blocks is None and self.top_k is not None
+        """Whether the question's queries may pick blocks from the index: with ``top_k``,
+        or with a token budget that every block may not fit."""
+        return self.blocks is None and (self.top_k is not None or self.answer_tokens is not None)
 
     @classmethod
     def resolve(
@@ -78,6 +80,7 @@ class AnswerPlan:
             top_k=top_k if top_k is not None else config.top_k,
             answer_window=window,
             answer_blocks=config.answer_blocks,
+            answer_tokens=config.answer_tokens,
             blocks=tuple(blocks) if blocks is not None else None,
             positions=positions or config.position_mode,
             query_context=config.query_context,

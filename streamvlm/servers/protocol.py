@@ -229,6 +229,8 @@ def answer_fields(answer, latency_s: float) -> dict[str, Any]:
         "text": answer.text,
         "asked_at": answer.asked_at,
         "finish_reason": answer.finish_reason,
+        "mode": answer.mode,
+        "left_out": answer.left_out,
         "spans": spans_of(blocks),
         "blocks": blocks,
         "timings": {
