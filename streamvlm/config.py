@@ -82,6 +82,11 @@ class MemoryConfig:
         it and the latest frames, not over a window of unrelated recent video; the
         window's other blocks are candidates for retrieval like any older block
         (docs/retrieval.md has what it changes on the tiny model).
+    max_position_span:
+        No forward uses a position id (or query-key distance) at or past this. ``None``
+        (the default) is the model's own range, ``max_position_embeddings``. While the
+        stream fits, positions are the stream's own; beyond, the attended blocks are
+        re-based right after the sinks (docs/architecture.md, invariant 6).
     answer_tokens:
         Most tokens one question's context may hold on the device: sink, attended blocks,
         the question and its answer (``max_new_tokens``). ``None`` (the default, for now)
@@ -145,6 +150,7 @@ class MemoryConfig:
     top_k: int | None = None
     answer_window: int | None = None
     answer_tokens: int | None = None
+    max_position_span: int | None = None
     selection: str = "shared"
     neighbours: int = 0
     metric: str = "ip"
@@ -178,6 +184,10 @@ class MemoryConfig:
         if self.answer_window is not None and self.answer_window < 0:
             raise ConfigError(
                 f"answer_window must be >= 0 frames or None (the encoding window), got {self.answer_window}"
+            )
+        if self.max_position_span is not None and self.max_position_span < 2:
+            raise ConfigError(
+                f"max_position_span must be >= 2 or None (the model's), got {self.max_position_span}"
             )
         if self.answer_tokens is not None and self.answer_tokens < 1:
             raise ConfigError(f"answer_tokens must be >= 1 or None (no bound), got {self.answer_tokens}")

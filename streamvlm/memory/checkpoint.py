@@ -33,6 +33,7 @@ RESUME_OVERRIDABLE = frozenset(
         "top_k",
         "answer_window",
         "answer_tokens",
+        "max_position_span",
         "query_context",
         "position_mode",
         "selection",

@@ -65,6 +65,8 @@ class Backend(ABC):
         self.head_dim = getattr(text_config, "head_dim", None) or (
             text_config.hidden_size // text_config.num_attention_heads
         )
+        #: positions the language model was trained on (RoPE range): no forward may reach it
+        self.max_positions = int(text_config.max_position_embeddings)
 
     # ----- properties of the loaded model -----------------------------------------
 

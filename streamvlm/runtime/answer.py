@@ -71,6 +71,9 @@ class SessionStats:
     sink_tokens: int
     stream_time: float
     next_position: int
+    # largest position id any forward of this process used, plus one: stays below the model's
+    # span (MemoryConfig.max_position_span) however long the stream
+    max_position_span_used: int
     bytes_per_tier: dict[str, int]
     kv_bits_per_element: dict[str, float | None]
     codec_state_bytes: dict[str, int]  # per-layer codec state, once per stream (not per block)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -28,6 +28,7 @@ from .answer import Answer, BlockRef, Timings
 from .context import concat_layers, per_layer_context
 from .decode import TextStreamer, decode_tokens
 from .plan import AnswerPlan
+from .positions import PositionBound, lay_out
 
 
 @dataclass(frozen=True)
@@ -87,16 +88,8 @@ def contiguous_layout(
     """``blocks`` re-rotated to consecutive positions from ``video_start`` (in id order,
     which is time order), and the positions of a question that follows them."""
     ids = sorted(blocks)
-    layout = backend.contiguous_positions([blocks[b].meta.positions for b in ids], video_start)
-    moved = {
-        b: Block(
-            meta=replace(blocks[b].meta, positions=new),
-            layers=backend.reposition_keys(blocks[b].layers, blocks[b].meta.positions, new),
-        )
-        for b, new in zip(ids, layout, strict=True)
-    }
-    start = max(int(p.max()) for p in layout) + 1
-    return moved, backend.text_positions(start, question_tokens)
+    moved, _, end = lay_out(backend, [blocks[b] for b in ids], video_start)
+    return dict(zip(ids, moved, strict=True)), backend.text_positions(end, question_tokens)
 
 
 def prefill(
@@ -132,18 +125,25 @@ def answer_deltas(
     video_start: int,
     plan: AnswerPlan,
     pending: Block | None,
+    bound: PositionBound,
     lock: AbstractContextManager,
 ) -> Iterator[str]:
     """Answer ``stream.question`` by ``plan``; yields text deltas and fills
     ``stream.selection`` and ``stream.answer``. ``pending`` is the chunk being filled,
-    encoded for this question only: the newest block it may attend."""
+    encoded for this question only: the newest block it may attend. Positions stay below
+    ``bound``: past it, the attended blocks are re-based after the sink."""
     started = time.perf_counter()
     embeds, positions = question_inputs(backend, system_prompt, stream.question, stream.position)
     with lock:
         queries = None
         if plan.retrieves:
             window = _window(memory, plan.encode_window, pending) if plan.query_context == "window" else []
-            queries = retrieval_queries(backend, sink, window, embeds, positions)
+            read_at = positions
+            if bound.reaches(positions, *(b.meta.positions for b in window)):
+                window, _, end = lay_out(backend, window, video_start)
+                read_at = backend.text_positions(end, embeds.shape[0])
+            bound.record(read_at, *(b.meta.positions for b in window), what="reading the question")
+            queries = retrieval_queries(backend, sink, window, embeds, read_at)
         fixed = len(sink.ids) + embeds.shape[0] + plan.sampling.max_new_tokens  # what any context holds
         stream.selection = selection = memory.select(plan, queries, pending.meta if pending else None, fixed)
         stored = [b for b in selection.union if pending is None or b != pending.id]
@@ -151,8 +151,13 @@ def answer_deltas(
         tiers = {b: memory.tier_of(b) for b in blocks}
         if pending is not None and pending.id in selection.union:
             blocks[pending.id], tiers[pending.id] = pending, "pending"
-        if plan.positions == "contiguous" and blocks:
+        answer = plan.sampling.max_new_tokens  # decoded after the question, one position each
+        held = [b.meta.positions for b in blocks.values()]
+        if (plan.positions == "contiguous" and blocks) or bound.reaches(positions, *held, extra=answer):
             blocks, positions = contiguous_layout(backend, blocks, video_start, embeds.shape[0])
+        bound.record(
+            positions, *(b.meta.positions for b in blocks.values()), extra=answer, what="this question"
+        )
         cache, first_logits = prefill(backend, sink, blocks, selection, embeds, positions)
     ttft = time.perf_counter() - started
     refs = [BlockRef(b, m.meta.t_start, m.meta.t_end, m.meta.tokens, tiers[b]) for b, m in blocks.items()]

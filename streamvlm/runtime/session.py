@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
-from dataclasses import fields
+from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -31,6 +31,7 @@ from .answer import Answer, SessionStats
 from .answering import AnswerStream, Sink, answer_deltas
 from .context import concat_layers, new_kv_from_cache
 from .plan import AnswerPlan
+from .positions import PositionBound, lay_out
 from .questions import validate_question
 from .scheduling import FairLock, FrameQueue
 from .state import StreamState
@@ -73,6 +74,7 @@ class Session:
             else None
         )
         self.blocks = _blocks or BlockMemory.create(self.memory, backend)
+        self.bound = PositionBound(self.memory.max_position_span or backend.max_positions)
         self.sink = self._encode_sink()
         self.video_start = len(self.sink.ids)
         self.state = StreamState(next_position=self.video_start)
@@ -250,16 +252,22 @@ class Session:
             video_start=self.video_start,
             next_position=self.state.next_position,
         )
+        # the stream's own positions the chunk spans, pruned or not: what follows starts after them
+        spans_to = int(visual.positions.max()) + 1
+        window = self.blocks.window(self.memory.window)
+        if self.bound.reaches(visual.positions, *(b.meta.positions for b in window)):
+            # past the model's range: the window re-based after the sink, the chunk after it
+            window, moved, _ = lay_out(self.backend, window, self.video_start, visual.positions)
+            visual = replace(visual, positions=moved)
+        self.bound.record(visual.positions, *(b.meta.positions for b in window), what="encoding a chunk")
         if prune:
             embeds, positions, kept = self._prune(visual)
         else:
             embeds, positions = visual.embeds, visual.positions
             kept = torch.ones(embeds.shape[0], dtype=torch.bool)
-        context = concat_layers([self.sink.kv, *(b.layers for b in self.blocks.window(self.memory.window))])
+        context = concat_layers([self.sink.kv, *(b.layers for b in window)])
         cache = self.backend.new_cache(context)
         self.backend.forward(embeds, positions, cache)
-        # the positions the chunk spans, pruned or not: what follows starts after them
-        spans_to = int(visual.positions.max()) + 1
         return _Chunk(new_kv_from_cache(cache, context[0][0].shape[1]), positions.cpu(), kept, spans_to)
 
     def _pending_block(self) -> tuple[Block, int]:
@@ -316,6 +324,7 @@ class Session:
             video_start=self.video_start,
             plan=plan,
             pending=pending,
+            bound=self.bound,
             lock=self._lock,
         )
         return AnswerStream(text, self.stream_time, position, run)
@@ -366,6 +375,7 @@ class Session:
             **{name: value for name, value in counters.items() if name in _STATS_FIELDS},
             **self.blocks.stats().to_dict(),
             sink_tokens=len(self.sink.ids),
+            max_position_span_used=self.bound.used,
             stream_time=self.stream_time,
             encode_s=self.encode_s,
             frames_dropped=dropped,
