@@ -103,7 +103,7 @@ def resolve_attention(name: str | None, device: torch.device, dtype: torch.dtype
             raise ConfigError(
                 f"flash_attention_2 needs float16 or bfloat16 weights, not {dtype}; use --dtype bfloat16"
             )
-        if importlib.util.find_spec("flash_attn") is None:
+        if not _installed("flash_attn"):
             raise ConfigError(
                 "flash_attention_2 needs the flash-attn package, which is not installed; "
                 "pip install flash-attn --no-build-isolation, or use --attn sdpa"
@@ -156,7 +156,7 @@ def weight_loading_options(device: torch.device, dtype: torch.dtype, attention: 
     the weights load into host RAM and the caller moves them.
     """
     options = {"dtype": dtype, "attn_implementation": attention}
-    if importlib.util.find_spec("accelerate") is not None:
+    if _installed("accelerate"):
         options["device_map"] = device
     return options
 
@@ -185,6 +185,11 @@ def _load_checkpoint(name: str, device: torch.device, dtype: torch.dtype, attent
     processor_config = _json_file(source, "preprocessor_config.json")
     video_config = _json_file(source, "video_preprocessor_config.json")
     return model, tokenizer, processor_config, video_config
+
+
+def _installed(package: str) -> bool:
+    """Whether ``package`` can be imported here (without importing it)."""
+    return importlib.util.find_spec(package) is not None
 
 
 def _model_type(name: str) -> str:
