@@ -64,16 +64,16 @@ def add_model_options(
             default=None,
             metavar="IMPL",
             help="attention of the vision tower: sdpa, flash_attention_2 (CUDA, needs flash-attn) or eager "
-            "(default: sdpa; docs/memory.md)",
+            "(default: sdpa)",
         )
         parser.add_argument(
             "--max-pixels",
             type=int,
             default=None,
             metavar="N",
-            help="pixels per frame a Qwen2.5-VL frame is resized to at most: it sets the visual tokens per "
-            "frame and so the memory per hour (docs/memory.md); default: the checkpoint's video processor "
-            "config, else 200704 (256 x 28 x 28)",
+            help="most pixels a Qwen2.5-VL frame is resized to: it sets the visual tokens per frame and so "
+            "the memory per hour (docs/memory.md); default: the checkpoint's video processor config, else "
+            "200704 (256 x 28 x 28)",
         )
     add_verbose_option(parser)
 
@@ -88,18 +88,23 @@ def add_verbose_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_model(args: argparse.Namespace) -> StreamVLM:
-    """The engine for ``args.model`` with the options of :func:`add_model_options` (each left
-    to the engine's choice when not given)."""
-    from . import StreamVLM
-
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``StreamVLM.from_pretrained`` / ``load_backend`` keywords the options of
+    :func:`add_model_options` give (those not given are left out: the engine chooses)."""
     given = {
         "device": args.device,
         "dtype": args.dtype,
         "attn_implementation": args.attn,
         "max_pixels": args.max_pixels,
     }
-    return StreamVLM.from_pretrained(args.model, **{k: v for k, v in given.items() if v is not None})
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def load_model(args: argparse.Namespace) -> StreamVLM:
+    """The engine for ``args.model`` with the options of :func:`add_model_options`."""
+    from . import StreamVLM
+
+    return StreamVLM.from_pretrained(args.model, **model_options(args))
 
 
 # --------------------------------------------------------------- session memory
