@@ -222,6 +222,13 @@ def test_processor_configs_streamvlm_cannot_follow_are_rejected(qwen_dir, config
     assert "\n" not in str(info.value) and "video_preprocessor_config.json" in str(info.value)
 
 
+def test_a_broken_processor_config_is_a_one_line_error(qwen_dir):
+    (qwen_dir / "video_preprocessor_config.json").write_text('{"size": ')
+    with pytest.raises(ConfigError, match="video_preprocessor_config.json is not valid JSON") as info:
+        load_backend(str(qwen_dir), device="cpu")
+    assert "\n" not in str(info.value)
+
+
 # ---------------------------------------------------------------------- the CLI
 
 

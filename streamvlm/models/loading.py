@@ -252,7 +252,17 @@ def _json_file(name: str, filename: str) -> dict:
     pick a torchvision ("fast") processor that does not import everywhere.
     """
     path = checkpoint_file(name, filename)
-    return json.loads(Path(path).read_text()) if path else {}
+    if not path:
+        return {}
+    try:
+        config = json.loads(Path(path).read_text())
+    except ValueError as e:
+        raise ConfigError(f"the checkpoint's {filename} is not valid JSON ({e}); fix or remove {path}") from e
+    if not isinstance(config, dict):
+        raise ConfigError(
+            f"the checkpoint's {filename} holds a {type(config).__name__}, not an object; fix {path}"
+        )
+    return config
 
 
 def _first_line(error: Exception) -> str:
