@@ -72,16 +72,16 @@ class RecordingModelClass:
 
 
 @pytest.fixture
-def recording(monkeypatch):
+def recording():
     RecordingModelClass.calls = []
-    monkeypatch.setitem(loading.SUPPORTED, "qwen2_5_vl", RecordingModelClass)
     return RecordingModelClass
 
 
 def test_cuda_weights_load_straight_onto_the_gpu_in_bfloat16(recording, qwen_dir, monkeypatch):
     monkeypatch.setattr(loading, "_installed", lambda package: package == "accelerate")
     dtype = resolve_dtype(None, CUDA)
-    model, *_ = loading._load_checkpoint(str(qwen_dir), CUDA, dtype, resolve_attention(None, CUDA, dtype))
+    attention = resolve_attention(None, CUDA, dtype)
+    model, _ = loading._load_weights("m", str(qwen_dir), recording, CUDA, dtype, attention)
     assert recording.calls == [{"dtype": torch.bfloat16, "attn_implementation": "sdpa", "device_map": CUDA}]
     assert model.moved_to is None  # never loaded into host RAM and moved
 
@@ -89,7 +89,7 @@ def test_cuda_weights_load_straight_onto_the_gpu_in_bfloat16(recording, qwen_dir
 def test_without_accelerate_the_weights_are_moved_with_a_warning(recording, qwen_dir, monkeypatch):
     monkeypatch.setattr(loading, "_installed", lambda package: False)
     with pytest.warns(UserWarning, match="pip install accelerate"):
-        model, *_ = loading._load_checkpoint(str(qwen_dir), CUDA, torch.bfloat16, "sdpa")
+        model, _ = loading._load_weights("m", str(qwen_dir), recording, CUDA, torch.bfloat16, "sdpa")
     assert "device_map" not in recording.calls[0] and model.moved_to == CUDA
 
 
@@ -216,13 +216,15 @@ def test_llava_takes_no_pixel_budget_and_reads_its_video_config(tmp_path):
         ({"merge_size": 3}, "asks for merge_size 3, but its vision tower was built for 2"),
     ],
 )
-def test_processor_configs_streamvlm_cannot_follow_are_rejected(qwen_dir, config, match):
+def test_processor_configs_streamvlm_cannot_follow_are_rejected(qwen_dir, monkeypatch, config, match):
+    monkeypatch.setattr(loading, "_load_weights", None)  # rejected before the weights load
     with pytest.raises(ConfigError, match=match) as info:
         load_backend(str(with_video_config(qwen_dir, config)), device="cpu")
     assert "\n" not in str(info.value) and "video_preprocessor_config.json" in str(info.value)
 
 
-def test_a_broken_processor_config_is_a_one_line_error(qwen_dir):
+def test_a_broken_processor_config_is_a_one_line_error(qwen_dir, monkeypatch):
+    monkeypatch.setattr(loading, "_load_weights", None)  # rejected before the weights load
     (qwen_dir / "video_preprocessor_config.json").write_text('{"size": ')
     with pytest.raises(ConfigError, match="video_preprocessor_config.json is not valid JSON") as info:
         load_backend(str(qwen_dir), device="cpu")

@@ -133,18 +133,28 @@ def load_backend(
         model = build_tiny_model(name, seed=seed).to(device=device, dtype=dtype)
         if attention != model.config._attn_implementation:
             model.set_attn_implementation(attention)
+        preprocess = _preprocess_for(model.config, *tiny_processor_configs(name), max_pixels)
         tokenizer = build_tiny_tokenizer()
-        processor_config, video_config = tiny_processor_configs(name)
     else:
+        source = str(bundled_path(name) or name)  # a bundled model's name keeps naming it
+        config = _supported_config(source)
+        # processor configs and options are checked before the weights load, which takes minutes at 7B
+        processor_configs = (
+            _json_file(source, f) for f in ("preprocessor_config.json", "video_preprocessor_config.json")
+        )
+        preprocess = _preprocess_for(config, *processor_configs, max_pixels)
         # transformers' bars (weight loading, hub downloads) only for verbose output (configure_output)
         with progress_bars(shown=is_verbose()):
-            model, tokenizer, processor_config, video_config = _load_checkpoint(
-                name, device, dtype, attention
+            model, tokenizer = _load_weights(
+                name, source, SUPPORTED[config.model_type], device, dtype, attention
             )
     # the tiny models are built with their family's transformers config, so they have its model_type
-    model_type = model.config.model_type
-    preprocess = _PREPROCESS[model_type](model.config, processor_config, video_config, max_pixels)
-    return BACKENDS.get(model_type)(model, tokenizer, name, preprocess)
+    return BACKENDS.get(model.config.model_type)(model, tokenizer, name, preprocess)
+
+
+def _preprocess_for(model_config, processor_config: dict, video_config: dict, max_pixels: int | None):
+    """The frame preprocessing of a model of ``model_config``'s family (models/preprocessing.py)."""
+    return _PREPROCESS[model_config.model_type](model_config, processor_config, video_config, max_pixels)
 
 
 def weight_loading_options(device: torch.device, dtype: torch.dtype, attention: str) -> dict:
@@ -161,10 +171,8 @@ def weight_loading_options(device: torch.device, dtype: torch.dtype, attention: 
     return options
 
 
-def _load_checkpoint(name: str, device: torch.device, dtype: torch.dtype, attention: str) -> tuple:
-    """(model, tokenizer, preprocessor config, video preprocessor config) of a checkpoint."""
-    source = str(bundled_path(name) or name)  # a bundled model's name keeps naming it
-    model_class = SUPPORTED[_model_type(source)]
+def _load_weights(name: str, source: str, model_class, device, dtype, attention: str) -> tuple:
+    """(model, tokenizer) of checkpoint ``source`` (``name`` as the user gave it), on ``device``."""
     options = weight_loading_options(device, dtype, attention)
     if "device_map" not in options and device.type != "cpu":
         warnings.warn(
@@ -181,10 +189,7 @@ def _load_checkpoint(name: str, device: torch.device, dtype: torch.dtype, attent
         ) from e
     if "device_map" not in options:
         model = model.to(device)
-    model.eval()
-    processor_config = _json_file(source, "preprocessor_config.json")
-    video_config = _json_file(source, "video_preprocessor_config.json")
-    return model, tokenizer, processor_config, video_config
+    return model.eval(), tokenizer
 
 
 def _installed(package: str) -> bool:
@@ -192,7 +197,8 @@ def _installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
-def _model_type(name: str) -> str:
+def _supported_config(name: str):
+    """The model config of checkpoint ``name``, of a family streamvlm supports."""
     if Path(name).exists() and not (Path(name) / "config.json").is_file():
         raise ModelNotFoundError(f"{name!r} is not a model directory (no config.json in it); {_HINT}")
     try:
@@ -207,7 +213,7 @@ def _model_type(name: str) -> str:
             f"model {name!r} is a {config.model_type!r} model; streamvlm supports {', '.join(SUPPORTED)} "
             "checkpoints (Qwen2.5-VL, LLaVA-OneVision): pass one of those"
         )
-    return config.model_type
+    return config
 
 
 def _load_config(name: str):
