@@ -40,8 +40,8 @@ from ..ingest.preprocess import (
 # 128x28x28 through its total budget), and a stream is the longest video there is.
 QWEN_STREAM_MAX_PIXELS = 256 * 28 * 28
 
-# PIL's code for bicubic resampling, the only resize ``ingest.preprocess`` does (and the
-# one every released Qwen2.5-VL and LLaVA-OneVision processor config names).
+# PIL's code for bicubic resampling: the only resize ``ingest.preprocess`` does, and that
+# of every released Qwen2.5-VL and LLaVA-OneVision processor (their default and configs).
 _BICUBIC = 3
 
 
