@@ -43,8 +43,9 @@ def add_model_options(
     parser: argparse.ArgumentParser, model: str | None = DEFAULT_MODEL, device: bool = True
 ) -> None:
     """The options of a command that loads a model: ``--model`` (default ``model``; ``None``:
-    the command names its models otherwise), ``--device`` and ``--dtype`` (unless ``device``
-    is false: the command picks them itself) and ``--verbose``."""
+    the command names its models otherwise), ``--device``, ``--dtype``, ``--attn`` and
+    ``--max-pixels`` (unless ``device`` is false: the command picks them itself) and
+    ``--verbose``."""
     if model is not None:
         parser.add_argument("--model", default=model, help=f"model name, path or hub id (default: {model})")
     if device:
@@ -57,6 +58,22 @@ def add_model_options(
             "--dtype",
             default=None,
             help="float32, float16 or bfloat16 (default: bfloat16 on CUDA, float32 on CPU)",
+        )
+        parser.add_argument(
+            "--attn",
+            default=None,
+            metavar="IMPL",
+            help="attention of the vision tower: sdpa, flash_attention_2 (CUDA, needs flash-attn) or eager "
+            "(default: sdpa)",
+        )
+        parser.add_argument(
+            "--max-pixels",
+            type=int,
+            default=None,
+            metavar="N",
+            help="most pixels a Qwen2.5-VL frame is resized to: it sets the visual tokens per frame and so "
+            "the memory per hour (docs/memory.md); default: the checkpoint's video processor config, else "
+            "200704 (256 x 28 x 28)",
         )
     add_verbose_option(parser)
 
@@ -71,13 +88,23 @@ def add_verbose_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``StreamVLM.from_pretrained`` / ``load_backend`` keywords the options of
+    :func:`add_model_options` give (those not given are left out: the engine chooses)."""
+    given = {
+        "device": args.device,
+        "dtype": args.dtype,
+        "attn_implementation": args.attn,
+        "max_pixels": args.max_pixels,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def load_model(args: argparse.Namespace) -> StreamVLM:
-    """The engine for ``args.model`` on ``args.device`` / ``args.dtype`` (each left to the
-    engine's choice when not given)."""
+    """The engine for ``args.model`` with the options of :func:`add_model_options`."""
     from . import StreamVLM
 
-    kwargs = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
-    return StreamVLM.from_pretrained(args.model, **kwargs)
+    return StreamVLM.from_pretrained(args.model, **model_options(args))
 
 
 # --------------------------------------------------------------- session memory

@@ -25,6 +25,7 @@ from streamvlm.ingest import (
     preprocess_llava_onevision,
     smart_resize,
 )
+from streamvlm.ingest.preprocess import llava_frame_side, qwen_pixel_limits
 
 RNG = np.random.default_rng(0)
 
@@ -144,6 +145,36 @@ def test_qwen_spec_from_image_processor_and_configs():
     assert (spec.patch_size, spec.merge_size, spec.factor) == (16, 2, 32)
     assert (spec.min_pixels, spec.max_pixels) == (3136, QWEN_VIDEO_MAX_PIXELS)
     assert QwenVisionSpec.video().min_pixels == 128 * 28 * 28
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"size": {"shortest_edge": 3136, "longest_edge": 256 * 28 * 28}},  # transformers 5
+        {"min_pixels": 3136, "max_pixels": 12845056},  # the released Qwen2.5-VL preprocessor_config.json
+        {"size": {"shortest_edge": 56 * 56, "longest_edge": 768 * 28 * 28}, "max_pixels": 256 * 28 * 28},
+        {"size": {"shortest_edge": 128 * 28 * 28, "longest_edge": 768 * 28 * 28}, "min_pixels": 4 * 28 * 28},
+    ],
+    ids=["size", "min-max", "both-max", "both-min"],
+)
+def test_qwen_pixel_limits_read_both_forms_as_transformers_does(config):
+    """Either form, and where both are given the same winner as transformers' processors."""
+    hf_size = Qwen2VLImageProcessorPil(**config).size
+    assert qwen_pixel_limits(config) == {
+        "min_pixels": hf_size.shortest_edge,
+        "max_pixels": hf_size.longest_edge,
+    }
+    spec = QwenVisionSpec.from_config(processor_config=config)
+    assert (spec.min_pixels, spec.max_pixels) == (hf_size.shortest_edge, hf_size.longest_edge)
+
+
+def test_llava_frame_side_forms():
+    released = {"size": {"height": 384, "width": 384}, "crop_size": {"height": 384, "width": 384},
+                "image_grid_pinpoints": [[384, 384], [384, 768]]}  # fmt: skip
+    assert llava_frame_side(released) == 384
+    assert llava_frame_side({"size": {"shortest_edge": 336}}) == 336
+    assert llava_frame_side({}) is None and llava_frame_side(None) is None
+    assert LlavaOnevisionSpec.from_config(processor_config=released).image_size == 384
 
 
 def gridsize(grid):

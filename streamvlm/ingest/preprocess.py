@@ -128,14 +128,18 @@ def normalise(
     return (x - torch.tensor(mean, dtype=torch.float32)) / torch.tensor(std, dtype=torch.float32)
 
 
+def _get(config: Any, key: str) -> Any:
+    """``config[key]`` of a dict, or ``config.key`` of an object; None where it has none."""
+    if config is None:
+        return None
+    return config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
+
+
 def _overrides(config: Any, names: Mapping[str, str]) -> dict[str, Any]:
     """Pick ``{our_name: value}`` from an object or dict using ``{their_name: our_name}``."""
     out: dict[str, Any] = {}
-    if config is None:
-        return out
-    get = config.get if isinstance(config, Mapping) else lambda k: getattr(config, k, None)
     for theirs, ours in names.items():
-        value = get(theirs)
+        value = _get(config, theirs)
         if value is not None:
             out[ours] = tuple(value) if isinstance(value, (list, tuple)) else value
     return out
@@ -155,6 +159,24 @@ def _check_spec(spec) -> None:
 
 
 # ---------------------------------------------------------------------------- Qwen2-VL
+
+
+def qwen_pixel_limits(processor_config: Mapping | Any) -> dict[str, int]:
+    """The per-frame pixel limits a Qwen2-VL processor config asks for: ``{min_pixels, max_pixels}``,
+    each only where the config sets it.
+
+    Both forms the released checkpoints and transformers write are read: transformers 5's
+    ``size: {"shortest_edge": min, "longest_edge": max}`` and the older top-level
+    ``min_pixels`` / ``max_pixels``. Where a config has both, the top-level keys win, as
+    in transformers' own Qwen2-VL image and video processors ("backward compatibility:
+    override size with min_pixels and max_pixels").
+    """
+    limits = {}
+    size = _get(processor_config, "size")
+    if size is not None:
+        limits.update(_overrides(size, {"shortest_edge": "min_pixels", "longest_edge": "max_pixels"}))
+    limits.update(_overrides(processor_config, {"min_pixels": "min_pixels", "max_pixels": "max_pixels"}))
+    return limits
 
 
 @dataclass(frozen=True)
@@ -197,9 +219,9 @@ class QwenVisionSpec:
     ) -> QwenVisionSpec:
         """Build from a model's ``vision_config`` and/or a processor (config dict or object).
 
-        ``processor_config`` may be a ``preprocessor_config.json`` dict, a
-        ``Qwen2VLImageProcessor(Pil)`` or its ``to_dict()``; pixel limits are read from
-        ``min_pixels``/``max_pixels`` or ``size.shortest_edge``/``size.longest_edge``.
+        ``processor_config`` may be a ``preprocessor_config.json`` or
+        ``video_preprocessor_config.json`` dict, a ``Qwen2VLImageProcessor(Pil)`` or its
+        ``to_dict()``; pixel limits are read by :func:`qwen_pixel_limits` (either form).
         The vision config wins for the patch geometry (it is what the weights expect);
         keyword ``overrides`` win over both.
         """
@@ -212,17 +234,9 @@ class QwenVisionSpec:
                 "image_mean": "image_mean",
                 "image_std": "image_std",
                 "rescale_factor": "rescale_factor",
-                "min_pixels": "min_pixels",
-                "max_pixels": "max_pixels",
             },
         )
-        size = (
-            processor_config.get("size")
-            if isinstance(processor_config, Mapping)
-            else getattr(processor_config, "size", None)
-        )
-        if isinstance(size, Mapping) or hasattr(size, "shortest_edge"):
-            values.update(_overrides(size, {"shortest_edge": "min_pixels", "longest_edge": "max_pixels"}))
+        values.update(qwen_pixel_limits(processor_config))
         values.update(
             _overrides(
                 vision_config,
@@ -326,17 +340,24 @@ class LlavaOnevisionSpec:
             {"image_mean": "image_mean", "image_std": "image_std", "rescale_factor": "rescale_factor"},
         )
         values.update(_overrides(vision_config, {"image_size": "image_size"}))
-        size = (
-            processor_config.get("size")
-            if isinstance(processor_config, Mapping)
-            else getattr(processor_config, "size", None)
-        )
-        if size is not None:
-            side = _overrides(size, {"shortest_edge": "image_size", "height": "image_size"})
-            values.update(side)
+        side = llava_frame_side(processor_config)
+        if side is not None:
+            values["image_size"] = side
         values.update(overrides)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def llava_frame_side(processor_config: Mapping | Any) -> int | None:
+    """The square side a LLaVA-OneVision processor config resizes frames to, or None if it sets none.
+
+    Read from ``size.height`` (the released image and video processors:
+    ``{"height": 384, "width": 384}``) or ``size.shortest_edge`` (older configs).
+    ``image_grid_pinpoints`` and ``crop_size`` are not read: anyres tiling applies to
+    still images only, and the processors leave ``do_center_crop`` off.
+    """
+    side = _overrides(_get(processor_config, "size"), {"shortest_edge": "side", "height": "side"})
+    return side.get("side")
 
 
 def preprocess_llava_onevision(
@@ -379,7 +400,9 @@ __all__ = [
     "LlavaOnevisionSpec",
     "QwenPatchifier",
     "QwenVisionSpec",
+    "llava_frame_side",
     "patchify_qwen",
     "preprocess_llava_onevision",
+    "qwen_pixel_limits",
     "smart_resize",
 ]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,13 +37,18 @@ SUPPORTED = {
     "llava_onevision": LlavaOnevisionForConditionalGeneration,
 }
 # How each family's frames are preprocessed: (model config, processor config, video
-# processor config) -> the preprocessing its backend takes.
-_PREPROCESS = {
-    "qwen2_5_vl": qwen_preprocess_for,
-    "llava_onevision": lambda model_config, processor_config, _video_config: llava_preprocess_for(
-        model_config, processor_config
-    ),
-}
+# processor config, max_pixels) -> the preprocessing its backend takes.
+_PREPROCESS = {"qwen2_5_vl": qwen_preprocess_for, "llava_onevision": llava_preprocess_for}
+
+# The attention implementations a model can be loaded with (transformers' names). They
+# decide the vision tower's attention and that of plain ``model(...)`` calls. The language
+# model's streaming prefill always runs streamvlm's ``streamvlm_sdpa`` (hf_compat.py),
+# whatever is chosen here: it builds each layer's mask from that layer's own cache length
+# (per-layer retrieval leaves layers with different lengths), which no fixed kernel does.
+# flash_attention_2 is exact where it runs (the Qwen2.5-VL tower's windows are its
+# variable-length batches; SigLIP's full attention needs no mask) and only faster.
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
+DEFAULT_ATTENTION = "sdpa"
 
 _HINT = f"pass a local checkpoint directory (config.json + *.safetensors), or use {' / '.join(TINY_MODELS)}"
 
@@ -76,41 +83,122 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return names[dtype]
 
 
-def load_backend(name: str, device=None, dtype=None, seed: int = 0) -> Backend:
-    """Build the backend for ``name`` on ``device`` in ``dtype``."""
+def resolve_attention(name: str | None, device: torch.device, dtype: torch.dtype) -> str:
+    """The attention implementation to load with: ``name``, checked, or ``DEFAULT_ATTENTION``.
+
+    Raises:
+        ConfigError: an unknown name, or flash_attention_2 where it cannot run (not on
+            CUDA, not in float16/bfloat16, or the ``flash_attn`` package not importable).
+    """
+    if name is None:
+        return DEFAULT_ATTENTION
+    if name not in ATTENTION_IMPLEMENTATIONS:
+        raise ConfigError(
+            f"unknown attention implementation {name!r}; use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}"
+        )
+    if name == "flash_attention_2":
+        if device.type != "cuda":
+            raise ConfigError(f"flash_attention_2 runs on CUDA only, not on {device}; use --attn sdpa there")
+        if dtype not in (torch.float16, torch.bfloat16):
+            raise ConfigError(
+                f"flash_attention_2 needs float16 or bfloat16 weights, not {dtype}; use --dtype bfloat16"
+            )
+        if not _installed("flash_attn"):
+            raise ConfigError(
+                "flash_attention_2 needs the flash-attn package, which is not installed; "
+                "pip install flash-attn --no-build-isolation, or use --attn sdpa"
+            )
+    return name
+
+
+def load_backend(
+    name: str,
+    device=None,
+    dtype=None,
+    seed: int = 0,
+    *,
+    max_pixels: int | None = None,
+    attn_implementation: str | None = None,
+) -> Backend:
+    """Build the backend for ``name`` on ``device`` in ``dtype``.
+
+    ``max_pixels`` is the per-frame pixel budget (Qwen2.5-VL only; default: the
+    checkpoint's video processor config, else a streaming default, models/preprocessing.py);
+    ``attn_implementation`` one of ``ATTENTION_IMPLEMENTATIONS`` (default ``sdpa``).
+    """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    attention = resolve_attention(attn_implementation, device, dtype)
     if name in TINY_MODELS:
         model = build_tiny_model(name, seed=seed).to(device=device, dtype=dtype)
+        if attention != model.config._attn_implementation:
+            model.set_attn_implementation(attention)
+        preprocess = _preprocess_for(model.config, *tiny_processor_configs(name), max_pixels)
         tokenizer = build_tiny_tokenizer()
-        processor_config, video_config = tiny_processor_configs(name)
     else:
+        source = str(bundled_path(name) or name)  # a bundled model's name keeps naming it
+        config = _supported_config(source)
+        # processor configs and options are checked before the weights load, which takes minutes at 7B
+        processor_configs = (
+            _json_file(source, f) for f in ("preprocessor_config.json", "video_preprocessor_config.json")
+        )
+        preprocess = _preprocess_for(config, *processor_configs, max_pixels)
         # transformers' bars (weight loading, hub downloads) only for verbose output (configure_output)
         with progress_bars(shown=is_verbose()):
-            model, tokenizer, processor_config, video_config = _load_checkpoint(name, device, dtype)
+            model, tokenizer = _load_weights(
+                name, source, SUPPORTED[config.model_type], device, dtype, attention
+            )
     # the tiny models are built with their family's transformers config, so they have its model_type
-    model_type = model.config.model_type
-    preprocess = _PREPROCESS[model_type](model.config, processor_config, video_config)
-    return BACKENDS.get(model_type)(model, tokenizer, name, preprocess)
+    return BACKENDS.get(model.config.model_type)(model, tokenizer, name, preprocess)
 
 
-def _load_checkpoint(name: str, device: torch.device, dtype: torch.dtype) -> tuple:
-    """(model, tokenizer, preprocessor config, video preprocessor config) of a checkpoint."""
-    source = str(bundled_path(name) or name)  # a bundled model's name keeps naming it
-    model_class = SUPPORTED[_model_type(source)]
+def _preprocess_for(model_config, processor_config: dict, video_config: dict, max_pixels: int | None):
+    """The frame preprocessing of a model of ``model_config``'s family (models/preprocessing.py)."""
+    return _PREPROCESS[model_config.model_type](model_config, processor_config, video_config, max_pixels)
+
+
+def weight_loading_options(device: torch.device, dtype: torch.dtype, attention: str) -> dict:
+    """The keyword arguments ``from_pretrained`` loads a checkpoint's weights with.
+
+    With ``device_map`` transformers builds the model without memory and puts each tensor
+    on ``device`` as it is read from the (memory-mapped) safetensors, so a GPU model never
+    has a whole copy in host RAM. ``device_map`` needs the accelerate package; without it
+    the weights load into host RAM and the caller moves them.
+    """
+    options = {"dtype": dtype, "attn_implementation": attention}
+    if _installed("accelerate"):
+        options["device_map"] = device
+    return options
+
+
+def _load_weights(name: str, source: str, model_class, device, dtype, attention: str) -> tuple:
+    """(model, tokenizer) of checkpoint ``source`` (``name`` as the user gave it), on ``device``."""
+    options = weight_loading_options(device, dtype, attention)
+    if "device_map" not in options and device.type != "cpu":
+        warnings.warn(
+            f"loading {name} onto {device} through host RAM (the whole model, then a copy): the accelerate "
+            "package, which loads weights straight onto the device, is not installed; pip install accelerate",
+            stacklevel=3,
+        )
     try:
-        model = model_class.from_pretrained(source, dtype=dtype).to(device).eval()
+        model = model_class.from_pretrained(source, **options)
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as e:
         raise ModelNotFoundError(
             f"cannot load the weights of model {name!r} ({_first_line(e)}); {_HINT}"
         ) from e
-    processor_config = _json_file(source, "preprocessor_config.json")
-    video_config = _json_file(source, "video_preprocessor_config.json")
-    return model, tokenizer, processor_config, video_config
+    if "device_map" not in options:
+        model = model.to(device)
+    return model.eval(), tokenizer
 
 
-def _model_type(name: str) -> str:
+def _installed(package: str) -> bool:
+    """Whether ``package`` can be imported here (without importing it)."""
+    return importlib.util.find_spec(package) is not None
+
+
+def _supported_config(name: str):
+    """The model config of checkpoint ``name``, of a family streamvlm supports."""
     if Path(name).exists() and not (Path(name) / "config.json").is_file():
         raise ModelNotFoundError(f"{name!r} is not a model directory (no config.json in it); {_HINT}")
     try:
@@ -120,11 +208,12 @@ def _model_type(name: str) -> str:
             f"unknown model {name!r}: no local directory of that name and it could not be fetched from the "
             f"Hugging Face hub (offline?); {_HINT}"
         ) from e
-    if config.model_type not in BACKENDS:
+    if config.model_type not in SUPPORTED:
         raise ModelNotFoundError(
-            f"model {name!r} is a {config.model_type!r} model; streamvlm supports {', '.join(BACKENDS.names())}"
+            f"model {name!r} is a {config.model_type!r} model; streamvlm supports {', '.join(SUPPORTED)} "
+            "checkpoints (Qwen2.5-VL, LLaVA-OneVision): pass one of those"
         )
-    return config.model_type
+    return config
 
 
 def _load_config(name: str):
@@ -169,7 +258,17 @@ def _json_file(name: str, filename: str) -> dict:
     pick a torchvision ("fast") processor that does not import everywhere.
     """
     path = checkpoint_file(name, filename)
-    return json.loads(Path(path).read_text()) if path else {}
+    if not path:
+        return {}
+    try:
+        config = json.loads(Path(path).read_text())
+    except ValueError as e:
+        raise ConfigError(f"the checkpoint's {filename} is not valid JSON ({e}); fix or remove {path}") from e
+    if not isinstance(config, dict):
+        raise ConfigError(
+            f"the checkpoint's {filename} holds a {type(config).__name__}, not an object; fix {path}"
+        )
+    return config
 
 
 def _first_line(error: Exception) -> str:

@@ -31,15 +31,37 @@ class StreamVLM:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         seed: int = 0,
+        max_pixels: int | None = None,
+        attn_implementation: str | None = None,
     ) -> StreamVLM:
         """Load a model by name: ``tiny-qwen2.5-vl`` / ``tiny-llava-ov`` (built offline), a local
         directory, or a Hugging Face hub id.
 
         ``device`` defaults to CUDA when available, else CPU; ``dtype`` to bfloat16 on
-        CUDA and float32 on CPU. ``seed`` sets the weights of the tiny models.
-        Raises ``ModelNotFoundError`` with a one-line reason when the weights are missing.
+        CUDA and float32 on CPU; weights are loaded straight onto the device. ``seed`` sets
+        the weights of the tiny models.
+
+        ``max_pixels`` is the pixel budget of one frame (Qwen2.5-VL): it decides the visual
+        tokens per frame, hence compute and memory per hour of stream (docs/memory.md).
+        Default: the checkpoint's video processor config, else 256 x 28 x 28 (126 LLM
+        tokens for a 720p frame). LLaVA-OneVision frames have one fixed size and take none.
+        ``attn_implementation``: ``sdpa`` (default), ``flash_attention_2`` (CUDA, with the
+        flash-attn package) or ``eager``, for the vision tower and plain forwards; the
+        streaming prefill keeps streamvlm's own SDPA (models/loading.py says why).
+
+        Raises ``ModelNotFoundError`` with a one-line reason when the weights are missing
+        or the checkpoint is of an unsupported family, ``ConfigError`` for options or
+        processor configs streamvlm cannot follow.
         """
-        return cls(load_backend(name, device=device, dtype=dtype, seed=seed))
+        backend = load_backend(
+            name,
+            device=device,
+            dtype=dtype,
+            seed=seed,
+            max_pixels=max_pixels,
+            attn_implementation=attn_implementation,
+        )
+        return cls(backend)
 
     @property
     def model_name(self) -> str:
