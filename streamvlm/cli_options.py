@@ -40,12 +40,16 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def add_model_options(
-    parser: argparse.ArgumentParser, model: str | None = DEFAULT_MODEL, device: bool = True
+    parser: argparse.ArgumentParser,
+    model: str | None = DEFAULT_MODEL,
+    device: bool = True,
+    loading: bool = True,
 ) -> None:
     """The options of a command that loads a model: ``--model`` (default ``model``; ``None``:
-    the command names its models otherwise), ``--device``, ``--dtype``, ``--attn`` and
-    ``--max-pixels`` (unless ``device`` is false: the command picks them itself) and
-    ``--verbose``."""
+    the command names its models otherwise), ``--device``, ``--dtype`` (unless ``device`` is
+    false: the command picks them itself), ``--attn`` and ``--max-pixels`` (unless
+    ``loading`` is false too: benchmarks and evaluations load with the defaults, so their
+    figures compare) and ``--verbose``."""
     if model is not None:
         parser.add_argument("--model", default=model, help=f"model name, path or hub id (default: {model})")
     if device:
@@ -59,6 +63,7 @@ def add_model_options(
             default=None,
             help="float32, float16 or bfloat16 (default: bfloat16 on CUDA, float32 on CPU)",
         )
+    if device and loading:
         parser.add_argument(
             "--attn",
             default=None,

@@ -51,7 +51,7 @@ def _add_stream(benches) -> None:
             "passes a time or memory cap. Prints a table (or --json) and the ratios the targets use."
         ),
     )
-    add_model_options(s, model=d.model)
+    add_model_options(s, model=d.model, loading=False)
     s.add_argument(
         "--lengths",
         default=",".join(map(str, d.lengths)),
@@ -137,7 +137,7 @@ def _add_quant(benches) -> None:
     q.add_argument("--needle-streams", type=int, default=d.needle_streams)
     q.add_argument("--needle-min-questions", type=int, default=d.needle_min_questions)
     q.add_argument("--seed", type=int, default=d.seed)
-    add_model_options(q, model=None)  # the models are among --kv-sets
+    add_model_options(q, model=None, loading=False)  # the models are among --kv-sets
     add_json_option(q)
     add_plot_option(q)
     q.set_defaults(func=cmd_bench_quant)
@@ -193,7 +193,7 @@ def _add_serve(benches) -> None:
             "latency and time to first token as a client sees them, memory per session per tier."
         ),
     )
-    add_model_options(s, model=d.model)
+    add_model_options(s, model=d.model, loading=False)
     s.add_argument(
         "--sessions",
         default=",".join(map(str, d.sessions)),

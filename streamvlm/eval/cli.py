@@ -36,7 +36,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
             "tables (or --json) and can plot them."
         ),
     )
-    add_model_options(n, model=d.model)
+    add_model_options(n, model=d.model, loading=False)
     n.add_argument(
         "--lengths", default=_csv(d.lengths), help=f"stream lengths in frames (default: {_csv(d.lengths)})"
     )
