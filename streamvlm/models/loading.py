@@ -19,6 +19,7 @@ from ..output import is_verbose
 from ..registry import BACKENDS
 from .base import Backend
 from .bundled import bundled_path
+from .geometry import geometry_path
 from .hf_compat import checkpoint_file, progress_bars
 from .preprocessing import llava_preprocess_for, qwen_preprocess_for
 from .tiny import (
@@ -96,7 +97,8 @@ def load_backend(name: str, device=None, dtype=None, seed: int = 0) -> Backend:
 
 def _load_checkpoint(name: str, device: torch.device, dtype: torch.dtype) -> tuple:
     """(model, tokenizer, preprocessor config, video preprocessor config) of a checkpoint."""
-    source = str(bundled_path(name) or name)  # a bundled model's name keeps naming it
+    # a bundled or real-geometry (geom-*, made on first use) model's name keeps naming it
+    source = str(bundled_path(name) or geometry_path(name) or name)
     model_class = SUPPORTED[_model_type(source)]
     try:
         model = model_class.from_pretrained(source, dtype=dtype).to(device).eval()
