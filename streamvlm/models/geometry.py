@@ -309,6 +309,10 @@ _LLAVA_PREPROCESSOR = dict(
 )
 _LLAVA_VIDEO_PREPROCESSOR = dict(_SIGLIP_PROCESSING, video_processor_type="LlavaOnevisionVideoProcessor")
 
+# generation_config.json's token ids; the releases' sampling settings are left out.
+_QWEN_GENERATION = {"bos_token_id": 151643, "pad_token_id": 151643, "eos_token_id": [151645, 151643]}
+_LLAVA_GENERATION = {"bos_token_id": 151643, "pad_token_id": 151643, "eos_token_id": 151645}
+
 
 @dataclass(frozen=True)
 class GeometrySpec:
@@ -320,6 +324,7 @@ class GeometrySpec:
     special_ids: dict[str, int]  # the released tokenizer's special tokens and their ids
     preprocessor: dict  # preprocessor_config.json
     video_preprocessor: dict  # video_preprocessor_config.json
+    generation: dict  # the token ids of generation_config.json (streamvlm decodes greedily itself)
 
 
 def geometry_spec(name: str) -> GeometrySpec:
@@ -334,6 +339,7 @@ def geometry_spec(name: str) -> GeometrySpec:
             QWEN_SPECIAL_IDS,
             _QWEN_PREPROCESSOR,
             _QWEN_VIDEO_PREPROCESSOR,
+            _QWEN_GENERATION,
         )
     return GeometrySpec(
         RELEASED[name],
@@ -342,6 +348,7 @@ def geometry_spec(name: str) -> GeometrySpec:
         LLAVA_SPECIAL_IDS,
         _LLAVA_PREPROCESSOR,
         _LLAVA_VIDEO_PREPROCESSOR,
+        _LLAVA_GENERATION,
     )
 
 
@@ -383,16 +390,17 @@ def make_geometry_checkpoint(name: str, directory: str | os.PathLike, seed: int 
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
         model = build_geometry_model(name, seed=seed)
+        model.generation_config.update(**spec.generation)
         model.save_pretrained(staging)  # config.json, generation_config.json, model.safetensors
         del model
         build_tiny_tokenizer(spec.special_ids).save_pretrained(staging)
         _write_json(staging / "preprocessor_config.json", spec.preprocessor)
         _write_json(staging / "video_preprocessor_config.json", spec.video_preprocessor)
-        _write_json(
-            staging / _MARKER,
-            {"name": name, "released": spec.released, "seed": seed, "format": FORMAT_VERSION},
-        )
-        if directory.exists():
+        _write_json(staging / _MARKER, _marker(name, seed))
+        if _is_current(directory, name, seed):  # another process made it meanwhile: keep theirs
+            shutil.rmtree(staging)
+            return directory
+        if directory.exists():  # stale or incomplete
             shutil.rmtree(directory)
         staging.rename(directory)
     except BaseException:
@@ -421,12 +429,16 @@ def geometry_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path
     return directory
 
 
-def _is_current(directory: Path, name: str) -> bool:
+def _marker(name: str, seed: int) -> dict:
+    return {"name": name, "released": RELEASED[name], "seed": seed, "format": FORMAT_VERSION}
+
+
+def _is_current(directory: Path, name: str, seed: int = 0) -> bool:
+    """Whether ``directory`` holds a complete checkpoint of ``name`` as this version makes it."""
     try:
-        marker = json.loads((directory / _MARKER).read_text())
+        return json.loads((directory / _MARKER).read_text()) == _marker(name, seed)
     except (OSError, ValueError):
         return False
-    return marker.get("name") == name and marker.get("format") == FORMAT_VERSION
 
 
 def _write_json(path: Path, content: dict) -> None:
