@@ -21,7 +21,8 @@ from test_exactness import ATOL, QUESTION, first_logits, question_parts, referen
 from streamvlm import MemoryConfig, StreamVLM
 from streamvlm.cli import main
 from streamvlm.ingest.sources import FileSource
-from streamvlm.models.geometry import GEOMETRY_MODELS, geometry_path
+from streamvlm.models.geometry import GEOMETRY_MODELS, geometry_path, geometry_spec
+from streamvlm.models.tokenizer import build_tiny_tokenizer
 
 # released: (KV heads, head_dim, hidden size, vocab size, tied embeddings)
 RELEASED_TEXT = {
@@ -152,3 +153,12 @@ def test_watch_real_footage_by_model_name(geom_cache, capfd):
     assert doc["stats"]["frames_seen"] >= 5
     (answer,) = doc["answers"]
     assert answer["question"] == "what is being cooked?"
+
+
+def test_names_and_ids_that_are_not_geometry_are_refused_in_one_line(tmp_path):
+    assert geometry_path("tiny-qwen2.5-vl", tmp_path) is None  # other names resolve elsewhere
+    with pytest.raises(ValueError, match="geom-qwen2.5-vl-7b"):
+        geometry_spec("geom-qwen2.5-vl-72b")
+    with pytest.raises(ValueError, match="at least 256"):
+        build_tiny_tokenizer({"<|im_end|>": 7})
+    assert not list(tmp_path.iterdir())  # nothing made

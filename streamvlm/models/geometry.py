@@ -330,7 +330,7 @@ class GeometrySpec:
 def geometry_spec(name: str) -> GeometrySpec:
     """The spec of the real-geometry model ``name`` (one of ``GEOMETRY_MODELS``)."""
     if name not in RELEASED:
-        raise KeyError(f"{name!r} is not a real-geometry model; use one of {', '.join(GEOMETRY_MODELS)}")
+        raise ValueError(f"{name!r} is not a real-geometry model; use one of {', '.join(GEOMETRY_MODELS)}")
     if name in _QWEN_TEXT:
         return GeometrySpec(
             RELEASED[name],
@@ -418,7 +418,9 @@ def geometry_cache_dir() -> Path:
 def geometry_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path | None:
     """The checkpoint directory of ``name``, made on first use; ``None`` if ``name`` is not a geom model.
 
-    A directory made by another format version (or left incomplete) is made again.
+    The directory is ``<cache_dir>/<name>``, ``cache_dir`` defaulting to
+    ``geometry_cache_dir()``. One made by another format version (or left incomplete) is
+    made again. Weights are always drawn from seed 0, so every machine makes the same files.
     """
     if name not in RELEASED:
         return None
