@@ -388,6 +388,7 @@ def make_geometry_checkpoint(name: str, directory: str | os.PathLike, seed: int 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    staging.chmod(0o755)  # mkdtemp's 0o700 would hide a shared cache's checkpoints from other users
     try:
         model = build_geometry_model(name, seed=seed)
         model.generation_config.update(**spec.generation)
