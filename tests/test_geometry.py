@@ -96,6 +96,7 @@ def test_checkpoint_is_a_release_with_the_released_sizes(engine):
     } <= files
     stored = json.loads((directory / "config.json").read_text())
     assert stored.get("dtype", stored.get("torch_dtype")) == "bfloat16"
+    video_size = json.loads((directory / "video_preprocessor_config.json").read_text())["size"]
     tokenizer = engine.backend.tokenizer
     vision = model.config.vision_config
     if engine.backend.family == "qwen2.5-vl":
@@ -108,6 +109,7 @@ def test_checkpoint_is_a_release_with_the_released_sizes(engine):
         # one window-attention block and one full-attention block, as in the release's groups
         assert vision.depth == 2 and vision.fullatt_block_indexes == [1]
         assert model.config.video_token_id == 151656
+        assert video_size == {"shortest_edge": 128 * 28 * 28, "longest_edge": 768 * 28 * 28}
     else:
         specials = LLAVA_SPECIALS
         assert text.max_position_embeddings == 32768
@@ -115,6 +117,7 @@ def test_checkpoint_is_a_release_with_the_released_sizes(engine):
         assert (vision.intermediate_size, vision.num_attention_heads) == (4304, 16)
         assert model.config.vision_feature_select_strategy == "full"
         assert model.config.video_token_id == 151647
+        assert video_size == {"height": 384, "width": 384}
     assert {token: tokenizer.convert_tokens_to_ids(token) for token in specials} == specials
     assert tokenizer.eos_token_id == 151645
 

@@ -68,7 +68,7 @@ GEOM_LLAVA_05B = "geom-llava-ov-0.5b"
 GEOM_LLAVA_7B = "geom-llava-ov-7b"
 
 # Bumped whenever what make_geometry_checkpoint writes changes, so cached copies are rebuilt.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _MARKER = "streamvlm-geometry.json"  # written last: a directory without it is incomplete
 
 TEXT_LAYERS = 2
@@ -276,12 +276,11 @@ _QWEN_PREPROCESSOR = {
     "image_mean": list(OPENAI_CLIP_MEAN),
     "image_std": list(OPENAI_CLIP_STD),
 }
-# Both spellings of the budget: the legacy top-level keys and transformers 5's ``size``.
+# Qwen2VLVideoProcessor's defaults as transformers 5 saves them: the budget as ``size``
+# (it folds legacy ``min_pixels`` / ``max_pixels`` into it), 128-768 merged tokens a patch.
 _QWEN_VIDEO_PREPROCESSOR = {
     "video_processor_type": "Qwen2VLVideoProcessor",
     "processor_class": "Qwen2_5_VLProcessor",
-    "min_pixels": QWEN_VIDEO_MIN_PIXELS,  # 128 * 28 * 28
-    "max_pixels": QWEN_VIDEO_MAX_PIXELS,  # 768 * 28 * 28
     "size": {"shortest_edge": QWEN_VIDEO_MIN_PIXELS, "longest_edge": QWEN_VIDEO_MAX_PIXELS},
     "patch_size": 14,
     "temporal_patch_size": 2,
