@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -46,11 +47,15 @@ TOKENS_PER_720P_BLOCK = {"qwen2.5-vl": (2, 720), "llava-onevision": (1, 196)}
 
 @pytest.fixture(scope="module")
 def geom_cache(tmp_path_factory):
-    """``$STREAMVLM_CACHE`` (made checkpoints kept between runs) or a fresh directory for this run."""
-    root = os.environ.get("STREAMVLM_CACHE") or str(tmp_path_factory.getbasetemp() / "streamvlm-cache")
+    """``$STREAMVLM_CACHE`` (made checkpoints kept between runs) or a directory for this run,
+    removed afterwards: the four checkpoints take 8 GB, and pytest keeps its last three runs."""
+    root = os.environ.get("STREAMVLM_CACHE")
+    temporary = None if root else tmp_path_factory.mktemp("streamvlm-cache")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("STREAMVLM_CACHE", root)
-        yield root
+        patch.setenv("STREAMVLM_CACHE", root or str(temporary))
+        yield root or str(temporary)
+    if temporary is not None:
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", params=GEOMETRY_MODELS)
