@@ -21,6 +21,7 @@ from ..output import is_verbose
 from ..registry import BACKENDS
 from .base import Backend
 from .bundled import bundled_path
+from .geometry import geometry_path
 from .hf_compat import checkpoint_file, progress_bars
 from .preprocessing import llava_preprocess_for, qwen_preprocess_for
 from .tiny import (
@@ -136,7 +137,8 @@ def load_backend(
         preprocess = _preprocess_for(model.config, *tiny_processor_configs(name), max_pixels)
         tokenizer = build_tiny_tokenizer()
     else:
-        source = str(bundled_path(name) or name)  # a bundled model's name keeps naming it
+        # a bundled or real-geometry (geom-*, made on first use) model's name keeps naming it
+        source = str(bundled_path(name) or geometry_path(name) or name)
         config = _supported_config(source)
         # processor configs and options are checked before the weights load, which takes minutes at 7B
         processor_configs = (

@@ -1,12 +1,15 @@
-"""A byte-level BPE tokenizer built in memory, for the offline tiny models.
+"""A byte-level BPE tokenizer built in memory, for the offline tiny and real-geometry models.
 
 It uses the real ``Qwen2Tokenizer`` class (the tokenizer both Qwen2.5-VL and
 LLaVA-OneVision ship) over the 256 byte symbols, so any text round-trips, plus the chat
 and vision special tokens both model families use. No file or network is needed.
+The tiny models number their special tokens right after the bytes; the real-geometry
+models (``models/geometry.py``) place them at the ids the released tokenizers use.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 
 from transformers import Qwen2Tokenizer
@@ -57,13 +60,33 @@ def _vocab() -> dict[str, int]:
     return {symbol: i for i, symbol in enumerate(symbols)}
 
 
-def build_tiny_tokenizer() -> Qwen2Tokenizer:
+def _vocab_at(special_ids: Mapping[str, int]) -> dict[str, int]:
+    """Bytes at 0-255, each special token at its given id, unused placeholders in between.
+
+    The placeholders stand for the released BPE merges' tokens: no merge produces them,
+    so they only keep the ids where the release has them.
+    """
+    by_id = {i: token for token, i in special_ids.items()}
+    symbols = _byte_symbols()
+    if min(by_id) < len(symbols) or len(by_id) != len(special_ids):
+        raise ValueError(
+            f"special token ids must be distinct and at least {len(symbols)}; got {dict(special_ids)}"
+        )
+    symbols += [by_id.get(i, f"<|unused_{i}|>") for i in range(len(symbols), max(by_id) + 1)]
+    return {symbol: i for i, symbol in enumerate(symbols)}
+
+
+def build_tiny_tokenizer(special_ids: Mapping[str, int] | None = None) -> Qwen2Tokenizer:
     """Return a fresh byte-level ``Qwen2Tokenizer`` with the chat and vision special tokens.
 
-    Ids 0-255 are bytes; the special tokens follow in ``SPECIAL_TOKENS`` order (256...).
+    Ids 0-255 are bytes. Without ``special_ids`` the special tokens follow in
+    ``SPECIAL_TOKENS`` order (256...); with it, exactly those tokens are special, each at
+    its id (a released tokenizer's ids, e.g. ``{"<|im_start|>": 151644, ...}``).
     """
+    vocab = dict(_vocab()) if special_ids is None else _vocab_at(special_ids)
+    specials = list(SPECIAL_TOKENS) if special_ids is None else list(special_ids)
     tokenizer = Qwen2Tokenizer(
-        vocab=dict(_vocab()),
+        vocab=vocab,
         merges=[],
         unk_token="<|endoftext|>",
         eos_token="<|im_end|>",
@@ -71,6 +94,6 @@ def build_tiny_tokenizer() -> Qwen2Tokenizer:
     )
     # The tokens already have ids in the vocabulary; this marks them as special so they
     # are never split and are skipped by decode(skip_special_tokens=True).
-    tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
