@@ -149,6 +149,22 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
         unset="the --window",
         kwargs={"type": int, "metavar": "N"},
     ),
+    "answer_tokens": _MemoryOption(
+        "--answer-tokens",
+        "answer_tokens",
+        "most tokens one question holds on the device (sink, blocks, question, answer); past it "
+        "retrieval fills the budget best first (docs/retrieval.md); default: {default}",
+        unset="no bound",
+        kwargs={"type": int, "metavar": "N"},
+    ),
+    "max_position_span": _MemoryOption(
+        "--max-position-span",
+        "max_position_span",
+        "no forward uses a position at or past N: beyond it the attended blocks are re-based after "
+        "the sinks (docs/architecture.md); default: {default}",
+        unset="the model's max_position_embeddings",
+        kwargs={"type": int, "metavar": "N"},
+    ),
     "query_context": _MemoryOption(
         "--query-context",
         "query_context",
@@ -208,8 +224,9 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
 
 def add_memory_options(parser: argparse.ArgumentParser, *names: str, **defaults: Any) -> None:
     """Add the session memory options ``names`` (argparse dests: ``window``, ``top_k``,
-    ``answer_window``, ``query_context``, ``positions``, ``prune``, ``device_bytes``,
-    ``host_bytes``, ``host_codec``, ``disk_codec``, ``disk_dir``).
+    ``answer_window``, ``answer_tokens``, ``max_position_span``, ``query_context``,
+    ``positions``, ``prune``, ``device_bytes``, ``host_bytes``, ``host_codec``,
+    ``disk_codec``, ``disk_dir``).
 
     Each defaults to the ``MemoryConfig`` field it sets unless ``defaults`` names another
     value; ``None`` means "not given", which :func:`memory_config` leaves to ``MemoryConfig``.

@@ -95,7 +95,8 @@ def add_watch_parser(subparsers) -> argparse.ArgumentParser:
     add_json_option(w, note=" (no interactive prompt)")
     # query_context and positions default to None, not MemoryConfig's value: a resumed
     # session keeps its own unless they are given
-    memory = ("window", "top_k", "answer_window", "query_context", "positions", "prune")
+    memory = ("window", "top_k", "answer_window", "answer_tokens", "max_position_span", "query_context")
+    memory += ("positions", "prune")
     add_memory_options(w, *memory, "host_codec", "disk_codec", "disk_dir", query_context=None, positions=None)
     w.add_argument(
         "--resume",
