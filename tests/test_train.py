@@ -64,7 +64,9 @@ def test_checkpoint_streams_exactly_as_it_was_trained(tmp_path):
     b = engine.backend
     ids = b.prompt_parts(session.system_prompt, sample.question).question
     cache = b.new_cache(
-        concat_layers([session.sink.kv, *(x.layers for x in session.blocks.load(range(len(session.blocks.metas()))))])
+        concat_layers(
+            [session.sink.kv, *(x.layers for x in session.blocks.load(range(len(session.blocks.metas()))))]
+        )
     )
     hidden = b.forward(b.question_embeds(ids), b.text_positions(session.next_position, len(ids)), cache)
     streamed = b.logits(hidden[-1:])[0]
