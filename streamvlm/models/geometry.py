@@ -59,7 +59,8 @@ from ..ingest.preprocess import (
     SIGLIP_MEAN,
     SIGLIP_STD,
 )
-from .hf_compat import set_attention_implementation
+from ..output import is_verbose
+from .hf_compat import progress_bars, set_attention_implementation
 from .tokenizer import build_tiny_tokenizer
 
 GEOM_QWEN_7B = "geom-qwen2.5-vl-7b"
@@ -391,7 +392,8 @@ def make_geometry_checkpoint(name: str, directory: str | os.PathLike, seed: int 
     try:
         model = build_geometry_model(name, seed=seed)
         model.generation_config.update(**spec.generation)
-        model.save_pretrained(staging)  # config.json, generation_config.json, model.safetensors
+        with progress_bars(shown=is_verbose()):  # transformers' "Writing model shards" bar
+            model.save_pretrained(staging)  # config.json, generation_config.json, model.safetensors
         del model
         build_tiny_tokenizer(spec.special_ids).save_pretrained(staging)
         _write_json(staging / "preprocessor_config.json", spec.preprocessor)
