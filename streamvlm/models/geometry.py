@@ -61,7 +61,7 @@ from ..ingest.preprocess import (
 )
 from ..output import is_verbose
 from .hf_compat import progress_bars, set_attention_implementation
-from .tokenizer import build_tiny_tokenizer
+from .tokenizer import build_tiny_tokenizer, qwen_vl_token_fields
 
 GEOM_QWEN_7B = "geom-qwen2.5-vl-7b"
 GEOM_QWEN_3B = "geom-qwen2.5-vl-3b"
@@ -204,12 +204,7 @@ def qwen_geometry_config(name: str) -> Qwen2_5_VLConfig:
     return Qwen2_5_VLConfig(
         text_config=text,
         vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
+        **qwen_vl_token_fields(ids, bos=True),
         tie_word_embeddings=sizes["tie_word_embeddings"],
     )
 

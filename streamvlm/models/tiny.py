@@ -18,7 +18,7 @@ from transformers import (
 
 from ..ingest.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
 from .hf_compat import set_attention_implementation
-from .tokenizer import SPECIAL_TOKENS, build_tiny_tokenizer
+from .tokenizer import SPECIAL_TOKENS, build_tiny_tokenizer, qwen_vl_token_fields
 
 TINY_QWEN = "tiny-qwen2.5-vl"
 TINY_LLAVA = "tiny-llava-ov"
@@ -64,12 +64,7 @@ def tiny_qwen_config() -> Qwen2_5_VLConfig:
     return Qwen2_5_VLConfig(
         text_config=text,
         vision_config=vision,
-        image_token_id=_TOKEN_ID["<|image_pad|>"],
-        video_token_id=_TOKEN_ID["<|video_pad|>"],
-        vision_start_token_id=_TOKEN_ID["<|vision_start|>"],
-        vision_end_token_id=_TOKEN_ID["<|vision_end|>"],
-        bos_token_id=None,
-        eos_token_id=_TOKEN_ID["<|im_end|>"],
+        **qwen_vl_token_fields(_TOKEN_ID),
         pad_token_id=_TOKEN_ID["<|endoftext|>"],
     )
 

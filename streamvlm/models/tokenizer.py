@@ -97,3 +97,17 @@ def build_tiny_tokenizer(special_ids: Mapping[str, int] | None = None) -> Qwen2T
     tokenizer.add_special_tokens({"additional_special_tokens": specials})
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+def qwen_vl_token_fields(ids: Mapping[str, int], bos: bool = False) -> dict[str, int | None]:
+    """The special-token ids a ``Qwen2_5_VLConfig`` names, from a token -> id map: the
+    image and video placeholders, the vision delimiters, and the end of a turn as eos
+    (``<|endoftext|>`` as bos where the release names one)."""
+    return dict(
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        bos_token_id=ids["<|endoftext|>"] if bos else None,
+        eos_token_id=ids["<|im_end|>"],
+    )

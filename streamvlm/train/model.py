@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedTokenizerBase, Qwen2_5_VLConfig
 
 from ..models.tiny import QWEN_TINY_PROCESSOR_CONFIG, QWEN_TINY_VIDEO_CONFIG
-from ..models.tokenizer import SPECIAL_TOKENS
+from ..models.tokenizer import SPECIAL_TOKENS, qwen_vl_token_fields
 
 # What a checkpoint ships next to its weights, so StreamVLM.from_pretrained(path)
 # preprocesses frames exactly as training did (112 px frames stay 112 px: 16 merged
@@ -55,12 +55,7 @@ def trained_tiny_config(
     config = Qwen2_5_VLConfig(
         text_config=text,
         vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        bos_token_id=None,
-        eos_token_id=ids["<|im_end|>"],
+        **qwen_vl_token_fields(ids),
         pad_token_id=ids["<|endoftext|>"],
         tie_word_embeddings=True,
     )
