@@ -209,3 +209,15 @@ def test_named_blocks_over_the_budget_are_refused_in_one_line(engine):
         session.ask(QUESTION, blocks=[0, 1, 2], max_new_tokens=1)
     with pytest.raises(ConfigError, match="answer_tokens must be >= 1"):
         MemoryConfig(answer_tokens=0)
+
+
+def test_stats_count_the_metadata_held_outside_every_budget(engine):
+    session = engine.new_session(memory=MemoryConfig(window=4))
+    session.add_frames(frames(8, seed=10))
+    stats = session.stats()
+    b = engine.backend
+    meta = session.blocks.metas()[0]
+    summary = b.num_layers * b.num_kv_heads * b.head_dim * 4  # float32, per block
+    per_block = meta.positions.numel() * 8 + meta.kept.numel() + summary  # the block's metadata
+    per_block += summary  # and the retrieval index's copy of its summary
+    assert stats.metadata_bytes == stats.blocks * per_block == 4 * per_block

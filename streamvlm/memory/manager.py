@@ -64,6 +64,9 @@ class MemoryStats:
     load_s: float  # seconds spent loading blocks for questions
     dropped_blocks: int  # blocks that left memory entirely (host budget without disk, or disk budget)
     indexed_blocks: int
+    # host RAM outside every tier budget: each held block's metadata (positions, kept mask,
+    # key summary) and the retrieval index's float32 copy of its summary; grows with the stream
+    metadata_bytes: int
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -89,6 +92,7 @@ class BlockMemory:
         self._model = backend.name
         self._store, self._disk = tiers
         self._index = index
+        self._dim = backend.num_kv_heads * backend.head_dim  # a key summary's width per layer
         self._next_block_id = next_block_id
         self._directory = Path(config.disk_dir) if config.disk_dir is not None else None
         self._unflushed = 0  # blocks committed since the last checkpoint
@@ -328,6 +332,8 @@ class BlockMemory:
             load_s=self._load_s,
             dropped_blocks=self._store.dropped_blocks,
             indexed_blocks=len(self._index),
+            metadata_bytes=sum(_meta_bytes(m) for m in metas)
+            + 4 * len(self._index) * self.num_layers * self._dim,
         )
 
     @property
@@ -411,6 +417,11 @@ def _load_index(directory: Path, config: MemoryConfig, backend, metas: list[Bloc
     for block_id in sorted(held.keys() - indexed):
         index.add(block_id, held[block_id].summary)
     return index
+
+
+def _meta_bytes(meta: BlockMeta) -> int:
+    tensors = (meta.positions, meta.kept, meta.summary)
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 def _cost(selection: Selection, tokens: dict[int, int]) -> int:
