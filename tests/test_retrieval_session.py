@@ -236,7 +236,7 @@ def test_query_context_sink_reads_the_question_alone(engine):
     embeds = backend.question_embeds(ids)
     positions = backend.text_positions(stream.position, embeds.shape[0])
     queries = backend.question_queries(embeds, positions, backend.new_cache(list(session.sink.kv)))
-    expected = session.blocks.select(AnswerPlan.resolve(session.memory, top_k=2), queries)
+    expected = session.blocks.select(AnswerPlan.resolve(session.memory, top_k=2), lambda: queries)
     assert stream.selection.layers == expected.layers
     with pytest.raises(ConfigError, match="query_context"):
         MemoryConfig(query_context="everything")

@@ -164,15 +164,21 @@ def context_tokens(session, answer, max_new_tokens: int) -> int:
     return len(session.sink.ids) + sum(b.tokens for b in answer.blocks) + extra + max_new_tokens
 
 
-def test_a_budget_every_block_fits_in_answers_losslessly(engine):
+def test_a_budget_every_block_fits_in_answers_losslessly(engine, monkeypatch):
     free = engine.new_session(memory=MemoryConfig(window=4))
     free.add_frames(frames(12, seed=7))
     unbounded = free.ask(QUESTION, max_new_tokens=3, stop_token_ids=())
     roomy = AnswerPlan.resolve(
         MemoryConfig(window=4, answer_tokens=10_000), max_new_tokens=3, stop_token_ids=()
     )
+    reads = []
+    question_queries = engine.backend.question_queries
+    monkeypatch.setattr(
+        engine.backend, "question_queries", lambda *a: reads.append(1) or question_queries(*a)
+    )
     stream = free.answer(QUESTION, roomy)
     list(stream)
+    assert reads == []  # everything fits: the retrieval pass (a question prefill) never runs
     assert stream.answer.token_ids == unbounded.token_ids
     assert (
         (stream.answer.mode, stream.answer.left_out)

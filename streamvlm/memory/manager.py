@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -192,7 +192,7 @@ class BlockMemory:
     def select(
         self,
         plan,
-        queries: torch.Tensor | None = None,
+        queries: Callable[[], torch.Tensor] | None = None,
         pending: BlockMeta | None = None,
         fixed_tokens: int = 0,
     ) -> Selection:
@@ -201,7 +201,8 @@ class BlockMemory:
         ``plan`` is the question's ``AnswerPlan``. Candidates are the blocks overlapping
         ``[plan.since, plan.until]``. Without ``top_k`` (and ``answer_blocks``) every
         candidate is attended: lossless. With ``top_k`` the index picks blocks for
-        ``queries`` ([layers, dim]); the blocks of the ``answer_window`` newest frames and
+        the question's queries (``queries()``, [layers, dim], read only when retrieval runs:
+        it costs a prefill of the question); the blocks of the ``answer_window`` newest frames and
         the ``answer_blocks`` newest candidates are always added. ``pending`` is a block
         not stored yet (the chunk being filled): the newest candidate, attended where a
         stored block there would be, never retrieved (the index does not hold it).
@@ -259,7 +260,7 @@ class BlockMemory:
         if queries is None:
             raise ValueError("retrieval needs the question's queries")
         return select_blocks(
-            self._index, queries, candidates, top_k, mode=mode, neighbours=neighbours, always=always
+            self._index, queries(), candidates, top_k, mode=mode, neighbours=neighbours, always=always
         )
 
     def _fill(

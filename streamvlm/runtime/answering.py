@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -106,6 +108,19 @@ def prefill(
     return cache, backend.logits(hidden[-1:])[0]
 
 
+def _read_question(
+    backend, memory, sink, plan, pending, bound, video_start, embeds, positions
+) -> torch.Tensor:
+    """Retrieval's first pass: the question's queries, read over the sink and the encoding
+    window (``query_context="window"``) or the sink alone, re-based past the position bound."""
+    window = _window(memory, plan.encode_window, pending) if plan.query_context == "window" else []
+    if bound.reaches(positions, *(b.meta.positions for b in window)):
+        window, _, end = lay_out(backend, window, video_start)
+        positions = backend.text_positions(end, embeds.shape[0])
+    bound.record(positions, *(b.meta.positions for b in window), what="reading the question")
+    return retrieval_queries(backend, sink, window, embeds, positions)
+
+
 def _window(memory: BlockMemory, frames: int, pending: Block | None) -> list[Block]:
     """The encoding window as a question reads it: the pending chunk is its newest block."""
     if pending is None:
@@ -136,14 +151,21 @@ def answer_deltas(
     embeds, positions = question_inputs(backend, system_prompt, stream.question, stream.position)
     with lock:
         queries = None
-        if plan.retrieves:
-            window = _window(memory, plan.encode_window, pending) if plan.query_context == "window" else []
-            read_at = positions
-            if bound.reaches(positions, *(b.meta.positions for b in window)):
-                window, _, end = lay_out(backend, window, video_start)
-                read_at = backend.text_positions(end, embeds.shape[0])
-            bound.record(read_at, *(b.meta.positions for b in window), what="reading the question")
-            queries = retrieval_queries(backend, sink, window, embeds, read_at)
+        if plan.retrieves:  # read when retrieval runs, at most once (a budget that fits needs none)
+            queries = functools.cache(
+                partial(
+                    _read_question,
+                    backend,
+                    memory,
+                    sink,
+                    plan,
+                    pending,
+                    bound,
+                    video_start,
+                    embeds,
+                    positions,
+                )
+            )
         fixed = len(sink.ids) + embeds.shape[0] + plan.sampling.max_new_tokens  # what any context holds
         stream.selection = selection = memory.select(plan, queries, pending.meta if pending else None, fixed)
         stored = [b for b in selection.union if pending is None or b != pending.id]

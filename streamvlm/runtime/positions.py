@@ -32,18 +32,22 @@ class PositionBound:
 
     def reaches(self, *positions: torch.Tensor, extra: int = 0) -> bool:
         """Whether ``positions`` (and ``extra`` positions after the last) reach the span."""
-        top = max((int(p.max()) for p in positions if p.numel()), default=-1)
-        return top + extra + 1 > self.span
+        return _span(positions, extra) > self.span
 
     def record(self, *positions: torch.Tensor, extra: int = 0, what: str = "this forward") -> None:
         """Note the span a forward uses; ``ConfigError`` if it is past the bound."""
-        top = max((int(p.max()) for p in positions if p.numel()), default=-1) + extra + 1
+        top = _span(positions, extra)
         if top > self.span:
             raise ConfigError(
                 f"{what} needs {top} positions, past max_position_span={self.span} even after re-basing; "
                 "attend less (a smaller window, top_k or answer_tokens)"
             )
         self.used = max(self.used, top)
+
+
+def _span(positions: tuple[torch.Tensor, ...], extra: int) -> int:
+    """Positions used: one past the largest id in ``positions`` and ``extra`` after it."""
+    return max((int(p.max()) for p in positions if p.numel()), default=-1) + extra + 1
 
 
 def lay_out(
