@@ -126,6 +126,16 @@ class _MemoryOption:
     kwargs: dict = dataclasses.field(default_factory=dict)  # more add_argument keywords
 
 
+def _count_or_all(text: str) -> int | None:
+    """``--top-k``'s value: a count, or ``all`` (``None``: every block)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of blocks or 'all', got {text!r}") from None
+
+
 _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
     "window": _MemoryOption(
         "--window",
@@ -137,9 +147,10 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
     "top_k": _MemoryOption(
         "--top-k",
         "top_k",
-        "answer over the N blocks retrieved for each question (+ the answer window); default: {default}",
-        unset="every block",
-        kwargs={"type": int, "metavar": "N"},
+        "answer over the N blocks retrieved for each question (+ the answer window), or 'all'; "
+        "default: {default}",
+        unset="every block that fits --answer-tokens",
+        kwargs={"type": _count_or_all, "metavar": "N"},
     ),
     "answer_window": _MemoryOption(
         "--answer-window",
@@ -154,7 +165,7 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
         "answer_tokens",
         "most tokens one question holds on the device (sink, blocks, question, answer); past it "
         "retrieval fills the budget best first (docs/retrieval.md); default: {default}",
-        unset="no bound",
+        unset="what --device-bytes holds of full-precision KV, at most the position span",
         kwargs={"type": int, "metavar": "N"},
     ),
     "max_position_span": _MemoryOption(

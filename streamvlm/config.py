@@ -89,8 +89,13 @@ class MemoryConfig:
         re-based right after the sinks (docs/architecture.md, invariant 6).
     answer_tokens:
         Most tokens one question's context may hold on the device: sink, attended blocks,
-        the question and its answer (``max_new_tokens``). ``None`` (the default, for now)
-        sets no bound. With a bound, ``top_k=None`` attends every block while they fit
+        the question and its answer (``max_new_tokens``). ``None`` (the default) derives it
+        from the device: the tokens of full-precision KV that ``device_bytes`` holds (at
+        Qwen2.5-VL-7B geometry in bf16, 1 GiB is 18,724 tokens, about 148 frames at the
+        streaming pixel budget), never less than the question over its answer window
+        needs, and never more than the position span (``device_bytes=0``: the span alone);
+        ``Session.answer_tokens`` and ``stats()`` say what it came to.
+        ``top_k=None`` attends every block while they fit
         (lossless, as without it) and otherwise retrieval fills the budget best first
         (the newest ``answer_window`` frames first, then the best-matching blocks);
         retrieved sets are trimmed the same way. ``Answer.mode`` says which happened and
@@ -190,7 +195,9 @@ class MemoryConfig:
                 f"max_position_span must be >= 2 or None (the model's), got {self.max_position_span}"
             )
         if self.answer_tokens is not None and self.answer_tokens < 1:
-            raise ConfigError(f"answer_tokens must be >= 1 or None (no bound), got {self.answer_tokens}")
+            raise ConfigError(
+                f"answer_tokens must be >= 1 or None (from the device budget), got {self.answer_tokens}"
+            )
         if self.neighbours < 0 or self.index_groups < 1:
             raise ConfigError("neighbours must be >= 0 and index_groups >= 1")
         self.selection = SELECTION_MODES.check("selection", self.selection)

@@ -34,7 +34,12 @@ def test_budgets_hold_over_thousands_of_frames(engine, tmp_path):
     probe.add_frames([(frame(0), 0.0), (frame(1), 1.0)])
     block = probe.blocks.load([0])[0].nbytes  # device bytes of one block
     memory = MemoryConfig(
-        window=4, device_bytes=3 * block, host_bytes=6 * block, disk_dir=str(tmp_path / "s"), top_k=4
+        window=4,
+        device_bytes=3 * block,
+        host_bytes=6 * block,
+        disk_dir=str(tmp_path / "s"),
+        top_k=4,
+        answer_tokens=10_000,  # three blocks' worth would not hold the sink: let the question read them all
     )
     session = engine.new_session(memory=memory)
     worst = {"device": 0, "host": 0}

@@ -91,3 +91,17 @@ def test_a_span_too_small_for_the_window_is_one_clear_error(engine):
     with pytest.raises(ConfigError, match="past max_position_span=40 even after re-basing") as info:
         session.add_frames(frames(12))
     assert "\n" not in str(info.value)
+
+
+def test_a_default_question_past_the_span_retrieves_within_it(engine, monkeypatch):
+    """Every block no longer fits inside the span: the default (lossless) question becomes
+    retrieval within the span instead of failing, on 1-D positions too."""
+    spy = PositionSpy(engine.backend, monkeypatch)
+    span = 400
+    session = engine.new_session(memory=MemoryConfig(window=4, max_position_span=span))
+    session.add_frames(frames(160, step=10.0))  # more blocks than the span holds
+    assert session.answer_tokens == span  # the tiny model's KV is small: the span binds first
+    answer = session.ask(QUESTION, max_new_tokens=2)
+    assert answer.mode == "retrieval" and answer.left_out > 0
+    assert answer.context_tokens <= span
+    assert spy.largest < span and session.stats().max_position_span_used <= span

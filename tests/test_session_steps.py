@@ -227,3 +227,51 @@ def test_stats_count_the_metadata_held_outside_every_budget(engine):
     per_block = meta.positions.numel() * 8 + meta.kept.numel() + summary  # the block's metadata
     per_block += summary  # and the retrieval index's copy of its summary
     assert stats.metadata_bytes == stats.blocks * per_block == 4 * per_block
+
+
+def test_the_default_budget_is_what_the_device_holds_within_the_span(engine):
+    per_token = engine.backend.kv_bytes_per_token
+    span = engine.backend.max_positions
+    assert (
+        per_token == 2 * engine.backend.num_layers * engine.backend.num_kv_heads * engine.backend.head_dim * 4
+    )
+    sized = engine.new_session(memory=MemoryConfig(device_bytes=500 * per_token + 7))
+    assert sized.answer_tokens == 500 == sized.stats().answer_tokens
+    assert engine.new_session(memory=MemoryConfig(device_bytes=0)).answer_tokens == span
+    assert engine.new_session(memory=MemoryConfig(max_position_span=300)).answer_tokens == 300
+    assert engine.new_session(memory=MemoryConfig(device_bytes=0, answer_tokens=77)).answer_tokens == 77
+    asked = sized.ask_stream(QUESTION, answer_tokens=99)  # per question, as any other option
+    assert asked is not None and sized.answer_tokens == 500
+
+
+def test_device_bytes_of_a_question_stay_flat_as_the_stream_grows(engine):
+    """Default question options: the KV a question holds on the device stops growing once the
+    device budget is reached (here after about 100 frames), however long the stream."""
+    per_token = engine.backend.kv_bytes_per_token
+    session = engine.new_session(memory=MemoryConfig(window=4, device_bytes=600 * per_token))
+    clip = frames(1000, seed=11)
+    held, seen = {}, 0
+    for length in (20, 250, 1000):
+        session.add_frames(clip[seen:length])
+        seen = length
+        answer = session.ask(QUESTION, max_new_tokens=2, stop_token_ids=())
+        held[length] = (answer.mode, answer.context_tokens, answer.context_bytes)
+    assert held[20][0] == "lossless" and held[20][1] < 600
+    block = session.blocks.metas()[0].tokens
+    for length in (250, 1000):
+        mode, tokens, nbytes = held[length]
+        assert mode == "retrieval" and 600 - 2 * block <= tokens <= 600  # filled, never past
+        assert nbytes == tokens * per_token  # every layer holds the same blocks
+    assert abs(held[1000][2] - held[250][2]) <= block * per_token
+
+
+def test_a_small_device_budget_still_answers_over_the_newest_frames(engine):
+    """20 kB of device holds 39 tokens, less than the sink: the question still gets its
+    answer window (what encoding holds on the device anyway), and nothing older."""
+    session = engine.new_session(memory=MemoryConfig(window=4, device_bytes=20_000))
+    session.add_frames(frames(24, seed=3))  # 12 blocks of 2 frames
+    assert session.answer_tokens == 20_000 // engine.backend.kv_bytes_per_token
+    answer = session.ask(QUESTION, max_new_tokens=2, stop_token_ids=())
+    newest = [m.id for m in session.blocks.metas()][-2:]  # the 4-frame answer window
+    assert [b.id for b in answer.blocks] == newest
+    assert (answer.mode, answer.left_out) == ("retrieval", 10)

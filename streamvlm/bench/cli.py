@@ -61,7 +61,7 @@ def _add_stream(benches) -> None:
     s.add_argument("--size", type=int, default=d.size, help="frame side in pixels")
     add_memory_options(
         s,
-        *("window", "top_k", "device_bytes", "host_bytes"),
+        *("window", "top_k", "device_bytes", "host_bytes", "answer_tokens", "max_position_span"),
         window=d.window,
         top_k=d.top_k,
         device_bytes=d.device_bytes,
@@ -88,6 +88,8 @@ def cmd_bench_stream(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         device_bytes=args.device_bytes,
         host_bytes=args.host_bytes,
+        answer_tokens=args.answer_tokens,
+        max_position_span=args.max_position_span,
         question=validate_question(args.question, MemoryConfig.max_question_chars),
         baseline_cap_s=args.baseline_cap_s,
         device=args.device,

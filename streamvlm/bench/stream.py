@@ -23,9 +23,11 @@ class StreamBenchConfig:
     fps: float = 1.0
     size: int = 112  # frames are size x size pixels
     window: int = 16
-    top_k: int = 8
+    top_k: int | None = 8  # None: the default question (every block that fits the answer budget)
     device_bytes: int = 256 << 10
     host_bytes: int = 1 << 20
+    answer_tokens: int | None = None  # MemoryConfig.answer_tokens (None: from the device budget)
+    max_position_span: int | None = None  # MemoryConfig.max_position_span (None: the model's)
     question: str = "What colour was the circle?"
     baseline_cap_s: float = 30.0  # stop the baseline once one answer takes longer than this
     baseline_cap_bytes: int = 8 << 30  # ... or once its KV cache would pass this
@@ -43,6 +45,11 @@ class Checkpoint:
     load_s: float
     blocks_attended: int
     bytes_per_tier: dict[str, int]
+    answer_mode: str  # lossless or retrieval
+    context_bytes: int  # KV the question held on the device (Answer.context_bytes)
+    max_position_span_used: int
+    metadata_bytes: int  # host RAM outside the tier budgets (block metadata, index)
+    peak_rss_bytes: int  # of this process so far
     baseline_ttft_s: float | None = None
     baseline_preprocess_s: float | None = None
     baseline_prompt_tokens: int | None = None
@@ -63,6 +70,8 @@ class StreamBenchResult:
             "encode_per_frame_end_over_start": last.encode_ms_per_frame / first.encode_ms_per_frame,
             "ttft_longest_over_first": last.ttft_s / first.ttft_s,
             "device_bytes_after_fill": [c.bytes_per_tier["device"] for c in cps],
+            "question_context_bytes": [c.context_bytes for c in cps],
+            "question_context_end_over_start": last.context_bytes / first.context_bytes,
             "host_bytes_after_fill": [c.bytes_per_tier["host"] for c in cps],
         }
         if reached:
@@ -97,6 +106,8 @@ def run_stream_bench(config: StreamBenchConfig, log=print) -> StreamBenchResult:
             top_k=config.top_k,
             device_bytes=config.device_bytes,
             host_bytes=config.host_bytes,
+            answer_tokens=config.answer_tokens,
+            max_position_span=config.max_position_span,
             disk_dir=config.disk_dir or tmp,
         )
         session = engine.new_session(memory=memory)
@@ -123,6 +134,11 @@ def run_stream_bench(config: StreamBenchConfig, log=print) -> StreamBenchResult:
                 load_s=stats.load_s - load_before,
                 blocks_attended=len(answer.blocks),
                 bytes_per_tier=stats.bytes_per_tier,
+                answer_mode=answer.mode,
+                context_bytes=answer.context_bytes,
+                max_position_span_used=stats.max_position_span_used,
+                metadata_bytes=stats.metadata_bytes,
+                peak_rss_bytes=_peak_rss(),
             )
             if baseline_on:
                 baseline_on = _run_baseline(config, backend, session, scene, i + 1, cp, result)
@@ -137,8 +153,7 @@ def _run_baseline(config, backend, session, scene, frames, cp, result) -> bool:
     from ..eval.baseline import generate_over_all_frames  # torch + transformers: not at CLI start-up
 
     tokens_per_frame = session.stats().tokens_stored / max(1, session.state.frames_encoded)
-    kv_bytes = 2 * backend.num_layers * backend.num_kv_heads * backend.head_dim * backend.dtype.itemsize
-    expected_bytes = tokens_per_frame * frames * kv_bytes
+    expected_bytes = tokens_per_frame * frames * backend.kv_bytes_per_token
     if expected_bytes > config.baseline_cap_bytes:
         result.baseline_stopped = (
             f"at {frames} frames its KV cache would pass {config.baseline_cap_bytes} bytes"
@@ -155,9 +170,16 @@ def _run_baseline(config, backend, session, scene, frames, cp, result) -> bool:
     return True
 
 
+def _peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
 HEADER = (
     f"{'frames':>7} {'encode ms/frame':>16} {'ttft s':>8} {'load s':>8} {'blocks':>6} "
-    f"{'device B':>10} {'host B':>10} {'disk B':>11} {'baseline ttft s':>16}"
+    f"{'device B':>10} {'host B':>10} {'disk B':>11} {'question B':>11} {'span':>7} {'meta B':>10} "
+    f"{'baseline ttft s':>16}"
 )
 
 
@@ -166,7 +188,8 @@ def _row(cp: Checkpoint) -> str:
     base = f"{cp.baseline_ttft_s:16.3f}" if cp.baseline_ttft_s is not None else f"{'-':>16}"
     return (
         f"{cp.frames:7d} {cp.encode_ms_per_frame:16.2f} {cp.ttft_s:8.4f} {cp.load_s:8.4f} {cp.blocks_attended:6d} "
-        f"{b['device']:10d} {b['host']:10d} {b['disk']:11d} {base}"
+        f"{b['device']:10d} {b['host']:10d} {b['disk']:11d} {cp.context_bytes:11d} "
+        f"{cp.max_position_span_used:7d} {cp.metadata_bytes:10d} {base}"
     )
 
 

@@ -50,7 +50,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         default=d.min_questions,
         help=f"add streams until each length has this many questions (default: {d.min_questions})",
     )
-    add_memory_options(n, "window", "query_context", window=d.window, query_context=d.query_context)
+    add_memory_options(
+        n, "window", "query_context", "max_position_span", window=d.window, query_context=d.query_context
+    )
     n.add_argument(
         "--mid-questions", type=int, default=d.mid_questions, help="mid-stream ask times per stream"
     )
@@ -110,6 +112,7 @@ def cmd_eval_needle(args: argparse.Namespace) -> int:
         configs=tuple(c.strip() for c in args.configs.split(",") if c.strip()),
         window=args.window,
         query_context=args.query_context,
+        max_position_span=args.max_position_span,
         mid_questions=args.mid_questions,
         plain_max_frames=args.plain_max_frames,
         seed=args.seed,

@@ -130,6 +130,7 @@ class NeedleEvalConfig:
     # MemoryConfig.query_context of every session: the bundled model's retrieval was
     # trained on the question read alone (docs/training.md)
     query_context: str = "sink"
+    max_position_span: int | None = None  # MemoryConfig.max_position_span (None: the model's)
     mid_questions: int = 1  # mid-stream ask times per stream (besides the end)
     distractors_per_minute: float = 3.0
     plain_max_frames: int = 256
@@ -374,8 +375,6 @@ def _store_memory(
     """The session options for one storage. With a codec the device tier holds exactly the
     encoding window (at full precision, as it always does), so every block a question reads
     from further back comes from the codec."""
-    import torch
-
     from ..config import MemoryConfig
 
     prune, codec = store
@@ -384,6 +383,7 @@ def _store_memory(
     options = dict(
         window=window,
         query_context=config.query_context,
+        max_position_span=config.max_position_span,
         disk_dir=disk_dir,
         prune_threshold=prune,
         host_codec="identity",
@@ -395,9 +395,11 @@ def _store_memory(
         tokens = backend.encode_frames(
             [world.render(0)] * chunk, [0.0] * chunk, video_start=0, next_position=0
         ).embeds.shape[0]
-        element = torch.finfo(backend.dtype).bits // 8
-        block_bytes = 2 * backend.num_layers * backend.num_kv_heads * tokens * backend.head_dim * element
+        block_bytes = tokens * backend.kv_bytes_per_token
         options.update(host_codec=codec, disk_codec=codec, device_bytes=-(-window // chunk) * block_bytes)
+        # that device budget only routes older blocks through the codec: questions keep the
+        # budget a full-size device gives (the span), so every storage answers over the same blocks
+        options.update(answer_tokens=config.max_position_span or backend.max_positions)
     return MemoryConfig(**options)
 
 

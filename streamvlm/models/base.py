@@ -79,6 +79,11 @@ class Backend(ABC):
         return self.model.dtype
 
     @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of one token's keys and values over every layer, at the model's dtype."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype.itemsize
+
+    @property
     def language_model(self) -> torch.nn.Module:
         return self.model.model.language_model
 

@@ -44,6 +44,10 @@ class Answer:
     finish_reason: str = "stop"  # "stop" (stop token) or "length" (max_new_tokens)
     mode: str = "lossless"  # "lossless": every candidate block attended; else "retrieval"
     left_out: int = 0  # candidate blocks not attended (retrieval, or the answer_tokens budget)
+    # the KV the answer held on the device at its end (sink, blocks, question, answer tokens):
+    # the largest layer's tokens (bounded by answer_tokens) and the bytes over every layer
+    context_tokens: int = 0
+    context_bytes: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +78,7 @@ class SessionStats:
     # largest position id any forward of this process used, plus one: stays below the model's
     # span (MemoryConfig.max_position_span) however long the stream
     max_position_span_used: int
+    answer_tokens: int  # the most tokens one question's context holds on the device (its budget)
     bytes_per_tier: dict[str, int]
     kv_bits_per_element: dict[str, float | None]
     codec_state_bytes: dict[str, int]  # per-layer codec state, once per stream (not per block)

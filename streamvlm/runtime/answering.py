@@ -27,7 +27,7 @@ from ..memory.manager import BlockMemory
 from ..models.base import Backend, LayerKV
 from ..retrieval.select import Selection
 from .answer import Answer, BlockRef, Timings
-from .context import concat_layers, per_layer_context
+from .context import cache_footprint, concat_layers, per_layer_context
 from .decode import TextStreamer, decode_tokens
 from .plan import AnswerPlan
 from .positions import PositionBound, lay_out
@@ -195,6 +195,7 @@ def answer_deltas(
     if tail:
         yield tail
     total = time.perf_counter() - started
+    context_tokens, context_bytes = cache_footprint(cache)
     stream.answer = Answer(
         question=stream.question,
         text=streamer.text,
@@ -207,4 +208,6 @@ def answer_deltas(
         finish_reason="length" if len(tokens) == plan.sampling.max_new_tokens else "stop",
         mode=selection.mode,
         left_out=selection.left_out,
+        context_tokens=context_tokens,
+        context_bytes=context_bytes,
     )

@@ -29,6 +29,13 @@ def new_kv_from_cache(cache, start: int) -> tuple[LayerKV, ...]:
     return tuple((k[:, start:].clone(), v[:, start:].clone()) for k, v in cached_layers(cache))
 
 
+def cache_footprint(cache) -> tuple[int, int]:
+    """Tokens of the longest layer in ``cache`` and the bytes of its keys and values over every layer."""
+    layers = cached_layers(cache)
+    tokens = max((k.shape[-2] for k, _ in layers), default=0)
+    return tokens, sum(k.nbytes + v.nbytes for k, v in layers)
+
+
 def per_layer_context(
     sink: Sequence[LayerKV], blocks: dict[int, Block], layer_block_ids: Sequence[Sequence[int]]
 ) -> list[LayerKV]:

@@ -25,7 +25,8 @@ class AnswerPlan:
     # frames of the newest blocks attended besides the retrieved ones (with top_k or answer_blocks)
     answer_window: int = 0
     answer_blocks: int | None = None  # the N newest blocks attended besides the retrieved ones
-    answer_tokens: int | None = None  # most tokens of the context on the device (None: no bound)
+    # most tokens of the context on the device; None: the session's budget (Session.answer)
+    answer_tokens: int | None = None
     blocks: tuple[int, ...] | None = None  # attend exactly these block ids (no retrieval)
     positions: str = "original"  # "original" (as encoded) or "contiguous" (re-rotated, ReKV)
     query_context: str = "window"  # what the question is read over for its retrieval queries
@@ -51,17 +52,21 @@ class AnswerPlan:
         answer_window: int | None = None,
         blocks: list[int] | tuple[int, ...] | None = None,
         positions: str | None = None,
+        answer_tokens: int | None = None,
         **sampling,
     ) -> AnswerPlan:
         """The plan for one question. ``top_k``, ``answer_window`` and ``positions`` override
         ``config.top_k``, ``config.answer_window`` and ``config.position_mode`` for this
-        question; ``blocks`` names the block ids to attend outright; the rest are
+        question, ``answer_tokens`` overrides ``config.answer_tokens`` (left unset by both,
+        the session answering derives it: ``Session.answer``); ``blocks`` names the block ids to attend outright; the rest are
         ``SamplingParams`` (``max_new_tokens``, ``temperature``, ``top_p``, ``seed``,
         ``stop_token_ids``)."""
         if top_k is not None and top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {top_k}")
         if answer_window is not None and answer_window < 0:
             raise ConfigError(f"answer_window must be >= 0 frames, got {answer_window}")
+        if answer_tokens is not None and answer_tokens < 1:
+            raise ConfigError(f"answer_tokens must be >= 1, got {answer_tokens}")
         if positions is not None and positions not in POSITION_MODES:
             raise ConfigError(f"positions must be one of {', '.join(POSITION_MODES)}, got {positions!r}")
         try:
@@ -71,7 +76,7 @@ class AnswerPlan:
             unknown = ", ".join(sorted(set(sampling) - set(SamplingParams.__dataclass_fields__)))
             raise ConfigError(
                 f"unknown question option {unknown}; use since, until, top_k, answer_window, blocks, "
-                f"positions or {known}"
+                f"positions, answer_tokens or {known}"
             ) from None
         window = next(w for w in (answer_window, config.answer_window, config.window) if w is not None)
         return cls(
@@ -80,7 +85,7 @@ class AnswerPlan:
             top_k=top_k if top_k is not None else config.top_k,
             answer_window=window,
             answer_blocks=config.answer_blocks,
-            answer_tokens=config.answer_tokens,
+            answer_tokens=answer_tokens if answer_tokens is not None else config.answer_tokens,
             blocks=tuple(blocks) if blocks is not None else None,
             positions=positions or config.position_mode,
             query_context=config.query_context,
@@ -89,3 +94,21 @@ class AnswerPlan:
             encode_window=config.window,
             sampling=params,
         )
+
+
+def answer_budget(config: MemoryConfig, kv_bytes_per_token: int, span: int) -> int:
+    """The most tokens one question's context may hold: ``config.answer_tokens`` if set,
+    else what ``config.device_bytes`` holds of full-precision KV, and never more than the
+    position ``span``.
+
+    Why the device budget: it is what the user gave streamvlm's KV on the device, and a
+    question's context is KV on the device. Why the span: with 1-D positions a context
+    re-based after the sinks takes one position a token, so a longer one could not be laid
+    out inside the model's range at all. ``device_bytes=0`` (nothing kept on the device, as
+    on CPU) leaves the span as the only bound.
+    """
+    if config.answer_tokens is not None:
+        return config.answer_tokens
+    if config.device_bytes == 0:
+        return span
+    return max(1, min(span, config.device_bytes // kv_bytes_per_token))

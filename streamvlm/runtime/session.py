@@ -22,7 +22,7 @@ import torch
 from ..config import MemoryConfig
 from ..errors import ConfigError, InvalidFrameError
 from ..ingest.frames import Frame
-from ..memory.block import Block, BlockMeta
+from ..memory.block import Block, BlockMeta, recent_by_frames
 from ..memory.manager import BlockMemory
 from ..memory.pruning import TemporalPruner
 from ..models.base import Backend
@@ -30,7 +30,7 @@ from ..retrieval.summaries import block_summary
 from .answer import Answer, SessionStats
 from .answering import AnswerStream, Sink, answer_deltas
 from .context import concat_layers, new_kv_from_cache
-from .plan import AnswerPlan
+from .plan import AnswerPlan, answer_budget
 from .positions import PositionBound, lay_out
 from .questions import validate_question
 from .scheduling import FairLock, FrameQueue
@@ -75,6 +75,8 @@ class Session:
         )
         self.blocks = _blocks or BlockMemory.create(self.memory, backend)
         self.bound = PositionBound(self.memory.max_position_span or backend.max_positions)
+        # the most tokens a question holds on the device (MemoryConfig.answer_tokens, or derived)
+        self.answer_tokens = answer_budget(self.memory, backend.kv_bytes_per_token, self.bound.span)
         self.sink = self._encode_sink()
         self.video_start = len(self.sink.ids)
         self.state = StreamState(next_position=self.video_start)
@@ -315,6 +317,8 @@ class Session:
         pending, position = None, self.state.next_position
         if self._queue is None and self._pending:
             pending, position = self._pending_block()
+        if plan.answer_tokens is None:
+            plan = replace(plan, answer_tokens=self._question_budget(text, plan, pending))
         run = partial(
             answer_deltas,
             backend=self.backend,
@@ -329,13 +333,24 @@ class Session:
         )
         return AnswerStream(text, self.stream_time, position, run)
 
+    def _question_budget(self, question: str, plan: AnswerPlan, pending: Block | None) -> int:
+        """The device budget (``self.answer_tokens``), raised if need be to hold this question
+        over the blocks of its answer window: what encoding already holds on the device (the
+        sink and the window), so a question within it never raises the device's peak, and a
+        small ``device_bytes`` still answers over the newest frames."""
+        blocks = [*self.blocks.metas(), *([pending.meta] if pending else [])]
+        recent = sum(m.tokens for m in recent_by_frames(blocks, plan.answer_window))
+        question_tokens = len(self.backend.prompt_parts(self.system_prompt, question).question)
+        floor = len(self.sink.ids) + recent + question_tokens + plan.sampling.max_new_tokens
+        return min(self.bound.span, max(self.answer_tokens, floor))
+
     def ask_stream(self, question: str, **options) -> AnswerStream:
         """``answer`` with the plan resolved from ``options`` (``AnswerPlan.resolve``):
         ``since`` / ``until`` (stream seconds) restrict the blocks considered; ``top_k``,
         ``answer_window`` and ``positions`` override the ``MemoryConfig`` values for this
         question; ``blocks`` names the block ids to attend outright; the rest are
         ``SamplingParams`` (``max_new_tokens``, ``temperature``, ``top_p``, ``seed``,
-        ``stop_token_ids``)."""
+        ``stop_token_ids``); ``answer_tokens`` overrides the session's budget."""
         return self.answer(question, AnswerPlan.resolve(self.memory, **options))
 
     def ask(self, question: str, **options) -> Answer:
@@ -376,6 +391,7 @@ class Session:
             **self.blocks.stats().to_dict(),
             sink_tokens=len(self.sink.ids),
             max_position_span_used=self.bound.used,
+            answer_tokens=self.answer_tokens,
             stream_time=self.stream_time,
             encode_s=self.encode_s,
             frames_dropped=dropped,

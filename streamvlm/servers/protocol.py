@@ -231,6 +231,8 @@ def answer_fields(answer, latency_s: float) -> dict[str, Any]:
         "finish_reason": answer.finish_reason,
         "mode": answer.mode,
         "left_out": answer.left_out,
+        "context_tokens": answer.context_tokens,
+        "context_bytes": answer.context_bytes,
         "spans": spans_of(blocks),
         "blocks": blocks,
         "timings": {
