@@ -12,8 +12,8 @@ from streamvlm.retrieval import (
     SegmentedIndex,
     UnknownBlockIdError,
 )
-from streamvlm.retrieval.select import select_blocks
 from streamvlm.retrieval.segmented import SEGMENTS_DIR
+from streamvlm.retrieval.select import select_blocks
 
 LAYERS, DIM = 4, 16
 
@@ -37,7 +37,9 @@ def assert_same_hits(a, b) -> None:
         np.testing.assert_array_equal(sa, sb)  # and the same float32 scores, bit for bit
 
 
-@pytest.mark.parametrize("layout", [{}, {"metric": "cosine"}, {"groups": 3}, {"groups": 2, "metric": "cosine"}])
+@pytest.mark.parametrize(
+    "layout", [{}, {"metric": "cosine"}, {"groups": 3}, {"groups": 2, "metric": "cosine"}]
+)
 def test_search_equals_one_layered_index(tmp_path, layout):
     segmented, reference, rng = both(tmp_path, 45, **layout)
     assert segmented.sealed_blocks == 40 and len(segmented) == 45
@@ -47,7 +49,9 @@ def test_search_equals_one_layered_index(tmp_path, layout):
         for k in (1, 5, 45, 100):
             assert_same_hits(segmented.search(q, k), reference.search(q, k))
         allowed = sorted(rng.choice(45, 12, replace=False).tolist())
-        assert_same_hits(segmented.search(q, 7, allowed_ids=allowed), reference.search(q, 7, allowed_ids=allowed))
+        assert_same_hits(
+            segmented.search(q, 7, allowed_ids=allowed), reference.search(q, 7, allowed_ids=allowed)
+        )
         assert_same_hits(segmented.search(q, 7, id_range=(6, 30)), reference.search(q, 7, id_range=(6, 30)))
         assert_same_hits(
             segmented.search(q, 4, allowed_ids=allowed, id_range=(10, 40)),
