@@ -164,7 +164,10 @@ class SegmentedIndex:
             segment.kill(ids[mask])
 
     def _sealed_mask(self, ids: np.ndarray) -> np.ndarray:
+        """Which of ``ids`` sealed segments hold (none, at once, for ids newer than all of them)."""
         mask = np.zeros(len(ids), bool)
+        if not len(ids) or ids.min() > max((s.last for s in self._segments), default=-1):
+            return mask  # the usual add: a new block, newer than every sealed one
         for segment in self._segments:
             mask |= segment.holds(ids)
         return mask
