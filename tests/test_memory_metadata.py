@@ -6,6 +6,7 @@ No model: blocks are committed straight to a ``BlockMemory`` at a real per-layer
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from streamvlm.config import MemoryConfig
+from streamvlm.memory.block import BlockMeta
 from streamvlm.memory.manager import BlockMemory
 from streamvlm.retrieval import LayeredIndex
 from streamvlm.retrieval.segmented import SEAL_BLOCKS
@@ -167,3 +169,25 @@ def test_without_a_disk_tier_the_host_budget_bounds_metadata(host_blocks):
     assert stats.dropped_blocks == 1_500 - stats.blocks
     assert stats.metadata_bytes <= host_blocks * (META_BYTES + SUMMARY_BYTES)  # and the index's copy
     assert_same_retrieval(memory, reference_index([m.id for m in memory.metas()]))
+
+
+def test_a_block_record_without_tensors_keeps_its_scalar_fields():
+    meta = BlockMeta(
+        id=3,
+        t_start=0.0,
+        t_end=1.0,
+        frames=2,
+        positions=torch.full((3, 1), 40),
+        kept=KEPT,
+        summary=summary(3),
+    )
+    lean = meta.without_tensors()
+    assert (lean.tokens, lean.tokens_seen, lean.max_position) == (1, TOKENS_SEEN, 40)
+    assert lean.positions is None and lean.kept is None and lean.summary is None and lean.tensor_bytes == 0
+    assert meta.tensor_bytes == META_BYTES
+    moved = replace(meta, positions=torch.arange(7, 9).expand(3, 2))  # laid out elsewhere
+    assert (moved.tokens, moved.max_position) == (2, 8)  # derived again, not copied
+    empty = BlockMeta(id=4, t_start=0.0, t_end=1.0, frames=1, positions=torch.empty(3, 0), kept=KEPT)
+    assert (empty.tokens, empty.max_position) == (0, -1)
+    with pytest.raises(ValueError, match="give positions and kept"):
+        BlockMeta(id=5, t_start=0.0, t_end=1.0, frames=1, positions=None, kept=None)

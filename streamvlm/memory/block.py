@@ -50,14 +50,14 @@ class BlockMeta:
     max_position: int | None = None  # largest position of a kept token (-1 for an empty block)
 
     def __post_init__(self) -> None:
-        # frozen: derived fields are set once, here, through object.__setattr__
+        # Derived from the tensors whenever they are given, so that a copy with new
+        # positions (dataclasses.replace) never carries the old ones' figures; frozen, so
+        # set through object.__setattr__.
         if self.positions is not None:
-            if self.tokens is None:
-                object.__setattr__(self, "tokens", int(self.positions.shape[1]))
-            if self.max_position is None:
-                top = int(self.positions.max()) if self.positions.numel() else -1
-                object.__setattr__(self, "max_position", top)
-        if self.kept is not None and self.tokens_seen is None:
+            object.__setattr__(self, "tokens", int(self.positions.shape[1]))
+            top = int(self.positions.max()) if self.positions.numel() else -1
+            object.__setattr__(self, "max_position", top)
+        if self.kept is not None:
             object.__setattr__(self, "tokens_seen", int(self.kept.numel()))
         if None in (self.tokens, self.tokens_seen, self.max_position):
             raise ValueError(

@@ -345,7 +345,7 @@ class BlockMemory:
     def spilled_index_bytes(self) -> int:
         """Bytes of the retrieval index's sealed segments in the session directory (0
         without a disk tier): the summaries that left RAM."""
-        return getattr(self._index, "disk_bytes", 0)
+        return self._index.disk_bytes
 
     @property
     def disk(self) -> DiskTier | None:

@@ -102,6 +102,11 @@ class LayeredIndex:
         return 4 * len(self) * self.num_layers * self.dim
 
     @property
+    def disk_bytes(self) -> int:
+        """Bytes of vectors kept in files instead of RAM: none here (``SegmentedIndex`` seals them)."""
+        return 0
+
+    @property
     def group_dims(self) -> list[int]:
         """Vector length of each group's index."""
         return [len(group) * self.dim for group in self.groups]
