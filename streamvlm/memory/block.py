@@ -30,8 +30,8 @@ class BlockMeta:
 
     The tensors (``positions``, ``kept``, ``summary``) are ``None`` in a block held only on
     disk (``without_tensors``): its record there keeps them, and loading the block reads
-    them back. The scalar fields after them (what windows, selection and budgets read) are
-    always set: given, or derived from the tensors.
+    them back. What windows, selection and budgets read (``tokens``, ``tokens_seen``,
+    ``max_position``) is there either way: from the tensors, or kept in ``spilled``.
     """
 
     id: int
@@ -45,24 +45,29 @@ class BlockMeta:
     # Computed from the full-precision keys when the block is made, so it does not
     # depend on how a tier encodes the block.
     summary: torch.Tensor | None = None
-    tokens: int | None = None  # tokens stored (kept): positions.shape[1]
-    tokens_seen: int | None = None  # the chunk's tokens before pruning: kept.numel()
-    max_position: int | None = None  # largest position of a kept token (-1 for an empty block)
+    # (tokens, tokens_seen, max_position) as the tensors gave them, in a record without them
+    spilled: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
-        # Derived from the tensors whenever they are given, so that a copy with new
-        # positions (dataclasses.replace) never carries the old ones' figures; frozen, so
-        # set through object.__setattr__.
-        if self.positions is not None:
-            object.__setattr__(self, "tokens", int(self.positions.shape[1]))
-            top = int(self.positions.max()) if self.positions.numel() else -1
-            object.__setattr__(self, "max_position", top)
-        if self.kept is not None:
-            object.__setattr__(self, "tokens_seen", int(self.kept.numel()))
-        if None in (self.tokens, self.tokens_seen, self.max_position):
-            raise ValueError(
-                f"block {self.id}: give positions and kept, or tokens, tokens_seen and max_position"
-            )
+        if (self.positions is None or self.kept is None) and self.spilled is None:
+            raise ValueError(f"block {self.id}: give positions and kept, or spilled")
+
+    @property
+    def tokens(self) -> int:
+        """Tokens stored (kept) in this block."""
+        return self.spilled[0] if self.positions is None else int(self.positions.shape[1])
+
+    @property
+    def tokens_seen(self) -> int:
+        """The chunk's tokens before pruning."""
+        return self.spilled[1] if self.kept is None else int(self.kept.numel())
+
+    @property
+    def max_position(self) -> int:
+        """Largest position of a kept token (-1 for a block that kept none)."""
+        if self.positions is None:
+            return self.spilled[2]
+        return int(self.positions.max()) if self.positions.numel() else -1
 
     @property
     def tensor_bytes(self) -> int:
@@ -72,7 +77,8 @@ class BlockMeta:
 
     def without_tensors(self) -> BlockMeta:
         """This record with its scalar fields only: what stays in RAM for a block held on disk."""
-        return replace(self, positions=None, kept=None, summary=None)
+        figures = (self.tokens, self.tokens_seen, self.max_position)
+        return replace(self, positions=None, kept=None, summary=None, spilled=figures)
 
 
 @dataclass(frozen=True)

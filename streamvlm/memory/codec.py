@@ -22,8 +22,8 @@ from ..errors import ConfigError
 from ..registry import BLOCK_CODECS, Registered
 from .block import META_TENSORS, Block, BlockMeta, StoredBlock
 
-# BlockMeta fields a stored block's JSON meta holds; the others (tokens, tokens_seen,
-# max_position) follow from its tensors, so records keep the size and form they had
+# BlockMeta fields a stored block's JSON meta holds beside its tensors (``spilled`` is only
+# for a record in RAM whose tensors are on disk: a stored block has them)
 _STORED_FIELDS = ("id", "t_start", "t_end", "frames", "codec")
 
 
