@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -159,10 +159,11 @@ class LayeredIndex:
         q = self._one_question(queries)
         return [prepare(self._group_rows(q, group), self.metric) for group in self.groups]
 
-    def group_vectors(self, block_ids) -> list[np.ndarray]:
+    def group_vectors(self, block_ids) -> Iterator[np.ndarray]:
         """The stored vectors of ``block_ids`` in each group's index, ``[n, group dim]`` float32,
-        as searched (L2-normalised for cosine); ``UnknownBlockIdError`` for an id not held."""
-        return [index.reconstruct(block_ids) for index in self._indexes]
+        as searched (L2-normalised for cosine), one group at a time; ``UnknownBlockIdError``
+        for an id not held."""
+        return (index.reconstruct(block_ids) for index in self._indexes)
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write every group's index and a manifest into ``directory``.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import faiss
@@ -53,16 +53,30 @@ class IndexSegment:
     # ----- making and naming -------------------------------------------------------
 
     @classmethod
-    def write(cls, directory: Path, ids: np.ndarray, group_vectors: Sequence[np.ndarray]) -> IndexSegment:
-        """Seal ``ids`` (ascending) with each group's ``[n, dim]`` vectors into new files in
+    def write(
+        cls, directory: Path, ids: np.ndarray, group_dims: Sequence[int], group_vectors: Iterable[np.ndarray]
+    ) -> IndexSegment:
+        """Seal ``ids`` (ascending) with each group's ``[n, dim]`` vectors (given one group
+        at a time, so a seal never holds two copies of them) into new files in
         ``directory``, flushed to disk, and open them."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         name = f"{int(ids[0]) if len(ids) else 0:012d}-{uuid.uuid4().hex[:8]}"
-        flat = np.concatenate([np.ascontiguousarray(v, np.float32).ravel() for v in group_vectors])
-        for kind, array in (("ids", np.asarray(ids, np.int64)), ("vectors", flat)):
-            _save_durably(directory / f"{name}.{kind}.npy", array)
-        return cls(directory, name, [v.shape[1] for v in group_vectors])
+        _save_durably(directory / f"{name}.ids.npy", np.asarray(ids, np.int64))
+        path = directory / f"{name}.vectors.npy"
+        tmp = path.with_name(f".{path.name}.tmp")
+        flat = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.float32, shape=(len(ids) * sum(group_dims),)
+        )
+        start = 0
+        for vectors in group_vectors:
+            flat[start : start + vectors.size] = np.asarray(vectors, np.float32).ravel()
+            start += vectors.size
+        flat.flush()
+        del flat
+        _fsync(tmp)
+        os.replace(tmp, path)
+        return cls(directory, name, group_dims)
 
     def _path(self, kind: str) -> Path:
         return self.directory / f"{self.name}.{kind}.npy"
@@ -165,8 +179,16 @@ class IndexSegment:
 def _save_durably(path: Path, array: np.ndarray) -> None:
     """``np.save`` to ``path`` through a temporary name, fsynced: a crash leaves no partial file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with open(tmp, "wb") as f:  # a file object: np.save would add .npy to a name
         np.save(f, array)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -144,7 +144,8 @@ class SegmentedIndex:
         if not len(self._tail):
             return
         ids = self._tail.ids()
-        segment = IndexSegment.write(self.directory / SEGMENTS_DIR, ids, self._tail.group_vectors(ids))
+        vectors = self._tail.group_vectors(ids)
+        segment = IndexSegment.write(self.directory / SEGMENTS_DIR, ids, self._tail.group_dims, vectors)
         self._segments.append(segment)
         self._tail = _new_tail(self.num_layers, self.dim, self._tail.group_size, self.metric)
 
