@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -24,30 +24,61 @@ if TYPE_CHECKING:  # the runtime import would pull in transformers for a type al
 META_TENSORS = ("positions", "kept", "summary")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one small record per block, for the whole stream
 class BlockMeta:
-    """What is known about a block without touching its KV."""
+    """What is known about a block without touching its KV.
+
+    The tensors (``positions``, ``kept``, ``summary``) are ``None`` in a block held only on
+    disk (``without_tensors``): its record there keeps them, and loading the block reads
+    them back. What windows, selection and budgets read (``tokens``, ``tokens_seen``,
+    ``max_position``) is there either way: from the tensors, or kept in ``spilled``.
+    """
 
     id: int
     t_start: float  # stream seconds of the chunk's first frame
     t_end: float  # stream seconds of the chunk's last frame
     frames: int
-    positions: torch.Tensor  # [position_dims, tokens] position of every kept token (CPU, long)
-    kept: torch.Tensor  # [tokens seen] bool, which of the chunk's tokens were kept
+    positions: torch.Tensor | None  # [position_dims, tokens] position of every kept token (CPU, long)
+    kept: torch.Tensor | None  # [tokens seen] bool, which of the chunk's tokens were kept
     codec: str = "identity"
     # [layers, kv_heads * head_dim] float32: mean de-rotated key per KV head, for retrieval.
     # Computed from the full-precision keys when the block is made, so it does not
     # depend on how a tier encodes the block.
     summary: torch.Tensor | None = None
+    # (tokens, tokens_seen, max_position) as the tensors gave them, in a record without them
+    spilled: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.positions is None or self.kept is None) and self.spilled is None:
+            raise ValueError(f"block {self.id}: give positions and kept, or spilled")
 
     @property
     def tokens(self) -> int:
         """Tokens stored (kept) in this block."""
-        return int(self.positions.shape[1])
+        return self.spilled[0] if self.positions is None else int(self.positions.shape[1])
+
+    @property
+    def tokens_seen(self) -> int:
+        """The chunk's tokens before pruning."""
+        return self.spilled[1] if self.kept is None else int(self.kept.numel())
 
     @property
     def max_position(self) -> int:
-        return int(self.positions.max())
+        """Largest position of a kept token (-1 for a block that kept none)."""
+        if self.positions is None:
+            return self.spilled[2]
+        return int(self.positions.max()) if self.positions.numel() else -1
+
+    @property
+    def tensor_bytes(self) -> int:
+        """Bytes of the tensors this record holds (0 once they are left to the disk record)."""
+        tensors = (self.positions, self.kept, self.summary)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def without_tensors(self) -> BlockMeta:
+        """This record with its scalar fields only: what stays in RAM for a block held on disk."""
+        figures = (self.tokens, self.tokens_seen, self.max_position)
+        return replace(self, positions=None, kept=None, summary=None, spilled=figures)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ what a decoder needs to rebuild tensors that were stored packed.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import fields
 
 import torch
 
@@ -23,10 +22,13 @@ from ..errors import ConfigError
 from ..registry import BLOCK_CODECS, Registered
 from .block import META_TENSORS, Block, BlockMeta, StoredBlock
 
+# BlockMeta fields a stored block's JSON meta holds beside its tensors (``spilled`` is only
+# for a record in RAM whose tensors are on disk: a stored block has them)
+_STORED_FIELDS = ("id", "t_start", "t_end", "frames", "codec")
+
 
 def meta_to_json(meta: BlockMeta) -> dict:
-    # not dataclasses.asdict: it deep-copies the tensor fields only to drop them
-    return {f.name: getattr(meta, f.name) for f in fields(meta) if f.name not in META_TENSORS}
+    return {name: getattr(meta, name) for name in _STORED_FIELDS}
 
 
 def kv_shape(block: Block) -> list[int]:
@@ -99,9 +101,7 @@ class BlockCodec(Registered, ABC):
     def decode_meta(stored: StoredBlock) -> BlockMeta:
         """The block's metadata alone (no KV is decoded)."""
         tensors = {name: stored.tensors[name].clone() for name in META_TENSORS if name in stored.tensors}
-        return BlockMeta(
-            **tensors, **{k: stored.meta[k] for k in ("id", "t_start", "t_end", "frames", "codec")}
-        )
+        return BlockMeta(**tensors, **{k: stored.meta[k] for k in _STORED_FIELDS})
 
 
 class IdentityCodec(BlockCodec, name="identity"):

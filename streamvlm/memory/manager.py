@@ -27,6 +27,7 @@ import torch
 from ..config import MemoryConfig
 from ..errors import ConfigError, StreamVLMError
 from ..retrieval.layered import LayeredIndex
+from ..retrieval.segmented import SegmentedIndex
 from ..retrieval.select import Selection, select_blocks
 from . import checkpoint as files
 from .block import Block, BlockMeta, recent_by_frames
@@ -64,8 +65,10 @@ class MemoryStats:
     load_s: float  # seconds spent loading blocks for questions
     dropped_blocks: int  # blocks that left memory entirely (host budget without disk, or disk budget)
     indexed_blocks: int
-    # host RAM outside every tier budget: each held block's metadata (positions, kept mask,
-    # key summary) and the retrieval index's float32 copy of its summary; grows with the stream
+    # host RAM outside every tier budget (anonymous memory, not page cache): the tensors of
+    # block metadata (positions, kept mask, key summary) of blocks a tier in memory holds,
+    # and the index's in-RAM vectors. With a disk tier both stay bounded however long the
+    # stream (they spill with the block); without one, by the host budget
     metadata_bytes: int
 
     def to_dict(self) -> dict:
@@ -84,7 +87,7 @@ class BlockMemory:
         config: MemoryConfig,
         backend,
         tiers: tuple[TieredStore, DiskTier | None],
-        index: LayeredIndex,
+        index: LayeredIndex | SegmentedIndex,
         next_block_id: int = 0,
     ):
         self.config = config
@@ -92,7 +95,6 @@ class BlockMemory:
         self._model = backend.name
         self._store, self._disk = tiers
         self._index = index
-        self._dim = backend.num_kv_heads * backend.head_dim  # a key summary's width per layer
         self._next_block_id = next_block_id
         self._directory = Path(config.disk_dir) if config.disk_dir is not None else None
         self._unflushed = 0  # blocks committed since the last checkpoint
@@ -139,8 +141,9 @@ class BlockMemory:
         except BaseException:
             store.close()  # release the directory's lock: the caller may fix it and resume again
             raise
-        memory = cls(config, backend, (store, disk), _load_index(directory, config, backend, store.metas()))
-        recovered = [m for m in store.metas() if m.id >= record["next_block_id"]]
+        memory = cls(config, backend, (store, disk), _load_index(directory, config, backend, store, disk))
+        # whole records (read back from disk): the session rebuilds its counters from them
+        recovered = [disk.meta(m.id) for m in store.metas() if m.id >= record["next_block_id"]]
         memory._next_block_id = recovered[-1].id + 1 if recovered else record["next_block_id"]
         session = {k: v for k, v in record.items() if k not in _MEMORY_KEYS}
         return memory, {**session, "recovered": recovered}
@@ -300,7 +303,9 @@ class BlockMemory:
     # ----- what it holds ---------------------------------------------------------
 
     def metas(self) -> list[BlockMeta]:
-        """Metadata of every block held, oldest first."""
+        """Metadata of every block held, oldest first. A block held only on disk has its
+        scalar fields only (``positions``, ``kept`` and ``summary`` are ``None``): ``load``
+        it for those."""
         return self._store.metas()
 
     def tier_of(self, block_id: int) -> str:
@@ -333,9 +338,14 @@ class BlockMemory:
             load_s=self._load_s,
             dropped_blocks=self._store.dropped_blocks,
             indexed_blocks=len(self._index),
-            metadata_bytes=sum(_meta_bytes(m) for m in metas)
-            + 4 * len(self._index) * self.num_layers * self._dim,
+            metadata_bytes=self._store.metadata_bytes + self._index.nbytes,
         )
+
+    @property
+    def spilled_index_bytes(self) -> int:
+        """Bytes of the retrieval index's sealed segments in the session directory (0
+        without a disk tier): the summaries that left RAM."""
+        return self._index.disk_bytes
 
     @property
     def disk(self) -> DiskTier | None:
@@ -391,38 +401,38 @@ def _build_store(config: MemoryConfig, backend) -> tuple[TieredStore, DiskTier |
     return store, disk
 
 
-def _new_index(config: MemoryConfig, backend) -> LayeredIndex:
-    return LayeredIndex(
-        backend.num_layers,
-        backend.num_kv_heads * backend.head_dim,
-        groups=config.index_groups,
-        metric=config.metric,
-    )
+def _new_index(config: MemoryConfig, backend) -> LayeredIndex | SegmentedIndex:
+    """The retrieval index: with a disk tier, one whose older rows are sealed to files in the
+    session directory (RAM stays bounded as blocks spill to disk); without, all in RAM (the
+    host budget bounds the blocks, and the index forgets the ones dropped)."""
+    layout = {"groups": config.index_groups, "metric": config.metric}
+    dims = (backend.num_layers, backend.num_kv_heads * backend.head_dim)
+    if config.disk_dir is None:
+        return LayeredIndex(*dims, **layout)
+    return SegmentedIndex(*dims, Path(config.disk_dir) / files.INDEX_DIR, **layout)
 
 
-def _load_index(directory: Path, config: MemoryConfig, backend, metas: list[BlockMeta]) -> LayeredIndex:
+def _load_index(
+    directory: Path, config: MemoryConfig, backend, store: TieredStore, disk: DiskTier
+) -> SegmentedIndex:
     """The saved index brought up to date from the blocks' stored summaries.
 
     The index is saved at full checkpoints only: blocks written since are added from their
-    summaries, blocks dropped since are removed. A missing or damaged index is rebuilt.
+    summaries (read back from their records on ``disk``), blocks dropped since are
+    removed. A missing or damaged index is rebuilt.
     """
     try:
-        index = LayeredIndex.load(directory / files.INDEX_DIR)
+        index = SegmentedIndex.load(directory / files.INDEX_DIR)
     except (OSError, ValueError, StreamVLMError, RuntimeError):
         index = _new_index(config, backend)
-    held = {m.id: m for m in metas}
+    held = {m.id for m in store.metas()}
     indexed = {int(i) for i in index.ids()}
-    stale = sorted(indexed - held.keys())
+    stale = sorted(indexed - held)
     if stale:
         index.remove(stale)
-    for block_id in sorted(held.keys() - indexed):
-        index.add(block_id, held[block_id].summary)
+    for block_id in sorted(held - indexed):
+        index.add(block_id, disk.meta(block_id).summary)
     return index
-
-
-def _meta_bytes(meta: BlockMeta) -> int:
-    tensors = (meta.positions, meta.kept, meta.summary)
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 def _cost(selection: Selection, tokens: dict[int, int]) -> int:

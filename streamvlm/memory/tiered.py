@@ -16,6 +16,11 @@ it is talking to; it only knows each tier's place in the list and whether it is
 So with a disk tier, the device and host tiers are caches of it and a crash loses only
 what was not yet made durable (``sync``/``flush``); without one, a block pushed out of
 host RAM is gone.
+
+The store keeps every block's ``BlockMeta`` in RAM. Once only persistent tiers hold a
+block, that record keeps its scalar fields only: positions, kept mask and summary are in
+the block's record on disk and come back when the block is loaded. So the RAM a block
+costs outside the tiers' budgets does not grow with the stream (``metadata_bytes``).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class TieredStore(BlockStore):
         self.policy = policy
         self.device, self.dtype = device, dtype
         self._metas: dict[int, BlockMeta] = {}  # every block held, oldest first
+        self._meta_bytes = 0  # tensor bytes the records in _metas hold
         self._last_used: dict[int, int] = {}
         self._clock = 0
         self.dropped_blocks = 0  # blocks that left the store entirely, whatever the cause
@@ -68,11 +74,13 @@ class TieredStore(BlockStore):
         gone: list[int] = []
         for i, write in staged:
             gone += self._commit(i, write)
-        self._metas[block.id] = block.meta
+        self._remember(block.meta)
         self._touch(block.id)
         if block.id not in self.tiers[0]:
             self.tiers[0].put(block)
-        return gone + self._rebalance()
+        gone += self._rebalance()
+        self._spill_meta(block.id)  # a store whose first tier persists keeps no tensors
+        return gone
 
     def _commit(self, i: int, write: StagedPut) -> list[int]:
         """Store a staged block in tier ``i``. A persistent tier makes room first, so its budget
@@ -121,6 +129,7 @@ class TieredStore(BlockStore):
             if block_id not in below:
                 gone += self._commit(i + 1, below.stage(tier.get(block_id, self.device, self.dtype)))
             tier.pop(block_id)  # after: a tier below that rejects the block leaves it here
+            self._spill_meta(block_id)
         return gone
 
     def _forget(self, block_id: int) -> None:
@@ -128,8 +137,26 @@ class TieredStore(BlockStore):
         for tier in self.tiers:
             if block_id in tier:
                 tier.pop(block_id)
-        self._metas.pop(block_id, None)
+        meta = self._metas.pop(block_id, None)
+        if meta is not None:
+            self._meta_bytes -= meta.tensor_bytes
         self._last_used.pop(block_id, None)
+
+    def _remember(self, meta: BlockMeta) -> None:
+        self._metas[meta.id] = meta
+        self._meta_bytes += meta.tensor_bytes
+
+    def _spill_meta(self, block_id: int) -> None:
+        """Keep a block's scalar metadata only, once no tier outside the persistent ones
+        holds it (its tensors are in the persistent tiers' records)."""
+        meta = self._metas.get(block_id)
+        if (
+            meta is not None
+            and meta.tensor_bytes
+            and not any(block_id in tier for tier in self.tiers if not tier.persistent)
+        ):
+            self._meta_bytes -= meta.tensor_bytes
+            self._metas[block_id] = meta.without_tensors()
 
     def _touch(self, block_id: int) -> None:
         self._clock += 1
@@ -158,7 +185,15 @@ class TieredStore(BlockStore):
         raise KeyError(block_id)
 
     def metas(self) -> list[BlockMeta]:
+        """Every block's metadata, oldest first; a block held only by persistent tiers has
+        no tensors here (``BlockMeta.without_tensors``)."""
         return list(self._metas.values())
+
+    @property
+    def metadata_bytes(self) -> int:
+        """Tensor bytes the store's block records hold in RAM: those of blocks a tier in
+        memory holds (bounded by its budget), none for blocks held only on disk."""
+        return self._meta_bytes
 
     def tier_of(self, block_id: int) -> str:
         return self._holder(block_id).name
@@ -210,7 +245,7 @@ class TieredStore(BlockStore):
                     holders.setdefault(block_id, tier)
         for block_id in sorted(holders):
             if block_id not in self._metas:
-                self._metas[block_id] = holders[block_id].meta(block_id)
+                self._remember(holders[block_id].meta(block_id).without_tensors())
                 self._touch(block_id)
         return self._rebalance()
 

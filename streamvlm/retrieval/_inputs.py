@@ -105,6 +105,11 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
+def prepare(x: np.ndarray, metric: str) -> np.ndarray:
+    """Vectors or queries as an index compares them: L2-normalised for ``"cosine"``."""
+    return l2_normalise(x) if metric == "cosine" else x
+
+
 def new_ids_sorted(existing: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """``existing`` (sorted) merged with ``ids``; raises if any id repeats."""
     uniq = np.unique(ids)

@@ -67,10 +67,10 @@ from ._inputs import (
     check_metric,
     check_positive_int,
     count_mismatch,
-    l2_normalise,
     new_ids_sorted,
     pad_to_k,
     padded,
+    prepare,
     require_present,
 )
 from .device import faiss_gpu_usable
@@ -291,7 +291,7 @@ class BlockIndex:
     # ------------------------------------------------------------------ internals
 
     def _prepare(self, x: np.ndarray) -> np.ndarray:
-        return l2_normalise(x) if self.metric == "cosine" else x
+        return prepare(x, self.metric)
 
     def _params(self, flt: IdFilter | None, k: int, n_cand: int) -> faiss.SearchParameters | None:
         sel = _selector(flt)

@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from ._inputs import (
     count_mismatch,
     l2_normalise,
     new_ids_sorted,
+    prepare,
     require_present,
     to_numpy,
 )
@@ -95,6 +96,21 @@ class LayeredIndex:
     def __len__(self) -> int:
         return len(self._indexes[0])
 
+    @property
+    def nbytes(self) -> int:
+        """Host RAM the stored vectors take: float32, every layer of every block."""
+        return 4 * len(self) * self.num_layers * self.dim
+
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes of vectors kept in files instead of RAM: none here (``SegmentedIndex`` seals them)."""
+        return 0
+
+    @property
+    def group_dims(self) -> list[int]:
+        """Vector length of each group's index."""
+        return [len(group) * self.dim for group in self.groups]
+
     def ids(self) -> np.ndarray:
         """Stored block ids, ascending."""
         return self._indexes[0].ids()
@@ -127,9 +143,7 @@ class LayeredIndex:
         Summing a block's scores over the returned layers counts a group's score once per
         layer in it: with equal group sizes that scales every block alike.
         """
-        q = self._layer_vectors(queries, "queries")
-        if len(q) != 1:
-            raise IndexInputError(f"queries must have shape [{self.num_layers}, {self.dim}] (one question)")
+        q = self._one_question(queries)
         k = check_k(k)
         hits: list[tuple[np.ndarray, np.ndarray]] = []
         for group, index in zip(self.groups, self._indexes, strict=True):
@@ -138,6 +152,18 @@ class LayeredIndex:
             )
             hits.extend([(scores[0], ids[0])] * len(group))
         return hits
+
+    def group_queries(self, queries) -> list[np.ndarray]:
+        """One question's ``queries [num_layers, dim]`` as each group's index compares them:
+        ``[1, group dim]`` float32 per group (L2-normalised for cosine)."""
+        q = self._one_question(queries)
+        return [prepare(self._group_rows(q, group), self.metric) for group in self.groups]
+
+    def group_vectors(self, block_ids) -> Iterator[np.ndarray]:
+        """The stored vectors of ``block_ids`` in each group's index, ``[n, group dim]`` float32,
+        as searched (L2-normalised for cosine), one group at a time; ``UnknownBlockIdError``
+        for an id not held."""
+        return (index.reconstruct(block_ids) for index in self._indexes)
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write every group's index and a manifest into ``directory``.
@@ -197,6 +223,12 @@ class LayeredIndex:
                 raise IndexFileError(f"{directory}: a group index does not match the manifest")
             if not np.array_equal(index.ids(), ids):
                 raise IndexFileError(f"{directory}: group indexes hold different block ids")
+
+    def _one_question(self, queries) -> np.ndarray:
+        q = self._layer_vectors(queries, "queries")
+        if len(q) != 1:
+            raise IndexInputError(f"queries must have shape [{self.num_layers}, {self.dim}] (one question)")
+        return q
 
     def _layer_vectors(self, x, what: str) -> np.ndarray:
         """``x`` as float32 ``[n, num_layers, dim]`` (a single ``[num_layers, dim]`` gives n = 1)."""
