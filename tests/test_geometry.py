@@ -150,6 +150,31 @@ def test_float32_stream_of_real_footage_equals_the_plain_forward(engine):
     torch.testing.assert_close(first_logits(session, QUESTION), logits[-1], atol=ATOL, rtol=0)
 
 
+def test_a_long_stream_never_reaches_a_small_span(engine, monkeypatch):
+    """The span is set just above what the first chunks use; the stream then runs far past it
+    (10 s between frames: the Qwen2.5-VL time axis moves 20 positions a frame, LLaVA-OV's 1-D
+    positions 196): no forward's position reaches it, the default question included."""
+    largest = []
+    forward = engine.backend.forward
+    monkeypatch.setattr(
+        engine.backend,
+        "forward",
+        lambda embeds, positions, *a, **k: (
+            largest.append(int(positions.max())) or forward(embeds, positions, *a, **k)
+        ),
+    )
+    clip = [(rgb, 10.0 * i) for i, (rgb, _) in enumerate(pancake_frames(12, size=(112, 112)))]
+    probe = engine.new_session(memory=MemoryConfig(window=2))
+    probe.add_frames(clip[:4])
+    span = probe.stats().max_position_span_used + 48  # the question and its answer fit, the stream not
+    session = engine.new_session(memory=MemoryConfig(window=2, max_position_span=span))
+    largest.clear()
+    session.add_frames(clip)
+    answer = session.ask(QUESTION, max_new_tokens=2, stop_token_ids=())
+    assert session.next_position > span and max(largest) < span
+    assert session.stats().max_position_span_used <= span and answer.context_tokens <= span
+
+
 def test_watch_real_footage_by_model_name(geom_cache, capfd):
     """`streamvlm watch` with a geom name (the smallest: the others cost minutes of CPU per run)."""
     video = shared_video("flipping_a_pancake.mkv")
