@@ -90,7 +90,8 @@ class SessionStats:
     load_s: float  # seconds spent loading blocks for questions
     dropped_blocks: int  # blocks that left memory entirely (host budget without disk, or disk budget)
     indexed_blocks: int
-    # host RAM outside every tier budget: block metadata and the index's summaries (grows with the stream)
+    # host RAM outside every tier budget: metadata tensors of blocks in memory tiers and the index's
+    # in-RAM summaries (flat with a disk tier, whose blocks keep only scalars: docs/memory.md)
     metadata_bytes: int
     frames_dropped: int  # frames the background queue dropped because it was full
     queue_depth: int  # frames waiting for the encoder thread
