@@ -17,9 +17,10 @@ and reports, per frame:
 - seconds per step, each measured on its own in the same run (median of ``repeats``):
   preprocessing and the vision tower per frame (at the checkpoint's two vision blocks),
   the LLM prefill per layer per frame (against the sink and the encoding window), the
-  key summary and each codec's encode / decode per layer per block, and one search of a
-  ``LayeredIndex`` of 3600 random summaries at full depth. Each codec's GB/s (bfloat16
-  input bytes per second) is set beside a ``clone`` of the same tensors.
+  key summary per layer per block, each codec's encode / decode of the last block at
+  full depth (each layer its own tensors) per layer, and one search of a ``LayeredIndex``
+  of 3600 random summaries at full depth. Each codec's GB/s (bfloat16 KV bytes per
+  second) is set beside a ``clone`` of the same tensors.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ RELEASED_TEXT_LAYERS = {
 
 @dataclass
 class GeometryBenchConfig:
+    """What ``run_geometry_bench`` measures (``streamvlm bench geometry``'s options)."""
+
     model: str = "geom-qwen2.5-vl-7b"
     video: str | None = None  # real footage; None: the synthetic scene
     frames: int = 8  # sampled at 1 fps; rounded down to whole chunks
@@ -60,6 +63,8 @@ class GeometryBenchConfig:
 
 @dataclass
 class CodecFigures:
+    """One block codec's bytes and speed; bytes at full depth, seconds per layer."""
+
     codec: str
     bits_per_element: float  # stored bits per K/V element, codec scales and masks included
     bytes_per_frame: float  # at full depth: stored block bytes and metadata_bytes, per frame
@@ -72,6 +77,8 @@ class CodecFigures:
 
 @dataclass
 class GeometryBenchResult:
+    """What one run measured; ``to_dict`` is the ``--json`` document."""
+
     config: dict
     released: str  # the hub id whose geometry the model has
     layers: int  # text layers of the checkpoint measured
@@ -134,6 +141,8 @@ def footage(config: GeometryBenchConfig, count: int) -> list[tuple[object, float
 def run_geometry_bench(
     config: GeometryBenchConfig, log: Callable[[str], None] = print
 ) -> GeometryBenchResult:
+    """Measure ``config.model`` as the module docstring says; ``log`` gets progress lines and
+    one row per codec as it is measured."""
     from ..config import MemoryConfig
     from ..errors import ConfigError
     from ..models.geometry import geometry_spec
@@ -160,10 +169,11 @@ def run_geometry_bench(
     seconds["index_search_3600_blocks"] = index_search_seconds(
         full_depth, backend.num_kv_heads * backend.head_dim, config
     )
+    deployed = [at_full_depth(block, full_depth) for block in blocks]
     log(ROW_HEADER)
     codecs, metadata = [], 0.0
     for name in config.codecs:
-        figures, metadata = measure_codec(name, backend, blocks, full_depth, config.repeats)
+        figures, metadata = measure_codec(name, backend, deployed, config.repeats)
         codecs.append(figures)
         log(format_row(figures))
     return GeometryBenchResult(
@@ -242,37 +252,48 @@ def index_search_seconds(layers: int, dim: int, config: GeometryBenchConfig) -> 
     return _median_seconds(lambda: index.search(query, SEARCH_K), config.repeats)
 
 
-def measure_codec(name: str, backend, blocks, full_depth: int, repeats: int) -> tuple[CodecFigures, float]:
-    """Codec ``name`` on the session's ``blocks``: its figures, and the memory's metadata
-    bytes per frame, at ``full_depth`` layers in bfloat16."""
+def at_full_depth(block, layers: int):
+    """``block`` as the released model would store it: in bfloat16, its layers (and key
+    summary rows) repeated in turn up to ``layers``, each layer its own tensors."""
+    import dataclasses
+
+    import torch
+
+    from ..memory.block import Block
+
+    repeat = [i % len(block.layers) for i in range(layers)]
+    meta = dataclasses.replace(block.meta, summary=block.meta.summary[repeat])
+    layers = tuple(tuple(t.to(torch.bfloat16, copy=True) for t in block.layers[i]) for i in repeat)
+    return Block(meta, layers)
+
+
+def measure_codec(name: str, backend, blocks, repeats: int) -> tuple[CodecFigures, float]:
+    """Codec ``name`` on ``blocks`` (``at_full_depth``): its figures, and the memory's
+    metadata bytes per frame."""
     import torch
 
     from ..config import MemoryConfig
-    from ..memory.block import Block
     from ..memory.codec import get_block_codec
     from ..memory.manager import BlockMemory
 
-    deployed = [Block(b.meta, tuple((k.bfloat16(), v.bfloat16()) for k, v in b.layers)) for b in blocks]
     at_depth = copy.copy(backend)  # what BlockMemory reads of the model, at the released depth
-    at_depth.num_layers = full_depth
-    repeat = [i % backend.num_layers for i in range(full_depth)]
+    at_depth.num_layers = len(blocks[0].layers)
     memory = BlockMemory.create(MemoryConfig(device_bytes=0, host_codec=name, host_bytes=1 << 50), at_depth)
-    for block in deployed:
+    for block in blocks:
         meta = block.meta
         memory.commit(
-            tuple(block.layers[i] for i in repeat),
+            block.layers,
             t_start=meta.t_start,
             t_end=meta.t_end,
             frames=meta.frames,
             positions=meta.positions,
             kept=meta.kept,
-            summary=meta.summary[repeat],
+            summary=meta.summary,
             session_record={},
         )
     stats = memory.stats()
     frames = sum(b.meta.frames for b in blocks)
-    # throughput on the session's last block as the model made it (its own layers, bfloat16)
-    codec, block = get_block_codec(name), deployed[-1]
+    codec, block = get_block_codec(name), blocks[-1]
     tensors = [t for layer in block.layers for t in layer]
     gigabytes = sum(t.nbytes for t in tensors) / 1e9
     encode_s = _median_seconds(lambda: codec.encode(block), repeats)
@@ -283,8 +304,8 @@ def measure_codec(name: str, backend, blocks, full_depth: int, repeats: int) -> 
         codec=codec.name,
         bits_per_element=stats.kv_bits_per_element["host"],
         bytes_per_frame=(stats.bytes_per_tier["host"] + stats.metadata_bytes) / frames,
-        encode_s_per_layer_per_block=encode_s / backend.num_layers,
-        decode_s_per_layer_per_block=decode_s / backend.num_layers,
+        encode_s_per_layer_per_block=encode_s / len(block.layers),
+        decode_s_per_layer_per_block=decode_s / len(block.layers),
         encode_gb_s=gigabytes / encode_s,
         decode_gb_s=gigabytes / decode_s,
         copy_gb_s=gigabytes / copy_s,
