@@ -270,9 +270,16 @@ def _add_geometry(benches) -> None:
     g.add_argument(
         "--model", required=True, help="a real-geometry model, e.g. geom-qwen2.5-vl-7b (docs/models.md)"
     )
-    g.add_argument("--video", default=d.video, help="real footage to stream (default: the synthetic scene)")
     g.add_argument(
-        "--frames", type=int, default=d.frames, help="frames streamed, 1 a second (default: %(default)s)"
+        "--video",
+        default=d.video,
+        help="real footage, scaled to 1280x720 (default: streamvlm's synthetic scene)",
+    )
+    g.add_argument(
+        "--frames",
+        type=int,
+        default=d.frames,
+        help="frames streamed, 1 a second, in whole chunks (default: %(default)s)",
     )
     g.add_argument("--codecs", default=",".join(d.codecs), help="block codecs (default: %(default)s)")
     g.add_argument("--repeats", type=int, default=d.repeats, help="timing repeats (median)")
