@@ -1,4 +1,4 @@
-"""``streamvlm bench stream|quant|serve``: benchmarks against a baseline in the same run.
+"""``streamvlm bench stream|quant|serve|geometry``: benchmarks against a baseline in the same run.
 
 The parser is built at CLI start-up: the benchmark modules are imported for their
 config dataclasses only (plain Python); torch loads when a benchmark runs.
@@ -22,13 +22,14 @@ from ..cli_options import (
 from ..config import MemoryConfig
 from ..errors import ConfigError
 from ..runtime.questions import validate_question
+from .geometry import GeometryBenchConfig
 from .quant import QuantBenchConfig
 from .serve import ServeBenchConfig
 from .stream import StreamBenchConfig
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``bench`` (with ``stream``, ``quant`` and ``serve``) to the CLI's subcommands;
+    """Add ``bench`` (with ``stream``, ``quant``, ``serve`` and ``geometry``) to the CLI's subcommands;
     returns its parser."""
     b = subparsers.add_parser("bench", help="benchmarks against a baseline in the same run")
     benches = b.add_subparsers(dest="bench", metavar="BENCH", parser_class=type(b))
@@ -36,6 +37,7 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     _add_stream(benches)
     _add_quant(benches)
     _add_serve(benches)
+    _add_geometry(benches)
     return b
 
 
@@ -251,4 +253,65 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     result = run_serve_bench(config, log=log)
     if not write_results(args, result):
         print(f"machine: {', '.join(f'{k}={v}' for k, v in result.machine.items())}")
+    return 0
+
+
+def _add_geometry(benches) -> None:
+    d = GeometryBenchConfig()
+    g = benches.add_parser(
+        "geometry",
+        help="tokens, KV bytes per codec and seconds per step of one frame at a released model's geometry",
+        description=(
+            "Stream 720p frames through a real-geometry model (geom-*: released per-layer sizes, 2 text "
+            "layers) and report per frame, at the released model's depth: LLM tokens at the checkpoint's "
+            "pixel budget and at the streaming default, stored bytes per frame and per video-hour at 1 fps "
+            "for each codec (bfloat16, metadata included), the largest position span used, and seconds per "
+            "step, each codec's encode/decode GB/s beside a copy of the same bytes."
+        ),
+    )
+    g.add_argument(
+        "--model", required=True, help="a real-geometry model, e.g. geom-qwen2.5-vl-7b (docs/models.md)"
+    )
+    g.add_argument(
+        "--video",
+        default=d.video,
+        help="real footage, scaled to 1280x720 (default: streamvlm's synthetic scene)",
+    )
+    g.add_argument(
+        "--frames",
+        type=int,
+        default=d.frames,
+        help="frames streamed, 1 a second, in whole chunks (default: %(default)s)",
+    )
+    g.add_argument("--codecs", default=",".join(d.codecs), help="block codecs (default: %(default)s)")
+    g.add_argument("--repeats", type=int, default=d.repeats, help="timing repeats (median)")
+    add_model_options(g, model=None, loading=False)
+    add_json_option(g)
+    g.set_defaults(func=cmd_bench_geometry)
+
+
+def cmd_bench_geometry(args: argparse.Namespace) -> int:
+    """Run ``streamvlm bench geometry``; unknown codecs and bad counts fail before any work."""
+    from ..registry import BLOCK_CODECS
+    from .geometry import run_geometry_bench, summary_lines
+
+    names = [c.strip() for c in args.codecs.split(",") if c.strip()]
+    if not names or any(c not in BLOCK_CODECS for c in names):
+        raise ConfigError(
+            f"--codecs takes names among {', '.join(BLOCK_CODECS.names())}; got {args.codecs!r}"
+        )
+    if min(args.frames, args.repeats) < 1:
+        raise ConfigError("--frames and --repeats must be >= 1")
+    config = GeometryBenchConfig(
+        model=args.model,
+        video=args.video,
+        frames=args.frames,
+        codecs=tuple(dict.fromkeys(BLOCK_CODECS.canonical(c) for c in names)),
+        repeats=args.repeats,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    result = run_geometry_bench(config, log=line_printer(args.json))
+    if not write_results(args, result):
+        print("\n".join(summary_lines(result)))
     return 0
