@@ -9,6 +9,7 @@ GPU the interpreter is the only way a Triton kernel can run, so nothing else los
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -59,3 +60,16 @@ def make_video(tmp_path):
         return write_video(tmp_path / name, **kwargs)
 
     return _make
+
+
+@pytest.fixture(scope="module")
+def geom_cache(tmp_path_factory):
+    """``$STREAMVLM_CACHE`` (made checkpoints kept between runs) or a directory for this test
+    module, removed after it: the four checkpoints take 8 GB, and pytest keeps its last three runs."""
+    root = os.environ.get("STREAMVLM_CACHE")
+    temporary = None if root else tmp_path_factory.mktemp("streamvlm-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STREAMVLM_CACHE", root or str(temporary))
+        yield root or str(temporary)
+    if temporary is not None:
+        shutil.rmtree(temporary, ignore_errors=True)

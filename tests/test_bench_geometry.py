@@ -7,7 +7,6 @@ import math
 
 import pytest
 from conftest import shared_video
-from test_geometry import geom_cache  # noqa: F401  # the made checkpoints' cache, as a fixture
 
 from streamvlm.cli import main
 
@@ -16,7 +15,7 @@ from streamvlm.cli import main
 LLAVA_05B_KV_BYTES_PER_FRAME = 196 * 24 * 2 * 2 * 64 * 2
 
 
-def test_bench_geometry_reports_tokens_bytes_span_and_seconds(geom_cache, capfd):  # noqa: F811
+def test_bench_geometry_reports_tokens_bytes_span_and_seconds(geom_cache, capfd):
     video = shared_video("flipping_a_pancake.mkv")
     argv = ["bench", "geometry", "--model", "geom-llava-ov-0.5b", "--json", "--frames", "4"]
     code = main([*argv, "--video", str(video), "--codecs", "identity,kivi2,vidkv", "--repeats", "1"])

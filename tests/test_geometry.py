@@ -9,8 +9,6 @@ for their sources), written out again here so a slip in one place shows.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 import numpy as np
 import pytest
@@ -43,19 +41,6 @@ LLAVA_SPECIALS = {"<|im_start|>": 151644, "<|im_end|>": 151645, "<image>": 15164
 # Qwen2.5-VL 2 frames -> 560x1008 px -> 20x36 merged cells = 720 (360 a frame);
 # LLaVA-OneVision 1 frame -> 384x384 px -> 27x27 SigLIP patches pooled to 14x14 = 196.
 TOKENS_PER_720P_BLOCK = {"qwen2.5-vl": (2, 720), "llava-onevision": (1, 196)}
-
-
-@pytest.fixture(scope="module")
-def geom_cache(tmp_path_factory):
-    """``$STREAMVLM_CACHE`` (made checkpoints kept between runs) or a directory for this run,
-    removed afterwards: the four checkpoints take 8 GB, and pytest keeps its last three runs."""
-    root = os.environ.get("STREAMVLM_CACHE")
-    temporary = None if root else tmp_path_factory.mktemp("streamvlm-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("STREAMVLM_CACHE", root or str(temporary))
-        yield root or str(temporary)
-    if temporary is not None:
-        shutil.rmtree(temporary, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", params=GEOMETRY_MODELS)

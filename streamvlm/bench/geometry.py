@@ -29,22 +29,12 @@ import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from .quant import LOSSY_CODECS, _median_seconds
+from .quant import LOSSY_CODECS, median_seconds
 
 FRAME_SIZE = (1280, 720)  # 720p, width x height: every frame is scaled to it
 INDEX_BLOCKS = 3600  # blocks in the index searched: an hour of 1-fps LLaVA-OneVision blocks
 SEARCH_K = 8  # blocks retrieved by that search
 HOUR_S = 3600
-
-# The released models' text layers (num_hidden_layers of their config.json); per-layer
-# figures are scaled by these. They belong beside the other released sizes in
-# models/geometry.py, which has none yet: this is the one place they are written.
-RELEASED_TEXT_LAYERS = {
-    "geom-qwen2.5-vl-7b": 28,
-    "geom-qwen2.5-vl-3b": 36,
-    "geom-llava-ov-0.5b": 24,
-    "geom-llava-ov-7b": 28,
-}
 
 
 @dataclass
@@ -145,13 +135,13 @@ def run_geometry_bench(
     one row per codec as it is measured."""
     from ..config import MemoryConfig
     from ..errors import ConfigError
-    from ..models.geometry import geometry_spec
+    from ..models.geometry import GEOMETRY_MODELS, geometry_spec
     from ..runtime.engine import StreamVLM
 
-    if config.model not in RELEASED_TEXT_LAYERS:
+    if config.model not in GEOMETRY_MODELS:
         raise ConfigError(
             f"bench geometry measures a real-geometry model; use --model with one of "
-            f"{', '.join(RELEASED_TEXT_LAYERS)}, not {config.model!r}"
+            f"{', '.join(GEOMETRY_MODELS)}, not {config.model!r}"
         )
     engine = StreamVLM.from_pretrained(config.model, device=config.device, dtype=config.dtype)
     backend = engine.backend
@@ -164,7 +154,7 @@ def run_geometry_bench(
     session.add_frames(frames)
     stats = session.stats()
     blocks = session.blocks.load(m.id for m in session.blocks.metas())
-    full_depth = RELEASED_TEXT_LAYERS[config.model]
+    full_depth = geometry_spec(config.model).released_layers
     seconds = step_seconds(session, frames[-session.chunk_frames :], blocks[-1], config.repeats)
     seconds["index_search_3600_blocks"] = index_search_seconds(
         full_depth, backend.num_kv_heads * backend.head_dim, config
@@ -195,10 +185,10 @@ def run_geometry_bench(
 def streaming_tokens_per_frame(backend, frames) -> float:
     """LLM tokens per frame of ``frames`` (one chunk) with the streaming default pixel budget:
     the preprocessing a checkpoint without processor configs gets."""
-    from ..models.loading import _preprocess_for
+    from ..models.loading import preprocess_for
 
     streaming = copy.copy(backend)  # the same model, another preprocessing
-    streaming.preprocess = _preprocess_for(backend.model.config, {}, {}, None)
+    streaming.preprocess = preprocess_for(backend.model.config, {}, {}, None)
     times = [t - frames[0][1] for _, t in frames]
     chunk = streaming.encode_frames([rgb for rgb, _ in frames], times, video_start=0, next_position=0)
     return chunk.embeds.shape[0] / len(frames)
@@ -219,15 +209,15 @@ def step_seconds(session, frames, block, repeats: int) -> dict[str, float]:
             rgb, times, video_start=session.video_start, next_position=session.next_position
         )
 
-    preprocess = _median_seconds(lambda: backend.preprocess(rgb), repeats)
-    vision = _median_seconds(encode, repeats) - preprocess
+    preprocess = median_seconds(lambda: backend.preprocess(rgb), repeats)
+    vision = median_seconds(encode, repeats) - preprocess
     chunk = encode()
     window = session.blocks.window(session.memory.window)
     context = concat_layers([session.sink.kv, *(b.layers for b in window)])
-    prefill = _median_seconds(
+    prefill = median_seconds(
         lambda: backend.forward(chunk.embeds, chunk.positions, backend.new_cache(context)), repeats
     )
-    summary = _median_seconds(lambda: block_summary(backend, block.layers, block.meta.positions), repeats)
+    summary = median_seconds(lambda: block_summary(backend, block.layers, block.meta.positions), repeats)
     return {
         "preprocess_per_frame": preprocess / len(frames),
         "vision_tower_per_frame": vision / len(frames),
@@ -249,7 +239,7 @@ def index_search_seconds(layers: int, dim: int, config: GeometryBenchConfig) -> 
     generator = torch.Generator().manual_seed(config.seed)
     index.add(np.arange(INDEX_BLOCKS), torch.randn(INDEX_BLOCKS, layers, dim, generator=generator))
     query = torch.randn(layers, dim, generator=generator)
-    return _median_seconds(lambda: index.search(query, SEARCH_K), config.repeats)
+    return median_seconds(lambda: index.search(query, SEARCH_K), config.repeats)
 
 
 def at_full_depth(block, layers: int):
@@ -296,10 +286,10 @@ def measure_codec(name: str, backend, blocks, repeats: int) -> tuple[CodecFigure
     codec, block = get_block_codec(name), blocks[-1]
     tensors = [t for layer in block.layers for t in layer]
     gigabytes = sum(t.nbytes for t in tensors) / 1e9
-    encode_s = _median_seconds(lambda: codec.encode(block), repeats)
+    encode_s = median_seconds(lambda: codec.encode(block), repeats)
     stored = codec.encode(block)
-    decode_s = _median_seconds(lambda: codec.decode(stored, backend.device, torch.bfloat16), repeats)
-    copy_s = _median_seconds(lambda: [t.clone() for t in tensors], repeats)
+    decode_s = median_seconds(lambda: codec.decode(stored, backend.device, torch.bfloat16), repeats)
+    copy_s = median_seconds(lambda: [t.clone() for t in tensors], repeats)
     figures = CodecFigures(
         codec=codec.name,
         bits_per_element=stats.kv_bits_per_element["host"],

@@ -155,7 +155,8 @@ def model_set(name: str, config: QuantBenchConfig) -> list[KVLayer]:
 # ----- measuring -----------------------------------------------------------------------
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall seconds of ``repeats`` calls of ``fn`` after one warm-up call (CUDA synchronised)."""
     import torch
 
     fn()  # warm-up (lazy init, first-call allocations)
@@ -195,10 +196,10 @@ def measure_codec(kv_set: str, layers: Sequence[KVLayer], name: str, repeats: in
     x = max((layer.keys for layer in layers), key=lambda t: t.numel())
     half = x.to(torch.float16)
     gigabytes = half.numel() * 2 / 1e9
-    encode_s = _median_seconds(lambda: codec.encode(x, "key", 0), repeats)
+    encode_s = median_seconds(lambda: codec.encode(x, "key", 0), repeats)
     encoded = codec.encode(x, "key", 0)
-    decode_s = _median_seconds(lambda: codec.decode(encoded), repeats)
-    copy_s = _median_seconds(lambda: half.clone(), repeats)
+    decode_s = median_seconds(lambda: codec.decode(encoded), repeats)
+    copy_s = median_seconds(lambda: half.clone(), repeats)
     return CodecRow(
         kv_set=kv_set,
         codec=codec.name,  # the current name when ``name`` is an old alias (vidkv-ref)

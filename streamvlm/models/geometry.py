@@ -167,6 +167,9 @@ RELEASED = {
     GEOM_LLAVA_7B: "llava-hf/llava-onevision-qwen2-7b-ov-hf",
 }
 GEOMETRY_MODELS = tuple(RELEASED)
+# the released models' text layers (num_hidden_layers of their config.json): a geom
+# checkpoint keeps 2, and figures "at full depth" scale per-layer costs by these
+RELEASED_TEXT_LAYERS = {GEOM_QWEN_7B: 28, GEOM_QWEN_3B: 36, GEOM_LLAVA_05B: 24, GEOM_LLAVA_7B: 28}
 
 
 def qwen_geometry_config(name: str) -> Qwen2_5_VLConfig:
@@ -320,6 +323,7 @@ class GeometrySpec:
     preprocessor: dict  # preprocessor_config.json
     video_preprocessor: dict  # video_preprocessor_config.json
     generation: dict  # the token ids of generation_config.json (streamvlm decodes greedily itself)
+    released_layers: int  # text layers of the released model (the checkpoint has fewer)
 
 
 def geometry_spec(name: str) -> GeometrySpec:
@@ -335,6 +339,7 @@ def geometry_spec(name: str) -> GeometrySpec:
             _QWEN_PREPROCESSOR,
             _QWEN_VIDEO_PREPROCESSOR,
             _QWEN_GENERATION,
+            RELEASED_TEXT_LAYERS[name],
         )
     return GeometrySpec(
         RELEASED[name],
@@ -344,6 +349,7 @@ def geometry_spec(name: str) -> GeometrySpec:
         _LLAVA_PREPROCESSOR,
         _LLAVA_VIDEO_PREPROCESSOR,
         _LLAVA_GENERATION,
+        RELEASED_TEXT_LAYERS[name],
     )
 
 

@@ -134,7 +134,7 @@ def load_backend(
         model = build_tiny_model(name, seed=seed).to(device=device, dtype=dtype)
         if attention != model.config._attn_implementation:
             model.set_attn_implementation(attention)
-        preprocess = _preprocess_for(model.config, *tiny_processor_configs(name), max_pixels)
+        preprocess = preprocess_for(model.config, *tiny_processor_configs(name), max_pixels)
         tokenizer = build_tiny_tokenizer()
     else:
         # a bundled or real-geometry (geom-*, made on first use) model's name keeps naming it
@@ -144,7 +144,7 @@ def load_backend(
         processor_configs = (
             _json_file(source, f) for f in ("preprocessor_config.json", "video_preprocessor_config.json")
         )
-        preprocess = _preprocess_for(config, *processor_configs, max_pixels)
+        preprocess = preprocess_for(config, *processor_configs, max_pixels)
         # transformers' bars (weight loading, hub downloads) only for verbose output (configure_output)
         with progress_bars(shown=is_verbose()):
             model, tokenizer = _load_weights(
@@ -154,7 +154,7 @@ def load_backend(
     return BACKENDS.get(model.config.model_type)(model, tokenizer, name, preprocess)
 
 
-def _preprocess_for(model_config, processor_config: dict, video_config: dict, max_pixels: int | None):
+def preprocess_for(model_config, processor_config: dict, video_config: dict, max_pixels: int | None):
     """The frame preprocessing of a model of ``model_config``'s family (models/preprocessing.py)."""
     return _PREPROCESS[model_config.model_type](model_config, processor_config, video_config, max_pixels)
 
