@@ -249,8 +249,8 @@ class BlockIndex:
         }
         temps = []
         try:
-            temps.append(_write_temp(path, faiss.serialize_index(self._index).tobytes()))
-            temps.append(_write_temp(_sidecar(path), json.dumps(meta, indent=1).encode()))
+            temps.append(write_temp(path, faiss.serialize_index(self._index).tobytes()))
+            temps.append(write_temp(_sidecar(path), json.dumps(meta, indent=1).encode()))
             os.replace(temps[0], path)
             os.replace(temps[1], _sidecar(path))
         finally:
@@ -405,7 +405,7 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _write_temp(path: Path, data: bytes) -> Path:
+def write_temp(path: Path, data: bytes) -> Path:
     """Write ``data`` next to ``path`` under a unique temporary name, flushed to disk."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with open(tmp, "wb") as f:

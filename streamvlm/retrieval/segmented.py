@@ -45,6 +45,7 @@ from ._inputs import (
     contains,
     pad_to_k,
 )
+from .index import write_temp
 from .layered import LayeredIndex
 from .segment import IndexSegment
 
@@ -211,7 +212,8 @@ class SegmentedIndex:
             "seal_blocks": self.seal_blocks,
             "segments": [{"name": s.name, "dead": s.dead.tolist()} for s in self._segments],
         }
-        _write_durably(self.directory / _MANIFEST, json.dumps(manifest, indent=1).encode())
+        manifest_path = self.directory / _MANIFEST  # replaced whole: a crash leaves the old or the new
+        os.replace(write_temp(manifest_path, json.dumps(manifest, indent=1).encode()), manifest_path)
         self._delete_unlisted()
 
     def _delete_unlisted(self) -> None:
@@ -294,13 +296,3 @@ def _read_manifest(directory: Path, tail: LayeredIndex) -> list[dict]:
     if layout != (tail.num_layers, tail.dim, tail.group_size, tail.metric):
         raise IndexFileError(f"{path} and {directory / TAIL_DIR} were saved with different layouts")
     return listed
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
