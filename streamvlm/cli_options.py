@@ -347,7 +347,7 @@ def memory_config(args: argparse.Namespace) -> MemoryConfig:
 
 def check_memory_options(args: argparse.Namespace) -> None:
     """Refuse memory options that cannot act in the combination given, in one line that
-    says why and what to do; say on stderr what ``--window 0`` means. Imports nothing.
+    says why and what to do. Imports nothing.
 
     Ranges are ``MemoryConfig``'s to check; this is about combinations. A codec option
     counts as given when it is not ``None`` (commands that offer it default it to ``None``).
@@ -370,6 +370,12 @@ def check_memory_options(args: argparse.Namespace) -> None:
             "--disk-codec does nothing without --disk-dir (no block is kept on disk); add --disk-dir DIR "
             "or leave it out"
         )
+
+
+def note_memory_options(args: argparse.Namespace) -> None:
+    """Say on stderr, in one line each, what a legal but surprising memory option means
+    (``--window 0``). Called once the command has passed its checks, so that an error
+    stays the only line it prints."""
     if getattr(args, "window", None) == 0:
         print(
             "note: --window 0 encodes each chunk over the system prompt alone, without the frames before it",

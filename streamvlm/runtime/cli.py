@@ -29,6 +29,7 @@ from ..cli_options import (
     load_model,
     memory_config,
     memory_overrides,
+    note_memory_options,
 )
 from ..config import MemoryConfig
 from ..errors import ConfigError, EmptyVideoError, InvalidQuestionError
@@ -166,6 +167,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     SamplingParams(max_new_tokens=args.max_new_tokens)  # raises ConfigError when out of range
     engine = load_model(args)
     session = _open_session(args, engine, memory)
+    note_memory_options(args)
     # a resumed session's clock has moved on: new frames come after what it has seen
     offset = session.stream_time + 1.0 / args.fps if session.state.frames_seen else 0.0
 
