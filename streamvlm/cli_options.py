@@ -400,11 +400,18 @@ def check_input_file(path: str | os.PathLike) -> None:
         raise VideoOpenError(f"cannot open '{path}': permission denied; check the file's permissions")
 
 
-def check_existing_directory(path: str | os.PathLike, flag: str) -> None:
-    """Raises ``ConfigError`` unless the directory ``flag`` names exists."""
+def check_existing_directory(path: str | os.PathLike, flag: str, expected: str) -> None:
+    """Raises ``ConfigError`` unless the directory ``flag`` names exists; the message asks
+    for ``expected`` (e.g. "the directory a session was saved in")."""
     if not os.path.isdir(path):
         what = "is not a directory" if os.path.exists(path) else "does not exist"
-        raise ConfigError(f"{flag} {path} {what}; give the directory a session was saved in")
+        raise ConfigError(f"{flag} {path} {what}; give {expected}")
+
+
+def check_output_directory(path: str | os.PathLike, flag: str) -> None:
+    """Raises ``ConfigError`` when the directory ``flag`` names to write into is a file."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{flag} {path} is a file; give a directory (new, or one to overwrite)")
 
 
 def check_new_directory(path: str | os.PathLike, flag: str, resume_flag: str) -> None:

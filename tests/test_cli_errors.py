@@ -95,6 +95,11 @@ CHEAP = {  # case: (arguments, fragment of the error line); run in `places`
     "demo max-new-tokens": (["demo", "--max-new-tokens", "0"], "--max-new-tokens"),
     "serve dtype": (["serve", "--dtype", "float8"], "--dtype"),
     "eval clips": (["eval", "clips", "--clips", "0"], "--clips must be >= 1"),
+    "train into a file": (["train-tiny", "--out", "a-file"], "--out a-file is a file"),
+    "train from nowhere": (
+        ["train-tiny", "--out", "model", "--init", "nowhere"],
+        "--init nowhere does not exist",
+    ),
 }
 
 

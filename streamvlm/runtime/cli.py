@@ -151,7 +151,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if video is not None:
         check_input_file(video)
     if args.resume is not None:
-        check_existing_directory(args.resume, "--resume")
+        check_existing_directory(args.resume, "--resume", "the directory a session was saved in")
     if args.disk_dir is not None:
         check_new_directory(args.disk_dir, "--disk-dir", resume_flag="--resume")
     check_model_options(args)
