@@ -92,6 +92,10 @@ CHEAP = {  # case: (arguments, fragment of the error line); run in `places`
         ["stream", "--server", "http://127.0.0.1:9", "--file", "missing.mp4"],
         "no such file",
     ),
+    "stream for no time": (
+        ["stream", "--server", "http://127.0.0.1:9", "--webcam", "0", "--duration", "0"],
+        "--duration",
+    ),
     "demo max-new-tokens": (["demo", "--max-new-tokens", "0"], "--max-new-tokens"),
     "serve dtype": (["serve", "--dtype", "float8"], "--dtype"),
     "eval clips": (["eval", "clips", "--clips", "0"], "--clips must be >= 1"),
@@ -117,6 +121,13 @@ def test_cuda_without_a_gpu_driver_fails_before_torch_is_imported(command, place
     proc, imported = run_cli([*command, "--device", "cuda:0"], places)
     assert_one_error_line(proc, "no CUDA; use --device cpu")
     assert imported == []
+
+
+def test_stream_refuses_impossible_ranges_before_connecting(places):
+    proc, _ = run_cli(
+        ["stream", "--server", "http://127.0.0.1:9", "--file", "clip.mp4", "--top-k", "0"], places
+    )
+    assert_one_error_line(proc, "top_k must be >= 1")
 
 
 def test_the_cli_names_what_the_loader_accepts():
