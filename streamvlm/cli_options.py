@@ -250,7 +250,7 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
     "positions": _MemoryOption(
         "--positions",
         "position_mode",
-        "with --top-k: keep retrieved blocks at their stream positions, or re-rotate them "
+        "keep the blocks a question attends at their stream positions, or re-rotate them "
         "next to the question (docs/retrieval.md; default: {default})",
         unset=MemoryConfig.position_mode,
         kwargs={"choices": POSITION_MODES},
