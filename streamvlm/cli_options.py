@@ -72,6 +72,14 @@ def byte_size(text: str) -> int:
     return int(match.group(1)) * _BYTE_UNITS[match.group(2)]
 
 
+def byte_size_text(n: int) -> str:
+    """``n`` bytes as :func:`byte_size` reads it, in the largest unit that divides it (``1GiB``)."""
+    for unit, size in reversed(_BYTE_UNITS.items()):
+        if unit and n and n % size == 0:
+            return f"{n // size}{unit.upper()}iB"
+    return str(n)
+
+
 # ------------------------------------------------------------------ the model
 
 
@@ -268,6 +276,7 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
         "device_bytes",
         "bytes of blocks the device tier holds, e.g. 256MiB; older blocks move to host RAM "
         "(docs/memory.md; default: {default})",
+        unset=byte_size_text(MemoryConfig.device_bytes),
         kwargs={"type": byte_size, "metavar": "BYTES"},
     ),
     "host_bytes": _MemoryOption(
@@ -275,6 +284,7 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
         "host_bytes",
         "bytes of blocks host RAM holds, e.g. 2GiB; older blocks move to --disk-dir, or are "
         "dropped without it (default: {default})",
+        unset=byte_size_text(MemoryConfig.host_bytes),
         kwargs={"type": byte_size, "metavar": "BYTES"},
     ),
     "host_codec": _MemoryOption(
