@@ -7,7 +7,10 @@ options and takes the shared ones from here: the model and where it runs
 ``--plot``) and the address a server listens on. :func:`run_command` is the one place
 a parsed command starts.
 
-Light on purpose: the parsers are built at CLI start-up, before torch is imported.
+Light on purpose: the parsers are built at CLI start-up, before torch is imported, and
+the checks here (:func:`check_model_options`, :func:`check_memory_options`, the path
+checks) run before it too, so that a command refuses a mistake in well under a second
+instead of after loading a model.
 """
 
 from __future__ import annotations
