@@ -7,7 +7,10 @@ options and takes the shared ones from here: the model and where it runs
 ``--plot``) and the address a server listens on. :func:`run_command` is the one place
 a parsed command starts.
 
-Light on purpose: the parsers are built at CLI start-up, before torch is imported.
+Light on purpose: the parsers are built at CLI start-up, before torch is imported, and
+the checks here (:func:`check_model_options`, :func:`check_memory_options`, the path
+checks) run before it too, so that a command refuses a mistake in well under a second
+instead of after loading a model.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import re
+import shutil
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .config import POSITION_MODES, QUERY_CONTEXTS, MemoryConfig
-from .errors import ConfigError, StreamVLMError
+from .errors import ConfigError, StreamVLMError, VideoOpenError
 from .models.bundled import TINY_SYNTH
 from .output import configure_output
 
@@ -35,6 +41,47 @@ DEFAULT_MODEL = TINY_SYNTH
 DEFAULT_MAX_NEW_TOKENS = 64
 QUIT_WORDS = {"quit", "exit", ":q"}  # typed instead of a question, they end a prompt
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+# The --dtype and --attn names the loader (models/loading.py) accepts, repeated here so that
+# argparse refuses any other before torch is imported (tests/test_cli_errors.py checks they agree)
+DTYPES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
+ATTENTIONS = ("sdpa", "flash_attention_2", "eager")
+# Where a Linux machine shows a GPU that torch could use as "cuda": the NVIDIA driver, or
+# ROCm's kernel driver (ROCm builds of torch call AMD GPUs "cuda" too)
+GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd")
+
+# ------------------------------------------------------------------ value types
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count that must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+_BYTE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def byte_size(text: str) -> int:
+    """argparse type of a byte budget: a whole number of bytes, or one with a binary unit
+    (``512MiB``, ``2G``, ``64k``: powers of 1024)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)(i?b)?\s*", text.lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected bytes, e.g. 268435456, 256MiB or 2GiB; got {text!r}")
+    return int(match.group(1)) * _BYTE_UNITS[match.group(2)]
+
+
+def byte_size_text(n: int) -> str:
+    """``n`` bytes as :func:`byte_size` reads it, in the largest unit that divides it (``1GiB``)."""
+    for unit, size in reversed(_BYTE_UNITS.items()):
+        if unit and n and n % size == 0:
+            return f"{n // size}{unit.upper()}iB"
+    return str(n)
+
 
 # ------------------------------------------------------------------ the model
 
@@ -61,19 +108,22 @@ def add_model_options(
         parser.add_argument(
             "--dtype",
             default=None,
+            choices=DTYPES,
+            metavar="DTYPE",
             help="float32, float16 or bfloat16 (default: bfloat16 on CUDA, float32 on CPU)",
         )
     if device and loading:
         parser.add_argument(
             "--attn",
             default=None,
+            choices=ATTENTIONS,
             metavar="IMPL",
             help="attention of the vision tower: sdpa, flash_attention_2 (CUDA, needs flash-attn) or eager "
             "(default: sdpa)",
         )
         parser.add_argument(
             "--max-pixels",
-            type=int,
+            type=positive_int,
             default=None,
             metavar="N",
             help="most pixels a Qwen2.5-VL frame is resized to: it sets the visual tokens per frame and so "
@@ -105,8 +155,31 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in given.items() if v is not None}
 
 
+def check_model_options(args: argparse.Namespace) -> None:
+    """Refuse, before torch is imported, model options this machine surely cannot honour:
+    ``--device cuda`` (or ``cuda:N``) on a Linux machine with no GPU driver. The loader
+    checks everything again once torch is there; this only answers the plain cases fast.
+
+    Raises:
+        ConfigError: naming the option and what to use instead.
+    """
+    device = getattr(args, "device", None)
+    if device is not None and device.strip().lower().split(":")[0] == "cuda" and not gpu_driver_present():
+        raise ConfigError(f"--device {device}: this machine has no GPU driver, so no CUDA; use --device cpu")
+
+
+def gpu_driver_present() -> bool:
+    """Whether this machine may have a GPU torch can use as ``cuda``: ``False`` only where
+    that is sure without importing torch (Linux, no NVIDIA or ROCm driver, no ``nvidia-smi``)."""
+    if not sys.platform.startswith("linux"):
+        return True  # no cheap sure answer elsewhere: the loader decides
+    return any(os.path.exists(p) for p in GPU_DRIVER_PATHS) or shutil.which("nvidia-smi") is not None
+
+
 def load_model(args: argparse.Namespace) -> StreamVLM:
-    """The engine for ``args.model`` with the options of :func:`add_model_options`."""
+    """The engine for ``args.model`` with the options of :func:`add_model_options`
+    (checked first by :func:`check_model_options`)."""
+    check_model_options(args)
     from . import StreamVLM
 
     return StreamVLM.from_pretrained(args.model, **model_options(args))
@@ -140,7 +213,8 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
     "window": _MemoryOption(
         "--window",
         "window",
-        "frames of recent context each chunk attends to while encoding (default: {default})",
+        "frames of recent context each chunk attends to while encoding; 0 encodes each chunk "
+        "over the system prompt alone (default: {default})",
         unset="the server's",
         kwargs={"type": int, "metavar": "N"},
     ),
@@ -155,8 +229,8 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
     "answer_window": _MemoryOption(
         "--answer-window",
         "answer_window",
-        "with --top-k: frames of the newest video every answer sees besides the retrieved "
-        "blocks, e.g. 2 (docs/retrieval.md); default: {default}",
+        "frames of the newest video every answer sees; the rest of its context is retrieved "
+        "(--top-k, or past --answer-tokens), e.g. 2 (docs/retrieval.md); default: {default}",
         unset="the --window",
         kwargs={"type": int, "metavar": "N"},
     ),
@@ -187,7 +261,7 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
     "positions": _MemoryOption(
         "--positions",
         "position_mode",
-        "with --top-k: keep retrieved blocks at their stream positions, or re-rotate them "
+        "keep the blocks a question attends at their stream positions, or re-rotate them "
         "next to the question (docs/retrieval.md; default: {default})",
         unset=MemoryConfig.position_mode,
         kwargs={"choices": POSITION_MODES},
@@ -203,25 +277,31 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
     "device_bytes": _MemoryOption(
         "--device-bytes",
         "device_bytes",
-        "bytes of blocks the device tier holds (default: {default})",
-        kwargs={"type": int, "metavar": "B"},
+        "bytes of blocks the device tier holds, e.g. 256MiB; older blocks move to host RAM "
+        "(docs/memory.md; default: {default})",
+        unset=byte_size_text(MemoryConfig.device_bytes),
+        kwargs={"type": byte_size, "metavar": "BYTES"},
     ),
     "host_bytes": _MemoryOption(
         "--host-bytes",
         "host_bytes",
-        "bytes of blocks host RAM holds (default: {default})",
-        kwargs={"type": int, "metavar": "B"},
+        "bytes of blocks host RAM holds, e.g. 2GiB; older blocks move to --disk-dir, or are "
+        "dropped without it (default: {default})",
+        unset=byte_size_text(MemoryConfig.host_bytes),
+        kwargs={"type": byte_size, "metavar": "BYTES"},
     ),
     "host_codec": _MemoryOption(
         "--host-codec",
         "host_codec",
         "how blocks are stored in host RAM, e.g. vidkv or kivi2 (docs/quantization.md; default: {default})",
+        unset=MemoryConfig.host_codec,
         kwargs={"metavar": "CODEC"},
     ),
     "disk_codec": _MemoryOption(
         "--disk-codec",
         "disk_codec",
-        "how blocks are stored on disk (default: {default})",
+        "with --disk-dir: how blocks are stored on disk (default: {default})",
+        unset=MemoryConfig.disk_codec,
         kwargs={"metavar": "CODEC"},
     ),
     "disk_dir": _MemoryOption(
@@ -266,11 +346,100 @@ def memory_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def memory_config(args: argparse.Namespace) -> MemoryConfig:
     """The ``MemoryConfig`` the parsed memory options ask for; the rest keeps its defaults.
+    Options that would do nothing together are refused first (:func:`check_memory_options`).
+
+    Building it checks the codec and policy names against their registries, which imports
+    torch: check paths and the cheap options before calling this.
 
     Raises:
-        ConfigError: a value ``MemoryConfig`` rejects.
+        ConfigError: a value ``MemoryConfig`` rejects, or options without effect.
     """
+    check_memory_options(args)
     return MemoryConfig(**memory_overrides(args))
+
+
+def check_memory_options(args: argparse.Namespace) -> None:
+    """Refuse memory options that cannot act in the combination given, in one line that
+    says why and what to do. Imports nothing.
+
+    Ranges are ``MemoryConfig``'s to check; this is about combinations. A codec option
+    counts as given when it is not ``None`` (commands that offer it default it to ``None``).
+
+    Raises:
+        ConfigError: naming the option that would do nothing.
+    """
+    prune = getattr(args, "prune", None)
+    if prune is not None and prune > 1:
+        raise ConfigError(
+            f"--prune {prune:g} prunes nothing (a cosine similarity is at most 1); give a threshold "
+            "up to 1, e.g. 0.95, or leave --prune out"
+        )
+    if getattr(args, "host_codec", None) is not None and getattr(args, "host_bytes", None) == 0:
+        raise ConfigError(
+            "--host-codec does nothing with --host-bytes 0 (no block is kept in host RAM); leave one out"
+        )
+    if getattr(args, "disk_codec", None) is not None and getattr(args, "disk_dir", None) is None:
+        raise ConfigError(
+            "--disk-codec does nothing without --disk-dir (no block is kept on disk); add --disk-dir DIR "
+            "or leave it out"
+        )
+
+
+def note_memory_options(args: argparse.Namespace) -> None:
+    """Say on stderr, in one line each, what a legal but surprising memory option means
+    (``--window 0``). Called once the command has passed its checks, so that an error
+    stays the only line it prints."""
+    if getattr(args, "window", None) == 0:
+        print(
+            "note: --window 0 encodes each chunk over the system prompt alone, without the frames before it",
+            file=sys.stderr,
+        )
+
+
+# ------------------------------------------------------------------ paths
+# Checked here, before torch is imported, so that a mistyped path fails at once; the
+# modules that open them check again for callers of the Python API.
+
+
+def check_input_file(path: str | os.PathLike) -> None:
+    """Raises ``VideoOpenError`` unless ``path`` is a file that can be opened for reading."""
+    if not os.path.exists(path):
+        raise VideoOpenError(f"cannot open '{path}': no such file; check the path")
+    if os.path.isdir(path):
+        raise VideoOpenError(
+            f"cannot open '{path}': it is a directory; pass the path of a video file inside it"
+        )
+    if not os.access(path, os.R_OK):
+        raise VideoOpenError(f"cannot open '{path}': permission denied; check the file's permissions")
+
+
+def check_existing_directory(path: str | os.PathLike, flag: str, expected: str) -> None:
+    """Raises ``ConfigError`` unless the directory ``flag`` names exists; the message asks
+    for ``expected`` (e.g. "the directory a session was saved in")."""
+    if not os.path.isdir(path):
+        what = "is not a directory" if os.path.exists(path) else "does not exist"
+        raise ConfigError(f"{flag} {path} {what}; give {expected}")
+
+
+def check_output_directory(path: str | os.PathLike, flag: str) -> None:
+    """Raises ``ConfigError`` when the directory ``flag`` names to write into is a file."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{flag} {path} is a file; give a directory (new, or one to overwrite)")
+
+
+def check_new_directory(path: str | os.PathLike, flag: str, resume_flag: str) -> None:
+    """Raises ``ConfigError`` unless the directory ``flag`` names is empty or can be created:
+    a session is written there and must not mix with other files (``resume_flag`` reopens
+    one that is there already)."""
+    if not os.path.exists(path):
+        return
+    if not os.path.isdir(path):
+        raise ConfigError(f"{flag} {path} is a file; give an empty or new directory")
+    if os.listdir(path):
+        raise ConfigError(
+            f"{flag} {path} is not empty; if it already holds a session, reopen it with "
+            f"{resume_flag} {path}, else give an empty or new directory"
+        )
 
 
 # ------------------------------------------------------------ answers and output
@@ -280,7 +449,7 @@ def add_max_new_tokens_option(parser: argparse.ArgumentParser, default: int = DE
     """``--max-new-tokens``: the longest answer."""
     parser.add_argument(
         "--max-new-tokens",
-        type=int,
+        type=positive_int,
         default=default,
         metavar="N",
         help=f"longest answer in tokens (default: {default})",

@@ -224,7 +224,7 @@ def bad_videos(tmp_path, sample_video):
         ("SAMPLE", ["--prune", "nan"], "prune_threshold must be a cosine similarity"),
         ("SAMPLE", ["--fps", "0"], "--fps"),
         ("SAMPLE", ["--window", "-1"], "window"),
-        ("SAMPLE", ["--max-new-tokens", "0"], "max_new_tokens"),
+        ("SAMPLE", ["--max-new-tokens", "0"], "--max-new-tokens"),
         ("SAMPLE", ["--dtype", "int3"], "dtype"),
     ],
 )

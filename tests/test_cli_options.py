@@ -8,7 +8,7 @@ import argparse
 import pytest
 
 from streamvlm.cli import build_parser
-from streamvlm.cli_options import add_memory_options, memory_config, run_command
+from streamvlm.cli_options import add_memory_options, byte_size, byte_size_text, memory_config, run_command
 from streamvlm.config import MemoryConfig
 from streamvlm.errors import ConfigError
 
@@ -100,3 +100,22 @@ def test_run_command_prints_an_error_on_one_line(capsys):
 
     assert run_command(argparse.Namespace(func=fails)) == 2
     assert capsys.readouterr().err == "error: first line second line\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("100", 100), ("0", 0), ("64k", 64 << 10), ("256MiB", 256 << 20), ("2GiB", 2 << 30), ("1 tb", 1 << 40)],
+)
+def test_byte_budgets_take_binary_units(text, expected):
+    assert byte_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["-1", "1.5G", "lots", "2GB2", ""])
+def test_byte_budgets_refuse_what_is_not_a_size(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="expected bytes"):
+        byte_size(text)
+
+
+def test_byte_budget_defaults_read_back():
+    for n in (1 << 30, 4 << 30, 1536 << 20, 1000):
+        assert byte_size(byte_size_text(n)) == n

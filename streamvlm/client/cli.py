@@ -15,7 +15,13 @@ import threading
 from collections.abc import Iterator
 from typing import TextIO
 
-from ..cli_options import QUIT_WORDS, add_max_new_tokens_option, add_memory_options
+from ..cli_options import (
+    QUIT_WORDS,
+    add_max_new_tokens_option,
+    add_memory_options,
+    check_input_file,
+    memory_config,
+)
 from ..errors import ConfigError
 
 API_KEY_ENV = "STREAMVLM_API_KEY"  # as servers.settings.API_KEY_ENV (the same variable on both ends)
@@ -80,10 +86,13 @@ def cmd_stream(args: argparse.Namespace) -> int:
     """Run ``streamvlm stream``; exit code 0, or 2 (through ``StreamVLMError``) on bad input."""
     if args.fps is not None and args.fps < 0:
         raise ConfigError(f"--fps must be >= 0, got {args.fps}")
-    if args.max_new_tokens < 1:
-        raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.realtime and args.webcam is not None:
         raise ConfigError("--realtime is for --file; a webcam always streams in real time")
+    if args.duration is not None and not args.duration > 0:
+        raise ConfigError(f"--duration must be > 0 seconds, got {args.duration}")
+    if args.file:
+        check_input_file(args.file)
+    memory_config(args)  # --window and --top-k in range: the server would refuse them after connecting
     try:
         from .async_client import AsyncStreamClient  # noqa: F401  (needs websockets)
     except ImportError as e:

@@ -15,9 +15,11 @@ from ..cli_options import (
     add_memory_options,
     add_model_options,
     announce_listening,
+    check_model_options,
     check_port,
     load_model,
     memory_config,
+    note_memory_options,
 )
 from ..errors import ConfigError
 
@@ -67,8 +69,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_port(args.port)
     if not (math.isfinite(args.fps) and 0 < args.fps <= 30):
         raise ConfigError(f"--fps must be in (0, 30], got {args.fps}")
-    if args.max_new_tokens < 1 or args.max_sessions < 1:
-        raise ConfigError("--max-new-tokens and --max-sessions must be >= 1")
+    if args.max_sessions < 1:
+        raise ConfigError(f"--max-sessions must be >= 1, got {args.max_sessions}")
+    check_model_options(args)
     memory = memory_config(args)
     try:
         from fastapi import FastAPI
@@ -85,6 +88,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sock = bind_socket(args.host, args.port)  # ConfigError when in use: before the model loads
 
     engine = load_model(args)
+    note_memory_options(args)
     settings = ServerSettings.from_env()
     if args.with_api:
         from ..servers.app import create_app

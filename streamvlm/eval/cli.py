@@ -10,6 +10,7 @@ from ..cli_options import (
     add_memory_options,
     add_model_options,
     add_plot_option,
+    check_model_options,
     line_printer,
     parse_lengths,
     write_results,
@@ -79,10 +80,10 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_eval_clips(args: argparse.Namespace) -> int:
     """Run ``streamvlm eval clips``."""
-    from .clips import run_clip_eval
-
     if args.clips < 1:
         raise ConfigError(f"--clips must be >= 1, got {args.clips}")
+    from .clips import run_clip_eval  # imports torch: after the cheap checks
+
     result = run_clip_eval(args.model, args.clips, args.seed, log=line_printer(args.json))
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
     return 0
@@ -119,6 +120,7 @@ def cmd_eval_needle(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
     )
+    check_model_options(args)
     answer_configs = config.answer_configs()  # a bad name fails here, before the model loads
     result = run_needle_eval(config, log=line_printer(args.json))
     if write_results(args, result, plot):

@@ -22,18 +22,26 @@ from ..cli_options import (
     add_max_new_tokens_option,
     add_memory_options,
     add_model_options,
+    check_existing_directory,
+    check_input_file,
+    check_model_options,
+    check_new_directory,
     load_model,
     memory_config,
     memory_overrides,
+    note_memory_options,
 )
+from ..config import MemoryConfig
 from ..errors import ConfigError, EmptyVideoError, InvalidQuestionError
 from .cli_output import Progress, answer_record, format_answer, human_bytes, plain, printable
 from .questions import validate_question
 
 DEFAULT_FPS = 1.0
-# What a resumed session takes from the command line; the rest (codecs, pruning, the
-# disk directory) was fixed when it was saved.
-RESUMABLE = ("window", "top_k", "answer_window", "query_context", "position_mode")
+# What a resumed session takes from the command line (argparse dests); the rest (codecs,
+# pruning, the disk directory) was fixed when it was saved, and is refused with --resume.
+RESUMABLE = ("window", "top_k", "answer_window", "answer_tokens", "max_position_span", "query_context")
+RESUMABLE += ("positions", "device_bytes", "host_bytes")
+FIXED_WHEN_SAVED = {"prune": "--prune", "host_codec": "--host-codec", "disk_codec": "--disk-codec"}
 
 
 @dataclass(frozen=True)
@@ -93,11 +101,20 @@ def add_watch_parser(subparsers) -> argparse.ArgumentParser:
         help="question to ask once the stream reaches SECONDS (repeatable)",
     )
     add_json_option(w, note=" (no interactive prompt)")
-    # query_context and positions default to None, not MemoryConfig's value: a resumed
-    # session keeps its own unless they are given
-    memory = ("window", "top_k", "answer_window", "answer_tokens", "max_position_span", "query_context")
-    memory += ("positions", "prune")
-    add_memory_options(w, *memory, "host_codec", "disk_codec", "disk_dir", query_context=None, positions=None)
+    # Options default to None ("not given"), not MemoryConfig's value, where a resumed session
+    # keeps its own unless they are given, or where giving one that cannot act is refused.
+    add_memory_options(
+        w,
+        *RESUMABLE,
+        *FIXED_WHEN_SAVED,
+        "disk_dir",
+        query_context=None,
+        positions=None,
+        device_bytes=None,
+        host_bytes=None,
+        host_codec=None,
+        disk_codec=None,
+    )
     w.add_argument(
         "--resume",
         metavar="DIR",
@@ -116,22 +133,32 @@ def add_watch_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """Run ``streamvlm watch``; raises ``StreamVLMError`` on bad input."""
-    # Everything is checked before streaming starts, cheapest first: options and
-    # questions, then the video (opened and probed), then the model.
-    memory = memory_config(args)
+    # Everything is checked before streaming starts, cheapest first, so that a mistake fails
+    # in well under a second: options and questions, then paths and the device (no torch
+    # yet), then the memory options (their names import torch), the video (opened and
+    # probed) and the sampling limits; the model loads last.
     if args.video is None and args.resume is None:
         raise ConfigError("give a VIDEO to watch, or --resume DIR to ask about a saved session")
-    if args.resume is not None and args.disk_dir is not None:
-        raise ConfigError("--resume DIR continues the session in DIR; leave out --disk-dir")
+    if args.resume is not None:
+        _check_resumable(args)
     if not (math.isfinite(args.fps) and args.fps > 0):
         raise ConfigError(f"--fps must be > 0, got {args.fps}")
-    at_end = [TimedQuestion(validate_question(q, memory.max_question_chars), None) for q in args.ask]
-    timed = sorted((parse_ask_at(s, memory.max_question_chars) for s in args.ask_at), key=lambda q: q.at)
+    max_chars = MemoryConfig.max_question_chars
+    at_end = [TimedQuestion(validate_question(q, max_chars), None) for q in args.ask]
+    timed = sorted((parse_ask_at(s, max_chars) for s in args.ask_at), key=lambda q: q.at)
     interactive = not at_end and not timed and not args.json
+    video = Path(args.video) if args.video is not None else None
+    if video is not None:
+        check_input_file(video)
+    if args.resume is not None:
+        check_existing_directory(args.resume, "--resume", "the directory a session was saved in")
+    if args.disk_dir is not None:
+        check_new_directory(args.disk_dir, "--disk-dir", resume_flag="--resume")
+    check_model_options(args)
+    memory = memory_config(args)
 
     from ..ingest import FileSource
 
-    video = Path(args.video) if args.video is not None else None
     source = FileSource(video) if video is not None else None
     info = source.info if source is not None else None  # probed: a bad file has failed already
 
@@ -140,6 +167,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     SamplingParams(max_new_tokens=args.max_new_tokens)  # raises ConfigError when out of range
     engine = load_model(args)
     session = _open_session(args, engine, memory)
+    note_memory_options(args)
     # a resumed session's clock has moved on: new frames come after what it has seen
     offset = session.stream_time + 1.0 / args.fps if session.state.frames_seen else 0.0
 
@@ -181,6 +209,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         print(
             f"warning: {skipped} packet(s) of {video} could not be decoded and were skipped", file=sys.stderr
         )
+    if args.host_codec is not None:
+        _warn_if_host_unused(session, args.host_codec)
     if not args.json:
         stats = session.stats()
         held = sum(stats.bytes_per_tier.values())
@@ -226,15 +256,37 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_resumable(args: argparse.Namespace) -> None:
+    """Refuse with ``--resume`` the options a saved session fixed: they would do nothing."""
+    if args.disk_dir is not None:
+        raise ConfigError("--resume DIR continues the session in DIR; leave out --disk-dir")
+    fixed = [flag for name, flag in FIXED_WHEN_SAVED.items() if getattr(args, name) is not None]
+    if fixed:
+        raise ConfigError(
+            f"{', '.join(fixed)} cannot change a saved session (they define what it stores); "
+            "leave them out with --resume"
+        )
+
+
+def _warn_if_host_unused(session, codec: str) -> None:
+    """Say on stderr when ``--host-codec`` did nothing: every block stayed on the device."""
+    blocks = session.blocks
+    if session.stats().dropped_blocks == 0 and all(blocks.tier_of(m.id) == "device" for m in blocks.metas()):
+        print(
+            f"warning: --host-codec {codec} did nothing: every block stayed on the device; "
+            "give a smaller --device-bytes to keep older blocks in host RAM",
+            file=sys.stderr,
+        )
+
+
 def _open_session(args: argparse.Namespace, engine, memory):
     """A new session with ``memory``, or the one saved in ``--resume DIR`` with the
-    options it may take from the command line."""
+    options it may take from the command line (:data:`RESUMABLE`)."""
     if args.resume is None:
         return engine.new_session(memory=memory)
     from .. import Session
 
-    overrides = {k: v for k, v in memory_overrides(args).items() if k in RESUMABLE}
-    return Session.resume(args.resume, engine, **overrides)
+    return Session.resume(args.resume, engine, **memory_overrides(args))
 
 
 def _sampled_frames(source, fps: float):

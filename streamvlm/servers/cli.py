@@ -10,7 +10,14 @@ import argparse
 import sys
 from dataclasses import replace
 
-from ..cli_options import add_listen_options, add_model_options, announce_listening, check_port, load_model
+from ..cli_options import (
+    add_listen_options,
+    add_model_options,
+    announce_listening,
+    check_model_options,
+    check_port,
+    load_model,
+)
 from ..errors import ConfigError
 from .settings import API_KEY_ENV, ServerSettings
 
@@ -107,6 +114,7 @@ def _settings_from_args(args: argparse.Namespace) -> ServerSettings:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run ``streamvlm serve`` until interrupted; bad options fail before the model loads."""
     check_port(args.port)
+    check_model_options(args)
     settings = _settings_from_args(args)
     try:
         from .run import bind_socket, serve

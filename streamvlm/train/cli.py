@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..cli_options import add_verbose_option
+from ..cli_options import add_verbose_option, check_existing_directory, check_output_directory
 from ..config import QUERY_CONTEXTS
 from ..errors import ConfigError
 from .config import TrainConfig
@@ -97,6 +97,9 @@ def cmd_train_tiny(args: argparse.Namespace) -> int:
         raise ConfigError(f"--vision-steps must be 0 or more, got {args.vision_steps}")
     if not (math.isfinite(args.retrieval_loss_weight) and args.retrieval_loss_weight >= 0):
         raise ConfigError(f"--retrieval-loss-weight must be 0 or more, got {args.retrieval_loss_weight}")
+    check_output_directory(args.out, "--out")
+    if args.init is not None:
+        check_existing_directory(args.init, "--init", "a checkpoint directory train-tiny wrote")
     from .loop import train  # torch and transformers: after the cheap checks
     from .synth_task import CURRICULA, OBJECT_CLASSES, VOCABULARY, synth_sample, vision_sample
 

@@ -1,0 +1,172 @@
+"""Errors before heavy work: every ``streamvlm`` mistake is one ``error:`` line and exit code 2,
+and the cheap ones (paths, options, the device) are found before torch is imported.
+
+The cheap cases run the real command in a subprocess through a small wrapper that reports,
+after the command returns, whether torch or transformers were imported. How fast that is
+(well under a second) is measured in the report of issue 16, not asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streamvlm.cli import main
+from streamvlm.cli_options import ATTENTIONS, DTYPES, gpu_driver_present
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "transformers")
+# Runs `streamvlm ARGS...` and prints, on stdout (which an error leaves empty), the heavy
+# modules it imported.
+WRAPPER = f"""
+import sys
+from streamvlm.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+print(sorted(set({HEAVY!r}) & set(sys.modules)))
+sys.exit(code)
+"""
+
+
+def run_cli(argv: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """The command as a shell runs it; returns the finished process and the heavy modules it imported."""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", WRAPPER, *argv], capture_output=True, text=True, timeout=120, cwd=cwd, env=env
+    )
+    imported = json.loads(proc.stdout.strip().splitlines()[-1].replace("'", '"'))
+    return proc, imported
+
+
+def assert_one_error_line(proc: subprocess.CompletedProcess, fragment: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def places(tmp_path, sample_video):
+    """A working directory with the sample video (clip.mp4), a non-empty directory, a file
+    and an empty directory."""
+    (tmp_path / "clip.mp4").write_bytes(sample_video.read_bytes())
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("kept\n")
+    (tmp_path / "a-file").write_text("not a directory\n")
+    (tmp_path / "empty").mkdir()
+    return tmp_path
+
+
+WATCH = ["watch", "clip.mp4", "--ask", "what?"]
+CHEAP = {  # case: (arguments, fragment of the error line); run in `places`
+    "missing video": (["watch", "missing.mp4"], "no such file"),
+    "video is a directory": (["watch", "empty"], "is a directory"),
+    "max-new-tokens 0": ([*WATCH, "--max-new-tokens", "0"], "--max-new-tokens"),
+    "dtype float8": ([*WATCH, "--dtype", "float8"], "--dtype"),
+    "unknown attention": ([*WATCH, "--attn", "fast"], "--attn"),
+    "max-pixels 0": ([*WATCH, "--max-pixels", "0"], "--max-pixels"),
+    "missing resume dir": (["watch", "--resume", "nowhere", "--ask", "x"], "--resume nowhere does not exist"),
+    "resume names a file": (["watch", "--resume", "a-file", "--ask", "x"], "is not a directory"),
+    "non-empty disk dir": ([*WATCH, "--disk-dir", "full"], "--disk-dir full is not empty"),
+    "disk dir is a file": ([*WATCH, "--disk-dir", "a-file"], "is a file"),
+    "resume and disk dir": (["watch", "--resume", "empty", "--disk-dir", "x"], "leave out --disk-dir"),
+    "resume and prune": (["watch", "--resume", "empty", "--prune", "0.9"], "--prune cannot change"),
+    "resume and host codec": (["watch", "--resume", "empty", "--host-codec", "int8"], "--host-codec"),
+    "prune above 1": ([*WATCH, "--prune", "2"], "prunes nothing"),
+    "disk codec without disk": ([*WATCH, "--disk-codec", "int8"], "--disk-codec does nothing"),
+    "host codec, no host": (
+        [*WATCH, "--host-codec", "int8", "--host-bytes", "0"],
+        "--host-codec does nothing",
+    ),
+    "device bytes": ([*WATCH, "--device-bytes", "lots"], "--device-bytes"),
+    "fps 0": ([*WATCH, "--fps", "0"], "--fps"),
+    "empty question": (["watch", "clip.mp4", "--ask", ""], "question is empty"),
+    "stream a missing file": (
+        ["stream", "--server", "http://127.0.0.1:9", "--file", "missing.mp4"],
+        "no such file",
+    ),
+    "stream for no time": (
+        ["stream", "--server", "http://127.0.0.1:9", "--webcam", "0", "--duration", "0"],
+        "--duration",
+    ),
+    "demo max-new-tokens": (["demo", "--max-new-tokens", "0"], "--max-new-tokens"),
+    "serve dtype": (["serve", "--dtype", "float8"], "--dtype"),
+    "eval clips": (["eval", "clips", "--clips", "0"], "--clips must be >= 1"),
+    "train into a file": (["train-tiny", "--out", "a-file"], "--out a-file is a file"),
+    "train from nowhere": (
+        ["train-tiny", "--out", "model", "--init", "nowhere"],
+        "--init nowhere does not exist",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CHEAP))
+def test_cheap_mistakes_fail_in_one_line_before_torch_is_imported(case, places):
+    argv, fragment = CHEAP[case]
+    proc, imported = run_cli(argv, places)
+    assert_one_error_line(proc, fragment)
+    assert imported == [], f"{case}: imported {imported} before refusing"
+
+
+@pytest.mark.skipif(gpu_driver_present(), reason="this machine may have CUDA")
+@pytest.mark.parametrize("command", [["watch", "clip.mp4", "--ask", "x"], ["serve"], ["demo"]])
+def test_cuda_without_a_gpu_driver_fails_before_torch_is_imported(command, places):
+    proc, imported = run_cli([*command, "--device", "cuda:0"], places)
+    assert_one_error_line(proc, "no CUDA; use --device cpu")
+    assert imported == []
+
+
+def test_stream_refuses_impossible_ranges_before_connecting(places):
+    proc, _ = run_cli(
+        ["stream", "--server", "http://127.0.0.1:9", "--file", "clip.mp4", "--top-k", "0"], places
+    )
+    assert_one_error_line(proc, "top_k must be >= 1")
+
+
+def test_the_cli_names_what_the_loader_accepts():
+    """--dtype and --attn are refused by argparse from the CLI's lists: each name on them loads."""
+    import torch
+
+    from streamvlm.models.loading import ATTENTION_IMPLEMENTATIONS, resolve_dtype
+
+    assert set(ATTENTIONS) == set(ATTENTION_IMPLEMENTATIONS)
+    for name in DTYPES:
+        assert isinstance(resolve_dtype(name, torch.device("cpu")), torch.dtype)
+
+
+def watch_json(argv: list[str], capfd) -> tuple[dict, str]:
+    """``streamvlm watch ... --json`` in this process: its document and its stderr."""
+    assert main(["watch", "--fps", "1", "--max-new-tokens", "1", "--json", "--no-progress", *argv]) == 0
+    out, err = capfd.readouterr()
+    return json.loads(out), err
+
+
+def test_tier_budgets_act_and_an_idle_host_codec_is_named(sample_video, capfd):
+    """--device-bytes moves older blocks to host RAM, where --host-codec acts; with the default
+    budget every block stays on the device and the codec is said to have done nothing."""
+    doc, err = watch_json(
+        [str(sample_video), "--device-bytes", "1", "--host-codec", "int8", "--ask", "x"], capfd
+    )
+    assert doc["stats"]["bytes_per_tier"]["host"] > 0
+    assert "did nothing" not in err
+    doc, err = watch_json([str(sample_video), "--host-codec", "int8", "--ask", "x"], capfd)
+    assert doc["stats"]["bytes_per_tier"]["host"] == 0
+    assert err.strip().splitlines() == [
+        "warning: --host-codec int8 did nothing: every block stayed on the device; "
+        "give a smaller --device-bytes to keep older blocks in host RAM"
+    ]
+
+
+def test_window_0_is_legal_and_says_what_it_means(sample_video, capfd):
+    doc, err = watch_json([str(sample_video), "--window", "0", "--ask", "x"], capfd)
+    assert doc["stats"]["blocks"] > 0
+    assert err.strip().splitlines() == [
+        "note: --window 0 encodes each chunk over the system prompt alone, without the frames before it"
+    ]
