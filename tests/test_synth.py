@@ -366,6 +366,9 @@ def test_cli_make(tmp_path, capsys):
     assert synth_main(["make", "--seconds", "8", "--out", str(tmp_path / "x.avi")]) == 2
     err = capsys.readouterr().err
     assert re.fullmatch(r"error: [^\n]+\n", err), err
+    assert synth_main(["make", "--seconds", "8", "--out", str(tmp_path / "no" / "x.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"error: cannot write [^\n]+ does not exist; create it first\n", err), err
 
 
 def test_bad_options_raise_config_error():

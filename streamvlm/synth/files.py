@@ -38,6 +38,8 @@ def write(
     path = Path(path)
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise ConfigError(f"video name must end in one of {', '.join(VIDEO_SUFFIXES)}, got '{path.name}'")
+    if not path.parent.is_dir():  # before a long stream is rendered, not after
+        raise ConfigError(f"cannot write {path}: the folder {path.parent} does not exist; create it first")
     if questions is None:
         if n_questions < 0:
             raise ConfigError(f"n_questions must be >= 0, got {n_questions}")
