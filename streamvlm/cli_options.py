@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .config import POSITION_MODES, QUERY_CONTEXTS, MemoryConfig
+from .config import MAX_NEW_TOKENS_LIMIT, POSITION_MODES, QUERY_CONTEXTS, MemoryConfig
 from .errors import ConfigError, StreamVLMError, VideoOpenError
 from .models.bundled import TINY_SYNTH
 from .output import configure_output
@@ -445,11 +445,19 @@ def check_new_directory(path: str | os.PathLike, flag: str, resume_flag: str) ->
 # ------------------------------------------------------------ answers and output
 
 
+def _answer_length(text: str) -> int:
+    """``--max-new-tokens``'s value: 1 to ``MAX_NEW_TOKENS_LIMIT``."""
+    value = positive_int(text)
+    if value > MAX_NEW_TOKENS_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_NEW_TOKENS_LIMIT} tokens, got {value}")
+    return value
+
+
 def add_max_new_tokens_option(parser: argparse.ArgumentParser, default: int = DEFAULT_MAX_NEW_TOKENS) -> None:
     """``--max-new-tokens``: the longest answer."""
     parser.add_argument(
         "--max-new-tokens",
-        type=positive_int,
+        type=_answer_length,
         default=default,
         metavar="N",
         help=f"longest answer in tokens (default: {default})",

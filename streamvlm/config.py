@@ -17,6 +17,9 @@ from .registry import BLOCK_CODECS, EVICTION_POLICIES, QUEUE_POLICIES, SELECTION
 POSITION_MODES = ("original", "contiguous")
 QUERY_CONTEXTS = ("window", "sink")
 PRUNE_MODES = ("drop", "merge")
+# the longest answer a question may ask for (SamplingParams.max_new_tokens); here, torch-free,
+# so that the command line refuses more before it imports torch
+MAX_NEW_TOKENS_LIMIT = 4096
 
 
 @dataclass

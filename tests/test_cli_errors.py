@@ -69,6 +69,7 @@ CHEAP = {  # case: (arguments, fragment of the error line); run in `places`
     "missing video": (["watch", "missing.mp4"], "no such file"),
     "video is a directory": (["watch", "empty"], "is a directory"),
     "max-new-tokens 0": ([*WATCH, "--max-new-tokens", "0"], "--max-new-tokens"),
+    "max-new-tokens past the limit": ([*WATCH, "--max-new-tokens", "5000"], "at most 4096 tokens"),
     "dtype float8": ([*WATCH, "--dtype", "float8"], "--dtype"),
     "unknown attention": ([*WATCH, "--attn", "fast"], "--attn"),
     "max-pixels 0": ([*WATCH, "--max-pixels", "0"], "--max-pixels"),

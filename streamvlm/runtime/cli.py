@@ -162,9 +162,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
     source = FileSource(video) if video is not None else None
     info = source.info if source is not None else None  # probed: a bad file has failed already
 
-    from .decode import SamplingParams
-
-    SamplingParams(max_new_tokens=args.max_new_tokens)  # raises ConfigError when out of range
     engine = load_model(args)
     session = _open_session(args, engine, memory)
     note_memory_options(args)

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import MAX_NEW_TOKENS_LIMIT
 from ..errors import ConfigError
 from ..models.base import Backend
-
-MAX_NEW_TOKENS_LIMIT = 4096
 
 
 @dataclass(frozen=True)
