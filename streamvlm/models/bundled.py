@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 from ..errors import ModelNotFoundError
 
-if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
-
 # The checkpoint `streamvlm train-tiny` trains on the synthetic world (docs/training.md):
 # the default model of `streamvlm watch` and `eval needle`.
-TINY_SYNTH = "streamvlm-tiny-synth"
+from .catalog import TINY_SYNTH
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 # Inside the package, so that a wheel carries them (pyproject.toml's package-data lists the
 # files loading reads); found through importlib.resources, so an installed wheel, an editable

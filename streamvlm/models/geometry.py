@@ -60,13 +60,9 @@ from ..ingest.preprocess import (
     SIGLIP_STD,
 )
 from ..output import is_verbose
+from .catalog import GEOM_LLAVA_05B, GEOM_LLAVA_7B, GEOM_QWEN_3B, GEOM_QWEN_7B, GEOMETRY_MODELS
 from .hf_compat import progress_bars, set_attention_implementation
 from .tokenizer import build_tiny_tokenizer, qwen_vl_token_fields
-
-GEOM_QWEN_7B = "geom-qwen2.5-vl-7b"
-GEOM_QWEN_3B = "geom-qwen2.5-vl-3b"
-GEOM_LLAVA_05B = "geom-llava-ov-0.5b"
-GEOM_LLAVA_7B = "geom-llava-ov-7b"
 
 # Bumped whenever what make_geometry_checkpoint writes changes, so cached copies are rebuilt.
 FORMAT_VERSION = 2
@@ -166,7 +162,6 @@ RELEASED = {
     GEOM_LLAVA_05B: "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
     GEOM_LLAVA_7B: "llava-hf/llava-onevision-qwen2-7b-ov-hf",
 }
-GEOMETRY_MODELS = tuple(RELEASED)
 # the released models' text layers (num_hidden_layers of their config.json): a geom
 # checkpoint keeps 2, and figures "at full depth" scale per-layer costs by these
 RELEASED_TEXT_LAYERS = {GEOM_QWEN_7B: 28, GEOM_QWEN_3B: 36, GEOM_LLAVA_05B: 24, GEOM_LLAVA_7B: 28}

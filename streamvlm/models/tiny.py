@@ -17,12 +17,9 @@ from transformers import (
 )
 
 from ..ingest.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
+from .catalog import TINY_LLAVA, TINY_MODELS, TINY_QWEN
 from .hf_compat import set_attention_implementation
 from .tokenizer import SPECIAL_TOKENS, build_tiny_tokenizer, qwen_vl_token_fields
-
-TINY_QWEN = "tiny-qwen2.5-vl"
-TINY_LLAVA = "tiny-llava-ov"
-TINY_MODELS = (TINY_QWEN, TINY_LLAVA)
 
 # The embedding table is a little larger than the tokenizer (256 bytes + 10 specials),
 # as real checkpoints' are; the spare rows are never produced by the tokenizer.
