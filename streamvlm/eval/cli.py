@@ -1,4 +1,4 @@
-"""``streamvlm eval needle|clips``: the parser (light: no torch at start-up) and the commands."""
+"""``streamvlm eval needle|clips|streams``: the parser (light: no torch at start-up) and the commands."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ..cli_options import (
     write_results,
 )
 from ..errors import ConfigError
+from .streams_cli import add_streams_parser
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
@@ -75,6 +76,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=12345, help="seed of the held-out clips (default: 12345)")
     add_json_option(c)
     c.set_defaults(func=cmd_eval_clips)
+    add_streams_parser(evals)
     return ev
 
 

@@ -45,6 +45,7 @@ DISTANCE_BINS: tuple[float, ...] = (16, 64, 256, 1024)
 # The shortest stream the nearest needle distance fits in (see distances_for).
 MIN_LENGTH = int(DISTANCES[0] + NEEDLE_SECONDS) + 2
 
+DEFAULT = "default"  # the configuration a user gets without options
 _CONFIG = re.compile(r"^(plain|lossless|top(\d+))(-contiguous)?(?:-w(\d+))?((?:\+[a-z0-9.\-]+)*)$")
 _PRUNE = re.compile(r"^prune(\d*\.?\d+)$")
 
@@ -61,14 +62,22 @@ class AnswerConfig:
     answer_window: int | None = None  # frames of the window every retrieval answer sees
     prune: float | None = None  # the session's prune_threshold
     codec: str | None = None  # the session's host and disk codec
+    defaults: bool = False  # ``default``: a session of MemoryConfig() asked with no options
 
     @property
-    def store(self) -> tuple[float | None, str | None]:
+    def store(self) -> tuple:
         """What the session stores; configurations with the same store share a session."""
-        return (self.prune, self.codec)
+        return (DEFAULT,) if self.defaults else (self.prune, self.codec)
+
+    @property
+    def reads_blocks(self) -> bool:
+        """Whether it may attend a subset of the blocks (so whether the needle was among them counts)."""
+        return self.top_k is not None or self.defaults
 
     @classmethod
     def parse(cls, name: str) -> AnswerConfig:
+        if name == DEFAULT:
+            return cls(name=name, defaults=True)
         m = _CONFIG.match(name)
         if (
             not m
@@ -76,7 +85,7 @@ class AnswerConfig:
             or (m.group(4) is not None and m.group(2) is None)
         ):
             raise ConfigError(
-                f"unknown configuration {name!r}; use plain, lossless, top<K> or top<K>-contiguous, "
+                f"unknown configuration {name!r}; use default, plain, lossless, top<K> or top<K>-contiguous, "
                 "top<K> optionally with -w<N> (answer window), any but plain with +prune<T> and +<codec> "
                 "(e.g. plain,lossless,top4-contiguous-w2,lossless+prune0.95+vidkv)"
             )
@@ -340,7 +349,7 @@ def _run_stream(engine, config, answer_configs, length, seed, result) -> int:
                                 distance=q.distance,
                                 asked_at=q.asked_at,
                                 ttft_s=ttft,
-                                needle_retrieved=_holds_needle(world, q, blocks) if ac.top_k else None,
+                                needle_retrieved=_holds_needle(world, q, blocks) if ac.reads_blocks else None,
                             )
                         )
             stats = session.stats()
@@ -362,21 +371,23 @@ def _run_stream(engine, config, answer_configs, length, seed, result) -> int:
     return len(pending)
 
 
-def store_name(store: tuple[float | None, str | None]) -> str:
-    """``full`` or the storage suffixes, e.g. ``prune0.95+vidkv``."""
+def store_name(store: tuple) -> str:
+    """``full``, ``default`` or the storage suffixes, e.g. ``prune0.95+vidkv``."""
+    if store == (DEFAULT,):
+        return DEFAULT
     prune, codec = store
     parts = ([f"prune{prune:g}"] if prune is not None else []) + ([codec] if codec else [])
     return "+".join(parts) or "full"
 
 
-def _store_memory(
-    engine, world, config: NeedleEvalConfig, store: tuple[float | None, str | None], disk_dir: str
-):
+def _store_memory(engine, world, config: NeedleEvalConfig, store: tuple, disk_dir: str):
     """The session options for one storage. With a codec the device tier holds exactly the
     encoding window (at full precision, as it always does), so every block a question reads
-    from further back comes from the codec."""
+    from further back comes from the codec. ``default``: ``MemoryConfig()`` (the span aside)."""
     from ..config import MemoryConfig
 
+    if store == (DEFAULT,):
+        return MemoryConfig(max_position_span=config.max_position_span)
     prune, codec = store
     # no codec named: full precision everywhere (MemoryConfig's default stores vidkv)
     window = config.window
@@ -426,14 +437,15 @@ def _answer(engine, session, world, frames, question, ac: AnswerConfig, config) 
             max_new_tokens=config.max_new_tokens,
         )
         return run["text"], run["ttft_s"], []
-    answer = session.ask(
-        question,
-        top_k=ac.top_k,
-        answer_window=ac.answer_window,
-        positions=ac.positions,
-        max_new_tokens=config.max_new_tokens,
-    )
+    answer = session.ask(question, max_new_tokens=config.max_new_tokens, **question_options(ac))
     return answer.text, answer.timings.ttft_s, answer.blocks
+
+
+def question_options(ac: AnswerConfig) -> dict:
+    """What ``ac`` passes to ``Session.ask`` besides the sampling options (nothing for ``default``)."""
+    if ac.defaults:
+        return {}
+    return dict(top_k=ac.top_k, answer_window=ac.answer_window, positions=ac.positions)
 
 
 def header(answer_configs: list[AnswerConfig]) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..config import MemoryConfig
 from . import hf_compat
 
 # One layer's KV as the runtime keeps it: keys (after RoPE) and values, each
@@ -67,6 +68,8 @@ class Backend(ABC):
         )
         #: positions the language model was trained on (RoPE range): no forward may reach it
         self.max_positions = int(text_config.max_position_embeddings)
+        #: MemoryConfig values the checkpoint recommends (models/recommended.py); set by the loader
+        self.memory_defaults: dict = {}
 
     # ----- properties of the loaded model -----------------------------------------
 
@@ -94,6 +97,11 @@ class Backend(ABC):
         ids.discard(None)
         ids.discard(self.tokenizer.unk_token_id)
         return sorted(ids)
+
+    def default_memory(self, **options) -> MemoryConfig:
+        """``MemoryConfig(**options)`` over the checkpoint's recommended values: what a
+        session of this model uses for every option its user did not give."""
+        return MemoryConfig(**{**self.memory_defaults, **options})
 
     # ----- prompts ---------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import torch
 from ..config import MemoryConfig
 from ..models.base import Backend
 from ..models.loading import load_backend
+from ..models.recommended import memory_defaults_of as recommended_memory
 from .scheduling import FairLock
 from .session import DEFAULT_SYSTEM_PROMPT, Session
 
@@ -61,6 +62,7 @@ class StreamVLM:
             max_pixels=max_pixels,
             attn_implementation=attn_implementation,
         )
+        backend.memory_defaults = recommended_memory(name)
         return cls(backend)
 
     @property
@@ -70,5 +72,15 @@ class StreamVLM:
     def new_session(
         self, memory: MemoryConfig | None = None, system_prompt: str = DEFAULT_SYSTEM_PROMPT
     ) -> Session:
-        """Start a new stream with its own memory and position counter."""
+        """Start a new stream with its own memory and position counter.
+
+        ``memory`` defaults to the checkpoint's recommended options
+        (``Backend.default_memory()``); build one with ``engine.memory(**options)`` to keep
+        them for the options not given."""
+        memory = memory if memory is not None else self.memory()
         return Session(self.backend, memory=memory, system_prompt=system_prompt, device_lock=self.device_lock)
+
+    def memory(self, **options) -> MemoryConfig:
+        """``MemoryConfig(**options)``, the options not given taken from what the model's
+        checkpoint recommends (``models/recommended.py``), else ``MemoryConfig``'s defaults."""
+        return self.backend.default_memory(**options)
