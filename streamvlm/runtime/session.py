@@ -387,7 +387,7 @@ class Session:
                 f"({len(self._queue)} still queued); ask with wait=False to answer over what is "
                 "encoded, or raise MemoryConfig.question_wait_s"
             )
-        waited = time.perf_counter() - started
+        waited = time.perf_counter() - started if fence is not None else 0.0
         dropped = fence.dropped if fence is not None else self.queue_counts()[0]
         with self._lock:
             pending, stream.position = self._pending_block(fence)
