@@ -40,6 +40,9 @@ from .threads import iterate_in_thread
 log = logging.getLogger("streamvlm.server")
 
 KICK_TIMEOUT_S = 2.0
+# the "encoded" ack waits until no frame has arrived for this long: one when a burst or a
+# stream stops, not one per frame of a live stream the encoder keeps up with
+ENCODED_ACK_QUIET_S = 0.1
 
 
 class StreamConnection:
@@ -70,6 +73,7 @@ class StreamConnection:
         self._caught_up = asyncio.Event()  # set when the encoder may have caught up: check it
         self._in_frame = False  # the receive loop is handling a frame (decoding it, then its ack)
         self._encoded_acked = 0  # ``received`` when the last "encoded" ack was sent
+        self._last_frame_at = 0.0  # time.monotonic() when the receive loop last finished a frame
         self._notify = None  # the session's ``on_caught_up`` while this connection feeds it
 
     # ----- the loop ---------------------------------------------------------------
@@ -127,6 +131,7 @@ class StreamConnection:
             await self._take_frame(data)
         finally:
             self._in_frame = False
+            self._last_frame_at = time.monotonic()
             self._caught_up.set()  # a refused or rate-dropped frame may be the last one
 
     async def _take_frame(self, data: bytes) -> None:
@@ -250,18 +255,25 @@ class StreamConnection:
             self.served.session.on_caught_up = self._notify
 
     async def _caught_up_loop(self) -> None:
-        """Send ``{"type": "ack", "cause": "encoded"}`` each time encoding has caught up with
-        the frames received since the last one: no frame being decoded, none queued for the
-        encoder; only the chunk being filled (``partial``) is not in a block yet."""
+        """Send ``{"type": "ack", "cause": "encoded"}`` when encoding has caught up with the
+        frames received since the last one (no frame being decoded, none queued for the
+        encoder; only the chunk being filled, ``partial``, is not in a block yet) and no
+        frame has arrived for ``ENCODED_ACK_QUIET_S``."""
         while True:
             await self._caught_up.wait()
             self._caught_up.clear()
-            session, received = self.served.session, self.served.frames.received
-            if session is None or self._in_frame or received == self._encoded_acked:
-                continue
-            if session.caught_up():
-                self._encoded_acked = received
-                await self._ack("encoded")
+            while True:  # until sent, or until a later frame or encode will wake it again
+                session, received = self.served.session, self.served.frames.received
+                if session is None or self._in_frame or received == self._encoded_acked:
+                    break
+                if not session.caught_up():
+                    break
+                quiet = self._last_frame_at + ENCODED_ACK_QUIET_S - time.monotonic()
+                if quiet <= 0:
+                    self._encoded_acked = received
+                    await self._ack("encoded")
+                    break
+                await asyncio.sleep(quiet)
 
     # ----- answers ----------------------------------------------------------------
 
