@@ -363,8 +363,10 @@ class Session:
         iterating thread: this call never blocks), until the encoder has taken every frame
         pushed before the question, at most ``plan.wait_s`` seconds (then
         ``QuestionTimeoutError``); frames the full queue dropped meanwhile are counted in
-        ``Answer.frames_dropped``. ``plan.wait=False`` answers over what the encoder has
-        taken when the answer starts. Frames that arrive later are never in it.
+        ``Answer.frames_dropped``. The pending block holds only frames pushed before the
+        question; blocks of later frames encoded by the time the answer starts are
+        attended like any other. ``plan.wait=False`` answers over what the encoder has
+        taken when the answer starts.
 
         A ``since`` / ``until`` span that cannot hold a frame (negative, reversed, or
         starting after the latest frame received) raises ``ConfigError`` here.
