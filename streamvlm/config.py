@@ -39,6 +39,12 @@ class MemoryConfig:
         (lossless), ``N`` the N most recent ones.
     max_question_chars:
         Questions longer than this are rejected with ``InvalidQuestionError``.
+    question_wait_s:
+        A question covers every frame the session received before it: with an encoder
+        thread (``Session.push_frame``) it first waits until those frames are encoded (or
+        dropped by the queue). Past this many seconds of waiting it fails with
+        ``QuestionTimeoutError``; ``wait=False`` on a question answers at once over what
+        is encoded instead.
 
     Tiers (hard byte budgets on KV payload; see ``docs/memory.md``):
 
@@ -147,6 +153,7 @@ class MemoryConfig:
     chunk_frames: int | None = None
     answer_blocks: int | None = None
     max_question_chars: int = 2000
+    question_wait_s: float = 60.0
     device_bytes: int = 1 << 30
     host_bytes: int = 4 << 30
     disk_dir: str | None = None
@@ -180,6 +187,10 @@ class MemoryConfig:
             raise ConfigError(f"answer_blocks must be >= 0 or None, got {self.answer_blocks}")
         if self.max_question_chars < 1:
             raise ConfigError(f"max_question_chars must be >= 1, got {self.max_question_chars}")
+        if not (isinstance(self.question_wait_s, (int, float)) and 0 < self.question_wait_s < math.inf):
+            raise ConfigError(
+                f"question_wait_s must be a positive number of seconds, got {self.question_wait_s}"
+            )
         for name in ("device_bytes", "host_bytes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0 bytes, got {getattr(self, name)}")

@@ -32,3 +32,7 @@ class InvalidQuestionError(StreamVLMError):
 
 class ConfigError(StreamVLMError):
     """An option has a value that cannot work."""
+
+
+class QuestionTimeoutError(StreamVLMError):
+    """A question waited too long for the frames received before it to be encoded."""

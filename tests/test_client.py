@@ -47,15 +47,23 @@ def test_async_client_streams_asks_and_tracks_acks(server):
                 assert c.in_flight <= 3  # the window holds the sender back
             await c.send_frame(b"\xff\xd8\xff not really a jpeg", 5.0)  # refused: one error reply
             await c.wait_in_flight(0)
-            assert c.last_ack["received"] == 10  # the refused frame got an error, not an ack
-            assert [e["code"] for e in c.frame_errors] == ["bad_image"]
+            assert [e["code"] for e in c.frame_errors] == ["bad_image"]  # an error, not an ack
+            encoded = await asyncio.wait_for(c.wait_encoded(), 60)  # every frame sent is in memory
+            assert encoded["cause"] == "encoded" and encoded["received"] == 11 and encoded["rejected"] == 1
+            assert encoded["encoded"] == 10 and encoded["pending"] == encoded["partial"] == 0
             stream = await c.ask("What moved?", max_new_tokens=4)
             deltas = [d async for d in stream]
             assert stream.done["type"] == "answer.done" and "".join(deltas) == stream.done["text"]
             assert stream.done["timings"]["new_tokens"] >= 1
+            assert stream.done["spans"][-1]["t_end"] == 4.5 and stream.done["frames_dropped"] == 0
+            at_once = await (await c.ask("What moved?", max_new_tokens=2, wait=False)).result()
+            assert at_once["timings"]["wait_s"] == 0.0
             with pytest.raises(ClientError) as refused:  # a question option the server refuses
                 await (await c.ask("What moved?", max_new_tokens=10_000)).result()
             assert refused.value.code == "bad_option"
+            with pytest.raises(ClientError, match="latest frame received") as future:
+                await (await c.ask("What moved?", since=60)).result()
+            assert future.value.code == "bad_option"
             assert (await c.reset())["cause"] == "reset"
             stats = await c.stats()
             assert stats["frames"]["received"] == 11 and stats["frames"]["rejected"] == 1
@@ -92,6 +100,7 @@ def test_sync_client_from_plain_threads(server):
         for i in range(8):
             client.send_frame(np.full((64, 80, 3), 20 * i, np.uint8), i / 4)  # RGB arrays: JPEG-encoded
         client.wait_in_flight(0, timeout=30)
+        assert client.wait_encoded(timeout=30)["encoded"] == 8
         answer = client.ask("What colour is it?", max_new_tokens=4)
         deltas = list(answer)
         assert answer.done is not None and "".join(deltas) == answer.done["text"]

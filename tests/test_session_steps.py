@@ -74,6 +74,10 @@ def test_answer_plan_takes_the_config_and_overrides_it_for_one_question():
     assert AnswerPlan.resolve(MemoryConfig(window=7)).answer_window == 7
     named = AnswerPlan.resolve(config, blocks=[3, 1])
     assert named.blocks == (3, 1) and not named.retrieves
+    # a question waits for its frames by default, as long as the config says
+    assert (plan.wait, plan.wait_s) == (True, 60.0)
+    quick = AnswerPlan.resolve(MemoryConfig(question_wait_s=5), wait=False)
+    assert (quick.wait, quick.wait_s) == (False, 5)
 
 
 @pytest.mark.parametrize(
@@ -84,6 +88,7 @@ def test_answer_plan_takes_the_config_and_overrides_it_for_one_question():
         ({"positions": "sideways"}, "positions must be one of original, contiguous, got 'sideways'"),
         ({"max_new_tokens": 0}, "max_new_tokens must be between 1 and"),
         ({"topk": 3}, "unknown question option topk"),
+        ({"wait": 1}, "wait must be true or false, got 1"),
     ],
 )
 def test_answer_plan_rejects_bad_options_in_one_line(options, message):

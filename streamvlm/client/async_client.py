@@ -128,6 +128,7 @@ class AsyncStreamClient:
         self.delete_on_exit = delete_on_exit
         self.on_error = on_error
         self.last_ack: dict | None = None  # the latest ack: cumulative counters of the session
+        self.last_encoded: dict | None = None  # the latest "encoded" ack: encoding caught up then
         self.frames_sent = 0
         self.frame_errors: list[dict] = []  # frames the server refused (each one's error message)
         self.errors: list[dict] = []  # errors about neither a frame nor a question (encode_failed, ...)
@@ -241,6 +242,25 @@ class AsyncStreamClient:
         if len(self._in_flight) > at_most:
             raise self._gone()
 
+    async def wait_encoded(self) -> dict:
+        """Wait until the server has encoded every frame this client sent (all but the
+        chunk still being filled, which questions attend anyway); returns that ``encoded`` ack.
+
+        Questions do not need it (each covers every frame sent before it); it is for a
+        client that wants to know its frames are in memory, e.g. before it stops sending.
+        Bound it with ``asyncio.wait_for``.
+        """
+        await self.wait_in_flight(0)
+        # every frame sent has its reply; the server counted it in ``received`` before
+        target = (self.last_ack or {}).get("received", 0)
+        async with self._settled:
+            await self._settled.wait_for(
+                lambda: (self.last_encoded or {}).get("received", -1) >= target or self._ws is None
+            )
+        if (self.last_encoded or {}).get("received", -1) < target:
+            raise self._gone()
+        return self.last_encoded
+
     @property
     def in_flight(self) -> int:
         """Frames sent whose reply has not arrived yet."""
@@ -250,7 +270,10 @@ class AsyncStreamClient:
         """Ask a question; returns its ``AnswerStream`` at once (the answer streams into it).
 
         ``options`` are the protocol's question options: ``max_new_tokens``, ``top_k``,
-        ``since``, ``until``, ``temperature``, ``top_p``, ``seed``.
+        ``answer_window``, ``since``, ``until``, ``temperature``, ``top_p``, ``seed``, and
+        ``wait``: the answer covers every frame sent before the question (the server
+        waits until they are encoded) unless ``wait=False``, which answers at once over
+        what is encoded.
         """
         ws = self._open_ws()
         qid = str(id) if id is not None else f"c{next(self._ids)}"
@@ -331,6 +354,10 @@ class AsyncStreamClient:
             self.last_ack = message
             if message.get("cause") == "frame":
                 await self._settle()
+            elif message.get("cause") == "encoded":
+                self.last_encoded = message
+                async with self._settled:
+                    self._settled.notify_all()
             elif self._control.get(message.get("cause"), None):
                 _resolve(self._control[message["cause"]].popleft(), message)
         elif kind == "answer.delta":

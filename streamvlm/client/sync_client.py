@@ -100,8 +100,13 @@ class StreamClient:
     def wait_in_flight(self, at_most: int = 0, timeout: float | None = None) -> None:
         self._call(self.client.wait_in_flight(at_most), timeout)
 
+    def wait_encoded(self, timeout: float | None = None) -> dict:
+        """Wait until every frame sent is encoded; the ``encoded`` ack (``AsyncStreamClient.wait_encoded``)."""
+        return self._call(self.client.wait_encoded(), timeout)
+
     def ask(self, text: str, **options: Any) -> SyncAnswerStream:
-        """Ask a question; iterate the result for deltas, or call ``.text()``."""
+        """Ask a question (options as ``AsyncStreamClient.ask``, ``wait=False`` among them);
+        iterate the result for deltas, or call ``.text()``."""
         return SyncAnswerStream(self._call(self.client.ask(text, **options)), self)
 
     def reset(self) -> dict:

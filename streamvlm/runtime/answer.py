@@ -20,8 +20,10 @@ class BlockRef:
 class Timings:
     """Wall-clock seconds for one answer.
 
-    ``ttft_s`` runs from the call to ``ask`` until the first answer token is known
-    (context assembly + question prefill); ``total_s`` until the last token.
+    ``wait_s`` is the time the question waited for the frames received before it to be
+    encoded (0 with ``wait=False`` or without an encoder thread). The answer starts after
+    it: ``ttft_s`` runs from there until the first answer token is known (context
+    assembly + question prefill); ``total_s`` until the last token.
     """
 
     ttft_s: float
@@ -29,6 +31,7 @@ class Timings:
     prefill_s: float
     decode_s: float
     new_tokens: int
+    wait_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class Answer:
     # the largest layer's tokens (bounded by answer_tokens) and the bytes over every layer
     context_tokens: int = 0
     context_bytes: int = 0
+    # frames received before the question that the full encoder queue dropped (over the
+    # session's life): the answer could not see them; 0 without an encoder thread
+    frames_dropped: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)

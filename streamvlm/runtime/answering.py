@@ -8,7 +8,8 @@
 4. ``prefill``: the question over the sinks and the picked blocks, layer by layer.
 5. ``decode_tokens`` (decode.py): the answer token by token at explicit positions.
 
-``answer_deltas`` strings them together under the device lock and streams text.
+``prefill_answer`` runs steps 1-4 under the device lock (the session takes it, so the
+blocks it reads cannot change); ``decode_answer`` runs step 5 and streams text.
 """
 
 from __future__ import annotations
@@ -46,16 +47,16 @@ class Sink:
 class AnswerStream:
     """An answer's text deltas as they are produced: iterate it.
 
-    ``selection`` (the blocks attended, per layer) is set once the question is prefilled,
-    ``answer`` once the stream is exhausted. Nothing runs before the first ``next``.
+    ``position`` (where the question starts) and ``selection`` (the blocks attended, per
+    layer) are set once the question is prefilled, ``answer`` once the stream is exhausted.
+    Nothing runs before the first ``next``: a question that waits for frames waits there,
+    in the thread that iterates it.
     """
 
-    def __init__(
-        self, question: str, asked_at: float, position: int, run: Callable[[AnswerStream], Iterator[str]]
-    ):
+    def __init__(self, question: str, asked_at: float, run: Callable[[AnswerStream], Iterator[str]]):
         self.question = question
-        self.asked_at = asked_at  # stream time of the latest frame seen when asked
-        self.position = position  # where the question starts: after everything seen when asked
+        self.asked_at = asked_at  # stream time of the latest frame received when asked
+        self.position: int | None = None  # where the question starts: after everything it covers
         self.selection: Selection | None = None
         self.answer: Answer | None = None
         self._deltas = run(self)
@@ -130,7 +131,19 @@ def _window(memory: BlockMemory, frames: int, pending: Block | None) -> list[Blo
     return [*memory.window(frames - pending.meta.frames), pending]
 
 
-def answer_deltas(
+@dataclass
+class Prefilled:
+    """A question prefilled over its context: what decoding it needs, and what it attended."""
+
+    cache: object  # the question's private cache, filled by the prefill
+    first_logits: torch.Tensor
+    next_position: int  # where the first answer token goes
+    refs: list[BlockRef]  # the blocks attended, with the tier each was read from
+    selection: Selection
+    started: float  # perf_counter when the answer started (after any wait for frames)
+
+
+def prefill_answer(
     stream: AnswerStream,
     *,
     backend: Backend,
@@ -141,52 +154,57 @@ def answer_deltas(
     plan: AnswerPlan,
     pending: Block | None,
     bound: PositionBound,
-    lock: AbstractContextManager,
-) -> Iterator[str]:
-    """Answer ``stream.question`` by ``plan``; yields text deltas and fills
-    ``stream.selection`` and ``stream.answer``. ``pending`` is the chunk being filled,
-    encoded for this question only: the newest block it may attend. Positions stay below
-    ``bound``: past it, the attended blocks are re-based after the sink."""
+) -> Prefilled:
+    """Steps 1-4 for ``stream.question`` by ``plan``; the caller holds the device lock, so
+    the blocks (and ``pending``, the chunk being filled, encoded for this question only:
+    the newest block it may attend) cannot change under it. Fills ``stream.selection``.
+    Positions stay below ``bound``: past it, the attended blocks are re-based after the sink."""
     started = time.perf_counter()
     embeds, positions = question_inputs(backend, system_prompt, stream.question, stream.position)
-    with lock:
-        queries = None
-        if plan.retrieves:  # read when retrieval runs, at most once (a budget that fits needs none)
-            queries = functools.cache(
-                partial(
-                    _read_question,
-                    backend,
-                    memory,
-                    sink,
-                    plan,
-                    pending,
-                    bound,
-                    video_start,
-                    embeds,
-                    positions,
-                )
+    queries = None
+    if plan.retrieves:  # read when retrieval runs, at most once (a budget that fits needs none)
+        queries = functools.cache(
+            partial(
+                _read_question, backend, memory, sink, plan, pending, bound, video_start, embeds, positions
             )
-        fixed = len(sink.ids) + embeds.shape[0] + plan.sampling.max_new_tokens  # what any context holds
-        stream.selection = selection = memory.select(plan, queries, pending.meta if pending else None, fixed)
-        stored = [b for b in selection.union if pending is None or b != pending.id]
-        blocks = {b.id: b for b in memory.load(stored)}  # one batched load from the tiers
-        tiers = {b: memory.tier_of(b) for b in blocks}
-        if pending is not None and pending.id in selection.union:
-            blocks[pending.id], tiers[pending.id] = pending, "pending"
-        answer = plan.sampling.max_new_tokens  # decoded after the question, one position each
-        held = [b.meta.positions for b in blocks.values()]
-        if (plan.positions == "contiguous" and blocks) or bound.reaches(positions, *held, extra=answer):
-            blocks, positions = contiguous_layout(backend, blocks, video_start, embeds.shape[0])
-        bound.record(
-            positions, *(b.meta.positions for b in blocks.values()), extra=answer, what="this question"
         )
-        cache, first_logits = prefill(backend, sink, blocks, selection, embeds, positions)
-    ttft = time.perf_counter() - started
+    fixed = len(sink.ids) + embeds.shape[0] + plan.sampling.max_new_tokens  # what any context holds
+    stream.selection = selection = memory.select(plan, queries, pending.meta if pending else None, fixed)
+    stored = [b for b in selection.union if pending is None or b != pending.id]
+    blocks = {b.id: b for b in memory.load(stored)}  # one batched load from the tiers
+    tiers = {b: memory.tier_of(b) for b in blocks}
+    if pending is not None and pending.id in selection.union:
+        blocks[pending.id], tiers[pending.id] = pending, "pending"
+    answer = plan.sampling.max_new_tokens  # decoded after the question, one position each
+    held = [b.meta.positions for b in blocks.values()]
+    if (plan.positions == "contiguous" and blocks) or bound.reaches(positions, *held, extra=answer):
+        blocks, positions = contiguous_layout(backend, blocks, video_start, embeds.shape[0])
+    bound.record(positions, *(b.meta.positions for b in blocks.values()), extra=answer, what="this question")
+    cache, first_logits = prefill(backend, sink, blocks, selection, embeds, positions)
     refs = [BlockRef(b, m.meta.t_start, m.meta.t_end, m.meta.tokens, tiers[b]) for b, m in blocks.items()]
+    return Prefilled(cache, first_logits, int(positions[0, -1]) + 1, refs, selection, started)
+
+
+def decode_answer(
+    stream: AnswerStream,
+    ready: Prefilled,
+    *,
+    backend: Backend,
+    plan: AnswerPlan,
+    lock: AbstractContextManager,
+    wait_s: float = 0.0,
+    frames_dropped: int = 0,
+) -> Iterator[str]:
+    """Step 5: yield the answer's text deltas (the lock taken per token), then fill
+    ``stream.answer``. ``wait_s`` and ``frames_dropped`` are what the question's wait for
+    its frames took and found (``Answer``)."""
+    ttft = time.perf_counter() - ready.started
     streamer = TextStreamer(backend.tokenizer)
     tokens: list[int] = []
-    next_position = int(positions[0, -1]) + 1
-    for token in decode_tokens(backend, cache, first_logits, next_position, plan.sampling, lambda: lock):
+    steps = decode_tokens(
+        backend, ready.cache, ready.first_logits, ready.next_position, plan.sampling, lambda: lock
+    )
+    for token in steps:
         tokens.append(token)
         delta = streamer.push(token)
         if delta:
@@ -194,20 +212,26 @@ def answer_deltas(
     tail = streamer.finish()
     if tail:
         yield tail
-    total = time.perf_counter() - started
-    context_tokens, context_bytes = cache_footprint(cache)
+    total = time.perf_counter() - ready.started
+    context_tokens, context_bytes = cache_footprint(ready.cache)
     stream.answer = Answer(
         question=stream.question,
         text=streamer.text,
         asked_at=stream.asked_at,
-        blocks=refs,
+        blocks=ready.refs,
         timings=Timings(
-            ttft_s=ttft, total_s=total, prefill_s=ttft, decode_s=total - ttft, new_tokens=len(tokens)
+            ttft_s=ttft,
+            total_s=total,
+            prefill_s=ttft,
+            decode_s=total - ttft,
+            new_tokens=len(tokens),
+            wait_s=wait_s,
         ),
         token_ids=tokens,
         finish_reason="length" if len(tokens) == plan.sampling.max_new_tokens else "stop",
-        mode=selection.mode,
-        left_out=selection.left_out,
+        mode=ready.selection.mode,
+        left_out=ready.selection.left_out,
         context_tokens=context_tokens,
         context_bytes=context_bytes,
+        frames_dropped=frames_dropped,
     )

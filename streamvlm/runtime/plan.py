@@ -34,6 +34,11 @@ class AnswerPlan:
     neighbours: int = 0  # blocks taken on each side of every retrieved block
     encode_window: int = 32  # frames of the encoding window (the "window" query context)
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    # True: the question covers every frame the session received before it, waiting (at
+    # most wait_s seconds) for the encoder thread to encode them; False: it answers at
+    # once over what the encoder has taken so far
+    wait: bool = True
+    wait_s: float = 60.0
 
     @property
     def retrieves(self) -> bool:
@@ -53,20 +58,26 @@ class AnswerPlan:
         blocks: list[int] | tuple[int, ...] | None = None,
         positions: str | None = None,
         answer_tokens: int | None = None,
+        wait: bool = True,
         **sampling,
     ) -> AnswerPlan:
         """The plan for one question. ``top_k``, ``answer_window`` and ``positions`` override
         ``config.top_k``, ``config.answer_window`` and ``config.position_mode`` for this
         question, ``answer_tokens`` overrides ``config.answer_tokens`` (left unset by both,
-        the session answering derives it: ``Session.answer``); ``blocks`` names the block ids to attend outright; the rest are
+        the session answering derives it: ``Session.answer``); ``blocks`` names the block ids to attend outright;
+        ``wait=False`` answers over what is encoded instead of waiting for every frame
+        received before the question (at most ``config.question_wait_s``); the rest are
         ``SamplingParams`` (``max_new_tokens``, ``temperature``, ``top_p``, ``seed``,
-        ``stop_token_ids``)."""
+        ``stop_token_ids``). ``since`` / ``until`` are checked against the stream where it
+        is known, in ``Session.answer``."""
         if top_k is not None and top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {top_k}")
         if answer_window is not None and answer_window < 0:
             raise ConfigError(f"answer_window must be >= 0 frames, got {answer_window}")
         if answer_tokens is not None and answer_tokens < 1:
             raise ConfigError(f"answer_tokens must be >= 1, got {answer_tokens}")
+        if not isinstance(wait, bool):
+            raise ConfigError(f"wait must be true or false, got {wait!r}")
         if positions is not None and positions not in POSITION_MODES:
             raise ConfigError(f"positions must be one of {', '.join(POSITION_MODES)}, got {positions!r}")
         try:
@@ -76,7 +87,7 @@ class AnswerPlan:
             unknown = ", ".join(sorted(set(sampling) - set(SamplingParams.__dataclass_fields__)))
             raise ConfigError(
                 f"unknown question option {unknown}; use since, until, top_k, answer_window, blocks, "
-                f"positions, answer_tokens or {known}"
+                f"positions, answer_tokens, wait or {known}"
             ) from None
         window = next(w for w in (answer_window, config.answer_window, config.window) if w is not None)
         return cls(
@@ -93,6 +104,8 @@ class AnswerPlan:
             neighbours=config.neighbours,
             encode_window=config.window,
             sampling=params,
+            wait=wait,
+            wait_s=config.question_wait_s,
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import fields, replace
 from functools import partial
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..config import MemoryConfig
-from ..errors import ConfigError, InvalidFrameError
+from ..errors import ConfigError, InvalidFrameError, QuestionTimeoutError
 from ..ingest.frames import Frame
 from ..memory.block import Block, BlockMeta, recent_by_frames
 from ..memory.manager import BlockMemory
@@ -28,12 +28,12 @@ from ..memory.pruning import TemporalPruner
 from ..models.base import Backend
 from ..retrieval.summaries import block_summary
 from .answer import Answer, SessionStats
-from .answering import AnswerStream, Sink, answer_deltas
+from .answering import AnswerStream, Sink, decode_answer, prefill_answer
 from .context import concat_layers, new_kv_from_cache
 from .plan import AnswerPlan, answer_budget
 from .positions import PositionBound, lay_out
-from .questions import validate_question
-from .scheduling import FairLock, FrameQueue
+from .questions import check_time_range, validate_question
+from .scheduling import FairLock, Fence, FrameQueue
 from .state import StreamState
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -82,10 +82,16 @@ class Session:
         self.state = StreamState(next_position=self.video_start)
         self.encode_s = 0.0  # seconds spent encoding chunks in this process
         self._pending: list[tuple[np.ndarray, float]] = []  # frames of the chunk being filled
+        # guards ``_pending`` with ``state.frames_seen``, which counts the frames appended to it:
+        # a question reads both at once. Taken inside the device lock, never around it.
+        self._frames_lock = threading.Lock()
         self._queue: FrameQueue | None = None
         self._worker: threading.Thread | None = None
         self._last_pushed_t: float | None = None
         self.background_errors: list[str] = []
+        # called from the encoder thread each time it has taken every queued frame (the
+        # server's "encoded" ack); it must not block, and what it raises is ignored
+        self.on_caught_up: Callable[[], None] | None = None
         if self.memory.disk_dir is not None and _blocks is None:
             self.checkpoint()  # the directory is a session from the start
 
@@ -144,12 +150,14 @@ class Session:
                 f"frame time {t:.3f}s is before the previous frame's {state.last_t:.3f}s; "
                 "send frames in presentation order"
             )
-        if state.t0 is None:
-            state.t0 = t
-        state.last_t = t
-        state.frames_seen += 1
-        self._pending.append((rgb, t))
-        if len(self._pending) >= self.chunk_frames:
+        with self._frames_lock:
+            if state.t0 is None:
+                state.t0 = t
+            state.last_t = t
+            state.frames_seen += 1
+            self._pending.append((rgb, t))
+            full = len(self._pending) >= self.chunk_frames
+        if full:
             self.flush()
 
     def add_frames(self, frames: Iterable[Frame | tuple[np.ndarray, float]]) -> int:
@@ -189,6 +197,17 @@ class Session:
             self._worker.start()
         return self._queue.put((rgb, t))
 
+    @property
+    def received_time(self) -> float | None:
+        """Stream time of the latest frame received (``push_frame`` or ``add_frame``); None before any."""
+        return self._last_pushed_t if self._last_pushed_t is not None else self.state.last_t
+
+    @property
+    def pending_frames(self) -> int:
+        """Frames of the chunk being filled: taken by the encoder, waiting for the chunk to fill
+        (a question attends them as its ``pending`` block; ``flush`` or ``close`` encodes them)."""
+        return len(self._pending)
+
     def queue_counts(self) -> tuple[int, int]:
         """``(frames dropped by the encoder queue, frames waiting in it)``; ``(0, 0)`` before
         ``push_frame`` was first used. Two counters any thread may read without the device
@@ -200,20 +219,39 @@ class Session:
         """Wait until every queued frame is encoded (a partial chunk stays pending); False on timeout."""
         return self._queue.join(timeout) if self._queue is not None else True
 
+    def caught_up(self) -> bool:
+        """Whether the encoder thread has taken every frame pushed (True without one): all
+        that remains unencoded is the chunk being filled (``pending_frames``)."""
+        return self._queue is None or self._queue.idle
+
     def _encode_queued(self) -> None:
-        while (item := self._queue.get()) is not None:
+        queue = self._queue
+        while (item := queue.get()) is not None:
             try:
-                self.add_frame(*item)
+                if isinstance(item, Fence):  # a question waits here: every earlier frame is taken
+                    item.reach(self.state.frames_seen)
+                else:
+                    self.add_frame(*item)
             except Exception as e:  # keep encoding: one bad frame must not stop the stream
                 self.background_errors.append(f"{type(e).__name__}: {e}")
             finally:
-                self._queue.done()
+                queue.done()
+            if self.on_caught_up is not None and queue.idle:
+                try:
+                    self.on_caught_up()
+                except Exception:  # a listener's failure must not stop encoding
+                    pass
 
     def flush(self) -> None:
-        """Encode a partly filled chunk now (padding it by repeating its last frame if the model needs it)."""
-        if self._pending:
-            pending, self._pending = self._pending, []
-            self.encode_chunk(pending)
+        """Encode a partly filled chunk now (padding it by repeating its last frame if the model needs it).
+
+        The frames leave ``_pending`` and become a block under one hold of the device lock,
+        so a question (which reads both under it) sees them in exactly one of the two."""
+        with self._lock:
+            with self._frames_lock:
+                pending, self._pending = self._pending, []
+            if pending:
+                self._encode_locked(pending)
 
     # ----- step 1: a chunk of frames becomes a block -----------------------------
 
@@ -225,23 +263,27 @@ class Session:
         temporal patch is padded by repeating the last frame (the block counts only the
         real frames).
         """
+        with self._lock:
+            return self._encode_locked(frames)
+
+    def _encode_locked(self, frames: list[tuple[np.ndarray, float]]) -> BlockMeta:
+        """``encode_chunk`` for a caller that holds the device lock."""
         state = self.state
         started = time.perf_counter()
-        with self._lock:
-            chunk = self._forward_chunk(frames, prune=True)
-            state.next_position = max(state.next_position, chunk.spans_to)
-            state.frames_encoded += len(frames)
-            state.chunks_encoded += 1
-            meta = self.blocks.commit(
-                chunk.layers,
-                t_start=frames[0][1],
-                t_end=frames[-1][1],
-                frames=len(frames),
-                positions=chunk.positions,
-                kept=chunk.kept,
-                summary=block_summary(self.backend, chunk.layers, chunk.positions),
-                session_record=self._record(),
-            )
+        chunk = self._forward_chunk(frames, prune=True)
+        state.next_position = max(state.next_position, chunk.spans_to)
+        state.frames_encoded += len(frames)
+        state.chunks_encoded += 1
+        meta = self.blocks.commit(
+            chunk.layers,
+            t_start=frames[0][1],
+            t_end=frames[-1][1],
+            frames=len(frames),
+            positions=chunk.positions,
+            kept=chunk.kept,
+            summary=block_summary(self.backend, chunk.layers, chunk.positions),
+            session_record=self._record(),
+        )
         self.encode_s += time.perf_counter() - started
         return meta
 
@@ -272,14 +314,21 @@ class Session:
         self.backend.forward(embeds, positions, cache)
         return _Chunk(new_kv_from_cache(cache, context[0][0].shape[1]), positions.cpu(), kept, spans_to)
 
-    def _pending_block(self) -> tuple[Block, int]:
-        """The frames of the chunk being filled, encoded for a question only: the block they
-        would make now (with the id the next block gets, nothing pruned), and the position
-        after it. Nothing is stored and no counter moves, so a question never changes how
-        later frames are paired into chunks."""
-        frames = list(self._pending)
-        with self._lock:
-            chunk = self._forward_chunk(frames, prune=False)
+    def _pending_block(self, fence: Fence | None) -> tuple[Block | None, int]:
+        """The frames of the chunk being filled, encoded for a question only (the caller
+        holds the device lock): the block they would make now (with the id the next block
+        gets, nothing pruned), and the position after it. With ``fence``, only the frames
+        the encoder had taken when it reached the fence: the question's own. Nothing is
+        stored and no counter moves, so a question never changes how later frames are
+        paired into chunks."""
+        with self._frames_lock:
+            frames, seen = list(self._pending), self.state.frames_seen
+        if fence is not None:
+            # the pending frames are the newest ones seen; drop those taken after the fence
+            frames = frames[: max(0, len(frames) - (seen - fence.clock))]
+        if not frames:
+            return None, self.state.next_position
+        chunk = self._forward_chunk(frames, prune=False)
         meta = BlockMeta(
             id=self.blocks.next_block_id,
             t_start=frames[0][1],
@@ -306,32 +355,66 @@ class Session:
     def answer(self, question: str, plan: AnswerPlan) -> AnswerStream:
         """Answer ``question`` as ``plan`` says; iterate the result for text deltas.
 
-        The question follows everything seen when it is asked, even if frames arrive
-        while it is being answered. Without an encoder thread, the frames of a chunk still
-        being filled are encoded for this question alone and attended as its newest block
-        (``tier="pending"`` in ``Answer.blocks``); they stay pending, so chunking is the
-        same whether or not questions are asked. With an encoder thread, frames in flight
-        are that thread's.
+        The question covers every frame the session received before it. Frames of a chunk
+        still being filled are encoded for this question alone and attended as its newest
+        block (``tier="pending"`` in ``Answer.blocks``); they stay pending, so chunking is
+        the same whether or not questions are asked. With an encoder thread
+        (``push_frame``) the answer first waits, when it is first iterated (in the
+        iterating thread: this call never blocks), until the encoder has taken every frame
+        pushed before the question, at most ``plan.wait_s`` seconds (then
+        ``QuestionTimeoutError``); frames the full queue dropped meanwhile are counted in
+        ``Answer.frames_dropped``. The pending block holds only frames pushed before the
+        question; blocks of later frames encoded by the time the answer starts are
+        attended like any other. ``plan.wait=False`` answers over what the encoder has
+        taken when the answer starts.
+
+        A ``since`` / ``until`` span that cannot hold a frame (negative, reversed, or
+        starting after the latest frame received) raises ``ConfigError`` here.
         """
         text = validate_question(question, self.memory.max_question_chars)
-        pending, position = None, self.state.next_position
-        if self._queue is None and self._pending:
-            pending, position = self._pending_block()
-        if plan.answer_tokens is None:
-            plan = replace(plan, answer_tokens=self._question_budget(text, plan, pending))
-        run = partial(
-            answer_deltas,
+        received = self.received_time
+        check_time_range(plan.since, plan.until, received)
+        fence = self._queue.put_fence() if plan.wait and self._queue is not None else None
+        run = partial(self._answer_deltas, plan=plan, fence=fence)
+        return AnswerStream(text, received if received is not None else 0.0, run)
+
+    def _answer_deltas(self, stream: AnswerStream, plan: AnswerPlan, fence: Fence | None) -> Iterator[str]:
+        """The question's steps once its frames are in: wait at the fence, then prefill
+        over the blocks and the pending frames as they are under one hold of the device
+        lock, then decode."""
+        started = time.perf_counter()
+        if fence is not None and not fence.wait(plan.wait_s):
+            raise QuestionTimeoutError(
+                f"the frames received before this question were not encoded within {plan.wait_s:g} s "
+                f"({len(self._queue)} still queued); ask with wait=False to answer over what is "
+                "encoded, or raise MemoryConfig.question_wait_s"
+            )
+        waited = time.perf_counter() - started if fence is not None else 0.0
+        dropped = fence.dropped if fence is not None else self.queue_counts()[0]
+        with self._lock:
+            pending, stream.position = self._pending_block(fence)
+            if plan.answer_tokens is None:
+                plan = replace(plan, answer_tokens=self._question_budget(stream.question, plan, pending))
+            ready = prefill_answer(
+                stream,
+                backend=self.backend,
+                memory=self.blocks,
+                sink=self.sink,
+                system_prompt=self.system_prompt,
+                video_start=self.video_start,
+                plan=plan,
+                pending=pending,
+                bound=self.bound,
+            )
+        yield from decode_answer(
+            stream,
+            ready,
             backend=self.backend,
-            memory=self.blocks,
-            sink=self.sink,
-            system_prompt=self.system_prompt,
-            video_start=self.video_start,
             plan=plan,
-            pending=pending,
-            bound=self.bound,
             lock=self._lock,
+            wait_s=waited,
+            frames_dropped=dropped,
         )
-        return AnswerStream(text, self.stream_time, position, run)
 
     def _question_budget(self, question: str, plan: AnswerPlan, pending: Block | None) -> int:
         """The device budget (``self.answer_tokens``), raised if need be to hold this question
@@ -350,7 +433,10 @@ class Session:
         ``answer_window`` and ``positions`` override the ``MemoryConfig`` values for this
         question; ``blocks`` names the block ids to attend outright; the rest are
         ``SamplingParams`` (``max_new_tokens``, ``temperature``, ``top_p``, ``seed``,
-        ``stop_token_ids``); ``answer_tokens`` overrides the session's budget."""
+        ``stop_token_ids``); ``answer_tokens`` overrides the session's budget; ``wait=False``
+        answers over what is encoded without waiting for the encoder thread (``answer``).
+        Never blocks: a bad option or span raises here, the waiting happens when the
+        result is first iterated."""
         return self.answer(question, AnswerPlan.resolve(self.memory, **options))
 
     def ask(self, question: str, **options) -> Answer:

@@ -13,7 +13,8 @@ Client -> server:
   ``close``.
 
 Server -> client (text, JSON): ``ack``, ``answer.delta``, ``answer.done``, ``error``.
-Every binary message gets exactly one reply: an ``ack`` or an ``error``.
+Every binary message gets exactly one reply: an ``ack`` (``"cause": "frame"``) or an
+``error``; an ``ack`` with ``"cause": "encoded"`` also says when encoding has caught up.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ MAX_QUESTION_ID_CHARS = 64
 MAX_ANSWER_WINDOW = 65536  # frames; what a question's answer window may ask for
 
 # Options a question may carry, with the JSON types each accepts (bool is not a number here).
+# The ranges of since / until against the stream are checked by the session
+# (runtime/questions.py check_time_range), the one place every front end shares.
 QUESTION_OPTIONS: dict[str, tuple[type, ...]] = {
+    "wait": (bool,),
     "max_new_tokens": (int,),
     "top_k": (int,),
     "answer_window": (int,),
@@ -183,6 +187,10 @@ def check_question_option(name: str, value: Any, max_new_tokens: int, **context:
     types = QUESTION_OPTIONS.get(name)
     if types is None:
         raise bad(f"is not known; use {', '.join(QUESTION_OPTIONS)}")
+    if types == (bool,):
+        if not isinstance(value, bool):
+            raise bad(f"must be true or false, got {type(value).__name__}")
+        return
     if isinstance(value, bool) or not isinstance(value, types):
         raise bad(f"must be {'an integer' if types == (int,) else 'a number'}, got {type(value).__name__}")
     if isinstance(value, float) and not math.isfinite(value):
@@ -217,8 +225,9 @@ def delta_message(qid: str, text: str) -> dict[str, Any]:
 def answer_fields(answer, latency_s: float) -> dict[str, Any]:
     """What ``answer.done`` reports about an ``Answer``: text, time spans, blocks, timings.
 
-    ``latency_s`` runs from the question's arrival at the server to now; the part of it
-    before the answer started is ``queued_s``.
+    ``latency_s`` runs from the question's arrival at the server to now: ``queued_s``
+    behind earlier questions, ``wait_s`` for the frames before it to be encoded, then
+    the answer itself (``total_s``).
     """
     t = answer.timings
     blocks = [
@@ -233,10 +242,12 @@ def answer_fields(answer, latency_s: float) -> dict[str, Any]:
         "left_out": answer.left_out,
         "context_tokens": answer.context_tokens,
         "context_bytes": answer.context_bytes,
+        "frames_dropped": answer.frames_dropped,
         "spans": spans_of(blocks),
         "blocks": blocks,
         "timings": {
-            "queued_s": max(0.0, latency_s - t.total_s),
+            "queued_s": max(0.0, latency_s - t.total_s - t.wait_s),
+            "wait_s": t.wait_s,
             "ttft_s": t.ttft_s,
             "prefill_s": t.prefill_s,
             "decode_s": t.decode_s,

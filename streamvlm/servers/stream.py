@@ -9,6 +9,11 @@ model work, and everything that waits is bounded: the encoder queue
 (``MemoryConfig.queue_frames``), the question queue (``max_pending_questions``), the
 deltas of one answer (``max_new_tokens``), and what uvicorn reads off the socket
 (it stops reading until the loop takes the last message).
+
+A question covers every frame received before it (the session waits for them in the
+answer's thread). When encoding catches up with every frame received, a third task
+sends an ``ack`` with ``"cause": "encoded"``, so a client can tell that all it sent is in
+memory.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from .threads import iterate_in_thread
 log = logging.getLogger("streamvlm.server")
 
 KICK_TIMEOUT_S = 2.0
+# the "encoded" ack waits until no frame has arrived for this long: one when a burst or a
+# stream stops, not one per frame of a live stream the encoder keeps up with
+ENCODED_ACK_QUIET_S = 0.1
 
 
 class StreamConnection:
@@ -62,13 +70,22 @@ class StreamConnection:
         self._open = True
         self._asked = 0
         self._task: asyncio.Task | None = None  # the task running ``run``
+        self._caught_up = asyncio.Event()  # set when the encoder may have caught up: check it
+        self._in_frame = False  # the receive loop is handling a frame (decoding it, then its ack)
+        self._encoded_acked = 0  # ``received`` when the last "encoded" ack was sent
+        self._last_frame_at = 0.0  # time.monotonic() when the receive loop last finished a frame
+        self._notify = None  # the session's ``on_caught_up`` while this connection feeds it
 
     # ----- the loop ---------------------------------------------------------------
 
     async def run(self) -> None:
         """Receive until the client closes, sends ``close`` or the session is deleted."""
         self._task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        self._notify = lambda: loop.call_soon_threadsafe(self._caught_up.set)
+        self._listen()
         answering = asyncio.create_task(self._answer_loop())
+        catching_up = asyncio.create_task(self._caught_up_loop())
         try:
             while self._open:
                 message = await self.ws.receive()
@@ -82,7 +99,11 @@ class StreamConnection:
         finally:
             self._open = False
             answering.cancel()  # closes the answer's iterator: its thread stops at the next token
-            await asyncio.gather(answering, return_exceptions=True)
+            catching_up.cancel()
+            await asyncio.gather(answering, catching_up, return_exceptions=True)
+            session = self.served.session
+            if session is not None and session.on_caught_up is self._notify:
+                session.on_caught_up = None
             self.served.touch()
 
     async def kick(self, code: str, message: str) -> None:
@@ -105,6 +126,15 @@ class StreamConnection:
     # ----- frames -----------------------------------------------------------------
 
     async def _on_frame(self, data: bytes) -> None:
+        self._in_frame = True
+        try:
+            await self._take_frame(data)
+        finally:
+            self._in_frame = False
+            self._last_frame_at = time.monotonic()
+            self._caught_up.set()  # a refused or rate-dropped frame may be the last one
+
+    async def _take_frame(self, data: bytes) -> None:
         served, counts = self.served, self.served.frames
         counts.received += 1
         self.metrics.frames_received += 1
@@ -154,6 +184,7 @@ class StreamConnection:
                 "cause": cause,
                 **extra,
                 **self.served.counts(),
+                "partial": session.pending_frames if session is not None else 0,
                 "stream_time": session.stream_time if session is not None else None,
             }
         )
@@ -178,6 +209,7 @@ class StreamConnection:
                 await self._ask(message)
             elif isinstance(message, Reset):
                 await self.registry.reset(self.served)
+                self._listen()  # the fresh memory's encoder reports to this connection too
                 await self._ack("reset")
             elif isinstance(message, Close):
                 await self._finish()
@@ -214,6 +246,34 @@ class StreamConnection:
             await asyncio.to_thread(lambda: (session.drain(), session.flush()))
         await self._ack("close")
         await self._close(1000, "closed")
+
+    # ----- catching up ------------------------------------------------------------
+
+    def _listen(self) -> None:
+        """Have the session's encoder thread wake ``_caught_up_loop`` when it runs dry."""
+        if self.served.session is not None:
+            self.served.session.on_caught_up = self._notify
+
+    async def _caught_up_loop(self) -> None:
+        """Send ``{"type": "ack", "cause": "encoded"}`` when encoding has caught up with the
+        frames received since the last one (no frame being decoded, none queued for the
+        encoder; only the chunk being filled, ``partial``, is not in a block yet) and no
+        frame has arrived for ``ENCODED_ACK_QUIET_S``."""
+        while True:
+            await self._caught_up.wait()
+            self._caught_up.clear()
+            while True:  # until sent, or until a later frame or encode will wake it again
+                session, received = self.served.session, self.served.frames.received
+                if session is None or self._in_frame or received == self._encoded_acked:
+                    break
+                if not session.caught_up():
+                    break
+                quiet = self._last_frame_at + ENCODED_ACK_QUIET_S - time.monotonic()
+                if quiet <= 0:
+                    self._encoded_acked = received
+                    await self._ack("encoded")
+                    break
+                await asyncio.sleep(quiet)
 
     # ----- answers ----------------------------------------------------------------
 
