@@ -42,8 +42,9 @@ def server():
 
 @pytest.fixture(scope="module")
 def watched(server):
-    """A session that has seen 8 frames over the websocket."""
-    status, session = request(server.http, "POST", "/v1/sessions", {"memory": {"window": 2}}, token=API_KEY)
+    """A session that has seen 8 frames over the websocket (and persists after its ``close``)."""
+    body = {"memory": {"window": 2}, "persist": True}
+    status, session = request(server.http, "POST", "/v1/sessions", body, token=API_KEY)
     assert status == 201
 
     async def feed():
