@@ -66,7 +66,7 @@ def test_two_hundred_sessions_closed_by_their_clients_leave_none_open(server):
     """200 sessions on a 4-slot server, 4 at a time: each client's ``close`` frees its slot,
     or the fifth creation would be refused with 503."""
     rounds, batch = 50, SETTINGS.max_sessions
-    created_before = parse_metrics(request(server.http, "GET", "/metrics", token=API_KEY)[1])
+    before = parse_metrics(request(server.http, "GET", "/metrics", token=API_KEY)[1])
 
     async def one() -> tuple[dict, int]:
         session = await asyncio.to_thread(create, server)
@@ -86,10 +86,9 @@ def test_two_hundred_sessions_closed_by_their_clients_leave_none_open(server):
     assert open_sessions(server) == 0
     samples = parse_metrics(request(server.http, "GET", "/metrics", token=API_KEY)[1])
     assert samples["streamvlm_sessions"] == 0
-    assert (
-        samples["streamvlm_sessions_created_total"] - created_before["streamvlm_sessions_created_total"]
-        == 200
-    )
+    grew = {name: samples[name] - before.get(name, 0) for name in samples}
+    assert grew["streamvlm_sessions_created_total"] == 200
+    assert grew['streamvlm_sessions_ended_total{reason="close"}'] == 200
     assert took < 60, f"200 sessions took {took:.1f} s"
 
 
@@ -163,6 +162,8 @@ def test_the_operator_lists_and_deletes_any_session(server):
 
     message, code = asyncio.run(kicked())
     assert message["code"] == "session_deleted" and code == 1001
+    samples = parse_metrics(request(server.http, "GET", "/metrics", token=API_KEY)[1])
+    assert samples['streamvlm_sessions_ended_total{reason="operator"}'] == 1
     assert request(server.http, "DELETE", f"/v1/sessions/{b['id']}", token=API_KEY)[0] == 200
     status, body = request(server.http, "DELETE", f"/v1/sessions/{b['id']}", token=API_KEY)
     assert status == 404 and body["error"]["code"] == "not_found"

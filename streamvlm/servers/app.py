@@ -173,8 +173,8 @@ def create_app(engine, settings: ServerSettings | None = None) -> FastAPI:
         authorization = request.headers.get("authorization")
         if is_api_key(bearer_token(authorization)):
             registry.find(session_id)
-        else:
-            registry.authorize(session_id, authorization)
+            return await registry.delete(session_id, "operator")
+        registry.authorize(session_id, authorization)
         return await registry.delete(session_id)
 
     @app.websocket("/v1/sessions/{session_id}/stream")

@@ -257,9 +257,15 @@ class SessionRegistry:
         served.resets += 1
         await self._retire(served, old)
 
-    async def delete(self, session_id: str) -> dict[str, Any]:
-        """Close a session (its stream connection first) and return its last counts and stats."""
+    async def delete(self, session_id: str, reason: str = "delete") -> dict[str, Any]:
+        """Close a session (its stream connection first) and return its last counts and stats.
+
+        ``reason`` labels ``streamvlm_sessions_ended_total``: ``delete`` (its token),
+        ``operator`` (the API key), ``idle``, ``shutdown``; ``close`` is the client's own,
+        in ``closed_by_client``.
+        """
         served = self._sessions.pop(session_id)
+        self.metrics.sessions_ended[reason] += 1
         if served.connection is not None:
             await served.connection.kick("session_deleted", "this session was deleted")
         stats = await self._retire(served, served.session)
@@ -277,6 +283,7 @@ class SessionRegistry:
             served.touch()
             return False
         del self._sessions[served.id]
+        self.metrics.sessions_ended["close"] += 1
         await self._retire(served, served.session)
         return True
 
@@ -319,12 +326,12 @@ class SessionRegistry:
         ]
         for session_id in idle:
             if session_id in self._sessions:
-                await self.delete(session_id)
+                await self.delete(session_id, "idle")
         return idle
 
     async def close_all(self) -> None:
         for session_id in list(self._sessions):
-            await self.delete(session_id)
+            await self.delete(session_id, "shutdown")
 
 
 def bearer_token(authorization: str | None) -> str | None:
