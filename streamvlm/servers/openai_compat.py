@@ -100,7 +100,8 @@ def add_openai_routes(
             raise
         if call.stream:  # the response starts now; the encoding's progress goes out as comments
             watch = _Watch(engine, video, call, release)
-            return _sse(_video_events(watch, engine.model_name, call, answer_pool, metrics, settings))
+            events = _video_events(watch, engine.model_name, call, answer_pool, metrics, settings)
+            return _EventStream(events, on_end=watch.abandon)
         try:
             session, stream = await asyncio.to_thread(watch_and_ask, engine, video, call)
         except BaseException:
@@ -113,7 +114,7 @@ def add_openai_routes(
         arrived = time.perf_counter()
         completion = _Completion(engine.model_name, lease.session, stream)
         if call.stream:
-            return _sse(_events(completion, call, answer_pool, metrics, arrived, lease))
+            return _EventStream(_events(completion, call, answer_pool, metrics, arrived, lease))
         try:
             await asyncio.get_running_loop().run_in_executor(answer_pool, lambda: [*stream])
         finally:
@@ -192,8 +193,20 @@ class _Watch:
         self.task.add_done_callback(finished)
 
 
-def _sse(events: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+class _EventStream(StreamingResponse):
+    """A ``text/event-stream`` response whose ``on_end`` runs however it ends, even when
+    its body never started (a client gone before the first byte)."""
+
+    def __init__(self, events: AsyncIterator[str], on_end: Callable[[], None] | None = None):
+        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self._on_end = on_end
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self._on_end is not None:
+                self._on_end()
 
 
 # --------------------------------------------------------------------- model work (threads)
@@ -301,8 +314,10 @@ async def _video_events(
     finally:
         watch.abandon()  # the client left, or the encoding failed: stop it and free the slot
     completion = _Completion(model, lease.session, stream)
-    async for event in _events(completion, call, pool, metrics, time.perf_counter(), lease):
-        yield event
+    events = _events(completion, call, pool, metrics, time.perf_counter(), lease)
+    async with contextlib.aclosing(events):  # closed with this one: the lease ends at once
+        async for event in events:
+            yield event
 
 
 async def _events(
