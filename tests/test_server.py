@@ -76,8 +76,9 @@ def server(engine):
 # ----------------------------------------------------------------------------- helpers
 
 
-def create_session(server: ServerThread, memory: dict | None = None) -> dict:
-    status, body = request(server.http, "POST", "/v1/sessions", {"memory": memory or MEMORY}, token=API_KEY)
+def create_session(server: ServerThread, memory: dict | None = None, persist: bool = False) -> dict:
+    body = {"memory": memory or MEMORY, "persist": persist}
+    status, body = request(server.http, "POST", "/v1/sessions", body, token=API_KEY)
     assert status == 201, body
     return body
 
@@ -143,7 +144,7 @@ def test_health_and_metrics_parse(server):
 def test_concurrent_sessions_stream_frames_while_answers_stream(server):
     """Three sessions stream frames and ask questions at once: every frame is encoded or
     counted as dropped, every answer arrives as deltas then done, and memory stays in budget."""
-    sessions = [create_session(server) for _ in range(3)]
+    sessions = [create_session(server, persist=True) for _ in range(3)]  # read after their close
     n_frames = 30
 
     async def client(session: dict, index: int) -> tuple[list[dict], int]:
@@ -367,7 +368,8 @@ def test_bad_bodies_and_unknown_routes(server):
 def test_session_limit_frame_rate_and_reset(server):
     sessions = []
     while True:  # fill the server
-        status, body = request(server.http, "POST", "/v1/sessions", {"memory": MEMORY}, token=API_KEY)
+        body = {"memory": MEMORY, "persist": True}  # the first is read after its close
+        status, body = request(server.http, "POST", "/v1/sessions", body, token=API_KEY)
         if status != 201:
             break
         sessions.append(body)
@@ -443,7 +445,8 @@ def test_too_many_questions_waiting_are_refused(server):
     assert set(outcome) == {f"q{i}" for i in range(8)}  # every question is answered or refused
     assert set(outcome.values()) <= {"answer.done", "too_many_questions"}
     assert "too_many_questions" in outcome.values() and outcome["q0"] == "answer.done"
-    delete_session(server, session)
+    # its client closed it: the session is gone (it did not ask to persist)
+    assert request(server.http, "GET", f"/v1/sessions/{session['id']}", token=session["token"])[0] == 404
 
 
 def test_a_client_that_does_not_read_stalls_no_other_session(server):

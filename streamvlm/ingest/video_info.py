@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from .sampler import _EPS as SAMPLER_TOLERANCE_S  # the sampler's own rule, so the count matches it
 
 
 @dataclass(frozen=True)
@@ -25,3 +28,20 @@ class VideoInfo:
     frame_count: int | None
     codec: str
     backend: str
+
+    def frames_at(self, fps: float) -> int | None:
+        """Frames a ``Sampler(fps)`` keeps from this video, by its container's metadata.
+
+        Known before decoding anything, so a server can refuse a video with too many
+        frames at once. Exact for a constant-frame-rate file whose metadata is right: the
+        sampler keeps one frame per tick ``k / fps`` up to the last frame's time, and never
+        more than the file has. ``None`` when the container gives no duration (then only
+        decoding can tell).
+        """
+        if self.duration is None or self.duration <= 0 or fps <= 0:
+            return None
+        frame_time = 1.0 / self.fps if self.fps else 0.0
+        frames = self.frame_count or (round(self.duration * self.fps) if self.fps else None)
+        last_t = max(0.0, self.duration - frame_time)  # the last frame starts one frame before the end
+        ticks = math.floor((last_t + SAMPLER_TOLERANCE_S) * fps) + 1
+        return min(ticks, frames) if frames else ticks

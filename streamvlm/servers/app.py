@@ -21,12 +21,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import StreamVLMError
+from ..models.catalog import model_card
 from .limits import session_options
 from .metrics import CONTENT_TYPE, Metrics
 from .openai_compat import add_openai_routes
 from .protocol import ProtocolError
 from .sessions import SessionRegistry, bearer_token
-from .settings import ServerSettings
+from .settings import API_KEY_ENV, ServerSettings
 from .stream import StreamConnection
 
 log = logging.getLogger("streamvlm.server")
@@ -77,6 +78,15 @@ def create_app(engine, settings: ServerSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     _add_error_handlers(app)
+    # what every description of the server says about its model: the name and what it can answer
+    model = {"model": engine.model_name, "model_card": model_card(engine.model_name).to_dict()}
+
+    def is_api_key(token: str | None) -> bool:
+        return (
+            settings.api_key is not None
+            and token is not None
+            and hmac.compare_digest(token.encode(), settings.api_key.encode())
+        )
 
     def require_api_key(request: Request) -> None:
         if settings.api_key is None:
@@ -86,15 +96,25 @@ def create_app(engine, settings: ServerSettings | None = None) -> FastAPI:
             raise ProtocolError(
                 "unauthorized", "send the server's API key as 'Authorization: Bearer <key>'", status=401
             )
-        if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+        if not is_api_key(token):
             raise ProtocolError("unauthorized", "the API key is wrong", status=401)
+
+    def require_operator(request: Request) -> None:
+        """The operator is whoever holds the API key; a server without one has no operator."""
+        if settings.api_key is None:
+            raise ProtocolError(
+                "operator_disabled",
+                f"listing and deleting others' sessions needs an API key; start the server with {API_KEY_ENV} set",
+                status=403,
+            )
+        require_api_key(request)
 
     @app.get("/health")
     async def health() -> dict:
         """Liveness: the model and how many sessions are open."""
         return {
             "status": "ok",
-            "model": engine.model_name,
+            **model,
             "sessions": len(registry),
             "max_sessions": settings.max_sessions,
             "version": __version__,
@@ -109,33 +129,52 @@ def create_app(engine, settings: ServerSettings | None = None) -> FastAPI:
 
     @app.post("/v1/sessions", status_code=201)
     async def create_session(request: Request) -> dict:
-        """Open a session. Body (optional): ``{"memory": {MemoryConfig options}, "system_prompt": str}``.
+        """Open a session. Body (optional):
+        ``{"memory": {MemoryConfig options}, "system_prompt": str, "persist": bool}``.
 
         Returns its ``id``, its ``token`` (keep it: it is the only way to reach the
-        session) and the websocket path to stream to.
+        session), the websocket path to stream to and the model's card.
         """
         require_api_key(request)
-        memory, system_prompt = session_options(await _json_body(request, settings.max_text_bytes), settings)
-        served = await registry.create(memory, system_prompt)
+        options = session_options(await _json_body(request, settings.max_text_bytes), settings)
+        served = await registry.create(options)
         return {
             "id": served.id,
             "token": served.token,
             "stream": f"/v1/sessions/{served.id}/stream",
-            "model": engine.model_name,
-            "memory": asdict(memory),
+            **model,
+            "persist": served.persist,
+            "memory": asdict(served.memory),
             "limits": _client_limits(settings),
+        }
+
+    @app.get("/v1/sessions")
+    async def list_sessions(request: Request) -> dict:
+        """Every open session, for the operator (the API key): ids, activity, counters."""
+        require_operator(request)
+        return {
+            "sessions": [served.summary(engine.model_name) for served in registry.all()],
+            "max_sessions": settings.max_sessions,
+            "idle_timeout_s": settings.idle_timeout_s,
         }
 
     @app.get("/v1/sessions/{session_id}")
     async def get_session(session_id: str, request: Request) -> dict:
-        """The session's frame counters and ``Session.stats()``; needs its token."""
+        """The session's frame counters, ``Session.stats()`` and the model's card; needs its token."""
         served = registry.authorize(session_id, request.headers.get("authorization"))
-        return served.describe(await registry.stats(served), engine.model_name)
+        return served.describe(await registry.stats(served), model)
 
     @app.delete("/v1/sessions/{session_id}")
     async def delete_session(session_id: str, request: Request) -> dict:
-        """Close the session (and its stream connection); returns its last counters and stats."""
-        registry.authorize(session_id, request.headers.get("authorization"))
+        """Close the session (and its stream connection); returns its last counters and stats.
+
+        Needs the session's token, or the API key (the operator may delete any session).
+        """
+        authorization = request.headers.get("authorization")
+        if is_api_key(bearer_token(authorization)):
+            registry.find(session_id)
+            return await registry.delete(session_id, "operator")
+        registry.authorize(session_id, authorization)
         return await registry.delete(session_id)
 
     @app.websocket("/v1/sessions/{session_id}/stream")

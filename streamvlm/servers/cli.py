@@ -7,6 +7,7 @@ The parser is built at CLI start-up: this module imports only ``servers.settings
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import replace
 
@@ -62,10 +63,13 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--idle-timeout",
-        type=float,
+        type=idle_seconds,
         default=None,
         metavar="SECONDS",
-        help=f"close sessions idle this long (default: {d.idle_timeout_s:g})",
+        help=(
+            "delete a session with no connection and no request for this long; 0 or 'none': never "
+            f"(default: {d.idle_timeout_s:g}). A session its client ends with 'close' is deleted at once"
+        ),
     )
     s.add_argument(
         "--allow-dir",
@@ -87,6 +91,19 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_serve)
     return s
+
+
+def idle_seconds(text: str) -> float:
+    """``--idle-timeout``: seconds >= 0, or ``none``/``never`` (both mean 0: never expire)."""
+    if text.strip().lower() in ("none", "never"):
+        return 0.0
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, or 0/none for never, got {text!r}")
+    return seconds
 
 
 def _settings_from_args(args: argparse.Namespace) -> ServerSettings:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ..config import MemoryConfig
@@ -52,19 +52,32 @@ class FrameRateLimiter:
         return False
 
 
-def session_options(body: Any, settings: ServerSettings) -> tuple[MemoryConfig, str | None]:
-    """Check a ``POST /v1/sessions`` body: ``{"memory": {...}, "system_prompt": "..."}``.
+@dataclass(frozen=True)
+class SessionOptions:
+    """What a client asked for when it created a session (``POST /v1/sessions``)."""
 
-    Returns the ``MemoryConfig`` and the system prompt (None: the default). Raises
-    ``ProtocolError`` (400 ``bad_option``) with a one-line reason for anything else.
+    memory: MemoryConfig
+    system_prompt: str | None = None  # None: the model's default one
+    # Kept when its client sends ``close``: until deleted or idle for ``idle_timeout_s``.
+    # Without it, ``close`` deletes the session and frees its slot.
+    persist: bool = False
+
+
+def session_options(body: Any, settings: ServerSettings) -> SessionOptions:
+    """Check a ``POST /v1/sessions`` body: ``{"memory": {...}, "system_prompt": "...", "persist": true}``.
+
+    Raises ``ProtocolError`` (400 ``bad_option``) with a one-line reason for anything else.
     """
     if not isinstance(body, dict):
         raise ProtocolError("bad_option", 'the body must be a JSON object, e.g. {"memory": {"window": 16}}')
-    unknown = set(body) - {"memory", "system_prompt"}
+    unknown = set(body) - {"memory", "system_prompt", "persist"}
     if unknown:
         raise ProtocolError(
-            "bad_option", f"unknown field {sorted(unknown)[0][:40]!r}; use memory, system_prompt"
+            "bad_option", f"unknown field {sorted(unknown)[0][:40]!r}; use memory, system_prompt, persist"
         )
+    persist = body.get("persist", False)
+    if not isinstance(persist, bool):
+        raise ProtocolError("bad_option", f"persist must be true or false, got {str(persist)[:40]!r}")
     prompt = body.get("system_prompt")
     if prompt is not None and (not isinstance(prompt, str) or len(prompt) > settings.max_system_prompt_chars):
         raise ProtocolError(
@@ -74,7 +87,7 @@ def session_options(body: Any, settings: ServerSettings) -> tuple[MemoryConfig, 
     memory = body.get("memory", {})
     if not isinstance(memory, dict):
         raise ProtocolError("bad_option", '"memory" must be a JSON object of MemoryConfig options')
-    return memory_config(memory, settings), prompt
+    return SessionOptions(memory_config(memory, settings), prompt, persist)
 
 
 def memory_config(options: dict[str, Any], settings: ServerSettings) -> MemoryConfig:

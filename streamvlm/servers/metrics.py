@@ -60,6 +60,7 @@ class Metrics:
     frames_rejected: Counter = field(default_factory=Counter)  # by error code
     errors: Counter = field(default_factory=Counter)  # every error message sent, by code
     sessions_created: int = 0
+    sessions_ended: Counter = field(default_factory=Counter)  # by reason: see SessionRegistry
     answers: int = 0
     retired_encoded: int = 0
     retired_dropped_queue: int = 0
@@ -86,6 +87,12 @@ class Metrics:
         add = _adder(lines)
         add("streamvlm_sessions", "gauge", "Sessions open.", [("", len(sessions))])
         add("streamvlm_sessions_created_total", "counter", "Sessions created.", [("", self.sessions_created)])
+        add(
+            "streamvlm_sessions_ended_total",
+            "counter",
+            "Sessions deleted, by reason: close, delete, operator, idle, shutdown.",
+            [(f'reason="{reason}"', n) for reason, n in sorted(self.sessions_ended.items())],
+        )
         add(
             "streamvlm_stream_connections", "gauge", "Websocket stream connections open.", [("", connections)]
         )

@@ -4,9 +4,11 @@ A completion answers the last user message's text either over a session's memory
 (named in the extra field ``"streamvlm": {"session": "<id>"}``, authorised by that
 session's token) or over a video sent inline as a ``video_url`` content part holding a
 base64 ``data:`` URL (the convention of vLLM and SGLang), which is streamed through a
-throwaway session first; where the operator passed ``--allow-dir``, the URL may instead
-name a video file inside an allowed directory. ``"stream": true`` sends server-sent events in OpenAI's
-``chat.completion.chunk`` format, ending with ``data: [DONE]``. See docs/protocol.md.
+throwaway session first (``inline_video.py``); where the operator passed ``--allow-dir``,
+the URL may instead name a video file inside an allowed directory. ``"stream": true``
+sends server-sent events in OpenAI's ``chat.completion.chunk`` format, ending with
+``data: [DONE]``; with an inline video the response starts at once and SSE comments
+report the encoding's progress until the answer's events begin. See docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -16,20 +18,19 @@ import contextlib
 import hmac
 import json
 import secrets
-import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from ..config import MemoryConfig
 from ..errors import ConfigError, InvalidQuestionError, StreamVLMError
 from .chat_request import ChatCall, parse_chat, read_video_file
+from .inline_video import InlineVideo
 from .metrics import Metrics
 from .protocol import ProtocolError, answer_fields
 from .sessions import SessionRegistry, bearer_token
@@ -81,19 +82,39 @@ def add_openai_routes(
         if call.video_path is not None:  # checked against --allow-dir and read, off the loop
             video, suffix = await asyncio.to_thread(read_video_file, call.video_path, settings)
             call = replace(call, video=video, video_suffix=suffix, video_path=None)
-        lease = await _lease(call, request)
-        arrived = time.perf_counter()
+        if call.session_id is None:
+            return await _over_video(call)
+        served = registry.authorize(call.session_id, request.headers.get("authorization"))
+        if served.session is None:
+            raise ProtocolError("not_found", "no such session", status=404)
+        lease = _Lease(served.session)
+        return await _respond(call, lease, await asyncio.to_thread(_ask, lease.session, call))
+
+    async def _over_video(call: ChatCall):
+        """Probe the video (refusals are HTTP errors), then encode it, ask and answer."""
+        release = registry.reserve()  # the throwaway session counts against max_sessions
         try:
-            stream = await asyncio.to_thread(_ask, lease.session, call)
+            video = await asyncio.to_thread(InlineVideo, call.video, call.video_suffix, call.fps, settings)
         except BaseException:
-            await lease.end()
+            release()
             raise
+        if call.stream:  # the response starts now; the encoding's progress goes out as comments
+            watch = _Watch(engine, video, call, release)
+            events = _video_events(watch, engine.model_name, call, answer_pool, metrics, settings)
+            return _EventStream(events, on_end=watch.abandon)
+        try:
+            session, stream = await asyncio.to_thread(watch_and_ask, engine, video, call)
+        except BaseException:
+            release()
+            raise
+        return await _respond(call, _Lease(session, release), stream)
+
+    async def _respond(call: ChatCall, lease: _Lease, stream):
+        """The answer to ``call``, whole or as server-sent events; ``lease`` ends with it."""
+        arrived = time.perf_counter()
         completion = _Completion(engine.model_name, lease.session, stream)
         if call.stream:
-            events = _events(completion, call, answer_pool, metrics, arrived, lease)
-            return StreamingResponse(
-                events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-            )
+            return _EventStream(_events(completion, call, answer_pool, metrics, arrived, lease))
         try:
             await asyncio.get_running_loop().run_in_executor(answer_pool, lambda: [*stream])
         finally:
@@ -101,19 +122,6 @@ def add_openai_routes(
         latency, ttft = _latencies(stream.answer, arrived)
         metrics.observe_answer(latency, ttft)
         return completion.full(latency)
-
-    async def _lease(call: ChatCall, request: Request) -> _Lease:
-        if call.session_id is not None:
-            served = registry.authorize(call.session_id, request.headers.get("authorization"))
-            if served.session is None:
-                raise ProtocolError("not_found", "no such session", status=404)
-            return _Lease(served.session)
-        release = registry.reserve()  # the throwaway session counts against max_sessions
-        try:
-            return _Lease(await asyncio.to_thread(open_video_session, engine, call, settings), release)
-        except BaseException:
-            release()
-            raise
 
 
 class _Lease:
@@ -151,61 +159,68 @@ def _latencies(answer, arrived: float) -> tuple[float, float]:
     return latency, max(0.0, latency - answer.timings.total_s) + answer.timings.ttft_s
 
 
+class _Watch:
+    """An inline video being encoded (and its question asked) in a thread, for a streamed
+    response: ``lease()`` once it is done, or ``abandon()`` when the response ends first.
+    """
+
+    def __init__(self, engine, video: InlineVideo, call: ChatCall, release: Callable[[], None]):
+        self.video = video
+        self._release: Callable[[], None] | None = release
+        self._stop = threading.Event()
+        self.task = asyncio.ensure_future(asyncio.to_thread(watch_and_ask, engine, video, call, self._stop))
+
+    def lease(self) -> tuple[_Lease, Any]:
+        """The session's lease and the answer stream; raises what the encoding raised."""
+        session, stream = self.task.result()
+        release, self._release = self._release, None
+        return _Lease(session, release), stream
+
+    def abandon(self) -> None:
+        """Stop encoding at the next frame, then close the session and free its slot
+        (nothing to do once leased)."""
+        if self._release is None:
+            return
+        release, self._release = self._release, None
+        self._stop.set()
+
+        def finished(task: asyncio.Future) -> None:
+            if task.cancelled() or task.exception() is not None:
+                release()  # watch_and_ask closed its session itself
+            else:
+                _Lease(task.result()[0], release).end_soon()
+
+        self.task.add_done_callback(finished)
+
+
+class _EventStream(StreamingResponse):
+    """A ``text/event-stream`` response whose ``on_end`` runs however it ends, even when
+    its body never started (a client gone before the first byte)."""
+
+    def __init__(self, events: AsyncIterator[str], on_end: Callable[[], None] | None = None):
+        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self._on_end = on_end
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self._on_end is not None:
+                self._on_end()
+
+
 # --------------------------------------------------------------------- model work (threads)
 
 
-def open_video_session(engine, call: ChatCall, settings: ServerSettings):
-    """A new session that has watched ``call.video`` at ``call.fps`` (runs in a thread)."""
-    from ..ingest import FileSource, Sampler
-
-    with tempfile.TemporaryDirectory(prefix="streamvlm-video-") as tmp:
-        path = Path(tmp) / f"video{call.video_suffix}"
-        path.write_bytes(call.video)
-        try:
-            source = FileSource(path, backend="pyav")
-        except StreamVLMError as e:
-            raise ProtocolError("bad_video", f"the video cannot be opened: {e}") from None
-        info = source.info
-        if info.width > settings.max_frame_side or info.height > settings.max_frame_side:
-            raise ProtocolError(
-                "frame_dimensions",
-                f"video frames are {info.width}x{info.height}, over {settings.max_frame_side} per side",
-            )
-        if info.width * info.height > settings.max_frame_pixels:
-            raise ProtocolError(
-                "frame_dimensions",
-                f"video frames are {info.width}x{info.height}, over {settings.max_frame_pixels} pixels",
-            )
-        if info.duration is not None and info.duration > settings.max_video_seconds:
-            raise ProtocolError(
-                "video_too_long",
-                f"the video lasts {info.duration:.0f} s, over {settings.max_video_seconds:g} s",
-            )
-        session = engine.new_session(MemoryConfig())
-        try:
-            frames = 0
-            for frame in Sampler(call.fps).sample(source):
-                frames += 1
-                if frames > settings.max_video_frames:
-                    raise ProtocolError(
-                        "video_too_long",
-                        f"the video has more than {settings.max_video_frames} frames at {call.fps:g} fps; "
-                        "send a shorter clip or a lower streamvlm.fps",
-                    )
-                session.add_frame(frame.rgb, frame.t)
-            if frames == 0:
-                raise ProtocolError("bad_video", "no frame of the video could be decoded")
-            session.flush()
-        except ProtocolError:
-            session.close()
-            raise
-        except StreamVLMError as e:  # the decoder's or the session's complaint about the frames
-            session.close()
-            raise ProtocolError("bad_video", str(e)) from None
-        except BaseException:
-            session.close()
-            raise
-    return session
+def watch_and_ask(engine, video: InlineVideo, call: ChatCall, stop: threading.Event | None = None):
+    """(session, answer stream): ``video`` encoded into a new session and ``call`` asked
+    over it (runs in a thread; the session is closed if either step fails)."""
+    session = video.watch(engine, stop)
+    try:
+        return session, _ask(session, call)
+    except BaseException:
+        session.close()
+        raise
 
 
 def _ask(session, call: ChatCall):
@@ -274,6 +289,37 @@ def _event(body: dict) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
+def _error_event(e: StreamVLMError) -> str:
+    """An error after the status line has gone: reported in the stream, as OpenAI does."""
+    return _event({"error": {"code": getattr(e, "code", "answer_failed"), "message": str(e)}})
+
+
+_DONE = "data: [DONE]\n\n"
+
+
+async def _video_events(
+    watch: _Watch, model: str, call: ChatCall, pool: Executor, metrics: Metrics, settings: ServerSettings
+) -> AsyncIterator[str]:
+    """The SSE body over an inline video: a comment with the encoding's progress at once
+    and every ``stream_keepalive_s`` until it is done, then the answer's events."""
+    try:
+        while not watch.task.done():
+            yield f": encoding {watch.video.progress()}\n\n"
+            await asyncio.wait({watch.task}, timeout=settings.stream_keepalive_s)
+        lease, stream = watch.lease()
+    except StreamVLMError as e:  # refused while decoding (a container that hid its length, ...)
+        yield _error_event(e)
+        yield _DONE
+        return
+    finally:
+        watch.abandon()  # the client left, or the encoding failed: stop it and free the slot
+    completion = _Completion(model, lease.session, stream)
+    events = _events(completion, call, pool, metrics, time.perf_counter(), lease)
+    async with contextlib.aclosing(events):  # closed with this one: the lease ends at once
+        async for event in events:
+            yield event
+
+
 async def _events(
     completion: _Completion,
     call: ChatCall,
@@ -294,8 +340,8 @@ async def _events(
         yield completion.chunk({}, answer.finish_reason, streamvlm=answer_fields(answer, latency))
         if call.include_usage:
             yield completion.usage_chunk()
-    except StreamVLMError as e:  # the status line has gone: report in the stream, as OpenAI does
-        yield _event({"error": {"code": getattr(e, "code", "answer_failed"), "message": str(e)}})
+    except StreamVLMError as e:
+        yield _error_event(e)
     finally:
         lease.end_soon()
-    yield "data: [DONE]\n\n"
+    yield _DONE

@@ -4,6 +4,11 @@ Each ``ServedSession`` wraps one ``Session`` with what the server adds: an ungue
 id, its own bearer token, frame counters that survive a reset, the frame-rate bucket,
 and the stream connection feeding it (at most one at a time, so frame times from two
 sources never interleave).
+
+A session ends in one of three ways, each freeing its slot: its client sends ``close``
+on the websocket (unless it was created with ``persist``), anyone holding its token or
+the operator's API key deletes it, or it sits with no connection and no request for
+``idle_timeout_s``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..config import MemoryConfig
-from .limits import FrameRateLimiter
+from .limits import FrameRateLimiter, SessionOptions
 from .metrics import Metrics, SessionSample
 from .protocol import ProtocolError
 from .settings import ServerSettings
@@ -70,14 +75,13 @@ def queue_counts(session: Session | None) -> tuple[int, int]:
 class ServedSession:
     """One session as the server holds it."""
 
-    def __init__(
-        self, session: Session, memory: MemoryConfig, system_prompt: str | None, settings: ServerSettings
-    ):
+    def __init__(self, session: Session, options: SessionOptions, settings: ServerSettings):
         self.id = secrets.token_urlsafe(16)  # 128 random bits: unguessable, safe in a URL
         self.token = secrets.token_urlsafe(32)
         self.session: Session | None = session  # None once deleted
-        self.memory = memory
-        self.system_prompt = system_prompt
+        self.memory: MemoryConfig = options.memory
+        self.system_prompt = options.system_prompt
+        self.persist = options.persist  # kept after its client's ``close``
         self.created_at = time.time()
         self.last_active = time.monotonic()
         self.limiter = FrameRateLimiter(settings.max_fps)
@@ -89,6 +93,11 @@ class ServedSession:
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
+
+    @property
+    def idle_s(self) -> float:
+        """Seconds since the last frame, message or request (0 while a client streams)."""
+        return 0.0 if self.connection is not None else time.monotonic() - self.last_active
 
     def matches(self, token: str) -> bool:
         return hmac.compare_digest(token.encode(), self.token.encode())
@@ -112,13 +121,30 @@ class ServedSession:
             "queue_depth": depth,
         }
 
-    def describe(self, stats: dict, model: str) -> dict[str, Any]:
-        """The JSON body of ``GET /v1/sessions/{id}``."""
+    def summary(self, model: str) -> dict[str, Any]:
+        """One entry of the operator's ``GET /v1/sessions`` (cheap: no lock, no token)."""
+        idle = self.idle_s
         return {
             "id": self.id,
             "model": model,
             "created_at": self.created_at,
+            "last_active_at": time.time() - idle,
+            "idle_s": idle,
             "streaming": self.connection is not None,
+            "persist": self.persist,
+            "frames": self.counts(),
+            "answers": self.answers,
+        }
+
+    def describe(self, stats: dict, model: dict[str, Any]) -> dict[str, Any]:
+        """The JSON body of ``GET /v1/sessions/{id}``; ``model`` is the ``model`` and
+        ``model_card`` fields every description of the server carries."""
+        return {
+            "id": self.id,
+            **model,
+            "created_at": self.created_at,
+            "streaming": self.connection is not None,
+            "persist": self.persist,
             "frames": self.counts(),
             "answers": self.answers,
             "resets": self.resets,
@@ -174,17 +200,17 @@ class SessionRegistry:
 
         return release
 
-    async def create(self, memory: MemoryConfig, system_prompt: str | None) -> ServedSession:
+    async def create(self, options: SessionOptions) -> ServedSession:
         """Open a session; 503 ``too_many_sessions`` at the limit."""
         release = self.reserve()
         try:
-            kwargs = {"memory": memory} | (
-                {"system_prompt": system_prompt} if system_prompt is not None else {}
+            kwargs = {"memory": options.memory} | (
+                {"system_prompt": options.system_prompt} if options.system_prompt is not None else {}
             )
             session = await asyncio.to_thread(self.engine.new_session, **kwargs)
         finally:
             release()
-        served = ServedSession(session, memory, system_prompt, self.settings)
+        served = ServedSession(session, options, self.settings)
         self._sessions[served.id] = served
         self.metrics.sessions_created += 1
         return served
@@ -192,6 +218,15 @@ class SessionRegistry:
     def knows(self, token: str) -> bool:
         """Whether ``token`` is some open session's (every one compared: constant time per session)."""
         return sum(s.matches(token) for s in self._sessions.values()) > 0
+
+    def find(self, session_id: str) -> ServedSession:
+        """The open session ``session_id`` (for the operator, who holds no token); 404 if none."""
+        served = self._sessions.get(session_id)
+        if served is None:
+            raise ProtocolError(
+                "not_found", "no such session (it was deleted, expired or never existed)", status=404
+            )
+        return served
 
     def authorize(self, session_id: str, authorization: str | None) -> ServedSession:
         """The session if ``authorization`` carries its token: 401 without a bearer
@@ -201,11 +236,7 @@ class SessionRegistry:
             raise ProtocolError(
                 "unauthorized", "send this session's token as 'Authorization: Bearer <token>'", status=401
             )
-        served = self._sessions.get(session_id)
-        if served is None:
-            raise ProtocolError(
-                "not_found", "no such session (it was deleted, expired or never existed)", status=404
-            )
+        served = self.find(session_id)
         if not served.matches(token):
             raise ProtocolError("forbidden", "this token does not belong to this session", status=403)
         served.touch()
@@ -226,13 +257,35 @@ class SessionRegistry:
         served.resets += 1
         await self._retire(served, old)
 
-    async def delete(self, session_id: str) -> dict[str, Any]:
-        """Close a session (its stream connection first) and return its last counts and stats."""
+    async def delete(self, session_id: str, reason: str = "delete") -> dict[str, Any]:
+        """Close a session (its stream connection first) and return its last counts and stats.
+
+        ``reason`` labels ``streamvlm_sessions_ended_total``: ``delete`` (its token),
+        ``operator`` (the API key), ``idle``, ``shutdown``; ``close`` is the client's own,
+        in ``closed_by_client``.
+        """
         served = self._sessions.pop(session_id)
+        self.metrics.sessions_ended[reason] += 1
         if served.connection is not None:
             await served.connection.kick("session_deleted", "this session was deleted")
         stats = await self._retire(served, served.session)
         return {"id": served.id, "deleted": True, "frames": served.counts(), "stats": stats}
+
+    async def closed_by_client(self, served: ServedSession) -> bool:
+        """Its client sent ``close`` (every frame is encoded by now): delete the session
+        unless it asked to persist. True when it was deleted.
+
+        Called by the connection itself, which closes its own socket: nothing is kicked.
+        The slot is free before this returns, so a client that waits for the close sees
+        the server without it.
+        """
+        if served.persist or self._sessions.get(served.id) is not served:  # kept, or deleted meanwhile
+            served.touch()
+            return False
+        del self._sessions[served.id]
+        self.metrics.sessions_ended["close"] += 1
+        await self._retire(served, served.session)
+        return True
 
     async def stats(self, served: ServedSession) -> dict:
         """``Session.stats()`` as a dict, read off the event loop."""
@@ -273,12 +326,12 @@ class SessionRegistry:
         ]
         for session_id in idle:
             if session_id in self._sessions:
-                await self.delete(session_id)
+                await self.delete(session_id, "idle")
         return idle
 
     async def close_all(self) -> None:
         for session_id in list(self._sessions):
-            await self.delete(session_id)
+            await self.delete(session_id, "shutdown")
 
 
 def bearer_token(authorization: str | None) -> str | None:

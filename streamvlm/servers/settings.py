@@ -21,7 +21,10 @@ class ServerSettings:
     api_key:
         When set (``STREAMVLM_API_KEY``), creating a session and reading ``/metrics`` need
         ``Authorization: Bearer <api_key>``. Session endpoints always need that session's
-        own token, returned when it is created, whether or not an API key is set.
+        own token, returned when it is created, whether or not an API key is set. The key
+        is also the operator's: with it ``GET /v1/sessions`` lists every session and
+        ``DELETE /v1/sessions/{id}`` deletes any. Without a key those two are refused
+        (``403 operator_disabled``): nobody could tell an operator from anyone else.
 
     Sessions:
 
@@ -29,7 +32,10 @@ class ServerSettings:
         Sessions open at once on this server; more are refused (503 ``too_many_sessions``).
     idle_timeout_s:
         A session with no stream connection and no request for this long is closed
-        (``None``: never), so abandoned sessions do not hold memory and slots for ever.
+        (``None`` or ``0``: never), so abandoned sessions do not hold memory and slots for
+        ever. A session its client ends with the websocket ``close`` message is deleted at
+        once unless it was created with ``"persist": true``; one whose client just
+        disconnects waits for this timeout.
     max_window, max_chunk_frames, max_queue_frames, max_device_bytes, max_host_bytes:
         Upper bounds on the ``MemoryConfig`` options a client may ask for: they set the
         compute per frame and the memory one session may hold.
@@ -71,7 +77,13 @@ class ServerSettings:
         Longest video by its container's duration: decoding costs time for every
         frame, sampled or not.
     max_video_frames:
-        Frames sampled from it (at the request's ``fps``) and encoded.
+        Frames sampled from it (at the request's ``fps``) and encoded. Both limits are
+        checked from the container's metadata before a frame is encoded; a container
+        that gives no duration is counted while it is decoded.
+    stream_keepalive_s:
+        With ``"stream": true``, the longest silence while an inline video is encoded:
+        an SSE comment with the progress (``: encoding 12/19 frames``) is sent this often,
+        so the client and any proxy see the response alive from its first moment.
 
     Threads:
 
@@ -110,11 +122,14 @@ class ServerSettings:
     max_video_bytes: int = 32 << 20
     max_video_seconds: float = 600.0
     max_video_frames: int = 256
+    stream_keepalive_s: float = 1.0
     decode_threads: int = 4
     allowed_dirs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allowed_dirs", _resolve_dirs(self.allowed_dirs))
+        if self.idle_timeout_s == 0:  # "never", as --idle-timeout 0 says
+            object.__setattr__(self, "idle_timeout_s", None)
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("api_key", "idle_timeout_s", "allowed_dirs") or value is None:
@@ -122,7 +137,9 @@ class ServerSettings:
             if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value < math.inf):
                 raise ConfigError(f"server setting {f.name} must be a positive number, got {value!r}")
         if self.idle_timeout_s is not None and not 0 < self.idle_timeout_s < math.inf:
-            raise ConfigError(f"idle_timeout_s must be positive seconds or None, got {self.idle_timeout_s}")
+            raise ConfigError(
+                f"idle_timeout_s must be positive seconds, or 0 or None for never, got {self.idle_timeout_s}"
+            )
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigError("the API key is empty; unset STREAMVLM_API_KEY or give it a value")
         if self.max_message_bytes < max(self.max_frame_bytes + HEADER_SIZE, self.max_text_bytes):

@@ -238,13 +238,20 @@ class StreamConnection:
         self.questions.put_nowait((q.id, stream, time.perf_counter()))
 
     async def _finish(self) -> None:
-        """``close``: answer what was asked, encode every frame received, final ack, close."""
+        """``close``: answer what was asked, encode every frame received, final ack, delete
+        the session unless it persists, close.
+
+        The ack comes before the delete (its counters and ``stream_time`` read the live
+        session) and the delete before the socket closes, so a client that waits for the
+        close finds the session's slot free.
+        """
         await self.questions.join()
         session = self.served.session
         if session is not None:
             # drain, then encode the partial chunk: no frame stays pending
             await asyncio.to_thread(lambda: (session.drain(), session.flush()))
-        await self._ack("close")
+        await self._ack("close", deleted=not self.served.persist)
+        await self.registry.closed_by_client(self.served)
         await self._close(1000, "closed")
 
     # ----- catching up ------------------------------------------------------------
