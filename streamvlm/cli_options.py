@@ -29,6 +29,7 @@ from .config import MAX_NEW_TOKENS_LIMIT, POSITION_MODES, QUERY_CONTEXTS, Memory
 from .errors import ConfigError, StreamVLMError, VideoOpenError
 from .models.bundled import TINY_SYNTH
 from .output import configure_output
+from .registry import BLOCK_CODECS
 
 if TYPE_CHECKING:
     from .runtime.engine import StreamVLM
@@ -209,6 +210,17 @@ def _count_or_all(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected a number of blocks or 'all', got {text!r}") from None
 
 
+def _block_codec(text: str) -> str:
+    """``--host-codec`` / ``--disk-codec``'s value: a block codec's name (an old one becomes
+    today's); the names are declared torch-free, so a typo is refused at once."""
+    try:
+        return BLOCK_CODECS.canonical(text.strip())
+    except ConfigError:
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(BLOCK_CODECS.names())} (docs/quantization.md); got {text!r}"
+        ) from None
+
+
 _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
     "window": _MemoryOption(
         "--window",
@@ -295,14 +307,14 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
         "host_codec",
         "how blocks are stored in host RAM, e.g. vidkv or kivi2 (docs/quantization.md; default: {default})",
         unset=MemoryConfig.host_codec,
-        kwargs={"metavar": "CODEC"},
+        kwargs={"type": _block_codec, "metavar": "CODEC"},
     ),
     "disk_codec": _MemoryOption(
         "--disk-codec",
         "disk_codec",
         "with --disk-dir: how blocks are stored on disk (default: {default})",
         unset=MemoryConfig.disk_codec,
-        kwargs={"metavar": "CODEC"},
+        kwargs={"type": _block_codec, "metavar": "CODEC"},
     ),
     "disk_dir": _MemoryOption(
         "--disk-dir",

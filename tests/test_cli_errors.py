@@ -87,6 +87,11 @@ CHEAP = {  # case: (arguments, fragment of the error line); run in `places`
         "--host-codec does nothing",
     ),
     "device bytes": ([*WATCH, "--device-bytes", "lots"], "--device-bytes"),
+    "unknown host codec": ([*WATCH, "--host-codec", "nope"], "--host-codec: expected one of identity"),
+    "unknown disk codec": (
+        [*WATCH, "--disk-dir", "empty", "--disk-codec", "nope"],
+        "--disk-codec: expected one of identity",
+    ),
     "fps 0": ([*WATCH, "--fps", "0"], "--fps"),
     "empty question": (["watch", "clip.mp4", "--ask", ""], "question is empty"),
     "stream a missing file": (
