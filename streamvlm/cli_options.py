@@ -25,9 +25,18 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .config import MAX_NEW_TOKENS_LIMIT, POSITION_MODES, QUERY_CONTEXTS, MemoryConfig
+from .config import (
+    ATTENTION_IMPLEMENTATIONS,
+    DTYPE_NAMES,
+    MAX_NEW_TOKENS_LIMIT,
+    POSITION_MODES,
+    QUERY_CONTEXTS,
+    RESUME_OVERRIDABLE,
+    MemoryConfig,
+)
 from .errors import ConfigError, StreamVLMError, VideoOpenError
-from .models.bundled import TINY_SYNTH
+from .models.bundled import TINY_SYNTH, bundled_path
+from .models.catalog import check_model_name
 from .output import configure_output
 from .registry import BLOCK_CODECS
 
@@ -42,10 +51,6 @@ DEFAULT_MODEL = TINY_SYNTH
 DEFAULT_MAX_NEW_TOKENS = 64
 QUIT_WORDS = {"quit", "exit", ":q"}  # typed instead of a question, they end a prompt
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
-# The --dtype and --attn names the loader (models/loading.py) accepts, repeated here so that
-# argparse refuses any other before torch is imported (tests/test_cli_errors.py checks they agree)
-DTYPES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
-ATTENTIONS = ("sdpa", "flash_attention_2", "eager")
 # Where a Linux machine shows a GPU that torch could use as "cuda": the NVIDIA driver, or
 # ROCm's kernel driver (ROCm builds of torch call AMD GPUs "cuda" too)
 GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd")
@@ -109,7 +114,7 @@ def add_model_options(
         parser.add_argument(
             "--dtype",
             default=None,
-            choices=DTYPES,
+            choices=tuple(DTYPE_NAMES),
             metavar="DTYPE",
             help="float32, float16 or bfloat16 (default: bfloat16 on CUDA, float32 on CPU)",
         )
@@ -117,7 +122,7 @@ def add_model_options(
         parser.add_argument(
             "--attn",
             default=None,
-            choices=ATTENTIONS,
+            choices=ATTENTION_IMPLEMENTATIONS,
             metavar="IMPL",
             help="attention of the vision tower: sdpa, flash_attention_2 (CUDA, needs flash-attn) or eager "
             "(default: sdpa)",
@@ -157,13 +162,20 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_model_options(args: argparse.Namespace) -> None:
-    """Refuse, before torch is imported, model options this machine surely cannot honour:
+    """Refuse, before torch is imported, model options that surely cannot work: a
+    ``--model`` that names no model (not a named one, no such checkpoint directory, not
+    a hub id; models/catalog.py), a bundled model whose files are missing, and
     ``--device cuda`` (or ``cuda:N``) on a Linux machine with no GPU driver. The loader
     checks everything again once torch is there; this only answers the plain cases fast.
 
     Raises:
+        ModelNotFoundError: naming the model and what to pass instead.
         ConfigError: naming the option and what to use instead.
     """
+    model = getattr(args, "model", None)
+    if model is not None:
+        check_model_name(model)
+        bundled_path(model)  # a bundled model's files must be here; the error says how to make them
     device = getattr(args, "device", None)
     if device is not None and device.strip().lower().split(":")[0] == "cuda" and not gpu_driver_present():
         raise ConfigError(f"--device {device}: this machine has no GPU driver, so no CUDA; use --device cpu")
@@ -354,6 +366,15 @@ def memory_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             overrides[option.field] = value
     return overrides
+
+
+def fixed_memory_flags(args: argparse.Namespace) -> list[str]:
+    """The flags of the given memory options that cannot change a saved session: they set
+    what it stores (fields outside ``RESUME_OVERRIDABLE``, which resuming enforces)."""
+    fields = memory_overrides(args)
+    return [
+        o.flag for o in _MEMORY_OPTIONS.values() if o.field in fields and o.field not in RESUME_OVERRIDABLE
+    ]
 
 
 def memory_config(args: argparse.Namespace) -> MemoryConfig:
