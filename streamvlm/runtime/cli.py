@@ -34,6 +34,7 @@ from ..cli_options import (
 )
 from ..config import MemoryConfig
 from ..errors import ConfigError, EmptyVideoError, InvalidQuestionError
+from ..models.catalog import model_card
 from .cli_output import Progress, answer_record, format_answer, human_bytes, plain, printable
 from .questions import validate_question
 
@@ -162,6 +163,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     engine = load_model(args)
     session = _open_session(args, engine, memory)
+    card = model_card(args.model)
+    if not args.json:  # the JSON document carries the card
+        print(card.line(), file=sys.stderr, flush=True)
     note_memory_options(args)
     # a resumed session's clock has moved on: new frames come after what it has seen
     offset = session.stream_time + 1.0 / args.fps if session.state.frames_seen else 0.0
@@ -229,7 +233,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if args.json:
         backend = getattr(engine, "backend", None)
         doc = {
-            "model": args.model,
+            "model": card.to_dict(),  # name, kind and what the model can answer (models/catalog.py)
             "device": str(getattr(backend, "device", args.device)),
             "dtype": str(getattr(backend, "dtype", args.dtype)).removeprefix("torch."),
             "video": {"path": str(video), **plain(info)} if video is not None else None,
