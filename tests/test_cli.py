@@ -319,6 +319,9 @@ def test_info(capfd):
     for name in ("streamvlm", "python", "torch", "transformers", "numpy", "av", "decord", "faiss"):
         assert any(line.split()[:1] == [name] for line in proc.stdout.splitlines()), name
     assert "decoder pyav" in proc.stdout and "device cpu" in proc.stdout
+    models = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("model ")]
+    assert models[0] == DEFAULT_MODEL and "tiny-qwen2.5-vl" in models and "geom-qwen2.5-vl-7b" in models
+    assert f"model {DEFAULT_MODEL}  bundled, the default, checkpoint present: " in proc.stdout
 
 
 def test_bench_stream_small_run_prints_json_and_plot(tmp_path, capfd):

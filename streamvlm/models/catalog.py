@@ -77,7 +77,7 @@ _CARDS: dict[str, ModelCard] = {
             name,
             RANDOM,
             _RANDOM_LIMITS,
-            f"{name.removeprefix('geom-')}'s per-layer geometry with 2 layers, made offline on first use",
+            f"{name.removeprefix('geom-')}'s per-layer sizes with 2 text layers, for memory and speed figures",
         )
         for name in GEOMETRY_MODELS
     },
