@@ -80,8 +80,8 @@ def test_watch_json_with_timed_and_final_questions(sample_video, capfd):
         capfd,
     )  # fmt: skip
     doc = parse_json(proc)
-    assert doc["model"] == model_card(DEFAULT_MODEL).to_dict()
-    assert doc["model"]["kind"] == "bundled" and "synthetic world" in doc["model"]["can_answer"]
+    assert doc["model"] == DEFAULT_MODEL and doc["model_card"] == model_card(DEFAULT_MODEL).to_dict()
+    assert doc["model_card"]["kind"] == "bundled" and "synthetic world" in doc["model_card"]["can_answer"]
     assert doc["video"]["path"] == str(sample_video)
     assert doc["video"]["width"] == 320 and doc["video"]["height"] == 240
     assert doc["decoder"]["backend"] in ("pyav", "decord")

@@ -233,7 +233,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if args.json:
         backend = getattr(engine, "backend", None)
         doc = {
-            "model": card.to_dict(),  # name, kind and what the model can answer (models/catalog.py)
+            "model": args.model,
+            "model_card": card.to_dict(),  # kind and what the model can answer, as the server's
             "device": str(getattr(backend, "device", args.device)),
             "dtype": str(getattr(backend, "dtype", args.dtype)).removeprefix("torch."),
             "video": {"path": str(video), **plain(info)} if video is not None else None,
