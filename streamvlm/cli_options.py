@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -51,6 +52,8 @@ DEFAULT_MODEL = TINY_SYNTH
 DEFAULT_MAX_NEW_TOKENS = 64
 QUIT_WORDS = {"quit", "exit", ":q"}  # typed instead of a question, they end a prompt
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+# The --device names torch takes that streamvlm runs on (the loader checks them again)
+DEVICE_NAME = re.compile(r"(cpu|cuda|mps|xpu)(:\d+)?")
 # Where a Linux machine shows a GPU that torch could use as "cuda": the NVIDIA driver, or
 # ROCm's kernel driver (ROCm builds of torch call AMD GPUs "cuda" too)
 GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd")
@@ -164,9 +167,11 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
 def check_model_options(args: argparse.Namespace) -> None:
     """Refuse, before torch is imported, model options that surely cannot work: a
     ``--model`` that names no model (not a named one, no such checkpoint directory, not
-    a hub id; models/catalog.py), a bundled model whose files are missing, and
-    ``--device cuda`` (or ``cuda:N``) on a Linux machine with no GPU driver. The loader
-    checks everything again once torch is there; this only answers the plain cases fast.
+    a hub id; models/catalog.py), a bundled model whose files are missing, a ``--device``
+    torch does not name, ``--device cuda`` (or ``cuda:N``) on a Linux machine with no GPU
+    driver, and ``--attn flash_attention_2`` where it cannot run. The loader
+    (models/loading.py) checks everything again once torch is there; this only answers
+    the plain cases fast.
 
     Raises:
         ModelNotFoundError: naming the model and what to pass instead.
@@ -177,8 +182,26 @@ def check_model_options(args: argparse.Namespace) -> None:
         check_model_name(model)
         bundled_path(model)  # a bundled model's files must be here; the error says how to make them
     device = getattr(args, "device", None)
-    if device is not None and device.strip().lower().split(":")[0] == "cuda" and not gpu_driver_present():
+    if device is not None and not DEVICE_NAME.fullmatch(device):
+        raise ConfigError(f"--device {device}: unknown device; use cpu, cuda or cuda:N")
+    on_cuda = device.split(":")[0] == "cuda" if device is not None else gpu_driver_present()
+    if device is not None and on_cuda and not gpu_driver_present():
         raise ConfigError(f"--device {device}: this machine has no GPU driver, so no CUDA; use --device cpu")
+    if getattr(args, "attn", None) == "flash_attention_2":
+        _check_flash_attention(on_cuda, getattr(args, "dtype", None))
+
+
+def _check_flash_attention(on_cuda: bool, dtype: str | None) -> None:
+    """Refuse ``--attn flash_attention_2`` off CUDA, in float32 or without its package."""
+    if not on_cuda:
+        raise ConfigError("--attn flash_attention_2 runs on CUDA only; use --attn sdpa here")
+    if dtype is not None and DTYPE_NAMES[dtype] == "float32":
+        raise ConfigError(f"--attn flash_attention_2 needs float16 or bfloat16 weights, not --dtype {dtype}")
+    if importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError(
+            "--attn flash_attention_2 needs the flash-attn package, which is not installed; "
+            "pip install flash-attn --no-build-isolation, or use --attn sdpa"
+        )
 
 
 def gpu_driver_present() -> bool:
@@ -217,9 +240,9 @@ def _count_or_all(text: str) -> int | None:
     if text.strip().lower() == "all":
         return None
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of blocks or 'all', got {text!r}") from None
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a number of blocks >= 1 or 'all', got {text!r}") from None
 
 
 def _block_codec(text: str) -> str:

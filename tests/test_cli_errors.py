@@ -89,6 +89,13 @@ CHEAP = {  # case: (arguments, fragment of the error line); run in `places`
     "unknown attention": ([*WATCH, "--attn", "fast"], "--attn"),
     "max-pixels 0": ([*WATCH, "--max-pixels", "0"], "--max-pixels"),
     "missing resume dir": (["watch", "--resume", "nowhere", "--ask", "x"], "--resume nowhere does not exist"),
+    "resume an empty directory": (["watch", "--resume", "empty", "--ask", "x"], "--resume empty is empty"),
+    "unknown device": ([*WATCH, "--device", "gpu"], "--device gpu: unknown device; use cpu, cuda or cuda:N"),
+    "flash attention on the CPU": (
+        [*WATCH, "--device", "cpu", "--attn", "flash_attention_2"],
+        "--attn flash_attention_2 runs on CUDA only",
+    ),
+    "top-k 0": ([*WATCH, "--top-k", "0"], "--top-k: expected a number of blocks >= 1"),
     "resume names a file": (["watch", "--resume", "a-file", "--ask", "x"], "is not a directory"),
     "non-empty disk dir": ([*WATCH, "--disk-dir", "full"], "--disk-dir full is not empty"),
     "disk dir is a file": ([*WATCH, "--disk-dir", "a-file"], "is a file"),
@@ -148,7 +155,7 @@ def test_stream_refuses_impossible_ranges_before_connecting(places):
     proc, _ = run_cli(
         ["stream", "--server", "http://127.0.0.1:9", "--file", "clip.mp4", "--top-k", "0"], places
     )
-    assert_one_error_line(proc, "top_k must be >= 1")
+    assert_one_error_line(proc, "--top-k: expected a number of blocks >= 1 or 'all'")
 
 
 def test_every_dtype_name_the_cli_accepts_loads():

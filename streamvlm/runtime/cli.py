@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -151,6 +152,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         check_input_file(video)
     if args.resume is not None:
         check_existing_directory(args.resume, "--resume", "the directory a session was saved in")
+        if not os.listdir(args.resume):  # surely no session; other directories are read once the model is up
+            raise ConfigError(f"--resume {args.resume} is empty; give the directory a session was saved in")
     if args.disk_dir is not None:
         check_new_directory(args.disk_dir, "--disk-dir", resume_flag="--resume")
     check_model_options(args)
