@@ -56,8 +56,9 @@ class ModelCard:
         return asdict(self)
 
     def line(self) -> str:
-        """The one line a command prints before its answers: the model's name and, for a
-        model streamvlm made, what it can answer (``model NAME: can_answer``)."""
+        """The one line a command prints before its answers: ``model NAME (KIND): CAN_ANSWER``
+        for a model streamvlm made, ``model NAME`` for a checkpoint (its own card says more).
+        A client rebuilds it from a server's JSON with ``ModelCard(**card).line()``."""
         if self.can_answer is None:
             return f"model {self.name}"
         return f"model {self.name} ({self.kind}): {self.can_answer}"
