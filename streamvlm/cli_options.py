@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -25,10 +26,20 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .config import MAX_NEW_TOKENS_LIMIT, POSITION_MODES, QUERY_CONTEXTS, MemoryConfig
+from .config import (
+    ATTENTION_IMPLEMENTATIONS,
+    DTYPE_NAMES,
+    MAX_NEW_TOKENS_LIMIT,
+    POSITION_MODES,
+    QUERY_CONTEXTS,
+    RESUME_OVERRIDABLE,
+    MemoryConfig,
+)
 from .errors import ConfigError, StreamVLMError, VideoOpenError
-from .models.bundled import TINY_SYNTH
+from .models.bundled import TINY_SYNTH, bundled_path
+from .models.catalog import check_model_name
 from .output import configure_output
+from .registry import BLOCK_CODECS
 
 if TYPE_CHECKING:
     from .runtime.engine import StreamVLM
@@ -41,10 +52,8 @@ DEFAULT_MODEL = TINY_SYNTH
 DEFAULT_MAX_NEW_TOKENS = 64
 QUIT_WORDS = {"quit", "exit", ":q"}  # typed instead of a question, they end a prompt
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
-# The --dtype and --attn names the loader (models/loading.py) accepts, repeated here so that
-# argparse refuses any other before torch is imported (tests/test_cli_errors.py checks they agree)
-DTYPES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
-ATTENTIONS = ("sdpa", "flash_attention_2", "eager")
+# The --device names torch takes that streamvlm runs on (the loader checks them again)
+DEVICE_NAME = re.compile(r"(cpu|cuda|mps|xpu)(:\d+)?")
 # Where a Linux machine shows a GPU that torch could use as "cuda": the NVIDIA driver, or
 # ROCm's kernel driver (ROCm builds of torch call AMD GPUs "cuda" too)
 GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd")
@@ -108,7 +117,7 @@ def add_model_options(
         parser.add_argument(
             "--dtype",
             default=None,
-            choices=DTYPES,
+            choices=tuple(DTYPE_NAMES),
             metavar="DTYPE",
             help="float32, float16 or bfloat16 (default: bfloat16 on CUDA, float32 on CPU)",
         )
@@ -116,7 +125,7 @@ def add_model_options(
         parser.add_argument(
             "--attn",
             default=None,
-            choices=ATTENTIONS,
+            choices=ATTENTION_IMPLEMENTATIONS,
             metavar="IMPL",
             help="attention of the vision tower: sdpa, flash_attention_2 (CUDA, needs flash-attn) or eager "
             "(default: sdpa)",
@@ -156,16 +165,43 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_model_options(args: argparse.Namespace) -> None:
-    """Refuse, before torch is imported, model options this machine surely cannot honour:
-    ``--device cuda`` (or ``cuda:N``) on a Linux machine with no GPU driver. The loader
-    checks everything again once torch is there; this only answers the plain cases fast.
+    """Refuse, before torch is imported, model options that surely cannot work: a
+    ``--model`` that names no model (not a named one, no such checkpoint directory, not
+    a hub id; models/catalog.py), a bundled model whose files are missing, a ``--device``
+    torch does not name, ``--device cuda`` (or ``cuda:N``) on a Linux machine with no GPU
+    driver, and ``--attn flash_attention_2`` where it cannot run. The loader
+    (models/loading.py) checks everything again once torch is there; this only answers
+    the plain cases fast.
 
     Raises:
+        ModelNotFoundError: naming the model and what to pass instead.
         ConfigError: naming the option and what to use instead.
     """
+    model = getattr(args, "model", None)
+    if model is not None:
+        check_model_name(model)
+        bundled_path(model)  # a bundled model's files must be here; the error says how to make them
     device = getattr(args, "device", None)
-    if device is not None and device.strip().lower().split(":")[0] == "cuda" and not gpu_driver_present():
+    if device is not None and not DEVICE_NAME.fullmatch(device):
+        raise ConfigError(f"--device {device}: unknown device; use cpu, cuda or cuda:N")
+    on_cuda = device.split(":")[0] == "cuda" if device is not None else gpu_driver_present()
+    if device is not None and on_cuda and not gpu_driver_present():
         raise ConfigError(f"--device {device}: this machine has no GPU driver, so no CUDA; use --device cpu")
+    if getattr(args, "attn", None) == "flash_attention_2":
+        _check_flash_attention(on_cuda, getattr(args, "dtype", None))
+
+
+def _check_flash_attention(on_cuda: bool, dtype: str | None) -> None:
+    """Refuse ``--attn flash_attention_2`` off CUDA, in float32 or without its package."""
+    if not on_cuda:
+        raise ConfigError("--attn flash_attention_2 runs on CUDA only; use --attn sdpa here")
+    if dtype is not None and DTYPE_NAMES[dtype] == "float32":
+        raise ConfigError(f"--attn flash_attention_2 needs float16 or bfloat16 weights, not --dtype {dtype}")
+    if importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError(
+            "--attn flash_attention_2 needs the flash-attn package, which is not installed; "
+            "pip install flash-attn --no-build-isolation, or use --attn sdpa"
+        )
 
 
 def gpu_driver_present() -> bool:
@@ -204,9 +240,20 @@ def _count_or_all(text: str) -> int | None:
     if text.strip().lower() == "all":
         return None
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of blocks or 'all', got {text!r}") from None
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a number of blocks >= 1 or 'all', got {text!r}") from None
+
+
+def _block_codec(text: str) -> str:
+    """``--host-codec`` / ``--disk-codec``'s value: a block codec's name (an old one becomes
+    today's); the names are declared torch-free, so a typo is refused at once."""
+    try:
+        return BLOCK_CODECS.canonical(text.strip())
+    except ConfigError:
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(BLOCK_CODECS.names())} (docs/quantization.md); got {text!r}"
+        ) from None
 
 
 _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
@@ -295,14 +342,14 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
         "host_codec",
         "how blocks are stored in host RAM, e.g. vidkv or kivi2 (docs/quantization.md; default: {default})",
         unset=MemoryConfig.host_codec,
-        kwargs={"metavar": "CODEC"},
+        kwargs={"type": _block_codec, "metavar": "CODEC"},
     ),
     "disk_codec": _MemoryOption(
         "--disk-codec",
         "disk_codec",
         "with --disk-dir: how blocks are stored on disk (default: {default})",
         unset=MemoryConfig.disk_codec,
-        kwargs={"metavar": "CODEC"},
+        kwargs={"type": _block_codec, "metavar": "CODEC"},
     ),
     "disk_dir": _MemoryOption(
         "--disk-dir",
@@ -342,6 +389,15 @@ def memory_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             overrides[option.field] = value
     return overrides
+
+
+def fixed_memory_flags(args: argparse.Namespace) -> list[str]:
+    """The flags of the given memory options that cannot change a saved session: they set
+    what it stores (fields outside ``RESUME_OVERRIDABLE``, which resuming enforces)."""
+    fields = memory_overrides(args)
+    return [
+        o.flag for o in _MEMORY_OPTIONS.values() if o.field in fields and o.field not in RESUME_OVERRIDABLE
+    ]
 
 
 def memory_config(args: argparse.Namespace) -> MemoryConfig:

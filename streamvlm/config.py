@@ -20,6 +20,39 @@ PRUNE_MODES = ("drop", "merge")
 # the longest answer a question may ask for (SamplingParams.max_new_tokens); here, torch-free,
 # so that the command line refuses more before it imports torch
 MAX_NEW_TOKENS_LIMIT = 4096
+# Names a model loads with (models/loading.py), here, torch-free, so that the command line
+# refuses any other before it imports torch: each dtype name -> the torch dtype it means,
+DTYPE_NAMES = {
+    "float32": "float32",
+    "float16": "float16",
+    "bfloat16": "bfloat16",
+    "fp32": "float32",
+    "fp16": "float16",
+    "bf16": "bfloat16",
+}
+# and transformers' attention implementations (what they change: models/loading.py)
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
+# MemoryConfig fields a resumed session may change: they do not alter what is stored
+# (memory/checkpoint.py enforces it; the command line refuses the others with --resume)
+RESUME_OVERRIDABLE = frozenset(
+    {
+        "window",
+        "answer_blocks",
+        "max_question_chars",
+        "device_bytes",
+        "host_bytes",
+        "top_k",
+        "answer_window",
+        "answer_tokens",
+        "max_position_span",
+        "query_context",
+        "position_mode",
+        "selection",
+        "neighbours",
+        "eviction",
+        "disk_flush_blocks",
+    }
+)
 
 
 @dataclass

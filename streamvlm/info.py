@@ -1,4 +1,5 @@
-"""``streamvlm info``: versions, which video decoders and faiss import, the devices torch sees.
+"""``streamvlm info``: versions, which video decoders and faiss import, the devices torch
+sees, and the models streamvlm knows by name.
 
 ``collect_info()`` gathers it as a dict; it imports each library inside a ``try``, so a
 missing or broken one is reported, not raised.
@@ -12,15 +13,20 @@ import os
 import platform
 from typing import Any
 
-from .cli_options import add_json_option
+from .cli_options import DEFAULT_MODEL, add_json_option
+from .models.bundled import bundled_files_present
+from .models.catalog import BUNDLED, TINY_MODELS, named_models
 
 
 def add_info_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``info`` to the CLI's subcommands; returns its parser."""
     i = subparsers.add_parser(
         "info",
-        help="versions, video decoders, faiss and devices",
-        description="Show versions, which video decoders and faiss import, and the devices torch sees.",
+        help="versions, video decoders, faiss, devices and the named models",
+        description=(
+            "Show versions, which video decoders and faiss import, the devices torch sees, and the "
+            "models streamvlm knows by name: what each is and whether its weights are here."
+        ),
     )
     add_json_option(i)
     i.set_defaults(func=cmd_info)
@@ -50,9 +56,24 @@ def streamvlm_version() -> str:
     return _version("streamvlm") or "unknown (not installed)"
 
 
+def model_list() -> list[dict]:
+    """Every named model's card (the bundled one first) with ``weights``: where they come
+    from, and for the bundled model whether its checkpoint files are here."""
+    models = []
+    for card in named_models():
+        if card.kind == BUNDLED:
+            weights = "checkpoint present" if bundled_files_present(card.name) else "checkpoint missing"
+        elif card.name in TINY_MODELS:
+            weights = "built in memory"
+        else:
+            weights = "made offline on first use"
+        models.append({**card.to_dict(), "weights": weights})
+    return models
+
+
 def collect_info() -> dict:
-    """``versions``, ``decoders``, ``faiss`` and ``devices`` (plus ``cuda_available`` when
-    torch imports), as ``streamvlm info --json`` prints them."""
+    """``versions``, ``decoders``, ``faiss``, ``devices`` (plus ``cuda_available`` when
+    torch imports) and ``models`` (:func:`model_list`), as ``streamvlm info --json`` prints them."""
     info: dict[str, Any] = {
         "versions": {
             "streamvlm": streamvlm_version(),
@@ -119,6 +140,7 @@ def collect_info() -> dict:
         except Exception as e:
             info["devices"].append({"device": "cuda", "error": str(e).splitlines()[0]})
         info["cuda_available"] = bool(torch.cuda.is_available())
+    info["models"] = model_list()
     return info
 
 
@@ -150,6 +172,10 @@ def cmd_info(args: argparse.Namespace) -> int:
             rows.append((f"device {d['device']}", d["name"]))
     if not info.get("cuda_available", False):
         rows.append(("device cuda", "not available"))
+    rows.append(("", ""))
+    for m in info["models"]:
+        default = ", the default" if m["name"] == DEFAULT_MODEL else ""
+        rows.append((f"model {m['name']}", f"{m['kind']}{default}, {m['weights']}: {m['about']}"))
     width = max(len(k) for k, _ in rows) + 2
     for k, v in rows:
         print(f"{k:<{width}}{v}".rstrip())

@@ -23,6 +23,7 @@ import pytest
 from streamvlm.cli import main
 from streamvlm.cli_options import DEFAULT_MODEL
 from streamvlm.errors import ConfigError, InvalidQuestionError
+from streamvlm.models.catalog import model_card
 from streamvlm.runtime.cli import TimedQuestion, ask_from_stdin, parse_ask_at
 from streamvlm.runtime.cli_output import printable
 
@@ -79,7 +80,8 @@ def test_watch_json_with_timed_and_final_questions(sample_video, capfd):
         capfd,
     )  # fmt: skip
     doc = parse_json(proc)
-    assert doc["model"] == DEFAULT_MODEL
+    assert doc["model"] == DEFAULT_MODEL and doc["model_card"] == model_card(DEFAULT_MODEL).to_dict()
+    assert doc["model_card"]["kind"] == "bundled" and "synthetic world" in doc["model_card"]["can_answer"]
     assert doc["video"]["path"] == str(sample_video)
     assert doc["video"]["width"] == 320 and doc["video"]["height"] == 240
     assert doc["decoder"]["backend"] in ("pyav", "decord")
@@ -157,6 +159,23 @@ def test_watch_text_output_and_progress(make_video, capfd):
     assert "watched 8 frames" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [
+        (DEFAULT_MODEL, f"model {DEFAULT_MODEL} (bundled): knows only streamvlm's synthetic world"),
+        ("tiny-llava-ov", "model tiny-llava-ov (random): random weights, for testing streamvlm's mechanics"),
+    ],
+)
+def test_watch_says_in_one_line_what_the_model_can_answer(model, says, make_video, capfd):
+    """Before the answers, one stderr line names the model and what its answers are worth."""
+    clip = make_video("clip1s.mp4", num_frames=8, width=64, height=48, fps=8.0)
+    proc = run_main([*WATCH, str(clip), "--model", model, "--ask", "what?", "--no-progress"], capfd)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("watched 1 frames"), lines
+    assert lines[0] == model_card(model).line() and lines[0].startswith(says)
+
+
 def test_watch_interactive_reads_questions_until_an_empty_line(make_video, capfd, monkeypatch):
     clip = make_video("clip2s.mp4", num_frames=16, width=64, height=48, fps=8.0)
     stdin = "what do you see?\n   \nnever asked\n"
@@ -220,7 +239,7 @@ def bad_videos(tmp_path, sample_video):
         ("SAMPLE", ["--ask-at", "12.5"], "--ask-at"),
         ("SAMPLE", ["--ask-at", "-3:what?"], "--ask-at"),
         ("SAMPLE", ["--ask-at", "3:"], "question is empty"),
-        ("SAMPLE", ["--host-codec", "zip"], "host_codec must be one of"),
+        ("SAMPLE", ["--host-codec", "zip"], "--host-codec: expected one of"),
         ("SAMPLE", ["--prune", "nan"], "prune_threshold must be a cosine similarity"),
         ("SAMPLE", ["--fps", "0"], "--fps"),
         ("SAMPLE", ["--window", "-1"], "window"),
@@ -300,6 +319,9 @@ def test_info(capfd):
     for name in ("streamvlm", "python", "torch", "transformers", "numpy", "av", "decord", "faiss"):
         assert any(line.split()[:1] == [name] for line in proc.stdout.splitlines()), name
     assert "decoder pyav" in proc.stdout and "device cpu" in proc.stdout
+    models = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("model ")]
+    assert models[0] == DEFAULT_MODEL and "tiny-qwen2.5-vl" in models and "geom-qwen2.5-vl-7b" in models
+    assert f"model {DEFAULT_MODEL}  bundled, the default, checkpoint present: " in proc.stdout
 
 
 def test_bench_stream_small_run_prints_json_and_plot(tmp_path, capfd):

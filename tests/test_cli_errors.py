@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from streamvlm.cli import main
-from streamvlm.cli_options import ATTENTIONS, DTYPES, gpu_driver_present
+from streamvlm.cli_options import gpu_driver_present
+from streamvlm.config import DTYPE_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers")
@@ -54,13 +55,14 @@ def assert_one_error_line(proc: subprocess.CompletedProcess, fragment: str) -> N
 
 @pytest.fixture
 def places(tmp_path, sample_video):
-    """A working directory with the sample video (clip.mp4), a non-empty directory, a file
-    and an empty directory."""
+    """A working directory with the sample video (clip.mp4), a non-empty directory, a file,
+    an empty directory and a text file named text.mp4."""
     (tmp_path / "clip.mp4").write_bytes(sample_video.read_bytes())
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("kept\n")
     (tmp_path / "a-file").write_text("not a directory\n")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "text.mp4").write_text("a text file named like a video\n")
     return tmp_path
 
 
@@ -68,12 +70,32 @@ WATCH = ["watch", "clip.mp4", "--ask", "what?"]
 CHEAP = {  # case: (arguments, fragment of the error line); run in `places`
     "missing video": (["watch", "missing.mp4"], "no such file"),
     "video is a directory": (["watch", "empty"], "is a directory"),
+    "video is a text file": (["watch", "text.mp4", "--ask", "x"], "not a video file"),
+    "unknown model": ([*WATCH, "--model", "nope"], "unknown model 'nope'"),
+    "model directory without config": ([*WATCH, "--model", "empty"], "no config.json"),
+    "serve an unknown model": (["serve", "--model", "./nope"], "unknown model './nope'"),
+    "demo an unknown model": (["demo", "--model", "nope"], "unknown model"),
+    "eval needle an unknown model": (["eval", "needle", "--model", "nope"], "unknown model"),
+    "eval clips an unknown model": (["eval", "clips", "--model", "nope"], "unknown model"),
+    "bench stream an unknown model": (["bench", "stream", "--model", "nope"], "unknown model"),
+    "bench quant an unknown model": (["bench", "quant", "--kv-sets", "synthetic,nope"], "unknown model"),
+    "bench geometry a missing video": (
+        ["bench", "geometry", "--model", "geom-qwen2.5-vl-3b", "--video", "missing.mp4"],
+        "no such file",
+    ),
     "max-new-tokens 0": ([*WATCH, "--max-new-tokens", "0"], "--max-new-tokens"),
     "max-new-tokens past the limit": ([*WATCH, "--max-new-tokens", "5000"], "at most 4096 tokens"),
     "dtype float8": ([*WATCH, "--dtype", "float8"], "--dtype"),
     "unknown attention": ([*WATCH, "--attn", "fast"], "--attn"),
     "max-pixels 0": ([*WATCH, "--max-pixels", "0"], "--max-pixels"),
     "missing resume dir": (["watch", "--resume", "nowhere", "--ask", "x"], "--resume nowhere does not exist"),
+    "resume an empty directory": (["watch", "--resume", "empty", "--ask", "x"], "--resume empty is empty"),
+    "unknown device": ([*WATCH, "--device", "gpu"], "--device gpu: unknown device; use cpu, cuda or cuda:N"),
+    "flash attention on the CPU": (
+        [*WATCH, "--device", "cpu", "--attn", "flash_attention_2"],
+        "--attn flash_attention_2 runs on CUDA only",
+    ),
+    "top-k 0": ([*WATCH, "--top-k", "0"], "--top-k: expected a number of blocks >= 1"),
     "resume names a file": (["watch", "--resume", "a-file", "--ask", "x"], "is not a directory"),
     "non-empty disk dir": ([*WATCH, "--disk-dir", "full"], "--disk-dir full is not empty"),
     "disk dir is a file": ([*WATCH, "--disk-dir", "a-file"], "is a file"),
@@ -87,6 +109,11 @@ CHEAP = {  # case: (arguments, fragment of the error line); run in `places`
         "--host-codec does nothing",
     ),
     "device bytes": ([*WATCH, "--device-bytes", "lots"], "--device-bytes"),
+    "unknown host codec": ([*WATCH, "--host-codec", "nope"], "--host-codec: expected one of identity"),
+    "unknown disk codec": (
+        [*WATCH, "--disk-dir", "empty", "--disk-codec", "nope"],
+        "--disk-codec: expected one of identity",
+    ),
     "fps 0": ([*WATCH, "--fps", "0"], "--fps"),
     "empty question": (["watch", "clip.mp4", "--ask", ""], "question is empty"),
     "stream a missing file": (
@@ -128,18 +155,18 @@ def test_stream_refuses_impossible_ranges_before_connecting(places):
     proc, _ = run_cli(
         ["stream", "--server", "http://127.0.0.1:9", "--file", "clip.mp4", "--top-k", "0"], places
     )
-    assert_one_error_line(proc, "top_k must be >= 1")
+    assert_one_error_line(proc, "--top-k: expected a number of blocks >= 1 or 'all'")
 
 
-def test_the_cli_names_what_the_loader_accepts():
-    """--dtype and --attn are refused by argparse from the CLI's lists: each name on them loads."""
+def test_every_dtype_name_the_cli_accepts_loads():
+    """--dtype is refused by argparse from config.DTYPE_NAMES, the loader's own list."""
     import torch
 
-    from streamvlm.models.loading import ATTENTION_IMPLEMENTATIONS, resolve_dtype
+    from streamvlm.models.loading import resolve_dtype
 
-    assert set(ATTENTIONS) == set(ATTENTION_IMPLEMENTATIONS)
-    for name in DTYPES:
-        assert isinstance(resolve_dtype(name, torch.device("cpu")), torch.dtype)
+    loaded = {name: resolve_dtype(name, torch.device("cpu")) for name in DTYPE_NAMES}
+    assert loaded["bf16"] is loaded["bfloat16"] is torch.bfloat16
+    assert loaded["fp16"] is torch.float16 and loaded["fp32"] is torch.float32
 
 
 def watch_json(argv: list[str], capfd) -> tuple[dict, str]:

@@ -15,12 +15,15 @@ from ..cli_options import (
     add_memory_options,
     add_model_options,
     add_plot_option,
+    check_input_file,
+    check_model_options,
     line_printer,
     parse_lengths,
     write_results,
 )
 from ..config import MemoryConfig
 from ..errors import ConfigError
+from ..models.catalog import check_model_name
 from ..runtime.questions import validate_question
 from .geometry import GeometryBenchConfig
 from .quant import QuantBenchConfig
@@ -81,6 +84,7 @@ def cmd_bench_stream(args: argparse.Namespace) -> int:
     from .stream import HEADER, plot, run_stream_bench
 
     lengths = parse_lengths(args.lengths, 2, "100,300,1000")
+    check_model_options(args)
     config = StreamBenchConfig(
         model=args.model,
         lengths=lengths,
@@ -160,6 +164,9 @@ def cmd_bench_quant(args: argparse.Namespace) -> int:
     kv_sets = tuple(k.strip() for k in args.kv_sets.split(",") if k.strip())
     if not kv_sets:
         raise ConfigError("--kv-sets needs at least one of: synthetic, a model name or path")
+    for kv_set in kv_sets:
+        if kv_set != "synthetic":
+            check_model_name(kv_set)
     needle = () if args.needle_lengths.strip().lower() in ("none", "") else None
     if needle is None:
         needle = parse_lengths(args.needle_lengths, MIN_LENGTH, "256", "--needle-lengths")
@@ -234,6 +241,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
     if args.size < 16 or args.max_new_tokens < 1:
         raise ConfigError("--size must be >= 16 and --max-new-tokens >= 1")
+    check_model_options(args)
     config = ServeBenchConfig(
         model=args.model,
         sessions=sessions,
@@ -302,6 +310,9 @@ def cmd_bench_geometry(args: argparse.Namespace) -> int:
         )
     if min(args.frames, args.repeats) < 1:
         raise ConfigError("--frames and --repeats must be >= 1")
+    if args.video is not None:
+        check_input_file(args.video)
+    check_model_options(args)
     config = GeometryBenchConfig(
         model=args.model,
         video=args.video,

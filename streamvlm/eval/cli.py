@@ -84,6 +84,7 @@ def cmd_eval_clips(args: argparse.Namespace) -> int:
     """Run ``streamvlm eval clips``."""
     if args.clips < 1:
         raise ConfigError(f"--clips must be >= 1, got {args.clips}")
+    check_model_options(args)
     from .clips import run_clip_eval  # imports torch: after the cheap checks
 
     result = run_clip_eval(args.model, args.clips, args.seed, log=line_printer(args.json))

@@ -15,6 +15,7 @@ from pathlib import Path
 import safetensors
 import safetensors.torch
 
+from ..config import RESUME_OVERRIDABLE  # noqa: F401  (re-exported: BlockMemory.open checks overrides)
 from ..errors import StreamVLMError
 from .disk import write_atomically
 
@@ -22,26 +23,6 @@ SESSION_FILE = "session.json"
 INDEX_DIR = "index"
 CODEC_STATE_FILE = "codec_state.safetensors"
 FORMAT_VERSION = 1
-# MemoryConfig fields a resumed session may change: they do not alter what is stored.
-RESUME_OVERRIDABLE = frozenset(
-    {
-        "window",
-        "answer_blocks",
-        "max_question_chars",
-        "device_bytes",
-        "host_bytes",
-        "top_k",
-        "answer_window",
-        "answer_tokens",
-        "max_position_span",
-        "query_context",
-        "position_mode",
-        "selection",
-        "neighbours",
-        "eviction",
-        "disk_flush_blocks",
-    }
-)
 
 
 class SessionResumeError(StreamVLMError):

@@ -26,6 +26,12 @@ CHECKPOINTS = files(__package__) / "checkpoints"
 BUNDLED: dict[str, Traversable] = {TINY_SYNTH: CHECKPOINTS / TINY_SYNTH}
 
 
+def bundled_files_present(name: str) -> bool:
+    """Whether the files of bundled model ``name`` are in the package (a checkout or build
+    may have lost ``streamvlm/models/checkpoints/``)."""
+    return (BUNDLED[name] / "config.json").is_file()
+
+
 def bundled_path(name: str) -> Path | None:
     """The directory of a bundled model ``name``, or ``None`` if ``name`` is not one.
 
@@ -39,7 +45,7 @@ def bundled_path(name: str) -> Path | None:
     resource = BUNDLED.get(name)
     if resource is None:
         return None
-    if not (resource / "config.json").is_file():
+    if not bundled_files_present(name):
         raise ModelNotFoundError(
             f"no checkpoint of {name!r} at {resource}: train one with `streamvlm train-tiny --out {resource}` "
             "(docs/training.md) or pass a checkpoint directory with --model"

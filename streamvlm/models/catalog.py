@@ -4,12 +4,18 @@ A user who runs ``streamvlm watch`` on their own footage must learn at once that
 default model knows only the project's synthetic world, and that the toy and
 real-geometry models answer nothing. ``model_card(name)`` says so in one line for every
 named model; the CLI, the server's session info, the demo and ``streamvlm info`` print
-it. The names live here, the one place the CLI can read them before torch is imported.
+it (``ModelCard.line()``). The names live here, the one place the CLI can read them
+before torch is imported; ``check_model_name`` refuses a name that can name no model
+there too, before a command loads anything.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import asdict, dataclass
+
+from ..errors import ModelNotFoundError
 
 TINY_SYNTH = "streamvlm-tiny-synth"
 TINY_QWEN = "tiny-qwen2.5-vl"
@@ -49,6 +55,14 @@ class ModelCard:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def line(self) -> str:
+        """The one line a command prints before its answers: ``model NAME (KIND): CAN_ANSWER``
+        for a model streamvlm made, ``model NAME`` for a checkpoint (its own card says more).
+        A client rebuilds it from a server's JSON with ``ModelCard(**card).line()``."""
+        if self.can_answer is None:
+            return f"model {self.name}"
+        return f"model {self.name} ({self.kind}): {self.can_answer}"
+
 
 _CARDS: dict[str, ModelCard] = {
     TINY_SYNTH: ModelCard(
@@ -64,7 +78,7 @@ _CARDS: dict[str, ModelCard] = {
             name,
             RANDOM,
             _RANDOM_LIMITS,
-            f"{name.removeprefix('geom-')}'s per-layer geometry with 2 layers, made offline on first use",
+            f"{name.removeprefix('geom-')}'s per-layer sizes with 2 text layers, for memory and speed figures",
         )
         for name in GEOMETRY_MODELS
     },
@@ -82,3 +96,35 @@ def model_card(name: str) -> ModelCard:
 def named_models() -> tuple[ModelCard, ...]:
     """Every model streamvlm knows by name, the bundled one first."""
     return tuple(_CARDS.values())
+
+
+# What the hub accepts as a repository id (``org/name``): letters, digits, '-', '_', '.',
+# not starting with '-' or '.'. Anything else that is no named model and no path fails at once.
+_HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*/[A-Za-z0-9_][\w.-]*")
+MODEL_HINT = (
+    f"use a model streamvlm names ({TINY_SYNTH}, the default; {TINY_QWEN}, {TINY_LLAVA}, geom-*: "
+    "`streamvlm info` lists them), a local checkpoint directory (config.json + *.safetensors) or a "
+    "hub id (org/name)"
+)
+
+
+def check_model_name(name: str) -> ModelCard:
+    """The card of model ``name`` once ``name`` can name a model: a named model, an existing
+    checkpoint directory, or a hub id (which the loader resolves, locally cached or
+    downloaded). Imports nothing heavy, so the CLI refuses a typo before loading anything.
+
+    Raises:
+        ModelNotFoundError: ``name`` is none of those, or a path with no ``config.json``.
+    """
+    if name in _CARDS:
+        return _CARDS[name]
+    if os.path.exists(name):
+        if not os.path.isfile(os.path.join(name, "config.json")):
+            raise ModelNotFoundError(
+                f"{name!r} is not a model directory (no config.json in it); {MODEL_HINT}"
+            )
+    elif not _HUB_ID.fullmatch(name):
+        raise ModelNotFoundError(
+            f"unknown model {name!r}: no model of that name and no such directory; {MODEL_HINT}"
+        )
+    return model_card(name)

@@ -16,11 +16,13 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
 )
 
+from ..config import ATTENTION_IMPLEMENTATIONS, DTYPE_NAMES
 from ..errors import ConfigError, ModelNotFoundError
 from ..output import is_verbose
 from ..registry import BACKENDS
 from .base import Backend
 from .bundled import bundled_path
+from .catalog import MODEL_HINT, check_model_name
 from .geometry import geometry_path
 from .hf_compat import checkpoint_file, progress_bars
 from .preprocessing import llava_preprocess_for, qwen_preprocess_for
@@ -41,17 +43,15 @@ SUPPORTED = {
 # processor config, max_pixels) -> the preprocessing its backend takes.
 _PREPROCESS = {"qwen2_5_vl": qwen_preprocess_for, "llava_onevision": llava_preprocess_for}
 
-# The attention implementations a model can be loaded with (transformers' names). They
-# decide the vision tower's attention and that of plain ``model(...)`` calls. The language
+# The attention implementations a model can be loaded with (transformers' names, listed in
+# config.ATTENTION_IMPLEMENTATIONS) decide the vision tower's attention and that of plain
+# ``model(...)`` calls. The language
 # model's streaming prefill always runs streamvlm's ``streamvlm_sdpa`` (hf_compat.py),
 # whatever is chosen here: it builds each layer's mask from that layer's own cache length
 # (per-layer retrieval leaves layers with different lengths), which no fixed kernel does.
 # flash_attention_2 is exact where it runs (the Qwen2.5-VL tower's windows are its
 # variable-length batches; SigLIP's full attention needs no mask) and only faster.
-ATTENTION_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
-DEFAULT_ATTENTION = "sdpa"
-
-_HINT = f"pass a local checkpoint directory (config.json + *.safetensors), or use {' / '.join(TINY_MODELS)}"
+DEFAULT_ATTENTION = "sdpa"  # one of ATTENTION_IMPLEMENTATIONS (config.py)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -67,21 +67,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The torch dtype ``dtype`` names (``DTYPE_NAMES``), or the device's default: bfloat16
+    on CUDA, float32 elsewhere."""
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-    }
-    if dtype not in names:
-        raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
-    return names[dtype]
+    if dtype not in DTYPE_NAMES:
+        raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_NAMES)}")
+    return getattr(torch, DTYPE_NAMES[dtype])
 
 
 def resolve_attention(name: str | None, device: torch.device, dtype: torch.dtype) -> str:
@@ -127,6 +121,7 @@ def load_backend(
     checkpoint's video processor config, else a streaming default, models/preprocessing.py);
     ``attn_implementation`` one of ``ATTENTION_IMPLEMENTATIONS`` (default ``sdpa``).
     """
+    check_model_name(name)  # a name that can name no model fails here, before anything loads
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     attention = resolve_attention(attn_implementation, device, dtype)
@@ -187,7 +182,7 @@ def _load_weights(name: str, source: str, model_class, device, dtype, attention:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as e:
         raise ModelNotFoundError(
-            f"cannot load the weights of model {name!r} ({_first_line(e)}); {_HINT}"
+            f"cannot load the weights of model {name!r} ({_first_line(e)}); {MODEL_HINT}"
         ) from e
     if "device_map" not in options:
         model = model.to(device)
@@ -200,15 +195,14 @@ def _installed(package: str) -> bool:
 
 
 def _supported_config(name: str):
-    """The model config of checkpoint ``name``, of a family streamvlm supports."""
-    if Path(name).exists() and not (Path(name) / "config.json").is_file():
-        raise ModelNotFoundError(f"{name!r} is not a model directory (no config.json in it); {_HINT}")
+    """The model config of checkpoint ``name`` (a directory with a config.json, or a hub
+    id: ``check_model_name`` has passed it), of a family streamvlm supports."""
     try:
         config = _load_config(name)
     except (OSError, ValueError) as e:
         raise ModelNotFoundError(
             f"unknown model {name!r}: no local directory of that name and it could not be fetched from the "
-            f"Hugging Face hub (offline?); {_HINT}"
+            f"Hugging Face hub (offline?); {MODEL_HINT}"
         ) from e
     if config.model_type not in SUPPORTED:
         raise ModelNotFoundError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ..cli_options import (
     check_input_file,
     check_model_options,
     check_new_directory,
+    fixed_memory_flags,
     load_model,
     memory_config,
     memory_overrides,
@@ -33,15 +35,15 @@ from ..cli_options import (
 )
 from ..config import MemoryConfig
 from ..errors import ConfigError, EmptyVideoError, InvalidQuestionError
+from ..models.catalog import model_card
 from .cli_output import Progress, answer_record, format_answer, human_bytes, plain, printable
 from .questions import validate_question
 
 DEFAULT_FPS = 1.0
-# What a resumed session takes from the command line (argparse dests); the rest (codecs,
-# pruning, the disk directory) was fixed when it was saved, and is refused with --resume.
-RESUMABLE = ("window", "top_k", "answer_window", "answer_tokens", "max_position_span", "query_context")
-RESUMABLE += ("positions", "device_bytes", "host_bytes")
-FIXED_WHEN_SAVED = {"prune": "--prune", "host_codec": "--host-codec", "disk_codec": "--disk-codec"}
+# The memory options of watch (argparse dests). A resumed session takes those that do not
+# change what it stores; the others (codecs, pruning) are refused with --resume.
+MEMORY_OPTIONS = ("window", "top_k", "answer_window", "answer_tokens", "max_position_span", "query_context")
+MEMORY_OPTIONS += ("positions", "device_bytes", "host_bytes", "prune", "host_codec", "disk_codec", "disk_dir")
 
 
 @dataclass(frozen=True)
@@ -105,9 +107,7 @@ def add_watch_parser(subparsers) -> argparse.ArgumentParser:
     # keeps its own unless they are given, or where giving one that cannot act is refused.
     add_memory_options(
         w,
-        *RESUMABLE,
-        *FIXED_WHEN_SAVED,
-        "disk_dir",
+        *MEMORY_OPTIONS,
         query_context=None,
         positions=None,
         device_bytes=None,
@@ -152,6 +152,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         check_input_file(video)
     if args.resume is not None:
         check_existing_directory(args.resume, "--resume", "the directory a session was saved in")
+        if not os.listdir(args.resume):  # surely no session; other directories are read once the model is up
+            raise ConfigError(f"--resume {args.resume} is empty; give the directory a session was saved in")
     if args.disk_dir is not None:
         check_new_directory(args.disk_dir, "--disk-dir", resume_flag="--resume")
     check_model_options(args)
@@ -164,6 +166,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     engine = load_model(args)
     session = _open_session(args, engine, memory)
+    card = model_card(args.model)
+    if not args.json:  # the JSON document carries the card
+        print(card.line(), file=sys.stderr, flush=True)
     note_memory_options(args)
     # a resumed session's clock has moved on: new frames come after what it has seen
     offset = session.stream_time + 1.0 / args.fps if session.state.frames_seen else 0.0
@@ -232,6 +237,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         backend = getattr(engine, "backend", None)
         doc = {
             "model": args.model,
+            "model_card": card.to_dict(),  # kind and what the model can answer, as the server's
             "device": str(getattr(backend, "device", args.device)),
             "dtype": str(getattr(backend, "dtype", args.dtype)).removeprefix("torch."),
             "video": {"path": str(video), **plain(info)} if video is not None else None,
@@ -257,7 +263,7 @@ def _check_resumable(args: argparse.Namespace) -> None:
     """Refuse with ``--resume`` the options a saved session fixed: they would do nothing."""
     if args.disk_dir is not None:
         raise ConfigError("--resume DIR continues the session in DIR; leave out --disk-dir")
-    fixed = [flag for name, flag in FIXED_WHEN_SAVED.items() if getattr(args, name) is not None]
+    fixed = fixed_memory_flags(args)
     if fixed:
         raise ConfigError(
             f"{', '.join(fixed)} cannot change a saved session (they define what it stores); "
@@ -278,7 +284,7 @@ def _warn_if_host_unused(session, codec: str) -> None:
 
 def _open_session(args: argparse.Namespace, engine, memory):
     """A new session with ``memory``, or the one saved in ``--resume DIR`` with the
-    options it may take from the command line (:data:`RESUMABLE`)."""
+    options it may take from the command line (those :func:`_check_resumable` let through)."""
     if args.resume is None:
         return engine.new_session(memory=memory)
     from .. import Session
