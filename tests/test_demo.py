@@ -109,6 +109,13 @@ def test_times_read_as_a_video_player_shows_them():
     assert span_clock(12.0, 12.5) == "0:12"  # one second: one time
 
 
+def test_a_question_that_waits_for_its_frames_says_so():
+    from streamvlm.demos.panels import waiting_note
+
+    assert waiting_note(12) == "*Watching the 12 frames sent before your question first…*"
+    assert waiting_note(1) == "*Watching the 1 frame sent before your question first…*"
+
+
 def test_the_model_line_says_what_the_model_can_answer():
     from streamvlm.demos.panels import model_markdown
     from streamvlm.models.catalog import model_card
@@ -123,15 +130,18 @@ def test_the_model_line_says_what_the_model_can_answer():
 JARGON = re.compile(r"\b(top[-_ ]?k|answer window|blocks?|tiers?|tokens?|KV)\b", re.IGNORECASE)
 
 
-def test_every_attended_moment_is_listed_and_evicted_pictures_are_named(engine):
-    """16 frames (8 moments of 2) with pictures kept of the last 4 frames only: all 8
-    moments are in the HTML, 6 open and 2 behind the expander, and the 6 whose pictures
-    were evicted say so instead of vanishing."""
+def test_every_attended_moment_is_listed_and_evicted_pictures_are_named(engine, tmp_path):
+    """16 frames (8 moments of 2) with pictures kept of the last 4 frames only, memory on
+    disk: all 8 moments are in the HTML, 6 open and 2 behind the expander, each caption
+    says its memory came from disk, and the 6 whose pictures were evicted say so instead
+    of vanishing."""
+    from streamvlm.config import MemoryConfig
     from streamvlm.demos.attended import MOMENTS_SHOWN, attended_html
     from streamvlm.demos.panels import memory_markdown
     from streamvlm.demos.state import DemoSession
 
-    demo = DemoSession(engine, thumbnails=4)
+    on_disk = MemoryConfig(device_bytes=0, host_bytes=0, disk_dir=str(tmp_path / "session"))
+    demo = DemoSession(engine, on_disk, thumbnails=4)
     for i in range(16):
         demo.push(_frame(i), 10.0 + i)
     assert demo.session.drain(30)
@@ -146,9 +156,11 @@ def test_every_attended_moment_is_listed_and_evicted_pictures_are_named(engine):
     assert "Show 2 earlier moments (0:10–0:13)" in expander and expander.count("<figure") == 2
     assert html.count("no picture kept</div>") == 6
     assert html.count("its picture was not kept (the demo keeps pictures of the last 4 frames)") == 6
-    assert "0:24–0:25, from memory (device)</figcaption>" in html
+    assert html.count(", from memory (disk)") == 8
+    assert "<figcaption>0:24–0:25, from memory (disk)</figcaption>" in html
     assert not JARGON.search(re.sub(r"<[^>]+>", " ", html)), "the attended view speaks plainly"
-    assert not JARGON.search(memory_markdown(demo.stats()))
+    panel = memory_markdown(demo.stats())
+    assert "- memory in use: " in panel and panel.endswith(" on disk") and not JARGON.search(panel)
     demo.close()
 
 

@@ -16,7 +16,14 @@ import gradio as gr
 from ..config import MemoryConfig
 from ..errors import ConfigError, StreamVLMError
 from .attended import CSS, EMPTY, attended_html
-from .panels import answer_note, clock, memory_details_markdown, memory_markdown, model_markdown
+from .panels import (
+    answer_note,
+    clock,
+    memory_details_markdown,
+    memory_markdown,
+    model_markdown,
+    waiting_note,
+)
 from .state import DemoSessions, video_frames
 
 log = logging.getLogger("streamvlm.demo")
@@ -109,13 +116,7 @@ def build_demo(
                         "question, plus the latest. 0: the session's setting (by default every moment "
                         "that fits in the answer's memory).",
                     )
-                attended = gr.HTML(
-                    EMPTY,
-                    css_template=CSS,
-                    js_on_load=None,
-                    label="What the last answer looked at",
-                    elem_id="streamvlm-attended",
-                )
+                attended = gr.HTML(EMPTY, css_template=CSS, js_on_load=None, elem_id="streamvlm-attended")
         timer = gr.Timer(PANEL_REFRESH_S)
 
         # Frame handlers only queue frames (Session.push_frame): they never wait for the
@@ -226,6 +227,10 @@ class _Handlers:
         except StreamVLMError as e:
             raise gr.Error(str(e)) from None
         history = [*history, {"role": "user", "content": question}, {"role": "assistant", "content": ""}]
+        waiting = session.frames_waiting()
+        if waiting:  # the answer starts once they are encoded: say why nothing comes yet
+            history[-1] = {"role": "assistant", "content": waiting_note(waiting)}
+            yield history, "", gr.skip()
         text = ""
         try:
             for delta in stream:

@@ -117,6 +117,11 @@ def memory_details_markdown(stats) -> str:
     return "\n".join(lines)
 
 
+def waiting_note(frames: int) -> str:
+    """What the chat shows while a question waits for the frames sent before it to be watched."""
+    return f"*Watching the {frames} frame{'s' if frames != 1 else ''} sent before your question first…*"
+
+
 def answer_note(answer, retrieved: list[RetrievedFrames]) -> str:
     """The line under an answer in the chat: what it covered and the moments it looked at.
 

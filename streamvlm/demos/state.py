@@ -118,6 +118,10 @@ class DemoSession:
             time.sleep(_ROOM_POLL_S)
         return True
 
+    def frames_waiting(self) -> int:
+        """Frames sent that the encoder has not taken yet: a question asked now waits for them."""
+        return self.session.queue_counts()[1]
+
     def ask_stream(self, question: str, **options):
         """Start answering ``question`` (see ``Session.ask_stream``); one answer at a time per tab.
 
