@@ -385,7 +385,7 @@ def test_demo_page_streams_the_webcam_into_a_session_and_answers(served_demo, br
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
 
-    # "New session" closes the tab's session at once (leaving the page closes it too, once
+    # "Forget everything" closes the tab's session at once (leaving the page closes it too, once
     # Gradio's heartbeat notices: up to tens of seconds, too slow to wait for here).
     _click("the reset button", lambda: browser.find_elements(By.ID, "streamvlm-reset"))
     _wait("the session to close", lambda: session not in sessions.sessions())
