@@ -15,7 +15,15 @@ import gradio as gr
 
 from ..config import MemoryConfig
 from ..errors import ConfigError, StreamVLMError
-from .panels import gallery_items, memory_markdown, retrieved_summary
+from .attended import CSS, EMPTY, attended_html
+from .panels import (
+    answer_note,
+    clock,
+    memory_details_markdown,
+    memory_markdown,
+    model_markdown,
+    waiting_note,
+)
 from .state import DemoSessions, video_frames
 
 log = logging.getLogger("streamvlm.demo")
@@ -46,10 +54,11 @@ def build_demo(
     handlers = _Handlers(sessions, fps)
 
     with gr.Blocks(title="streamvlm live demo", analytics_enabled=False) as demo:
+        gr.Markdown("## streamvlm — ask about anything the video has shown")
+        gr.Markdown(model_markdown(engine.model_name), elem_id="streamvlm-model")
         gr.Markdown(
-            f"## streamvlm — ask about anything the stream has shown\n"
-            f"Model **{engine.model_name}**. Start the webcam or play a video file; frames go "
-            f"into this tab's session at {fps:g} per second. Ask questions at any time."
+            f"Start the webcam or play a video file: the model watches it at {fps:g} frames a "
+            "second. Ask at any time: an answer covers everything sent before the question."
         )
         with gr.Row():
             with gr.Column(scale=1):
@@ -63,32 +72,51 @@ def build_demo(
                     )
                 with gr.Tab("Video file"):
                     video = gr.Video(sources=["upload"], label="Video file", elem_id="streamvlm-video")
+                    fast = gr.Checkbox(
+                        value=False,
+                        label="Don't wait for real time: play as fast as the model can watch",
+                        elem_id="streamvlm-fast",
+                    )
                     with gr.Row():
-                        play = gr.Button("Play as a stream", variant="primary", elem_id="streamvlm-play")
+                        play = gr.Button("Play as a live stream", variant="primary", elem_id="streamvlm-play")
                         stop = gr.Button("Stop", elem_id="streamvlm-stop")
-                    feeding = gr.Image(label="Now feeding", interactive=False, height=200)
-                    playback = gr.Markdown()
+                    feeding = gr.Image(label="What the model is watching", interactive=False, height=200)
+                    playback = gr.Markdown(elem_id="streamvlm-playback")
                 panel = gr.Markdown(memory_markdown(None), elem_id="streamvlm-memory")
-                reset = gr.Button("New session (forget everything)", elem_id="streamvlm-reset")
+                with gr.Accordion(
+                    "Advanced: memory details", open=False, elem_id="streamvlm-memory-advanced"
+                ):
+                    details = gr.Markdown(memory_details_markdown(None), elem_id="streamvlm-memory-details")
+                reset = gr.Button("Forget everything and start over", elem_id="streamvlm-reset")
             with gr.Column(scale=1):
                 chat = gr.Chatbot(label="Chat", height=380, elem_id="streamvlm-chat")
                 question = gr.Textbox(
-                    placeholder="Ask about what the stream has shown…",
+                    placeholder="Ask about what the video has shown…",
                     show_label=False,
                     submit_btn="Ask",
                     elem_id="streamvlm-question",
                 )
-                with gr.Accordion("Answer options", open=False):
-                    tokens = gr.Slider(1, 512, value=max_new_tokens, step=1, label="max new tokens")
-                    top_k = gr.Number(
-                        value=0, precision=0, minimum=0, label="retrieve top-k blocks (0: session default)"
+                with gr.Accordion(
+                    "Advanced: answer options", open=False, elem_id="streamvlm-answer-advanced"
+                ):
+                    tokens = gr.Slider(
+                        1,
+                        512,
+                        value=max_new_tokens,
+                        step=1,
+                        label="Longest answer (max new tokens)",
+                        info="The most tokens (words or pieces of words) an answer may have.",
                     )
-                gallery = gr.Gallery(
-                    label="Frames the last answer attended",
-                    columns=6,
-                    height=220,
-                    elem_id="streamvlm-retrieved",
-                )
+                    top_k = gr.Number(
+                        value=0,
+                        precision=0,
+                        minimum=0,
+                        label="Moments to recall (retrieval top-k)",
+                        info="Look only at this many moments of the video, the ones that best match the "
+                        "question, plus the latest. 0: the session's setting (by default every moment "
+                        "that fits in the answer's memory).",
+                    )
+                attended = gr.HTML(EMPTY, css_template=CSS, js_on_load=None, elem_id="streamvlm-attended")
         timer = gr.Timer(PANEL_REFRESH_S)
 
         # Frame handlers only queue frames (Session.push_frame): they never wait for the
@@ -102,17 +130,17 @@ def build_demo(
             show_progress="hidden",
         )
         playing = play.click(
-            handlers.on_play, inputs=video, outputs=[feeding, playback], concurrency_limit=None
+            handlers.on_play, inputs=[video, fast], outputs=[feeding, playback], concurrency_limit=None
         )
         stop.click(None, cancels=[playing])
         question.submit(
             handlers.on_ask,
             inputs=[question, chat, tokens, top_k],
-            outputs=[chat, question, gallery],
+            outputs=[chat, question, attended],
             concurrency_limit=None,
         )
-        timer.tick(handlers.on_tick, outputs=panel, concurrency_limit=None, show_progress="hidden")
-        reset.click(handlers.on_reset, outputs=[chat, gallery, panel], cancels=[playing])
+        timer.tick(handlers.on_tick, outputs=[panel, details], concurrency_limit=None, show_progress="hidden")
+        reset.click(handlers.on_reset, outputs=[chat, attended, panel, details], cancels=[playing])
         demo.unload(handlers.on_unload)
     return demo
 
@@ -170,18 +198,18 @@ class _Handlers:
         except StreamVLMError as e:
             log.warning("webcam frame refused: %s", e)
 
-    def on_play(self, path, request: gr.Request):
+    def on_play(self, path, fast: bool, request: gr.Request):
         if not path:
             raise gr.Error("upload a video file first")
         session = self._session(request)
         fed = 0
         try:
-            for rgb, t in session.play(video_frames(path, self.fps)):
+            for rgb, t in session.play(video_frames(path, self.fps), realtime=not fast):
                 fed += 1
-                yield rgb, f"fed {fed} frames · stream time {t:.1f} s"
+                yield rgb, f"playing: {fed} frames sent, up to {clock(t)}"
         except StreamVLMError as e:
             raise gr.Error(str(e)) from None
-        yield gr.skip(), f"done: fed {fed} frames"
+        yield gr.skip(), f"done: {fed} frames sent"
 
     def on_ask(
         self, question: str, history: list, max_new_tokens: float, top_k: float | None, request: gr.Request
@@ -199,26 +227,32 @@ class _Handlers:
         except StreamVLMError as e:
             raise gr.Error(str(e)) from None
         history = [*history, {"role": "user", "content": question}, {"role": "assistant", "content": ""}]
+        waiting = session.frames_waiting()
+        if waiting:  # the answer starts once they are encoded: say why nothing comes yet
+            history[-1] = {"role": "assistant", "content": waiting_note(waiting)}
+            yield history, "", gr.skip()
         text = ""
         try:
             for delta in stream:
                 text += delta
                 history[-1] = {"role": "assistant", "content": text}
                 yield history, "", gr.skip()
+        except StreamVLMError as e:  # e.g. the question's wait for its frames timed out
+            raise gr.Error(str(e)) from None
         finally:  # also when Gradio abandons the generator before its first delta
             stream.release()
         retrieved = session.retrieved(stream.answer)
-        # The spans go into the transcript so every answer keeps its own, not only the last.
-        history[-1] = {"role": "assistant", "content": f"{text}\n\n*{retrieved_summary(retrieved)}*"}
-        yield history, "", gallery_items(retrieved)
+        history[-1] = {"role": "assistant", "content": f"{text}\n\n*{answer_note(stream.answer, retrieved)}*"}
+        yield history, "", attended_html(retrieved, session.thumbnails.capacity)
 
-    def on_tick(self, request: gr.Request) -> str:
+    def on_tick(self, request: gr.Request) -> tuple[str, str]:
         session = self.sessions.get(request.session_hash)
-        return memory_markdown(session.stats() if session is not None else None)
+        stats = session.stats() if session is not None else None
+        return memory_markdown(stats), memory_details_markdown(stats)
 
     def on_reset(self, request: gr.Request):
         self.sessions.close(request.session_hash)
-        return [], [], memory_markdown(None)
+        return [], EMPTY, memory_markdown(None), memory_details_markdown(None)
 
     def on_unload(self, request: gr.Request) -> None:
         self.sessions.close(request.session_hash)

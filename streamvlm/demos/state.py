@@ -21,17 +21,23 @@ from .thumbnails import Thumbnail, ThumbnailRing
 # Frames are stamped with at least this much time between them: the session refuses a
 # frame whose time goes backwards, and the webcam and a video may feed one session at once.
 _MIN_STEP_S = 1e-3
+# Times closer than this are the same frame's (as ``ThumbnailRing.between`` matches them).
+_TIME_EPS = 1e-6
+# How often a video played faster than real time looks for room in the encoder queue.
+_ROOM_POLL_S = 0.02
 
 
 @dataclass(frozen=True)
 class RetrievedFrames:
     """One block an answer attended to and the thumbnails still remembered for its span."""
 
-    block: int
-    t_start: float
-    t_end: float
-    tier: str
-    thumbnails: list[Thumbnail]
+    block: int  # the block's id in the session
+    t_start: float  # stream seconds of its first frame
+    t_end: float  # stream seconds of its last frame
+    tier: str  # where its KV was read from: "device", "host", "disk" (or "pending": not stored yet)
+    thumbnails: list[Thumbnail]  # the pictures still kept of its frames, oldest first
+    # some of its frames are older than the thumbnail ring: their pictures were evicted
+    pictures_lost: bool = False
 
 
 class DemoSession:
@@ -80,20 +86,41 @@ class DemoSession:
         """Feed ``frames`` (``Frame``s of a file, in order) as a live stream; yields ``(rgb, t)`` as each goes in.
 
         Each frame enters at the session time where playback started plus its own
-        timestamp; with ``realtime`` it also waits until then, as a camera would have
-        delivered it (frames the encoder cannot keep up with are dropped by the queue).
+        timestamp (into a session with no frames yet, at its own timestamp: a person then
+        reads the video's own times). With ``realtime`` frames go in at the pace of the
+        video, as a camera would have delivered them (frames the encoder cannot keep up
+        with are dropped by the queue); without, as fast as the encoder takes them, and
+        none is dropped.
         """
-        base = self.clock()
+        base = self.clock() if self._last_t is not None else 0.0
+        started, first = time.monotonic(), None
         for frame in frames:
             if stopped():
                 return
             t = base + frame.t
+            first = frame.t if first is None else first
             if realtime:
-                wait = t - self.clock()
+                wait = (frame.t - first) - (time.monotonic() - started)
                 if wait > 0:
                     time.sleep(wait)
+            elif not self._wait_for_room(stopped):
+                return
             self.push(frame.rgb, t)
             yield frame.rgb, t
+
+    def _wait_for_room(self, stopped: Callable[[], bool]) -> bool:
+        """Wait until the encoder queue is less than half full, so that a frame pushed now
+        is not dropped (a webcam may feed the same queue); False when ``stopped``."""
+        room = max(1, self.session.memory.queue_frames // 2)
+        while self.session.queue_counts()[1] >= room:
+            if stopped():
+                return False
+            time.sleep(_ROOM_POLL_S)
+        return True
+
+    def frames_waiting(self) -> int:
+        """Frames sent that the encoder has not taken yet: a question asked now waits for them."""
+        return self.session.queue_counts()[1]
 
     def ask_stream(self, question: str, **options):
         """Start answering ``question`` (see ``Session.ask_stream``); one answer at a time per tab.
@@ -112,9 +139,21 @@ class DemoSession:
         return _Guarded(stream, self._answer_lock)
 
     def retrieved(self, answer) -> list[RetrievedFrames]:
-        """For each block ``answer`` attended (oldest first), its span and remembered thumbnails."""
+        """For each block ``answer`` attended (oldest first), its span and remembered thumbnails.
+
+        The ring holds the newest frames, so a block's pictures were evicted exactly when it
+        starts before the oldest picture kept.
+        """
+        oldest = self.thumbnails.oldest
         return [
-            RetrievedFrames(b.id, b.t_start, b.t_end, b.tier, self.thumbnails.between(b.t_start, b.t_end))
+            RetrievedFrames(
+                b.id,
+                b.t_start,
+                b.t_end,
+                b.tier,
+                self.thumbnails.between(b.t_start, b.t_end),
+                pictures_lost=oldest is None or b.t_start < oldest - _TIME_EPS,
+            )
             for b in sorted(answer.blocks, key=lambda b: b.t_start)
         ]
 
