@@ -15,6 +15,7 @@ from .errors import (
     InvalidFrameError,
     InvalidQuestionError,
     ModelNotFoundError,
+    QuestionTimeoutError,
     StreamVLMError,
     VideoOpenError,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "InvalidQuestionError",
     "MemoryConfig",
     "ModelNotFoundError",
+    "QuestionTimeoutError",
     "Session",
     "SessionStats",
     "StreamVLM",

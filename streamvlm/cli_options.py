@@ -231,14 +231,21 @@ class _MemoryOption:
     flag: str
     field: str  # the MemoryConfig field it sets
     help: str  # "{default}" stands for the command's default
-    unset: str = ""  # how the help reads a default of None ("not given")
+    unset: str | None = None  # how the help reads "not given" (None: MemoryConfig's default value)
     kwargs: dict = dataclasses.field(default_factory=dict)  # more add_argument keywords
 
 
-def _count_or_all(text: str) -> int | None:
-    """``--top-k``'s value: a count, or ``all`` (``None``: every block)."""
-    if text.strip().lower() == "all":
-        return None
+# ``--top-k all``: every block, given on purpose (a checkpoint's recommended top_k yields to it),
+# unlike leaving --top-k out, which parses to None
+EVERY_BLOCK = "all"
+# how the help of an option a checkpoint may recommend (models/recommended.py) reads "not given"
+_RECOMMENDED = "what the model recommends (the bundled model: {value}), else {fallback}"
+
+
+def _count_or_all(text: str) -> int | str:
+    """``--top-k``'s value: a count, or ``all`` (``EVERY_BLOCK``)."""
+    if text.strip().lower() == EVERY_BLOCK:
+        return EVERY_BLOCK
     try:
         return positive_int(text)
     except argparse.ArgumentTypeError:
@@ -262,7 +269,6 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
         "window",
         "frames of recent context each chunk attends to while encoding; 0 encodes each chunk "
         "over the system prompt alone (default: {default})",
-        unset="the server's",
         kwargs={"type": int, "metavar": "N"},
     ),
     "top_k": _MemoryOption(
@@ -270,7 +276,7 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
         "top_k",
         "answer over the N blocks retrieved for each question (+ the answer window), or 'all'; "
         "default: {default}",
-        unset="every block that fits --answer-tokens",
+        unset=_RECOMMENDED.format(value=2, fallback="every block that fits --answer-tokens"),
         kwargs={"type": _count_or_all, "metavar": "N"},
     ),
     "answer_window": _MemoryOption(
@@ -278,7 +284,7 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
         "answer_window",
         "frames of the newest video every answer sees; the rest of its context is retrieved "
         "(--top-k, or past --answer-tokens), e.g. 2 (docs/retrieval.md); default: {default}",
-        unset="the --window",
+        unset=_RECOMMENDED.format(value=2, fallback="the --window"),
         kwargs={"type": int, "metavar": "N"},
     ),
     "answer_tokens": _MemoryOption(
@@ -302,7 +308,7 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
         "query_context",
         "what retrieval reads the question over: the --window, or the sink alone "
         "(docs/retrieval.md; default: {default})",
-        unset=MemoryConfig.query_context,
+        unset=_RECOMMENDED.format(value="sink", fallback=MemoryConfig.query_context),
         kwargs={"choices": QUERY_CONTEXTS},
     ),
     "positions": _MemoryOption(
@@ -310,7 +316,7 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
         "position_mode",
         "keep the blocks a question attends at their stream positions, or re-rotate them "
         "next to the question (docs/retrieval.md; default: {default})",
-        unset=MemoryConfig.position_mode,
+        unset=_RECOMMENDED.format(value="contiguous", fallback=MemoryConfig.position_mode),
         kwargs={"choices": POSITION_MODES},
     ),
     "prune": _MemoryOption(
@@ -341,14 +347,12 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
         "--host-codec",
         "host_codec",
         "how blocks are stored in host RAM, e.g. vidkv or kivi2 (docs/quantization.md; default: {default})",
-        unset=MemoryConfig.host_codec,
         kwargs={"type": _block_codec, "metavar": "CODEC"},
     ),
     "disk_codec": _MemoryOption(
         "--disk-codec",
         "disk_codec",
         "with --disk-dir: how blocks are stored on disk (default: {default})",
-        unset=MemoryConfig.disk_codec,
         kwargs={"type": _block_codec, "metavar": "CODEC"},
     ),
     "disk_dir": _MemoryOption(
@@ -366,28 +370,31 @@ def add_memory_options(parser: argparse.ArgumentParser, *names: str, **defaults:
     ``positions``, ``prune``, ``device_bytes``, ``host_bytes``, ``host_codec``,
     ``disk_codec``, ``disk_dir``).
 
-    Each defaults to the ``MemoryConfig`` field it sets unless ``defaults`` names another
-    value; ``None`` means "not given", which :func:`memory_config` leaves to ``MemoryConfig``.
+    Each defaults to ``None``, "not given", unless ``defaults`` names a value: an option
+    not given takes what the model's checkpoint recommends (``StreamVLM.memory``), else
+    ``MemoryConfig``'s default, and a resumed session keeps what it saved.
     """
     unknown = (set(names) | set(defaults)) - _MEMORY_OPTIONS.keys()
     if unknown:  # a mistake in a command module, not in the user's input
         raise ValueError(f"no memory option {sorted(unknown)}; known: {', '.join(_MEMORY_OPTIONS)}")
     for name in names:
         option = _MEMORY_OPTIONS[name]
-        default = defaults.get(name, getattr(MemoryConfig, option.field))
-        shown = option.unset if default is None else default
+        default = defaults.get(name)
+        unset = option.unset if option.unset is not None else getattr(MemoryConfig, option.field)
+        shown = unset if default is None else default
         parser.add_argument(
             option.flag, default=default, help=option.help.format(default=shown), **option.kwargs
         )
 
 
 def memory_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """``MemoryConfig`` fields set by the parsed memory options (those given, not ``None``)."""
+    """``MemoryConfig`` fields set by the parsed memory options (those given, not ``None``;
+    ``--top-k all`` sets ``top_k=None``); build the session's with ``engine.memory(**them)``."""
     overrides = {}
     for name, option in _MEMORY_OPTIONS.items():
         value = getattr(args, name, None)
         if value is not None:
-            overrides[option.field] = value
+            overrides[option.field] = None if value == EVERY_BLOCK else value
     return overrides
 
 
@@ -401,8 +408,11 @@ def fixed_memory_flags(args: argparse.Namespace) -> list[str]:
 
 
 def memory_config(args: argparse.Namespace) -> MemoryConfig:
-    """The ``MemoryConfig`` the parsed memory options ask for; the rest keeps its defaults.
-    Options that would do nothing together are refused first (:func:`check_memory_options`).
+    """The ``MemoryConfig`` the parsed memory options ask for, the rest at ``MemoryConfig``'s
+    defaults: it checks the options before the model loads. Options that would do nothing
+    together are refused first (:func:`check_memory_options`). A session of a loaded model
+    takes ``engine.memory(**memory_overrides(args))``, which fills the rest from what the
+    checkpoint recommends.
 
     Building it checks the codec and policy names against their registries, which imports
     torch: check paths and the cheap options before calling this.

@@ -153,7 +153,9 @@ class AsyncStreamClient:
     async def create_session(self) -> dict:
         """Create a session with this client's memory options; returns the server's reply
         (``id``, ``token``, ``stream``, ``model``, ``memory``, ``limits``)."""
-        body: dict[str, Any] = {}
+        # persist: the client reads the session after its stream's ``close`` (stats, --keep-session)
+        # and deletes it itself on exit (``delete_on_exit``)
+        body: dict[str, Any] = {"persist": True}
         if self.memory:
             body["memory"] = self.memory
         if self.system_prompt is not None:

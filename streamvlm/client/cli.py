@@ -21,6 +21,7 @@ from ..cli_options import (
     add_memory_options,
     check_input_file,
     memory_config,
+    memory_overrides,
 )
 from ..errors import ConfigError
 
@@ -67,7 +68,7 @@ def add_stream_parser(subparsers) -> argparse.ArgumentParser:
         help="question to ask once the file has been streamed (repeatable)",
     )
     add_max_new_tokens_option(s)
-    add_memory_options(s, "top_k", "window", window=None)  # not given: the server's defaults
+    add_memory_options(s, "top_k", "window")  # not given: the server's (the model's recommended) defaults
     s.add_argument(
         "--duration",
         type=float,
@@ -109,7 +110,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 async def _stream(args, frames: Iterator, stdin: TextIO, out: TextIO, err: TextIO) -> int:
     from .async_client import AsyncStreamClient
 
-    memory = {"window": args.window} if args.window is not None else None
+    memory = memory_overrides(args) or None  # not given: the server's (the model's recommended) defaults
     client = AsyncStreamClient(
         args.server,
         api_key=args.api_key or os.environ.get(API_KEY_ENV),
@@ -119,16 +120,14 @@ async def _stream(args, frames: Iterator, stdin: TextIO, out: TextIO, err: TextI
         on_error=lambda m: print(f"server: {m.get('code')}: {m.get('message')}", file=err, flush=True),
     )
     options = {"max_new_tokens": args.max_new_tokens}
-    if args.top_k is not None:
-        options["top_k"] = args.top_k
     async with client:
         session = client.session
         print(
-            f"streamvlm: session {session['id'][:8]} on {args.server} ({session['model']}); "
-            "type a question and Enter, 'quit' to stop",
+            f"streamvlm: session {session['id'][:8]} on {args.server}; type a question and Enter, 'quit' to stop",
             file=err,
             flush=True,
         )
+        print(_model_line(session), file=err, flush=True)
         printing = asyncio.Lock()  # one answer on the screen at a time
         sending = asyncio.create_task(_send(client, frames, args, err))
         asking = asyncio.create_task(_ask_typed(client, _lines(stdin), options, printing, out, err, stdin))
@@ -257,3 +256,11 @@ def _summary(sent: int, ack: dict) -> str:
         f"streamvlm: {sent} frames sent, {ack['encoded']} encoded, {ack['dropped']} dropped, "
         f"{ack['rejected']} rejected; stream time {ack.get('stream_time') or 0:.1f}s"
     )
+
+
+def _model_line(session: dict) -> str:
+    """The server's model and what it can answer (``ModelCard.line``), from the session's info."""
+    from ..models.catalog import ModelCard
+
+    card = session.get("model_card")
+    return ModelCard(**card).line() if isinstance(card, dict) else f"model {session.get('model')}"

@@ -19,6 +19,7 @@ from ..cli_options import (
     check_port,
     load_model,
     memory_config,
+    memory_overrides,
     note_memory_options,
 )
 from ..errors import ConfigError
@@ -72,7 +73,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.max_sessions < 1:
         raise ConfigError(f"--max-sessions must be >= 1, got {args.max_sessions}")
     check_model_options(args)
-    memory = memory_config(args)
+    memory_config(args)  # checked before the model loads
     try:
         from fastapi import FastAPI
 
@@ -96,6 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         app, path = create_app(engine, settings), "/demo"
     else:
         app, path = FastAPI(title="streamvlm demo"), "/"
+    memory = engine.memory(**memory_overrides(args))  # the options not given: as the model recommends
     sessions = DemoSessions(engine, memory, max_sessions=args.max_sessions)
     mount_demo(app, engine, path, sessions=sessions, fps=args.fps, max_new_tokens=args.max_new_tokens)
 

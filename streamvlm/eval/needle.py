@@ -62,7 +62,7 @@ class AnswerConfig:
     answer_window: int | None = None  # frames of the window every retrieval answer sees
     prune: float | None = None  # the session's prune_threshold
     codec: str | None = None  # the session's host and disk codec
-    defaults: bool = False  # ``default``: a session of MemoryConfig() asked with no options
+    defaults: bool = False  # ``default``: a session of ``engine.memory()`` asked with no options
 
     @property
     def store(self) -> tuple:
@@ -383,11 +383,12 @@ def store_name(store: tuple) -> str:
 def _store_memory(engine, world, config: NeedleEvalConfig, store: tuple, disk_dir: str):
     """The session options for one storage. With a codec the device tier holds exactly the
     encoding window (at full precision, as it always does), so every block a question reads
-    from further back comes from the codec. ``default``: ``MemoryConfig()`` (the span aside)."""
+    from further back comes from the codec. ``default``: what ``watch`` gives, the model's
+    recommendation over ``MemoryConfig``'s defaults (``engine.memory()``; the span aside)."""
     from ..config import MemoryConfig
 
     if store == (DEFAULT,):
-        return MemoryConfig(max_position_span=config.max_position_span)
+        return engine.memory(max_position_span=config.max_position_span)
     prune, codec = store
     # no codec named: full precision everywhere (MemoryConfig's default stores vidkv)
     window = config.window

@@ -133,12 +133,14 @@ def run_stream_eval(config: StreamEvalConfig, log=print) -> StreamEvalResult:
     return result
 
 
-def session_memory(name: str, config: StreamEvalConfig):
-    """The session options of configuration ``name``: the defaults, or the defaults with
-    ``config.query_context`` (the named configurations' question options do the rest)."""
+def session_memory(engine, name: str, config: StreamEvalConfig):
+    """The session options of configuration ``name``: what ``watch`` gives without options
+    (``engine.memory()``: the model's recommendation over ``MemoryConfig``'s defaults), or,
+    for a named configuration, ``MemoryConfig``'s own defaults with ``config.query_context``
+    (its question options do the rest)."""
     from ..config import MemoryConfig
 
-    return MemoryConfig() if name == DEFAULT else MemoryConfig(query_context=config.query_context)
+    return engine.memory() if name == DEFAULT else MemoryConfig(query_context=config.query_context)
 
 
 def _run_stream(engine, config: StreamEvalConfig, seed: int, result: StreamEvalResult) -> None:
@@ -151,11 +153,11 @@ def _run_stream(engine, config: StreamEvalConfig, seed: int, result: StreamEvalR
     questions = sample_questions(world, config.questions, [seed, 3])  # as `synth make` draws them
     sessions: dict[tuple, list[str]] = defaultdict(list)
     for name in config.configs:
-        sessions[repr(session_memory(name, config))].append(name)
+        sessions[repr(session_memory(engine, name, config))].append(name)
     with tempfile.TemporaryDirectory(prefix="streamvlm-streams-") as tmp:
         video = write(world, Path(tmp) / f"world{seed}.mp4", questions=questions)
         for names in sessions.values():
-            session = engine.new_session(memory=session_memory(names[0], config))
+            session = engine.new_session(memory=session_memory(engine, names[0], config))
             waiting = list(questions)
             started = time.perf_counter()
             for frame in Sampler(1.0).sample(FileSource(video)):

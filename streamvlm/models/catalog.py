@@ -35,8 +35,9 @@ CHECKPOINT = "checkpoint"  # a local directory or a hub id: a real model, as far
 
 _SYNTH_LIMITS = (
     "knows only streamvlm's synthetic world (coloured shapes, some showing a digit): it answers "
-    "what colour, shape or digit an object had, what is on screen now, which came first and how "
-    "many of a colour appeared, in one word; on other footage its answers mean nothing"
+    "what colour, shape or digit an object had and what is on screen now, in one word; which came "
+    "first and how many of a colour only over short clips, not a long stream; on other footage "
+    "its answers mean nothing"
 )
 _RANDOM_LIMITS = "random weights, for testing streamvlm's mechanics: its answers are noise"
 

@@ -103,18 +103,9 @@ def add_watch_parser(subparsers) -> argparse.ArgumentParser:
         help="question to ask once the stream reaches SECONDS (repeatable)",
     )
     add_json_option(w, note=" (no interactive prompt)")
-    # Options default to None ("not given"), not MemoryConfig's value, where a resumed session
-    # keeps its own unless they are given, or where giving one that cannot act is refused.
-    add_memory_options(
-        w,
-        *MEMORY_OPTIONS,
-        query_context=None,
-        positions=None,
-        device_bytes=None,
-        host_bytes=None,
-        host_codec=None,
-        disk_codec=None,
-    )
+    # not given (None), an option takes what the model recommends, else MemoryConfig's value,
+    # and a resumed session keeps its own
+    add_memory_options(w, *MEMORY_OPTIONS)
     w.add_argument(
         "--resume",
         metavar="DIR",
@@ -157,7 +148,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if args.disk_dir is not None:
         check_new_directory(args.disk_dir, "--disk-dir", resume_flag="--resume")
     check_model_options(args)
-    memory = memory_config(args)
+    memory = memory_config(args)  # checked before the model loads; the session's comes from the engine
 
     from ..ingest import FileSource
 
@@ -165,7 +156,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     info = source.info if source is not None else None  # probed: a bad file has failed already
 
     engine = load_model(args)
-    session = _open_session(args, engine, memory)
+    session = _open_session(args, engine)
     card = model_card(args.model)
     if not args.json:  # the JSON document carries the card
         print(card.line(), file=sys.stderr, flush=True)
@@ -282,11 +273,12 @@ def _warn_if_host_unused(session, codec: str) -> None:
         )
 
 
-def _open_session(args: argparse.Namespace, engine, memory):
-    """A new session with ``memory``, or the one saved in ``--resume DIR`` with the
-    options it may take from the command line (those :func:`_check_resumable` let through)."""
+def _open_session(args: argparse.Namespace, engine):
+    """A new session with the memory options given (the rest as the model recommends), or
+    the one saved in ``--resume DIR`` with the options it may take from the command line
+    (those :func:`_check_resumable` let through)."""
     if args.resume is None:
-        return engine.new_session(memory=memory)
+        return engine.new_session(memory=engine.memory(**memory_overrides(args)))
     from .. import Session
 
     return Session.resume(args.resume, engine, **memory_overrides(args))

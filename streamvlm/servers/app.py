@@ -136,7 +136,8 @@ def create_app(engine, settings: ServerSettings | None = None) -> FastAPI:
         session), the websocket path to stream to and the model's card.
         """
         require_api_key(request)
-        options = session_options(await _json_body(request, settings.max_text_bytes), settings)
+        body = await _json_body(request, settings.max_text_bytes)
+        options = session_options(body, settings, engine.memory)
         served = await registry.create(options)
         return {
             "id": served.id,

@@ -21,7 +21,7 @@ from .settings import ServerSettings
 DEFAULT_MAX_TOKENS = 128
 MAX_VIDEO_FPS = 30.0
 # Extra fields under "streamvlm" and the question options each one becomes.
-EXTRA_OPTIONS = ("top_k", "answer_window", "since", "until")
+EXTRA_OPTIONS = ("top_k", "answer_window", "since", "until", "wait")
 
 
 @dataclass(frozen=True)

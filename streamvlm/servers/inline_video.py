@@ -17,7 +17,6 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import MemoryConfig
 from ..errors import StreamVLMError
 from .protocol import ProtocolError
 from .settings import ServerSettings
@@ -98,7 +97,7 @@ class InlineVideo:
 
         limit = self.settings.max_video_frames
         try:
-            session = engine.new_session(MemoryConfig())
+            session = engine.new_session()  # as the model recommends
             try:
                 for frame in Sampler(self.fps).sample(self.source):
                     if stop is not None and stop.is_set():

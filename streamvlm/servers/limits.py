@@ -63,8 +63,13 @@ class SessionOptions:
     persist: bool = False
 
 
-def session_options(body: Any, settings: ServerSettings) -> SessionOptions:
+def session_options(
+    body: Any, settings: ServerSettings, build: Callable[..., MemoryConfig] = MemoryConfig
+) -> SessionOptions:
     """Check a ``POST /v1/sessions`` body: ``{"memory": {...}, "system_prompt": "...", "persist": true}``.
+
+    ``build`` makes the ``MemoryConfig`` of the options given: the server passes
+    ``engine.memory``, so the options a client leaves out are what the model recommends.
 
     Raises ``ProtocolError`` (400 ``bad_option``) with a one-line reason for anything else.
     """
@@ -87,11 +92,13 @@ def session_options(body: Any, settings: ServerSettings) -> SessionOptions:
     memory = body.get("memory", {})
     if not isinstance(memory, dict):
         raise ProtocolError("bad_option", '"memory" must be a JSON object of MemoryConfig options')
-    return SessionOptions(memory_config(memory, settings), prompt, persist)
+    return SessionOptions(memory_config(memory, settings, build), prompt, persist)
 
 
-def memory_config(options: dict[str, Any], settings: ServerSettings) -> MemoryConfig:
-    """A ``MemoryConfig`` from client options, type-checked and within the server's caps."""
+def memory_config(
+    options: dict[str, Any], settings: ServerSettings, build: Callable[..., MemoryConfig] = MemoryConfig
+) -> MemoryConfig:
+    """A ``MemoryConfig`` (made by ``build``) from client options, type-checked and within the server's caps."""
     known = {f.name: f for f in fields(MemoryConfig)}
     caps = {
         "window": settings.max_window,
@@ -116,12 +123,12 @@ def memory_config(options: dict[str, Any], settings: ServerSettings) -> MemoryCo
                 "bad_option", f"memory option {name} is at most {caps[name]} on this server, got {value}"
             )
     try:
-        config = MemoryConfig(**options)
+        config = build(**options)
     except ConfigError as e:
         raise ProtocolError("bad_option", str(e)) from None
     # the server's question limit applies even when the client leaves the option out
     if config.max_question_chars > settings.max_question_chars:
-        config = MemoryConfig(**{**options, "max_question_chars": settings.max_question_chars})
+        config = build(**{**options, "max_question_chars": settings.max_question_chars})
     return config
 
 
