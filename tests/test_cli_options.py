@@ -8,7 +8,14 @@ import argparse
 import pytest
 
 from streamvlm.cli import build_parser
-from streamvlm.cli_options import add_memory_options, byte_size, byte_size_text, memory_config, run_command
+from streamvlm.cli_options import (
+    add_memory_options,
+    byte_size,
+    byte_size_text,
+    memory_config,
+    memory_overrides,
+    run_command,
+)
 from streamvlm.config import MemoryConfig
 from streamvlm.errors import ConfigError
 
@@ -78,10 +85,16 @@ def test_memory_config_sets_the_fields_of_the_options_given():
     assert memory_config(parse_memory()) == MemoryConfig()  # nothing given: MemoryConfig's defaults
 
 
-def test_memory_options_default_to_memory_config_unless_the_command_says_otherwise():
-    args = parse_memory(window=4, positions=None)
-    assert args.window == 4 and args.positions is None and args.host_codec == MemoryConfig.host_codec
+def test_memory_options_are_not_given_unless_the_command_says_otherwise():
+    """Not given (None), an option leaves its field to the model's recommendation, else
+    MemoryConfig's default (``memory_overrides`` lists only the given ones); ``--top-k all``
+    is given: every block, whatever a checkpoint recommends."""
+    args = parse_memory(window=4)
+    assert args.window == 4 and args.positions is None and args.host_codec is None and args.top_k is None
+    assert memory_overrides(args) == {"window": 4}
     assert memory_config(args).position_mode == MemoryConfig.position_mode
+    assert memory_overrides(parse_memory("--top-k", "all")) == {"top_k": None}
+    assert memory_overrides(parse_memory("--top-k", "3")) == {"top_k": 3}
 
 
 def test_memory_config_reports_bad_values_as_config_errors():

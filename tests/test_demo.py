@@ -264,7 +264,9 @@ def served_demo(engine):
 
     settings = ServerSettings(api_key=None)
     app = create_app(engine, settings)
-    sessions = DemoSessions(engine, max_sessions=2)
+    # every block attended (the bundled model's default answers over three): the page test
+    # needs more moments than the view shows open
+    sessions = DemoSessions(engine, engine.memory(top_k=None), max_sessions=2)
     mount_demo(app, engine, "/demo", sessions=sessions, max_new_tokens=8)
     server = ServerThread(app, settings)
     yield server, sessions

@@ -259,7 +259,10 @@ def test_a_raw_client_sending_as_fast_as_it_can_then_asking_gets_7(shapes_server
         done = next(m for m in messages if m["type"] == "answer.done")
         assert done["text"] == "7", done
         assert done["asked_at"] == 19.0 and done["frames_dropped"] == 0
-        assert done["spans"][0]["t_start"] == 0.0 and done["spans"][-1]["t_end"] == 19.0
+        # every frame was a candidate: the bundled model answers over the two blocks retrieved
+        # for the question and the newest two frames (its recommended context), chosen among
+        # all 10 blocks of the 20 frames
+        assert len(done["blocks"]) + done["left_out"] == 10 and done["spans"][-1]["t_end"] == 19.0
         acks = [m for m in messages if m["type"] == "ack"]
         assert [a["cause"] for a in acks].count("frame") == 20 and acks[-1]["cause"] == "close"
 

@@ -23,6 +23,7 @@ OWN_STDERR_LINES = (
         r"watched \d+ frames, [\d.]+s of stream in [\d.]+s \([\d.]+x real time\); \d+ blocks, .+ held"
     ),
     re.compile(r"warning: \d+ packet\(s\) of .+ could not be decoded and were skipped"),
+    re.compile(r"model \S+ \((bundled|random)\): .+"),  # what the model can answer (models/catalog.py)
 )
 
 

@@ -135,5 +135,5 @@ def answer_note(answer, retrieved: list[RetrievedFrames]) -> str:
     moments = "moment" if len(retrieved) == 1 else "moments"
     note = f"Answered over the video up to {clock(answer.asked_at)}; looked at {len(retrieved)} {moments}: {listed}"
     if answer.left_out:
-        note += f" (not the other {answer.left_out}: only the best-matching moments fit in its memory)"
+        note += f" (not the other {answer.left_out}: it answers over the moments that best match the question and the newest ones)"
     return note
