@@ -30,15 +30,17 @@ def test_sessions_of_the_bundled_model_start_from_its_recommendation(synth):
     recommended = json.loads((BUNDLED[TINY_SYNTH] / FILENAME).read_text())["memory_defaults"]
     assert synth.backend.memory_defaults == recommended
     memory = synth.new_session().memory
-    assert (memory.top_k, memory.answer_window, memory.query_context, memory.position_mode) == (
-        2,
-        2,
-        "sink",
-        "contiguous",
+    recommended_fields = (
+        memory.window,
+        memory.top_k,
+        memory.answer_window,
+        memory.query_context,
+        memory.position_mode,
     )
+    assert recommended_fields == (16, 2, 2, "sink", "contiguous")
     # an option given wins, None included (top_k=None: every block, lossless)
     assert synth.memory(top_k=None, window=8).top_k is None
-    assert synth.memory(window=8).top_k == 2
+    assert synth.memory(window=8).top_k == 2 and synth.memory(window=8).window == 8
     # what is stored is never recommended: the rest are MemoryConfig's own defaults
     assert synth.memory().host_codec == MemoryConfig().host_codec
 
@@ -53,7 +55,7 @@ def test_a_bad_recommendation_fails_in_one_line_naming_the_file(tmp_path):
     assert memory_defaults_of(str(tmp_path)) == {}
     cases = {
         "{": "not valid JSON",
-        '{"memory_defaults": {"window": 4}}': "may recommend only",
+        '{"memory_defaults": {"host_codec": "int8"}}': "may recommend only",
         '{"memory_defaults": {"top_k": 0}}': "top_k",
         '{"memory_defaults": [1]}': "must be an object",
     }

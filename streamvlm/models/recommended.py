@@ -18,8 +18,9 @@ from pathlib import Path
 from ..errors import ConfigError
 
 FILENAME = "streamvlm_config.json"  # matches the package data pattern of the bundled checkpoints
-# MemoryConfig fields a checkpoint may recommend: how questions are answered, never what is stored
-RECOMMENDABLE = ("top_k", "answer_window", "answer_tokens", "query_context", "position_mode")
+# MemoryConfig fields a checkpoint may recommend: how chunks are encoded and questions answered,
+# never the format blocks are stored in (a resumed session may change these too)
+RECOMMENDABLE = ("window", "top_k", "answer_window", "answer_tokens", "query_context", "position_mode")
 
 
 def memory_defaults_of(name: str) -> dict:
