@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .config import (
     ATTENTION_IMPLEMENTATIONS,
     DTYPE_NAMES,
+    EVERY_BLOCK,
     MAX_NEW_TOKENS_LIMIT,
     POSITION_MODES,
     QUERY_CONTEXTS,
@@ -235,9 +236,6 @@ class _MemoryOption:
     kwargs: dict = dataclasses.field(default_factory=dict)  # more add_argument keywords
 
 
-# ``--top-k all``: every block, given on purpose (a checkpoint's recommended top_k yields to it),
-# unlike leaving --top-k out, which parses to None
-EVERY_BLOCK = "all"
 # how the help of an option a checkpoint may recommend (models/recommended.py) reads "not given"
 _RECOMMENDED = "what the model recommends (the bundled model: {value}), else {fallback}"
 

@@ -16,6 +16,9 @@ from .registry import BLOCK_CODECS, EVICTION_POLICIES, QUEUE_POLICIES, SELECTION
 
 POSITION_MODES = ("original", "contiguous")
 QUERY_CONTEXTS = ("window", "sink")
+# ``top_k="all"`` (a question option, ``--top-k all``): every block that fits, given on purpose,
+# so it wins over a session's or checkpoint's top_k, where None means "not given"
+EVERY_BLOCK = "all"
 PRUNE_MODES = ("drop", "merge")
 # the longest answer a question may ask for (SamplingParams.max_new_tokens); here, torch-free,
 # so that the command line refuses more before it imports torch

@@ -72,14 +72,20 @@ def test_a_bad_recommendation_fails_in_one_line_naming_the_file(tmp_path):
 @needs_shipped
 def test_eval_streams_default_is_the_recommended_configuration():
     """``default`` (no options) answers exactly as the named configuration the checkpoint
-    recommends, every sidecar question at its time, through the real video file."""
-    config = StreamEvalConfig(seconds=60, seeds=(3,), questions=6, configs=("default", "top2-contiguous-w2"))
+    recommends (with its 16-frame window), every sidecar question at its time, through the
+    real video file."""
+    config = StreamEvalConfig(
+        seconds=60, seeds=(3,), questions=6, configs=("default", "top2-contiguous-w2"), window=16
+    )
     result = run_stream_eval(config, log=lambda _: None)
     by = {
         c: [(o.question, o.asked_at, o.answer) for o in result.outcomes if o.config == c]
         for c in config.configs
     }
     assert len(by["default"]) == 6 and by["default"] == by["top2-contiguous-w2"]
+    # two retrieved blocks and the newest two frames, not every block of the stream
+    late = [o for o in result.outcomes if o.config == "default" and o.asked_at >= 30]
+    assert late and all(o.blocks_attended <= 3 for o in late)
     accuracy = result.accuracy()
     assert accuracy["default"]["all"]["questions"] == 6
     assert sum(v["questions"] for k, v in accuracy["default"].items() if k != "all") == 6
@@ -98,3 +104,27 @@ def test_eval_streams_refuses_bad_options_in_one_line():
         )
         assert run.returncode == 2, run
         assert run.stderr.startswith("error: ") and run.stderr.count("\n") == 1, run.stderr
+
+
+@needs_shipped
+def test_a_question_asks_for_every_block_with_top_k_all(synth):
+    """A session of the bundled model retrieves two blocks; ``top_k="all"`` (the websocket's
+    and the OpenAI endpoint's ``"top_k": "all"``, ``--top-k all``) attends every block."""
+    import numpy as np
+
+    from streamvlm.servers.protocol import ProtocolError, check_question_option
+
+    session = synth.new_session()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        session.add_frame(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8), float(i))
+    default = session.ask("What is on screen now?", max_new_tokens=2)
+    every = session.ask("What is on screen now?", max_new_tokens=2, top_k="all")
+    assert len(default.blocks) <= 3 and len(every.blocks) == session.stats().blocks == 6
+    for bad in ("some", 0, True):
+        with pytest.raises(ConfigError, match="top_k"):
+            session.ask("What is on screen now?", top_k=bad)
+    check_question_option("top_k", "all", 64)
+    for bad in ("some", 0, 1.5):
+        with pytest.raises(ProtocolError, match="top_k"):
+            check_question_option("top_k", bad, 64)

@@ -83,7 +83,7 @@ def test_answer_plan_takes_the_config_and_overrides_it_for_one_question():
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"top_k": 0}, "top_k must be >= 1, got 0"),
+        ({"top_k": 0}, "top_k must be >= 1 or 'all', got 0"),
         ({"answer_window": -1}, "answer_window must be >= 0 frames, got -1"),
         ({"positions": "sideways"}, "positions must be one of original, contiguous, got 'sideways'"),
         ({"max_new_tokens": 0}, "max_new_tokens must be between 1 and"),

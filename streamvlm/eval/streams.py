@@ -36,8 +36,9 @@ class StreamEvalConfig:
     seeds: tuple[int, ...] = (0, 1, 2)  # `synth make --seed N`; the model never saw these worlds
     questions: int = 16  # sidecar questions per stream (`synth make --questions`)
     configs: tuple[str, ...] = (DEFAULT, "top1-contiguous-w0", "top1-contiguous-w2", "top2-contiguous-w2")
-    # MemoryConfig.query_context of the sessions of the named (non-default) configurations
+    # MemoryConfig.query_context and window (None: MemoryConfig's) of the named configurations' sessions
     query_context: str = "sink"
+    window: int | None = None
     max_new_tokens: int = 4
     seed: int = 0  # the model's (random models only)
     device: str | None = None
@@ -137,10 +138,13 @@ def session_memory(engine, name: str, config: StreamEvalConfig):
     """The session options of configuration ``name``: what ``watch`` gives without options
     (``engine.memory()``: the model's recommendation over ``MemoryConfig``'s defaults), or,
     for a named configuration, ``MemoryConfig``'s own defaults with ``config.query_context``
-    (its question options do the rest)."""
+    and ``config.window`` (its question options do the rest)."""
     from ..config import MemoryConfig
 
-    return engine.memory() if name == DEFAULT else MemoryConfig(query_context=config.query_context)
+    if name == DEFAULT:
+        return engine.memory()
+    window = {"window": config.window} if config.window is not None else {}
+    return MemoryConfig(query_context=config.query_context, **window)
 
 
 def _run_stream(engine, config: StreamEvalConfig, seed: int, result: StreamEvalResult) -> None:

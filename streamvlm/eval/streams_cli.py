@@ -27,7 +27,7 @@ def add_streams_parser(evals) -> argparse.ArgumentParser:
             "Write each seed's world as `streamvlm synth make --seconds S --seed N` does, decode it at "
             "1 fps as `watch` does, stream it through a session and ask every sidecar question at its "
             "time with each configuration: `default` (no options, what `watch` does) or a name of "
-            "`eval needle`'s grammar (e.g. top2-contiguous-w2, on a session with --query-context). "
+            "`eval needle`'s grammar (e.g. top2-contiguous-w2, on a session with --query-context and --window). "
             "Prints correct/asked per family and configuration, or --json."
         ),
     )
@@ -47,7 +47,7 @@ def add_streams_parser(evals) -> argparse.ArgumentParser:
     s.add_argument(
         "--configs", default=",".join(d.configs), help=f"configurations (default: {','.join(d.configs)})"
     )
-    add_memory_options(s, "query_context", query_context=d.query_context)
+    add_memory_options(s, "query_context", "window", query_context=d.query_context)
     add_json_option(s)
     s.set_defaults(func=cmd_eval_streams)
     return s
@@ -70,6 +70,7 @@ def cmd_eval_streams(args: argparse.Namespace) -> int:
         questions=args.questions,
         configs=tuple(c.strip() for c in args.configs.split(",") if c.strip()),
         query_context=args.query_context,
+        window=args.window,
         device=args.device,
         dtype=args.dtype,
     )

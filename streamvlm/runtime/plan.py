@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import POSITION_MODES, MemoryConfig
+from ..config import EVERY_BLOCK, POSITION_MODES, MemoryConfig
 from ..errors import ConfigError
 from .decode import SamplingParams
 
@@ -53,7 +53,7 @@ class AnswerPlan:
         *,
         since: float | None = None,
         until: float | None = None,
-        top_k: int | None = None,
+        top_k: int | str | None = None,
         answer_window: int | None = None,
         blocks: list[int] | tuple[int, ...] | None = None,
         positions: str | None = None,
@@ -63,15 +63,16 @@ class AnswerPlan:
     ) -> AnswerPlan:
         """The plan for one question. ``top_k``, ``answer_window`` and ``positions`` override
         ``config.top_k``, ``config.answer_window`` and ``config.position_mode`` for this
-        question, ``answer_tokens`` overrides ``config.answer_tokens`` (left unset by both,
+        question (``top_k="all"``: every block that fits, whatever the session's top_k), ``answer_tokens`` overrides ``config.answer_tokens`` (left unset by both,
         the session answering derives it: ``Session.answer``); ``blocks`` names the block ids to attend outright;
         ``wait=False`` answers over what is encoded instead of waiting for every frame
         received before the question (at most ``config.question_wait_s``); the rest are
         ``SamplingParams`` (``max_new_tokens``, ``temperature``, ``top_p``, ``seed``,
         ``stop_token_ids``). ``since`` / ``until`` are checked against the stream where it
         is known, in ``Session.answer``."""
-        if top_k is not None and top_k < 1:
-            raise ConfigError(f"top_k must be >= 1, got {top_k}")
+        counts = isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1
+        if top_k is not None and top_k != EVERY_BLOCK and not counts:
+            raise ConfigError(f"top_k must be >= 1 or {EVERY_BLOCK!r}, got {top_k!r}")
         if answer_window is not None and answer_window < 0:
             raise ConfigError(f"answer_window must be >= 0 frames, got {answer_window}")
         if answer_tokens is not None and answer_tokens < 1:
@@ -93,7 +94,7 @@ class AnswerPlan:
         return cls(
             since=since,
             until=until,
-            top_k=top_k if top_k is not None else config.top_k,
+            top_k=config.top_k if top_k is None else None if top_k == EVERY_BLOCK else top_k,
             answer_window=window,
             answer_blocks=config.answer_blocks,
             answer_tokens=answer_tokens if answer_tokens is not None else config.answer_tokens,

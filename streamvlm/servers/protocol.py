@@ -25,6 +25,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import EVERY_BLOCK
 from ..errors import StreamVLMError
 
 FRAME_MAGIC = b"SVF1"
@@ -40,7 +41,7 @@ MAX_ANSWER_WINDOW = 65536  # frames; what a question's answer window may ask for
 QUESTION_OPTIONS: dict[str, tuple[type, ...]] = {
     "wait": (bool,),
     "max_new_tokens": (int,),
-    "top_k": (int,),
+    "top_k": (int,),  # or "all" (EVERY_BLOCK): every block that fits
     "answer_window": (int,),
     "since": (int, float),
     "until": (int, float),
@@ -191,14 +192,19 @@ def check_question_option(name: str, value: Any, max_new_tokens: int, **context:
         if not isinstance(value, bool):
             raise bad(f"must be true or false, got {type(value).__name__}")
         return
+    if name == "top_k" and value == EVERY_BLOCK:
+        return
     if isinstance(value, bool) or not isinstance(value, types):
-        raise bad(f"must be {'an integer' if types == (int,) else 'a number'}, got {type(value).__name__}")
+        kind = "an integer" if types == (int,) else "a number"
+        raise bad(
+            f"must be {kind}{f' or {EVERY_BLOCK!r}' if name == 'top_k' else ''}, got {type(value).__name__}"
+        )
     if isinstance(value, float) and not math.isfinite(value):
         raise bad(f"must be finite, got {value}")
     if name == "max_new_tokens" and not 1 <= value <= max_new_tokens:
         raise bad(f"must be between 1 and {max_new_tokens} on this server, got {value}")
     if name == "top_k" and value < 1:
-        raise bad(f"must be >= 1, got {value}")
+        raise bad(f"must be >= 1 or {EVERY_BLOCK!r}, got {value}")
     if name == "answer_window" and not 0 <= value <= MAX_ANSWER_WINDOW:
         raise bad(f"must be between 0 and {MAX_ANSWER_WINDOW} frames, got {value}")
     if name == "temperature" and not 0 <= value <= 100:
