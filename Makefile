@@ -10,7 +10,7 @@ VENV ?= .venv
 #   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS ?= dev,server,demo
+EXTRAS ?= dev,server,demo,cluster
 
 # What `make watch` runs: the bundled trained model on a video of the world it was
 # trained on (assets/shapes.json lists its events and more questions with answers).

@@ -6,6 +6,7 @@ import math
 import os
 from dataclasses import dataclass, fields, replace
 
+from ..cluster.settings import ClusterSettings
 from ..errors import ConfigError
 from .protocol import HEADER_SIZE
 
@@ -99,6 +100,14 @@ class ServerSettings:
         existing directory, else ``ConfigError``). A named file is read only if its real
         path (symlinks followed, ``..`` collapsed) lies inside one of them and is a
         regular file. Empty (the default): the server reads no file a client names.
+
+    Several replicas:
+
+    cluster:
+        ``ClusterSettings`` when this server is one replica of a cluster (``streamvlm
+        serve --ray``): sessions are named by their clients, leased in the session
+        directory and checkpointed to the shared store, so any replica can resume them.
+        ``None``: a single server, its sessions its own.
     """
 
     api_key: str | None = None
@@ -125,6 +134,7 @@ class ServerSettings:
     stream_keepalive_s: float = 1.0
     decode_threads: int = 4
     allowed_dirs: tuple[str, ...] = ()
+    cluster: ClusterSettings | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allowed_dirs", _resolve_dirs(self.allowed_dirs))
@@ -132,7 +142,7 @@ class ServerSettings:
             object.__setattr__(self, "idle_timeout_s", None)
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("api_key", "idle_timeout_s", "allowed_dirs") or value is None:
+            if f.name in ("api_key", "idle_timeout_s", "allowed_dirs", "cluster") or value is None:
                 continue
             if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value < math.inf):
                 raise ConfigError(f"server setting {f.name} must be a positive number, got {value!r}")

@@ -1,0 +1,53 @@
+"""Where a replica finds the cluster's shared state: ``ClusterSettings``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+STORE_SCHEMES = ("file://", "s3://")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """A server replica's place in a cluster (``streamvlm serve --ray``).
+
+    store_url:
+        The shared long-term tier every replica reaches: ``file:///mnt/shared/streamvlm``
+        (a shared directory, e.g. an NFS mount) or ``s3://bucket/prefix`` (an
+        S3-compatible object store; endpoint from ``?endpoint_url=`` or ``AWS_ENDPOINT_URL``).
+    registry_url:
+        The session directory with its leases: ``redis://host:port/db``.
+    replica_id:
+        This replica's name in the directory (``None``: host name and process id).
+    cache_dir:
+        Local directory for the copies of the sessions this replica holds (``None``: one
+        under the system's temporary directory). Never shared: each replica has its own.
+    lease_s:
+        A lease not renewed for this long is expired; replicas renew every third of it.
+    """
+
+    store_url: str
+    registry_url: str
+    replica_id: str | None = None
+    cache_dir: str | None = None
+    lease_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.store_url.startswith(STORE_SCHEMES):
+            raise ConfigError(
+                f"--store {self.store_url!r}: use file:///path/to/shared/dir or s3://bucket/prefix"
+            )
+        if not self.registry_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"--registry {self.registry_url!r}: use redis://host:port/db")
+        if not self.lease_s > 0:
+            raise ConfigError(f"lease_s must be positive seconds, got {self.lease_s}")
+        if self.replica_id is None:
+            object.__setattr__(self, "replica_id", f"{socket.gethostname()}-{os.getpid()}")
+        if self.cache_dir is None:
+            cache = os.path.join(tempfile.gettempdir(), "streamvlm-cluster", self.replica_id)
+            object.__setattr__(self, "cache_dir", cache)
