@@ -18,10 +18,13 @@ declared name, and the first lookup of a member checks that every declared name 
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from .errors import ConfigError
+
+_LOADING = threading.RLock()  # one registry loads its modules at a time (``Registry._load``)
 
 T = TypeVar("T")
 
@@ -74,7 +77,12 @@ class Registry(Generic[T]):
         return lambda member: self.add(name, member, aliases)
 
     def _load(self) -> None:
-        if not self._loaded:
+        # Reentrant lock: a module being imported here may look members up (same thread),
+        # while another thread (two sessions created at once) waits for the import to end
+        # instead of seeing a registry marked loaded and still empty.
+        with _LOADING:
+            if self._loaded:
+                return
             self._loaded = True  # first, so that a module registering members may look them up
             for module in self._modules:
                 importlib.import_module(module)

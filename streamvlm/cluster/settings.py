@@ -29,6 +29,10 @@ class ClusterSettings:
         under the system's temporary directory). Never shared: each replica has its own.
     lease_s:
         A lease not renewed for this long is expired; replicas renew every third of it.
+    flush_s:
+        A session with blocks not yet in the shared store is checkpointed and published at
+        least this often (besides every ``MemoryConfig.disk_flush_blocks`` blocks): what a
+        replica's crash can lose of what it had encoded.
     """
 
     store_url: str
@@ -36,6 +40,7 @@ class ClusterSettings:
     replica_id: str | None = None
     cache_dir: str | None = None
     lease_s: float = 10.0
+    flush_s: float = 2.0
 
     def __post_init__(self) -> None:
         if not self.store_url.startswith(STORE_SCHEMES):
@@ -44,8 +49,9 @@ class ClusterSettings:
             )
         if not self.registry_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"--registry {self.registry_url!r}: use redis://host:port/db")
-        if not self.lease_s > 0:
-            raise ConfigError(f"lease_s must be positive seconds, got {self.lease_s}")
+        for name in ("lease_s", "flush_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive seconds, got {getattr(self, name)}")
         if self.replica_id is None:
             object.__setattr__(self, "replica_id", f"{socket.gethostname()}-{os.getpid()}")
         if self.cache_dir is None:

@@ -35,6 +35,7 @@ from .codec import get_block_codec
 from .disk import DiskLog
 from .disk_tier import DiskTier
 from .policy import get_policy
+from .shared_tier import SharedDiskTier
 from .tiered import TieredStore
 from .tiers import DeviceTier, HostTier
 
@@ -105,22 +106,27 @@ class BlockMemory:
     # ----- opening ---------------------------------------------------------------
 
     @classmethod
-    def create(cls, config: MemoryConfig, backend) -> BlockMemory:
-        """Empty memory for a new stream (its directory, if any, must not hold a session)."""
+    def create(cls, config: MemoryConfig, backend, mirror=None) -> BlockMemory:
+        """Empty memory for a new stream (its directory, if any, must not hold a session).
+
+        ``mirror`` (a ``mirror.SessionMirror``) makes the disk tier shared: the directory
+        is published through it at every checkpoint (``shared_tier.SharedDiskTier``).
+        """
         if config.disk_dir is not None and files.holds_session(Path(config.disk_dir)):
             raise files.SessionResumeError(
                 f"{config.disk_dir} already holds a session; resume it with Session.resume(dir, engine) "
                 "or pick an empty directory"
             )
-        return cls(config, backend, _build_store(config, backend), _new_index(config, backend))
+        return cls(config, backend, _build_store(config, backend, mirror), _new_index(config, backend))
 
     @classmethod
-    def open(cls, directory: Path, backend, overrides: dict) -> tuple[BlockMemory, dict]:
+    def open(cls, directory: Path, backend, overrides: dict, mirror=None) -> tuple[BlockMemory, dict]:
         """Reopen a stream's memory from its directory: its blocks, index and codec state as of
         the last flushed block. Returns the memory and the session's own saved record, with
         ``recovered``: the metadata of blocks written after that record was saved.
 
-        ``overrides`` replace saved ``MemoryConfig`` fields that do not change what is stored.
+        ``overrides`` replace saved ``MemoryConfig`` fields that do not change what is stored;
+        ``mirror`` publishes the directory from now on, as in ``create``.
         """
         record = files.read_record(directory)
         if record["model"] != backend.name:
@@ -134,7 +140,7 @@ class BlockMemory:
                 f"cannot change {', '.join(sorted(fixed))} when resuming; they define what is stored"
             )
         config = MemoryConfig(**{**record["memory"], **overrides, "disk_dir": str(directory)})
-        store, disk = _build_store(config, backend)
+        store, disk = _build_store(config, backend, mirror)
         try:
             files.load_codec_state(directory, disk.codec, blocks=len(disk))
             store.adopt()  # blocks past a smaller disk budget leave; the index is rebuilt below
@@ -381,21 +387,29 @@ class BlockMemory:
             },
         )
         self._unflushed = 0
+        self._store.checkpointed()  # a shared tier publishes the now consistent directory
 
     def close(self) -> None:
         """Close the tiers (the disk tier releases its directory); call after the last checkpoint."""
         self._store.close()
 
 
-def _build_store(config: MemoryConfig, backend) -> tuple[TieredStore, DiskTier | None]:
-    """The tiers ``config`` asks for, fastest first, and the disk tier among them (if any)."""
+def _build_store(config: MemoryConfig, backend, mirror=None) -> tuple[TieredStore, DiskTier | None]:
+    """The tiers ``config`` asks for, fastest first, and the disk tier among them (if any):
+    shared through ``mirror`` when one is given."""
     tiers = [DeviceTier(config.device_bytes), HostTier(config.host_bytes, get_block_codec(config.host_codec))]
     disk = None
+    if mirror is not None and config.disk_dir is None:
+        raise ConfigError("a shared long-term tier mirrors a session directory: set MemoryConfig.disk_dir")
     if config.disk_dir is not None:
         # the manager decides when to make the disk durable (checkpoint), not the log
         log = DiskLog(config.disk_dir, max_bytes=config.disk_bytes, flush_every=None, flush_seconds=None)
         save_state = partial(files.save_codec_state, Path(config.disk_dir))
-        disk = DiskTier(log, get_block_codec(config.disk_codec), on_codec_state=save_state)
+        codec = get_block_codec(config.disk_codec)
+        if mirror is None:
+            disk = DiskTier(log, codec, on_codec_state=save_state)
+        else:
+            disk = SharedDiskTier(log, codec, mirror, on_codec_state=save_state)
         tiers.append(disk)
     store = TieredStore(tiers, get_policy(config.eviction), device=backend.device, dtype=backend.dtype)
     return store, disk

@@ -232,6 +232,11 @@ class TieredStore(BlockStore):
         for tier in self.tiers:
             tier.flush()
 
+    def checkpointed(self) -> None:
+        """Tell every tier the session directory is consistent (a checkpoint ended)."""
+        for tier in self.tiers:
+            tier.checkpointed()
+
     def adopt(self) -> list[int]:
         """Take every block the persistent tiers hold as this store's (a resumed session).
 

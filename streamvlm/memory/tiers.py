@@ -126,6 +126,10 @@ class Tier(ABC):
     def close(self) -> None:  # noqa: B027
         """Release what the tier holds open (files, locks); blocks already returned stay valid."""
 
+    def checkpointed(self) -> None:  # noqa: B027
+        """The session directory is consistent now (blocks, table, index, record): a tier
+        that copies it elsewhere (``shared_tier.SharedDiskTier``) publishes it here."""
+
 
 Item = TypeVar("Item", Block, StoredBlock)
 

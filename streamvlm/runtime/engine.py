@@ -70,15 +70,30 @@ class StreamVLM:
         return self.backend.name
 
     def new_session(
-        self, memory: MemoryConfig | None = None, system_prompt: str = DEFAULT_SYSTEM_PROMPT
+        self,
+        memory: MemoryConfig | None = None,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        *,
+        mirror=None,
     ) -> Session:
         """Start a new stream with its own memory and position counter.
 
         ``memory`` defaults to the checkpoint's recommended options
         (``Backend.default_memory()``); build one with ``engine.memory(**options)`` to keep
-        them for the options not given."""
+        them for the options not given. ``mirror`` (``memory.mirror.SessionMirror``, with
+        ``memory.disk_dir`` set) publishes every checkpoint to a cluster's shared store."""
         memory = memory if memory is not None else self.memory()
-        return Session(self.backend, memory=memory, system_prompt=system_prompt, device_lock=self.device_lock)
+        return Session(
+            self.backend,
+            memory=memory,
+            system_prompt=system_prompt,
+            device_lock=self.device_lock,
+            mirror=mirror,
+        )
+
+    def resume_session(self, directory, *, mirror=None, **overrides) -> Session:
+        """Reopen a session from its directory (``Session.resume``)."""
+        return Session.resume(directory, self, mirror=mirror, **overrides)
 
     def memory(self, **options) -> MemoryConfig:
         """``MemoryConfig(**options)``, the options not given taken from what the model's

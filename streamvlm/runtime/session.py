@@ -57,6 +57,8 @@ class Session:
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         device_lock: AbstractContextManager | None = None,
         _blocks: BlockMemory | None = None,
+        *,
+        mirror=None,
     ):
         self.backend = backend
         self.memory = memory or MemoryConfig()  # the options; the blocks are ``self.blocks``
@@ -73,7 +75,8 @@ class Session:
             if self.memory.prune_threshold is not None
             else None
         )
-        self.blocks = _blocks or BlockMemory.create(self.memory, backend)
+        # ``mirror``: a cluster's shared store, where every checkpoint is published
+        self.blocks = _blocks or BlockMemory.create(self.memory, backend, mirror)
         self.bound = PositionBound(self.memory.max_position_span or backend.max_positions)
         # the most tokens a question holds on the device (MemoryConfig.answer_tokens, or derived)
         self.answer_tokens = answer_budget(self.memory, backend.kv_bytes_per_token, self.bound.span)
@@ -96,15 +99,16 @@ class Session:
             self.checkpoint()  # the directory is a session from the start
 
     @classmethod
-    def resume(cls, directory: str | Path, engine, **overrides) -> Session:
+    def resume(cls, directory: str | Path, engine, *, mirror=None, **overrides) -> Session:
         """Reopen a session from its disk directory (``MemoryConfig.disk_dir``): its blocks,
         index, position counter and stream clock, as of the last flushed block.
 
         ``overrides`` replace saved ``MemoryConfig`` fields that do not change what is
         stored (e.g. ``top_k``, ``window``). Raises ``SessionResumeError`` when the
-        directory is not a session or was written by another model.
+        directory is not a session or was written by another model. ``mirror`` (a
+        ``memory.mirror.SessionMirror``) publishes every checkpoint to a cluster's store.
         """
-        blocks, saved = BlockMemory.open(Path(directory), engine.backend, overrides)
+        blocks, saved = BlockMemory.open(Path(directory), engine.backend, overrides, mirror)
         try:
             session = cls(engine.backend, blocks.config, saved["system_prompt"], engine.device_lock, blocks)
         except BaseException:
@@ -452,10 +456,11 @@ class Session:
         """What the session saves beside its blocks: what the blocks do not say."""
         return {"system_prompt": self.system_prompt, **self.state.to_dict()}
 
-    def checkpoint(self) -> None:
-        """Make everything encoded so far durable in ``disk_dir``, block table and index included."""
+    def checkpoint(self, full: bool | None = True) -> None:
+        """Make everything encoded so far durable in ``disk_dir``, block table and index
+        included (``full=None``: those two only when the memory's schedule says they are due)."""
         with self._lock:
-            self.blocks.checkpoint(self._record(), full=True)
+            self.blocks.checkpoint(self._record(), full=full)
 
     def close(self) -> None:
         """Stop the encoder thread after its queue, encode a partial chunk and, with a disk

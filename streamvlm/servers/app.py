@@ -58,13 +58,18 @@ def create_app(engine, settings: ServerSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        reaper = asyncio.create_task(_expire_idle(registry, settings))
+        chores = [asyncio.create_task(_expire_idle(registry, settings))]
+        if registry.shared is not None:
+            chores.append(asyncio.create_task(_keep_shared(registry, settings.cluster)))
         try:
             yield
         finally:
-            reaper.cancel()
-            await asyncio.gather(reaper, return_exceptions=True)
+            for chore in chores:
+                chore.cancel()
+            await asyncio.gather(*chores, return_exceptions=True)
             await registry.close_all()
+            if registry.shared is not None:
+                registry.shared.close()
             decode_pool.shutdown(wait=False, cancel_futures=True)
             answer_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -118,6 +123,7 @@ def create_app(engine, settings: ServerSettings | None = None) -> FastAPI:
             "sessions": len(registry),
             "max_sessions": settings.max_sessions,
             "version": __version__,
+            **({"replica": settings.cluster.replica_id} if settings.cluster is not None else {}),
         }
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -162,7 +168,7 @@ def create_app(engine, settings: ServerSettings | None = None) -> FastAPI:
     @app.get("/v1/sessions/{session_id}")
     async def get_session(session_id: str, request: Request) -> dict:
         """The session's frame counters, ``Session.stats()`` and the model's card; needs its token."""
-        served = registry.authorize(session_id, request.headers.get("authorization"))
+        served = await registry.obtain(session_id, request.headers.get("authorization"))
         return served.describe(await registry.stats(served), model)
 
     @app.delete("/v1/sessions/{session_id}")
@@ -175,14 +181,14 @@ def create_app(engine, settings: ServerSettings | None = None) -> FastAPI:
         if is_api_key(bearer_token(authorization)):
             registry.find(session_id)
             return await registry.delete(session_id, "operator")
-        registry.authorize(session_id, authorization)
+        await registry.obtain(session_id, authorization)
         return await registry.delete(session_id)
 
     @app.websocket("/v1/sessions/{session_id}/stream")
     async def stream(ws: WebSocket, session_id: str) -> None:
         """Frames and questions in, acks and streamed answers out (docs/protocol.md)."""
         try:
-            served = registry.authorize(session_id, ws.headers.get("authorization"))
+            served = await registry.obtain(session_id, ws.headers.get("authorization"))
             if served.connection is not None:
                 raise ProtocolError(
                     "already_streaming",
@@ -271,6 +277,17 @@ async def _deny(ws: WebSocket, e: ProtocolError) -> None:
         await ws.send_denial_response(_error_response(e.code, e.message, e.status))
     except RuntimeError:  # the server cannot send an HTTP response here: close with policy violation
         await ws.close(1008, e.code)
+
+
+async def _keep_shared(registry: SessionRegistry, cluster) -> None:
+    """A replica's chores: renew leases and publish what its sessions encoded."""
+    interval = min(cluster.lease_s / 3, cluster.flush_s)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await registry.maintain()
+        except Exception:  # keep going: a missed renewal is retried before the lease expires
+            log.exception("keeping the cluster's sessions failed")
 
 
 async def _expire_idle(registry: SessionRegistry, settings: ServerSettings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -61,6 +62,12 @@ class SessionOptions:
     # Kept when its client sends ``close``: until deleted or idle for ``idle_timeout_s``.
     # Without it, ``close`` deletes the session and frees its slot.
     persist: bool = False
+    # the name the client gave it (a cluster routes by it); None: the server picks one
+    session_id: str | None = None
+
+
+# a session's name when its client gives one: safe in a URL path, a Redis key and a file name
+SESSION_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 
 
 def session_options(
@@ -75,10 +82,16 @@ def session_options(
     """
     if not isinstance(body, dict):
         raise ProtocolError("bad_option", 'the body must be a JSON object, e.g. {"memory": {"window": 16}}')
-    unknown = set(body) - {"memory", "system_prompt", "persist"}
+    unknown = set(body) - {"id", "memory", "system_prompt", "persist"}
     if unknown:
         raise ProtocolError(
-            "bad_option", f"unknown field {sorted(unknown)[0][:40]!r}; use memory, system_prompt, persist"
+            "bad_option", f"unknown field {sorted(unknown)[0][:40]!r}; use id, memory, system_prompt, persist"
+        )
+    session_id = body.get("id")
+    if session_id is not None and not (isinstance(session_id, str) and SESSION_ID.fullmatch(session_id)):
+        raise ProtocolError(
+            "bad_option",
+            f"id must be 1-64 letters, digits, '.', '_' or '-' (not starting with '.'), got {str(session_id)[:40]!r}",
         )
     persist = body.get("persist", False)
     if not isinstance(persist, bool):
@@ -92,7 +105,7 @@ def session_options(
     memory = body.get("memory", {})
     if not isinstance(memory, dict):
         raise ProtocolError("bad_option", '"memory" must be a JSON object of MemoryConfig options')
-    return SessionOptions(memory_config(memory, settings, build), prompt, persist)
+    return SessionOptions(memory_config(memory, settings, build), prompt, persist, session_id)
 
 
 def memory_config(

@@ -60,6 +60,7 @@ class Metrics:
     frames_rejected: Counter = field(default_factory=Counter)  # by error code
     errors: Counter = field(default_factory=Counter)  # every error message sent, by code
     sessions_created: int = 0
+    sessions_resumed: int = 0  # in a cluster: taken over from the shared store (resume on miss)
     sessions_ended: Counter = field(default_factory=Counter)  # by reason: see SessionRegistry
     answers: int = 0
     retired_encoded: int = 0
@@ -87,6 +88,12 @@ class Metrics:
         add = _adder(lines)
         add("streamvlm_sessions", "gauge", "Sessions open.", [("", len(sessions))])
         add("streamvlm_sessions_created_total", "counter", "Sessions created.", [("", self.sessions_created)])
+        add(
+            "streamvlm_sessions_resumed_total",
+            "counter",
+            "Sessions this replica resumed from the cluster's shared store.",
+            [("", self.sessions_resumed)],
+        )
         add(
             "streamvlm_sessions_ended_total",
             "counter",

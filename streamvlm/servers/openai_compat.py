@@ -84,7 +84,7 @@ def add_openai_routes(
             call = replace(call, video=video, video_suffix=suffix, video_path=None)
         if call.session_id is None:
             return await _over_video(call)
-        served = registry.authorize(call.session_id, request.headers.get("authorization"))
+        served = await registry.obtain(call.session_id, request.headers.get("authorization"))
         if served.session is None:
             raise ProtocolError("not_found", "no such session", status=404)
         lease = _Lease(served.session)

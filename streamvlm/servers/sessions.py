@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -26,6 +27,9 @@ from .limits import FrameRateLimiter, SessionOptions
 from .metrics import Metrics, SessionSample
 from .protocol import ProtocolError
 from .settings import ServerSettings
+from .shared_sessions import SharedSessions
+
+log = logging.getLogger("streamvlm.server")
 
 if TYPE_CHECKING:
     from ..runtime.engine import StreamVLM
@@ -75,9 +79,18 @@ def queue_counts(session: Session | None) -> tuple[int, int]:
 class ServedSession:
     """One session as the server holds it."""
 
-    def __init__(self, session: Session, options: SessionOptions, settings: ServerSettings):
-        self.id = secrets.token_urlsafe(16)  # 128 random bits: unguessable, safe in a URL
-        self.token = secrets.token_urlsafe(32)
+    def __init__(
+        self,
+        session: Session,
+        options: SessionOptions,
+        settings: ServerSettings,
+        *,
+        session_id: str | None = None,
+        token: str | None = None,
+    ):
+        # a name the client gave, else 128 random bits: unguessable, safe in a URL
+        self.id = session_id or options.session_id or new_session_id()
+        self.token = token or secrets.token_urlsafe(32)
         self.session: Session | None = session  # None once deleted
         self.memory: MemoryConfig = options.memory
         self.system_prompt = options.system_prompt
@@ -90,6 +103,7 @@ class ServedSession:
         self.resets = 0
         self.last_t: float | None = None  # time of the last frame accepted for order checks
         self.connection: Any = None  # the StreamConnection feeding it, if any
+        self.published_at = time.monotonic()  # in a cluster: when its blocks last reached the store
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
@@ -166,6 +180,9 @@ class SessionRegistry:
         self.metrics = metrics
         self._sessions: dict[str, ServedSession] = {}
         self._reserved = 0  # creations in flight: they count against max_sessions too
+        # in a cluster, names, leases and the shared store (None: a single server)
+        self.shared = SharedSessions(engine, settings.cluster) if settings.cluster is not None else None
+        self._adopting: dict[str, asyncio.Future] = {}  # resumes in flight, by session id
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -201,19 +218,61 @@ class SessionRegistry:
         return release
 
     async def create(self, options: SessionOptions) -> ServedSession:
-        """Open a session; 503 ``too_many_sessions`` at the limit."""
-        release = self.reserve()
-        try:
-            kwargs = {"memory": options.memory} | (
-                {"system_prompt": options.system_prompt} if options.system_prompt is not None else {}
+        """Open a session; 503 ``too_many_sessions`` at the limit, 409 ``session_exists``
+        when the id its client gave is taken (in a cluster: by any replica)."""
+        if options.session_id is not None and options.session_id in self._sessions:
+            raise ProtocolError(
+                "session_exists", f"a session named {options.session_id!r} exists", status=409
             )
-            session = await asyncio.to_thread(self.engine.new_session, **kwargs)
+        release = self.reserve()
+        session_id = options.session_id or new_session_id()
+        token = secrets.token_urlsafe(32)
+        try:
+            if self.shared is not None:
+                session = await asyncio.to_thread(self.shared.create, session_id, token, options)
+            else:
+                kwargs = {"memory": options.memory} | (
+                    {"system_prompt": options.system_prompt} if options.system_prompt is not None else {}
+                )
+                session = await asyncio.to_thread(self.engine.new_session, **kwargs)
         finally:
             release()
-        served = ServedSession(session, options, self.settings)
-        self._sessions[served.id] = served
+        served = ServedSession(session, options, self.settings, session_id=session_id, token=token)
+        self._hold(served)
         self.metrics.sessions_created += 1
         return served
+
+    def _hold(self, served: ServedSession) -> None:
+        self._sessions[served.id] = served
+        if self.shared is not None:  # a publish refused by the store: another replica took it
+            loop = asyncio.get_running_loop()
+            disk = served.session.blocks.disk
+            disk.on_fenced = lambda _e, i=served.id: loop.call_soon_threadsafe(self._taken_soon, i)
+
+    async def obtain(self, session_id: str, authorization: str | None) -> ServedSession:
+        """``authorize``, and in a cluster resume a session held elsewhere (or nowhere) here
+        first: its token is checked against the session directory, then it is adopted."""
+        if self.shared is None or session_id in self._sessions:
+            return self.authorize(session_id, authorization)
+        token = bearer_token(authorization)
+        if token is None:
+            return self.authorize(session_id, authorization)  # the 401
+        pending = self._adopting.get(session_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._adopt(session_id, token))
+            self._adopting[session_id] = pending
+            pending.add_done_callback(lambda _f: self._adopting.pop(session_id, None))
+        await asyncio.shield(pending)
+        return self.authorize(session_id, authorization)
+
+    async def _adopt(self, session_id: str, token: str) -> None:
+        release = self.reserve()
+        try:
+            session, options = await asyncio.to_thread(self.shared.adopt, session_id, token)
+        finally:
+            release()
+        self._hold(ServedSession(session, options, self.settings, session_id=session_id, token=token))
+        self.metrics.sessions_resumed += 1
 
     def knows(self, token: str) -> bool:
         """Whether ``token`` is some open session's (every one compared: constant time per session)."""
@@ -248,10 +307,14 @@ class SessionRegistry:
         The old memory is closed after the swap (its queued frames are encoded into it),
         and answers already under way keep reading it, so they answer what was asked.
         """
-        kwargs = {"memory": served.memory}
-        if served.system_prompt is not None:
-            kwargs["system_prompt"] = served.system_prompt
-        fresh = await asyncio.to_thread(self.engine.new_session, **kwargs)
+        if self.shared is not None:
+            options = SessionOptions(served.memory, served.system_prompt, served.persist, served.id)
+            fresh = await asyncio.to_thread(self.shared.restart, served.id, served.session, options)
+        else:
+            kwargs = {"memory": served.memory}
+            if served.system_prompt is not None:
+                kwargs["system_prompt"] = served.system_prompt
+            fresh = await asyncio.to_thread(self.engine.new_session, **kwargs)
         old, served.session = served.session, fresh
         served.last_t = None
         served.resets += 1
@@ -269,7 +332,15 @@ class SessionRegistry:
         if served.connection is not None:
             await served.connection.kick("session_deleted", "this session was deleted")
         stats = await self._retire(served, served.session)
-        return {"id": served.id, "deleted": True, "frames": served.counts(), "stats": stats}
+        if self.shared is not None:  # on shutdown another replica takes it over; else it is gone
+            let_go = self.shared.released if reason == "shutdown" else self.shared.deleted
+            await asyncio.to_thread(let_go, session_id)
+        return {
+            "id": served.id,
+            "deleted": reason != "shutdown" or self.shared is None,
+            "frames": served.counts(),
+            "stats": stats,
+        }
 
     async def closed_by_client(self, served: ServedSession) -> bool:
         """Its client sent ``close`` (every frame is encoded by now): delete the session
@@ -285,6 +356,8 @@ class SessionRegistry:
         del self._sessions[served.id]
         self.metrics.sessions_ended["close"] += 1
         await self._retire(served, served.session)
+        if self.shared is not None:
+            await asyncio.to_thread(self.shared.deleted, served.id)
         return True
 
     async def stats(self, served: ServedSession) -> dict:
@@ -329,9 +402,50 @@ class SessionRegistry:
                 await self.delete(session_id, "idle")
         return idle
 
+    # ----- a cluster's sessions --------------------------------------------------
+
+    def _taken_soon(self, session_id: str) -> None:
+        """From another thread's callback: the store refused a publish (another replica holds it)."""
+        asyncio.ensure_future(self.taken(session_id))
+
+    async def taken(self, session_id: str) -> None:
+        """Another replica took the session: stop serving it here without writing it again."""
+        served = self._sessions.pop(session_id, None)
+        if served is None:
+            return
+        self.metrics.sessions_ended["moved"] += 1
+        self.shared.taken(session_id, served.session)
+        if served.connection is not None:
+            await served.connection.kick(
+                "session_moved", "another replica serves this session now; reconnect to continue"
+            )
+        await self._retire(served, served.session)
+        await asyncio.to_thread(self.shared._remove_local, session_id)
+
+    async def maintain(self) -> None:
+        """In a cluster: renew leases (letting go of the sessions another replica took) and
+        publish every session with blocks not yet in the store once ``flush_s`` has passed."""
+        for session_id in await asyncio.to_thread(self.shared.renew):
+            log.warning("session %s was taken over by another replica", session_id)
+            await self.taken(session_id)
+        due = time.monotonic() - self.settings.cluster.flush_s
+        for served in self.all():
+            session = served.session
+            if session is None or served.published_at > due:
+                continue
+            if session.blocks.blocks_since_checkpoint:
+                await asyncio.to_thread(session.checkpoint, None)
+                await asyncio.to_thread(self.shared.published, served.id, session)
+            served.published_at = time.monotonic()
+
     async def close_all(self) -> None:
         for session_id in list(self._sessions):
             await self.delete(session_id, "shutdown")
+
+
+def new_session_id() -> str:
+    """A server-chosen session id: 128 random bits, safe in a URL."""
+    return secrets.token_urlsafe(16)
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -1,0 +1,210 @@
+"""A replica's side of a cluster: named sessions, leased in a directory, kept in a shared store.
+
+``SessionRegistry`` keeps the sessions a server holds. When the server is one replica of
+a cluster (``ServerSettings.cluster``), it asks ``SharedSessions`` to:
+
+- **create** a session under the name its client gave (``"id": "cam0"``): registered in
+  the session directory (Redis) with a hash of its token and its options, leased to this
+  replica (fence 1), its directory in this replica's cache and its long-term tier mirrored
+  to the shared store at every checkpoint;
+- **adopt** a session this replica does not hold (resume on miss): the client's token is
+  checked against the directory, the lease taken with the next fence, the newest manifest
+  restored from the store into a fresh local directory and the session resumed from it.
+  The store refuses the old owner's publishes from then on;
+- **keep** what it holds: leases renewed, and every session with blocks not yet published
+  checkpointed at least every ``flush_s`` seconds, so a crash loses at most that much;
+- **let go**: on delete (directory entry and store objects removed), on shutdown (last
+  checkpoint published, lease released: another replica resumes it), or when another
+  replica took the session (nothing is written any more).
+
+Every call here blocks (Redis, the store, the model): the registry runs them in threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..cluster.settings import ClusterSettings
+from .limits import SessionOptions
+from .protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from ..runtime.engine import StreamVLM
+    from ..runtime.session import Session
+
+log = logging.getLogger("streamvlm.server")
+
+
+class SharedSessions:
+    """Sessions leased from the directory at ``cluster.registry_url`` and mirrored to ``cluster.store_url``."""
+
+    def __init__(self, engine: StreamVLM, cluster: ClusterSettings):
+        from ..cluster.leases import SessionDirectory
+        from ..memory.objectstore import open_store
+
+        self.engine = engine
+        self.cluster = cluster
+        self.replica = cluster.replica_id
+        self.cache = Path(cluster.cache_dir)
+        self.directory = SessionDirectory(cluster.registry_url, lease_s=cluster.lease_s)
+        self.store = open_store(cluster.store_url)
+        self.leases: dict = {}  # session id -> the Lease this replica holds
+
+    # ----- a session arrives ------------------------------------------------------
+
+    def create(self, session_id: str, token: str, options: SessionOptions) -> Session:
+        """Register ``session_id`` (409 ``session_exists`` if taken) and open it here."""
+        from ..cluster.leases import token_hash
+        from ..memory.mirror import SessionMirror
+
+        record = {
+            "memory": asdict(options.memory),
+            "system_prompt": options.system_prompt,
+            "persist": options.persist,
+        }
+        lease = self.directory.create(session_id, token_hash(token), record, self.replica)
+        if lease is None:
+            raise ProtocolError(
+                "session_exists",
+                f"a session named {session_id!r} exists in this cluster; pick another id or delete it",
+                status=409,
+            )
+        try:
+            local = self._fresh_dir(session_id)
+            mirror = SessionMirror(self.store, session_id, lease.fence, self.replica)
+            session = self._open(options, local, mirror)
+        except BaseException:
+            self.directory.delete(session_id, lease)
+            raise
+        self.leases[session_id] = lease
+        return session
+
+    def adopt(self, session_id: str, token: str) -> tuple[Session, SessionOptions]:
+        """Take over a session another replica held (or that no replica holds): 404 if the
+        cluster does not know it, 403 for a wrong token."""
+        from ..cluster.leases import token_hash
+        from ..memory.mirror import NoSuchSessionError, SessionMirror
+
+        entry = self.directory.lookup(session_id)
+        if entry is None:
+            raise ProtocolError(
+                "not_found", "no such session (it was deleted, expired or never existed)", status=404
+            )
+        if entry.token_hash != token_hash(token):
+            raise ProtocolError("forbidden", "this token does not belong to this session", status=403)
+        lease = self.directory.acquire(session_id, self.replica)
+        local = self._fresh_dir(session_id)
+        try:
+            mirror = SessionMirror.restore(self.store, session_id, local, lease.fence, self.replica)
+            session = self.engine.resume_session(local, mirror=mirror)
+        except NoSuchSessionError:
+            self.directory.release(lease)
+            raise ProtocolError(
+                "session_lost",
+                f"session {session_id!r} is registered but the shared store holds none of it; delete it",
+                status=410,
+            ) from None
+        except BaseException:
+            self.directory.release(lease)
+            raise
+        if mirror.version is not None:
+            self.directory.record_manifest(lease, mirror.version)
+        self.leases[session_id] = lease
+        record = entry.record
+        options = SessionOptions(session.memory, record.get("system_prompt"), bool(record.get("persist")))
+        log.info(
+            "resumed session %s from the shared store (manifest %s, %d blocks, fence %d)",
+            session_id,
+            mirror.version,
+            len(session.blocks.metas()),
+            lease.fence,
+        )
+        return session, options
+
+    def restart(self, session_id: str, old: Session, options: SessionOptions) -> Session:
+        """A fresh memory for a session being reset: the old one stops publishing, its
+        objects leave the store, and the new one is mirrored from version 1."""
+        from ..memory.mirror import SessionMirror, delete_session
+
+        _stop_publishing(old, "reset")
+        delete_session(self.store, session_id)
+        lease = self.leases[session_id]
+        local = self._fresh_dir(session_id, generation=True)
+        return self._open(options, local, SessionMirror(self.store, session_id, lease.fence, self.replica))
+
+    def _open(self, options: SessionOptions, local: Path, mirror) -> Session:
+        memory = replace(options.memory, disk_dir=str(local))
+        prompt = {"system_prompt": options.system_prompt} if options.system_prompt is not None else {}
+        return self.engine.new_session(memory, mirror=mirror, **prompt)
+
+    def _fresh_dir(self, session_id: str, generation: bool = False) -> Path:
+        """An empty local directory for a session's copy (a previous copy here is stale)."""
+        base = self.cache / session_id
+        if generation:  # the old memory still has its directory open until it is closed
+            n = 1
+            while (self.cache / f"{session_id}.{n}").exists():
+                n += 1
+            base = self.cache / f"{session_id}.{n}"
+        shutil.rmtree(base, ignore_errors=True)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        return base
+
+    # ----- while held -------------------------------------------------------------
+
+    def renew(self) -> list[str]:
+        """Renew every lease held; returns the ids whose lease another replica took."""
+        lost = []
+        for session_id, lease in list(self.leases.items()):
+            if not self.directory.renew(lease):
+                lost.append(session_id)
+        return lost
+
+    def published(self, session_id: str, session: Session) -> None:
+        """Record the manifest version the session's tier last published (for operators)."""
+        lease = self.leases.get(session_id)
+        version = getattr(session.blocks.disk, "published_version", None)
+        if lease is not None and version is not None:
+            self.directory.record_manifest(lease, version)
+
+    # ----- a session leaves -------------------------------------------------------
+
+    def taken(self, session_id: str, session: Session | None) -> None:
+        """Another replica holds the session now: never write it again (call before closing it)."""
+        self.leases.pop(session_id, None)
+        if session is not None:
+            _stop_publishing(session, "taken by another replica")
+
+    def deleted(self, session_id: str) -> None:
+        """The session was deleted (after it was closed): gone from the directory and the store."""
+        from ..memory.mirror import delete_session
+
+        lease = self.leases.pop(session_id, None)
+        if lease is not None and self.directory.holds(lease):
+            self.directory.delete(session_id, lease)
+            delete_session(self.store, session_id)
+        self._remove_local(session_id)
+
+    def released(self, session_id: str) -> None:
+        """The session was closed here and published (shutdown): the lease is free for another replica."""
+        lease = self.leases.pop(session_id, None)
+        if lease is not None:
+            self.directory.release(lease)
+        self._remove_local(session_id)
+
+    def _remove_local(self, session_id: str) -> None:
+        for path in [self.cache / session_id, *self.cache.glob(f"{session_id}.*")]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def close(self) -> None:
+        self.directory.close()
+
+
+def _stop_publishing(session: Session, why: str) -> None:
+    """Make the session's shared tier write nothing more to the store (its local copy goes on)."""
+    disk = session.blocks.disk
+    if disk is not None and getattr(disk, "fenced", None) is None:
+        disk.fenced = RuntimeError(why)
