@@ -21,7 +21,7 @@ from streamvlm.cluster.leases import (  # noqa: E402
     SessionDirectory,
     token_hash,
 )
-from streamvlm.errors import StreamVLMError  # noqa: E402
+from streamvlm.errors import ConfigError, StreamVLMError  # noqa: E402
 
 TOKEN = "bearer-secret-7f3a"
 # the fixtures redis_server (one per module) and redis_url (emptied for each test)
@@ -124,6 +124,8 @@ def test_delete_by_the_holder_or_unconditionally(directory):
     assert directory.delete("s1", lease)
     assert directory.lookup("s1") is None and directory.ids() == ["s2"]
     assert not directory.delete("s1", lease) and not directory.delete("s1")
+    with pytest.raises(ConfigError, match="lease_s"):
+        SessionDirectory(directory.url, lease_s=0)
     assert directory.delete("s2")  # an operator's delete, whoever holds it
     assert directory.ids() == []
 
@@ -210,21 +212,24 @@ def test_racing_creates_of_one_id_register_it_once(redis_url):
 
 
 def test_an_expired_lease_still_names_its_owner_until_taken(redis_url):
-    with SessionDirectory(redis_url, lease_s=0.2) as d:
-        lease = d.create("s1", token_hash(TOKEN), RECORD, "replica-a")
-        assert d.lookup("s1").lease_alive
+    # a lease lasts as long as the renewing directory's lease_s: short ones to see them
+    # expire, long ones to see them alive however slow the machine
+    with SessionDirectory(redis_url, lease_s=0.2) as short, SessionDirectory(redis_url, lease_s=30) as long:
+        lease = short.create("s1", token_hash(TOKEN), RECORD, "replica-a")
         time.sleep(0.4)
-        entry = d.lookup("s1")
+        entry = short.lookup("s1")
         assert not entry.lease_alive
         assert (entry.owner, entry.fence) == ("replica-a", 1)
         assert entry.checked_at > entry.lease_expires_at
         # nobody took it: its owner carries on
-        assert d.holds(lease) and d.renew(lease)
-        assert d.lookup("s1").lease_alive
+        assert short.holds(lease) and long.renew(lease)
+        assert short.lookup("s1").lease_alive
+        assert short.renew(lease)
         time.sleep(0.4)
+        assert not short.lookup("s1").lease_alive
         # expired or not, acquire takes it
-        assert d.acquire("s1", "replica-b").fence == 2
-        assert d.lookup("s1").lease_alive and not d.renew(lease)
+        assert long.acquire("s1", "replica-b").fence == 2
+        assert long.lookup("s1").lease_alive and not long.renew(lease)
 
 
 def test_keeper_renew_once_reports_each_lost_lease_once(directory):

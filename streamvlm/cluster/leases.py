@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import StreamVLMError
+from ..errors import ConfigError, StreamVLMError
 
 if TYPE_CHECKING:
     from .settings import ClusterSettings
@@ -206,12 +206,13 @@ class SessionDirectory:
     """
 
     def __init__(self, url: str, *, namespace: str = "streamvlm", lease_s: float = 10.0):
+        # redis comes with the cluster extra: imported only when a directory is made
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
         if not lease_s > 0:
-            raise ValueError(f"lease_s must be positive seconds, got {lease_s}")
+            raise ConfigError(f"lease_s must be positive seconds, got {lease_s}")
         self.url = url
         self.namespace = namespace
         self.lease_s = float(lease_s)
@@ -241,7 +242,11 @@ class SessionDirectory:
             "delete": _DELETE,
         }
         self._scripts = {name: self._client.register_script(lua) for name, lua in scripts.items()}
-        self._call(self._client.ping)
+        try:
+            self._call(self._client.ping)
+        except RegistryUnavailableError:
+            self._client.close()
+            raise
 
     @classmethod
     def from_settings(cls, settings: ClusterSettings) -> SessionDirectory:
