@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from ..servers.protocol import pack_frame
 from .frames import encode_frame
-from .rest import ClientError, request_json, websocket_url
+from .rest import ROUTING_HEADER, ClientError, request_json, websocket_url
 
 # Error codes that are the one reply to a frame message (docs/protocol.md).
 FRAME_ERROR_CODES = frozenset(
@@ -89,6 +89,9 @@ class AsyncStreamClient:
             used only to create sessions.
         session: an existing session (``{"id", "token", "stream"}`` as ``create_session``
             returned it) to reconnect to instead of creating one.
+        session_id: the name to create the session under (``cam0``) instead of one the
+            server picks. Every request about a session carries its id in the
+            ``x-session-id`` header, which a cluster routes by (docs/deploy.md).
         memory: ``MemoryConfig`` options for the session created (``{"window": 8}``).
         system_prompt: replaces the server's default one for the session created.
         max_in_flight: frames sent and not yet acknowledged before ``send_frame`` waits
@@ -107,6 +110,7 @@ class AsyncStreamClient:
         *,
         api_key: str | None = None,
         session: dict | None = None,
+        session_id: str | None = None,
         memory: dict | None = None,
         system_prompt: str | None = None,
         max_in_flight: int = 8,
@@ -120,6 +124,7 @@ class AsyncStreamClient:
         self.server = server
         self.api_key = api_key
         self.session = session
+        self.session_id = session_id
         self.memory = memory
         self.system_prompt = system_prompt
         self.max_in_flight = max_in_flight
@@ -144,7 +149,14 @@ class AsyncStreamClient:
     # ----- REST ---------------------------------------------------------------------
 
     async def _rest(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
-        return await asyncio.to_thread(request_json, self.server, method, path, body, token, self.timeout)
+        return await asyncio.to_thread(
+            request_json, self.server, method, path, body, token, self.timeout, self._routing()
+        )
+
+    def _routing(self) -> dict[str, str]:
+        """The header a cluster routes a session's requests by (harmless to a single server)."""
+        session_id = self.session["id"] if self.session is not None else self.session_id
+        return {ROUTING_HEADER: session_id} if session_id is not None else {}
 
     async def health(self) -> dict:
         """``GET /health``: status, model, open sessions."""
@@ -156,6 +168,8 @@ class AsyncStreamClient:
         # persist: the client reads the session after its stream's ``close`` (stats, --keep-session)
         # and deletes it itself on exit (``delete_on_exit``)
         body: dict[str, Any] = {"persist": True}
+        if self.session_id is not None:
+            body["id"] = self.session_id
         if self.memory:
             body["memory"] = self.memory
         if self.system_prompt is not None:
@@ -190,7 +204,7 @@ class AsyncStreamClient:
         if self.session is None:
             await self.create_session()
         url = websocket_url(self.server, self._session["stream"])
-        headers = {"Authorization": f"Bearer {self._session['token']}"}
+        headers = {"Authorization": f"Bearer {self._session['token']}", **self._routing()}
         try:
             self._ws = await connect(
                 url,

@@ -14,6 +14,9 @@ from typing import Any
 
 from ..errors import StreamVLMError
 
+# the header a cluster's router sends a session's requests by (docs/deploy.md)
+ROUTING_HEADER = "x-session-id"
+
 
 class ClientError(StreamVLMError):
     """The server refused a request or a message, or the connection failed.
@@ -54,10 +57,11 @@ def request_json(
     body: Any = None,
     token: str | None = None,
     timeout: float = 30.0,
+    headers: dict[str, str] | None = None,
 ) -> Any:
     """Send one request, return the parsed JSON reply; raise ``ClientError`` on any failure."""
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base_url(server) + path, data=data, method=method)
+    req = urllib.request.Request(base_url(server) + path, data=data, method=method, headers=headers or {})
     if data is not None:
         req.add_header("Content-Type", "application/json")
     if token is not None:

@@ -435,6 +435,11 @@ class LeaseKeeper:
         with self._lock:
             return self._leases.pop(session_id, None)
 
+    def get(self, session_id: str) -> Lease | None:
+        """The lease kept for ``session_id``, if any."""
+        with self._lock:
+            return self._leases.get(session_id)
+
     def leases(self) -> list[Lease]:
         """The leases being kept."""
         with self._lock:

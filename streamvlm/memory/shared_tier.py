@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from ..errors import StreamVLMError
 from .codec import BlockCodec
 from .disk import DiskLog
 from .disk_tier import DiskTier
@@ -50,6 +51,7 @@ class SharedDiskTier(DiskTier):
         self.fenced: Exception | None = None  # why this replica may no longer publish
         self.published_version: int | None = None
         self.publish_s = 0.0  # seconds spent publishing, over the tier's life
+        self.publish_failures = 0  # publishes the store did not take (retried at the next checkpoint)
 
     def checkpointed(self) -> None:
         from .mirror import FencedError  # the mirror's module brings the store clients
@@ -64,5 +66,11 @@ class SharedDiskTier(DiskTier):
             log.warning("session %s: %s; this replica no longer writes it", self.log.directory.name, e)
             if self.on_fenced is not None:
                 self.on_fenced(e)
+        except (StreamVLMError, OSError) as e:
+            # The store is unreachable or refused the upload: the blocks stay safe in the
+            # local copy and the next checkpoint publishes them (a crash before then loses
+            # them from the cluster's view). The session goes on either way.
+            self.publish_failures += 1
+            log.warning("session %s: publishing to the shared store failed: %s", self.log.directory.name, e)
         finally:
             self.publish_s += time.perf_counter() - start

@@ -60,7 +60,8 @@ def create_app(engine, settings: ServerSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         chores = [asyncio.create_task(_expire_idle(registry, settings))]
         if registry.shared is not None:
-            chores.append(asyncio.create_task(_keep_shared(registry, settings.cluster)))
+            registry.start_shared()
+            chores.append(asyncio.create_task(_publish_shared(registry, settings.cluster)))
         try:
             yield
         finally:
@@ -169,7 +170,10 @@ def create_app(engine, settings: ServerSettings | None = None) -> FastAPI:
     async def get_session(session_id: str, request: Request) -> dict:
         """The session's frame counters, ``Session.stats()`` and the model's card; needs its token."""
         served = await registry.obtain(session_id, request.headers.get("authorization"))
-        return served.describe(await registry.stats(served), model)
+        described = served.describe(await registry.stats(served), model)
+        if registry.shared is not None and served.session is not None:
+            described["shared"] = registry.shared.describe(served.id, served.session)
+        return described
 
     @app.delete("/v1/sessions/{session_id}")
     async def delete_session(session_id: str, request: Request) -> dict:
@@ -279,15 +283,14 @@ async def _deny(ws: WebSocket, e: ProtocolError) -> None:
         await ws.close(1008, e.code)
 
 
-async def _keep_shared(registry: SessionRegistry, cluster) -> None:
-    """A replica's chores: renew leases and publish what its sessions encoded."""
-    interval = min(cluster.lease_s / 3, cluster.flush_s)
+async def _publish_shared(registry: SessionRegistry, cluster) -> None:
+    """A replica's chore: publish what its sessions encoded at least every ``flush_s``."""
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(cluster.flush_s / 2)
         try:
-            await registry.maintain()
-        except Exception:  # keep going: a missed renewal is retried before the lease expires
-            log.exception("keeping the cluster's sessions failed")
+            await registry.publish_due()
+        except Exception:  # keep going: the next round publishes what this one missed
+            log.exception("publishing the cluster's sessions failed")
 
 
 async def _expire_idle(registry: SessionRegistry, settings: ServerSettings) -> None:

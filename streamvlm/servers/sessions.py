@@ -405,7 +405,8 @@ class SessionRegistry:
     # ----- a cluster's sessions --------------------------------------------------
 
     def _taken_soon(self, session_id: str) -> None:
-        """From another thread's callback: the store refused a publish (another replica holds it)."""
+        """From another thread's callback: a lease was lost or the store refused a publish."""
+        log.warning("session %s was taken over by another replica", session_id)
         asyncio.ensure_future(self.taken(session_id))
 
     async def taken(self, session_id: str) -> None:
@@ -422,12 +423,15 @@ class SessionRegistry:
         await self._retire(served, served.session)
         await asyncio.to_thread(self.shared._remove_local, session_id)
 
-    async def maintain(self) -> None:
-        """In a cluster: renew leases (letting go of the sessions another replica took) and
-        publish every session with blocks not yet in the store once ``flush_s`` has passed."""
-        for session_id in await asyncio.to_thread(self.shared.renew):
-            log.warning("session %s was taken over by another replica", session_id)
-            await self.taken(session_id)
+    def start_shared(self) -> None:
+        """In a cluster, on the event loop: start renewing leases; a session whose lease
+        another replica took is let go of here."""
+        loop = asyncio.get_running_loop()
+        self.shared.start(lambda session_id: loop.call_soon_threadsafe(self._taken_soon, session_id))
+
+    async def publish_due(self) -> None:
+        """In a cluster: publish every session with blocks not yet in the store once
+        ``flush_s`` has passed since it last was."""
         due = time.monotonic() - self.settings.cluster.flush_s
         for served in self.all():
             session = served.session

@@ -11,8 +11,10 @@ a cluster (``ServerSettings.cluster``), it asks ``SharedSessions`` to:
   checked against the directory, the lease taken with the next fence, the newest manifest
   restored from the store into a fresh local directory and the session resumed from it.
   The store refuses the old owner's publishes from then on;
-- **keep** what it holds: leases renewed, and every session with blocks not yet published
-  checkpointed at least every ``flush_s`` seconds, so a crash loses at most that much;
+- **keep** what it holds: leases renewed by a ``LeaseKeeper`` thread (it goes on while the
+  event loop or the model is busy, which is when a lease would lapse), and every session
+  with blocks not yet published checkpointed at least every ``flush_s`` seconds, so a
+  crash loses at most that much;
 - **let go**: on delete (directory entry and store objects removed), on shutdown (last
   checkpoint published, lease released: another replica resumes it), or when another
   replica took the session (nothing is written any more).
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,16 +46,24 @@ class SharedSessions:
     """Sessions leased from the directory at ``cluster.registry_url`` and mirrored to ``cluster.store_url``."""
 
     def __init__(self, engine: StreamVLM, cluster: ClusterSettings):
-        from ..cluster.leases import SessionDirectory
+        from ..cluster.leases import LeaseKeeper, SessionDirectory
         from ..memory.objectstore import open_store
 
         self.engine = engine
         self.cluster = cluster
         self.replica = cluster.replica_id
         self.cache = Path(cluster.cache_dir)
-        self.directory = SessionDirectory(cluster.registry_url, lease_s=cluster.lease_s)
+        self.directory = SessionDirectory.from_settings(cluster)
         self.store = open_store(cluster.store_url)
-        self.leases: dict = {}  # session id -> the Lease this replica holds
+        self._on_lost: Callable[[str], None] = lambda _id: None
+        # the leases this replica holds, renewed in the keeper's thread
+        self.leases = LeaseKeeper(self.directory, lambda lease: self._on_lost(lease.session_id))
+
+    def start(self, on_lost: Callable[[str], None]) -> None:
+        """Start renewing leases; ``on_lost(session_id)`` is called (from the keeper's thread)
+        once for each session another replica took."""
+        self._on_lost = on_lost
+        self.leases.start()
 
     # ----- a session arrives ------------------------------------------------------
 
@@ -80,7 +91,7 @@ class SharedSessions:
         except BaseException:
             self.directory.delete(session_id, lease)
             raise
-        self.leases[session_id] = lease
+        self.leases.add(lease)
         return session
 
     def adopt(self, session_id: str, token: str) -> tuple[Session, SessionOptions]:
@@ -113,7 +124,7 @@ class SharedSessions:
             raise
         if mirror.version is not None:
             self.directory.record_manifest(lease, mirror.version)
-        self.leases[session_id] = lease
+        self.leases.add(lease)
         record = entry.record
         options = SessionOptions(session.memory, record.get("system_prompt"), bool(record.get("persist")))
         log.info(
@@ -132,7 +143,7 @@ class SharedSessions:
 
         _stop_publishing(old, "reset")
         delete_session(self.store, session_id)
-        lease = self.leases[session_id]
+        lease = self.leases.get(session_id)
         local = self._fresh_dir(session_id, generation=True)
         return self._open(options, local, SessionMirror(self.store, session_id, lease.fence, self.replica))
 
@@ -155,14 +166,6 @@ class SharedSessions:
 
     # ----- while held -------------------------------------------------------------
 
-    def renew(self) -> list[str]:
-        """Renew every lease held; returns the ids whose lease another replica took."""
-        lost = []
-        for session_id, lease in list(self.leases.items()):
-            if not self.directory.renew(lease):
-                lost.append(session_id)
-        return lost
-
     def published(self, session_id: str, session: Session) -> None:
         """Record the manifest version the session's tier last published (for operators)."""
         lease = self.leases.get(session_id)
@@ -170,11 +173,23 @@ class SharedSessions:
         if lease is not None and version is not None:
             self.directory.record_manifest(lease, version)
 
+    def describe(self, session_id: str, session: Session) -> dict:
+        """The ``shared`` part of a session's description: its lease and what the store holds."""
+        lease = self.leases.get(session_id)
+        disk = session.blocks.disk
+        return {
+            "replica": self.replica,
+            "fence": lease.fence if lease is not None else None,
+            "manifest_version": getattr(disk, "published_version", None),
+            "unpublished_blocks": session.blocks.blocks_since_checkpoint,
+            "publish_s": round(getattr(disk, "publish_s", 0.0), 4),
+        }
+
     # ----- a session leaves -------------------------------------------------------
 
     def taken(self, session_id: str, session: Session | None) -> None:
         """Another replica holds the session now: never write it again (call before closing it)."""
-        self.leases.pop(session_id, None)
+        self.leases.remove(session_id)
         if session is not None:
             _stop_publishing(session, "taken by another replica")
 
@@ -182,7 +197,7 @@ class SharedSessions:
         """The session was deleted (after it was closed): gone from the directory and the store."""
         from ..memory.mirror import delete_session
 
-        lease = self.leases.pop(session_id, None)
+        lease = self.leases.remove(session_id)
         if lease is not None and self.directory.holds(lease):
             self.directory.delete(session_id, lease)
             delete_session(self.store, session_id)
@@ -190,7 +205,7 @@ class SharedSessions:
 
     def released(self, session_id: str) -> None:
         """The session was closed here and published (shutdown): the lease is free for another replica."""
-        lease = self.leases.pop(session_id, None)
+        lease = self.leases.remove(session_id)
         if lease is not None:
             self.directory.release(lease)
         self._remove_local(session_id)
@@ -200,6 +215,7 @@ class SharedSessions:
             shutil.rmtree(path, ignore_errors=True)
 
     def close(self) -> None:
+        self.leases.stop()
         self.directory.close()
 
 

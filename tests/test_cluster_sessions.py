@@ -1,0 +1,112 @@
+"""Two replicas sharing a session directory (a real redis-server) and a long-term store (a
+shared directory, and moto's S3 server: an emulator, the only S3 server installable here).
+
+Each replica is the real app with its own engine, served by uvicorn on loopback; the
+client is the project's own (``AsyncStreamClient``), which sends ``x-session-id`` as a
+cluster's router needs. Here the client picks the replica itself; the Ray test
+(tests/test_cluster_failover.py) lets Ray Serve route and kills a node instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from _server import ServerThread, request
+
+from streamvlm import StreamVLM
+from streamvlm.bench.failover import ANSWER, reconnect_and_ask, shapes_frames, watch
+from streamvlm.cluster.settings import ClusterSettings
+from streamvlm.servers import ServerSettings, create_app
+
+pytest_plugins = ["_redis_server", "_s3_server"]
+
+FRAMES = shapes_frames()
+
+
+@pytest.fixture(params=["file", "s3"])
+def store_url(request, tmp_path):
+    if request.param == "file":
+        return f"file://{tmp_path / 'shared'}"
+    return request.getfixturevalue("s3_url")
+
+
+@pytest.fixture
+def replicas(store_url, redis_url, tmp_path):
+    """Replicas ``a`` and ``b`` of one cluster (lease 3 s: renewed every second)."""
+    running = {}
+    for name in ("a", "b"):
+        cluster = ClusterSettings(
+            store_url, redis_url, replica_id=name, cache_dir=str(tmp_path / name), lease_s=3.0, flush_s=0.3
+        )
+        settings = ServerSettings(api_key=None, idle_timeout_s=None, cluster=cluster)
+        engine = StreamVLM.from_pretrained("streamvlm-tiny-synth", device="cpu")
+        running[name] = ServerThread(create_app(engine, settings), settings)
+    yield running
+    for server in running.values():
+        server.stop()
+
+
+def open_sessions(server: ServerThread) -> int:
+    return request(server.http, "GET", "/health")[1]["sessions"]
+
+
+def test_a_session_taken_over_by_another_replica_answers_from_the_same_blocks(replicas, store_url, tmp_path):
+    from streamvlm.memory.mirror import FencedError, SessionMirror, verify
+    from streamvlm.memory.objectstore import open_store
+
+    a, b = replicas["a"], replicas["b"]
+    cam0 = asyncio.run(watch(a.http, "cam0", FRAMES))
+    cam1 = asyncio.run(watch(b.http, "cam1", FRAMES[:10]))
+    assert cam0.answer == ANSWER and cam0.blocks == 10 and cam0.frames_encoded == 20
+    assert cam1.blocks == 5
+
+    # cam0's client comes back through replica b: it takes the lease and resumes from the store
+    resumed = asyncio.run(reconnect_and_ask(b.http, cam0.session))
+    assert resumed.answer == ANSWER and resumed.replica == "b"
+    assert resumed.blocks == cam0.blocks and resumed.frames_encoded == cam0.frames_encoded
+
+    # replica a's lease was taken: it lets the session go (its keeper renews every second)
+    deadline = time.monotonic() + 10
+    while open_sessions(a) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert open_sessions(a) == 0 and open_sessions(b) == 2
+
+    # a late write with a's fence (1) is refused by the store itself
+    store = open_store(store_url)
+    late = SessionMirror(store, "cam0", 1, "a")
+    with pytest.raises(FencedError):
+        late.publish(tmp_path / "b" / "cam0")  # any session directory: b's copy of cam0
+    assert verify(store, "cam0") == [] and verify(store, "cam1") == []
+
+    # cam1 kept its state on b
+    again = asyncio.run(reconnect_and_ask(b.http, cam1.session))
+    assert again.blocks == cam1.blocks and again.replica == "b"
+
+
+def test_names_are_unique_across_the_cluster_and_delete_frees_them(replicas, store_url):
+    from streamvlm.memory.mirror import latest_version
+    from streamvlm.memory.objectstore import open_store
+
+    a, b = replicas["a"], replicas["b"]
+    status, created = request(a.http, "POST", "/v1/sessions", {"id": "door", "persist": True})
+    assert status == 201 and created["id"] == "door"
+    status, refused = request(b.http, "POST", "/v1/sessions", {"id": "door"})
+    assert status == 409 and refused["error"]["code"] == "session_exists"
+    status, bad = request(b.http, "POST", "/v1/sessions", {"id": "../etc"})
+    assert status == 400 and bad["error"]["code"] == "bad_option"
+
+    # any replica can reach it with its token (b resumes it), a wrong token gets nothing
+    status, _ = request(b.http, "GET", "/v1/sessions/door", token="wrong")
+    assert status == 403
+    status, described = request(b.http, "GET", "/v1/sessions/door", token=created["token"])
+    assert status == 200 and described["shared"]["replica"] == "b" and described["shared"]["fence"] == 2
+
+    status, _ = request(b.http, "DELETE", "/v1/sessions/door", token=created["token"])
+    assert status == 200
+    assert latest_version(open_store(store_url), "door") is None
+    status, _ = request(a.http, "GET", "/v1/sessions/door", token=created["token"])
+    assert status == 404
+    status, _ = request(a.http, "POST", "/v1/sessions", {"id": "door"})
+    assert status == 201
