@@ -375,8 +375,12 @@ class SessionMirror:
             mirror._check_not_fenced(latest)
             try:
                 mirror._download(latest, directory)
-            except ObjectNotFoundError:  # collected by a publish racing us: start from the newer one
-                continue
+            except ObjectNotFoundError as e:
+                if latest_version(store, session_id) == latest.version:  # no newer commit collected it
+                    raise ObjectStoreError(
+                        f"session {session_id!r} version {latest.version} is damaged ({e}); see verify()"
+                    ) from e
+                continue  # collected by a publish racing us: start again from the newer version
             if mirror._commit(mirror._manifest(latest, dict(latest.files))):
                 return mirror
         raise MirrorConflictError(f"restore of session {session_id!r} lost {COMMIT_ATTEMPTS} races; retry")

@@ -265,16 +265,16 @@ class S3ObjectStore(ObjectStore):
         )
 
     def put(self, key: str, data: bytes) -> None:
+        full = self.prefix + check_key(key)
         try:
-            self._client.put_object(Bucket=self.bucket, Key=self.prefix + check_key(key), Body=data)
+            self._client.put_object(Bucket=self.bucket, Key=full, Body=data)
         except Exception as e:  # botocore's ClientError, connection and credential errors
             raise self._error("write", key, e) from e
 
     def put_new(self, key: str, data: bytes) -> bool:
+        full = self.prefix + check_key(key)
         try:
-            self._client.put_object(
-                Bucket=self.bucket, Key=self.prefix + check_key(key), Body=data, IfNoneMatch="*"
-            )
+            self._client.put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*")
             return True
         except Exception as e:
             # 412: the key exists; 409: a concurrent conditional write to it is in progress (it wins)
@@ -286,8 +286,9 @@ class S3ObjectStore(ObjectStore):
             raise self._error("write", key, e) from e
 
     def get(self, key: str) -> bytes:
+        full = self.prefix + check_key(key)
         try:
-            response = self._client.get_object(Bucket=self.bucket, Key=self.prefix + check_key(key))
+            response = self._client.get_object(Bucket=self.bucket, Key=full)
             return response["Body"].read()
         except Exception as e:
             if _error_code(e) in ("NoSuchKey", "404") or _status(e) == 404:
