@@ -224,20 +224,24 @@ def test_a_segment_that_got_shorter_or_was_rewritten_is_uploaded_whole(store, tm
 # ------------------------------------------------------------------ fencing
 
 
-class UploadInterceptor(ObjectStore):
-    """The real store, with ``before_upload`` run before the first object is put: a takeover
-    that lands after a writer read the latest manifest, while it uploads."""
+class Interceptor(ObjectStore):
+    """The real store, with ``hook`` run once, before the first call of ``method`` (``"put"``:
+    an object upload, ``"put_new"``: a manifest commit): another replica acting right then."""
 
-    def __init__(self, store: ObjectStore, before_upload) -> None:
-        self.inner, self.url, self.before_upload = store, store.url, before_upload
+    def __init__(self, store: ObjectStore, method: str, hook) -> None:
+        self.inner, self.url, self.method, self.hook = store, store.url, method, hook
+
+    def _before(self, method: str) -> None:
+        if method == self.method and self.hook is not None:
+            hook, self.hook = self.hook, None
+            hook()
 
     def put(self, key, data):
-        if self.before_upload is not None:
-            hook, self.before_upload = self.before_upload, None
-            hook()
+        self._before("put")
         self.inner.put(key, data)
 
     def put_new(self, key, data):
+        self._before("put_new")
         return self.inner.put_new(key, data)
 
     def get(self, key):
@@ -262,7 +266,7 @@ def test_the_old_owner_is_fenced_and_the_store_keeps_the_new_owners_state(store,
         takeover["mirror"] = SessionMirror.restore(store, "s1", tmp_path / "new", fence=2, owner="new")
 
     more_frames(old_session, 4, 100.0)
-    racing = SessionMirror(UploadInterceptor(store, new_owner_restores), "s1", fence=1, owner="old")
+    racing = SessionMirror(Interceptor(store, "put", new_owner_restores), "s1", fence=1, owner="old")
     with pytest.raises(FencedError, match="taken over by 'new' \\(fence 2 > 1\\)"):
         racing.publish(tmp_path / "old")
     assert racing.stats()["objects_uploaded"] > 0  # it did upload, under its own fence, after the claim
@@ -289,6 +293,31 @@ def test_the_old_owner_is_fenced_and_the_store_keeps_the_new_owners_state(store,
     assert third.stats().blocks == new_blocks
     assert third.ask(DIAMOND, max_new_tokens=4).text.strip() == "7"
     third.close()
+
+
+def test_a_commit_landing_during_a_restore_is_restored_too(store, engine, tmp_path):
+    """The old owner publishes once more after the new one downloaded: the new owner's
+    claim fails, it brings its copy up to that version and claims on top of it."""
+    session = shapes_session(engine, tmp_path / "old")
+    old = SessionMirror(store, "s1", fence=1, owner="old")
+    old.publish(tmp_path / "old")
+
+    def old_owner_publishes_again():
+        more_frames(session, 4, 100.0)
+        assert old.publish(tmp_path / "old") == 2
+
+    new = SessionMirror.restore(
+        Interceptor(store, "put_new", old_owner_publishes_again), "s1", tmp_path / "new", 2, "new"
+    )
+    assert new.version == 3
+    assert local_files(tmp_path / "new") == local_files(tmp_path / "old")
+    blocks = session.stats().blocks
+    session.close()
+    resumed = Session.resume(tmp_path / "new", engine)
+    assert resumed.stats().blocks == blocks
+    resumed.close()
+    with pytest.raises(FencedError):
+        old.publish(tmp_path / "old")
 
 
 def test_restore_refuses_what_it_cannot_do(store, engine, tmp_path):

@@ -76,6 +76,7 @@ PART_BYTES = 32 << 20  # a bigger file or append is uploaded as several parts (b
 TRANSFER_THREADS = 8  # parallel puts and gets: an object store's throughput grows with them
 COMMIT_ATTEMPTS = 8  # lost races before giving up (each loser re-reads; only a storm of writers loses 8)
 _SESSION_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
+_OBJECT_KEY = re.compile(r"objects/(\d{10})/")  # its fence: whose garbage it can be
 _FENCE_LIMIT = 10**10  # fits the key's 10 digits
 
 log = logging.getLogger(__name__)
@@ -354,10 +355,14 @@ class SessionMirror:
     def restore(
         cls, store: ObjectStore, session_id: str, directory: str | Path, fence: int, owner: str
     ) -> SessionMirror:
-        """Download the latest manifest's files into ``directory`` (new or without a session)
-        and ``claim`` the session on top of exactly that manifest, so nothing committed
-        meanwhile is lost: if another commit lands first, the directory is brought up to it
-        and the claim retried. Every part is crc-checked; files are written atomically.
+        """Download the latest manifest's files into ``directory`` and ``claim`` the session on
+        top of exactly that manifest, so nothing committed meanwhile is lost: if another
+        commit lands first, the directory is brought up to it and the claim retried. Every
+        part is crc-checked; files are written atomically, ``session.json`` last.
+
+        ``directory`` is new, empty, or left by an interrupted restore (no ``session.json``):
+        whatever it holds that the manifest does not list is deleted (a stray segment would
+        bring dropped blocks back when the log is reopened).
 
         Raises ``NoSuchSessionError`` (nothing published), ``FencedError`` (a newer owner
         holds it) and ``RestoreTargetError`` (``directory`` already holds a session).
@@ -440,8 +445,8 @@ class SessionMirror:
         garbage = []
         for key in self.store.list(self._prefix + "objects/"):
             rel = key[len(self._prefix) :]
-            fence = int(rel.split("/")[1])
-            if fence <= self.fence and rel not in referenced:
+            fence = _OBJECT_KEY.match(rel)
+            if fence is not None and int(fence[1]) <= self.fence and rel not in referenced:
                 garbage.append(key)
         self.store.delete(garbage)
 
@@ -551,7 +556,9 @@ class SessionMirror:
                     offset += part.length
                 os.ftruncate(fd, offset)
             self._transfer(self._get_part, jobs)
-            for fd, tmp, path in targets.values():
+            # session.json last: a directory holding it is complete, even after a crash mid-way
+            for rel in sorted(targets, key=lambda rel: rel == SESSION_FILE):
+                fd, tmp, path = targets[rel]
                 os.fsync(fd)
                 os.replace(tmp, path)
         finally:
