@@ -347,6 +347,8 @@ class SessionMirror:
         for _ in range(COMMIT_ATTEMPTS):
             latest = _read_latest(self.store, self.session_id)
             self._check_not_fenced(latest)
+            if latest is None or self._base is None or latest.version != self._base.version:
+                self._signatures = {}  # they described another manifest: verify segments on publish
             if self._commit(self._manifest(latest, dict(latest.files) if latest else {})):
                 return self.version
         raise MirrorConflictError(f"claim of session {self.session_id!r} lost {COMMIT_ATTEMPTS} races; retry")
