@@ -6,7 +6,8 @@ Prints one JSON object:
 
 * ``objects``: put and get throughput (MiB/s) of ``--objects`` 8 MiB objects on ``file://``
   (a local directory standing in for a shared mount), on ``s3://`` (moto's server on
-  loopback, started here), and a plain file copy of the same bytes for reference;
+  loopback, started here), and, for reference, the same bytes copied by ``shutil.copyfile``
+  and written by a plain ``write`` + fsync;
 * ``publish``: a real session of ``streamvlm-tiny-synth`` with ``--blocks`` blocks on disk:
   its size, the time of its first publish, of an incremental one after two more blocks, and
   of a restore, per store.
@@ -61,18 +62,28 @@ def object_throughput(url: str, count: int) -> dict:
 
 
 def copy_throughput(scratch: Path, count: int) -> dict:
-    """``shutil.copyfile`` plus fsync of the same bytes: what a shared mount cannot beat."""
+    """The same bytes without a store: ``shutil.copyfile`` (an in-kernel copy) and a plain
+    ``write`` from memory, each followed by fsync: what a shared mount cannot beat."""
     source, target = scratch / "copy-src", scratch / "copy-dst"
     source.mkdir(), target.mkdir()
-    for i in range(count):
-        (source / str(i)).write_bytes(os.urandom(OBJECT_BYTES))
+    payloads = [os.urandom(OBJECT_BYTES) for _ in range(count)]
+    for i, data in enumerate(payloads):
+        (source / str(i)).write_bytes(data)
     start = time.perf_counter()
     for i in range(count):
         shutil.copyfile(source / str(i), target / str(i))
         with open(target / str(i), "rb+") as f:
             os.fsync(f.fileno())
-    seconds = time.perf_counter() - start
-    return {"copy_mib_s": mib_per_s(count * OBJECT_BYTES, seconds)}
+    copy_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for i, data in enumerate(payloads):
+        with open(target / f"w{i}", "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    write_s = time.perf_counter() - start
+    total = count * OBJECT_BYTES
+    return {"copyfile_mib_s": mib_per_s(total, copy_s), "write_fsync_mib_s": mib_per_s(total, write_s)}
 
 
 def session_directory(directory: Path, blocks: int):

@@ -12,10 +12,10 @@
   (S3's conditional write, also honoured by moto 5.2, MinIO and R2).
 
 boto3 rather than s3fs or obstore: it is the reference client (what S3, MinIO and moto are
-tested against), exposes conditional writes directly, and is already a dependency of the
-cluster extra; against moto on loopback it moves 8 MiB objects at about the emulator's own
-speed (``scripts/measure_store.py``: ~80 MiB/s put, ~200 MiB/s get on the 2-core test
-machine), far above what one session's checkpoints write.
+tested against), exposes conditional writes directly (``IfNoneMatch``) and is already in the
+cluster extra; one thread moves 8 MiB objects to moto on loopback at ~130-170 MiB/s put and
+~540-750 MiB/s get (``scripts/measure_store.py``, 2-core machine), far above what one
+session's checkpoints write, so a faster client would not show.
 
 The interface is what the session mirror (``mirror.py``) needs, nothing more: whole-object
 writes, a create-only write for commits, reads, sorted listing and batch deletes.
