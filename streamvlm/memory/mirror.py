@@ -133,7 +133,7 @@ class Manifest:
             return cls(record["version"], record["fence"], record["owner"], record["created_at"], files)
         except (ValueError, KeyError, TypeError) as e:
             raise ObjectStoreError(
-                f"{where} is not a streamvlm mirror manifest ({e}); delete the session"
+                f"{where} is not a streamvlm mirror manifest ({e}); use the streamvlm that wrote it"
             ) from e
 
     def keys(self) -> set[str]:
@@ -156,7 +156,8 @@ def _manifest_key(session_id: str, version: int) -> str:
 def _versions(store: ObjectStore, session_id: str) -> list[int]:
     """The versions of the manifests in the store, ascending."""
     keys = store.list(_prefix(session_id) + "manifests/")
-    return sorted(int(k.rsplit("/", 1)[1].removesuffix(".json")) for k in keys if k.endswith(".json"))
+    names = (k.rsplit("/", 1)[1].removesuffix(".json") for k in keys if k.endswith(".json"))
+    return sorted(int(name) for name in names if name.isdigit())
 
 
 def _read_manifest(store: ObjectStore, session_id: str, version: int) -> Manifest:
@@ -184,7 +185,8 @@ def latest_version(store: ObjectStore, session_id: str) -> int | None:
 
 
 def verify(store: ObjectStore, session_id: str) -> list[str]:
-    """Check every manifest kept for ``session_id``: each part present, of its length and crc32.
+    """Check every manifest kept for ``session_id``: each part present, of its length and crc32
+    (every object is read once: this costs a download of the session).
 
     Returns the problems found, one line each; ``[]`` means intact. Raises
     ``NoSuchSessionError`` when the session has no manifest.
