@@ -13,6 +13,7 @@ import asyncio
 import time
 
 import pytest
+from _s3_server import new_bucket_url, s3_server
 from _server import ServerThread, request
 
 from streamvlm import StreamVLM
@@ -20,16 +21,23 @@ from streamvlm.bench.failover import ANSWER, reconnect_and_ask, shapes_frames, w
 from streamvlm.cluster.settings import ClusterSettings
 from streamvlm.servers import ServerSettings, create_app
 
-pytest_plugins = ["_redis_server", "_s3_server"]
+pytest_plugins = ["_redis_server"]
 
 FRAMES = shapes_frames()
 
 
+@pytest.fixture(scope="module")
+def s3_service():
+    with s3_server() as url:
+        yield url
+
+
 @pytest.fixture(params=["file", "s3"])
 def store_url(request, tmp_path):
+    """A shared directory, or a fresh bucket on the module's moto server."""
     if request.param == "file":
         return f"file://{tmp_path / 'shared'}"
-    return request.getfixturevalue("s3_url")
+    return new_bucket_url(request.getfixturevalue("s3_service"))
 
 
 @pytest.fixture

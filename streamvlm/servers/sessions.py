@@ -252,8 +252,15 @@ class SessionRegistry:
     async def obtain(self, session_id: str, authorization: str | None) -> ServedSession:
         """``authorize``, and in a cluster resume a session held elsewhere (or nowhere) here
         first: its token is checked against the session directory, then it is adopted."""
-        if self.shared is None or session_id in self._sessions:
+        if self.shared is None:
             return self.authorize(session_id, authorization)
+        # Held here, but maybe no longer ours: another replica may have taken it since the
+        # keeper last renewed. The client came here, so it is resumed here again (one
+        # Redis round trip per request or connection, ~0.1 ms).
+        if session_id in self._sessions:
+            if await asyncio.to_thread(self.shared.holds, session_id):
+                return self.authorize(session_id, authorization)
+            await self.taken(session_id)
         token = bearer_token(authorization)
         if token is None:
             return self.authorize(session_id, authorization)  # the 401

@@ -166,6 +166,11 @@ class SharedSessions:
 
     # ----- while held -------------------------------------------------------------
 
+    def holds(self, session_id: str) -> bool:
+        """Whether this replica still holds the session's lease (asks the directory)."""
+        lease = self.leases.get(session_id)
+        return lease is not None and self.directory.holds(lease)
+
     def published(self, session_id: str, session: Session) -> None:
         """Record the manifest version the session's tier last published (for operators)."""
         lease = self.leases.get(session_id)
