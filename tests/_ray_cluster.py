@@ -13,10 +13,6 @@ import time
 
 import pytest
 
-ray = pytest.importorskip("ray", reason="the cluster tests need Ray: pip install 'streamvlm[cluster]'")
-pytest.importorskip("ray.serve", reason="the cluster tests need Ray Serve: pip install 'streamvlm[cluster]'")
-from ray.cluster_utils import Cluster  # noqa: E402
-
 REPLICA_RESOURCE = "streamvlm_replica"
 # ray_actor_options that place one replica on each worker node and none on the head
 REPLICA_PIN = {"num_cpus": 0, "resources": {REPLICA_RESOURCE: 1}}
@@ -27,6 +23,9 @@ class LocalRayCluster:
     this process connected as the driver. ``close()`` stops Serve, Ray and every node."""
 
     def __init__(self, workers: int = 2):
+        import ray
+        from ray.cluster_utils import Cluster
+
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         # the head: Serve's controller and proxy need no CPU; one for anything else
         self.cluster = Cluster(
@@ -42,6 +41,7 @@ class LocalRayCluster:
     def replica_nodes(self, app_name: str) -> dict[str, str]:
         """``{replica id: node id}`` of the running replicas of ``app_name``, as Serve's
         controller knows them (the ids are those of ``x-streamvlm-replica``)."""
+        import ray
         from ray import serve
 
         controller = serve.context._get_global_client()._controller
@@ -73,6 +73,7 @@ class LocalRayCluster:
             time.sleep(0.25)
 
     def close(self) -> None:
+        import ray
         from ray import serve
 
         try:
@@ -84,7 +85,11 @@ class LocalRayCluster:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A ``LocalRayCluster`` with two worker nodes for the module's tests."""
+    """A ``LocalRayCluster`` with two worker nodes for the module's tests; skips them
+    where Ray Serve is not installed."""
+    pytest.importorskip(
+        "ray.serve", reason="the cluster tests need Ray Serve: pip install 'streamvlm[cluster]'"
+    )
     cluster = LocalRayCluster(workers=2)
     try:
         yield cluster

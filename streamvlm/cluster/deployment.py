@@ -180,17 +180,17 @@ class StreamVLMReplica:
         self.engine = StreamVLM.from_pretrained(
             spec.model, **{k: v for k, v in load.items() if v is not None}
         )
-        self.app = None
+        self.served_app = None  # not `app`: the ingress wrapper's property
 
     def __serve_build_asgi_app__(self):
         from ..servers.app import create_app
 
-        self.app = create_app(self.engine, self.settings)
-        return ReplicaHeader(self.app, self.replica)
+        self.served_app = create_app(self.engine, self.settings)
+        return ReplicaHeader(self.served_app, self.replica)
 
     def check_health(self) -> None:
         """Raises when the replica cannot serve; Serve then replaces it."""
-        if self.engine is None or self.app is None:
+        if self.engine is None or self.served_app is None:
             raise RuntimeError(f"replica {self.replica}: the engine or the app is not ready")
 
 
@@ -280,6 +280,8 @@ def connect_ray(address: str | None = None) -> bool:
     Ray is kept quiet: no dashboard, no usage report, the replicas' logs stay in Ray's
     log directory (``/tmp/ray/session_latest/logs``), only warnings reach this process.
     """
+    # Serve's client logs every step at INFO in this process (its own logger)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -288,7 +290,6 @@ def connect_ray(address: str | None = None) -> bool:
         ray.init(include_dashboard=False, **quiet)
     else:
         ray.init(address=address, **quiet)
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     return True
 
 
