@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -122,6 +123,8 @@ def cmd_serve_ray(args: argparse.Namespace, settings) -> int:
     """
     cluster = cluster_settings_from_args(args)
     settings = replace(settings, cluster=cluster)
+    if args.port == 0:
+        raise ConfigError("--port 0: Serve's proxy needs a port named in advance; give one, e.g. --port 8000")
     if importlib.util.find_spec("ray") is None:
         raise ConfigError("streamvlm serve --ray needs Ray: pip install 'streamvlm[cluster]'")
     if args.ray_address is None:
@@ -144,7 +147,7 @@ def cmd_serve_ray(args: argparse.Namespace, settings) -> int:
     print(
         f"streamvlm: starting {replicas} replica(s) of {args.model} on Ray Serve", file=sys.stderr, flush=True
     )
-    started_ray = args.ray_address is None and not _ray_connected()
+    started_ray = deployment.connect_ray(args.ray_address, replicas) and args.ray_address is None
     url = deployment.deploy(
         spec, replicas=replicas, host=args.host, port=args.port, ray_address=args.ray_address
     )
@@ -156,6 +159,9 @@ def cmd_serve_ray(args: argparse.Namespace, settings) -> int:
         port,
         open_to=unguarded if settings.api_key is None else None,
     )
+    # SIGTERM (docker stop, systemd, a pod ending) stops it as Ctrl-C does; otherwise Ray's
+    # own handler would end the process with a stack dump and leave the app deployed
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
             time.sleep(3600)
@@ -163,16 +169,14 @@ def cmd_serve_ray(args: argparse.Namespace, settings) -> int:
         deployment.shutdown(stop_serve=started_ray)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _check_port_free(host: str, port: int) -> None:
     from ..servers.run import bind_socket
 
     bind_socket(host, port).close()
-
-
-def _ray_connected() -> bool:
-    import ray
-
-    return ray.is_initialized()
 
 
 def _host_port(url: str) -> tuple[str, int]:

@@ -273,21 +273,25 @@ def check_session_header() -> None:
         raise ConfigError(f"{SESSION_HEADER_ENV}={named}: streamvlm routes by {SESSION_HEADER}; unset it")
 
 
-def connect_ray(address: str | None = None) -> bool:
+def connect_ray(address: str | None = None, replicas: int = 1) -> bool:
     """Connect this process to Ray at ``address`` (``None``: start a local Ray); returns
     whether it connected (``False``: it already was).
 
     Ray is kept quiet: no dashboard, no usage report, the replicas' logs stay in Ray's
     log directory (``/tmp/ray/session_latest/logs``), only warnings reach this process.
+    A local Ray offers at least ``replicas`` CPUs (Ray's CPUs are slots, not cores), so
+    that every replica can be placed even on a machine with fewer cores.
     """
     # Serve's client logs every step at INFO in this process (its own logger)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    # a local Ray warns, on every start, that token authentication is on: it is, and stays
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address is None:
-        ray.init(include_dashboard=False, **quiet)
+        ray.init(num_cpus=max(os.cpu_count() or 1, replicas), include_dashboard=False, **quiet)
     else:
         ray.init(address=address, **quiet)
     return True
@@ -316,7 +320,7 @@ def deploy(
     cluster its proxy keeps its own address, and that is the one returned.
     """
     check_session_header()
-    connect_ray(ray_address)
+    connect_ray(ray_address, replicas)
     serve.start(proxy_location=proxy_location, http_options={"host": host, "port": port})
     application = bind_app(spec, replicas=replicas, ray_actor_options=ray_actor_options, **deployment_options)
     serve.run(application, name=app_name, route_prefix=route_prefix)
