@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -78,6 +79,75 @@ def test_cluster_options_fail_in_one_line_before_ray_or_torch(argv, fragment, tm
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], proc.stderr
     assert json.loads(proc.stdout.strip().replace("'", '"')) == []
+
+
+# ------------------------------------------------------------------ the deployment's parts
+
+
+@pytest.fixture
+def deployment():
+    pytest.importorskip(
+        "ray.serve", reason="the deployment needs Ray Serve: pip install 'streamvlm[cluster]'"
+    )
+    from streamvlm.cluster import deployment
+
+    return deployment
+
+
+def test_a_replica_admits_its_websockets_and_more(deployment):
+    """Each websocket is one ongoing request for its life: Serve's bound is above the app's
+    max_sessions, so the app, not Serve's router, refuses the session too many."""
+    settings = ServerSettings(max_sessions=4)
+    bound = deployment.max_ongoing_requests(settings)
+    assert bound == 2 * 4 + deployment.REST_HEADROOM
+    application = deployment.bind_app(deployment.ReplicaSpec(MODEL, settings, device="cpu"), replicas=3)
+    config = application._bound_deployment._deployment_config
+    assert config.max_ongoing_requests == bound and config.num_replicas == 3
+    router = config.request_router_config
+    assert router.request_router_class == deployment.CONSISTENT_HASH_ROUTER
+    assert router.request_router_kwargs == {"num_fallback_replicas": 0}
+    options = application._bound_deployment.ray_actor_options
+    assert options["num_cpus"] == 1 and "num_gpus" not in options  # CPU: no GPU asked for
+
+
+def test_replica_actor_options(deployment):
+    on_gpu = deployment.ReplicaSpec(MODEL, device="cuda:0")
+    assert deployment.replica_actor_options(on_gpu) == {"num_cpus": 1, "num_gpus": 1}
+    pinned = deployment.replica_actor_options(on_gpu, REPLICA_PIN)
+    assert pinned == {"num_cpus": 0, "num_gpus": 1, "resources": {"streamvlm_replica": 1}}
+
+
+def test_each_replica_has_its_own_name_and_cache(deployment, tmp_path):
+    """The settings made where deploy runs name that process; each replica renames itself."""
+    from streamvlm.cluster.settings import ClusterSettings
+
+    made_here = ClusterSettings("s3://bucket/prefix", "redis://127.0.0.1:6379/0", lease_s=4.0)
+    a = deployment.replica_cluster_settings(made_here, "host-a1", str(tmp_path))
+    b = deployment.replica_cluster_settings(made_here, "host-b2", None)
+    assert (a.replica_id, a.cache_dir) == ("host-a1", str(tmp_path / "host-a1"))
+    assert b.replica_id == "host-b2" and b.cache_dir.endswith(os.path.join("streamvlm-cluster", "host-b2"))
+    assert (a.store_url, a.registry_url, a.lease_s) == (made_here.store_url, made_here.registry_url, 4.0)
+
+
+def test_the_config_builder_reads_its_args(deployment, monkeypatch):
+    from streamvlm.errors import ConfigError
+
+    monkeypatch.delenv("STREAMVLM_API_KEY", raising=False)
+    args = {"model": MODEL, "replicas": 2, "device": "cpu", "max_sessions": 3}
+    args |= {"store": "file:///mnt/shared", "registry": "redis://redis:6379/0", "lease_seconds": 6}
+    application = deployment.build_app(args)
+    (spec,) = application._bound_deployment.init_args
+    assert spec.settings.max_sessions == 3 and spec.settings.cluster.lease_s == 6.0
+    assert spec.settings.cluster.store_url == "file:///mnt/shared"
+    assert application._bound_deployment._deployment_config.num_replicas == 2
+    for bad, fragment in [
+        ({"replicas": 2}, "need 'model'"),
+        ({"model": MODEL, "store": "s3://b/p"}, "both 'store' and 'registry'"),
+        ({"model": MODEL, "gpus": 1}, "unknown args ['gpus']"),
+        ({"model": MODEL, "store": "ftp://x", "registry": "redis://r:1/0"}, "use file:///"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            deployment.build_app(bad)
 
 
 # ------------------------------------------------------------------------- the cluster
