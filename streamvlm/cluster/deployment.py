@@ -11,8 +11,9 @@
 Routing: Ray's proxy copies the request header ``x-session-id`` (for HTTP requests and
 websocket handshakes alike) into the request's metadata, and Serve's
 ``ConsistentHashRouter`` hashes it onto a ring of replicas; with no fallback replicas a
-session always reaches the same replica while the replica set is unchanged, and moves
-only when that replica leaves. Requests without the header are spread by a random id.
+session always reaches the same replica while the replica set is unchanged; when a
+replica leaves or joins, only the sessions hashed to it move. Requests without the
+header are spread by a random id.
 """
 
 from __future__ import annotations
@@ -29,22 +30,19 @@ import ray
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
-from ..cluster.settings import ClusterSettings
 from ..errors import ConfigError
 from ..servers.settings import ServerSettings
+from .settings import ClusterSettings
 
 APP_NAME = "streamvlm"
-SESSION_HEADER = (
-    "x-session-id"  # Ray's default session header; the proxy reads RAY_SERVE_SESSION_ID_HEADER_KEY
-)
+# Ray's default session header; each proxy reads the name from RAY_SERVE_SESSION_ID_HEADER_KEY
+SESSION_HEADER = "x-session-id"
 SESSION_HEADER_ENV = "RAY_SERVE_SESSION_ID_HEADER_KEY"
 REPLICA_HEADER = "x-streamvlm-replica"  # on every response: which replica answered (its Serve id)
 CONSISTENT_HASH_ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
 # Requests beside the websockets that a replica admits at once: session creation, health
 # and metrics probes, session reads and deletes.
 REST_HEADROOM = 16
-
-log = logging.getLogger("streamvlm.cluster")
 
 
 @dataclass(frozen=True)
