@@ -19,6 +19,7 @@ from ..cli_options import (
     check_port,
     load_model,
 )
+from ..cluster.cli import add_ray_options, cluster_settings_from_args, cmd_serve_ray
 from ..errors import ConfigError
 from .settings import API_KEY_ENV, ServerSettings
 
@@ -89,6 +90,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         choices=("critical", "error", "warning", "info", "debug"),
         help="uvicorn's log level (default: info)",
     )
+    add_ray_options(s)
     s.set_defaults(func=cmd_serve)
     return s
 
@@ -131,8 +133,11 @@ def _settings_from_args(args: argparse.Namespace) -> ServerSettings:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run ``streamvlm serve`` until interrupted; bad options fail before the model loads."""
     check_port(args.port)
+    cluster_settings_from_args(args)  # the cluster options, before anything slow
     check_model_options(args)
     settings = _settings_from_args(args)
+    if args.ray:
+        return cmd_serve_ray(args, settings)
     try:
         from .run import bind_socket, serve
     except ImportError as e:
