@@ -27,6 +27,7 @@ RAY_ONLY = (
     ("ray_address", "--ray-address"),
     ("replica_cache", "--replica-cache"),
     ("lease_seconds", "--lease-seconds"),
+    ("flush_seconds", "--flush-seconds"),
 )
 
 
@@ -82,6 +83,14 @@ def add_ray_options(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"a session lease not renewed for this long expires (default: {ClusterSettings.lease_s:g})",
     )
+    group.add_argument(
+        "--flush-seconds",
+        type=_positive_seconds,
+        default=None,
+        metavar="S",
+        help="publish each session's new blocks to the store at least this often: what a replica's "
+        f"crash can lose (default: {ClusterSettings.flush_s:g})",
+    )
 
 
 def cluster_settings_from_args(args: argparse.Namespace) -> ClusterSettings | None:
@@ -103,15 +112,20 @@ def cluster_settings_from_args(args: argparse.Namespace) -> ClusterSettings | No
     if args.ray_address is not None and not args.ray_address.strip():
         raise ConfigError("--ray-address is empty; give host:port, ray://host:port or auto, or leave it out")
     if args.store is None and args.registry is None:
-        if args.lease_seconds is not None:
-            raise ConfigError("--lease-seconds needs --store and --registry (leases are for shared sessions)")
+        for attribute, flag in (("lease_seconds", "--lease-seconds"), ("flush_seconds", "--flush-seconds")):
+            if getattr(args, attribute) is not None:
+                raise ConfigError(f"{flag} needs --store and --registry (it is about shared sessions)")
         return None
     if args.store is None or args.registry is None:
         given, missing = ("--store", "--registry") if args.registry is None else ("--registry", "--store")
         raise ConfigError(f"{given} needs {missing}: replicas share sessions through both")
-    lease = {} if args.lease_seconds is None else {"lease_s": args.lease_seconds}
+    timing = {
+        name: value
+        for name, value in (("lease_s", args.lease_seconds), ("flush_s", args.flush_seconds))
+        if value is not None
+    }
     # replica_id and cache_dir are each replica's own; the replicas set them (deployment.py)
-    return ClusterSettings(store_url=args.store, registry_url=args.registry, **lease)
+    return ClusterSettings(store_url=args.store, registry_url=args.registry, **timing)
 
 
 def cmd_serve_ray(args: argparse.Namespace, settings) -> int:

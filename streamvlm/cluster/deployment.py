@@ -225,7 +225,8 @@ def build_app(args: dict[str, Any]):
 
     ``model`` (required), ``replicas`` (1), ``device``, ``dtype``, ``max_sessions``,
     ``store`` and ``registry`` (both or neither: a cluster with a shared store),
-    ``replica_cache``, ``lease_seconds``. The API key comes from ``STREAMVLM_API_KEY`` in
+    ``replica_cache``, ``lease_seconds``, ``flush_seconds``. The API key comes from
+    ``STREAMVLM_API_KEY`` in
     the replicas' environment.
     """
     known = {
@@ -238,6 +239,7 @@ def build_app(args: dict[str, Any]):
         "registry",
         "replica_cache",
         "lease_seconds",
+        "flush_seconds",
     }
     unknown = sorted(set(args) - known)
     if unknown:
@@ -252,9 +254,13 @@ def build_app(args: dict[str, Any]):
     if "max_sessions" in args:
         overrides["max_sessions"] = int(args["max_sessions"])
     if "store" in args:
-        lease = {"lease_s": float(args["lease_seconds"])} if "lease_seconds" in args else {}
+        timing = {
+            name: float(args[arg])
+            for name, arg in (("lease_s", "lease_seconds"), ("flush_s", "flush_seconds"))
+            if arg in args
+        }
         overrides["cluster"] = ClusterSettings(
-            store_url=args["store"], registry_url=args["registry"], **lease
+            store_url=args["store"], registry_url=args["registry"], **timing
         )
     spec = ReplicaSpec(
         model=args["model"],
