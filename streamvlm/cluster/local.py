@@ -107,11 +107,15 @@ class LocalRayCluster:
             initialize_head=True,
             head_node_args={"num_cpus": 1, "include_dashboard": False},
         )
-        self.workers = [
-            self.cluster.add_node(num_cpus=1, resources={REPLICA_RESOURCE: 1}) for _ in range(workers)
-        ]
-        self.cluster.wait_for_nodes()
+        self.workers = []
+        self.add_workers(workers)
         ray.init(address=self.cluster.address, log_to_driver=False, logging_level="warning")
+
+    def add_workers(self, count: int) -> None:
+        """Start ``count`` more worker nodes of one CPU and one replica slot each."""
+        for _ in range(count):
+            self.workers.append(self.cluster.add_node(num_cpus=1, resources={REPLICA_RESOURCE: 1}))
+        self.cluster.wait_for_nodes()
 
     def replica_nodes(self, app_name: str) -> dict[str, str]:
         """``{replica id: node id}`` of the running replicas of ``app_name``, as Serve's
