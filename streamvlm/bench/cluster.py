@@ -115,7 +115,7 @@ def run_cluster_bench(config: ClusterBenchConfig, log: Callable[[str], None] = p
                     url, ids, config, kill=(ray_cluster, APP_NAME) if last and config.failover else None
                 )
             )
-            row = _row(replicas, cameras, config)
+            row = _row(replicas, cameras, config, tail_s=config.tail_s if last and config.failover else 0.0)
             report["rows"].append(row)
             log(_line(row))
             if last and config.failover:
@@ -265,10 +265,9 @@ async def _delete(url: str, camera: CameraLog) -> None:
 # --------------------------------------------------------------------------- figures
 
 
-def _row(replicas: int, cameras: list[CameraLog], config: ClusterBenchConfig) -> dict:
+def _row(replicas: int, cameras: list[CameraLog], config: ClusterBenchConfig, tail_s: float) -> dict:
     latencies = [x for c in cameras for x in c.latencies]
-    world = len(shapes_frames())
-    seconds = world / config.fps + (config.tail_s if config.failover else 0.0)
+    seconds = len(shapes_frames()) / config.fps + tail_s
     return {
         "replicas": replicas,
         "sessions": len(cameras),
