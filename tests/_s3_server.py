@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
+
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -95,3 +97,11 @@ def s3_server() -> Iterator[str]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def s3_service() -> Iterator[str]:
+    """moto's S3 server for the test module (a test module says ``pytest_plugins =
+    ["_s3_server"]``); ``new_bucket_url(s3_service)`` gives each test a fresh bucket."""
+    with s3_server() as url:
+        yield url

@@ -17,22 +17,16 @@ import urllib.request
 
 import pytest
 from _ray_cluster import REPLICA_PIN, ray_cluster  # noqa: F401  (a fixture)
-from _s3_server import CREDENTIALS, new_bucket_url, s3_server
+from _s3_server import CREDENTIALS, new_bucket_url
 
 from streamvlm.bench.failover import ANSWER, reconnect_and_ask, shapes_frames, watch
 from streamvlm.cluster.local import free_port
 from streamvlm.cluster.settings import ClusterSettings
 from streamvlm.servers import ServerSettings
 
-pytest_plugins = ["_redis_server"]
+pytest_plugins = ["_redis_server", "_s3_server"]
 
 FRAMES = shapes_frames()
-
-
-@pytest.fixture(scope="module")
-def s3_service():
-    with s3_server() as url:
-        yield url
 
 
 def holder(url: str, session_id: str) -> str:

@@ -17,35 +17,20 @@ import asyncio
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
+from _cli import assert_one_error_line, run_cli
 from _ray_cluster import REPLICA_PIN, ray_cluster  # noqa: F401  (a fixture)
 from _server import jpeg
 
 from streamvlm.servers import ServerSettings, bind_socket
 from streamvlm.servers.protocol import pack_frame
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL = "streamvlm-tiny-synth"
 KEYS = [f"cam{i}" for i in range(16)]
-HEAVY = ("ray", "torch", "transformers")
-# Runs `streamvlm ARGS...` and prints on stdout the heavy modules it imported.
-WRAPPER = f"""
-import sys
-from streamvlm.cli import main
-try:
-    code = main(sys.argv[1:])
-except SystemExit as e:
-    code = e.code
-print(sorted(set({HEAVY!r}) & set(sys.modules)))
-sys.exit(code)
-"""
 
 
 # -------------------------------------------------------------------- the command line
@@ -66,19 +51,9 @@ sys.exit(code)
     ],
 )
 def test_cluster_options_fail_in_one_line_before_ray_or_torch(argv, fragment, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    proc = subprocess.run(
-        [sys.executable, "-c", WRAPPER, "serve", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env=env,
-    )
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], proc.stderr
-    assert json.loads(proc.stdout.strip().replace("'", '"')) == []
+    proc, imported = run_cli(["serve", *argv], tmp_path)
+    assert_one_error_line(proc, fragment)
+    assert imported == []
 
 
 # ------------------------------------------------------------------ the deployment's parts

@@ -13,7 +13,7 @@ import asyncio
 import time
 
 import pytest
-from _s3_server import new_bucket_url, s3_server
+from _s3_server import new_bucket_url
 from _server import ServerThread, request
 
 from streamvlm import StreamVLM
@@ -21,15 +21,9 @@ from streamvlm.bench.failover import ANSWER, reconnect_and_ask, shapes_frames, w
 from streamvlm.cluster.settings import ClusterSettings
 from streamvlm.servers import ServerSettings, create_app
 
-pytest_plugins = ["_redis_server"]
+pytest_plugins = ["_redis_server", "_s3_server"]
 
 FRAMES = shapes_frames()
-
-
-@pytest.fixture(scope="module")
-def s3_service():
-    with s3_server() as url:
-        yield url
 
 
 @pytest.fixture(params=["file", "s3"])

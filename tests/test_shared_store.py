@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _s3_server import new_bucket_url, s3_server
+from _s3_server import new_bucket_url
 
 from streamvlm import StreamVLM
 from streamvlm.errors import ConfigError
@@ -28,14 +28,10 @@ from streamvlm.memory.mirror import (
 from streamvlm.memory.objectstore import ObjectNotFoundError, ObjectStore, ObjectStoreError, open_store
 from streamvlm.runtime.session import Session
 
+pytest_plugins = ["_s3_server"]
+
 SHAPES = Path(__file__).resolve().parents[1] / "assets" / "shapes.mp4"
 DIAMOND = "What digit did the diamond show?"
-
-
-@pytest.fixture(scope="module")
-def s3_url():
-    with s3_server() as url:
-        yield url
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -43,7 +39,7 @@ def store(request, tmp_path) -> ObjectStore:
     """An empty store: a directory, or a fresh bucket on the module's moto server."""
     if request.param == "file":
         return open_store(f"file://{tmp_path}/store")
-    return open_store(new_bucket_url(request.getfixturevalue("s3_url")))
+    return open_store(new_bucket_url(request.getfixturevalue("s3_service")))
 
 
 @pytest.fixture(scope="module")

@@ -194,7 +194,8 @@ def _segment_name(number: int) -> str:
     return f"{number:08d}{SEGMENT_SUFFIX}"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (files created, renamed, deleted in it) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -210,7 +211,7 @@ def write_atomically(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class DiskLog:
@@ -440,7 +441,7 @@ class DiskLog:
             self._writer.flush()
             os.fsync(self._writer.fileno())
         if self._segments_dir_dirty:
-            _fsync_dir(self.directory / SEGMENTS)  # new segment files' names
+            fsync_dir(self.directory / SEGMENTS)  # new segment files' names
             self._segments_dir_dirty = False
 
     def flush(self) -> None:
@@ -789,7 +790,7 @@ class DiskLog:
         self.flush()
         for number in numbers:
             self._segment_path(number).unlink(missing_ok=True)
-        _fsync_dir(self.directory / SEGMENTS)
+        fsync_dir(self.directory / SEGMENTS)
 
     # --- reading ------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, StreamVLMError
 from .checkpoint import SESSION_FILE
-from .disk import LOCK, SEGMENT_SUFFIX, SEGMENTS
+from .disk import LOCK, SEGMENT_SUFFIX, SEGMENTS, fsync_dir
 from .objectstore import ObjectNotFoundError, ObjectStore, ObjectStoreError
 
 __all__ = [
@@ -268,14 +268,6 @@ def _prefix_matches(path: Path, parts: tuple[Part, ...]) -> bool:
             if len(data) != part.length or zlib.crc32(data) != part.crc32:
                 return False
     return True
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -570,7 +562,7 @@ class SessionMirror:
                 os.close(fd)
                 tmp.unlink(missing_ok=True)
         for parent in {path.parent for _, _, path in targets.values()} | {directory}:
-            _fsync_dir(parent)
+            fsync_dir(parent)
         self._signatures = {rel: _signature(directory / rel) for rel in manifest.files if _is_segment(rel)}
 
     def _get_part(self, job: tuple[int, int, Part]) -> None:

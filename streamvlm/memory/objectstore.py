@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import ConfigError, StreamVLMError
+from .disk import fsync_dir
 
 __all__ = [
     "LocalObjectStore",
@@ -150,7 +151,7 @@ class LocalObjectStore(ObjectStore):
         try:
             tmp = self._write_tmp(path, data)
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as e:
             raise ObjectStoreError(f"cannot write {path}: {e.strerror}; check the shared directory") from e
 
@@ -164,7 +165,7 @@ class LocalObjectStore(ObjectStore):
                 return False
             finally:
                 os.unlink(tmp)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             return True
         except OSError as e:
             raise ObjectStoreError(f"cannot write {path}: {e.strerror}; check the shared directory") from e
@@ -212,14 +213,6 @@ class LocalObjectStore(ObjectStore):
                 except OSError:  # not empty (or already gone): its ancestors are not empty either
                     break
                 parent = parent.parent
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------------------- s3://
