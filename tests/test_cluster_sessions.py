@@ -112,3 +112,16 @@ def test_names_are_unique_across_the_cluster_and_delete_frees_them(replicas, sto
     assert status == 404
     status, _ = request(a.http, "POST", "/v1/sessions", {"id": "door"})
     assert status == 201
+
+
+def test_a_session_the_store_cannot_take_is_refused_and_its_name_stays_free(replicas, store_url, tmp_path):
+    if not store_url.startswith("file://"):
+        pytest.skip("the store is blocked by a file in its directory")
+    blocked = tmp_path / "shared" / "sessions"
+    blocked.write_text("a file where the store's sessions directory should be")
+    status, refused = request(replicas["a"].http, "POST", "/v1/sessions", {"id": "cam9"})
+    assert status == 503 and refused["error"]["code"] == "store_unavailable"
+    assert open_sessions(replicas["a"]) == 0
+    blocked.unlink()
+    status, created = request(replicas["b"].http, "POST", "/v1/sessions", {"id": "cam9"})
+    assert status == 201 and created["id"] == "cam9"

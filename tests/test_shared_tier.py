@@ -29,15 +29,17 @@ def test_a_store_that_cannot_be_written_is_retried_at_the_next_checkpoint(engine
     mirror = SessionMirror(store, "cam0", 1, "a")
     session = engine.new_session(engine.memory(disk_dir=str(tmp_path / "local")), mirror=mirror)
     tier = session.blocks.disk
-    assert isinstance(tier, SharedDiskTier) and tier.publish_failures == 1  # the first checkpoint
+    assert isinstance(tier, SharedDiskTier)
+    assert tier.wait_published(30) and tier.publish_failures == 1  # the first checkpoint
     for rgb, t in frames(4):
         session.add_frame(rgb, t)
     session.checkpoint()
-    assert tier.publish_failures == 2 and tier.fenced is None
+    assert tier.wait_published(30) and tier.publish_failures == 2 and tier.fenced is None
     assert session.ask("What digit did the diamond show?", max_new_tokens=2).text  # it goes on
 
     blocked.unlink()  # the store is back
     session.checkpoint()
+    assert tier.wait_published(30) and tier.published_through == 1
     assert tier.published_version == 1 and latest_version(store, "cam0") == 1
     assert verify(store, "cam0") == []
     session.close()
@@ -55,6 +57,7 @@ def test_a_session_taken_over_stops_publishing_and_says_so_once(engine, tmp_path
     for rgb, t in frames(4):
         session.add_frame(rgb, t)
     session.checkpoint()
+    assert session.blocks.disk.wait_published(30)
     told = []
     session.blocks.disk.on_fenced = told.append
 
@@ -64,7 +67,9 @@ def test_a_session_taken_over_stops_publishing_and_says_so_once(engine, tmp_path
     for rgb, t in frames(4, start=4):
         session.add_frame(rgb, t)
     session.checkpoint()
+    session.blocks.disk.wait_published(30)
     session.checkpoint()
+    session.blocks.disk.wait_published(30)
     assert len(told) == 1 and session.blocks.disk.fenced is not None
     assert latest_version(store, "cam0") == taken_at and verify(store, "cam0") == []
     assert len(session.blocks.metas()) == 4  # its local copy goes on

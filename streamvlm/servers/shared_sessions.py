@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("streamvlm.server")
 
+# how long creating a session waits for its first publish to the shared store
+PUBLISH_TIMEOUT_S = 30.0
+
 
 class SharedSessions:
     """Sessions leased from the directory at ``cluster.registry_url`` and mirrored to ``cluster.store_url``."""
@@ -84,11 +87,24 @@ class SharedSessions:
                 f"a session named {session_id!r} exists in this cluster; pick another id or delete it",
                 status=409,
             )
+        session = None
         try:
             local = self._fresh_dir(session_id)
             mirror = SessionMirror(self.store, session_id, lease.fence, self.replica)
             session = self._open(options, local, mirror)
+            # in the store before the client hears of it: any replica can resume it from now on
+            disk = session.blocks.disk
+            if not disk.wait_published(PUBLISH_TIMEOUT_S) or disk.published_version is None:
+                raise ProtocolError(
+                    "store_unavailable",
+                    f"the shared store {self.cluster.store_url} did not take the new session; "
+                    "check that every replica can write it, then retry",
+                    status=503,
+                )
         except BaseException:
+            if session is not None:
+                _stop_publishing(session, "creation failed")
+                session.close()
             self.directory.delete(session_id, lease)
             raise
         self.leases.add(lease)
@@ -186,7 +202,8 @@ class SharedSessions:
             "replica": self.replica,
             "fence": lease.fence if lease is not None else None,
             "manifest_version": getattr(disk, "published_version", None),
-            "unpublished_blocks": session.blocks.blocks_since_checkpoint,
+            # blocks a crash of this replica would lose: not yet in a published checkpoint
+            "unpublished_blocks": session.blocks.next_block_id - 1 - getattr(disk, "published_through", -1),
             "publish_s": round(getattr(disk, "publish_s", 0.0), 4),
         }
 
@@ -227,5 +244,5 @@ class SharedSessions:
 def _stop_publishing(session: Session, why: str) -> None:
     """Make the session's shared tier write nothing more to the store (its local copy goes on)."""
     disk = session.blocks.disk
-    if disk is not None and getattr(disk, "fenced", None) is None:
-        disk.fenced = RuntimeError(why)
+    if disk is not None and hasattr(disk, "stop_publishing"):
+        disk.stop_publishing(why)
