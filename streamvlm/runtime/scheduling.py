@@ -1,9 +1,12 @@
 """Sharing one device between encoding and answering, and bounding what waits for it.
 
-``FairLock`` serves model work first come, first served. The encoder takes it once per
-chunk and the answer path once for its prefill and once per token, so a question that
-arrives while a chunk is being encoded waits for that chunk (and whatever was already
-queued), never for a stream of chunks.
+``PriorityLock`` (the engine's ``device_lock``) serves model work in two classes. Answer
+work (a question's prefill and each decoded token) is what a person is waiting for;
+encode work (one chunk of a session's stream) has a frame queue in front of it to absorb
+a delay. So a waiting answer is granted before waiting encoders, and a question waits for
+the chunk being encoded, not for every session's queued chunk. ``FairLock`` is the same
+lock first come, first served across classes: what the engine did before, kept for
+comparison (``bench serve --lock fifo``).
 
 ``FrameQueue`` is the bounded buffer between a frame source and a session's encoder
 thread; when it is full it drops the oldest or the newest frame, and counts it. A
@@ -20,35 +23,139 @@ from typing import Any
 from ..errors import ConfigError
 from ..registry import QUEUE_POLICIES as QUEUE_POLICY_REGISTRY
 
+ANSWER = "answer"  # short work someone waits for: a question's prefill, one decoded token
+ENCODE = "encode"  # stream work a frame queue buffers: a chunk, a checkpoint; ``with lock:``
+WORK_CLASSES = (ANSWER, ENCODE)
+# Answer grants in a row that may pass over a waiting encoder. An answer of up to this many
+# tokens is decoded without a chunk between its tokens, and while answers keep coming an
+# encoder still gets at least one grant in MAX_PASSED_OVER + 1 (``PriorityLock``).
+MAX_PASSED_OVER = 16
 
-class FairLock:
-    """A non-reentrant lock that grants waiters in arrival order (ticket lock)."""
 
-    def __init__(self) -> None:
+class PriorityLock:
+    """A non-reentrant device lock: waiting answer work first, otherwise arrival order.
+
+    ``acquire(work)`` queues a ticket in its class (``ANSWER`` or ``ENCODE``); each class is
+    served first come, first served. When the lock is free it is granted to:
+
+    1. the oldest waiting encoder, if ``max_passed_over`` answers have been granted ahead
+       of an older encoder since the last encoder grant (no starvation: counting grants,
+       not time, so the bound holds however long each hold takes, and needs no clock);
+    2. else the oldest waiting answer, when ``answers_first``;
+    3. else the oldest waiter of either class (``answers_first=False``: plain FIFO).
+
+    A grant is made to one ticket at a time, so a thread arriving when the lock is free
+    never overtakes one already chosen. ``with lock:`` holds it as encode work;
+    ``with lock.for_answer():`` as answer work, ``with lock.for_encoding():`` explicitly.
+    """
+
+    def __init__(self, answers_first: bool = True, max_passed_over: int = MAX_PASSED_OVER):
+        if max_passed_over < 1:
+            raise ConfigError(f"max_passed_over must be >= 1 answer grant, got {max_passed_over}")
+        self.answers_first = answers_first
+        self.max_passed_over = max_passed_over
         self._cond = threading.Condition(threading.Lock())
-        self._next_ticket = 0
-        self._serving = 0
+        self._waiting: dict[str, deque[int]] = {work: deque() for work in WORK_CLASSES}
+        self._next_ticket = 0  # tickets handed out: holds asked for
+        self._serving = 0  # holds released; ``_next_ticket - _serving`` = holder and waiters
+        self._granted: int | None = None  # the ticket chosen to hold the lock next
+        self._held = False
+        self._passed_over = 0  # answers granted ahead of an older encoder since an encoder's grant
         self.acquisitions = 0  # how many times it was granted (for tests and stats)
+        self.grants = dict.fromkeys(WORK_CLASSES, 0)  # the same, per class
+        self._holds = {work: _Hold(self, work) for work in WORK_CLASSES}
 
-    def acquire(self) -> None:
+    def acquire(self, work: str = ENCODE) -> None:
+        """Wait until this thread holds the lock as ``work`` (``ANSWER`` or ``ENCODE``)."""
+        queue = self._waiting.get(work)
+        if queue is None:
+            raise ConfigError(f"device lock work must be one of {', '.join(WORK_CLASSES)}; got {work!r}")
         with self._cond:
             ticket = self._next_ticket
             self._next_ticket += 1
-            while self._serving != ticket:
+            queue.append(ticket)
+            self._grant_next()
+            while self._granted != ticket:
                 self._cond.wait()
+            queue.popleft()  # the grant goes to the head of a class: FIFO within it
+            self._granted, self._held = None, True
             self.acquisitions += 1
+            self.grants[work] += 1
 
     def release(self) -> None:
         with self._cond:
+            self._held = False
             self._serving += 1
-            self._cond.notify_all()
+            self._grant_next()
 
-    def __enter__(self) -> FairLock:
-        self.acquire()
+    def for_answer(self) -> _Hold:
+        """A context manager holding the lock as answer work (prefill, a token, a stats read)."""
+        return self._holds[ANSWER]
+
+    def for_encoding(self) -> _Hold:
+        """A context manager holding the lock as encode work (the same as ``with lock:``)."""
+        return self._holds[ENCODE]
+
+    @property
+    def waiting(self) -> dict[str, int]:
+        """Threads waiting for the lock, per class."""
+        with self._cond:
+            return {work: len(queue) for work, queue in self._waiting.items()}
+
+    def _grant_next(self) -> None:
+        """Choose the next holder if the lock is free and nobody is chosen (caller holds ``_cond``)."""
+        if self._held or self._granted is not None:
+            return
+        answers, encoders = self._waiting[ANSWER], self._waiting[ENCODE]
+        if not answers and not encoders:
+            return
+        if not encoders or (answers and self._answer_goes_first(answers[0], encoders[0])):
+            self._granted = answers[0]
+            self._passed_over += bool(encoders) and answers[0] > encoders[0]  # it overtook one
+        else:
+            self._granted = encoders[0]
+            self._passed_over = 0
+        self._cond.notify_all()
+
+    def _answer_goes_first(self, answer: int, encoder: int) -> bool:
+        """Policy: whether the oldest answer goes before the oldest encoder (tickets)."""
+        if self._passed_over >= self.max_passed_over:
+            return False
+        return self.answers_first or answer < encoder
+
+    def __enter__(self) -> PriorityLock:
+        self.acquire(ENCODE)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+class FairLock(PriorityLock):
+    """The device lock first come, first served for answers and encoders alike (a ticket
+    lock): what the engine used before answers had priority, kept to measure against."""
+
+    def __init__(self) -> None:
+        super().__init__(answers_first=False)
+
+
+# the device locks by the name ``bench serve --lock`` takes
+DEVICE_LOCKS = {"priority": PriorityLock, "fifo": FairLock}
+
+
+class _Hold:
+    """``with``: hold a ``PriorityLock`` as one class of work."""
+
+    def __init__(self, lock: PriorityLock, work: str):
+        self._lock = lock
+        self._work = work
+
+    def __enter__(self) -> PriorityLock:
+        self._lock.acquire(self._work)
+        return self._lock
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.release()
 
 
 QUEUE_POLICIES = ("drop_oldest", "drop_newest")

@@ -10,7 +10,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
@@ -33,7 +32,7 @@ from .context import concat_layers, new_kv_from_cache
 from .plan import AnswerPlan, answer_budget
 from .positions import PositionBound, lay_out
 from .questions import check_time_range, validate_question
-from .scheduling import FairLock, Fence, FrameQueue
+from .scheduling import Fence, FrameQueue, PriorityLock
 from .state import StreamState
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -55,13 +54,15 @@ class Session:
         backend: Backend,
         memory: MemoryConfig | None = None,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-        device_lock: AbstractContextManager | None = None,
+        device_lock: PriorityLock | None = None,
         _blocks: BlockMemory | None = None,
     ):
         self.backend = backend
         self.memory = memory or MemoryConfig()  # the options; the blocks are ``self.blocks``
         self.system_prompt = system_prompt
-        self._lock = device_lock or FairLock()
+        # model work is held as encode work (``with self._lock``) or, for a question's
+        # prefill and tokens, as answer work, which goes before waiting encoders
+        self._lock = device_lock or PriorityLock()
         self.chunk_frames = self.memory.chunk_frames or backend.default_chunk_frames
         if self.chunk_frames % backend.frame_multiple:
             raise ConfigError(
@@ -391,7 +392,7 @@ class Session:
             )
         waited = time.perf_counter() - started if fence is not None else 0.0
         dropped = fence.dropped if fence is not None else self.queue_counts()[0]
-        with self._lock:
+        with self._lock.for_answer():
             pending, stream.position = self._pending_block(fence)
             if plan.answer_tokens is None:
                 plan = replace(plan, answer_tokens=self._question_budget(stream.question, plan, pending))
@@ -411,7 +412,7 @@ class Session:
             ready,
             backend=self.backend,
             plan=plan,
-            lock=self._lock,
+            lock=self._lock.for_answer(),
             wait_s=waited,
             frames_dropped=dropped,
         )
