@@ -29,19 +29,19 @@ def test_fair_lock_grants_in_arrival_order():
     assert lock.acquisitions == 7
 
 
-def grant_order(lock: PriorityLock, arrivals: list[tuple[str, str]]) -> list[str]:
-    """The order ``lock`` grants waiters that queue as ``arrivals`` ``(label, work)``, in
-    that order, while the test holds it; each holds it only to note its label."""
+def grant_order(lock: PriorityLock, arrivals: list[tuple]) -> list[str]:
+    """The order ``lock`` grants waiters that queue as ``arrivals`` ``(label, work[, awaited])``,
+    in that order, while the test holds it; each holds it only to note its label."""
     order: list[str] = []
 
-    def take(label: str, work: str) -> None:
-        with lock.for_answer() if work == ANSWER else lock.for_encoding():
+    def take(label: str, work: str, awaited=None) -> None:
+        with lock.for_answer() if work == ANSWER else lock.for_encoding(awaited):
             order.append(label)
 
     lock.acquire()
     threads = []
-    for i, (label, work) in enumerate(arrivals):
-        threads.append(threading.Thread(target=take, args=(label, work)))
+    for i, arrival in enumerate(arrivals):
+        threads.append(threading.Thread(target=take, args=arrival))
         threads[-1].start()
         while sum(lock.waiting.values()) < i + 1:  # queued before the next one arrives
             time.sleep(0.001)
@@ -84,6 +84,15 @@ def test_encoders_are_not_starved_by_a_stream_of_answers():
     ]
 
 
+def test_a_chunk_a_question_awaits_goes_with_the_answers():
+    lock = PriorityLock()
+    question_waits = threading.Event()
+    arrivals = [("e0", ENCODE), ("e1", ENCODE, question_waits.is_set), ("a0", ANSWER), ("e2", ENCODE)]
+    question_waits.set()  # asked after the chunk queued: what counts is when the lock is granted
+    assert grant_order(lock, arrivals) == ["e1", "a0", "e0", "e2"]
+    assert lock.awaited_grants == 1 and lock.grants == {ANSWER: 1, ENCODE: 4}
+
+
 def test_fair_lock_serves_answers_and_encoders_alike_in_arrival_order():
     arrivals = [("e0", ENCODE), ("a0", ANSWER), ("e1", ENCODE), ("a1", ANSWER)]
     assert grant_order(FairLock(), arrivals) == ["e0", "a0", "e1", "a1"]
@@ -94,6 +103,18 @@ def test_the_device_lock_names_its_mistakes():
         PriorityLock().acquire("decode")
     with pytest.raises(ConfigError, match="max_passed_over"):
         PriorityLock(max_passed_over=0)
+
+
+def test_a_frame_queue_is_awaited_while_a_fence_waits_in_it():
+    q = FrameQueue(4)
+    q.put(0)
+    assert not q.awaited
+    fence = q.put_fence()
+    q.put(1)
+    assert q.awaited and q.get() == 0  # the frame a question waits for is being encoded
+    assert q.awaited
+    q.done()
+    assert q.get() is fence and not q.awaited
 
 
 @pytest.mark.parametrize("policy, kept", [("drop_oldest", [6, 7, 8, 9]), ("drop_newest", [0, 1, 2, 3])])
@@ -214,4 +235,24 @@ def test_a_question_holds_the_device_as_answer_work(engine):
     forwards = n if answer.finish_reason == "stop" else n - 1  # no forward after the last token
     assert lock.grants[ANSWER] - before[ANSWER] == 1 + forwards  # the prefill, then one per token
     assert lock.grants[ENCODE] == before[ENCODE]  # the pending frame is encoded as answer work
+    session.close()
+
+
+def test_a_sessions_chunk_goes_as_urgent_work_while_a_question_waits_for_it(engine):
+    session = engine.new_session(memory=MemoryConfig(window=4))
+    lock = engine.device_lock
+    before = lock.awaited_grants
+    with lock:  # the encoder stalls at its first chunk, then a question waits for it
+        for i in range(2):
+            session.push_frame(frame(i), float(i))
+        while lock.waiting[ENCODE] < 1:
+            time.sleep(0.001)
+        stream = session.ask_stream("what is on screen?", max_new_tokens=2)
+        answering = threading.Thread(target=lambda: "".join(stream))
+        answering.start()
+    answering.join(30)
+    assert lock.awaited_grants == before + 1 and stream.answer is not None
+    for i in range(2, 6):  # no question waits: the chunks are plain encode work
+        session.push_frame(frame(i), float(i))
+    assert session.drain(30) and lock.awaited_grants == before + 1
     session.close()

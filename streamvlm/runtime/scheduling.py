@@ -3,10 +3,11 @@
 ``PriorityLock`` (the engine's ``device_lock``) serves model work in two classes. Answer
 work (a question's prefill and each decoded token) is what a person is waiting for;
 encode work (one chunk of a session's stream) has a frame queue in front of it to absorb
-a delay. So a waiting answer is granted before waiting encoders, and a question waits for
-the chunk being encoded, not for every session's queued chunk. ``FairLock`` is the same
-lock first come, first served across classes: what the engine did before, kept for
-comparison (``bench serve --lock fifo``).
+a delay. So waiting answer work is granted before waiting encode work, and a chunk that a
+waiting question needs (its frames were sent before the question) counts as answer work:
+a question waits for its own session's chunks and the chunk being encoded, not for every
+session's queued chunk. ``FairLock`` is the same lock first come, first served across
+classes: what the engine did before, kept for comparison (``bench serve --lock fifo``).
 
 ``FrameQueue`` is the bounded buffer between a frame source and a session's encoder
 thread; when it is full it drops the oldest or the newest frame, and counts it. A
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError
@@ -26,61 +28,69 @@ from ..registry import QUEUE_POLICIES as QUEUE_POLICY_REGISTRY
 ANSWER = "answer"  # short work someone waits for: a question's prefill, one decoded token
 ENCODE = "encode"  # stream work a frame queue buffers: a chunk, a checkpoint; ``with lock:``
 WORK_CLASSES = (ANSWER, ENCODE)
-# Answer grants in a row that may pass over a waiting encoder. An answer of up to this many
-# tokens is decoded without a chunk between its tokens, and while answers keep coming an
-# encoder still gets at least one grant in MAX_PASSED_OVER + 1 (``PriorityLock``).
+# Urgent grants (answer work, awaited chunks) that may overtake the oldest waiting encoder
+# before it goes. An answer of up to this many tokens is decoded without a chunk between
+# its tokens, and while answers keep coming an encoder still gets at least one grant in
+# MAX_PASSED_OVER + 1 (``PriorityLock``).
 MAX_PASSED_OVER = 16
 
 
 class PriorityLock:
-    """A non-reentrant device lock: waiting answer work first, otherwise arrival order.
+    """A non-reentrant device lock: urgent work first, otherwise arrival order.
 
-    ``acquire(work)`` queues a ticket in its class (``ANSWER`` or ``ENCODE``); each class is
-    served first come, first served. When the lock is free it is granted to:
+    ``acquire(work, awaited)`` takes a ticket. Work is urgent when it is ``ANSWER`` work,
+    or ``ENCODE`` work whose ``awaited()`` says, at the moment the lock is granted, that a
+    question waits for it (a session's chunk whose frames were sent before a question).
+    When the lock is free it is granted to:
 
-    1. the oldest waiting encoder, if ``max_passed_over`` answers have been granted ahead
-       of an older encoder since the last encoder grant (no starvation: counting grants,
-       not time, so the bound holds however long each hold takes, and needs no clock);
-    2. else the oldest waiting answer, when ``answers_first``;
-    3. else the oldest waiter of either class (``answers_first=False``: plain FIFO).
+    1. the oldest plain (not urgent) waiter, if ``max_passed_over`` urgent grants have
+       overtaken it since the last plain grant (no starvation: counting grants, not time,
+       so the bound holds however long each hold takes, and needs no clock);
+    2. else the oldest urgent waiter, when ``answers_first``;
+    3. else the oldest waiter (``answers_first=False``: plain FIFO, ``FairLock``).
 
-    A grant is made to one ticket at a time, so a thread arriving when the lock is free
-    never overtakes one already chosen. ``with lock:`` holds it as encode work;
-    ``with lock.for_answer():`` as answer work, ``with lock.for_encoding():`` explicitly.
+    So each kind is served in arrival order. A grant is made to one ticket at a time, so a
+    thread arriving when the lock is free never overtakes one already chosen. ``with
+    lock:`` holds it as encode work; ``with lock.for_answer():`` as answer work, ``with
+    lock.for_encoding(awaited):`` as encode work that may be awaited.
     """
 
     def __init__(self, answers_first: bool = True, max_passed_over: int = MAX_PASSED_OVER):
         if max_passed_over < 1:
-            raise ConfigError(f"max_passed_over must be >= 1 answer grant, got {max_passed_over}")
+            raise ConfigError(f"max_passed_over must be >= 1 grant, got {max_passed_over}")
         self.answers_first = answers_first
         self.max_passed_over = max_passed_over
         self._cond = threading.Condition(threading.Lock())
-        self._waiting: dict[str, deque[int]] = {work: deque() for work in WORK_CLASSES}
+        self._waiters: dict[int, _Waiter] = {}  # by ticket, in arrival order
         self._next_ticket = 0  # tickets handed out: holds asked for
         self._serving = 0  # holds released; ``_next_ticket - _serving`` = holder and waiters
         self._granted: int | None = None  # the ticket chosen to hold the lock next
         self._held = False
-        self._passed_over = 0  # answers granted ahead of an older encoder since an encoder's grant
+        self._passed_over = 0  # urgent grants ahead of an older plain waiter since a plain grant
         self.acquisitions = 0  # how many times it was granted (for tests and stats)
         self.grants = dict.fromkeys(WORK_CLASSES, 0)  # the same, per class
-        self._holds = {work: _Hold(self, work) for work in WORK_CLASSES}
+        self.awaited_grants = 0  # encode grants made as urgent: a question waited for them
+        self._answer = _Hold(self, ANSWER, None)
+        self._encode = _Hold(self, ENCODE, None)
 
-    def acquire(self, work: str = ENCODE) -> None:
-        """Wait until this thread holds the lock as ``work`` (``ANSWER`` or ``ENCODE``)."""
-        queue = self._waiting.get(work)
-        if queue is None:
+    def acquire(self, work: str = ENCODE, awaited: Callable[[], bool] | None = None) -> None:
+        """Wait until this thread holds the lock as ``work`` (``ANSWER`` or ``ENCODE``);
+        ``awaited`` (encode work) says whether a question waits for it now. It is called
+        with the lock's own mutex held: it must be quick and must not take this lock."""
+        if work not in WORK_CLASSES:
             raise ConfigError(f"device lock work must be one of {', '.join(WORK_CLASSES)}; got {work!r}")
         with self._cond:
             ticket = self._next_ticket
             self._next_ticket += 1
-            queue.append(ticket)
+            self._waiters[ticket] = _Waiter(work, awaited)
             self._grant_next()
             while self._granted != ticket:
                 self._cond.wait()
-            queue.popleft()  # the grant goes to the head of a class: FIFO within it
+            waiter = self._waiters.pop(ticket)
             self._granted, self._held = None, True
             self.acquisitions += 1
             self.grants[work] += 1
+            self.awaited_grants += waiter.granted_urgent and work == ENCODE
 
     def release(self) -> None:
         with self._cond:
@@ -90,38 +100,49 @@ class PriorityLock:
 
     def for_answer(self) -> _Hold:
         """A context manager holding the lock as answer work (prefill, a token, a stats read)."""
-        return self._holds[ANSWER]
+        return self._answer
 
-    def for_encoding(self) -> _Hold:
-        """A context manager holding the lock as encode work (the same as ``with lock:``)."""
-        return self._holds[ENCODE]
+    def for_encoding(self, awaited: Callable[[], bool] | None = None) -> _Hold:
+        """A context manager holding the lock as encode work (``with lock:``), urgent while
+        ``awaited()`` says a question waits for it."""
+        return self._encode if awaited is None else _Hold(self, ENCODE, awaited)
 
     @property
     def waiting(self) -> dict[str, int]:
         """Threads waiting for the lock, per class."""
         with self._cond:
-            return {work: len(queue) for work, queue in self._waiting.items()}
+            counts = dict.fromkeys(WORK_CLASSES, 0)
+            for waiter in self._waiters.values():
+                counts[waiter.work] += 1
+            return counts
 
     def _grant_next(self) -> None:
         """Choose the next holder if the lock is free and nobody is chosen (caller holds ``_cond``)."""
-        if self._held or self._granted is not None:
+        if self._held or self._granted is not None or not self._waiters:
             return
-        answers, encoders = self._waiting[ANSWER], self._waiting[ENCODE]
-        if not answers and not encoders:
-            return
-        if not encoders or (answers and self._answer_goes_first(answers[0], encoders[0])):
-            self._granted = answers[0]
-            self._passed_over += bool(encoders) and answers[0] > encoders[0]  # it overtook one
+        urgent = plain = None  # the oldest waiter of each kind: (ticket, waiter)
+        for entry in self._waiters.items():
+            if entry[1].urgent():
+                urgent = urgent or entry
+            else:
+                plain = plain or entry
+            if urgent and plain:
+                break
+        if urgent and (not plain or self._urgent_goes_first(urgent[0], plain[0])):
+            ticket, waiter = urgent
+            self._passed_over += bool(plain) and plain[0] < ticket  # it overtook a plain waiter
         else:
-            self._granted = encoders[0]
+            ticket, waiter = plain
             self._passed_over = 0
+        waiter.granted_urgent = urgent is not None and waiter is urgent[1]
+        self._granted = ticket
         self._cond.notify_all()
 
-    def _answer_goes_first(self, answer: int, encoder: int) -> bool:
-        """Policy: whether the oldest answer goes before the oldest encoder (tickets)."""
+    def _urgent_goes_first(self, urgent: int, plain: int) -> bool:
+        """Policy: whether the oldest urgent waiter goes before the oldest plain one (tickets)."""
         if self._passed_over >= self.max_passed_over:
             return False
-        return self.answers_first or answer < encoder
+        return self.answers_first or urgent < plain
 
     def __enter__(self) -> PriorityLock:
         self.acquire(ENCODE)
@@ -143,15 +164,30 @@ class FairLock(PriorityLock):
 DEVICE_LOCKS = {"priority": PriorityLock, "fifo": FairLock}
 
 
+class _Waiter:
+    """A thread waiting for a ``PriorityLock``: its class, and whether a question awaits it."""
+
+    __slots__ = ("work", "awaited", "granted_urgent")
+
+    def __init__(self, work: str, awaited: Callable[[], bool] | None):
+        self.work = work
+        self.awaited = awaited
+        self.granted_urgent = False
+
+    def urgent(self) -> bool:
+        return self.work == ANSWER or (self.awaited is not None and self.awaited())
+
+
 class _Hold:
     """``with``: hold a ``PriorityLock`` as one class of work."""
 
-    def __init__(self, lock: PriorityLock, work: str):
+    def __init__(self, lock: PriorityLock, work: str, awaited: Callable[[], bool] | None):
         self._lock = lock
         self._work = work
+        self._awaited = awaited
 
     def __enter__(self) -> PriorityLock:
-        self._lock.acquire(self._work)
+        self._lock.acquire(self._work, self._awaited)
         return self._lock
 
     def __exit__(self, *exc: Any) -> None:
@@ -201,6 +237,7 @@ class FrameQueue:
         self.when_full = when_full
         self._items: deque = deque()  # frames and fences, in the order they were put
         self._frames = 0  # frames in ``_items``
+        self._fences = 0  # fences in ``_items``: questions waiting for frames put before them
         self._cond = threading.Condition()
         self._closed = False
         self._busy = False  # the consumer holds an item it has not finished
@@ -240,6 +277,7 @@ class FrameQueue:
                 return None
             fence = Fence(self.dropped)
             self._items.append(fence)
+            self._fences += 1
             self._cond.notify_all()
             return fence
 
@@ -252,7 +290,9 @@ class FrameQueue:
                 return None
             self._busy = True
             item = self._items.popleft()
-            if not isinstance(item, Fence):
+            if isinstance(item, Fence):
+                self._fences -= 1
+            else:
                 self._frames -= 1
             return item
 
@@ -266,6 +306,13 @@ class FrameQueue:
         """Wait until every queued item has been consumed; False on timeout."""
         with self._cond:
             return self._cond.wait_for(lambda: not self._items and not self._busy, timeout)
+
+    @property
+    def awaited(self) -> bool:
+        """A question waits for frames taken or queued before its fence: what the consumer
+        encodes now is on a question's path (the session's chunks go as urgent work)."""
+        with self._cond:
+            return self._fences > 0
 
     @property
     def idle(self) -> bool:

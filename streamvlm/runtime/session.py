@@ -60,9 +60,10 @@ class Session:
         self.backend = backend
         self.memory = memory or MemoryConfig()  # the options; the blocks are ``self.blocks``
         self.system_prompt = system_prompt
-        # model work is held as encode work (``with self._lock``) or, for a question's
-        # prefill and tokens, as answer work, which goes before waiting encoders
+        # model work is held as answer work (a question's prefill and tokens) or encode work,
+        # which is urgent like answers while a question waits for this session's chunks
         self._lock = device_lock or PriorityLock()
+        self._encoding = self._lock.for_encoding(awaited=self._question_waits)
         self.chunk_frames = self.memory.chunk_frames or backend.default_chunk_frames
         if self.chunk_frames % backend.frame_multiple:
             raise ConfigError(
@@ -225,6 +226,12 @@ class Session:
         that remains unencoded is the chunk being filled (``pending_frames``)."""
         return self._queue is None or self._queue.idle
 
+    def _question_waits(self) -> bool:
+        """Whether a question waits for this session's encoder (a fence is queued): its next
+        chunk is on the question's path, so the device lock serves it as urgent work."""
+        queue = self._queue
+        return queue is not None and queue.awaited
+
     def _encode_queued(self) -> None:
         queue = self._queue
         while (item := queue.get()) is not None:
@@ -248,7 +255,7 @@ class Session:
 
         The frames leave ``_pending`` and become a block under one hold of the device lock,
         so a question (which reads both under it) sees them in exactly one of the two."""
-        with self._lock:
+        with self._encoding:
             with self._frames_lock:
                 pending, self._pending = self._pending, []
             if pending:
