@@ -38,6 +38,10 @@ def row(sessions: int, p99: float | None = 0.2, dropped: int = 0, **fields) -> S
         latency_p99_s=p99,
         ttft_p50_s=None if p99 is None else p99 / 3,
         server_latency_p50_s=None if p99 is None else p99 / 2,
+        frames_wait_p50_s=None if p99 is None else p99 / 4,
+        frames_wait_p99_s=None if p99 is None else p99 / 2,
+        answer_p50_s=None if p99 is None else p99 / 4,
+        answer_p99_s=None if p99 is None else p99 / 2,
         memory_bytes_per_session={"device": 1.0},
         memory_bytes_max={"device": 1},
     )

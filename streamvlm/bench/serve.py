@@ -101,6 +101,12 @@ class ServeBenchRow:
     latency_p99_s: float | None
     ttft_p50_s: float | None
     server_latency_p50_s: float | None
+    # the server's latency in two parts: waiting for the frames sent before the question to
+    # be encoded, then the answer itself (prefill and tokens, device waits included)
+    frames_wait_p50_s: float | None
+    frames_wait_p99_s: float | None
+    answer_p50_s: float | None
+    answer_p99_s: float | None
     memory_bytes_per_session: dict[str, float]  # mean over sessions, per tier
     memory_bytes_max: dict[str, int]  # the largest session, per tier
 
@@ -242,6 +248,8 @@ async def _bench_sessions(url: str, n: int, config: ServeBenchConfig, frames: li
     latencies = [x for r in runs for x in r["latencies"]]
     ttfts = [x for r in runs for x in r["ttfts"]]
     server_latencies = [x for r in runs for x in r["server_latencies"]]
+    waits = [x for r in runs for x in r["waits"]]
+    answering = [x for r in runs for x in r["answering"]]
     tiers = sorted({tier for r in runs for tier in r["bytes_per_tier"]})
     final = [r["final"] for r in runs]
     return ServeBenchRow(
@@ -263,6 +271,10 @@ async def _bench_sessions(url: str, n: int, config: ServeBenchConfig, frames: li
         latency_p99_s=_percentile(latencies, 99),
         ttft_p50_s=_percentile(ttfts, 50),
         server_latency_p50_s=_percentile(server_latencies, 50),
+        frames_wait_p50_s=_percentile(waits, 50),
+        frames_wait_p99_s=_percentile(waits, 99),
+        answer_p50_s=_percentile(answering, 50),
+        answer_p99_s=_percentile(answering, 99),
         memory_bytes_per_session={
             t: statistics.fmean(r["bytes_per_tier"].get(t, 0) for r in runs) for t in tiers
         },
@@ -278,7 +290,8 @@ async def _one_session(url: str, config: ServeBenchConfig, frames: list[bytes], 
     client = AsyncStreamClient(url, memory=memory, max_in_flight=256, delete_on_exit=False)
     await client.connect()
     loop = asyncio.get_running_loop()
-    stats = {"latencies": [], "ttfts": [], "server_latencies": [], "answer_errors": 0}
+    stats = {"latencies": [], "ttfts": [], "server_latencies": [], "waits": [], "answering": []}
+    stats["answer_errors"] = 0
     stop = asyncio.Event()
     asking = asyncio.create_task(_ask_repeatedly(client, config, stop, stats, index))
     start, k = loop.time(), 0
@@ -336,6 +349,8 @@ async def _ask_repeatedly(
         stats["latencies"].append(end - sent)
         stats["ttfts"].append((first or end) - sent)
         stats["server_latencies"].append(done["timings"]["latency_s"])
+        stats["waits"].append(done["timings"]["wait_s"])
+        stats["answering"].append(done["timings"]["total_s"])
 
 
 # ---------------------------------------------------------------------------- server

@@ -28,31 +28,32 @@ from ..registry import QUEUE_POLICIES as QUEUE_POLICY_REGISTRY
 ANSWER = "answer"  # short work someone waits for: a question's prefill, one decoded token
 ENCODE = "encode"  # stream work a frame queue buffers: a chunk, a checkpoint; ``with lock:``
 WORK_CLASSES = (ANSWER, ENCODE)
-# Urgent grants (answer work, awaited chunks) that may overtake the oldest waiting encoder
-# before it goes. An answer of up to this many tokens is decoded without a chunk between
-# its tokens, and while answers keep coming an encoder still gets at least one grant in
-# MAX_PASSED_OVER + 1 (``PriorityLock``).
+ANSWER_RANK, AWAITED_RANK, ENCODE_RANK = 0, 1, 2  # who goes first: the lowest rank waiting
+# Grants that may overtake the oldest waiter before it goes. An answer of up to this many
+# tokens is decoded without a chunk between its tokens, and while answers keep coming an
+# encoder still gets at least one grant in MAX_PASSED_OVER + 1 (``PriorityLock``).
 MAX_PASSED_OVER = 16
 
 
 class PriorityLock:
-    """A non-reentrant device lock: urgent work first, otherwise arrival order.
+    """A non-reentrant device lock: the most urgent work first, otherwise arrival order.
 
-    ``acquire(work, awaited)`` takes a ticket. Work is urgent when it is ``ANSWER`` work,
-    or ``ENCODE`` work whose ``awaited()`` says, at the moment the lock is granted, that a
-    question waits for it (a session's chunk whose frames were sent before a question).
-    When the lock is free it is granted to:
+    ``acquire(work, awaited)`` takes a ticket. Waiters rank, most urgent first: answer
+    work (``ANSWER``: a started answer finishes before more is started); encode work whose
+    ``awaited()`` says, when the lock is granted, that a question waits for it (a session's
+    chunk of frames sent before a question); other encode work. When the lock is free it
+    is granted to:
 
-    1. the oldest plain (not urgent) waiter, if ``max_passed_over`` urgent grants have
-       overtaken it since the last plain grant (no starvation: counting grants, not time,
-       so the bound holds however long each hold takes, and needs no clock);
-    2. else the oldest urgent waiter, when ``answers_first``;
+    1. the oldest waiter, if ``max_passed_over`` grants have overtaken it (no starvation:
+       counting grants, not time, so the bound holds however long each hold takes, and
+       needs no clock);
+    2. else the oldest waiter of the most urgent rank waiting, when ``answers_first``;
     3. else the oldest waiter (``answers_first=False``: plain FIFO, ``FairLock``).
 
-    So each kind is served in arrival order. A grant is made to one ticket at a time, so a
+    So each rank is served in arrival order. A grant is made to one ticket at a time, so a
     thread arriving when the lock is free never overtakes one already chosen. ``with
     lock:`` holds it as encode work; ``with lock.for_answer():`` as answer work, ``with
-    lock.for_encoding(awaited):`` as encode work that may be awaited.
+    lock.for_encoding(awaited):`` as encode work a question may wait for.
     """
 
     def __init__(self, answers_first: bool = True, max_passed_over: int = MAX_PASSED_OVER):
@@ -66,10 +67,10 @@ class PriorityLock:
         self._serving = 0  # holds released; ``_next_ticket - _serving`` = holder and waiters
         self._granted: int | None = None  # the ticket chosen to hold the lock next
         self._held = False
-        self._passed_over = 0  # urgent grants ahead of an older plain waiter since a plain grant
+        self._passed_over = 0  # grants in a row that overtook the oldest waiter
         self.acquisitions = 0  # how many times it was granted (for tests and stats)
         self.grants = dict.fromkeys(WORK_CLASSES, 0)  # the same, per class
-        self.awaited_grants = 0  # encode grants made as urgent: a question waited for them
+        self.awaited_grants = 0  # encode grants while a question waited for them
         self._answer = _Hold(self, ANSWER, None)
         self._encode = _Hold(self, ENCODE, None)
 
@@ -90,7 +91,7 @@ class PriorityLock:
             self._granted, self._held = None, True
             self.acquisitions += 1
             self.grants[work] += 1
-            self.awaited_grants += waiter.granted_urgent and work == ENCODE
+            self.awaited_grants += waiter.granted_awaited
 
     def release(self) -> None:
         with self._cond:
@@ -120,29 +121,16 @@ class PriorityLock:
         """Choose the next holder if the lock is free and nobody is chosen (caller holds ``_cond``)."""
         if self._held or self._granted is not None or not self._waiters:
             return
-        urgent = plain = None  # the oldest waiter of each kind: (ticket, waiter)
-        for entry in self._waiters.items():
-            if entry[1].urgent():
-                urgent = urgent or entry
-            else:
-                plain = plain or entry
-            if urgent and plain:
-                break
-        if urgent and (not plain or self._urgent_goes_first(urgent[0], plain[0])):
-            ticket, waiter = urgent
-            self._passed_over += bool(plain) and plain[0] < ticket  # it overtook a plain waiter
-        else:
-            ticket, waiter = plain
-            self._passed_over = 0
-        waiter.granted_urgent = urgent is not None and waiter is urgent[1]
+        oldest = next(iter(self._waiters))
+        ticket = oldest
+        if self.answers_first and self._passed_over < self.max_passed_over:
+            # the oldest of the most urgent rank: dict order is arrival order, min keeps the first
+            ticket = min(self._waiters, key=lambda t: self._waiters[t].rank())
+        self._passed_over = self._passed_over + 1 if ticket != oldest else 0
+        waiter = self._waiters[ticket]
+        waiter.granted_awaited = waiter.work == ENCODE and waiter.rank() == AWAITED_RANK
         self._granted = ticket
         self._cond.notify_all()
-
-    def _urgent_goes_first(self, urgent: int, plain: int) -> bool:
-        """Policy: whether the oldest urgent waiter goes before the oldest plain one (tickets)."""
-        if self._passed_over >= self.max_passed_over:
-            return False
-        return self.answers_first or urgent < plain
 
     def __enter__(self) -> PriorityLock:
         self.acquire(ENCODE)
@@ -167,15 +155,18 @@ DEVICE_LOCKS = {"priority": PriorityLock, "fifo": FairLock}
 class _Waiter:
     """A thread waiting for a ``PriorityLock``: its class, and whether a question awaits it."""
 
-    __slots__ = ("work", "awaited", "granted_urgent")
+    __slots__ = ("work", "awaited", "granted_awaited")
 
     def __init__(self, work: str, awaited: Callable[[], bool] | None):
         self.work = work
         self.awaited = awaited
-        self.granted_urgent = False
+        self.granted_awaited = False
 
-    def urgent(self) -> bool:
-        return self.work == ANSWER or (self.awaited is not None and self.awaited())
+    def rank(self) -> int:
+        """``ANSWER_RANK``, ``AWAITED_RANK`` or ``ENCODE_RANK``, as of now."""
+        if self.work == ANSWER:
+            return ANSWER_RANK
+        return AWAITED_RANK if self.awaited is not None and self.awaited() else ENCODE_RANK
 
 
 class _Hold:
