@@ -17,8 +17,9 @@ class StreamVLM:
 
     Model work from all sessions is serialised with one lock (``device_lock``): the device
     runs one forward at a time, and sessions interleave between chunks and between
-    tokens. A question's prefill and tokens go before waiting chunks, so an answer waits
-    for the chunk being encoded, not for every session's queue (``PriorityLock``).
+    tokens. A question's prefill and tokens go before waiting chunks, and the chunks a
+    question waits for before the others, so a question waits for the chunk being encoded
+    and its own session's, not for every session's queue (``PriorityLock``).
     """
 
     def __init__(self, backend: Backend):

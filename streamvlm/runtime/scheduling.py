@@ -3,11 +3,11 @@
 ``PriorityLock`` (the engine's ``device_lock``) serves model work in two classes. Answer
 work (a question's prefill and each decoded token) is what a person is waiting for;
 encode work (one chunk of a session's stream) has a frame queue in front of it to absorb
-a delay. So waiting answer work is granted before waiting encode work, and a chunk that a
-waiting question needs (its frames were sent before the question) counts as answer work:
-a question waits for its own session's chunks and the chunk being encoded, not for every
-session's queued chunk. ``FairLock`` is the same lock first come, first served across
-classes: what the engine did before, kept for comparison (``bench serve --lock fifo``).
+a delay. So waiting answer work is granted first, then chunks that a waiting question
+needs (their frames were sent before the question), then other chunks: a question waits
+for the chunk being encoded and its own session's, not for every session's queued chunk.
+``FairLock`` is the same lock first come, first served for all: what the engine did
+before, kept for comparison (``bench serve --lock fifo``).
 
 ``FrameQueue`` is the bounded buffer between a frame source and a session's encoder
 thread; when it is full it drops the oldest or the newest frame, and counts it. A

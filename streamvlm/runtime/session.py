@@ -61,7 +61,7 @@ class Session:
         self.memory = memory or MemoryConfig()  # the options; the blocks are ``self.blocks``
         self.system_prompt = system_prompt
         # model work is held as answer work (a question's prefill and tokens) or encode work,
-        # which is urgent like answers while a question waits for this session's chunks
+        # which goes before other sessions' chunks while a question waits for this session's
         self._lock = device_lock or PriorityLock()
         self._encoding = self._lock.for_encoding(awaited=self._question_waits)
         self.chunk_frames = self.memory.chunk_frames or backend.default_chunk_frames
@@ -228,7 +228,7 @@ class Session:
 
     def _question_waits(self) -> bool:
         """Whether a question waits for this session's encoder (a fence is queued): its next
-        chunk is on the question's path, so the device lock serves it as urgent work."""
+        chunk is on the question's path, so the device lock serves it before plain chunks."""
         queue = self._queue
         return queue is not None and queue.awaited
 
