@@ -122,15 +122,24 @@ class PriorityLock:
         if self._held or self._granted is not None or not self._waiters:
             return
         oldest = next(iter(self._waiters))
-        ticket = oldest
+        ticket, rank = oldest, None
         if self.answers_first and self._passed_over < self.max_passed_over:
-            # the oldest of the most urgent rank: dict order is arrival order, min keeps the first
-            ticket = min(self._waiters, key=lambda t: self._waiters[t].rank())
+            ticket, rank = self._most_urgent()
         self._passed_over = self._passed_over + 1 if ticket != oldest else 0
-        waiter = self._waiters[ticket]
-        waiter.granted_awaited = waiter.work == ENCODE and waiter.rank() == AWAITED_RANK
+        self._waiters[ticket].granted_awaited = rank == AWAITED_RANK
         self._granted = ticket
         self._cond.notify_all()
+
+    def _most_urgent(self) -> tuple[int, int]:
+        """The oldest waiter of the lowest rank, and its rank (caller holds ``_cond``)."""
+        best = best_rank = None
+        for ticket, waiter in self._waiters.items():  # arrival order
+            rank = waiter.rank()
+            if best_rank is None or rank < best_rank:
+                best, best_rank = ticket, rank
+                if rank == ANSWER_RANK:
+                    break  # nothing ranks lower: the rest need not be asked
+        return best, best_rank
 
     def __enter__(self) -> PriorityLock:
         self.acquire(ENCODE)
