@@ -1,4 +1,4 @@
-"""Fair device lock and bounded frame queue."""
+"""The device lock (answers first, FIFO within a class, no starved encoder) and the bounded frame queue."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from streamvlm.errors import ConfigError
-from streamvlm.runtime.scheduling import FairLock, FrameQueue
+from streamvlm.runtime.scheduling import ANSWER, ENCODE, FairLock, FrameQueue, PriorityLock
 
 
 def test_fair_lock_grants_in_arrival_order():
@@ -27,6 +27,94 @@ def test_fair_lock_grants_in_arrival_order():
         t.join(5)
     assert order == list(range(6))
     assert lock.acquisitions == 7
+
+
+def grant_order(lock: PriorityLock, arrivals: list[tuple]) -> list[str]:
+    """The order ``lock`` grants waiters that queue as ``arrivals`` ``(label, work[, awaited])``,
+    in that order, while the test holds it; each holds it only to note its label."""
+    order: list[str] = []
+
+    def take(label: str, work: str, awaited=None) -> None:
+        with lock.for_answer() if work == ANSWER else lock.for_encoding(awaited):
+            order.append(label)
+
+    lock.acquire()
+    threads = []
+    for i, arrival in enumerate(arrivals):
+        threads.append(threading.Thread(target=take, args=arrival))
+        threads[-1].start()
+        while sum(lock.waiting.values()) < i + 1:  # queued before the next one arrives
+            time.sleep(0.001)
+    lock.release()
+    for t in threads:
+        t.join(5)
+    return order
+
+
+def test_an_answer_behind_queued_encoders_is_granted_next():
+    lock = PriorityLock()
+    arrivals = [(f"e{i}", ENCODE) for i in range(5)] + [("a0", ANSWER)]
+    assert grant_order(lock, arrivals) == ["a0", "e0", "e1", "e2", "e3", "e4"]
+    assert lock.grants == {ANSWER: 1, ENCODE: 6}  # the test's own hold is encode work
+
+
+def test_each_class_is_served_in_arrival_order():
+    lock = PriorityLock()
+    arrivals = [
+        ("e0", ENCODE),
+        ("a0", ANSWER),
+        ("e1", ENCODE),
+        ("a1", ANSWER),
+        ("a2", ANSWER),
+        ("e2", ENCODE),
+    ]
+    assert grant_order(lock, arrivals) == ["a0", "a1", "a2", "e0", "e1", "e2"]
+
+
+def test_encoders_are_not_starved_by_a_stream_of_answers():
+    lock = PriorityLock(max_passed_over=4)
+    arrivals = [(f"e{i}", ENCODE) for i in range(3)] + [(f"a{i}", ANSWER) for i in range(14)]
+    order = grant_order(lock, arrivals)
+    # four answers overtake the oldest encoder, then it goes; then the next one's turn
+    assert order == [
+        *("a0", "a1", "a2", "a3", "e0"),
+        *("a4", "a5", "a6", "a7", "e1"),
+        *("a8", "a9", "a10", "a11", "e2"),
+        *("a12", "a13"),
+    ]
+
+
+def test_a_chunk_a_question_awaits_goes_with_the_answers():
+    lock = PriorityLock()
+    question_waits = threading.Event()
+    arrivals = [("e0", ENCODE), ("e1", ENCODE, question_waits.is_set), ("a0", ANSWER), ("e2", ENCODE)]
+    question_waits.set()  # asked after the chunk queued: what counts is when the lock is granted
+    assert grant_order(lock, arrivals) == ["a0", "e1", "e0", "e2"]  # after answers, before the rest
+    assert lock.awaited_grants == 1 and lock.grants == {ANSWER: 1, ENCODE: 4}
+
+
+def test_fair_lock_serves_answers_and_encoders_alike_in_arrival_order():
+    arrivals = [("e0", ENCODE), ("a0", ANSWER), ("e1", ENCODE), ("a1", ANSWER)]
+    assert grant_order(FairLock(), arrivals) == ["e0", "a0", "e1", "a1"]
+
+
+def test_the_device_lock_names_its_mistakes():
+    with pytest.raises(ConfigError, match="answer, encode"):
+        PriorityLock().acquire("decode")
+    with pytest.raises(ConfigError, match="max_passed_over"):
+        PriorityLock(max_passed_over=0)
+
+
+def test_a_frame_queue_is_awaited_while_a_fence_waits_in_it():
+    q = FrameQueue(4)
+    q.put(0)
+    assert not q.awaited
+    fence = q.put_fence()
+    q.put(1)
+    assert q.awaited and q.get() == 0  # the frame a question waits for is being encoded
+    assert q.awaited
+    q.done()
+    assert q.get() is fence and not q.awaited
 
 
 @pytest.mark.parametrize("policy, kept", [("drop_oldest", [6, 7, 8, 9]), ("drop_newest", [0, 1, 2, 3])])
@@ -134,3 +222,37 @@ def test_a_question_waits_for_at_most_one_chunk_while_frames_flow(engine):
         stop.set()
         feeder.join()
         session.close()
+
+
+def test_a_question_holds_the_device_as_answer_work(engine):
+    session = engine.new_session(memory=MemoryConfig(window=4))
+    for i in range(5):  # two chunks and a pending frame
+        session.add_frame(frame(i), float(i))
+    lock = engine.device_lock
+    before = dict(lock.grants)
+    answer = session.ask("what is on screen?", max_new_tokens=3)
+    n = answer.timings.new_tokens
+    forwards = n if answer.finish_reason == "stop" else n - 1  # no forward after the last token
+    assert lock.grants[ANSWER] - before[ANSWER] == 1 + forwards  # the prefill, then one per token
+    assert lock.grants[ENCODE] == before[ENCODE]  # the pending frame is encoded as answer work
+    session.close()
+
+
+def test_a_sessions_chunk_goes_as_urgent_work_while_a_question_waits_for_it(engine):
+    session = engine.new_session(memory=MemoryConfig(window=4))
+    lock = engine.device_lock
+    before = lock.awaited_grants
+    with lock:  # the encoder stalls at its first chunk, then a question waits for it
+        for i in range(2):
+            session.push_frame(frame(i), float(i))
+        while lock.waiting[ENCODE] < 1:
+            time.sleep(0.001)
+        stream = session.ask_stream("what is on screen?", max_new_tokens=2)
+        answering = threading.Thread(target=lambda: "".join(stream))
+        answering.start()
+    answering.join(30)
+    assert lock.awaited_grants == before + 1 and stream.answer is not None
+    for i in range(2, 6):  # no question waits: the chunks are plain encode work
+        session.push_frame(frame(i), float(i))
+    assert session.drain(30) and lock.awaited_grants == before + 1
+    session.close()

@@ -19,12 +19,14 @@ from ..cli_options import (
     check_model_options,
     line_printer,
     parse_lengths,
+    positive_int,
     write_results,
 )
 from ..config import MemoryConfig
 from ..errors import ConfigError
 from ..models.catalog import check_model_name
 from ..runtime.questions import validate_question
+from ..runtime.scheduling import DEVICE_LOCKS
 from .geometry import GeometryBenchConfig
 from .quant import QuantBenchConfig
 from .serve import ServeBenchConfig
@@ -192,7 +194,7 @@ def cmd_bench_quant(args: argparse.Namespace) -> int:
 
 
 def _add_serve(benches) -> None:
-    d = ServeBenchConfig()
+    d, c = ServeBenchConfig(), ServeBenchConfig.for_capacity()
     s = benches.add_parser(
         "serve",
         help="frames/s, drops, answer latency and memory of a server under N streaming sessions",
@@ -201,30 +203,71 @@ def _add_serve(benches) -> None:
             "from that many concurrent websocket clients in real time for --duration seconds while "
             "each asks a question every --question-every seconds. Prints a table (or --json): "
             "frames/s sent, accepted and encoded, dropped and rejected frames, p50/p99 answer "
-            "latency and time to first token as a client sees them, memory per session per tier."
+            "latency and time to first token as a client sees them, memory per session per tier. "
+            "--capacity ramps the session count (1, 2, 4, 6, ...) until a frame is dropped or the "
+            "p99 answer latency passes --p99-limit, and reports the largest count within both."
         ),
     )
-    add_model_options(s, model=d.model, loading=False)
+    # options whose default differs in capacity mode default to None here: "not given"
+    s.add_argument(
+        "--model",
+        default=None,
+        help=f"model name, path or hub id (default: {d.model}; with --capacity {c.model}, what "
+        "streamvlm serve loads)",
+    )
+    add_model_options(s, model=None, loading=False)
     s.add_argument(
         "--sessions",
-        default=",".join(map(str, d.sessions)),
+        default=None,
         help=f"comma-separated session counts, each run in turn (default: {','.join(map(str, d.sessions))})",
     )
     s.add_argument(
         "--duration", type=float, default=d.duration_s, metavar="SECONDS", help="per session count"
     )
     s.add_argument(
-        "--fps", type=float, default=d.fps, help=f"frames/s each session sends (default: {d.fps:g})"
+        "--fps",
+        type=float,
+        default=None,
+        help=f"frames/s each session sends (default: {d.fps:g}; with --capacity {c.fps:g})",
     )
     s.add_argument("--size", type=int, default=d.size, help=f"frame side in pixels (default: {d.size})")
     s.add_argument("--question-every", type=float, default=d.question_every_s, metavar="SECONDS")
     add_max_new_tokens_option(s, default=d.max_new_tokens)
-    add_memory_options(
-        s,
-        *("window", "device_bytes", "host_bytes"),
-        window=d.window,
-        device_bytes=d.device_bytes,
-        host_bytes=d.host_bytes,
+    s.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"frames of recent context each chunk attends to while encoding (default: {d.window}; with "
+        "--capacity what the model recommends)",
+    )
+    add_memory_options(s, "device_bytes", "host_bytes", device_bytes=d.device_bytes, host_bytes=d.host_bytes)
+    s.add_argument(
+        "--lock",
+        choices=tuple(DEVICE_LOCKS),
+        default=d.lock,
+        help="the device lock: priority (a question's work before waiting chunks) or fifo (first come, "
+        f"first served, as before; to compare) (default: {d.lock})",
+    )
+    s.add_argument(
+        "--capacity",
+        action="store_true",
+        help=f"ramp the session count until out of the limits (default model {c.model}, --fps {c.fps:g}, "
+        "the model's recommended --window); JSON adds capacity_sessions",
+    )
+    s.add_argument(
+        "--p99-limit",
+        type=float,
+        default=d.p99_limit_s,
+        metavar="SECONDS",
+        help=f"with --capacity: the largest p99 answer latency within the limits (default: {d.p99_limit_s:g})",
+    )
+    s.add_argument(
+        "--max-sessions",
+        type=positive_int,
+        default=d.max_sessions,
+        metavar="N",
+        help=f"with --capacity: the last session count of the ramp (default: {d.max_sessions})",
     )
     add_json_option(s)
     s.set_defaults(func=cmd_bench_serve)
@@ -234,33 +277,44 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     """Run ``streamvlm bench serve``."""
     from .serve import HEADER, run_serve_bench
 
-    sessions = parse_lengths(args.sessions, 1, "1,2,4", flag="--sessions")
-    for name in ("duration", "fps", "question_every"):
+    if args.capacity and args.sessions is not None:
+        raise ConfigError("--capacity picks the session counts itself; leave out --sessions or --capacity")
+    for name in ("duration", "fps", "question_every", "p99_limit"):
         value = getattr(args, name)
-        if not (math.isfinite(value) and value > 0):
+        if value is not None and not (math.isfinite(value) and value > 0):
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
     if args.size < 16 or args.max_new_tokens < 1:
         raise ConfigError("--size must be >= 16 and --max-new-tokens >= 1")
+    given = {
+        "model": args.model,
+        "sessions": parse_lengths(args.sessions, 1, "1,2,4", flag="--sessions") if args.sessions else None,
+        "duration_s": args.duration,
+        "fps": args.fps,
+        "size": args.size,
+        "question_every_s": args.question_every,
+        "max_new_tokens": args.max_new_tokens,
+        "window": args.window,
+        "device_bytes": args.device_bytes,
+        "host_bytes": args.host_bytes,
+        "device": args.device,
+        "dtype": args.dtype,
+        "lock": args.lock,
+        "p99_limit_s": args.p99_limit,
+        "max_sessions": args.max_sessions,
+    }
+    given = {k: v for k, v in given.items() if v is not None}  # the rest: the mode's defaults
+    config = ServeBenchConfig.for_capacity(**given) if args.capacity else ServeBenchConfig(**given)
+    args.model = config.model
     check_model_options(args)
-    config = ServeBenchConfig(
-        model=args.model,
-        sessions=sessions,
-        duration_s=args.duration,
-        fps=args.fps,
-        size=args.size,
-        question_every_s=args.question_every,
-        max_new_tokens=args.max_new_tokens,
-        window=args.window,
-        device_bytes=args.device_bytes,
-        host_bytes=args.host_bytes,
-        device=args.device,
-        dtype=args.dtype,
-    )
     log = line_printer(args.json)
     log(HEADER)
     result = run_serve_bench(config, log=log)
     if not write_results(args, result):
         print(f"machine: {', '.join(f'{k}={v}' for k, v in result.machine.items())}")
+        if config.capacity:
+            print(
+                f"capacity: {result.capacity_sessions} sessions (p99 <= {config.p99_limit_s:g} s, none dropped)"
+            )
     return 0
 
 

@@ -11,6 +11,14 @@ session's memory per tier at the end.
 The clients run on one event loop in the main thread; the server, its decoder pool and
 the sessions' encoder threads are what is measured, but they share the machine with the
 clients, so the figures are a floor for a server on a machine of its own.
+
+Capacity mode (``ServeBenchConfig.for_capacity``, ``--capacity``) asks how many sessions
+one replica serves: it runs the counts of ``ramp_counts`` in turn, by default at 1 fps
+with the model ``streamvlm serve`` loads by default, and stops at the first count out of
+the limits (``within_limits``): a frame lost, a question failed, or a p99 answer latency
+over ``p99_limit_s``. Encoding that falls behind real time shows in that latency too: a
+question waits until every frame sent before it is encoded. ``capacity_sessions`` is the
+largest count within the limits.
 """
 
 from __future__ import annotations
@@ -23,7 +31,9 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+
+from ..cli_options import DEFAULT_MODEL  # what ``streamvlm serve`` loads unless told
 
 QUESTIONS = ("What moved?", "What colour is the square?", "Where is the bright square?")
 
@@ -45,11 +55,28 @@ class ServeBenchConfig:
     size: int = 112  # frame side in pixels
     question_every_s: float = 2.0  # a session asks its next question this long after the last answer
     max_new_tokens: int = 8
-    window: int = 8
+    window: int | None = 8  # None: what the model recommends (``StreamVLM.memory``)
     device_bytes: int = 256 << 10  # small tiers, so blocks move between tiers during the run
     host_bytes: int = 1 << 20
     device: str | None = None
     dtype: str | None = None
+    lock: str = "priority"  # the engine's device lock, by ``DEVICE_LOCKS`` name ("fifo": the old one)
+    capacity: bool = False  # ramp the session count (``sessions`` unused) until out of the limits
+    p99_limit_s: float = 1.0  # capacity mode: the largest p99 answer latency within the limits
+    max_sessions: int = 64  # capacity mode: the last count of the ramp
+
+    @classmethod
+    def for_capacity(cls, **options) -> ServeBenchConfig:
+        """Capacity mode, with its defaults where ``options`` give none: 1 fps, and the model
+        and window a deployment of the tiny model runs (``streamvlm serve``'s default model,
+        the bundled ``streamvlm-tiny-synth``, at the window its checkpoint recommends; the
+        plain mode's ``tiny-qwen2.5-vl`` has random weights, no deployment serves it)."""
+        return replace(cls(**{"model": DEFAULT_MODEL, "fps": 1.0, "window": None, **options}), capacity=True)
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        """The session counts to run, in order (capacity mode stops early)."""
+        return ramp_counts(self.max_sessions) if self.capacity else self.sessions
 
 
 @dataclass
@@ -74,6 +101,12 @@ class ServeBenchRow:
     latency_p99_s: float | None
     ttft_p50_s: float | None
     server_latency_p50_s: float | None
+    # the server's latency in two parts: waiting for the frames sent before the question to
+    # be encoded, then the answer itself (prefill and tokens, device waits included)
+    frames_wait_p50_s: float | None
+    frames_wait_p99_s: float | None
+    answer_p50_s: float | None
+    answer_p99_s: float | None
     memory_bytes_per_session: dict[str, float]  # mean over sessions, per tier
     memory_bytes_max: dict[str, int]  # the largest session, per tier
 
@@ -113,26 +146,67 @@ class ServeBenchResult:
     rows: list[ServeBenchRow] = field(default_factory=list)
     machine: dict = field(default_factory=dict)
 
+    @property
+    def capacity_sessions(self) -> int:
+        """The largest session count within the capacity limits (``capacity_sessions``)."""
+        return capacity_sessions(self.rows, self.config.p99_limit_s)
+
     def to_dict(self) -> dict:
+        capacity = {"capacity_sessions": self.capacity_sessions} if self.config.capacity else {}
         return {
             "config": asdict(self.config),
             "machine": self.machine,
             "rows": [r.to_dict() for r in self.rows],
+            **capacity,
         }
 
 
+def ramp_counts(max_sessions: int) -> tuple[int, ...]:
+    """Capacity mode's session counts up to ``max_sessions``: 1, 2, 4, 6, 8, then steps of the
+    largest power of two within a quarter of the count (10, ..., 16, 20, ..., 32, 40, ...),
+    so a capacity is found to within 25% in a number of runs that grows as its logarithm."""
+    counts, n = [], 1
+    while n <= max_sessions:
+        counts.append(n)
+        n = 2 if n == 1 else n + max(2, 1 << max(0, (n // 4).bit_length() - 1))
+    return tuple(counts)
+
+
+def within_limits(row: ServeBenchRow, p99_limit_s: float) -> bool:
+    """Whether one session count was served within the capacity limits: every frame sent
+    encoded (none dropped or rejected), every question answered, at a p99 latency of at
+    most ``p99_limit_s`` seconds."""
+    lost = row.frames_dropped + row.frames_rejected
+    answered = row.answers > 0 and row.answer_errors == 0
+    return lost == 0 and answered and row.latency_p99_s is not None and row.latency_p99_s <= p99_limit_s
+
+
+def capacity_sessions(rows: list[ServeBenchRow], p99_limit_s: float) -> int:
+    """The largest session count within the limits, counting up until the first count out
+    of them (0 when the first is): a count past a failing one does not count."""
+    best = 0
+    for row in sorted(rows, key=lambda r: r.sessions):
+        if not within_limits(row, p99_limit_s):
+            break
+        best = row.sessions
+    return best
+
+
 def run_serve_bench(config: ServeBenchConfig, log: Callable[[str], None] = print) -> ServeBenchResult:
-    """Load the model once, then for each session count serve it and stream to it."""
+    """Load the model once, then for each session count serve it and stream to it; in
+    capacity mode, stop after the first count out of the limits."""
     import torch
 
     from ..runtime.engine import StreamVLM
+    from ..runtime.scheduling import DEVICE_LOCKS
     from ..servers import ServerSettings, create_app
 
     kwargs = {k: v for k, v in (("device", config.device), ("dtype", config.dtype)) if v is not None}
     engine = StreamVLM.from_pretrained(config.model, **kwargs)
+    engine.device_lock = DEVICE_LOCKS[config.lock]()  # before any session: they all share it
     settings = ServerSettings(
         api_key=None,
-        max_sessions=max(config.sessions),
+        max_sessions=max(config.counts),
         idle_timeout_s=None,
         max_fps=max(30.0, 2 * config.fps),  # the bench measures the server, not its rate limit
         max_new_tokens=max(config.max_new_tokens, 8),
@@ -145,10 +219,15 @@ def run_serve_bench(config: ServeBenchConfig, log: Callable[[str], None] = print
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(),
+            "lock": type(engine.device_lock).__name__,
         },
     )
     frames = _synthetic_frames(config.size)
-    for n in config.sessions:
+    # one session opened and closed first: what a process does once (lazy imports, registries
+    # loading their members; the first lookups are not thread-safe when N sessions open at
+    # once, registry.py) is neither measured nor raced
+    engine.new_session(engine.memory(**_memory_options(config))).close()
+    for n in config.counts:
         server = _LoopbackServer(create_app(engine, settings), settings)
         try:
             row = asyncio.run(_bench_sessions(server.url, n, config, frames))
@@ -156,6 +235,8 @@ def run_serve_bench(config: ServeBenchConfig, log: Callable[[str], None] = print
             server.stop()
         result.rows.append(row)
         log(row.line())
+        if config.capacity and not within_limits(row, config.p99_limit_s):
+            break
     return result
 
 
@@ -167,6 +248,8 @@ async def _bench_sessions(url: str, n: int, config: ServeBenchConfig, frames: li
     latencies = [x for r in runs for x in r["latencies"]]
     ttfts = [x for r in runs for x in r["ttfts"]]
     server_latencies = [x for r in runs for x in r["server_latencies"]]
+    waits = [x for r in runs for x in r["waits"]]
+    answering = [x for r in runs for x in r["answering"]]
     tiers = sorted({tier for r in runs for tier in r["bytes_per_tier"]})
     final = [r["final"] for r in runs]
     return ServeBenchRow(
@@ -188,6 +271,10 @@ async def _bench_sessions(url: str, n: int, config: ServeBenchConfig, frames: li
         latency_p99_s=_percentile(latencies, 99),
         ttft_p50_s=_percentile(ttfts, 50),
         server_latency_p50_s=_percentile(server_latencies, 50),
+        frames_wait_p50_s=_percentile(waits, 50),
+        frames_wait_p99_s=_percentile(waits, 99),
+        answer_p50_s=_percentile(answering, 50),
+        answer_p99_s=_percentile(answering, 99),
         memory_bytes_per_session={
             t: statistics.fmean(r["bytes_per_tier"].get(t, 0) for r in runs) for t in tiers
         },
@@ -198,12 +285,13 @@ async def _bench_sessions(url: str, n: int, config: ServeBenchConfig, frames: li
 async def _one_session(url: str, config: ServeBenchConfig, frames: list[bytes], index: int, n: int) -> dict:
     from ..client.async_client import AsyncStreamClient
 
-    memory = {"window": config.window, "device_bytes": config.device_bytes, "host_bytes": config.host_bytes}
+    memory = _memory_options(config)
     # a wide window: frames are sent on the clock, and acks never hold the sender back
     client = AsyncStreamClient(url, memory=memory, max_in_flight=256, delete_on_exit=False)
     await client.connect()
     loop = asyncio.get_running_loop()
-    stats = {"latencies": [], "ttfts": [], "server_latencies": [], "answer_errors": 0}
+    stats = {"latencies": [], "ttfts": [], "server_latencies": [], "waits": [], "answering": []}
+    stats["answer_errors"] = 0
     stop = asyncio.Event()
     asking = asyncio.create_task(_ask_repeatedly(client, config, stop, stats, index))
     start, k = loop.time(), 0
@@ -261,6 +349,8 @@ async def _ask_repeatedly(
         stats["latencies"].append(end - sent)
         stats["ttfts"].append((first or end) - sent)
         stats["server_latencies"].append(done["timings"]["latency_s"])
+        stats["waits"].append(done["timings"]["wait_s"])
+        stats["answering"].append(done["timings"]["total_s"])
 
 
 # ---------------------------------------------------------------------------- server
@@ -289,6 +379,12 @@ class _LoopbackServer:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _memory_options(config: ServeBenchConfig) -> dict:
+    """The ``MemoryConfig`` fields each session asks for; one not given (``None``) is the model's."""
+    memory = {"window": config.window, "device_bytes": config.device_bytes, "host_bytes": config.host_bytes}
+    return {k: v for k, v in memory.items() if v is not None}
 
 
 def _synthetic_frames(size: int, count: int = 32) -> list[bytes]:

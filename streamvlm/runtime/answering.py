@@ -195,7 +195,8 @@ def decode_answer(
     wait_s: float = 0.0,
     frames_dropped: int = 0,
 ) -> Iterator[str]:
-    """Step 5: yield the answer's text deltas (the lock taken per token), then fill
+    """Step 5: yield the answer's text deltas (``lock`` held around each token's forward:
+    the session passes its device lock's answer class), then fill
     ``stream.answer``. ``wait_s`` and ``frames_dropped`` are what the question's wait for
     its frames took and found (``Answer``)."""
     ttft = time.perf_counter() - ready.started

@@ -8,21 +8,23 @@ from ..config import MemoryConfig
 from ..models.base import Backend
 from ..models.loading import load_backend
 from ..models.recommended import memory_defaults_of as recommended_memory
-from .scheduling import FairLock
+from .scheduling import PriorityLock
 from .session import DEFAULT_SYSTEM_PROMPT, Session
 
 
 class StreamVLM:
     """Owns a model (through its backend) and creates sessions over it.
 
-    Model work from all sessions is serialised with one first-come-first-served lock:
-    the device runs one forward at a time, and sessions interleave between chunks and
-    between tokens.
+    Model work from all sessions is serialised with one lock (``device_lock``): the device
+    runs one forward at a time, and sessions interleave between chunks and between
+    tokens. A question's prefill and tokens go before waiting chunks, and the chunks a
+    question waits for before the others, so a question waits for the chunk being encoded
+    and its own session's, not for every session's queue (``PriorityLock``).
     """
 
     def __init__(self, backend: Backend):
         self.backend = backend
-        self.device_lock = FairLock()
+        self.device_lock = PriorityLock()
 
     @classmethod
     def from_pretrained(

@@ -10,7 +10,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
@@ -33,7 +32,7 @@ from .context import concat_layers, new_kv_from_cache
 from .plan import AnswerPlan, answer_budget
 from .positions import PositionBound, lay_out
 from .questions import check_time_range, validate_question
-from .scheduling import FairLock, Fence, FrameQueue
+from .scheduling import Fence, FrameQueue, PriorityLock
 from .state import StreamState
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -55,7 +54,7 @@ class Session:
         backend: Backend,
         memory: MemoryConfig | None = None,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-        device_lock: AbstractContextManager | None = None,
+        device_lock: PriorityLock | None = None,
         _blocks: BlockMemory | None = None,
         *,
         mirror=None,
@@ -63,7 +62,10 @@ class Session:
         self.backend = backend
         self.memory = memory or MemoryConfig()  # the options; the blocks are ``self.blocks``
         self.system_prompt = system_prompt
-        self._lock = device_lock or FairLock()
+        # model work is held as answer work (a question's prefill and tokens) or encode work,
+        # which goes before other sessions' chunks while a question waits for this session's
+        self._lock = device_lock or PriorityLock()
+        self._encoding = self._lock.for_encoding(awaited=self._question_waits)
         self.chunk_frames = self.memory.chunk_frames or backend.default_chunk_frames
         if self.chunk_frames % backend.frame_multiple:
             raise ConfigError(
@@ -228,6 +230,12 @@ class Session:
         that remains unencoded is the chunk being filled (``pending_frames``)."""
         return self._queue is None or self._queue.idle
 
+    def _question_waits(self) -> bool:
+        """Whether a question waits for this session's encoder (a fence is queued): its next
+        chunk is on the question's path, so the device lock serves it before plain chunks."""
+        queue = self._queue
+        return queue is not None and queue.awaited
+
     def _encode_queued(self) -> None:
         queue = self._queue
         while (item := queue.get()) is not None:
@@ -251,7 +259,7 @@ class Session:
 
         The frames leave ``_pending`` and become a block under one hold of the device lock,
         so a question (which reads both under it) sees them in exactly one of the two."""
-        with self._lock:
+        with self._encoding:
             with self._frames_lock:
                 pending, self._pending = self._pending, []
             if pending:
@@ -395,7 +403,7 @@ class Session:
             )
         waited = time.perf_counter() - started if fence is not None else 0.0
         dropped = fence.dropped if fence is not None else self.queue_counts()[0]
-        with self._lock:
+        with self._lock.for_answer():
             pending, stream.position = self._pending_block(fence)
             if plan.answer_tokens is None:
                 plan = replace(plan, answer_tokens=self._question_budget(stream.question, plan, pending))
@@ -415,7 +423,7 @@ class Session:
             ready,
             backend=self.backend,
             plan=plan,
-            lock=self._lock,
+            lock=self._lock.for_answer(),
             wait_s=waited,
             frames_dropped=dropped,
         )
