@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from ..models.catalog import check_model_name
 from ..runtime.questions import validate_question
 from ..runtime.scheduling import DEVICE_LOCKS
+from .cluster import ClusterBenchConfig
 from .geometry import GeometryBenchConfig
 from .quant import QuantBenchConfig
 from .serve import ServeBenchConfig
@@ -269,6 +270,42 @@ def _add_serve(benches) -> None:
         metavar="N",
         help=f"with --capacity: the last session count of the ramp (default: {d.max_sessions})",
     )
+    cluster = s.add_argument_group(
+        "a cluster on this machine (--ray; docs/deploy.md)",
+        "A multi-node Ray cluster of this machine's processes, a redis-server and a shared store: one "
+        "replica then --replicas, --sessions-per-replica each, the bundled world streamed and asked "
+        "about; with --failover the node of the first session's replica is then killed mid-stream.",
+    )
+    cluster.add_argument("--ray", action="store_true", help="run the cluster benchmark instead")
+    cluster.add_argument(
+        "--replicas",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="replicas of the last step (default: 2)",
+    )
+    cluster.add_argument(
+        "--sessions-per-replica",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"sessions each replica serves (default: {ClusterBenchConfig.sessions_per_replica})",
+    )
+    cluster.add_argument(
+        "--failover",
+        action="store_true",
+        help="kill a replica's node and report failover_s, frames_lost, blocks_lost, "
+        "answers_correct_after_failover",
+    )
+    cluster.add_argument(
+        "--store", default=None, metavar="URL", help="the shared store (default: a temporary directory)"
+    )
+    cluster.add_argument(
+        "--registry",
+        default=None,
+        metavar="URL",
+        help="the session directory (default: a redis-server started for the run)",
+    )
     add_json_option(s)
     s.set_defaults(func=cmd_bench_serve)
 
@@ -276,6 +313,12 @@ def _add_serve(benches) -> None:
 def cmd_bench_serve(args: argparse.Namespace) -> int:
     """Run ``streamvlm bench serve``."""
     from .serve import HEADER, run_serve_bench
+
+    if args.ray:
+        return _bench_cluster(args)
+    for name, flag in _CLUSTER_ONLY:
+        if getattr(args, name) not in (None, False):
+            raise ConfigError(f"{flag} needs --ray")
 
     if args.capacity and args.sessions is not None:
         raise ConfigError("--capacity picks the session counts itself; leave out --sessions or --capacity")
@@ -314,6 +357,54 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         if config.capacity:
             print(
                 f"capacity: {result.capacity_sessions} sessions (p99 <= {config.p99_limit_s:g} s, none dropped)"
+            )
+    return 0
+
+
+# options of ``bench serve`` that mean something only with --ray: (attribute, flag)
+_CLUSTER_ONLY = (
+    ("replicas", "--replicas"),
+    ("sessions_per_replica", "--sessions-per-replica"),
+    ("failover", "--failover"),
+    ("store", "--store"),
+    ("registry", "--registry"),
+)
+
+
+def _bench_cluster(args: argparse.Namespace) -> int:
+    """``bench serve --ray``: one replica then ``--replicas``, and with ``--failover`` a kill."""
+    from ..cluster.settings import ClusterSettings
+    from .cluster import HEADER, run_cluster_bench
+
+    for flag, given in (("--capacity", args.capacity), ("--sessions", args.sessions)):
+        if given:
+            raise ConfigError(f"{flag} is for one server; with --ray use --sessions-per-replica")
+    if args.store is not None or args.registry is not None:  # checked as a replica would
+        ClusterSettings(args.store or "file:///unused", args.registry or "redis://unused:0/0")
+    given = {
+        "model": args.model,
+        "replicas": args.replicas,
+        "sessions_per_replica": args.sessions_per_replica,
+        "fps": args.fps,
+        "question_every_s": args.question_every,
+        "failover": args.failover,
+        "store": args.store,
+        "registry": args.registry,
+        "device": args.device,
+    }
+    config = ClusterBenchConfig(**{k: v for k, v in given.items() if v is not None})
+    args.model = config.model
+    check_model_options(args)
+    log = line_printer(args.json)
+    log(HEADER)
+    result = run_cluster_bench(config, log=log)
+    if not write_results(args, result):
+        failover = result.failover
+        if failover:
+            print(
+                f"failover: {failover['sessions_moved']} session(s) moved in {failover['failover_s']:.2f} s, "
+                f"{failover['frames_lost']} frame(s) and {failover['blocks_lost']} block(s) lost, "
+                f"answers correct after: {failover['answers_correct_after_failover']}"
             )
     return 0
 

@@ -78,8 +78,23 @@ class CameraLog:
     answer_after: str | None = None
 
 
-def run_cluster_bench(config: ClusterBenchConfig, log: Callable[[str], None] = print) -> dict:
-    """Run both steps; returns the JSON report (``rows``, and ``failover`` when asked)."""
+@dataclass
+class ClusterBenchResult:
+    """The figures of ``bench serve --ray`` (its ``--json``)."""
+
+    config: dict
+    store: str
+    rows: list[dict] = field(default_factory=list)  # one per replica count, as the table prints
+    failover: dict | None = None
+    sessions_ratio: float | None = None  # sessions of the last step over the first's
+    p99_ratio: float | None = None  # the same for the p99 answer latency
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_cluster_bench(config: ClusterBenchConfig, log: Callable[[str], None] = print) -> ClusterBenchResult:
+    """Run both steps; returns the figures (``rows``, and ``failover`` when asked)."""
     from ..cluster.deployment import APP_NAME, ReplicaSpec, deploy
     from ..cluster.local import REPLICA_PIN, LocalRayCluster, free_port, start_redis
     from ..cluster.settings import ClusterSettings
@@ -89,7 +104,7 @@ def run_cluster_bench(config: ClusterBenchConfig, log: Callable[[str], None] = p
     redis = start_redis(work) if config.registry is None else None
     store = config.store or f"file://{work / 'shared'}"
     ray_cluster = LocalRayCluster(workers=config.replicas)
-    report: dict = {"config": asdict(config), "store": store, "rows": []}
+    report = ClusterBenchResult(asdict(config), store)
     try:
         cluster = ClusterSettings(
             store, config.registry or redis.url, lease_s=config.lease_s, flush_s=config.flush_s
@@ -116,14 +131,14 @@ def run_cluster_bench(config: ClusterBenchConfig, log: Callable[[str], None] = p
                 )
             )
             row = _row(replicas, cameras, config, tail_s=config.tail_s if last and config.failover else 0.0)
-            report["rows"].append(row)
+            report.rows.append(row)
             log(_line(row))
             if last and config.failover:
-                report["failover"] = _failover(cameras, config)
-        if len(report["rows"]) == 2:
-            one, many = report["rows"]
-            report["sessions_ratio"] = many["sessions"] / one["sessions"]
-            report["p99_ratio"] = _ratio(many["p99_s"], one["p99_s"])
+                report.failover = _failover(cameras, config)
+        if len(report.rows) == 2:
+            one, many = report.rows
+            report.sessions_ratio = many["sessions"] / one["sessions"]
+            report.p99_ratio = _ratio(many["p99_s"], one["p99_s"])
     finally:
         ray_cluster.close()
         if redis is not None:

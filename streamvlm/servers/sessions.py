@@ -56,7 +56,7 @@ class FrameCounts:
 def sample_session(session: Session, device_lock) -> tuple[SessionSample, dict]:
     """A session's stats, read under the device lock (the block store is only consistent
     there): run it off the event loop."""
-    with device_lock:
+    with device_lock.for_answer():  # a short read someone waits for: not behind every chunk
         stats = session.stats()
     sample = SessionSample(
         frames_encoded=stats.frames_encoded,
