@@ -93,6 +93,10 @@ def test_capacity_mode_runs_the_deployed_model_at_1_fps_and_reports_its_capacity
         (["--capacity", "--sessions", "2"], "--sessions"),
         (["--capacity", "--p99-limit", "0"], "--p99-limit"),
         (["--lock", "lifo"], "--lock"),
+        (["--failover"], "--failover needs --ray"),
+        (["--replicas", "3"], "--replicas needs --ray"),
+        (["--ray", "--capacity"], "with --ray use --sessions-per-replica"),
+        (["--ray", "--registry", "http://h:1"], "use redis://"),
     ],
 )
 def test_bench_serve_refuses_capacity_options_that_cannot_work(argv, message, capsys):
@@ -101,3 +105,17 @@ def test_bench_serve_refuses_capacity_options_that_cannot_work(argv, message, ca
     except SystemExit as e:  # argparse refuses a bad choice itself
         code = e.code
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_failover_figures_count_what_the_resumed_memory_lacks():
+    from streamvlm.bench.cluster import CameraLog, ClusterBenchConfig, _failover
+
+    stayed = CameraLog("cam1")
+    moved = CameraLog("cam0", disconnected_at=1.0, failover_s=1.4, answer_after="7")
+    # 24 frames sent, 22 acked as encoded, 20 in the published memory (10 blocks of 2)
+    moved.frames_sent_before, moved.encoded_before = 24, 22
+    moved.restored_frames, moved.restored_blocks = 20, 10
+    figures = _failover([moved, stayed], ClusterBenchConfig(flush_s=2.0))
+    assert figures["sessions_moved"] == 1 and figures["failover_s"] == 1.4
+    assert figures["frames_lost"] == 4 and figures["blocks_lost"] == 1 and figures["frames_per_block"] == 2
+    assert figures["flush_interval_blocks"] == 1 and figures["answers_correct_after_failover"] is True

@@ -64,7 +64,7 @@ class CameraLog:
 
     session_id: str
     session: dict | None = None
-    latencies: list[float] = field(default_factory=list)
+    latencies: list[tuple[float, float]] = field(default_factory=list)  # (asked at, seconds)
     answers: list[str] = field(default_factory=list)
     frames_sent: int = 0
     encoded_acked: int = 0  # the server's latest count of encoded frames
@@ -179,21 +179,26 @@ async def _run_cameras(url: str, ids: list[str], config: ClusterBenchConfig, kil
     cameras = [CameraLog(session_id) for session_id in ids]
     victim = replica_of(url, ids[0]) if kill is not None else None
     killer = None
+    killed: list[float] = []  # when the node was killed
     if kill is not None:
         # the kill lands halfway through the tail, after every camera has seen the world
         delay = len(frames) / config.fps + config.tail_s / 2
-        killer = asyncio.create_task(_kill_after(delay, kill, victim))
+        killer = asyncio.create_task(_kill_after(delay, kill, victim, killed))
     tail = config.tail_s if kill is not None else 0.0
     await asyncio.gather(*(_camera(url, c, frames, config, i, len(ids), tail) for i, c in enumerate(cameras)))
     if killer is not None:
         await killer
     await asyncio.gather(*(_delete(url, c) for c in cameras))
+    if killed:  # the step's figures are those of the cluster whole: answers asked before the kill
+        for camera in cameras:
+            camera.latencies = [(at, s) for at, s in camera.latencies if at < killed[0]]
     return cameras
 
 
-async def _kill_after(delay: float, kill, replica: str) -> None:
+async def _kill_after(delay: float, kill, replica: str, killed: list[float]) -> None:
     ray_cluster, app_name = kill
     await asyncio.sleep(delay)
+    killed.append(time.monotonic())
     await asyncio.to_thread(ray_cluster.remove_node_of, app_name, replica)
 
 
@@ -233,11 +238,13 @@ async def _camera(
     await client.disconnect()
 
 
-async def _ask(client, camera: CameraLog) -> str:
-    sent = time.perf_counter()
+async def _ask(client, camera: CameraLog, counted: bool = True) -> str:
+    """Ask ``QUESTION``; its latency counts in the step's figures unless it is a failover's."""
+    sent = time.monotonic()
     done = await (await client.ask(QUESTION, max_new_tokens=4)).result()
-    camera.latencies.append(time.perf_counter() - sent)
-    camera.answers.append(done["text"])
+    if counted:
+        camera.latencies.append((sent, time.monotonic() - sent))
+        camera.answers.append(done["text"])
     return done["text"]
 
 
@@ -257,7 +264,7 @@ async def _recover(url: str, broken, camera: CameraLog, timeout_s: float = 120.0
             described = await client.stats()
             camera.restored_frames = described["stats"]["frames_encoded"]
             camera.restored_blocks = described["stats"]["blocks"]
-            camera.answer_after = await _ask(client, camera)
+            camera.answer_after = await _ask(client, camera, counted=False)
             camera.failover_s = time.monotonic() - camera.disconnected_at
             return client
         except (ClientError, OSError):
@@ -281,7 +288,7 @@ async def _delete(url: str, camera: CameraLog) -> None:
 
 
 def _row(replicas: int, cameras: list[CameraLog], config: ClusterBenchConfig, tail_s: float) -> dict:
-    latencies = [x for c in cameras for x in c.latencies]
+    latencies = [took for c in cameras for _, took in c.latencies]
     seconds = len(shapes_frames()) / config.fps + tail_s
     return {
         "replicas": replicas,
@@ -289,7 +296,7 @@ def _row(replicas: int, cameras: list[CameraLog], config: ClusterBenchConfig, ta
         "frames_per_s": sum(c.frames_sent for c in cameras) / seconds,
         "dropped": sum(c.dropped for c in cameras),
         "answers": len(latencies),
-        # the last answer of each session, over the whole world
+        # the last answer of each session, over the whole world (after a failover too)
         "correct": sum(c.answers[-1] == ANSWER for c in cameras if c.answers),
         "p50_s": _percentile(latencies, 50),
         "p99_s": _percentile(latencies, 99),
