@@ -152,11 +152,12 @@ class LocalRayCluster:
             time.sleep(0.25)
 
     def close(self) -> None:
+        """Stop Ray and every node. Serve goes with its nodes: ``serve.shutdown()`` first would
+        kill its controller while a retried task of it is pending, and Ray prints that on
+        the driver's stdout, into a ``--json`` report."""
         import ray
-        from ray import serve
 
         try:
-            serve.shutdown()
-        finally:
             ray.shutdown()
+        finally:
             self.cluster.shutdown()
