@@ -17,7 +17,7 @@ from _s3_server import new_bucket_url
 from _server import ServerThread, request
 
 from streamvlm import StreamVLM
-from streamvlm.bench.failover import ANSWER, reconnect_and_ask, shapes_frames, watch
+from streamvlm.bench.failover import ANSWER, published, reconnect_and_ask, shapes_frames, watch
 from streamvlm.cluster.settings import ClusterSettings
 from streamvlm.servers import ServerSettings, create_app
 
@@ -125,3 +125,25 @@ def test_a_session_the_store_cannot_take_is_refused_and_its_name_stays_free(repl
     blocked.unlink()
     status, created = request(replicas["b"].http, "POST", "/v1/sessions", {"id": "cam9"})
     assert status == 201 and created["id"] == "cam9"
+
+
+def test_a_reset_session_is_resumed_elsewhere_as_reset(replicas):
+    """A reset starts the session's store lineage over: another replica resumes the fresh memory."""
+    from streamvlm.client import AsyncStreamClient
+
+    a, b = replicas["a"], replicas["b"]
+    cam = asyncio.run(watch(a.http, "cam5", FRAMES[:6]))
+    assert cam.blocks == 3
+
+    async def reset_then_stream() -> None:
+        client = AsyncStreamClient(a.http, session=dict(cam.session), delete_on_exit=False)
+        await client.connect()
+        await client.reset()
+        for rgb, t in FRAMES[:4]:
+            await client.send_frame(rgb, t)
+        await client.close()
+
+    asyncio.run(reset_then_stream())
+    asyncio.run(published(a.http, cam.session, 30))
+    resumed = asyncio.run(reconnect_and_ask(b.http, cam.session))
+    assert resumed.replica == "b" and (resumed.blocks, resumed.frames_encoded) == (2, 4)
