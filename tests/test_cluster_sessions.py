@@ -34,17 +34,22 @@ def store_url(request, tmp_path):
     return new_bucket_url(request.getfixturevalue("s3_service"))
 
 
-@pytest.fixture
-def replicas(store_url, redis_url, tmp_path):
+def start_replicas(store_url: str, redis_url: str, tmp_path, api_key: str | None = None) -> dict:
     """Replicas ``a`` and ``b`` of one cluster (lease 3 s: renewed every second)."""
     running = {}
     for name in ("a", "b"):
         cluster = ClusterSettings(
             store_url, redis_url, replica_id=name, cache_dir=str(tmp_path / name), lease_s=3.0, flush_s=0.3
         )
-        settings = ServerSettings(api_key=None, idle_timeout_s=None, cluster=cluster)
+        settings = ServerSettings(api_key=api_key, idle_timeout_s=None, cluster=cluster)
         engine = StreamVLM.from_pretrained("streamvlm-tiny-synth", device="cpu")
         running[name] = ServerThread(create_app(engine, settings), settings)
+    return running
+
+
+@pytest.fixture
+def replicas(store_url, redis_url, tmp_path):
+    running = start_replicas(store_url, redis_url, tmp_path)
     yield running
     for server in running.values():
         server.stop()
@@ -147,3 +152,36 @@ def test_a_reset_session_is_resumed_elsewhere_as_reset(replicas):
     asyncio.run(published(a.http, cam.session, 30))
     resumed = asyncio.run(reconnect_and_ask(b.http, cam.session))
     assert resumed.replica == "b" and (resumed.blocks, resumed.frames_encoded) == (2, 4)
+
+
+def test_the_operator_lists_the_clusters_sessions_and_deletes_one_held_elsewhere(redis_url, tmp_path):
+    from streamvlm.memory.mirror import latest_version
+    from streamvlm.memory.objectstore import open_store
+
+    store_url = f"file://{tmp_path / 'shared'}"
+    running = start_replicas(store_url, redis_url, tmp_path, api_key="op-key")
+    try:
+        a, b = running["a"], running["b"]
+        status, created = request(
+            a.http, "POST", "/v1/sessions", {"id": "gate", "persist": True}, token="op-key"
+        )
+        assert status == 201
+        status, listed = request(b.http, "GET", "/v1/sessions", token="op-key")
+        assert listed["sessions"] == []  # b holds none
+        (gate,) = listed["cluster_sessions"]
+        assert gate["id"] == "gate" and gate["owner"] == "a" and gate["lease_alive"] and gate["fence"] == 1
+
+        status, deleted = request(b.http, "DELETE", "/v1/sessions/gate", token="op-key")
+        assert status == 200 and deleted == {"id": "gate", "deleted": True}
+        assert latest_version(open_store(store_url), "gate") is None
+        deadline = time.monotonic() + 10  # a's keeper finds its lease taken and lets go
+        while open_sessions(a) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert open_sessions(a) == 0
+        status, _ = request(a.http, "GET", "/v1/sessions/gate", token=created["token"])
+        assert status == 404
+        status, _ = request(b.http, "DELETE", "/v1/sessions/gate", token="op-key")
+        assert status == 404
+    finally:
+        for server in running.values():
+            server.stop()

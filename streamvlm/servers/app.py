@@ -160,11 +160,14 @@ def create_app(engine, settings: ServerSettings | None = None) -> FastAPI:
     async def list_sessions(request: Request) -> dict:
         """Every open session, for the operator (the API key): ids, activity, counters."""
         require_operator(request)
-        return {
+        listed = {
             "sessions": [served.summary(engine.model_name) for served in registry.all()],
             "max_sessions": settings.max_sessions,
             "idle_timeout_s": settings.idle_timeout_s,
         }
+        if registry.shared is not None:  # every session of the cluster, from the directory
+            listed["cluster_sessions"] = await asyncio.to_thread(registry.shared.listing)
+        return listed
 
     @app.get("/v1/sessions/{session_id}")
     async def get_session(session_id: str, request: Request) -> dict:
@@ -183,6 +186,8 @@ def create_app(engine, settings: ServerSettings | None = None) -> FastAPI:
         """
         authorization = request.headers.get("authorization")
         if is_api_key(bearer_token(authorization)):
+            if registry.shared is not None and registry.held(session_id) is None:
+                return await registry.delete_elsewhere(session_id)
             registry.find(session_id)
             return await registry.delete(session_id, "operator")
         await registry.obtain(session_id, authorization)

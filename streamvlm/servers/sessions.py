@@ -285,6 +285,21 @@ class SessionRegistry:
         """Whether ``token`` is some open session's (every one compared: constant time per session)."""
         return sum(s.matches(token) for s in self._sessions.values()) > 0
 
+    def held(self, session_id: str) -> ServedSession | None:
+        """The session if this server holds it (no checks)."""
+        return self._sessions.get(session_id)
+
+    async def delete_elsewhere(self, session_id: str) -> dict[str, Any]:
+        """In a cluster, the operator deletes a session this replica does not hold: its
+        lease is taken (its holder, if alive, lets go), then it leaves the directory and
+        the store. 404 if the cluster does not know it."""
+        if not await asyncio.to_thread(self.shared.delete_unheld, session_id):
+            raise ProtocolError(
+                "not_found", "no such session (it was deleted, expired or never existed)", status=404
+            )
+        self.metrics.sessions_ended["operator"] += 1
+        return {"id": session_id, "deleted": True}
+
     def find(self, session_id: str) -> ServedSession:
         """The open session ``session_id`` (for the operator, who holds no token); 404 if none."""
         served = self._sessions.get(session_id)

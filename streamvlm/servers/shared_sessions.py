@@ -225,6 +225,37 @@ class SharedSessions:
             delete_session(self.store, session_id)
         self._remove_local(session_id)
 
+    def delete_unheld(self, session_id: str) -> bool:
+        """Delete a session this replica does not hold (the operator's): take its lease so
+        its holder can write no more, then remove it from the directory and the store.
+        False if the cluster does not know it."""
+        from ..cluster.leases import NoSuchSessionError
+        from ..memory.mirror import delete_session
+
+        try:
+            lease = self.directory.acquire(session_id, self.replica)
+        except NoSuchSessionError:
+            return False
+        self.directory.delete(session_id, lease)
+        delete_session(self.store, session_id)
+        return True
+
+    def listing(self) -> list[dict]:
+        """Every session of the cluster, from the directory: who holds it and what the store has."""
+        entries = (self.directory.lookup(session_id) for session_id in self.directory.ids())
+        return [
+            {
+                "id": entry.session_id,
+                "owner": entry.owner,
+                "lease_alive": entry.lease_alive,
+                "fence": entry.fence,
+                "manifest_version": entry.manifest_version,
+                "created_at": entry.created_at,
+            }
+            for entry in entries
+            if entry is not None
+        ]
+
     def released(self, session_id: str) -> None:
         """The session was closed here and published (shutdown): the lease is free for another replica."""
         lease = self.leases.remove(session_id)
