@@ -47,9 +47,9 @@ def test_a_dead_replicas_session_resumes_on_the_other_and_answers_from_the_same_
 ):
     from ray import serve
 
-    from streamvlm.cluster.deployment import APP_NAME, ReplicaSpec, deploy
     from streamvlm.memory.mirror import FencedError, SessionMirror, verify
     from streamvlm.memory.objectstore import open_store
+    from streamvlm.servers.ray_serve import APP_NAME, ReplicaSpec, deploy
 
     ray_cluster.add_workers(2 - len(ray_cluster.workers))  # the previous case killed one
     store_url = (

@@ -64,7 +64,7 @@ def deployment():
     pytest.importorskip(
         "ray.serve", reason="the deployment needs Ray Serve: pip install 'streamvlm[cluster]'"
     )
-    from streamvlm.cluster import deployment
+    from streamvlm.servers import ray_serve as deployment
 
     return deployment
 
@@ -155,7 +155,7 @@ def call(base: str, method: str, path: str, key: str | None, body=None, token: s
 def app(ray_cluster):  # noqa: F811
     """The base URL of two replicas deployed on the cluster, one per worker node, and
     their ids."""
-    from streamvlm.cluster.deployment import APP_NAME, ReplicaSpec, deploy
+    from streamvlm.servers.ray_serve import APP_NAME, ReplicaSpec, deploy
 
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
@@ -237,7 +237,7 @@ def test_websocket_through_the_proxy_streams_frames_and_answers(app):
 def test_keys_of_a_dead_node_reach_the_survivor(app, ray_cluster):  # noqa: F811
     """Runs last: it removes a worker node. Every key, those of the dead replica too,
     then reaches the surviving one."""
-    from streamvlm.cluster.deployment import APP_NAME
+    from streamvlm.servers.ray_serve import APP_NAME
 
     url, replicas = app
     owners = {key: call(url, "GET", "/health", key)[2] for key in KEYS}

@@ -239,8 +239,9 @@ def _add_serve(benches) -> None:
         type=int,
         default=None,
         metavar="N",
-        help=f"frames of recent context each chunk attends to while encoding (default: {d.window}; with "
-        "--capacity what the model recommends)",
+        # the shared option's words (cli_options.py), with this command's two defaults
+        help="frames of recent context each chunk attends to while encoding; 0 encodes each chunk over "
+        f"the system prompt alone (default: {d.window}; with --capacity what the model recommends)",
     )
     add_memory_options(s, "device_bytes", "host_bytes", device_bytes=d.device_bytes, host_bytes=d.host_bytes)
     s.add_argument(

@@ -96,10 +96,10 @@ class ClusterBenchResult:
 
 def run_cluster_bench(config: ClusterBenchConfig, log: Callable[[str], None] = print) -> ClusterBenchResult:
     """Run both steps; returns the figures (``rows``, and ``failover`` when asked)."""
-    from ..cluster.deployment import APP_NAME, ReplicaSpec, deploy
     from ..cluster.local import REPLICA_PIN, LocalRayCluster, free_port, start_redis
     from ..cluster.settings import ClusterSettings
     from ..servers import ServerSettings
+    from ..servers.ray_serve import APP_NAME, ReplicaSpec, deploy
 
     work = Path(tempfile.mkdtemp(prefix="streamvlm-bench-cluster-"))
     redis = start_redis(work) if config.registry is None else None
@@ -167,7 +167,7 @@ def balanced_ids(url: str, replicas: int, per_replica: int, prefix: str) -> list
 
 def replica_of(url: str, session_id: str) -> str:
     """The Serve id of the replica ``session_id`` is routed to (``x-streamvlm-replica``)."""
-    from ..cluster.deployment import REPLICA_HEADER
+    from ..servers.ray_serve import REPLICA_HEADER
 
     request = urllib.request.Request(url + "/health", headers={"x-session-id": session_id})
     with urllib.request.urlopen(request, timeout=30) as response:

@@ -28,7 +28,7 @@ from .openai_compat import add_openai_routes
 from .protocol import ProtocolError
 from .sessions import SessionRegistry, bearer_token
 from .settings import API_KEY_ENV, ServerSettings
-from .stream import StreamConnection
+from .stream import KICK_TIMEOUT_S, StreamConnection
 
 log = logging.getLogger("streamvlm.server")
 
@@ -198,6 +198,10 @@ def create_app(engine, settings: ServerSettings | None = None) -> FastAPI:
         """Frames and questions in, acks and streamed answers out (docs/protocol.md)."""
         try:
             served = await registry.obtain(session_id, ws.headers.get("authorization"))
+            # a client that reconnects right after its socket broke finds the old connection
+            # still finishing (stopping an answer at its next token): wait for it, not 409
+            if served.connection is not None and served.connection.closing:
+                await served.connection.finished(KICK_TIMEOUT_S)
             if served.connection is not None:
                 raise ProtocolError(
                     "already_streaming",

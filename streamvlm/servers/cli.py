@@ -19,8 +19,8 @@ from ..cli_options import (
     check_port,
     load_model,
 )
-from ..cluster.cli import add_ray_options, cluster_settings_from_args, cmd_serve_ray
 from ..errors import ConfigError
+from .ray_cli import add_ray_options, cluster_settings_from_args, cmd_serve_ray
 from .settings import API_KEY_ENV, ServerSettings
 
 

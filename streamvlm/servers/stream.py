@@ -106,6 +106,19 @@ class StreamConnection:
                 session.on_caught_up = None
             self.served.touch()
 
+    @property
+    def closing(self) -> bool:
+        """The socket is gone or going, and the connection is finishing (an answer being
+        stopped at its next token): a new connection to its session may wait for it."""
+        return not self._open
+
+    async def finished(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for this connection's handler to end."""
+        if self._task is None or self._task.done():
+            return True
+        done, _ = await asyncio.wait({self._task}, timeout=timeout)
+        return bool(done)
+
     async def kick(self, code: str, message: str) -> None:
         """End the connection from outside (the session is being deleted).
 

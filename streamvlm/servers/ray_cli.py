@@ -16,8 +16,8 @@ import time
 from dataclasses import replace
 
 from ..cli_options import positive_int
+from ..cluster.settings import ClusterSettings
 from ..errors import ConfigError
-from .settings import ClusterSettings
 
 # the options that mean something only with --ray: (attribute, flag)
 RAY_ONLY = (
@@ -145,8 +145,8 @@ def cmd_serve_ray(args: argparse.Namespace, settings) -> int:
         _check_port_free(args.host, args.port)  # a local proxy would bind it: fail before Ray starts
 
     from ..cli_options import announce_listening, model_options
-    from ..servers.settings import API_KEY_ENV
-    from . import deployment
+    from . import ray_serve as deployment
+    from .settings import API_KEY_ENV
 
     options = model_options(args)
     spec = deployment.ReplicaSpec(
@@ -188,7 +188,7 @@ def _interrupt(signum, frame) -> None:
 
 
 def _check_port_free(host: str, port: int) -> None:
-    from ..servers.run import bind_socket
+    from .run import bind_socket
 
     bind_socket(host, port).close()
 

@@ -5,7 +5,7 @@
   afterwards around it (Serve's late-bound ingress, ``__serve_build_asgi_app__``), so the
   model is loaded once per replica and never pickled.
 - ``bind_app`` / ``build_app``: the bound Serve application (``build_app`` is the builder a
-  Serve config or a KubeRay ``RayService`` names: ``streamvlm.cluster.deployment:build_app``).
+  Serve config or a KubeRay ``RayService`` names: ``streamvlm.servers.ray_serve:build_app``).
 - ``deploy``: connect to (or start) Ray, start Serve's proxy and run the application.
 
 Routing: Ray's proxy copies the request header ``x-session-id`` (for HTTP requests and
@@ -30,9 +30,9 @@ import ray
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
+from ..cluster.settings import ClusterSettings
 from ..errors import ConfigError
-from ..servers.settings import ServerSettings
-from .settings import ClusterSettings
+from .settings import ServerSettings
 
 APP_NAME = "streamvlm"
 # Ray's default session header; each proxy reads the name from RAY_SERVE_SESSION_ID_HEADER_KEY
@@ -184,7 +184,7 @@ class StreamVLMReplica:
         self.served_app = None  # not `app`: the ingress wrapper's property
 
     def __serve_build_asgi_app__(self):
-        from ..servers.app import create_app
+        from .app import create_app
 
         self.served_app = create_app(self.engine, self.settings)
         return ReplicaHeader(self.served_app, self.replica)
@@ -221,7 +221,7 @@ def bind_app(
 
 def build_app(args: dict[str, Any]):
     """Serve's application builder for config files (``import_path:
-    streamvlm.cluster.deployment:build_app``), with ``args``:
+    streamvlm.servers.ray_serve:build_app``), with ``args``:
 
     ``model`` (required), ``replicas`` (1), ``device``, ``dtype``, ``max_sessions``,
     ``store`` and ``registry`` (both or neither: a cluster with a shared store),
