@@ -185,3 +185,30 @@ def test_the_operator_lists_the_clusters_sessions_and_deletes_one_held_elsewhere
     finally:
         for server in running.values():
             server.stop()
+
+
+def test_a_session_no_replica_holds_is_swept_after_the_idle_timeout(redis_url, tmp_path):
+    """Replica a shuts down (its sessions released for another replica to resume); nobody
+    comes back for them, so replica b deletes them from the directory and the store."""
+    from streamvlm.memory.mirror import latest_version
+    from streamvlm.memory.objectstore import open_store
+
+    store_url = f"file://{tmp_path / 'shared'}"
+    running = {}
+    for name in ("a", "b"):
+        cluster = ClusterSettings(store_url, redis_url, replica_id=name, cache_dir=str(tmp_path / name))
+        settings = ServerSettings(api_key=None, idle_timeout_s=1.0, cluster=cluster)
+        engine = StreamVLM.from_pretrained("streamvlm-tiny-synth", device="cpu")
+        running[name] = ServerThread(create_app(engine, settings), settings)
+    try:
+        status, _ = request(running["a"].http, "POST", "/v1/sessions", {"id": "left", "persist": True})
+        assert status == 201 and latest_version(open_store(store_url), "left") is not None
+        running["a"].stop()  # a clean shutdown: published, lease released, nothing deleted
+        deadline = time.monotonic() + 15
+        while latest_version(open_store(store_url), "left") is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert latest_version(open_store(store_url), "left") is None
+        status, _ = request(running["b"].http, "POST", "/v1/sessions", {"id": "left"})
+        assert status == 201  # the name is free again
+    finally:
+        running["b"].stop()

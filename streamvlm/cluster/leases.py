@@ -103,6 +103,14 @@ class SessionEntry:
             and self.lease_expires_at > self.checked_at
         )
 
+    @property
+    def unheld_s(self) -> float:
+        """Seconds no replica has held the session (its lease expired or was released), as
+        of the read; 0 while a lease is alive."""
+        if self.lease_alive or self.lease_expires_at is None:
+            return 0.0
+        return max(0.0, self.checked_at - self.lease_expires_at)
+
 
 # --- Lua scripts. KEYS[1] = the session hash, KEYS[2] = its fence counter. ----------------
 
@@ -175,10 +183,13 @@ return 1
 
 # ARGV: owner, fence -> 1 if released, 0 if no longer held
 _RELEASE = (
-    _HELD
+    _NOW
+    + _HELD
     + """
 if not held() then return 0 end
-redis.call('HDEL', KEYS[1], 'owner', 'lease_expires_at')
+redis.call('HDEL', KEYS[1], 'owner')
+-- the lease ends now: how long a session went unheld is what sweeping abandoned ones reads
+redis.call('HSET', KEYS[1], 'lease_expires_at', string.format('%.6f', now))
 return 1
 """
 )
@@ -352,7 +363,8 @@ class SessionDirectory:
         return self._lease_script("record_manifest", lease, int(version))
 
     def release(self, lease: Lease) -> bool:
-        """Give the lease up (the session stays registered, with no owner), only if held."""
+        """Give the lease up (the session stays registered, with no owner, its lease ended
+        now), only if held."""
         return self._lease_script("release", lease)
 
     def delete(self, session_id: str, lease: Lease | None = None) -> bool:

@@ -410,7 +410,8 @@ class SessionRegistry:
         return [sample for sample, _ in pairs]
 
     async def expire_idle(self) -> list[str]:
-        """Delete sessions with no connection and no request for ``idle_timeout_s``."""
+        """Delete sessions with no connection and no request for ``idle_timeout_s``; in a
+        cluster also those no replica has held for that long (``SharedSessions.sweep``)."""
         if self.settings.idle_timeout_s is None:
             return []
         now = time.monotonic()
@@ -422,6 +423,10 @@ class SessionRegistry:
         for session_id in idle:
             if session_id in self._sessions:
                 await self.delete(session_id, "idle")
+        if self.shared is not None:  # and the cluster's sessions that no replica holds
+            swept = await asyncio.to_thread(self.shared.sweep, self.settings.idle_timeout_s)
+            self.metrics.sessions_ended["idle"] += len(swept)
+            idle += swept
         return idle
 
     # ----- a cluster's sessions --------------------------------------------------

@@ -240,6 +240,19 @@ class SharedSessions:
         delete_session(self.store, session_id)
         return True
 
+    def sweep(self, idle_s: float) -> list[str]:
+        """Delete the sessions no replica has held for ``idle_s`` seconds (their replica died
+        or shut down and their client never came back); returns their ids. Any replica may
+        sweep: a session taken back meanwhile is only deleted by whoever gets the lease."""
+        swept = []
+        for session_id in self.directory.ids():
+            if self.leases.get(session_id) is not None:
+                continue
+            entry = self.directory.lookup(session_id)
+            if entry is not None and entry.unheld_s > idle_s and self.delete_unheld(session_id):
+                swept.append(session_id)
+        return swept
+
     def listing(self) -> list[dict]:
         """Every session of the cluster, from the directory: who holds it and what the store has."""
         entries = (self.directory.lookup(session_id) for session_id in self.directory.ids())
