@@ -7,8 +7,9 @@ reaches (``file://`` on a shared mount, ``s3://``) after each checkpoint. Any re
 then restore the session from the store and resume it.
 
 Publishing runs in the tier's own thread, not in the checkpoint: a checkpoint runs under
-the device lock, and an upload to a network store (at Qwen2.5-VL-7B geometry about 1 MB
-per frame with the default codec) must not hold every other session's answers. The
+the device lock, and an upload to a network store (Qwen2.5-VL-7B with the default codec
+stores 2.6 MB per 720p frame at its checkpoint's pixel budget, about 0.9 MB at the
+streaming default: docs/BENCHMARKS.md) must not hold every other session's answers. The
 directory may change while it is read: that is safe because segments only grow (a part
 read mid-append is a torn tail that reopening truncates, and the next publish sends the
 rest), every other file is replaced atomically, and resuming reconciles a block table,
