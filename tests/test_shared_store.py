@@ -389,3 +389,25 @@ def test_delete_session_removes_everything(store, tmp_path):
     assert latest_version(store, "kept") == 1
     with pytest.raises(NoSuchSessionError):
         verify(store, "gone")
+
+
+def test_a_delete_with_a_fence_leaves_a_tombstone_no_late_writer_passes(store, tmp_path):
+    directory = tmp_path / "d"
+    directory.mkdir()
+    (directory / "session.json").write_text("{}")
+    late = SessionMirror(store, "cam", fence=1, owner="a")
+    late.publish(directory)
+    delete_session(store, "cam", fence=2, owner="b")  # b took the lease (fence 2) and deleted it
+    (tombstone,) = store.list("sessions/cam/")  # one empty manifest, no object
+    assert tombstone.startswith("sessions/cam/manifests/") and latest_version(store, "cam") is None
+    with pytest.raises(FencedError):
+        late.publish(directory)  # a's publish, racing the delete, cannot bring it back
+    with pytest.raises(NoSuchSessionError):
+        SessionMirror.restore(store, "cam", tmp_path / "r1", 3, "c")
+    assert store.list("sessions/cam/") == [tombstone]
+    # a new session of that name (a newer fence) publishes on top of the tombstone
+    fresh = SessionMirror(store, "cam", fence=3, owner="c")
+    version = fresh.publish(directory)
+    assert latest_version(store, "cam") == version and verify(store, "cam") == []
+    SessionMirror.restore(store, "cam", tmp_path / "r2", 4, "d")
+    assert (tmp_path / "r2" / "session.json").read_text() == "{}"

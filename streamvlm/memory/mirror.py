@@ -179,9 +179,10 @@ def _read_latest(store: ObjectStore, session_id: str) -> Manifest | None:
 
 
 def latest_version(store: ObjectStore, session_id: str) -> int | None:
-    """The version of the newest manifest of ``session_id``, ``None`` if there is none."""
-    versions = _versions(store, session_id)
-    return versions[-1] if versions else None
+    """The version of the newest manifest of ``session_id``; ``None`` if there is none or
+    the session was deleted (its newest manifest is a tombstone: no files)."""
+    latest = _read_latest(store, session_id)
+    return latest.version if latest is not None and latest.files else None
 
 
 def verify(store: ObjectStore, session_id: str) -> list[str]:
@@ -224,12 +225,22 @@ def verify(store: ObjectStore, session_id: str) -> list[str]:
     return problems
 
 
-def delete_session(store: ObjectStore, session_id: str) -> None:
-    """Remove everything the store holds for ``session_id`` (manifests first: no reader ever
-    finds a manifest whose objects are gone)."""
+def delete_session(store: ObjectStore, session_id: str, fence: int | None = None, owner: str = "") -> None:
+    """Remove what the store holds for ``session_id`` (manifests first: no reader ever finds
+    a manifest whose objects are gone).
+
+    With the deleting writer's ``fence`` a tombstone stays: an empty manifest with that
+    fence, newest of all, so that a replica whose lease was taken just before the delete
+    cannot publish the session back (its fence is older: ``FencedError``), and a restore
+    finds nothing (``NoSuchSessionError``). A new session of the same name, with a newer
+    fence, publishes on top of it. ``FencedError`` if a newer owner has committed.
+    """
     prefix = _prefix(session_id)
-    store.delete(store.list(prefix + "manifests/"))
-    store.delete(store.list(prefix))
+    keep = set()
+    if fence is not None:
+        keep.add(_manifest_key(session_id, SessionMirror(store, session_id, fence, owner).bury()))
+    store.delete(k for k in store.list(prefix + "manifests/") if k not in keep)
+    store.delete(k for k in store.list(prefix) if k not in keep)
 
 
 # ---------------------------------------------------------------- the local directory
@@ -346,6 +357,18 @@ class SessionMirror:
             if self._commit(self._manifest(latest, dict(latest.files) if latest else {})):
                 return self.version
         raise MirrorConflictError(f"claim of session {self.session_id!r} lost {COMMIT_ATTEMPTS} races; retry")
+
+    def bury(self) -> int:
+        """Commit an empty manifest (a tombstone) with this writer's fence on top of the
+        latest; returns its version (``delete_session``)."""
+        for _ in range(COMMIT_ATTEMPTS):
+            latest = _read_latest(self.store, self.session_id)
+            self._check_not_fenced(latest)
+            if self._commit(self._manifest(latest, {})):
+                return self.version
+        raise MirrorConflictError(
+            f"delete of session {self.session_id!r} lost {COMMIT_ATTEMPTS} races; retry"
+        )
 
     @classmethod
     def restore(

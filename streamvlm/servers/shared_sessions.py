@@ -158,8 +158,8 @@ class SharedSessions:
         from ..memory.mirror import SessionMirror, delete_session
 
         _stop_publishing(old, "reset")
-        delete_session(self.store, session_id)
         lease = self.leases.get(session_id)
+        delete_session(self.store, session_id, lease.fence, self.replica)
         local = self._fresh_dir(session_id, generation=True)
         return self._open(options, local, SessionMirror(self.store, session_id, lease.fence, self.replica))
 
@@ -222,7 +222,7 @@ class SharedSessions:
         lease = self.leases.remove(session_id)
         if lease is not None and self.directory.holds(lease):
             self.directory.delete(session_id, lease)
-            delete_session(self.store, session_id)
+            delete_session(self.store, session_id, lease.fence, self.replica)
         self._remove_local(session_id)
 
     def delete_unheld(self, session_id: str) -> bool:
@@ -237,7 +237,7 @@ class SharedSessions:
         except NoSuchSessionError:
             return False
         self.directory.delete(session_id, lease)
-        delete_session(self.store, session_id)
+        delete_session(self.store, session_id, lease.fence, self.replica)
         return True
 
     def sweep(self, idle_s: float) -> list[str]:
