@@ -65,6 +65,13 @@ class SessionOptions:
     # the name the client gave it (a cluster routes by it); None: the server picks one
     session_id: str | None = None
 
+    def open(self, engine, memory: MemoryConfig | None = None, **extra):
+        """A new ``Session`` of ``engine`` with these options (``memory`` instead of
+        ``self.memory`` when given; ``extra``: more ``new_session`` keywords, e.g. ``mirror``)."""
+        if self.system_prompt is not None:
+            extra["system_prompt"] = self.system_prompt
+        return engine.new_session(memory or self.memory, **extra)
+
 
 # a session's name when its client gives one: safe in a URL path, a Redis key and a file name
 SESSION_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")

@@ -85,15 +85,14 @@ class ServedSession:
         options: SessionOptions,
         settings: ServerSettings,
         *,
-        session_id: str | None = None,
-        token: str | None = None,
+        session_id: str,
+        token: str,
     ):
-        # a name the client gave, else 128 random bits: unguessable, safe in a URL
-        self.id = session_id or options.session_id or new_session_id()
-        self.token = token or secrets.token_urlsafe(32)
+        self.id = session_id  # the name its client gave, else ``new_session_id()``
+        self.token = token
         self.session: Session | None = session  # None once deleted
+        self.options = options  # what a reset opens the session with again
         self.memory: MemoryConfig = options.memory
-        self.system_prompt = options.system_prompt
         self.persist = options.persist  # kept after its client's ``close``
         self.created_at = time.time()
         self.last_active = time.monotonic()
@@ -231,10 +230,7 @@ class SessionRegistry:
             if self.shared is not None:
                 session = await asyncio.to_thread(self.shared.create, session_id, token, options)
             else:
-                kwargs = {"memory": options.memory} | (
-                    {"system_prompt": options.system_prompt} if options.system_prompt is not None else {}
-                )
-                session = await asyncio.to_thread(self.engine.new_session, **kwargs)
+                session = await asyncio.to_thread(options.open, self.engine)
         finally:
             release()
         served = ServedSession(session, options, self.settings, session_id=session_id, token=token)
@@ -330,13 +326,9 @@ class SessionRegistry:
         and answers already under way keep reading it, so they answer what was asked.
         """
         if self.shared is not None:
-            options = SessionOptions(served.memory, served.system_prompt, served.persist, served.id)
-            fresh = await asyncio.to_thread(self.shared.restart, served.id, served.session, options)
+            fresh = await asyncio.to_thread(self.shared.restart, served.id, served.session, served.options)
         else:
-            kwargs = {"memory": served.memory}
-            if served.system_prompt is not None:
-                kwargs["system_prompt"] = served.system_prompt
-            fresh = await asyncio.to_thread(self.engine.new_session, **kwargs)
+            fresh = await asyncio.to_thread(served.options.open, self.engine)
         old, served.session = served.session, fresh
         served.last_t = None
         served.resets += 1
@@ -448,7 +440,7 @@ class SessionRegistry:
                 "session_moved", "another replica serves this session now; reconnect to continue"
             )
         await self._retire(served, served.session)
-        await asyncio.to_thread(self.shared._remove_local, session_id)
+        await asyncio.to_thread(self.shared.remove_local, session_id)
 
     def start_shared(self) -> None:
         """In a cluster, on the event loop: start renewing leases; a session whose lease

@@ -164,9 +164,7 @@ class SharedSessions:
         return self._open(options, local, SessionMirror(self.store, session_id, lease.fence, self.replica))
 
     def _open(self, options: SessionOptions, local: Path, mirror) -> Session:
-        memory = replace(options.memory, disk_dir=str(local))
-        prompt = {"system_prompt": options.system_prompt} if options.system_prompt is not None else {}
-        return self.engine.new_session(memory, mirror=mirror, **prompt)
+        return options.open(self.engine, replace(options.memory, disk_dir=str(local)), mirror=mirror)
 
     def _fresh_dir(self, session_id: str, generation: bool = False) -> Path:
         """An empty local directory for a session's copy (a previous copy here is stale)."""
@@ -223,7 +221,7 @@ class SharedSessions:
         if lease is not None and self.directory.holds(lease):
             self.directory.delete(session_id, lease)
             delete_session(self.store, session_id, lease.fence, self.replica)
-        self._remove_local(session_id)
+        self.remove_local(session_id)
 
     def delete_unheld(self, session_id: str) -> bool:
         """Delete a session this replica does not hold (the operator's): take its lease so
@@ -274,9 +272,10 @@ class SharedSessions:
         lease = self.leases.remove(session_id)
         if lease is not None:
             self.directory.release(lease)
-        self._remove_local(session_id)
+        self.remove_local(session_id)
 
-    def _remove_local(self, session_id: str) -> None:
+    def remove_local(self, session_id: str) -> None:
+        """Delete this replica's copies of the session (after it was closed here)."""
         for path in [self.cache / session_id, *self.cache.glob(f"{session_id}.*")]:
             shutil.rmtree(path, ignore_errors=True)
 
