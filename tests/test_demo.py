@@ -379,7 +379,11 @@ def test_demo_page_streams_the_webcam_into_a_session_and_answers(served_demo, br
         "the attended frames' thumbnails",
         lambda: browser.find_elements(By.CSS_SELECTOR, "#streamvlm-attended img"),
     )
-    assert session.stats().frames_seen > 4, "frames keep flowing while the answer streams"
+    # Frames keep flowing around the answer. Not strictly *while* it streams any more: the
+    # device lock lets up to MAX_PASSED_OVER (16) answer grants overtake a waiting chunk, so
+    # a short answer can hold the chunk until it ends (runtime/scheduling.py); the next
+    # frames are taken right after.
+    _wait("webcam frames after the answer", lambda: session.stats().frames_seen > 4, timeout=15)
 
     artifacts = Path(os.environ.get("STREAMVLM_TEST_ARTIFACTS") or tmp_path)
     artifacts.mkdir(parents=True, exist_ok=True)
