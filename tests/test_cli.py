@@ -329,7 +329,20 @@ def test_info(capfd):
 def test_bench_stream_small_run_prints_json_and_plot(tmp_path, capfd):
     plot = tmp_path / "bench.png"
     proc = run_main(
-        ["bench", "stream", "--lengths", "12,24", "--window", "4", "--json", "--plot", str(plot)], capfd
+        [
+            "bench",
+            "stream",
+            "--lengths",
+            "12,24",
+            "--window",
+            "4",
+            "--questions",
+            "2",
+            "--json",
+            "--plot",
+            str(plot),
+        ],
+        capfd,
     )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)

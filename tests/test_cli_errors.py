@@ -43,6 +43,7 @@ CHEAP = {  # case: (arguments, fragment of the error line); run in `places`
     "eval needle an unknown model": (["eval", "needle", "--model", "nope"], "unknown model"),
     "eval clips an unknown model": (["eval", "clips", "--model", "nope"], "unknown model"),
     "bench stream an unknown model": (["bench", "stream", "--model", "nope"], "unknown model"),
+    "bench stream no questions": (["bench", "stream", "--questions", "0"], "--questions must be >= 1"),
     "bench quant an unknown model": (["bench", "quant", "--kv-sets", "synthetic,nope"], "unknown model"),
     "bench geometry a missing video": (
         ["bench", "geometry", "--model", "geom-qwen2.5-vl-3b", "--video", "missing.mp4"],

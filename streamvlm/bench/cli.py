@@ -76,6 +76,12 @@ def _add_stream(benches) -> None:
         host_bytes=d.host_bytes,
     )
     s.add_argument("--question", default=d.question)
+    s.add_argument(
+        "--questions",
+        type=int,
+        default=d.questions,
+        help="asks per checkpoint; TTFT and load time are their medians (default: %(default)s)",
+    )
     s.add_argument("--baseline-cap-s", type=float, default=d.baseline_cap_s)
     add_json_option(s)
     add_plot_option(s)
@@ -88,6 +94,8 @@ def cmd_bench_stream(args: argparse.Namespace) -> int:
 
     lengths = parse_lengths(args.lengths, 2, "100,300,1000")
     check_model_options(args)
+    if args.questions < 1:
+        raise ConfigError(f"--questions must be >= 1, got {args.questions}")
     config = StreamBenchConfig(
         model=args.model,
         lengths=lengths,
@@ -100,6 +108,7 @@ def cmd_bench_stream(args: argparse.Namespace) -> int:
         answer_tokens=args.answer_tokens,
         max_position_span=args.max_position_span,
         question=validate_question(args.question, MemoryConfig.max_question_chars),
+        questions=args.questions,
         baseline_cap_s=args.baseline_cap_s,
         device=args.device,
         dtype=args.dtype,

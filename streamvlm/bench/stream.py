@@ -1,7 +1,7 @@
 """``streamvlm bench stream``: cost per frame, time to first token and memory against stream length.
 
 A synthetic video of growing length streams through one session. At each checkpoint
-length a question is asked (retrieval on), and — side by side, in the same run — the
+length a question is asked ``questions`` times (retrieval on; the median time counts), and — side by side, in the same run — the
 baseline a user would otherwise write answers the same question with plain transformers
 ``generate()`` over every frame so far, until it passes a time or memory cap.
 """
@@ -29,6 +29,9 @@ class StreamBenchConfig:
     answer_tokens: int | None = None  # MemoryConfig.answer_tokens (None: from the device budget)
     max_position_span: int | None = None  # MemoryConfig.max_position_span (None: the model's)
     question: str = "What colour was the circle?"
+    # asks per checkpoint: one question's time is noisy (a scheduler hiccup, the first
+    # answer's warm-up), so TTFT and load time are the medians over this many
+    questions: int = 3
     baseline_cap_s: float = 30.0  # stop the baseline once one answer takes longer than this
     baseline_cap_bytes: int = 8 << 30  # ... or once its KV cache would pass this
     seed: int = 0
@@ -41,8 +44,8 @@ class StreamBenchConfig:
 class Checkpoint:
     frames: int
     encode_ms_per_frame: float  # median over the frames since the previous checkpoint
-    ttft_s: float
-    load_s: float
+    ttft_s: float  # median over the checkpoint's questions
+    load_s: float  # median block-load seconds per question
     blocks_attended: int
     bytes_per_tier: dict[str, int]
     answer_mode: str  # lossless or retrieval
@@ -124,14 +127,18 @@ def run_stream_bench(config: StreamBenchConfig, log=print) -> StreamBenchResult:
             chunk = session.chunk_frames  # a chunk's cost lands on its last frame: average over chunks
             sums = [sum(segment[j : j + chunk]) / chunk for j in range(0, len(segment) - chunk + 1, chunk)]
             per_frame = []
-            load_before = session.stats().load_s
-            answer = session.ask(config.question, max_new_tokens=1)
+            ttfts, loads = [], []
+            for _ in range(config.questions):
+                load_before = session.stats().load_s
+                answer = session.ask(config.question, max_new_tokens=1)
+                ttfts.append(answer.timings.ttft_s)
+                loads.append(session.stats().load_s - load_before)
             stats = session.stats()
             cp = Checkpoint(
                 frames=i + 1,
                 encode_ms_per_frame=1000 * statistics.median(sums),
-                ttft_s=answer.timings.ttft_s,
-                load_s=stats.load_s - load_before,
+                ttft_s=statistics.median(ttfts),
+                load_s=statistics.median(loads),
                 blocks_attended=len(answer.blocks),
                 bytes_per_tier=stats.bytes_per_tier,
                 answer_mode=answer.mode,
