@@ -21,7 +21,6 @@ over packed blocks"). Importing this module never imports triton.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -240,3 +239,87 @@ def packed_scores(
         rows = query_rows(q.to(device, torch.float32), key_enc.shape[0])
         scores = fused.packed_scores(fused.mixed_queries(rows, codec, key_enc.layer, scale), key_enc, codec)
     return scores.reshape(*q.shape[:2], -1)
+
+
+# HBM traffic model --------------------------------------------------------------------------
+
+FLOAT32 = 4
+COMPLEX64 = 8
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """HBM bytes of one attention path over the retrieved blocks of every layer (one question)."""
+
+    per_question: int  # moved once, when the question's blocks are made ready (decode)
+    per_token: int  # moved by each generated token's attention over those blocks
+    resident: int  # device bytes the blocks occupy while the answer is generated
+
+
+def key_decode_bytes_per_row(head_dim: int, sign_channels: int, out_bytes: int) -> int:
+    """HBM bytes ``vidkv_triton.decode_keys`` moves per head and token, beyond reading the packed bits.
+
+    The kernel writes the uniform channels and the ``m`` float32 rfft components; then the
+    torch ops of ``spectral.from_rfft_components`` and the cast and scatter each read and
+    write whole tensors (cuFFT's internal passes not counted: a lower bound).
+    """
+    m = sign_channels
+    k = m // 2 + 1  # complex bins of the inverse rfft
+    terms = {
+        "kernel: uniform channels": (head_dim - m) * out_bytes,
+        "kernel: components": m * FLOAT32,
+        "zeros_like(imag)": k * FLOAT32,
+        "imag[...] = c[k:]": 2 * (m - k) * FLOAT32,
+        "c[:k].contiguous()": 2 * k * FLOAT32,
+        "torch.complex": 2 * k * COMPLEX64,
+        "irfft": k * COMPLEX64 + m * FLOAT32,
+        ".to(dtype)": m * FLOAT32 + m * out_bytes,
+        "scatter_": 2 * m * out_bytes,
+    }
+    return sum(terms.values())
+
+
+def traffic_model(
+    *,
+    layers: int,
+    kv_heads: int,
+    head_dim: int,
+    tokens: int,
+    block_tokens: int,
+    rows: int,
+    key_bits: float,
+    value_bits: float,
+    sign_channels: int,
+    out_bytes: int = 2,
+    tokens_per_program: int = 256,
+) -> dict[str, Traffic]:
+    """HBM bytes of decode-then-attend and of the fused path over ``tokens`` retrieved tokens.
+
+    ``key_bits``/``value_bits``: stored bits per element, metadata included
+    (``EncodedTensor.bits_per_element``); ``rows``: query rows per KV head in a decode step
+    (query heads per KV head); ``out_bytes``: the decoded cache's element size (bf16: 2).
+    What both paths share is left out: the host-to-device copy of the packed blocks, the
+    queries and outputs (``rows x head_dim`` per head), the model's weights.
+
+    * decode then attend: once per question, decode reads the packed bits and writes the
+      cache (keys through the irfft's intermediates, ``key_decode_bytes_per_row``); every
+      generated token's attention then reads keys and values at ``out_bytes``.
+    * fused: every generated token reads the packed bits, and each program writes a partial
+      (``rows x (head_dim + 2)`` floats) that the combine reads back (small enough to stay in
+      L2 on an H100; counted anyway). The queries' rfft transform is ``rows x m`` floats.
+    """
+    head_tokens = layers * kv_heads * tokens
+    packed = round(head_tokens * head_dim * (key_bits + value_bits) / 8)
+    decoded_row = 2 * head_dim * out_bytes
+    decode_writes = head_tokens * (
+        key_decode_bytes_per_row(head_dim, sign_channels, out_bytes) + head_dim * out_bytes
+    )
+    blocks = -(-tokens // block_tokens)
+    programs = layers * kv_heads * blocks * -(-block_tokens // tokens_per_program)
+    partials = 2 * programs * rows * (head_dim + 2) * FLOAT32
+    return {
+        "decode then attend": Traffic(
+            packed + decode_writes, head_tokens * decoded_row, head_tokens * decoded_row
+        ),
+        "fused": Traffic(0, packed + partials, packed),
+    }
