@@ -207,8 +207,8 @@ def packed_attention(
     with on_device(device):
         rows = query_rows(q.to(device, torch.float32), kv_heads)
         # the layer's channel tiers are frozen: one transform of the queries serves every block
-        mixed = fused.mixed_queries(rows, codec, blocks[0][0].layer, scale)
-        partials = [fused.packed_partial(mixed, key, value, codec, **options) for key, value in blocks]
+        ordered = fused.tier_queries(rows, codec, blocks[0][0].layer, scale)
+        partials = [fused.packed_partial(ordered, key, value, codec, **options) for key, value in blocks]
         if dense is not None:
             partials.append(dense_partial(rows * scale, dense[0].to(device), dense[1].to(device)))
         out = combine_partials(partials)
@@ -237,7 +237,7 @@ def packed_scores(
     device = launch_device(q.device)
     with on_device(device):
         rows = query_rows(q.to(device, torch.float32), key_enc.shape[0])
-        scores = fused.packed_scores(fused.mixed_queries(rows, codec, key_enc.layer, scale), key_enc, codec)
+        scores = fused.packed_scores(fused.tier_queries(rows, codec, key_enc.layer, scale), key_enc, codec)
     return scores.reshape(*q.shape[:2], -1)
 
 

@@ -12,12 +12,12 @@ Keys without the inverse rfft. The sign tier stores the ``m`` real rfft componen
 token's sign-tier channels, ``k_sign = comps @ B`` with ``B`` the ``[m, m]`` inverse-rfft
 basis (row ``j`` is ``from_rfft_components`` of the unit component ``j``). Since
 ``q_sign . (comps @ B) = (q_sign @ B^T) . comps``, each query's sign-tier channels are
-transformed once on the host side (``mixed_queries``: a ``[rows, m] x [m, m]`` product per
-head, with the softmax scale folded in) and put back at the same channel positions. The
-kernel then decodes every key channel into a "mixed" tile (4-bit and 2-bit channels as
-values, sign-tier channels as the ``+-level`` component of their rank) and the score is a
-plain dot product over head_dim: the same loads as the decode kernel
-(``vidkv_triton._vidkv_keys_kernel``), no FFT, no ``[tokens, m]`` buffer.
+transformed once on the host side (``tier_queries``: a ``[rows, m] x [m, m]`` product per
+head, with the softmax scale folded in), and the queries' channels are put in tier order
+(4-bit, 2-bit, sign components). The kernel then scores a token tile as three ``tl.dot``s,
+one per tier, each over a sub-tile decoded by that tier's code alone: log8 min-max codes
+for the uniform tiers, ``+-level`` for the sign tier. No FFT, no ``[tokens, m]`` buffer, no
+channel scatter.
 
 Values: ternary tokens as ``trit x level`` per channel and group, salient tokens (2-bit
 per token) in the same tile, each token's row found from the 1-bit salient mask by a
@@ -45,7 +45,7 @@ import triton.language as tl
 from ..quant.base import EncodedTensor, QuantError
 from ..quant.groups import balanced_group, num_groups
 from ..quant.packing import packed_length
-from ..quant.selection import channel_rows
+from ..quant.selection import channel_rows, tier_indices
 from ..quant.spectral import from_rfft_components
 from ..quant.vidkv import VidKVCodec
 from .attention import PartialAttention
@@ -60,6 +60,11 @@ BLOCK_T = 32
 # Query rows per program at most (rows beyond it get more programs): a decode step has
 # heads-per-KV-head rows (7 at Qwen2.5-VL-7B), a question's prefill a few dozen.
 MAX_BLOCK_Q = 64
+# One software-pipeline stage: the loop's loads are gathers that cp.async pipelining cannot
+# prefetch as tiles, and at Triton's default of 3 stages the kernel asks for 190 KB of shared
+# memory (sm_90 compile; 26 KB at 1). FMA contraction on: the result is compared within a
+# tolerance, not bit for bit, and saying so does not depend on Triton's default (3.10 changes it).
+LAUNCH_OPTIONS = {"num_stages": 1, "enable_fp_fusion": True}
 # Default tokens per program: a run of tiles whose partial result (rows x (head_dim + 2)
 # floats) is small next to the packed bytes it read. Untuned: no GPU was available.
 TOKENS_PER_PROGRAM = 256
@@ -69,62 +74,55 @@ TOKENS_PER_PROGRAM = 256
 
 
 @triton.jit
-def _mixed_key_tile(
+def _tier_queries(q_ptr, h, r, R, D, offset, n, BLOCK_C: tl.constexpr):
+    """Query rows ``r`` of KV head ``h``, columns ``[offset, offset + n)`` of ``tier_queries`` (0 beyond)."""
+    c = tl.arange(0, BLOCK_C)[None, :]
+    return tl.load(q_ptr + (h * R + r) * D + offset + c, mask=(r < R) & (c < n), other=0.0)
+
+
+@triton.jit
+def _uniform_tier_scores(
+    q,
+    codes_ptr,
+    scale_ptr,
+    zero_ptr,
+    max_ptr,
+    n,
+    row_bytes,
     h,
     t,
-    d,
     T,
-    D,
-    tier,
-    rank,
-    k4_codes_ptr,
-    k4_scale_ptr,
-    k4_zero_ptr,
-    k4_max_ptr,
-    n4,
-    k4_bytes,
-    k2_codes_ptr,
-    k2_scale_ptr,
-    k2_zero_ptr,
-    k2_max_ptr,
-    n2,
-    k2_bytes,
-    signs_ptr,
-    k1_scale_ptr,
-    k1_max_ptr,
-    m,
-    k1_bytes,
     table_ptr,
     n_groups,
     group,
+    BITS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
-    """Keys ``[t, d]`` of head ``h`` in the mixed domain (float32, 0 outside the block).
+    """``q @ k^T`` over one uniform key tier: channel ``c`` of the tier at rank ``c``, log8 min-max
+    per channel in groups of tokens (reference: ``VidKVCodec._decode_keys``, ``decode_log8_minmax``)."""
+    c = tl.arange(0, BLOCK_C)[None, :]
+    live = (t < T) & (c < n)
+    head_max = tl.load(max_ptr + h, mask=n > 0, other=0).to(tl.float32)
+    meta = (h * n + c) * n_groups + t // group
+    k = log8_minmax(
+        codes_ptr + h * row_bytes, scale_ptr, zero_ptr, table_ptr, head_max, t * n + c, meta, live, BITS
+    )
+    return tl.dot(q, tl.trans(k), input_precision="ieee")
 
-    4-bit and 2-bit channels decode to their values (log8 min-max, per channel in groups of
-    tokens); a sign-tier channel of rank ``j`` decodes to rfft component ``j`` (``+-level``),
-    which ``mixed_queries`` pairs with the transformed query. Reference of the loads:
-    ``VidKVCodec._decode_keys`` (and ``_vidkv_keys_kernel``, which stores the same values).
-    """
-    live = (t < T) & (d < D)
-    g = t // group  # every tier groups tokens the same way
-    in4 = live & (tier == 2)
-    max4 = tl.load(k4_max_ptr + h, mask=n4 > 0, other=0).to(tl.float32)
-    meta4 = (h * n4 + rank) * n_groups + g
-    v4 = log8_minmax(
-        k4_codes_ptr + h * k4_bytes, k4_scale_ptr, k4_zero_ptr, table_ptr, max4, t * n4 + rank, meta4, in4, 4
-    )
-    in2 = live & (tier == 1)
-    max2 = tl.load(k2_max_ptr + h, mask=n2 > 0, other=0).to(tl.float32)
-    meta2 = (h * n2 + rank) * n_groups + g
-    v2 = log8_minmax(
-        k2_codes_ptr + h * k2_bytes, k2_scale_ptr, k2_zero_ptr, table_ptr, max2, t * n2 + rank, meta2, in2, 2
-    )
-    in1 = live & (tier == 0)
-    bit = load_bits(signs_ptr + h * k1_bytes, t * m + rank, in1, 1)
-    max1 = tl.load(k1_max_ptr + h).to(tl.float32)
-    level = log8_scale(table_ptr, k1_scale_ptr + (h * m + rank) * n_groups + g, max1, in1)
+
+@triton.jit
+def _sign_tier_scores(
+    q, signs_ptr, scale_ptr, max_ptr, m, row_bytes, h, t, T, table_ptr, n_groups, group, BLOCK_C: tl.constexpr
+):
+    """``q @ comps^T`` over the sign tier's rfft components (``+-level``, reference:
+    ``lowbit.sign_decode``); ``q`` holds the queries' transformed sign-tier channels."""
+    c = tl.arange(0, BLOCK_C)[None, :]
+    live = (t < T) & (c < m)
+    bit = load_bits(signs_ptr + h * row_bytes, t * m + c, live, 1)
+    head_max = tl.load(max_ptr + h).to(tl.float32)
+    level = log8_scale(table_ptr, scale_ptr + (h * m + c) * n_groups + t // group, head_max, live)
     comp = (bit.to(tl.float32) * 2.0 - 1.0) * level
-    return tl.where(in4, v4, tl.where(in2, v2, tl.where(in1, comp, 0.0)))
+    return tl.dot(q, tl.trans(comp), input_precision="ieee")
 
 
 @triton.jit
@@ -204,10 +202,99 @@ def _value_tile(
 
 
 @triton.jit
+def _key_scores(
+    q_ptr,
+    h,
+    r,
+    t,
+    R,
+    T,
+    D,
+    k4_codes_ptr,
+    k4_scale_ptr,
+    k4_zero_ptr,
+    k4_max_ptr,
+    n4,
+    k4_bytes,
+    k2_codes_ptr,
+    k2_scale_ptr,
+    k2_zero_ptr,
+    k2_max_ptr,
+    n2,
+    k2_bytes,
+    signs_ptr,
+    k1_scale_ptr,
+    k1_max_ptr,
+    m,
+    k1_bytes,
+    table_ptr,
+    n_groups,
+    group,
+    B4: tl.constexpr,
+    B2: tl.constexpr,
+    B1: tl.constexpr,
+):
+    """Scores ``[rows r, tokens t]`` of ``tier_queries`` rows against head ``h``'s packed keys.
+
+    One sub-tile per tier, so each key element is decoded by its own tier's code only.
+    (The queries are reloaded per tile: they stay in L1, and holding three query tiles
+    across the loop would cost registers the decode needs.)
+    """
+    s = _uniform_tier_scores(
+        _tier_queries(q_ptr, h, r, R, D, 0, n4, B4),
+        k4_codes_ptr,
+        k4_scale_ptr,
+        k4_zero_ptr,
+        k4_max_ptr,
+        n4,
+        k4_bytes,
+        h,
+        t,
+        T,
+        table_ptr,
+        n_groups,
+        group,
+        4,
+        B4,
+    )
+    s += _uniform_tier_scores(
+        _tier_queries(q_ptr, h, r, R, D, n4, n2, B2),
+        k2_codes_ptr,
+        k2_scale_ptr,
+        k2_zero_ptr,
+        k2_max_ptr,
+        n2,
+        k2_bytes,
+        h,
+        t,
+        T,
+        table_ptr,
+        n_groups,
+        group,
+        2,
+        B2,
+    )
+    s += _sign_tier_scores(
+        _tier_queries(q_ptr, h, r, R, D, n4 + n2, m, B1),
+        signs_ptr,
+        k1_scale_ptr,
+        k1_max_ptr,
+        m,
+        k1_bytes,
+        h,
+        t,
+        T,
+        table_ptr,
+        n_groups,
+        group,
+        B1,
+    )
+    return s
+
+
+@triton.jit
 def _packed_scores_kernel(
     q_ptr,
-    tier_ptr,
-    rank_ptr,
     k4_codes_ptr,
     k4_scale_ptr,
     k4_zero_ptr,
@@ -234,24 +321,22 @@ def _packed_scores_kernel(
     group,
     BLOCK_Q: tl.constexpr,
     BLOCK_T: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    B4: tl.constexpr,
+    B2: tl.constexpr,
+    B1: tl.constexpr,
 ):
     # program: KV head, block of query rows, token tile -> scores [rows, tokens] of the tile
     h = tl.program_id(0)
     r = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)[:, None]
-    d = tl.arange(0, BLOCK_D)[None, :]
-    q = tl.load(q_ptr + (h * R + r) * D + d, mask=(r < R) & (d < D), other=0.0)
-    tier = tl.load(tier_ptr + h * D + d, mask=d < D, other=-1)
-    rank = tl.load(rank_ptr + h * D + d, mask=d < D, other=0)
     t1 = tl.program_id(2) * BLOCK_T + tl.arange(0, BLOCK_T)
-    k = _mixed_key_tile(
+    s = _key_scores(
+        q_ptr,
         h,
+        r,
         t1[:, None],
-        d,
+        R,
         T,
         D,
-        tier,
-        rank,
         k4_codes_ptr,
         k4_scale_ptr,
         k4_zero_ptr,
@@ -272,8 +357,10 @@ def _packed_scores_kernel(
         table_ptr,
         n_groups,
         group,
+        B4,
+        B2,
+        B1,
     )
-    s = tl.dot(q, tl.trans(k), input_precision="ieee")
     t = t1[None, :]
     tl.store(out_ptr + (h * R + r) * T + t, s, mask=(r < R) & (t < T))
 
@@ -281,8 +368,6 @@ def _packed_scores_kernel(
 @triton.jit
 def _packed_attention_kernel(
     q_ptr,
-    tier_ptr,
-    rank_ptr,
     k4_codes_ptr,
     k4_scale_ptr,
     k4_zero_ptr,
@@ -330,15 +415,15 @@ def _packed_attention_kernel(
     BLOCK_Q: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    B4: tl.constexpr,
+    B2: tl.constexpr,
+    B1: tl.constexpr,
 ):
     # program: KV head, block of query rows, run of `tiles_per_program` token tiles
     h = tl.program_id(0)
     r = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     split = tl.program_id(2)
     d = tl.arange(0, BLOCK_D)[None, :]
-    q = tl.load(q_ptr + (h * R + r[:, None]) * D + d, mask=(r[:, None] < R) & (d < D), other=0.0)
-    tier = tl.load(tier_ptr + h * D + d, mask=d < D, other=-1)
-    rank = tl.load(rank_ptr + h * D + d, mask=d < D, other=0)
     first = split * tiles_per_program * BLOCK_T
     before = _salient_before(sal_ptr + h * mask_bytes, first, T, BLOCK_T)
 
@@ -348,14 +433,14 @@ def _packed_attention_kernel(
     weighted = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.float32)
     for i in range(tiles_per_program):
         t1 = first + i * BLOCK_T + tl.arange(0, BLOCK_T)
-        k = _mixed_key_tile(
+        s = _key_scores(
+            q_ptr,
             h,
+            r[:, None],
             t1[:, None],
-            d,
+            R,
             T,
             D,
-            tier,
-            rank,
             k4_codes_ptr,
             k4_scale_ptr,
             k4_zero_ptr,
@@ -376,8 +461,10 @@ def _packed_attention_kernel(
             table_ptr,
             n_groups,
             group,
+            B4,
+            B2,
+            B1,
         )
-        s = tl.dot(q, tl.trans(k), input_precision="ieee")
         s = tl.where(t1[None, :] < T, s, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(s, axis=1))
         rescale = tl.exp(row_max - new_max)
@@ -427,20 +514,22 @@ def _irfft_basis(m: int, device: torch.device) -> torch.Tensor:
     return from_rfft_components(torch.eye(m), m).to(device)
 
 
-def mixed_queries(rows: torch.Tensor, codec: VidKVCodec, layer: int, scale: float) -> torch.Tensor:
+def tier_queries(rows: torch.Tensor, codec: VidKVCodec, layer: int, scale: float) -> torch.Tensor:
     """Query rows ``[kv_heads, rows, head_dim]`` as the fused kernels read them (float32).
 
-    Scaled by ``scale``; on each KV head's sign-tier channels, ``q_sign @ B^T`` (``B`` the
-    inverse-rfft basis) in place of ``q_sign``, component ``j`` at the channel of rank ``j``.
-    The tiers are the layer's, read through ``codec.shared_state``: one call serves every
-    block of the layer.
+    Scaled by ``scale``, channels in tier order per KV head: the 4-bit channels, then the
+    2-bit ones (each by rank: ascending channel index), then ``q_sign @ B^T`` (``B`` the
+    inverse-rfft basis) in place of the sign-tier channels, component ``j`` at column
+    ``n4 + n2 + j``. The tiers are the layer's, read through ``codec.shared_state``: one call
+    serves every block of the layer.
     """
     kv_heads, n_rows, head_dim = rows.shape
-    _, _, sign_idx, (_, _, m) = key_channel_map(codec, layer, kv_heads, head_dim)
-    scaled = rows.float() * scale
-    idx = channel_rows(sign_idx.to(rows.device), n_rows)
-    transformed = scaled.gather(2, idx) @ _irfft_basis(m, rows.device).T
-    return scaled.scatter(2, idx, transformed)
+    tiers, _, sign_idx, (n4, n2, m) = key_channel_map(codec, layer, kv_heads, head_dim)
+    order = torch.cat([tier_indices(tiers, 2), tier_indices(tiers, 1), sign_idx], dim=1)
+    ordered = (rows.float() * scale).gather(2, channel_rows(order.to(rows.device), n_rows))
+    sign = slice(n4 + n2, head_dim)
+    ordered[..., sign] = ordered[..., sign] @ _irfft_basis(m, rows.device).T
+    return ordered
 
 
 def _placeholder(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -455,16 +544,16 @@ def _group_mismatch(codec: VidKVCodec) -> QuantError:
     )
 
 
-def _key_args(enc: EncodedTensor, codec: VidKVCodec, device: torch.device) -> tuple[list, list]:
-    """(arguments from ``tier_ptr`` to ``k1_bytes``, trailing ``n_groups, group``) of a key block."""
+def _key_args(enc: EncodedTensor, codec: VidKVCodec, device: torch.device) -> tuple[list, list, dict]:
+    """(arguments ``k4_codes_ptr`` to ``k1_bytes``; ``n_groups, group``; tier block sizes) of a key block."""
     heads, tokens, head_dim = enc.shape
-    tiers, rank, _, (n4, n2, m) = key_channel_map(codec, enc.layer, heads, head_dim)
+    _, _, _, (n4, n2, m) = key_channel_map(codec, enc.layer, heads, head_dim)
     t = {name: x.to(device).contiguous() for name, x in enc.tensors.items()}
     group = balanced_group(tokens, codec.group_size)
     n_groups = num_groups(tokens, group)
     if t["k1.scale"].shape[-1] != n_groups:
         raise _group_mismatch(codec)
-    args: list = [tiers.to(device), rank.to(device)]
+    args: list = []
     dtypes = (torch.uint8, torch.uint8, torch.int8, torch.bfloat16)
     for bits, n in ((4, n4), (2, n2)):
         names = [f"k{bits}.{part}" for part in ("codes", "scale", "zero", "scale_max")]
@@ -473,7 +562,9 @@ def _key_args(enc: EncodedTensor, codec: VidKVCodec, device: torch.device) -> tu
         args += [t[name] if n else _placeholder(device, dt) for name, dt in zip(names, dtypes, strict=True)]
         args += [n, packed_length(tokens * n, bits)]
     args += [t["k1.signs"], t["k1.scale"], t["k1.scale_max"], m, packed_length(tokens * m, 1)]
-    return args, [n_groups, group]
+    # tier widths as tl.dot operands: powers of two, >= 16
+    blocks = {f"B{bits}": max(16, next_power_of_2(n)) for bits, n in ((4, n4), (2, n2), (1, m))}
+    return args, [n_groups, group], blocks
 
 
 def _value_args(enc: EncodedTensor, codec: VidKVCodec, device: torch.device) -> list:
@@ -508,19 +599,19 @@ def _block_q(n_rows: int) -> int:
     return min(MAX_BLOCK_Q, max(16, next_power_of_2(n_rows)))  # tl.dot wants >= 16
 
 
-def packed_scores(mixed: torch.Tensor, key_enc: EncodedTensor, codec: VidKVCodec) -> torch.Tensor:
-    """float32 scores ``[kv_heads, rows, tokens]`` of ``mixed_queries`` rows against a packed key block."""
-    kv_heads, n_rows, head_dim = mixed.shape
+def packed_scores(queries: torch.Tensor, key_enc: EncodedTensor, codec: VidKVCodec) -> torch.Tensor:
+    """float32 scores ``[kv_heads, rows, tokens]`` of ``tier_queries`` rows against a packed key block."""
+    kv_heads, n_rows, head_dim = queries.shape
     tokens = key_enc.shape[1]
-    key_args, grouping = _key_args(key_enc, codec, mixed.device)
-    out = torch.empty(kv_heads, n_rows, tokens, dtype=torch.float32, device=mixed.device)
-    check_runnable(_packed_scores_kernel, mixed.device)
+    key_args, grouping, tier_blocks = _key_args(key_enc, codec, queries.device)
+    out = torch.empty(kv_heads, n_rows, tokens, dtype=torch.float32, device=queries.device)
+    check_runnable(_packed_scores_kernel, queries.device)
     block_q = _block_q(n_rows)
     grid = (kv_heads, triton.cdiv(n_rows, block_q), triton.cdiv(tokens, BLOCK_T))
     _packed_scores_kernel[grid](
-        mixed.contiguous(),
+        queries.contiguous(),
         *key_args,
-        log8_table(mixed.device),
+        log8_table(queries.device),
         out,
         n_rows,
         tokens,
@@ -528,23 +619,24 @@ def packed_scores(mixed: torch.Tensor, key_enc: EncodedTensor, codec: VidKVCodec
         *grouping,
         BLOCK_Q=block_q,
         BLOCK_T=BLOCK_T,
-        BLOCK_D=next_power_of_2(head_dim),
+        **tier_blocks,
+        **LAUNCH_OPTIONS,
     )
     return out
 
 
 def packed_partial(
-    mixed: torch.Tensor,
+    queries: torch.Tensor,
     key_enc: EncodedTensor,
     value_enc: EncodedTensor,
     codec: VidKVCodec,
     tokens_per_program: int = TOKENS_PER_PROGRAM,
 ) -> PartialAttention:
-    """Softmax attention of ``mixed_queries`` rows over one packed block, one partial per program."""
-    kv_heads, n_rows, head_dim = mixed.shape
-    device = mixed.device
+    """Softmax attention of ``tier_queries`` rows over one packed block, one partial per program."""
+    kv_heads, n_rows, head_dim = queries.shape
+    device = queries.device
     tokens = key_enc.shape[1]
-    key_args, grouping = _key_args(key_enc, codec, device)
+    key_args, grouping, tier_blocks = _key_args(key_enc, codec, device)
     value_args = _value_args(value_enc, codec, device)
     tiles = triton.cdiv(tokens, BLOCK_T)
     tiles_per_program = max(1, min(tiles, tokens_per_program // BLOCK_T))
@@ -556,7 +648,7 @@ def packed_partial(
     block_q = _block_q(n_rows)
     grid = (kv_heads, triton.cdiv(n_rows, block_q), splits)
     _packed_attention_kernel[grid](
-        mixed.contiguous(),
+        queries.contiguous(),
         *key_args,
         *value_args,
         log8_table(device),
@@ -572,5 +664,7 @@ def packed_partial(
         BLOCK_Q=block_q,
         BLOCK_T=BLOCK_T,
         BLOCK_D=next_power_of_2(head_dim),
+        **tier_blocks,
+        **LAUNCH_OPTIONS,
     )
     return PartialAttention(row_max, sumexp, weighted)
