@@ -14,8 +14,11 @@ tile in numpy.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,7 +159,9 @@ def test_bfloat16_queries_give_bfloat16_output(fused) -> None:
     want = attention.decode_then_attend(q, [(key, value)], codec, backend="reference")
     assert got.dtype == torch.bfloat16
     # both round the same float32 result to bf16: at most one bf16 step apart
-    torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=2**-7 * _value_magnitude(codec, value))
+    torch.testing.assert_close(
+        got.float(), want.float(), rtol=2**-7, atol=2**-7 * _value_magnitude(codec, value)
+    )
 
 
 def test_restored_layer_state_is_used(fused) -> None:
@@ -184,7 +189,8 @@ def test_cpu_auto_and_reference_backends_decode_then_attend(monkeypatch) -> None
     monkeypatch.setenv("STREAMVLM_KERNELS", "reference")
     assert torch.equal(attention.packed_attention(q, [(key, value)], codec), want)
     assert torch.equal(
-        attention.packed_scores(q, key, codec), attention.decode_then_score(q, key, codec, backend="reference")
+        attention.packed_scores(q, key, codec),
+        attention.decode_then_score(q, key, codec, backend="reference"),
     )
 
 
@@ -250,3 +256,49 @@ def test_traffic_model_at_qwen_7b_geometry() -> None:
     # per key row the decode moves 2716 bytes beyond the packed read: the irfft's float32 intermediates
     assert attention.key_decode_bytes_per_row(128, 64, 2) == 2716
     assert decoded.per_question > 1.9e9 and fused.per_token < 0.2 * decoded.per_token
+
+
+# compiled for a GPU ------------------------------------------------------------------------
+
+# Run in a fresh interpreter: this process may hold triton in interpreter mode. Prints, per
+# kernel, whether sm_90 compilation gave a cubin and the shared memory it asks for.
+_COMPILE_SM90 = """
+import json
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from streamvlm.kernels import attention_vidkv_triton as fused
+
+pointers = {"k4_zero_ptr": "*i8", "k2_zero_ptr": "*i8", "sal_zero_ptr": "*i8", "table_ptr": "*fp32"}
+pointers.update({f"{name}_ptr": "*bf16" for name in ("k4_max", "k2_max", "k1_max", "tern_max", "sal_max")})
+pointers.update({f"{name}_ptr": "*fp32" for name in ("q", "out", "max", "sumexp", "weighted")})
+sizes = {"BLOCK_Q": 16, "BLOCK_T": fused.BLOCK_T, "BLOCK_D": 128, "B4": 16, "B2": 64, "B1": 64}
+result = {}
+for name in ("_packed_scores_kernel", "_packed_attention_kernel"):
+    fn = getattr(fused, name)
+    consts = {a: v for a, v in sizes.items() if a in fn.arg_names}
+    signature = {
+        a: "constexpr" if a in consts else pointers.get(a, "*u8" if a.endswith("_ptr") else "i32")
+        for a in fn.arg_names
+    }
+    src = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(a),): v for a, v in consts.items()})
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(fused.LAUNCH_OPTIONS))
+    result[name] = {"cubin": "cubin" in compiled.asm, "shared": compiled.metadata.shared}
+print(json.dumps(result))
+"""
+
+
+def test_kernels_compile_for_sm90() -> None:
+    # the interpreter accepts code the compiler may reject (tl.dot shapes, loop-carried values)
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SM90], env=env, cwd=root, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, kernel in result.items():
+        assert kernel["cubin"], name
+        assert kernel["shared"] <= 48 * 1024, (name, kernel["shared"])  # no opt-in to large shared memory
