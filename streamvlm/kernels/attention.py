@@ -103,6 +103,8 @@ def _check(q: torch.Tensor, blocks: Sequence[Block], dense: tuple[torch.Tensor, 
     for key, value in blocks:
         if (key.kind, value.kind) != ("key", "value"):
             raise QuantError(f"a block is (keys, values), got ({key.kind}, {value.kind}); pass them in order")
+    if len({enc.layer for block in blocks for enc in block}) > 1:
+        raise QuantError("blocks of several layers were passed; attend over one layer's blocks per call")
     if q.shape[2] != head_dim or q.shape[0] % kv_heads:
         raise QuantError(
             f"queries {tuple(q.shape)} do not fit KV of {kv_heads} heads x head_dim {head_dim}; "

@@ -29,9 +29,12 @@ the reference (``attention.decode_then_attend``) within a tolerance.
 
 HBM traffic at Qwen2.5-VL-7B geometry (28 layers, 4 KV heads, head_dim 128, 8 retrieved
 blocks of 720 tokens; ``attention.traffic_model``, docs/quantization.md "Fused attention
-over packed blocks"): per generated token the fused path reads 41 MB of packed KV where
-attention over the decoded bf16 cache reads 330 MB, and it skips the 1.9 GB that decoding
-the blocks moves once per question (mostly the torch irfft's float32 intermediates).
+over packed blocks"): per generated token the fused path reads 39.5 MB of packed KV (plus
+at most 19.6 MB of partials, which fit in L2) where attention over the decoded bf16 cache
+reads 330 MB, and it skips the 1.96 GB that decoding the blocks moves once per question
+(mostly the torch irfft's float32 intermediates). But the loop is instruction-bound:
+~185 PTX instructions per key-and-value element on sm_90, an estimated ~0.5 ms per decode
+step at that geometry against ~0.1 ms to read the bf16 cache (no GPU timing yet).
 """
 
 from __future__ import annotations
