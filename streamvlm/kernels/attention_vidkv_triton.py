@@ -57,19 +57,21 @@ from .tiles import next_power_of_2
 from .triton_common import load_bits, load_trits, log8_minmax, log8_scale
 from .vidkv_triton import key_channel_map, log8_table
 
-# Token tile of one loop step: >= 16 for tl.dot, small enough that a [32, 128] float32 key
-# tile and value tile stay in registers beside the query block.
+# Token tile of one loop step (>= 16 for tl.dot). The sm_90 PTX count per key-and-value
+# element barely moves with it (185 at 32 tokens and 4 warps, 188 at 16, 189 at 64).
 BLOCK_T = 32
 # Query rows per program at most (rows beyond it get more programs): a decode step has
 # heads-per-KV-head rows (7 at Qwen2.5-VL-7B), a question's prefill a few dozen.
 MAX_BLOCK_Q = 64
-# One software-pipeline stage: the loop's loads are gathers that cp.async pipelining cannot
-# prefetch as tiles, and at Triton's default of 3 stages the kernel asks for 190 KB of shared
-# memory (sm_90 compile; 26 KB at 1). FMA contraction on: the result is compared within a
-# tolerance, not bit for bit, and saying so does not depend on Triton's default (3.10 changes it).
+# One software-pipeline stage: the loop's loads are gathers that pipelining cannot prefetch
+# as tiles, and at Triton's default of 3 stages the attention kernel asks for 127 KB of
+# shared memory (sm_90 compile; 27 KB at 1). FMA contraction on: the result is compared
+# within a tolerance, not bit for bit, and naming it keeps it off Triton's default (3.10
+# changes it).
 LAUNCH_OPTIONS = {"num_stages": 1, "enable_fp_fusion": True}
-# Default tokens per program: a run of tiles whose partial result (rows x (head_dim + 2)
-# floats) is small next to the packed bytes it read. Untuned: no GPU was available.
+# Default tokens per program. At 7B geometry: 96 programs per layer (4 KV heads x 8 blocks x
+# 3), each writing a 3.6 KB partial after reading ~15.7 KB of packed KV. Untuned: no GPU
+# was available to time it.
 TOKENS_PER_PROGRAM = 256
 
 
