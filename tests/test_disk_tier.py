@@ -196,7 +196,7 @@ def test_segments_roll_over(tmp_path):
         assert tier.disk_bytes == tier.nbytes + (expected - 1) * small + big
     rows = table(directory)["blocks"]
     assert [r["segment"] for r in rows][-2:] == [expected - 1, expected]
-    assert all(r["offset"] % 16 == 0 and r["version"] == 2 for r in rows)
+    assert all(r["offset"] % 8 == 0 and r["version"] == 2 for r in rows)
 
 
 def test_a_full_log_refuses_a_put_until_blocks_are_dropped(tmp_path):

@@ -758,7 +758,7 @@ class DiskLog:
             # The layout record goes first: a block record is never on disk without it.
             layout, pieces = start, record.layout_pieces()
         offset = start + (record.layout_len if pieces else 0)
-        pieces += record.pieces(layout)
+        pieces += record.pieces(offset, layout)
         try:
             for piece in pieces:
                 self._writer.write(piece)

@@ -12,22 +12,22 @@ kinds of record (format version 2, written since issue 18):
   nothing else. Its header gives the offset of its layout record, earlier in the same
   segment.
 
-Records start at 16-byte aligned offsets (padding zeros follow each record), and every
-tensor is packed at an offset aligned to its item size (at most 16), so a tensor viewed
-through a memory map of the segment (page aligned) is aligned for its dtype. Tensors are
-packed by decreasing alignment, so there is no padding between them. All integers are
-little endian.
+Records start at 8-byte aligned offsets (padding zeros follow each record), and every
+tensor is packed at an offset aligned to its item size (at most 8, the header's size being
+a multiple of 8), so a tensor viewed through a memory map of the segment (page aligned) is
+aligned for its dtype. Tensors are packed by decreasing alignment, so there is no padding
+between them. All integers are little endian.
 
-    header (48 bytes)
+    header (40 bytes)
        0  magic         8s  b"SVLMBLK\\0"
        8  version       u16 2
-      10  header_size   u16 48
+      10  header_size   u16 40
       12  flags         u32 1 for a layout record, 0 for a block record
       16  block_id      i64 (0 in a layout record)
-      24  payload_len   u64 bytes of payload, without the trailing padding
-      32  payload_crc   u32 zlib.crc32 of the payload
-      36  layout        u64 segment offset of the block's layout record (0 in a layout record)
-      44  header_crc    u32 zlib.crc32 of bytes 0..43: a torn or random header is never trusted
+      24  payload_len   u32 bytes of payload, without the trailing padding (a record holds < 4 GiB)
+      28  payload_crc   u32 zlib.crc32 of the payload
+      32  layout_back   u32 bytes from the block's layout record to this record (0 in a layout record)
+      36  header_crc    u32 zlib.crc32 of bytes 0..35: a torn or random header is never trusted
     block payload
        0  tensor bytes  as the layout places them (``data_len`` bytes)
           meta values   JSON array, utf-8: the values of the layout's per-block keys, in order
@@ -67,10 +67,12 @@ from .block import StoredBlock
 MAGIC = b"SVLMBLK\x00"
 RECORD_VERSION = 2  # what encode_record writes
 READABLE_VERSIONS = (1, 2)
-ALIGN = 16  # record alignment, and the largest tensor alignment (complex128's item size)
-HEADER_SIZE = 48
+# Record alignment, and the largest tensor alignment: 8 is every dtype's alignment in C
+# (complex128's included, as numpy has it), and the header's size is a multiple of it.
+ALIGN = 8
+HEADER_SIZE = 40
 FLAG_LAYOUT = 1
-_HEADER = struct.Struct("<8sHHIqQIQ")  # everything the header crc covers
+_HEADER = struct.Struct("<8sHHIqIII")  # everything the header crc covers
 _PREFIX = struct.Struct("<8sHH")  # what every version keeps: magic, version, header_size
 _U32 = struct.Struct("<I")
 
@@ -103,7 +105,7 @@ def record_len(version: int, payload_len: int) -> int:
     """Bytes a record of this version and payload length takes in a segment, padding included."""
     if version == 1:
         return V1_HEADER_SIZE + align(payload_len, V1_ALIGN)
-    return HEADER_SIZE + align(payload_len)
+    return align(HEADER_SIZE + payload_len)
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class RecordHeader:
     payload_len: int
     payload_crc: int
     flags: int = 0
-    layout: int = 0  # segment offset of a version-2 block record's layout record
+    layout: int = 0  # segment offset of a version-2 block record's layout record (0 for a layout)
 
     @property
     def is_layout(self) -> bool:
@@ -220,8 +222,9 @@ def _alignment(dtype: torch.dtype) -> int:
 class EncodedRecord:
     """A block ready to append: a block record and the layout record it needs.
 
-    ``header.layout`` is 0 until the writer knows where the layout lies in the segment:
-    ``pieces(layout_offset)`` gives the block record's bytes, ``header.record_len`` in all;
+    ``header.layout`` is 0 until the writer knows where the record and its layout lie in the
+    segment: ``pieces(offset, layout)`` gives the bytes of the block record written at
+    ``offset`` whose layout record is at ``layout``, ``header.record_len`` in all;
     ``layout_pieces()`` the layout record's, ``layout_len`` bytes (written only where the
     segment does not hold the layout yet).
     """
@@ -231,16 +234,10 @@ class EncodedRecord:
     payload: list  # the payload's pieces, then the padding
     meta: dict  # the metadata as it will read back (after a JSON round trip)
 
-    def pieces(self, layout_offset: int) -> list:
-        header = RecordHeader(
-            self.header.version,
-            self.header.block_id,
-            self.header.payload_len,
-            self.header.payload_crc,
-            self.header.flags,
-            layout_offset,
-        )
-        return [pack_header(header), *self.payload]
+    def pieces(self, offset: int, layout: int) -> list:
+        h = self.header
+        header = RecordHeader(h.version, h.block_id, h.payload_len, h.payload_crc, h.flags, layout)
+        return [pack_header(header, offset), *self.payload]
 
     @property
     def layout_len(self) -> int:
@@ -249,7 +246,7 @@ class EncodedRecord:
     def layout_pieces(self) -> list:
         encoded = self.layout.encoded
         header = RecordHeader(RECORD_VERSION, 0, len(encoded), zlib.crc32(encoded), FLAG_LAYOUT)
-        return [pack_header(header), encoded, bytes(self.layout_len - HEADER_SIZE - len(encoded))]
+        return [pack_header(header, 0), encoded, bytes(self.layout_len - HEADER_SIZE - len(encoded))]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -294,8 +291,10 @@ def _meta_json(meta) -> dict:
         raise ValueError(f"block {block_id}: meta is not JSON-serialisable: {e}") from None
 
 
-def pack_header(header: RecordHeader) -> bytes:
-    """The version-2 header bytes of ``header``."""
+def pack_header(header: RecordHeader, offset: int) -> bytes:
+    """The version-2 header bytes of ``header`` for a record written at segment ``offset``."""
+    # A layout lies less than LAYOUT_SPAN_BYTES plus a record back (disk.py): 32 bits hold that.
+    back = offset - header.layout if not header.is_layout else 0
     body = _HEADER.pack(
         MAGIC,
         header.version,
@@ -304,7 +303,7 @@ def pack_header(header: RecordHeader) -> bytes:
         header.block_id,
         header.payload_len,
         header.payload_crc,
-        header.layout,
+        back,
     )
     return body + _U32.pack(zlib.crc32(body))
 
@@ -330,6 +329,8 @@ def encode_record(block: StoredBlock) -> EncodedRecord:
     for piece in payload:
         crc = zlib.crc32(piece, crc)
         length += memoryview(piece).nbytes
+    if length >= 2**32:
+        raise ValueError(f"block {meta['id']} takes {length} bytes, more than a record holds (4 GiB)")
     header = RecordHeader(RECORD_VERSION, meta["id"], length, crc)
     padding = bytes(header.record_len - HEADER_SIZE - length)
     return EncodedRecord(header, layout, [*payload, padding], meta)
@@ -354,7 +355,8 @@ def parse_header(buf, offset: int) -> RecordHeader | None:
         fields = _HEADER.unpack_from(buf, offset)
         if zlib.crc32(buf[offset : offset + _HEADER.size]) != _U32.unpack_from(buf, offset + _HEADER.size)[0]:
             return None
-        _magic, version, _size, flags, block_id, payload_len, crc, layout = fields
+        _magic, version, _size, flags, block_id, payload_len, crc, back = fields
+        layout = 0 if flags & FLAG_LAYOUT else offset - back
         return RecordHeader(version, block_id, payload_len, crc, flags, layout)
     # Another version: intact if its crc (the header's last 4 bytes) matches.
     if version > RECORD_VERSION and _PREFIX.size + 4 <= size <= 4096 and size % 8 == 0:
