@@ -37,11 +37,11 @@ Durability rule:
   blocks again; it refuses every put until then.
 
 Space: ``nbytes`` counts the records of the blocks held (header, payload and padding),
-which is what ``max_bytes`` bounds. Layout records (one per distinct layout every
-``LAYOUT_SPAN_BYTES`` of a segment) are not counted: ``disk_bytes`` includes them. A segment file is deleted once all its blocks are
+which is what ``max_bytes`` bounds. A segment file is deleted once all its blocks are
 dropped; with drops by age (oldest first) only the oldest segment is partly dead, so the
 bytes on disk exceed ``nbytes`` by less than one segment (or one record bigger than a
-segment). Drops in another order (an LRU policy) can leave more dead space: there is no
+segment), plus the layout records: one per distinct layout (tensor names and shapes) in
+every ``LAYOUT_SPAN_BYTES`` of a segment, a few KB each, which ``disk_bytes`` counts. Drops in another order (an LRU policy) can leave more dead space: there is no
 compaction.
 
 Unix only (``fcntl.flock``, ``mmap``). Truncating a segment file behind an open tier's
@@ -753,8 +753,8 @@ class DiskLog:
         ):
             self._roll()
         number, start = self._active, self._sizes[self._active]
-        layout, pieces = self._written_layouts.get(record.layout.encoded), []
-        if layout is None or start - layout > LAYOUT_SPAN_BYTES:
+        layout, pieces = self._reusable_layout(record), []
+        if layout is None:
             # The layout record goes first: a block record is never on disk without it.
             layout, pieces = start, record.layout_pieces()
         offset = start + (record.layout_len if pieces else 0)
@@ -777,11 +777,17 @@ class DiskLog:
         )
         self._unflushed += 1
 
+    def _reusable_layout(self, record: rec.EncodedRecord) -> int | None:
+        """Offset of a layout record of ``record``'s layout that it may point to if appended
+        to the active segment now; None if it needs its own."""
+        layout = self._written_layouts.get(record.layout.encoded)
+        if layout is None or self._sizes[self._active] - layout > LAYOUT_SPAN_BYTES:
+            return None
+        return layout
+
     def _layout_cost(self, record: rec.EncodedRecord) -> int:
         """Bytes of the layout record ``record`` needs in the active segment (0 if it has it)."""
-        layout = self._written_layouts.get(record.layout.encoded)
-        near = layout is not None and self._sizes[self._active] - layout <= LAYOUT_SPAN_BYTES
-        return 0 if near else record.layout_len
+        return 0 if self._reusable_layout(record) is not None else record.layout_len
 
     def _undo_append(self, number: int, offset: int) -> None:
         """Cut a half-written record off (e.g. disk full) so the segment stays a clean sequence."""
@@ -808,7 +814,7 @@ class DiskLog:
     def _open_writer(self, number: int) -> None:
         self._writer = open(self._segment_path(number), "ab")
         self._active = number
-        # Layouts written before a reopen are not known: each is written again once.
+        # Layouts already in a reopened segment are not known: each is written again once.
         self._written_layouts = {}
 
     def _close_writer(self) -> None:

@@ -31,7 +31,7 @@ between them. All integers are little endian.
     block payload
        0  tensor bytes  as the layout places them (``data_len`` bytes)
           meta values   JSON array, utf-8: the values of the layout's per-block keys, in order
-    layout payload
+    layout payload      zlib-compressed (names and shapes repeat from layer to layer)
           JSON, utf-8   {"tensors": [[name, dtype, shape, offset], ...], "data_len": n,
                          "meta": [[key], [key, value], ...]}: ``[key]`` takes its value from
                          the block record, ``[key, value]`` is the same in every block
@@ -59,6 +59,7 @@ import math
 import struct
 import zlib
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -239,14 +240,19 @@ class EncodedRecord:
         header = RecordHeader(h.version, h.block_id, h.payload_len, h.payload_crc, h.flags, layout)
         return [pack_header(header, offset), *self.payload]
 
+    @cached_property
+    def _layout_payload(self) -> bytes:
+        # compressed only when a segment needs the layout: most blocks reuse one written before
+        return zlib.compress(self.layout.encoded)
+
     @property
     def layout_len(self) -> int:
-        return record_len(RECORD_VERSION, len(self.layout.encoded))
+        return record_len(RECORD_VERSION, len(self._layout_payload))
 
     def layout_pieces(self) -> list:
-        encoded = self.layout.encoded
-        header = RecordHeader(RECORD_VERSION, 0, len(encoded), zlib.crc32(encoded), FLAG_LAYOUT)
-        return [pack_header(header, 0), encoded, bytes(self.layout_len - HEADER_SIZE - len(encoded))]
+        payload = self._layout_payload
+        header = RecordHeader(RECORD_VERSION, 0, len(payload), zlib.crc32(payload), FLAG_LAYOUT)
+        return [pack_header(header, 0), payload, bytes(self.layout_len - HEADER_SIZE - len(payload))]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -409,7 +415,11 @@ def read_layout(buf, offset: int) -> Layout:
     if header is None:
         raise ValueError(f"no intact layout record at offset {offset}")
     start = offset + HEADER_SIZE
-    return Layout.parse(bytes(buf[start : start + header.payload_len]))
+    try:
+        encoded = zlib.decompress(buf[start : start + header.payload_len])
+    except zlib.error as e:
+        raise ValueError(f"the layout record at offset {offset} does not decompress: {e}") from None
+    return Layout.parse(encoded)
 
 
 def _tensor(buf, offset: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
