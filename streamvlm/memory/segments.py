@@ -9,8 +9,8 @@ kinds of record (format version 2, written since issue 18):
   layout is written once in a segment and the blocks after it point to it;
 * a **block record** holds one block: its tensors packed into one contiguous byte buffer,
   followed by the metadata values that vary from block to block (a JSON array), and
-  nothing else. Its header gives the offset of its layout record, earlier in the same
-  segment.
+  nothing else. Its header gives the distance back to its layout record, earlier in the
+  same segment.
 
 Records start at 8-byte aligned offsets (padding zeros follow each record), and every
 tensor is packed at an offset aligned to its item size (at most 8, the header's size being
@@ -42,11 +42,13 @@ go: any metadata reads back as written.
 
 A block's metadata and tensors are in its segment (its record and its layout record), so
 a segment alone is enough to rebuild every block in it (the table only makes opening fast).
-Future versions keep bytes 0..15 as they are and end their header with its crc, so a
-reader can tell an intact header of a newer version from damage (``RecordVersionError``).
+Future versions keep bytes 0..11 (magic, version, header_size) and end their header with
+its crc, so a reader can tell an intact header of a newer version from damage
+(``RecordVersionError``).
 
-Version 1 (written before issue 18) is still read: a 64-byte header (bytes 0..35 as above,
-then ``header_crc`` at 36, zeros to 64), and a payload of its own JSON directory
+Version 1 (written before issue 18) is still read: a 64-byte header (bytes 0..23 as above,
+``payload_len`` u64 at 24, ``payload_crc`` u32 at 32, ``header_crc`` u32 of bytes 0..35 at
+36, zeros to 64), and a payload of its own JSON directory
 (``u32 dir_len``, ``{"meta": {...}, "tensors": [{"name", "dtype", "shape", "offset",
 "nbytes"}, ...]}``) followed by the tensors at 64-aligned offsets; records 64-aligned.
 """
