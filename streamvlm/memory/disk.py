@@ -7,10 +7,17 @@ gives (``disk_tier.DiskTier`` puts a codec in front of it and implements ``Tier`
 
 A session directory holds::
 
-    streamvlm-disk.json   marker: {"format": "streamvlm-disk-tier", "version": 1}
+    streamvlm-disk.json   marker: {"format": "streamvlm-disk-tier", "version": 2}
     lock                  flock()ed by the process that has the tier open; holds its pid
-    table.json            block table: per block its segment, offset, length, crc32, meta
+    table.json            block table: per block its segment, offset, length, crc32, meta,
+                          record version and layout record offset
     segments/00000001.seg append-only segment files of records (format: ``segments.py``)
+
+Directory format 2 (record format 2: one packed buffer per block, its layout written
+once in a segment) replaced format 1 in issue 18. A format-1 directory is read and
+resumed: its records stay as they are, new ones are written in format 2, and its marker
+says version 2 from then on, so a release that reads only format 1 refuses the directory
+instead of mistaking the new records for damage.
 
 Durability rule:
 
@@ -33,7 +40,8 @@ Space: ``nbytes`` counts the records of the blocks held (header, payload and pad
 which is what ``max_bytes`` bounds. A segment file is deleted once all its blocks are
 dropped; with drops by age (oldest first) only the oldest segment is partly dead, so the
 bytes on disk exceed ``nbytes`` by less than one segment (or one record bigger than a
-segment). Drops in another order (an LRU policy) can leave more dead space: there is no
+segment), plus the layout records: one per distinct layout (tensor names and shapes) in
+every ``LAYOUT_SPAN_BYTES`` of a segment, a few KB each, which ``disk_bytes`` counts. Drops in another order (an LRU policy) can leave more dead space: there is no
 compaction.
 
 Unix only (``fcntl.flock``, ``mmap``). Truncating a segment file behind an open tier's
@@ -51,6 +59,7 @@ import mmap
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,13 +88,19 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "streamvlm-disk-tier"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this code writes
+READABLE_FORMATS = (1, 2)
 MARKER = "streamvlm-disk.json"
 TABLE = "table.json"
 LOCK = "lock"
 SEGMENTS = "segments"
 SEGMENT_SUFFIX = ".seg"
 DEFAULT_SEGMENT_BYTES = 64 << 20
+# A block record reuses a layout record written at most this many bytes before it in its
+# segment, else the layout is written again: a layout record damaged in place then takes
+# down at most this much of its segment's blocks, at a cost of one layout per span.
+LAYOUT_SPAN_BYTES = 16 << 20
+_LAYOUT_CACHE = 256  # parsed layouts kept (one per token count and segment, typically)
 
 
 class DiskTierError(StreamVLMError):
@@ -180,10 +195,16 @@ class _Entry:
     payload_len: int
     crc: int
     meta: dict
+    version: int = rec.RECORD_VERSION  # of the record format
+    layout: int = 0  # segment offset of the record's layout record (version 2)
+
+    @property
+    def header(self) -> rec.RecordHeader:
+        return rec.RecordHeader(self.version, self.meta["id"], self.payload_len, self.crc, 0, self.layout)
 
     @property
     def nbytes(self) -> int:
-        return rec.HEADER_SIZE + rec.align(self.payload_len)
+        return rec.record_len(self.version, self.payload_len)
 
     @property
     def end(self) -> int:
@@ -261,6 +282,8 @@ class DiskLog:
         self._live: dict[int, int] = {}  # segment number -> blocks held in it
         self._sizes: dict[int, int] = {}  # segment number -> bytes written to it
         self._maps: dict[int, mmap.mmap] = {}
+        self._layouts: OrderedDict[tuple[int, int], rec.Layout] = OrderedDict()  # LRU, by (segment, offset)
+        self._written_layouts: dict[bytes, int] = {}  # layout -> its offset in the active segment
         self._nbytes = 0
         self._next_segment = 1
         self._active: int | None = None  # segment being appended to
@@ -273,6 +296,7 @@ class DiskLog:
         self._prepare_directory(_must_exist)
         self._acquire_lock()
         try:
+            _upgrade_marker(self.directory / MARKER)
             self._load()
         except BaseException:
             self._release_lock()
@@ -348,7 +372,9 @@ class DiskLog:
             if self.verify_reads:
                 self._check_crc(block_id, entry, buf)
             try:
-                block = rec.decode_payload(buf, entry.offset, entry.payload_len)
+                block = rec.decode_payload(
+                    buf, entry.offset, entry.header, self._layout(block_id, entry, buf)
+                )
             except (ValueError, KeyError, TypeError) as e:
                 raise self._corrupt(block_id, f"its record does not parse ({e})") from None
             if block.id != block_id:
@@ -507,8 +533,7 @@ class DiskLog:
         d = self.directory
         try:
             (d / SEGMENTS).mkdir(parents=True, exist_ok=True)
-            marker = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
-            write_atomically(d / MARKER, json.dumps(marker).encode())
+            _write_marker(d / MARKER)
         except OSError as e:
             raise DirectoryNotWritableError(
                 f"cannot create disk tier directory {d}: {e.strerror or e}"
@@ -593,7 +618,13 @@ class DiskLog:
                 self._sizes[number] = int(size)
         for row in table["blocks"]:
             entry = _Entry(
-                int(row["segment"]), int(row["offset"]), int(row["length"]), int(row["crc32"]), row["meta"]
+                int(row["segment"]),
+                int(row["offset"]),
+                int(row["length"]),
+                int(row["crc32"]),
+                row["meta"],
+                int(row.get("version", 1)),  # rows of a format-1 table have neither
+                int(row.get("layout", 0)),
             )
             if entry.segment not in on_disk:
                 self.recovery.lost.append(int(row["id"]))
@@ -612,17 +643,26 @@ class DiskLog:
             except rec.RecordVersionError as e:
                 raise UnsupportedFormatError(
                     f"{path} holds records of format version {e.version}; this streamvlm reads "
-                    f"version {rec.RECORD_VERSION}: upgrade streamvlm"
+                    f"versions {rec.READABLE_VERSIONS}: upgrade streamvlm"
                 ) from None
+            damaged = list(found.damaged)
             for offset, header in found.records:
-                meta = rec.read_directory(buf, offset, header.payload_len)[0]["meta"]
+                if header.is_layout:
+                    continue
+                entry = _Entry(
+                    number, offset, header.payload_len, header.payload_crc, {}, header.version, header.layout
+                )
+                try:
+                    layout = self._cached_layout(number, header.layout, buf) if header.version > 1 else None
+                    entry.meta = rec.read_meta(buf, offset, header, layout)
+                except (ValueError, KeyError, TypeError):
+                    damaged.append((offset, header.record_len))  # its layout record is damaged
+                    continue
                 if header.block_id in self._entries:  # dropped and put again: the later record wins
                     self._forget(header.block_id)
-                self._add(
-                    header.block_id, _Entry(number, offset, header.payload_len, header.payload_crc, meta)
-                )
+                self._add(header.block_id, entry)
                 self.recovery.recovered.append(header.block_id)
-        self.recovery.damaged += [TornTail(path.name, o, n) for o, n in found.damaged]
+        self.recovery.damaged += [TornTail(path.name, o, n) for o, n in sorted(damaged)]
         if found.torn:
             self.recovery.torn.append(TornTail(path.name, found.end, found.torn))
             os.truncate(path, found.end)  # so appends resume right after the last intact record
@@ -689,6 +729,8 @@ class DiskLog:
                 "length": e.payload_len,
                 "crc32": e.crc,
                 "meta": e.meta,
+                "version": e.version,
+                "layout": e.layout,
             }
             for block_id, e in self._entries.items()
         ]
@@ -706,27 +748,50 @@ class DiskLog:
     def _append(self, record: rec.EncodedRecord) -> None:
         size = record.header.record_len
         if self._writer is None or (
-            self._sizes[self._active] and self._sizes[self._active] + size > self.segment_bytes
+            self._sizes[self._active]
+            and self._sizes[self._active] + size + self._layout_cost(record) > self.segment_bytes
         ):
             self._roll()
-        number, offset = self._active, self._sizes[self._active]
+        number, start = self._active, self._sizes[self._active]
+        layout, pieces = self._reusable_layout(record), []
+        if layout is None:
+            # The layout record goes first: a block record is never on disk without it.
+            layout, pieces = start, record.layout_pieces()
+        offset = start + (record.layout_len if pieces else 0)
+        pieces += record.pieces(offset, layout)
         try:
-            for piece in record.pieces:
+            for piece in pieces:
                 self._writer.write(piece)
             # Hand the bytes to the OS now: from here a crash of this process loses nothing.
             self._writer.flush()
         except OSError as e:
-            self._undo_append(number, offset)
+            self._undo_append(number, start)
             raise DiskTierError(
                 f"writing block {record.header.block_id} to {self.directory} failed: {e}"
             ) from None
+        self._written_layouts[record.layout.encoded] = layout
         self._sizes[number] = offset + size
         h = record.header
-        self._add(h.block_id, _Entry(number, offset, h.payload_len, h.payload_crc, record.meta))
+        self._add(
+            h.block_id, _Entry(number, offset, h.payload_len, h.payload_crc, record.meta, h.version, layout)
+        )
         self._unflushed += 1
+
+    def _reusable_layout(self, record: rec.EncodedRecord) -> int | None:
+        """Offset of a layout record of ``record``'s layout that it may point to if appended
+        to the active segment now; None if it needs its own."""
+        layout = self._written_layouts.get(record.layout.encoded)
+        if layout is None or self._sizes[self._active] - layout > LAYOUT_SPAN_BYTES:
+            return None
+        return layout
+
+    def _layout_cost(self, record: rec.EncodedRecord) -> int:
+        """Bytes of the layout record ``record`` needs in the active segment (0 if it has it)."""
+        return 0 if self._reusable_layout(record) is not None else record.layout_len
 
     def _undo_append(self, number: int, offset: int) -> None:
         """Cut a half-written record off (e.g. disk full) so the segment stays a clean sequence."""
+        self._written_layouts = {k: v for k, v in self._written_layouts.items() if v < offset}
         self._close_writer()
         try:
             os.truncate(self._segment_path(number), offset)
@@ -749,12 +814,15 @@ class DiskLog:
     def _open_writer(self, number: int) -> None:
         self._writer = open(self._segment_path(number), "ab")
         self._active = number
+        # Layouts already in a reopened segment are not known: each is written again once.
+        self._written_layouts = {}
 
     def _close_writer(self) -> None:
         if self._writer is not None:
             self._writer.close()
         self._writer = None
         self._active = None
+        self._written_layouts = {}
 
     def _maybe_flush(self) -> None:
         due = self.flush_every is not None and self._unflushed >= self.flush_every
@@ -787,6 +855,8 @@ class DiskLog:
             self._live.pop(number, None)
             self._sizes.pop(number, None)
             self._maps.pop(number, None)  # unmapped when no tensor uses it any more
+            for key in [key for key in self._layouts if key[0] == number]:
+                del self._layouts[key]
         self.flush()
         for number in numbers:
             self._segment_path(number).unlink(missing_ok=True)
@@ -822,8 +892,30 @@ class DiskLog:
         return buf
 
     def _check_crc(self, block_id: int, entry: _Entry, buf: mmap.mmap) -> None:
-        if rec.payload_crc(buf, entry.offset, entry.payload_len) != entry.crc:
+        if rec.payload_crc(buf, entry.offset, entry.payload_len, entry.version) != entry.crc:
             raise self._corrupt(block_id, "its payload does not match its checksum")
+        if entry.version > 1 and not rec.layout_intact(buf, entry.layout):
+            raise self._corrupt(block_id, f"its layout record at offset {entry.layout} is damaged")
+
+    def _layout(self, block_id: int, entry: _Entry, buf: mmap.mmap) -> rec.Layout | None:
+        """The layout of a block's record (None for a version-1 record, which has its own)."""
+        if entry.version == 1:
+            return None
+        try:
+            return self._cached_layout(entry.segment, entry.layout, buf)
+        except (ValueError, KeyError, TypeError) as e:
+            raise self._corrupt(block_id, f"its layout record does not read ({e})") from None
+
+    def _cached_layout(self, segment: int, offset: int, buf) -> rec.Layout:
+        key = (segment, offset)
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = self._layouts[key] = rec.read_layout(buf, offset)
+            if len(self._layouts) > _LAYOUT_CACHE:
+                self._layouts.popitem(last=False)
+        else:
+            self._layouts.move_to_end(key)
+        return layout
 
     def _corrupt(self, block_id: int, why: str) -> CorruptBlockError:
         self.corrupt.add(block_id)
@@ -845,6 +937,16 @@ def _check_config(max_bytes, segment_bytes, flush_every, flush_seconds) -> None:
         raise ConfigError(f"disk tier flush_seconds must be >= 0 or None, got {flush_seconds}")
 
 
+def _write_marker(path: Path) -> None:
+    write_atomically(path, json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}).encode())
+
+
+def _upgrade_marker(path: Path) -> None:
+    """Mark a format-1 directory as format 2 before a format-2 record can reach it."""
+    if json.loads(path.read_bytes())["version"] != FORMAT_VERSION:
+        _write_marker(path)
+
+
 def _check_marker(path: Path) -> None:
     try:
         marker = json.loads(path.read_bytes())
@@ -853,10 +955,10 @@ def _check_marker(path: Path) -> None:
         raise NotASessionDirError(f"{path} is not a streamvlm disk-tier marker file") from None
     if name != FORMAT_NAME:
         raise NotASessionDirError(f"{path.parent} holds a {name!r}, not a streamvlm disk-tier session")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_FORMATS:
         raise UnsupportedFormatError(
-            f"{path.parent} is disk-tier format version {version}; this streamvlm reads version "
-            f"{FORMAT_VERSION}: upgrade streamvlm or use another directory"
+            f"{path.parent} is disk-tier format version {version}; this streamvlm reads versions "
+            f"{READABLE_FORMATS}: upgrade streamvlm or use another directory"
         )
 
 
@@ -864,10 +966,10 @@ def _check_table(table: dict) -> None:
     """Raise ValueError/KeyError/TypeError if the table's structure is not what we write."""
     if table["format"] != FORMAT_NAME:
         raise ValueError(f"format {table['format']!r}")
-    if table["version"] != FORMAT_VERSION:
+    if table["version"] not in READABLE_FORMATS:
         raise UnsupportedFormatError(
             f"the disk-tier table is format version {table['version']}; this streamvlm reads "
-            f"version {FORMAT_VERSION}: upgrade streamvlm"
+            f"versions {READABLE_FORMATS}: upgrade streamvlm"
         )
     int(table["next_segment"])
     for name, size in table["segments"].items():
@@ -876,5 +978,8 @@ def _check_table(table: dict) -> None:
     for row in table["blocks"]:
         for key in ("id", "segment", "offset", "length", "crc32"):
             int(row[key])
+        if int(row.get("version", 1)) not in rec.READABLE_VERSIONS:
+            raise ValueError(f"record version {row['version']}")
+        int(row.get("layout", 0))
         if not isinstance(row["meta"], dict):
             raise TypeError("block meta is not an object")
