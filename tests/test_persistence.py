@@ -51,7 +51,7 @@ def test_budgets_hold_over_thousands_of_frames(engine, tmp_path):
     assert stats.blocks == 1000 and stats.indexed_blocks == 1000 and stats.frames_encoded == 2000
     assert worst["device"] <= memory.device_bytes and worst["host"] <= memory.host_bytes
     assert stats.bytes_per_tier["device"] == 3 * block  # full, not over
-    assert stats.bytes_per_tier["disk"] >= 1000 * block  # every block written through
+    assert len(session.blocks.disk.held) == 1000  # every block written through
     answer = session.ask("what was there?", max_new_tokens=1)
     tiers = {b.tier for b in answer.blocks}
     assert "disk" in tiers and "device" in tiers and len(answer.blocks) >= 4
@@ -100,12 +100,12 @@ def test_resume_rejects_other_models_and_non_sessions(engine, tmp_path):
 
 def test_disk_budget_drops_oldest_and_the_index_forgets_them(engine, tmp_path):
     memory = MemoryConfig(
-        window=2, device_bytes=0, host_bytes=0, disk_dir=str(tmp_path / "s"), disk_bytes=40_000
+        window=2, device_bytes=0, host_bytes=0, disk_dir=str(tmp_path / "s"), disk_bytes=15_000
     )
     session = engine.new_session(memory=memory)
     session.add_frames((frame(i), float(i)) for i in range(60))
     stats = session.stats()
-    assert stats.bytes_per_tier["disk"] <= 40_000
+    assert stats.bytes_per_tier["disk"] <= 15_000
     assert stats.dropped_blocks > 0 and stats.blocks + stats.dropped_blocks == 30
     assert session.blocks.indexed_ids() == [m.id for m in session.blocks.metas()]
     assert session.blocks.metas()[0].id == stats.dropped_blocks  # the oldest went first
