@@ -16,62 +16,103 @@ from ..quant.base import EncodedTensor, QuantError
 from ..quant.groups import num_groups
 from ..quant.kivi import KIVICodec
 from ..quant.packing import packed_length
-from .cpu_common import JIT, PARALLEL_JIT, as_numpy_out, match_torch_threads, read_bits, store, tables
-from .cpu_common import to_f16_bits, u16, write_bits
-
-
-@njit(**JIT)
-def _at(x_h, key, r, i):
-    # element i of group row r: keys group channel r over tokens, values token r over channels
-    return x_h[i, r] if key else x_h[r, i]
+from .cpu_common import (
+    PARALLEL_JIT,
+    as_numpy_out,
+    emit_row,
+    f16_bits,
+    match_torch_threads,
+    pack_bits_row,
+    tables,
+    u16,
+    unpack_bits_row,
+)
 
 
 @njit(**PARALLEL_JIT)
 def _encode(x, key, bits, group, f16, codes, scale, mn_out):
     heads, tokens, head_dim = x.shape
-    rows, length = (head_dim, tokens) if key else (tokens, head_dim)
     levels = np.float32((1 << bits) - 1)
-    n_groups = scale.shape[2]
     for h in prange(heads):
         x_h = x[h]
-        codes[h, :] = 0
-        for r in range(rows):
-            for g in range(n_groups):
+        q = np.empty(tokens * head_dim, np.uint8)
+        if key:
+            # per channel over groups of tokens, vectorised across channels
+            lo = np.empty(head_dim, np.float32)
+            hi = np.empty(head_dim, np.float32)
+            mnf = np.empty(head_dim, np.float32)
+            s = np.empty(head_dim, np.float32)
+            for g in range(scale.shape[2]):
                 start = g * group
-                stop = min(length, start + group)
-                mn = _at(x_h, key, r, start)
-                mx = mn
-                for i in range(start + 1, stop):
-                    v = _at(x_h, key, r, i)
-                    mn = min(mn, v)
-                    mx = max(mx, v)
-                mn16 = to_f16_bits(mn)
-                mnf = f16[mn16]
-                sc16 = to_f16_bits((mx - mnf) / levels)
-                s = f16[sc16]
-                if not s > np.float32(0.0):
-                    s = np.float32(1.0)
-                scale[h, r, g] = sc16
-                mn_out[h, r, g] = mn16
-                for i in range(start, stop):
-                    q = min(max(np.rint((_at(x_h, key, r, i) - mnf) / s), np.float32(0.0)), levels)
-                    t, d = (i, r) if key else (r, i)
-                    write_bits(codes[h], t * head_dim + d, bits, np.int64(q))
+                stop = min(tokens, start + group)
+                lo[:] = x_h[start]
+                hi[:] = x_h[start]
+                for t in range(start + 1, stop):
+                    for d in range(head_dim):
+                        lo[d] = min(lo[d], x_h[t, d])
+                        hi[d] = max(hi[d], x_h[t, d])
+                for d in range(head_dim):
+                    m16 = f16_bits(lo[d])
+                    mnf[d] = f16[m16]
+                    s16 = f16_bits((hi[d] - mnf[d]) / levels)
+                    sf = f16[s16]
+                    s[d] = sf if sf > np.float32(0.0) else np.float32(1.0)
+                    scale[h, d, g] = s16
+                    mn_out[h, d, g] = m16
+                for t in range(start, stop):
+                    for d in range(head_dim):
+                        v = np.rint((x_h[t, d] - mnf[d]) / s[d])
+                        q[t * head_dim + d] = np.uint8(min(max(v, np.float32(0.0)), levels))
+        else:
+            # per token over groups of channels
+            for t in range(tokens):
+                for g in range(scale.shape[2]):
+                    start = g * group
+                    stop = min(head_dim, start + group)
+                    lo = x_h[t, start]
+                    hi = lo
+                    for d in range(start + 1, stop):
+                        lo = min(lo, x_h[t, d])
+                        hi = max(hi, x_h[t, d])
+                    m16 = f16_bits(lo)
+                    mnf = f16[m16]
+                    s16 = f16_bits((hi - mnf) / levels)
+                    sf = f16[s16]
+                    sf = sf if sf > np.float32(0.0) else np.float32(1.0)
+                    scale[h, t, g] = s16
+                    mn_out[h, t, g] = m16
+                    for d in range(start, stop):
+                        v = np.rint((x_h[t, d] - mnf) / sf)
+                        q[t * head_dim + d] = np.uint8(min(max(v, np.float32(0.0)), levels))
+        pack_bits_row(q, tokens * head_dim, bits, codes[h])
 
 
 @njit(**PARALLEL_JIT)
 def _decode(codes, scale, mn, key, bits, group, f16, out, mode):
     heads, tokens, head_dim = out.shape
     for h in prange(heads):
-        row = codes[h]
+        q = np.empty(tokens * head_dim, np.uint8)
+        unpack_bits_row(codes[h], 0, tokens * head_dim, bits, q)
+        row = np.empty(head_dim, np.float32)
+        row_u = row.view(np.uint32)
+        s = np.empty(head_dim, np.float32)
+        m = np.empty(head_dim, np.float32)
         for t in range(tokens):
-            for d in range(head_dim):
-                if key:
-                    s, m = f16[scale[h, d, t // group]], f16[mn[h, d, t // group]]
-                else:
-                    s, m = f16[scale[h, t, d // group]], f16[mn[h, t, d // group]]
-                q = np.float32(read_bits(row, t * head_dim + d, bits))
-                store(out, h, t, d, q * s + m, mode)
+            if key:
+                if t % group == 0:  # a new group of tokens: every channel's scale and minimum
+                    for d in range(head_dim):
+                        s[d] = f16[scale[h, d, t // group]]
+                        m[d] = f16[mn[h, d, t // group]]
+                base = t * head_dim
+                for d in range(head_dim):
+                    row[d] = np.float32(q[base + d]) * s[d] + m[d]
+            else:
+                for g in range(scale.shape[2]):
+                    sg = f16[scale[h, t, g]]
+                    mg = f16[mn[h, t, g]]
+                    for d in range(g * group, min(head_dim, g * group + group)):
+                        row[d] = np.float32(q[t * head_dim + d]) * sg + mg
+            emit_row(row, row_u, out, h, t, mode)
 
 
 def encode(x: torch.Tensor, codec: KIVICodec, kind: str) -> dict[str, torch.Tensor]:

@@ -25,7 +25,6 @@ from ..quant.base import EncodedTensor, QuantError
 from ..quant.groups import balanced_group, num_groups
 from ..quant.packing import packed_length
 from ..quant.selection import channel_rows, salient_count, salient_tokens, tier_indices
-from ..quant.uniform import zero_units
 from ..quant.vidkv import VidKVCodec
 from .cpu_common import (
     JIT,
@@ -33,184 +32,243 @@ from .cpu_common import (
     as_numpy_out,
     bf16_round_up_bits,
     bf16_value,
+    emit_row,
     log8_code,
     match_torch_threads,
-    read_bits,
-    store,
+    pack_bits_row,
+    pack_trits_row,
     tables,
+    trit_table,
     u16,
-    write_bits,
+    unpack_bits_row,
+    unpack_trits_row,
 )
 
-# ----- log8 min-max rows (uniform.encode_log8_minmax / decode_log8_minmax) ---------------
-# A "row" is what one group runs along: a key channel over tokens (``by_column``: the row is
-# a column of the head's [tokens, head_dim] matrix) or a salient value token over channels.
-# Codes are packed row-major over the head's [len, rows] (keys: token-major) or [rows, len].
+# ----- log8 min-max (uniform.encode_log8_minmax / decode_log8_minmax) --------------------
 
 
 @njit(**JIT)
-def _elem(x_h, by_column, index, r, i):
-    return x_h[i, index[r]] if by_column else x_h[index[r], i]
-
-
-@njit(**JIT)
-def _code_index(by_column, rows, length, r, i):
-    return i * rows + r if by_column else r * length + i
-
-
-@njit(**JIT)
-def _encode_minmax(x_h, by_column, index, length, bits, group, bounds, table, codes, scale, zero):
-    """One head's rows -> packed codes, log8 scale and int8 zero point; returns head_max bits."""
-    rows, n_groups = scale.shape
-    levels = np.float32((1 << bits) - 1)
-    units = np.float32(zero_units_of(bits))
-    step = np.empty((rows, n_groups), np.float32)
-    low = np.empty((rows, n_groups), np.float32)
-    top = np.float32(0.0)
-    for r in range(rows):
-        for g in range(n_groups):
-            start = g * group
-            stop = min(length, start + group)
-            mn = _elem(x_h, by_column, index, r, start)
-            mx = mn
-            for i in range(start + 1, stop):
-                v = _elem(x_h, by_column, index, r, i)
-                mn = min(mn, v)
-                mx = max(mx, v)
-            # uniform._log8_step
-            s = max((mx - mn) / levels, ((abs(mn) * np.float32(1.03)) * units) / np.float32(127.0))
-            step[r, g] = s
-            low[r, g] = mn
-            top = max(top, s)
-    hm_bits = bf16_round_up_bits(top)
-    hm = bf16_value(hm_bits)
-    codes[:] = 0
-    for r in range(rows):
-        for g in range(n_groups):
-            code = log8_code(step[r, g], hm, bounds)
-            s = table[code] * hm
-            if not s > np.float32(0.0):
-                s = np.float32(1.0)
-            z = min(max(np.rint((low[r, g] / s) * units), np.float32(-128.0)), np.float32(127.0))
-            scale[r, g] = code
-            zero[r, g] = np.int8(z)
-            zf = z / units
-            start = g * group
-            for i in range(start, min(length, start + group)):
-                q = min(max(np.rint(_elem(x_h, by_column, index, r, i) / s - zf), np.float32(0.0)), levels)
-                write_bits(codes, _code_index(by_column, rows, length, r, i), bits, np.int64(q))
-    return hm_bits
-
-
-@njit(**JIT)
-def zero_units_of(bits):
+def _zero_units(bits):
     return 4 if bits <= 2 else 2  # uniform.zero_units
 
 
 @njit(**JIT)
-def _decode_minmax(codes, scale, zero, hm, by_column, index, length, bits, group, table, out, h, mode):
-    """One head's rows decoded into ``out[h]`` (keys: column ``index[r]``; values: token ``index[r]``)."""
-    rows = scale.shape[0]
-    units = np.float32(zero_units_of(bits))
-    for r in range(rows):
-        for i in range(length):
-            g = i // group
-            s = table[scale[r, g]] * hm
-            q = np.float32(read_bits(codes, _code_index(by_column, rows, length, r, i), bits))
-            x = (q + np.float32(zero[r, g]) / units) * s
-            if by_column:
-                store(out, h, i, index[r], x, mode)
-            else:
-                store(out, h, index[r], i, x, mode)
+def _log8_step(lo, hi, levels, units):
+    # uniform._log8_step, operation by operation
+    return max((hi - lo) / levels, ((abs(lo) * np.float32(1.03)) * units) / np.float32(127.0))
+
+
+@njit(**JIT)
+def _encode_columns(x_h, index, group, bits, bounds, table, codes_row, scale_h, zero_h):
+    """Key channels ``index`` of one head, each in groups of tokens (codes token-major);
+    returns the head's scale maximum as bfloat16 bits."""
+    tokens = x_h.shape[0]
+    c = index.shape[0]
+    n_groups = scale_h.shape[1]
+    levels = np.float32((1 << bits) - 1)
+    units = np.float32(_zero_units(bits))
+    xs = np.empty((tokens, c), np.float32)
+    for t in range(tokens):
+        for j in range(c):
+            xs[t, j] = x_h[t, index[j]]
+    lows = np.empty((n_groups, c), np.float32)
+    steps = np.empty((n_groups, c), np.float32)
+    top = np.float32(0.0)
+    for g in range(n_groups):
+        start, stop = g * group, min(tokens, g * group + group)
+        lo = xs[start].copy()
+        hi = xs[start].copy()
+        for t in range(start + 1, stop):
+            for j in range(c):
+                lo[j] = min(lo[j], xs[t, j])
+                hi[j] = max(hi[j], xs[t, j])
+        for j in range(c):
+            steps[g, j] = _log8_step(lo[j], hi[j], levels, units)
+            lows[g, j] = lo[j]
+            top = max(top, steps[g, j])
+    hm_bits = bf16_round_up_bits(top)
+    hm = bf16_value(hm_bits)
+    q = np.empty(tokens * c, np.uint8)
+    s = np.empty(c, np.float32)
+    zf = np.empty(c, np.float32)
+    for g in range(n_groups):
+        for j in range(c):
+            code = log8_code(steps[g, j], hm, bounds)
+            sj = table[code] * hm
+            sj = sj if sj > np.float32(0.0) else np.float32(1.0)
+            z = min(max(np.rint((lows[g, j] / sj) * units), np.float32(-128.0)), np.float32(127.0))
+            scale_h[j, g] = code
+            zero_h[j, g] = np.int8(z)
+            s[j] = sj
+            zf[j] = z / units
+        for t in range(g * group, min(tokens, g * group + group)):
+            for j in range(c):
+                v = np.rint(xs[t, j] / s[j] - zf[j])
+                q[t * c + j] = np.uint8(min(max(v, np.float32(0.0)), levels))
+    pack_bits_row(q, tokens * c, bits, codes_row)
+    return hm_bits
+
+
+@njit(**JIT)
+def _encode_rows(x_h, rows, group, bits, bounds, table, codes_row, scale_h, zero_h):
+    """Tokens ``rows`` of one head, each in groups of channels (codes row-major); returns the
+    head's scale maximum as bfloat16 bits."""
+    head_dim = x_h.shape[1]
+    n_rows = rows.shape[0]
+    n_groups = scale_h.shape[1]
+    levels = np.float32((1 << bits) - 1)
+    units = np.float32(_zero_units(bits))
+    lows = np.empty((n_rows, n_groups), np.float32)
+    steps = np.empty((n_rows, n_groups), np.float32)
+    top = np.float32(0.0)
+    for r in range(n_rows):
+        x_r = x_h[rows[r]]
+        for g in range(n_groups):
+            start, stop = g * group, min(head_dim, g * group + group)
+            lo = x_r[start]
+            hi = lo
+            for d in range(start + 1, stop):
+                lo = min(lo, x_r[d])
+                hi = max(hi, x_r[d])
+            steps[r, g] = _log8_step(lo, hi, levels, units)
+            lows[r, g] = lo
+            top = max(top, steps[r, g])
+    hm_bits = bf16_round_up_bits(top)
+    hm = bf16_value(hm_bits)
+    q = np.empty(n_rows * head_dim, np.uint8)
+    for r in range(n_rows):
+        x_r = x_h[rows[r]]
+        for g in range(n_groups):
+            code = log8_code(steps[r, g], hm, bounds)
+            s = table[code] * hm
+            s = s if s > np.float32(0.0) else np.float32(1.0)
+            z = min(max(np.rint((lows[r, g] / s) * units), np.float32(-128.0)), np.float32(127.0))
+            scale_h[r, g] = code
+            zero_h[r, g] = np.int8(z)
+            zf = z / units
+            for d in range(g * group, min(head_dim, g * group + group)):
+                v = np.rint(x_r[d] / s - zf)
+                q[r * head_dim + d] = np.uint8(min(max(v, np.float32(0.0)), levels))
+    pack_bits_row(q, n_rows * head_dim, bits, codes_row)
+    return hm_bits
+
+
+@njit(**JIT)
+def _log8_codes(levels, bounds, codes_h):
+    """``scales.encode_log8(levels, round_up=False)`` of one head: codes into ``codes_h``
+    (levels ``[groups, n]``, codes ``[n, groups]``); returns the head max as bfloat16 bits."""
+    top = np.float32(0.0)
+    for g in range(levels.shape[0]):
+        for k in range(levels.shape[1]):
+            top = max(top, levels[g, k])
+    hm_bits = bf16_round_up_bits(top)
+    hm = bf16_value(hm_bits)
+    for g in range(levels.shape[0]):
+        for k in range(levels.shape[1]):
+            codes_h[k, g] = log8_code(levels[g, k], hm, bounds)
+    return hm_bits
 
 
 # ----- keys ------------------------------------------------------------------------------
 
 
-@njit(**JIT)
-def _component(spec, h, t, k, n_real):
-    # rfft_components: real parts of bins 0..n_real-1, then imaginary parts of bins 1..
-    return spec[h, t, k, 0] if k < n_real else spec[h, t, k - n_real + 1, 1]
-
-
-@njit(**JIT)
-def _encode_tier(x_h, index, tokens, bits, group, bounds, table, tier, h):
-    codes, scale, zero, hmax = tier
-    if index.shape[0]:
-        hmax[h] = _encode_minmax(x_h, True, index, tokens, bits, group, bounds, table, codes[h], scale[h], zero[h])
-
-
-@njit(**JIT)
-def _decode_tier(index, tokens, bits, group, table, tier, out, h, mode):
-    codes, scale, zero, hmax = tier
-    if index.shape[0]:
-        _decode_minmax(
-            codes[h], scale[h], zero[h], bf16_value(hmax[h]), True, index, tokens, bits, group, table, out, h, mode
-        )
-
-
 @njit(**PARALLEL_JIT)
-def _encode_keys(x, idx4, idx2, spec, m, group, bounds, table, out4, out2, signs, k1_scale, k1_max):
+def _encode_keys(x, idx4, idx2, spec, group, bounds, table, tier4, tier2, signs, k1_scale, k1_max):
     heads, tokens, _ = x.shape
-    n_real = m // 2 + 1
+    m = k1_scale.shape[1]
     n_groups = k1_scale.shape[2]
+    n_real = m // 2 + 1
     for h in prange(heads):
-        _encode_tier(x[h], idx4[h], tokens, 4, group, bounds, table, out4, h)
-        _encode_tier(x[h], idx2[h], tokens, 2, group, bounds, table, out2, h)
-        # sign tier: one bit per component, level = mean |component| per group (lowbit.sign_encode)
-        signs[h, :] = 0
-        level = np.empty((m, n_groups), np.float32)
-        top = np.float32(0.0)
-        for k in range(m):
-            for g in range(n_groups):
-                start = g * group
-                stop = min(tokens, start + group)
-                acc = 0.0
-                for t in range(start, stop):
-                    c = _component(spec, h, t, k, n_real)
-                    acc += np.float64(abs(c))
-                    if c >= np.float32(0.0):
-                        write_bits(signs[h], t * m + k, 1, 1)
-                lv = np.float32(acc) / np.float32(stop - start)
-                level[k, g] = lv
-                top = max(top, lv)
-        hm_bits = bf16_round_up_bits(top)
-        k1_max[h] = hm_bits
-        hm = bf16_value(hm_bits)
-        for k in range(m):
-            for g in range(n_groups):
-                k1_scale[h, k, g] = log8_code(level[k, g], hm, bounds)
+        if idx4.shape[1]:
+            tier4[3][h] = _encode_columns(
+                x[h], idx4[h], group, 4, bounds, table, tier4[0][h], tier4[1][h], tier4[2][h]
+            )
+        if idx2.shape[1]:
+            tier2[3][h] = _encode_columns(
+                x[h], idx2[h], group, 2, bounds, table, tier2[0][h], tier2[1][h], tier2[2][h]
+            )
+        # sign tier (spectral.rfft_components, lowbit.sign_encode): real parts of bins
+        # 0 .. n_real - 1, then imaginary parts of bins 1 ..; level = mean |component|
+        comps = np.empty((tokens, m), np.float32)
+        for t in range(tokens):
+            for k in range(n_real):
+                comps[t, k] = spec[h, t, k, 0]
+            for k in range(n_real, m):
+                comps[t, k] = spec[h, t, k - n_real + 1, 1]
+        bits = np.empty(tokens * m, np.uint8)
+        level = np.empty((n_groups, m), np.float32)
+        acc = np.empty(m, np.float64)
+        for g in range(n_groups):
+            start, stop = g * group, min(tokens, g * group + group)
+            acc[:] = 0.0
+            for t in range(start, stop):
+                for k in range(m):
+                    c = comps[t, k]
+                    acc[k] += np.float64(abs(c))
+                    bits[t * m + k] = 1 if c >= np.float32(0.0) else 0
+            for k in range(m):
+                level[g, k] = np.float32(acc[k]) / np.float32(stop - start)
+        pack_bits_row(bits, tokens * m, 1, signs[h])
+        k1_max[h] = _log8_codes(level, bounds, k1_scale[h])
 
 
 @njit(**PARALLEL_JIT)
-def _sign_components(signs, k1_scale, k1_max, m, group, table, spec):
+def _sign_components(signs, k1_scale, k1_max, group, table, spec):
     """Decoded sign-tier components (``+-level``) laid out as the complex rfft spectrum."""
     heads, tokens, n_bins, _ = spec.shape
+    m = k1_scale.shape[1]
     n_real = m // 2 + 1
     for h in prange(heads):
         hm = bf16_value(k1_max[h])
+        bits = np.empty(tokens * m, np.uint8)
+        unpack_bits_row(signs[h], 0, tokens * m, 1, bits)
+        level = np.empty(m, np.float32)
+        comps = np.empty(m, np.float32)
         for t in range(tokens):
-            g = t // group
-            spec[h, t, 0, 1] = 0.0
-            spec[h, t, n_bins - 1, 1] = 0.0  # the Nyquist bin's, when m is even
+            if t % group == 0:
+                for k in range(m):
+                    level[k] = table[k1_scale[h, k, t // group]] * hm
             for k in range(m):
-                level = table[k1_scale[h, k, g]] * hm
-                c = (np.float32(read_bits(signs[h], t * m + k, 1)) * np.float32(2.0) - np.float32(1.0)) * level
-                if k < n_real:
-                    spec[h, t, k, 0] = c
-                else:
-                    spec[h, t, k - n_real + 1, 1] = c
+                comps[k] = (np.float32(bits[t * m + k]) * np.float32(2.0) - np.float32(1.0)) * level[k]
+            for k in range(n_real):
+                spec[h, t, k, 0] = comps[k]
+                spec[h, t, k, 1] = 0.0  # imaginary parts of DC (and Nyquist, m even) stay 0
+            for k in range(n_real, m):
+                spec[h, t, k - n_real + 1, 1] = comps[k]
 
 
 @njit(**PARALLEL_JIT)
-def _decode_keys(idx4, idx2, tiers4, tiers2, idx1, signal, group, table, out, mode):
-    heads, tokens, _ = out.shape
+def _decode_keys(idx4, idx2, tier4, tier2, idx1, signal, group, table, out, mode):
+    heads, tokens, head_dim = out.shape
+    m = idx1.shape[1]
     for h in prange(heads):
-        _decode_tier(idx4[h], tokens, 4, group, table, tiers4, out, h, mode)
-        _decode_tier(idx2[h], tokens, 2, group, table, tiers2, out, h, mode)
+        row = np.empty(head_dim, np.float32)
+        row_u = row.view(np.uint32)
+        n4, n2 = idx4.shape[1], idx2.shape[1]
+        q4 = np.empty(tokens * n4, np.uint8)
+        q2 = np.empty(tokens * n2, np.uint8)
+        unpack_bits_row(tier4[0][h], 0, tokens * n4, 4, q4)
+        unpack_bits_row(tier2[0][h], 0, tokens * n2, 2, q2)
+        hm4 = bf16_value(tier4[3][h])
+        hm2 = bf16_value(tier2[3][h])
+        s4, z4 = np.empty(n4, np.float32), np.empty(n4, np.float32)
+        s2, z2 = np.empty(n2, np.float32), np.empty(n2, np.float32)
         for t in range(tokens):
-            for j in range(idx1.shape[1]):
-                store(out, h, t, idx1[h, j], signal[h, t, j], mode)
+            if t % group == 0:  # a new group of tokens: every channel's step and offset
+                g = t // group
+                for j in range(n4):
+                    s4[j] = table[tier4[1][h, j, g]] * hm4
+                    z4[j] = np.float32(tier4[2][h, j, g]) / np.float32(_zero_units(4))
+                for j in range(n2):
+                    s2[j] = table[tier2[1][h, j, g]] * hm2
+                    z2[j] = np.float32(tier2[2][h, j, g]) / np.float32(_zero_units(2))
+            for j in range(n4):
+                row[idx4[h, j]] = (np.float32(q4[t * n4 + j]) + z4[j]) * s4[j]
+            for j in range(n2):
+                row[idx2[h, j]] = (np.float32(q2[t * n2 + j]) + z2[j]) * s2[j]
+            for j in range(m):
+                row[idx1[h, j]] = signal[h, t, j]
+            emit_row(row, row_u, out, h, t, mode)
 
 
 # id of a frozen tier tensor -> (a weak reference to it, its channel indices per tier): the
@@ -220,11 +278,15 @@ _CHANNELS: dict[int, tuple[weakref.ref, tuple[np.ndarray, ...]]] = {}
 
 def key_channels(tiers: torch.Tensor) -> tuple[np.ndarray, ...]:
     """(4-bit, 2-bit, sign-tier) channel indices ``[heads, count]`` of a layer's frozen tiers."""
-    cached = _CHANNELS.get(id(tiers))
+    key = id(tiers)
+    cached = _CHANNELS.get(key)
     if cached is None or cached[0]() is not tiers:
         channels = tuple(np.ascontiguousarray(tier_indices(tiers, tier).numpy()) for tier in (2, 1, 0))
-        cached = _CHANNELS[id(tiers)] = (weakref.ref(tiers, lambda _, key=id(tiers): _CHANNELS.pop(key, None)), channels)
+        cached = _CHANNELS[key] = (weakref.ref(tiers, lambda _: _CHANNELS.pop(key, None)), channels)
     return cached[1]
+
+
+_TIER_FIELDS = ("codes", "scale", "zero", "scale_max")
 
 
 def _tier_buffers(heads: int, tokens: int, count: int, bits: int, n_groups: int):
@@ -253,20 +315,33 @@ def encode_keys(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, tor
     m = idx1.shape[1]
     # the reference's rfft_components call: torch.fft.rfft over the gathered sign channels
     spec = torch.fft.rfft(x.gather(2, channel_rows(torch.from_numpy(idx1), tokens)), dim=-1)
-    tiers = {bits: _tier_buffers(heads, tokens, idx.shape[1], bits, n_groups) for bits, idx in ((4, idx4), (2, idx2))}
+    tiers = {
+        bits: _tier_buffers(heads, tokens, idx.shape[1], bits, n_groups)
+        for bits, idx in ((4, idx4), (2, idx2))
+    }
     signs = torch.empty(heads, packed_length(tokens * m, 1), dtype=torch.uint8)
     k1_scale = torch.empty(heads, m, n_groups, dtype=torch.uint8)
     k1_max = torch.empty(heads, dtype=torch.bfloat16)
     log8, _, nearest, _ = tables()
     match_torch_threads()
     _encode_keys(
-        x.numpy(), idx4, idx2, torch.view_as_real(spec).numpy(), m, group, nearest, log8,
-        _np_tier(tiers[4]), _np_tier(tiers[2]), signs.numpy(), k1_scale.numpy(), u16(k1_max),
+        x.numpy(),
+        idx4,
+        idx2,
+        torch.view_as_real(spec).numpy(),
+        group,
+        nearest,
+        log8,
+        _np_tier(tiers[4]),
+        _np_tier(tiers[2]),
+        signs.numpy(),
+        k1_scale.numpy(),
+        u16(k1_max),
     )
     out: dict[str, torch.Tensor] = {}
     for bits, idx in ((4, idx4), (2, idx2)):
         if idx.shape[1]:
-            out.update(zip((f"k{bits}.{f}" for f in ("codes", "scale", "zero", "scale_max")), tiers[bits]))
+            out.update(zip((f"k{bits}.{f}" for f in _TIER_FIELDS), tiers[bits], strict=True))
     out.update({"k1.signs": signs, "k1.scale": k1_scale, "k1.scale_max": k1_max})
     return out
 
@@ -303,16 +378,22 @@ def decode_keys_into(enc: EncodedTensor, codec: VidKVCodec, out: torch.Tensor, m
     match_torch_threads()
     spec = torch.empty(heads, tokens, m // 2 + 1, dtype=torch.complex64)
     _sign_components(
-        t["k1.signs"].numpy(), t["k1.scale"].numpy(), u16(t["k1.scale_max"]), m, group, log8,
+        t["k1.signs"].numpy(),
+        t["k1.scale"].numpy(),
+        u16(t["k1.scale_max"]),
+        group,
+        log8,
         torch.view_as_real(spec).numpy(),
     )
     signal = torch.fft.irfft(spec, n=m, dim=-1)  # spectral.from_rfft_components
     tiers = {}
     for bits, idx in ((4, idx4), (2, idx2)):
-        names = [f"k{bits}.{part}" for part in ("codes", "scale", "zero", "scale_max")]
+        names = [f"k{bits}.{part}" for part in _TIER_FIELDS]
         if idx.shape[1] and not all(name in t for name in names):
             raise QuantError(f"{codec.name}: key block lacks the {bits}-bit tier the layer's tiers call for")
-        tiers[bits] = _np_tier([t[n] for n in names] if idx.shape[1] else _tier_buffers(heads, 0, 0, bits, n_groups))
+        tiers[bits] = _np_tier(
+            [t[n] for n in names] if idx.shape[1] else _tier_buffers(heads, 0, 0, bits, n_groups)
+        )
     _decode_keys(idx4, idx2, tiers[4], tiers[2], idx1, signal.numpy(), group, log8, as_numpy_out(out), mode)
 
 
@@ -342,84 +423,87 @@ def _token_split(flags):
 def _encode_values(
     x, flags, threshold, group, sal_group, bounds, table,
     mask, tern, tern_scale, tern_max, sal_codes, sal_scale, sal_zero, sal_max,
-):
+):  # fmt: skip
     heads, tokens, head_dim = x.shape
     n_groups = tern_scale.shape[2]
-    pow3 = np.array([1, 3, 9, 27, 81], np.int64)
     for h in prange(heads):
         x_h = x[h]
         sal, rest = _token_split(flags[h])
-        mask[h, :] = 0
-        for i in range(sal.shape[0]):
-            write_bits(mask[h], sal[i], 1, 1)
+        pack_bits_row(flags[h], tokens, 1, mask[h])
         # the others: ternary per channel over groups of rest tokens (lowbit.ternary_encode,
-        # ternary_ls_level), codes packed token-major as base-3 trits of t + 1
+        # ternary_ls_level); codes t + 1 packed token-major as base-3 trits
         n_rest = rest.shape[0]
-        row = tern[h]
-        row[:] = 0
-        level = np.empty((head_dim, n_groups), np.float32)
-        top = np.float32(0.0)
-        for d in range(head_dim):
-            for g in range(n_groups):
-                start = g * group
-                stop = min(n_rest, start + group)
-                acc = 0.0
-                for r in range(start, stop):
-                    acc += np.float64(abs(x_h[rest[r], d]))
-                thr = (np.float32(acc) / np.float32(stop - start)) * threshold
-                acc = 0.0
-                count = 0
-                for r in range(start, stop):
-                    v = x_h[rest[r], d]
-                    code = 1
-                    if v > thr:
-                        code = 2
-                    elif v < -thr:
-                        code = 0
-                    if code != 1:
-                        acc += np.float64(abs(v))
-                        count += 1
-                    i = r * head_dim + d
-                    row[i // 5] += np.uint8(code * pow3[i % 5])
-                lv = np.float32(acc) / np.float32(max(count, 1))
-                level[d, g] = lv
-                top = max(top, lv)
-        hm_bits = bf16_round_up_bits(top)
-        tern_max[h] = hm_bits
-        hm = bf16_value(hm_bits)
-        for d in range(head_dim):
-            for g in range(n_groups):
-                tern_scale[h, d, g] = log8_code(level[d, g], hm, bounds)
+        q = np.empty(n_rest * head_dim, np.uint8)
+        level = np.empty((n_groups, head_dim), np.float32)
+        acc = np.empty(head_dim, np.float64)
+        thr = np.empty(head_dim, np.float32)
+        count = np.empty(head_dim, np.int64)
+        for g in range(n_groups):
+            start, stop = g * group, min(n_rest, g * group + group)
+            acc[:] = 0.0
+            for r in range(start, stop):
+                for d in range(head_dim):
+                    acc[d] += np.float64(abs(x_h[rest[r], d]))
+            for d in range(head_dim):
+                thr[d] = (np.float32(acc[d]) / np.float32(stop - start)) * threshold
+            acc[:] = 0.0
+            count[:] = 0
+            for r in range(start, stop):
+                x_r = x_h[rest[r]]
+                for d in range(head_dim):
+                    v = x_r[d]
+                    code = 2 if v > thr[d] else (0 if v < -thr[d] else 1)
+                    q[r * head_dim + d] = code
+                    acc[d] += np.float64(abs(v)) if code != 1 else 0.0
+                    count[d] += 1 if code != 1 else 0
+            for d in range(head_dim):
+                level[g, d] = np.float32(acc[d]) / np.float32(max(count[d], 1))
+        pack_trits_row(q, n_rest * head_dim, tern[h])
+        tern_max[h] = _log8_codes(level, bounds, tern_scale[h])
         # salient tokens: 2 bits per token in groups of channels
-        sal_max[h] = _encode_minmax(
-            x_h, False, sal, head_dim, 2, sal_group, bounds, table, sal_codes[h], sal_scale[h], sal_zero[h]
+        sal_max[h] = _encode_rows(
+            x_h, sal, sal_group, 2, bounds, table, sal_codes[h], sal_scale[h], sal_zero[h]
         )
 
 
 @njit(**PARALLEL_JIT)
-def _decode_values(mask, tern, tern_scale, tern_max, sal_codes, sal_scale, sal_zero, sal_max, group, sal_group, table, out, mode):
+def _decode_values(
+    mask, tern, tern_scale, tern_max, sal_codes, sal_scale, sal_zero, sal_max,
+    group, sal_group, table, trits, out, mode,
+):  # fmt: skip
     heads, tokens, head_dim = out.shape
+    units = np.float32(_zero_units(2))
     for h in prange(heads):
-        flags = np.empty(tokens, np.int64)
-        for t in range(tokens):
-            flags[t] = read_bits(mask[h], t, 1)
+        flags = np.empty(tokens, np.uint8)
+        unpack_bits_row(mask[h], 0, tokens, 1, flags)
         sal, rest = _token_split(flags)
+        row = np.empty(head_dim, np.float32)
+        row_u = row.view(np.uint32)
+        # the others: trit - 1 times the channel's level for the token's group
+        n_rest = rest.shape[0]
+        q = np.empty(n_rest * head_dim, np.uint8)
+        unpack_trits_row(tern[h], n_rest * head_dim, trits, q)
         hm = bf16_value(tern_max[h])
-        row = tern[h]
-        for r in range(rest.shape[0]):
-            g = r // group
+        level = np.empty(head_dim, np.float32)
+        for r in range(n_rest):
+            if r % group == 0:
+                for d in range(head_dim):
+                    level[d] = table[tern_scale[h, d, r // group]] * hm
             for d in range(head_dim):
-                i = r * head_dim + d
-                trit = (np.int64(row[i // 5]) // _POW3[i % 5]) % 3
-                level = table[tern_scale[h, d, g]] * hm
-                store(out, h, rest[r], d, np.float32(trit - 1) * level, mode)
-        _decode_minmax(
-            sal_codes[h], sal_scale[h], sal_zero[h], bf16_value(sal_max[h]), False, sal, head_dim, 2,
-            sal_group, table, out, h, mode,
-        )
-
-
-_POW3 = np.array([1, 3, 9, 27, 81], np.int64)
+                row[d] = np.float32(np.int64(q[r * head_dim + d]) - 1) * level[d]
+            emit_row(row, row_u, out, h, rest[r], mode)
+        # salient tokens: 2-bit codes in groups of channels
+        n_sal = sal.shape[0]
+        q2 = np.empty(n_sal * head_dim, np.uint8)
+        unpack_bits_row(sal_codes[h], 0, n_sal * head_dim, 2, q2)
+        hm = bf16_value(sal_max[h])
+        for r in range(n_sal):
+            for g in range(sal_scale.shape[2]):
+                s = table[sal_scale[h, r, g]] * hm
+                zf = np.float32(sal_zero[h, r, g]) / units
+                for d in range(g * sal_group, min(head_dim, g * sal_group + sal_group)):
+                    row[d] = (np.float32(q2[r * head_dim + d]) + zf) * s
+            emit_row(row, row_u, out, h, sal[r], mode)
 
 
 def encode_values(x: torch.Tensor, codec: VidKVCodec) -> dict[str, torch.Tensor]:
@@ -445,8 +529,14 @@ def encode_values(x: torch.Tensor, codec: VidKVCodec) -> dict[str, torch.Tensor]
     log8, _, nearest, _ = tables()
     match_torch_threads()
     _encode_values(
-        x.numpy(), sal.to(torch.int64).numpy(), np.float32(codec.ternary_threshold), group, sal_group,
-        nearest, log8, *(u16(v) if v.dtype == torch.bfloat16 else v.numpy() for v in t.values()),
+        x.numpy(),
+        sal.to(torch.int64).numpy(),
+        np.float32(codec.ternary_threshold),
+        group,
+        sal_group,
+        nearest,
+        log8,
+        *(u16(v) if v.dtype == torch.bfloat16 else v.numpy() for v in t.values()),
     )
     return t
 
@@ -459,9 +549,23 @@ def decode_values_into(enc: EncodedTensor, codec: VidKVCodec, out: torch.Tensor,
     group = balanced_group(tokens - n_sal, codec.group_size)
     _check_groups(codec, t["tern.scale"].shape[-1], tokens - n_sal, group)
     sal_group = balanced_group(head_dim, codec.group_size)
-    names = ("salient", "tern.codes", "tern.scale", "tern.scale_max", "sal.codes", "sal.scale", "sal.zero", "sal.scale_max")
+    names = (
+        "salient",
+        "tern.codes",
+        "tern.scale",
+        "tern.scale_max",
+        "sal.codes",
+        "sal.scale",
+        "sal.zero",
+        "sal.scale_max",
+    )
     match_torch_threads()
     _decode_values(
         *(u16(t[n]) if t[n].dtype == torch.bfloat16 else t[n].numpy() for n in names),
-        group, sal_group, tables()[0], as_numpy_out(out), mode,
+        group,
+        sal_group,
+        tables()[0],
+        trit_table(),
+        as_numpy_out(out),
+        mode,
     )
