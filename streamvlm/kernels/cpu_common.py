@@ -8,7 +8,7 @@ Exactness rules every kernel follows (they are the reference's, ``streamvlm.quan
   constant is a float32, so nothing is promoted to float64 by accident;
 * sums over a group run element by element in float64, rounded once (``groups.group_sum``);
 * rounding is to nearest even (``np.rint`` is ``torch.round``), conversions to float16 and
-  bfloat16 too (``Tensor.to``);
+  bfloat16 too (``Tensor.to``; float16 by LLVM's own ``fptrunc``, see ``f16_bits``);
 * log8 codes come from the reference's float64 boundaries (``scales.code_bounds``) and
   decode through its float32 table.
 """
@@ -22,9 +22,16 @@ import threading
 import numba
 import numpy as np
 import torch
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from ..quant import scales
+
+# sessions encode and decode from several Python threads at once: only a thread-safe layer
+# (OpenMP, the same libgomp torch loads, or TBB) may run the parallel loops; numba's
+# fallback "workqueue" layer aborts the process on concurrent launches
+numba.config.THREADING_LAYER = "threadsafe"
 
 JIT = {"cache": True, "nogil": True}  # compiled once per machine; releases the GIL while it runs
 PARALLEL_JIT = JIT | {"parallel": True}
@@ -42,7 +49,7 @@ def out_mode(dtype: torch.dtype) -> int | None:
 def as_numpy_out(out: torch.Tensor) -> np.ndarray:
     """A numpy view of ``out`` (any strides) the kernels write into: float32 as is, the 16-bit
     floats as their uint16 bit patterns (numba has no float16 or bfloat16 on CPU)."""
-    return (out if out.dtype == torch.float32 else out.view(torch.int16)).numpy()
+    return out.numpy() if out.dtype == torch.float32 else u16(out)
 
 
 def u16(t: torch.Tensor) -> np.ndarray:
@@ -58,17 +65,11 @@ def trit_table() -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=1)
-def tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(log8 table float32 [256], float16 bits -> float32 [65536], nearest and round-up code
-    bounds float64 [254]), all from the reference's own definitions."""
+def tables() -> tuple[np.ndarray, np.ndarray]:
+    """(log8 table float32 [256], nearest-code bounds float64 [254]), from the reference's
+    own definitions (``scales``)."""
     log8 = scales.decode_log8(torch.arange(256, dtype=torch.uint8), torch.ones(1, dtype=torch.bfloat16))
-    f16 = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.float16).float()
-    return (
-        log8.numpy().copy(),
-        f16.numpy().copy(),
-        scales.code_bounds(False).numpy().copy(),
-        scales.code_bounds(True).numpy().copy(),
-    )
+    return log8.numpy().copy(), scales.code_bounds(False).numpy().copy()
 
 
 _THREADS_LOCK = threading.Lock()
@@ -86,19 +87,45 @@ def match_torch_threads() -> None:
 # ----- scalars ---------------------------------------------------------------------------
 
 
-@njit(**JIT)
-def f16_bits(x):
-    """float32 -> float16 bit pattern, round to nearest even (finite inputs; overflow -> inf),
-    by exact float64 scaling and ``rint`` (no bit casts: nothing to allocate per call)."""
-    a = abs(np.float64(x))
-    sign = 0x8000 if math.copysign(1.0, x) < 0 else 0
-    if a >= 65520.0:
-        return np.uint16(sign | 0x7C00)
-    if a < 6.103515625e-05:  # below 2**-14: subnormal, in units of 2**-24
-        return np.uint16(sign | int(np.rint(a * 16777216.0)))
-    _, e = math.frexp(a)  # a = mant * 2**e, mant in [0.5, 1): the float16 exponent is e - 1
-    m = int(np.rint(math.ldexp(a, 11 - e)))  # 1024 .. 2048; 2048 carries into the exponent
-    return np.uint16(sign | (((e - 1 + 15) << 10) + m - 1024))
+@intrinsic
+def f16_bits(typingctx, x):
+    """float32 -> float16 bit pattern (uint16), rounded to nearest even: LLVM's ``fptrunc``,
+    one vector instruction on x86-64 with F16C and on ARMv8 (numba has no float16 type)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.uint16(types.float32), codegen
+
+
+@intrinsic
+def f16_value(typingctx, bits):
+    """float16 bit pattern (uint16) -> float32 (exact: ``fpext``)."""
+    if bits != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def bf16_bits(typingctx, x):
+    """float32 -> bfloat16 bit pattern (uint16), rounded to nearest even (finite inputs)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        u = builder.bitcast(args[0], i32)
+        lsb = builder.and_(builder.lshr(u, ir.Constant(i32, 16)), ir.Constant(i32, 1))
+        rounded = builder.add(builder.add(u, ir.Constant(i32, 0x7FFF)), lsb)
+        return builder.trunc(builder.lshr(rounded, ir.Constant(i32, 16)), ir.IntType(16))
+
+    return types.uint16(types.float32), codegen
 
 
 @njit(**JIT)
@@ -143,37 +170,117 @@ def log8_code(s, hm, bounds):
 # ----- rows: unpack, pack, convert (loops LLVM vectorizes) -------------------------------
 
 
+# one function per width, so that the codes per byte are a constant LLVM unrolls and vectorises
+# (a width passed at run time makes every code a variable shift: 30x slower)
+
+
 @njit(**JIT)
-def unpack_bits_row(row, first, n, bits, out):
-    """Codes ``first .. first + n`` of a ``pack_bits`` row into ``out[:n]`` (uint8)."""
-    mask = (1 << bits) - 1
-    for i in range(n):
-        pos = (first + i) * bits
-        out[i] = (row[pos >> 3] >> (pos & 7)) & mask
+def _unpack1(row, n, out):
+    for j in range(n // 8):
+        b = row[j]
+        for k in range(8):
+            out[j * 8 + k] = (b >> k) & 1
+    for i in range(n // 8 * 8, n):
+        out[i] = (row[i >> 3] >> (i & 7)) & 1
+
+
+@njit(**JIT)
+def _unpack2(row, n, out):
+    for j in range(n // 4):
+        b = row[j]
+        for k in range(4):
+            out[j * 4 + k] = (b >> (2 * k)) & 3
+    for i in range(n // 4 * 4, n):
+        out[i] = (row[i >> 2] >> (2 * (i & 3))) & 3
+
+
+@njit(**JIT)
+def _unpack4(row, n, out):
+    for j in range(n // 2):
+        b = row[j]
+        out[2 * j] = b & 15
+        out[2 * j + 1] = b >> 4
+    if n % 2:
+        out[n - 1] = row[n // 2] & 15
+
+
+@njit(**JIT)
+def unpack_bits_row(row, n, bits, out):
+    """The first ``n`` codes of a ``pack_bits`` row (1, 2, 4 or 8 bits) into ``out[:n]`` (uint8)."""
+    if bits == 1:
+        _unpack1(row, n, out)
+    elif bits == 2:
+        _unpack2(row, n, out)
+    elif bits == 4:
+        _unpack4(row, n, out)
+    else:
+        out[:n] = row[:n]
+
+
+@njit(**JIT)
+def _pack1(codes, n, row):
+    for j in range(n // 8):
+        acc = 0
+        for k in range(8):
+            acc |= codes[j * 8 + k] << k
+        row[j] = acc
+    _pack_tail(codes, n, 1, row)
+
+
+@njit(**JIT)
+def _pack2(codes, n, row):
+    for j in range(n // 4):
+        acc = 0
+        for k in range(4):
+            acc |= codes[j * 4 + k] << (2 * k)
+        row[j] = acc
+    _pack_tail(codes, n, 2, row)
+
+
+@njit(**JIT)
+def _pack4(codes, n, row):
+    for j in range(n // 2):
+        row[j] = codes[2 * j] | (codes[2 * j + 1] << 4)
+    _pack_tail(codes, n, 4, row)
+
+
+@njit(**JIT)
+def _pack_tail(codes, n, bits, row):
+    # the last, partial byte (zero padded)
+    per = 8 // bits
+    if n % per:
+        acc = 0
+        for i in range(n // per * per, n):
+            acc |= np.int64(codes[i]) << ((i % per) * bits)
+        row[n // per] = acc
 
 
 @njit(**JIT)
 def pack_bits_row(codes, n, bits, row):
-    """``pack_bits`` of ``codes[:n]`` (each < 2**bits) into ``row`` (zero padded)."""
-    per = 8 // bits
-    for j in range(row.shape[0]):
-        acc = 0
-        for k in range(per):
-            i = j * per + k
-            if i < n:
-                acc |= np.int64(codes[i]) << (k * bits)
-        row[j] = acc
+    """``pack_bits`` of ``codes[:n]`` (each < 2**bits; 1, 2, 4 or 8 bits) into ``row`` (zero padded)."""
+    if bits == 1:
+        _pack1(codes, n, row)
+    elif bits == 2:
+        _pack2(codes, n, row)
+    elif bits == 4:
+        _pack4(codes, n, row)
+    else:
+        row[:n] = codes[:n]
 
 
 @njit(**JIT)
 def unpack_trits_row(row, n, trit_table, out):
     """Trits ``0 .. n`` of a ``pack_trits`` row into ``out[:n]``; ``trit_table[b, k]`` is digit k of b."""
-    for j in range(row.shape[0]):
-        b = row[j]
-        for k in range(5):
-            i = j * 5 + k
-            if i < n:
-                out[i] = trit_table[b, k]
+    for j in range(n // 5):
+        b = row[j]  # digits by constant divisions, which LLVM turns into multiplications
+        o = out[j * 5 : j * 5 + 5]
+        o[0] = b % 3
+        o[1] = (b // 3) % 3
+        o[2] = (b // 9) % 3
+        o[3] = (b // 27) % 3
+        o[4] = b // 81
+    for i in range(n // 5 * 5, n):
+        out[i] = trit_table[row[i // 5], i % 5]
 
 
 @njit(**JIT)
@@ -184,35 +291,21 @@ def pack_trits_row(codes, n, row):
         w = 1
         for k in range(5):
             i = j * 5 + k
-            if i < n:
-                acc += np.int64(codes[i]) * w
+            acc += (np.int64(codes[i]) if i < n else 0) * w
             w *= 3
         row[j] = acc
 
 
 @njit(**JIT)
-def _f16_row(vals, vals_u, dest):
-    # branch-free round to nearest even: normal numbers by integer rounding of the bits,
-    # subnormals (|x| < 2**-14) as rint(|x| * 2**24) (an exact scaling), overflow to inf
-    for d in range(vals.shape[0]):
-        u = np.int64(vals_u[d])
-        a = u & 0x7FFFFFFF
-        normal = ((a + 0xFFF + ((a >> 13) & 1)) - 0x38000000) >> 13
-        sub = np.int64(np.rint(abs(vals[d]) * np.float32(16777216.0)))
-        r = sub if a < 0x38800000 else normal
-        r = 0x7C00 if a >= 0x477FF000 else r
-        dest[d] = ((u >> 16) & 0x8000) | r
-
-
-@njit(**JIT)
-def emit_row(vals, vals_u, out, h, t, mode):
-    """``out[h, t, :] = vals`` converted like ``Tensor.to(out dtype)`` (``vals_u``: ``vals``'s bits)."""
+def emit_row(vals, out, h, t, mode):
+    """``out[h, t, :] = vals`` converted like ``Tensor.to(out dtype)``."""
     dest = out[h, t]
     if mode == OUT_F32:
-        dest[:] = vals
+        for d in range(vals.shape[0]):
+            dest[d] = vals[d]
     elif mode == OUT_F16:
-        _f16_row(vals, vals_u, dest)
+        for d in range(vals.shape[0]):
+            dest[d] = f16_bits(vals[d])
     else:
         for d in range(vals.shape[0]):
-            u = np.int64(vals_u[d])
-            dest[d] = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+            dest[d] = bf16_bits(vals[d])

@@ -69,8 +69,9 @@ def _encode_columns(x_h, index, group, bits, bounds, table, codes_row, scale_h, 
     units = np.float32(_zero_units(bits))
     xs = np.empty((tokens, c), np.float32)
     for t in range(tokens):
+        x_t, xs_t = x_h[t], xs[t]
         for j in range(c):
-            xs[t, j] = x_h[t, index[j]]
+            xs_t[j] = x_t[index[j]]
     lows = np.empty((n_groups, c), np.float32)
     steps = np.empty((n_groups, c), np.float32)
     top = np.float32(0.0)
@@ -79,9 +80,10 @@ def _encode_columns(x_h, index, group, bits, bounds, table, codes_row, scale_h, 
         lo = xs[start].copy()
         hi = xs[start].copy()
         for t in range(start + 1, stop):
+            xs_t = xs[t]
             for j in range(c):
-                lo[j] = min(lo[j], xs[t, j])
-                hi[j] = max(hi[j], xs[t, j])
+                lo[j] = min(lo[j], xs_t[j])
+                hi[j] = max(hi[j], xs_t[j])
         for j in range(c):
             steps[g, j] = _log8_step(lo[j], hi[j], levels, units)
             lows[g, j] = lo[j]
@@ -102,9 +104,10 @@ def _encode_columns(x_h, index, group, bits, bounds, table, codes_row, scale_h, 
             s[j] = sj
             zf[j] = z / units
         for t in range(g * group, min(tokens, g * group + group)):
+            xs_t, q_t = xs[t], q[t * c : (t + 1) * c]
             for j in range(c):
-                v = np.rint(xs[t, j] / s[j] - zf[j])
-                q[t * c + j] = np.uint8(min(max(v, np.float32(0.0)), levels))
+                v = np.rint(xs_t[j] / s[j] - zf[j])
+                q_t[j] = np.uint8(min(max(v, np.float32(0.0)), levels))
     pack_bits_row(q, tokens * c, bits, codes_row)
     return hm_bits
 
@@ -124,12 +127,12 @@ def _encode_rows(x_h, rows, group, bits, bounds, table, codes_row, scale_h, zero
     for r in range(n_rows):
         x_r = x_h[rows[r]]
         for g in range(n_groups):
-            start, stop = g * group, min(head_dim, g * group + group)
-            lo = x_r[start]
+            x_g = x_r[g * group : g * group + group]
+            lo = x_g[0]
             hi = lo
-            for d in range(start + 1, stop):
-                lo = min(lo, x_r[d])
-                hi = max(hi, x_r[d])
+            for d in range(x_g.shape[0]):
+                lo = min(lo, x_g[d])
+                hi = max(hi, x_g[d])
             steps[r, g] = _log8_step(lo, hi, levels, units)
             lows[r, g] = lo
             top = max(top, steps[r, g])
@@ -146,9 +149,11 @@ def _encode_rows(x_h, rows, group, bits, bounds, table, codes_row, scale_h, zero
             scale_h[r, g] = code
             zero_h[r, g] = np.int8(z)
             zf = z / units
-            for d in range(g * group, min(head_dim, g * group + group)):
-                v = np.rint(x_r[d] / s - zf)
-                q[r * head_dim + d] = np.uint8(min(max(v, np.float32(0.0)), levels))
+            x_g = x_r[g * group : g * group + group]
+            q_g = q[r * head_dim + g * group : r * head_dim + g * group + x_g.shape[0]]
+            for d in range(x_g.shape[0]):
+                v = np.rint(x_g[d] / s - zf)
+                q_g[d] = np.uint8(min(max(v, np.float32(0.0)), levels))
     pack_bits_row(q, n_rows * head_dim, bits, codes_row)
     return hm_bits
 
@@ -172,103 +177,130 @@ def _log8_codes(levels, bounds, codes_h):
 # ----- keys ------------------------------------------------------------------------------
 
 
-@njit(**PARALLEL_JIT)
-def _encode_keys(x, idx4, idx2, spec, group, bounds, table, tier4, tier2, signs, k1_scale, k1_max):
+@njit(**JIT)
+def _encode_keys_head(h, x, idx4, idx2, spec, group, bounds, table, tier4, tier2, signs, k1_scale, k1_max):  # fmt: skip
     heads, tokens, _ = x.shape
     m = k1_scale.shape[1]
     n_groups = k1_scale.shape[2]
     n_real = m // 2 + 1
-    for h in prange(heads):
-        if idx4.shape[1]:
-            tier4[3][h] = _encode_columns(
-                x[h], idx4[h], group, 4, bounds, table, tier4[0][h], tier4[1][h], tier4[2][h]
-            )
-        if idx2.shape[1]:
-            tier2[3][h] = _encode_columns(
-                x[h], idx2[h], group, 2, bounds, table, tier2[0][h], tier2[1][h], tier2[2][h]
-            )
-        # sign tier (spectral.rfft_components, lowbit.sign_encode): real parts of bins
-        # 0 .. n_real - 1, then imaginary parts of bins 1 ..; level = mean |component|
-        comps = np.empty((tokens, m), np.float32)
-        for t in range(tokens):
-            for k in range(n_real):
-                comps[t, k] = spec[h, t, k, 0]
-            for k in range(n_real, m):
-                comps[t, k] = spec[h, t, k - n_real + 1, 1]
-        bits = np.empty(tokens * m, np.uint8)
-        level = np.empty((n_groups, m), np.float32)
-        acc = np.empty(m, np.float64)
-        for g in range(n_groups):
-            start, stop = g * group, min(tokens, g * group + group)
-            acc[:] = 0.0
-            for t in range(start, stop):
-                for k in range(m):
-                    c = comps[t, k]
-                    acc[k] += np.float64(abs(c))
-                    bits[t * m + k] = 1 if c >= np.float32(0.0) else 0
+    if idx4.shape[1]:
+        tier4[3][h] = _encode_columns(
+            x[h], idx4[h], group, 4, bounds, table, tier4[0][h], tier4[1][h], tier4[2][h]
+        )
+    if idx2.shape[1]:
+        tier2[3][h] = _encode_columns(
+            x[h], idx2[h], group, 2, bounds, table, tier2[0][h], tier2[1][h], tier2[2][h]
+        )
+    # sign tier (spectral.rfft_components, lowbit.sign_encode): real parts of bins
+    # 0 .. n_real - 1, then imaginary parts of bins 1 ..; level = mean |component|
+    comps = np.empty((tokens, m), np.float32)
+    for t in range(tokens):
+        re, im, c_t = spec[h, t, :, 0], spec[h, t, 1:, 1], comps[t]
+        for k in range(n_real):
+            c_t[k] = re[k]
+        c_im = c_t[n_real:]
+        for k in range(m - n_real):
+            c_im[k] = im[k]
+    bits = np.empty(tokens * m, np.uint8)
+    level = np.empty((n_groups, m), np.float32)
+    acc = np.empty(m, np.float64)
+    for g in range(n_groups):
+        start, stop = g * group, min(tokens, g * group + group)
+        acc[:] = 0.0
+        for t in range(start, stop):
+            c_t, b_t = comps[t], bits[t * m : (t + 1) * m]
             for k in range(m):
-                level[g, k] = np.float32(acc[k]) / np.float32(stop - start)
-        pack_bits_row(bits, tokens * m, 1, signs[h])
-        k1_max[h] = _log8_codes(level, bounds, k1_scale[h])
+                acc[k] += np.float64(abs(c_t[k]))
+                b_t[k] = 1 if c_t[k] >= np.float32(0.0) else 0
+        for k in range(m):
+            level[g, k] = np.float32(acc[k]) / np.float32(stop - start)
+    pack_bits_row(bits, tokens * m, 1, signs[h])
+    k1_max[h] = _log8_codes(level, bounds, k1_scale[h])
 
 
 @njit(**PARALLEL_JIT)
-def _sign_components(signs, k1_scale, k1_max, group, table, spec):
-    """Decoded sign-tier components (``+-level``) laid out as the complex rfft spectrum."""
+def _encode_keys(x, idx4, idx2, spec, group, bounds, table, tier4, tier2, signs, k1_scale, k1_max):  # fmt: skip
+    # one head per thread; the head's work is a plain function, which numba's parallel
+    # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
+    for h in prange(x.shape[0]):
+        _encode_keys_head(h, x, idx4, idx2, spec, group, bounds, table, tier4, tier2, signs, k1_scale, k1_max)
+
+
+@njit(**JIT)
+def _sign_components_head(h, signs, k1_scale, k1_max, group, table, spec):  # fmt: skip
     heads, tokens, n_bins, _ = spec.shape
     m = k1_scale.shape[1]
     n_real = m // 2 + 1
-    for h in prange(heads):
-        hm = bf16_value(k1_max[h])
-        bits = np.empty(tokens * m, np.uint8)
-        unpack_bits_row(signs[h], 0, tokens * m, 1, bits)
-        level = np.empty(m, np.float32)
-        comps = np.empty(m, np.float32)
-        for t in range(tokens):
-            if t % group == 0:
-                for k in range(m):
-                    level[k] = table[k1_scale[h, k, t // group]] * hm
+    hm = bf16_value(k1_max[h])
+    bits = np.empty(tokens * m, np.uint8)
+    unpack_bits_row(signs[h], tokens * m, 1, bits)
+    level = np.empty(m, np.float32)
+    comps = np.empty(m, np.float32)
+    for t in range(tokens):
+        if t % group == 0:
             for k in range(m):
-                comps[k] = (np.float32(bits[t * m + k]) * np.float32(2.0) - np.float32(1.0)) * level[k]
-            for k in range(n_real):
-                spec[h, t, k, 0] = comps[k]
-                spec[h, t, k, 1] = 0.0  # imaginary parts of DC (and Nyquist, m even) stay 0
-            for k in range(n_real, m):
-                spec[h, t, k - n_real + 1, 1] = comps[k]
+                level[k] = table[k1_scale[h, k, t // group]] * hm
+        b_t = bits[t * m : (t + 1) * m]
+        for k in range(m):
+            comps[k] = (np.float32(b_t[k]) * np.float32(2.0) - np.float32(1.0)) * level[k]
+        re, im, c_im = spec[h, t, :, 0], spec[h, t, :, 1], comps[n_real:]
+        for k in range(n_real):
+            re[k] = comps[k]
+            im[k] = 0.0  # imaginary parts of DC (and Nyquist, m even) stay 0
+        im = spec[h, t, 1:, 1]
+        for k in range(m - n_real):
+            im[k] = c_im[k]
 
 
 @njit(**PARALLEL_JIT)
-def _decode_keys(idx4, idx2, tier4, tier2, idx1, signal, group, table, out, mode):
+def _sign_components(signs, k1_scale, k1_max, group, table, spec):  # fmt: skip
+    """Decoded sign-tier components (``+-level``) laid out as the complex rfft spectrum."""
+    # one head per thread; the head's work is a plain function, which numba's parallel
+    # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
+    for h in prange(signs.shape[0]):
+        _sign_components_head(h, signs, k1_scale, k1_max, group, table, spec)
+
+
+@njit(**JIT)
+def _decode_keys_head(h, idx4, idx2, tier4, tier2, idx1, signal, group, table, out, mode):  # fmt: skip
     heads, tokens, head_dim = out.shape
     m = idx1.shape[1]
-    for h in prange(heads):
-        row = np.empty(head_dim, np.float32)
-        row_u = row.view(np.uint32)
-        n4, n2 = idx4.shape[1], idx2.shape[1]
-        q4 = np.empty(tokens * n4, np.uint8)
-        q2 = np.empty(tokens * n2, np.uint8)
-        unpack_bits_row(tier4[0][h], 0, tokens * n4, 4, q4)
-        unpack_bits_row(tier2[0][h], 0, tokens * n2, 2, q2)
-        hm4 = bf16_value(tier4[3][h])
-        hm2 = bf16_value(tier2[3][h])
-        s4, z4 = np.empty(n4, np.float32), np.empty(n4, np.float32)
-        s2, z2 = np.empty(n2, np.float32), np.empty(n2, np.float32)
-        for t in range(tokens):
-            if t % group == 0:  # a new group of tokens: every channel's step and offset
-                g = t // group
-                for j in range(n4):
-                    s4[j] = table[tier4[1][h, j, g]] * hm4
-                    z4[j] = np.float32(tier4[2][h, j, g]) / np.float32(_zero_units(4))
-                for j in range(n2):
-                    s2[j] = table[tier2[1][h, j, g]] * hm2
-                    z2[j] = np.float32(tier2[2][h, j, g]) / np.float32(_zero_units(2))
+    row = np.empty(head_dim, np.float32)
+    n4, n2 = idx4.shape[1], idx2.shape[1]
+    q4 = np.empty(tokens * n4, np.uint8)
+    q2 = np.empty(tokens * n2, np.uint8)
+    unpack_bits_row(tier4[0][h], tokens * n4, 4, q4)
+    unpack_bits_row(tier2[0][h], tokens * n2, 2, q2)
+    hm4 = bf16_value(tier4[3][h])
+    hm2 = bf16_value(tier2[3][h])
+    s4, z4 = np.empty(n4, np.float32), np.empty(n4, np.float32)
+    s2, z2 = np.empty(n2, np.float32), np.empty(n2, np.float32)
+    i4, i2, i1 = idx4[h], idx2[h], idx1[h]  # channel indices: unsigned, so no negative-index checks
+    for t in range(tokens):
+        if t % group == 0:  # a new group of tokens: every channel's step and offset
+            g = t // group
             for j in range(n4):
-                row[idx4[h, j]] = (np.float32(q4[t * n4 + j]) + z4[j]) * s4[j]
+                s4[j] = table[tier4[1][h, j, g]] * hm4
+                z4[j] = np.float32(tier4[2][h, j, g]) / np.float32(_zero_units(4))
             for j in range(n2):
-                row[idx2[h, j]] = (np.float32(q2[t * n2 + j]) + z2[j]) * s2[j]
-            for j in range(m):
-                row[idx1[h, j]] = signal[h, t, j]
-            emit_row(row, row_u, out, h, t, mode)
+                s2[j] = table[tier2[1][h, j, g]] * hm2
+                z2[j] = np.float32(tier2[2][h, j, g]) / np.float32(_zero_units(2))
+        q4_t, q2_t, signal_t = q4[t * n4 : (t + 1) * n4], q2[t * n2 : (t + 1) * n2], signal[h, t]
+        for j in range(n4):
+            row[i4[j]] = (np.float32(q4_t[j]) + z4[j]) * s4[j]
+        for j in range(n2):
+            row[i2[j]] = (np.float32(q2_t[j]) + z2[j]) * s2[j]
+        for j in range(m):
+            row[i1[j]] = signal_t[j]
+        emit_row(row, out, h, t, mode)
+
+
+@njit(**PARALLEL_JIT)
+def _decode_keys(idx4, idx2, tier4, tier2, idx1, signal, group, table, out, mode):  # fmt: skip
+    # one head per thread; the head's work is a plain function, which numba's parallel
+    # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
+    for h in prange(idx4.shape[0]):
+        _decode_keys_head(h, idx4, idx2, tier4, tier2, idx1, signal, group, table, out, mode)
 
 
 # id of a frozen tier tensor -> (a weak reference to it, its channel indices per tier): the
@@ -281,7 +313,7 @@ def key_channels(tiers: torch.Tensor) -> tuple[np.ndarray, ...]:
     key = id(tiers)
     cached = _CHANNELS.get(key)
     if cached is None or cached[0]() is not tiers:
-        channels = tuple(np.ascontiguousarray(tier_indices(tiers, tier).numpy()) for tier in (2, 1, 0))
+        channels = tuple(tier_indices(tiers, tier).numpy().astype(np.uint32) for tier in (2, 1, 0))
         cached = _CHANNELS[key] = (weakref.ref(tiers, lambda _: _CHANNELS.pop(key, None)), channels)
     return cached[1]
 
@@ -314,7 +346,7 @@ def encode_keys(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, tor
     n_groups = num_groups(tokens, group)
     m = idx1.shape[1]
     # the reference's rfft_components call: torch.fft.rfft over the gathered sign channels
-    spec = torch.fft.rfft(x.gather(2, channel_rows(torch.from_numpy(idx1), tokens)), dim=-1)
+    spec = torch.fft.rfft(x.gather(2, channel_rows(torch.from_numpy(idx1.astype(np.int64)), tokens)), dim=-1)
     tiers = {
         bits: _tier_buffers(heads, tokens, idx.shape[1], bits, n_groups)
         for bits, idx in ((4, idx4), (2, idx2))
@@ -322,7 +354,7 @@ def encode_keys(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, tor
     signs = torch.empty(heads, packed_length(tokens * m, 1), dtype=torch.uint8)
     k1_scale = torch.empty(heads, m, n_groups, dtype=torch.uint8)
     k1_max = torch.empty(heads, dtype=torch.bfloat16)
-    log8, _, nearest, _ = tables()
+    log8, nearest = tables()
     match_torch_threads()
     _encode_keys(
         x.numpy(),
@@ -419,91 +451,133 @@ def _token_split(flags):
     return sal, rest
 
 
-@njit(**PARALLEL_JIT)
-def _encode_values(
-    x, flags, threshold, group, sal_group, bounds, table,
-    mask, tern, tern_scale, tern_max, sal_codes, sal_scale, sal_zero, sal_max,
-):  # fmt: skip
+@njit(**JIT)
+def _encode_values_head(h, x, flags, threshold, group, sal_group, bounds, table, mask, tern, tern_scale, tern_max, sal_codes, sal_scale, sal_zero, sal_max):  # fmt: skip
     heads, tokens, head_dim = x.shape
     n_groups = tern_scale.shape[2]
-    for h in prange(heads):
-        x_h = x[h]
-        sal, rest = _token_split(flags[h])
-        pack_bits_row(flags[h], tokens, 1, mask[h])
-        # the others: ternary per channel over groups of rest tokens (lowbit.ternary_encode,
-        # ternary_ls_level); codes t + 1 packed token-major as base-3 trits
-        n_rest = rest.shape[0]
-        q = np.empty(n_rest * head_dim, np.uint8)
-        level = np.empty((n_groups, head_dim), np.float32)
-        acc = np.empty(head_dim, np.float64)
-        thr = np.empty(head_dim, np.float32)
-        count = np.empty(head_dim, np.int64)
-        for g in range(n_groups):
-            start, stop = g * group, min(n_rest, g * group + group)
-            acc[:] = 0.0
-            for r in range(start, stop):
-                for d in range(head_dim):
-                    acc[d] += np.float64(abs(x_h[rest[r], d]))
+    x_h = x[h]
+    sal, rest = _token_split(flags[h])
+    pack_bits_row(flags[h], tokens, 1, mask[h])
+    # the others: ternary per channel over groups of rest tokens (lowbit.ternary_encode,
+    # ternary_ls_level); codes t + 1 packed token-major as base-3 trits
+    n_rest = rest.shape[0]
+    q = np.empty(n_rest * head_dim, np.uint8)
+    level = np.empty((n_groups, head_dim), np.float32)
+    acc = np.empty(head_dim, np.float64)
+    thr = np.empty(head_dim, np.float32)
+    count = np.empty(head_dim, np.int64)
+    for g in range(n_groups):
+        start, stop = g * group, min(n_rest, g * group + group)
+        acc[:] = 0.0
+        for r in range(start, stop):
+            x_r = x_h[rest[r]]
             for d in range(head_dim):
-                thr[d] = (np.float32(acc[d]) / np.float32(stop - start)) * threshold
-            acc[:] = 0.0
-            count[:] = 0
-            for r in range(start, stop):
-                x_r = x_h[rest[r]]
-                for d in range(head_dim):
-                    v = x_r[d]
-                    code = 2 if v > thr[d] else (0 if v < -thr[d] else 1)
-                    q[r * head_dim + d] = code
-                    acc[d] += np.float64(abs(v)) if code != 1 else 0.0
-                    count[d] += 1 if code != 1 else 0
+                acc[d] += np.float64(abs(x_r[d]))
+        for d in range(head_dim):
+            thr[d] = (np.float32(acc[d]) / np.float32(stop - start)) * threshold
+        acc[:] = 0.0
+        count[:] = 0
+        for r in range(start, stop):
+            x_r, q_r = x_h[rest[r]], q[r * head_dim : (r + 1) * head_dim]
             for d in range(head_dim):
-                level[g, d] = np.float32(acc[d]) / np.float32(max(count[d], 1))
-        pack_trits_row(q, n_rest * head_dim, tern[h])
-        tern_max[h] = _log8_codes(level, bounds, tern_scale[h])
-        # salient tokens: 2 bits per token in groups of channels
-        sal_max[h] = _encode_rows(
-            x_h, sal, sal_group, 2, bounds, table, sal_codes[h], sal_scale[h], sal_zero[h]
+                v = x_r[d]
+                code = 2 if v > thr[d] else (0 if v < -thr[d] else 1)
+                q_r[d] = code
+                acc[d] += np.float64(abs(v)) if code != 1 else 0.0
+                count[d] += 1 if code != 1 else 0
+        for d in range(head_dim):
+            level[g, d] = np.float32(acc[d]) / np.float32(max(count[d], 1))
+    pack_trits_row(q, n_rest * head_dim, tern[h])
+    tern_max[h] = _log8_codes(level, bounds, tern_scale[h])
+    # salient tokens: 2 bits per token in groups of channels
+    sal_max[h] = _encode_rows(x_h, sal, sal_group, 2, bounds, table, sal_codes[h], sal_scale[h], sal_zero[h])
+
+
+@njit(**PARALLEL_JIT)
+def _encode_values(x, flags, threshold, group, sal_group, bounds, table, mask, tern, tern_scale, tern_max, sal_codes, sal_scale, sal_zero, sal_max):  # fmt: skip
+    # one head per thread; the head's work is a plain function, which numba's parallel
+    # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
+    for h in prange(x.shape[0]):
+        _encode_values_head(
+            h,
+            x,
+            flags,
+            threshold,
+            group,
+            sal_group,
+            bounds,
+            table,
+            mask,
+            tern,
+            tern_scale,
+            tern_max,
+            sal_codes,
+            sal_scale,
+            sal_zero,
+            sal_max,
         )
 
 
-@njit(**PARALLEL_JIT)
-def _decode_values(
-    mask, tern, tern_scale, tern_max, sal_codes, sal_scale, sal_zero, sal_max,
-    group, sal_group, table, trits, out, mode,
-):  # fmt: skip
+@njit(**JIT)
+def _decode_values_head(h, mask, tern, tern_scale, tern_max, sal_codes, sal_scale, sal_zero, sal_max, group, sal_group, table, trits, out, mode):  # fmt: skip
     heads, tokens, head_dim = out.shape
     units = np.float32(_zero_units(2))
-    for h in prange(heads):
-        flags = np.empty(tokens, np.uint8)
-        unpack_bits_row(mask[h], 0, tokens, 1, flags)
-        sal, rest = _token_split(flags)
-        row = np.empty(head_dim, np.float32)
-        row_u = row.view(np.uint32)
-        # the others: trit - 1 times the channel's level for the token's group
-        n_rest = rest.shape[0]
-        q = np.empty(n_rest * head_dim, np.uint8)
-        unpack_trits_row(tern[h], n_rest * head_dim, trits, q)
-        hm = bf16_value(tern_max[h])
-        level = np.empty(head_dim, np.float32)
-        for r in range(n_rest):
-            if r % group == 0:
-                for d in range(head_dim):
-                    level[d] = table[tern_scale[h, d, r // group]] * hm
+    flags = np.empty(tokens, np.uint8)
+    unpack_bits_row(mask[h], tokens, 1, flags)
+    sal, rest = _token_split(flags)
+    row = np.empty(head_dim, np.float32)
+    # the others: trit - 1 times the channel's level for the token's group
+    n_rest = rest.shape[0]
+    q = np.empty(n_rest * head_dim, np.uint8)
+    unpack_trits_row(tern[h], n_rest * head_dim, trits, q)
+    hm = bf16_value(tern_max[h])
+    level = np.empty(head_dim, np.float32)
+    for r in range(n_rest):
+        if r % group == 0:
             for d in range(head_dim):
-                row[d] = np.float32(np.int64(q[r * head_dim + d]) - 1) * level[d]
-            emit_row(row, row_u, out, h, rest[r], mode)
-        # salient tokens: 2-bit codes in groups of channels
-        n_sal = sal.shape[0]
-        q2 = np.empty(n_sal * head_dim, np.uint8)
-        unpack_bits_row(sal_codes[h], 0, n_sal * head_dim, 2, q2)
-        hm = bf16_value(sal_max[h])
-        for r in range(n_sal):
-            for g in range(sal_scale.shape[2]):
-                s = table[sal_scale[h, r, g]] * hm
-                zf = np.float32(sal_zero[h, r, g]) / units
-                for d in range(g * sal_group, min(head_dim, g * sal_group + sal_group)):
-                    row[d] = (np.float32(q2[r * head_dim + d]) + zf) * s
-            emit_row(row, row_u, out, h, sal[r], mode)
+                level[d] = table[tern_scale[h, d, r // group]] * hm
+        q_r = q[r * head_dim : (r + 1) * head_dim]
+        for d in range(head_dim):
+            row[d] = np.float32(np.int64(q_r[d]) - 1) * level[d]
+        emit_row(row, out, h, rest[r], mode)
+    # salient tokens: 2-bit codes in groups of channels
+    n_sal = sal.shape[0]
+    q2 = np.empty(n_sal * head_dim, np.uint8)
+    unpack_bits_row(sal_codes[h], n_sal * head_dim, 2, q2)
+    hm = bf16_value(sal_max[h])
+    for r in range(n_sal):
+        for g in range(sal_scale.shape[2]):
+            s = table[sal_scale[h, r, g]] * hm
+            zf = np.float32(sal_zero[h, r, g]) / units
+            r_g = row[g * sal_group : g * sal_group + sal_group]
+            q_g = q2[r * head_dim + g * sal_group : r * head_dim + g * sal_group + r_g.shape[0]]
+            for d in range(r_g.shape[0]):
+                r_g[d] = (np.float32(q_g[d]) + zf) * s
+        emit_row(row, out, h, sal[r], mode)
+
+
+@njit(**PARALLEL_JIT)
+def _decode_values(mask, tern, tern_scale, tern_max, sal_codes, sal_scale, sal_zero, sal_max, group, sal_group, table, trits, out, mode):  # fmt: skip
+    # one head per thread; the head's work is a plain function, which numba's parallel
+    # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
+    for h in prange(mask.shape[0]):
+        _decode_values_head(
+            h,
+            mask,
+            tern,
+            tern_scale,
+            tern_max,
+            sal_codes,
+            sal_scale,
+            sal_zero,
+            sal_max,
+            group,
+            sal_group,
+            table,
+            trits,
+            out,
+            mode,
+        )
 
 
 def encode_values(x: torch.Tensor, codec: VidKVCodec) -> dict[str, torch.Tensor]:
@@ -526,7 +600,7 @@ def encode_values(x: torch.Tensor, codec: VidKVCodec) -> dict[str, torch.Tensor]
         "sal.zero": torch.empty(heads, n_sal, sal_groups, dtype=torch.int8),
         "sal.scale_max": torch.empty(heads, dtype=torch.bfloat16),
     }
-    log8, _, nearest, _ = tables()
+    log8, nearest = tables()
     match_torch_threads()
     _encode_values(
         x.numpy(),
