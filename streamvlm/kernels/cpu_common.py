@@ -33,7 +33,9 @@ from ..quant import scales
 # fallback "workqueue" layer aborts the process on concurrent launches
 numba.config.THREADING_LAYER = "threadsafe"
 
-JIT = {"cache": True, "nogil": True}  # compiled once per machine; releases the GIL while it runs
+# compiled once per machine (cache); releases the GIL while it runs; divides like IEEE (and
+# torch) instead of raising ZeroDivisionError, whose check per division keeps loops scalar
+JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 PARALLEL_JIT = JIT | {"parallel": True}
 
 # output dtypes the kernels write themselves (others: float32 then ``Tensor.to``)
@@ -149,17 +151,31 @@ def bf16_round_up_bits(v):
     return np.uint16(((e - 1 + 127) << 7) + m - 128)
 
 
+@intrinsic
+def f32_bits(typingctx, x):
+    """The bit pattern of a float32, as uint32."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
 @njit(**JIT)
 def log8_code(s, hm, bounds):
     """``scales.encode_log8`` for one scale ``s`` under head max ``hm`` (float32): the number
-    of ``bounds`` (float64, ascending) >= the ratio, found from an estimate of -16 log2 and
-    settled by exact comparisons."""
+    of ``bounds`` (float64, ascending) >= the ratio, found from an estimate of -16 log2
+    (exponent and top mantissa bits of the float32 ratio) settled by exact comparisons."""
     if not s > np.float32(0.0):
         return np.uint8(255)
-    r = np.float64(s / (hm if hm > np.float32(0.0) else np.float32(1.0)))
+    ratio = s / (hm if hm > np.float32(0.0) else np.float32(1.0))
+    r = np.float64(ratio)
     n = bounds.shape[0]
-    mant, e = math.frexp(r)  # r = mant * 2**e, mant in [0.5, 1); log2(2 mant) ~ 2 mant - 1
-    j = min(max(int(math.floor(-16.0 * (e - 1) - 16.0 * (2.0 * mant - 1.0))), 0), n)
+    u = np.int64(f32_bits(ratio))
+    # -16 log2(2**e * (1 + f)) ~ -16 e - 16 f: within 1.5 codes of the answer
+    j = min(max(-16 * ((u >> 23) - 127) - ((u & 0x7FFFFF) >> 19), 0), n)
     while j < n and bounds[n - j - 1] >= r:
         j += 1
     while j > 0 and bounds[n - j] < r:
@@ -272,13 +288,15 @@ def pack_bits_row(codes, n, bits, row):
 def unpack_trits_row(row, n, trit_table, out):
     """Trits ``0 .. n`` of a ``pack_trits`` row into ``out[:n]``; ``trit_table[b, k]`` is digit k of b."""
     for j in range(n // 5):
-        b = row[j]  # digits by constant divisions, which LLVM turns into multiplications
-        o = out[j * 5 : j * 5 + 5]
-        o[0] = b % 3
-        o[1] = (b // 3) % 3
-        o[2] = (b // 9) % 3
-        o[3] = (b // 27) % 3
-        o[4] = b // 81
+        # digits by constant divisions (LLVM makes them multiplications); unsigned offsets,
+        # so numba adds no negative-index checks
+        b = row[j]
+        i = np.uint64(j) * np.uint64(5)
+        out[i] = b % 3
+        out[i + np.uint64(1)] = (b // 3) % 3
+        out[i + np.uint64(2)] = (b // 9) % 3
+        out[i + np.uint64(3)] = (b // 27) % 3
+        out[i + np.uint64(4)] = b // 81
     for i in range(n // 5 * 5, n):
         out[i] = trit_table[row[i // 5], i % 5]
 
@@ -286,14 +304,17 @@ def unpack_trits_row(row, n, trit_table, out):
 @njit(**JIT)
 def pack_trits_row(codes, n, row):
     """``pack_trits`` of ``codes[:n]`` (each in 0..2) into ``row`` (zero padded)."""
-    for j in range(row.shape[0]):
+    for j in range(n // 5):
+        i = np.uint64(j) * np.uint64(5)  # unsigned: no negative-index checks
+        c = codes[i : i + np.uint64(5)]
+        row[j] = c[0] + 3 * c[1] + 9 * c[2] + 27 * c[3] + 81 * c[4]
+    if n % 5:
         acc = 0
         w = 1
-        for k in range(5):
-            i = j * 5 + k
-            acc += (np.int64(codes[i]) if i < n else 0) * w
+        for i in range(n // 5 * 5, n):
+            acc += np.int64(codes[i]) * w
             w *= 3
-        row[j] = acc
+        row[n // 5] = acc
 
 
 @njit(**JIT)
