@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 
 import numba
 import numpy as np
@@ -74,16 +73,14 @@ def tables() -> tuple[np.ndarray, np.ndarray]:
     return log8.numpy().copy(), scales.code_bounds(False).numpy().copy()
 
 
-_THREADS_LOCK = threading.Lock()
-
-
 def match_torch_threads() -> None:
     """Run numba's parallel loops on as many threads as torch's pool, never more: the two
-    pools take turns (a kernel, then a torch op), so together they never oversubscribe."""
+    pools take turns (a kernel, then a torch op), so together they never oversubscribe.
+    (numba's setting is per calling thread, like torch's pool size is per process: called
+    before every launch, from whichever thread launches.)"""
     wanted = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != wanted:
-        with _THREADS_LOCK:
-            numba.set_num_threads(wanted)
+        numba.set_num_threads(wanted)
 
 
 # ----- scalars ---------------------------------------------------------------------------

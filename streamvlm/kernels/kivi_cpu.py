@@ -35,7 +35,7 @@ from .cpu_common import (
 
 
 @njit(**JIT)
-def _encode_head(h, x, key, bits, group, codes, scale, mn_out):  # fmt: skip
+def _encode_head(h, x, key, bits, group, codes, scale, mn_out):
     heads, tokens, head_dim = x.shape
     levels = np.float32((1 << bits) - 1)
     x_h = x[h]
@@ -97,7 +97,7 @@ def _encode_head(h, x, key, bits, group, codes, scale, mn_out):  # fmt: skip
 
 
 @njit(**PARALLEL_JIT)
-def _encode(x, key, bits, group, codes, scale, mn_out):  # fmt: skip
+def _encode(x, key, bits, group, codes, scale, mn_out):
     # one head per thread; the head's work is a plain function, which numba's parallel
     # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
     for h in prange(x.shape[0]):
@@ -105,7 +105,7 @@ def _encode(x, key, bits, group, codes, scale, mn_out):  # fmt: skip
 
 
 @njit(**JIT)
-def _decode_head(h, codes, scale, mn, key, bits, group, out, mode):  # fmt: skip
+def _decode_head(h, codes, scale, mn, key, bits, group, out, mode):
     # scale and mn: float32 (exact copies of the float16 fields)
     heads, tokens, head_dim = out.shape
     q = np.empty(tokens * head_dim, np.uint8)
@@ -133,7 +133,7 @@ def _decode_head(h, codes, scale, mn, key, bits, group, out, mode):  # fmt: skip
 
 
 @njit(**PARALLEL_JIT)
-def _decode(codes, scale, mn, key, bits, group, out, mode):  # fmt: skip
+def _decode(codes, scale, mn, key, bits, group, out, mode):
     # one head per thread; the head's work is a plain function, which numba's parallel
     # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
     for h in prange(codes.shape[0]):

@@ -178,7 +178,7 @@ def _log8_codes(levels, bounds, codes_h):
 
 
 @njit(**JIT)
-def _encode_keys_head(h, x, idx4, idx2, spec, group, bounds, table, tier4, tier2, signs, k1_scale, k1_max):  # fmt: skip
+def _encode_keys_head(h, x, idx4, idx2, spec, group, bounds, table, tier4, tier2, signs, k1_scale, k1_max):
     heads, tokens, _ = x.shape
     m = k1_scale.shape[1]
     n_groups = k1_scale.shape[2]
@@ -219,7 +219,7 @@ def _encode_keys_head(h, x, idx4, idx2, spec, group, bounds, table, tier4, tier2
 
 
 @njit(**PARALLEL_JIT)
-def _encode_keys(x, idx4, idx2, spec, group, bounds, table, tier4, tier2, signs, k1_scale, k1_max):  # fmt: skip
+def _encode_keys(x, idx4, idx2, spec, group, bounds, table, tier4, tier2, signs, k1_scale, k1_max):
     # one head per thread; the head's work is a plain function, which numba's parallel
     # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
     for h in prange(x.shape[0]):
@@ -227,7 +227,7 @@ def _encode_keys(x, idx4, idx2, spec, group, bounds, table, tier4, tier2, signs,
 
 
 @njit(**JIT)
-def _sign_components_head(h, signs, k1_scale, k1_max, group, table, spec):  # fmt: skip
+def _sign_components_head(h, signs, k1_scale, k1_max, group, table, spec):
     heads, tokens, n_bins, _ = spec.shape
     m = k1_scale.shape[1]
     n_real = m // 2 + 1
@@ -253,7 +253,7 @@ def _sign_components_head(h, signs, k1_scale, k1_max, group, table, spec):  # fm
 
 
 @njit(**PARALLEL_JIT)
-def _sign_components(signs, k1_scale, k1_max, group, table, spec):  # fmt: skip
+def _sign_components(signs, k1_scale, k1_max, group, table, spec):
     """Decoded sign-tier components (``+-level``) laid out as the complex rfft spectrum."""
     # one head per thread; the head's work is a plain function, which numba's parallel
     # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
@@ -262,7 +262,7 @@ def _sign_components(signs, k1_scale, k1_max, group, table, spec):  # fmt: skip
 
 
 @njit(**JIT)
-def _decode_keys_head(h, idx4, idx2, tier4, tier2, idx1, signal, group, table, out, mode):  # fmt: skip
+def _decode_keys_head(h, idx4, idx2, tier4, tier2, idx1, signal, group, table, out, mode):
     heads, tokens, head_dim = out.shape
     m = idx1.shape[1]
     row = np.empty(head_dim, np.float32)
@@ -296,7 +296,7 @@ def _decode_keys_head(h, idx4, idx2, tier4, tier2, idx1, signal, group, table, o
 
 
 @njit(**PARALLEL_JIT)
-def _decode_keys(idx4, idx2, tier4, tier2, idx1, signal, group, table, out, mode):  # fmt: skip
+def _decode_keys(idx4, idx2, tier4, tier2, idx1, signal, group, table, out, mode):
     # one head per thread; the head's work is a plain function, which numba's parallel
     # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
     for h in prange(idx4.shape[0]):
@@ -452,7 +452,24 @@ def _token_split(flags):
 
 
 @njit(**JIT)
-def _encode_values_head(h, x, flags, threshold, group, sal_group, bounds, table, mask, tern, tern_scale, tern_max, sal_codes, sal_scale, sal_zero, sal_max):  # fmt: skip
+def _encode_values_head(
+    h,
+    x,
+    flags,
+    threshold,
+    group,
+    sal_group,
+    bounds,
+    table,
+    mask,
+    tern,
+    tern_scale,
+    tern_max,
+    sal_codes,
+    sal_scale,
+    sal_zero,
+    sal_max,
+):
     heads, tokens, head_dim = x.shape
     n_groups = tern_scale.shape[2]
     x_h = x[h]
@@ -480,11 +497,12 @@ def _encode_values_head(h, x, flags, threshold, group, sal_group, bounds, table,
         for r in range(start, stop):
             x_r, q_r = x_h[rest[r]], q[r * head_dim : (r + 1) * head_dim]
             for d in range(head_dim):
-                v = x_r[d]
-                code = 2 if v > thr[d] else (0 if v < -thr[d] else 1)
-                q_r[d] = code
-                acc[d] += np.float64(abs(v)) if code != 1 else 0.0
-                count[d] += 1 if code != 1 else 0
+                v, t = x_r[d], thr[d]
+                up, down = v > t, v < -t  # two flags, not a code compared later: 4x faster
+                q_r[d] = 2 if up else (0 if down else 1)
+                nonzero = up or down
+                acc[d] += np.float64(abs(v)) if nonzero else 0.0
+                count[d] += 1 if nonzero else 0
         for d in range(head_dim):
             level[g, d] = np.float32(acc[d]) / np.float32(max(count[d], 1))
     pack_trits_row(q, n_rest * head_dim, tern[h])
@@ -494,7 +512,23 @@ def _encode_values_head(h, x, flags, threshold, group, sal_group, bounds, table,
 
 
 @njit(**PARALLEL_JIT)
-def _encode_values(x, flags, threshold, group, sal_group, bounds, table, mask, tern, tern_scale, tern_max, sal_codes, sal_scale, sal_zero, sal_max):  # fmt: skip
+def _encode_values(
+    x,
+    flags,
+    threshold,
+    group,
+    sal_group,
+    bounds,
+    table,
+    mask,
+    tern,
+    tern_scale,
+    tern_max,
+    sal_codes,
+    sal_scale,
+    sal_zero,
+    sal_max,
+):
     # one head per thread; the head's work is a plain function, which numba's parallel
     # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
     for h in prange(x.shape[0]):
@@ -519,7 +553,23 @@ def _encode_values(x, flags, threshold, group, sal_group, bounds, table, mask, t
 
 
 @njit(**JIT)
-def _decode_values_head(h, mask, tern, tern_scale, tern_max, sal_codes, sal_scale, sal_zero, sal_max, group, sal_group, table, trits, out, mode):  # fmt: skip
+def _decode_values_head(
+    h,
+    mask,
+    tern,
+    tern_scale,
+    tern_max,
+    sal_codes,
+    sal_scale,
+    sal_zero,
+    sal_max,
+    group,
+    sal_group,
+    table,
+    trits,
+    out,
+    mode,
+):
     heads, tokens, head_dim = out.shape
     units = np.float32(_zero_units(2))
     flags = np.empty(tokens, np.uint8)
@@ -557,7 +607,22 @@ def _decode_values_head(h, mask, tern, tern_scale, tern_max, sal_codes, sal_scal
 
 
 @njit(**PARALLEL_JIT)
-def _decode_values(mask, tern, tern_scale, tern_max, sal_codes, sal_scale, sal_zero, sal_max, group, sal_group, table, trits, out, mode):  # fmt: skip
+def _decode_values(
+    mask,
+    tern,
+    tern_scale,
+    tern_max,
+    sal_codes,
+    sal_scale,
+    sal_zero,
+    sal_max,
+    group,
+    sal_group,
+    table,
+    trits,
+    out,
+    mode,
+):
     # one head per thread; the head's work is a plain function, which numba's parallel
     # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
     for h in prange(mask.shape[0]):
