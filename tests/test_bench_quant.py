@@ -28,6 +28,11 @@ def test_codecs_on_synthetic_outliers_meet_the_issue_targets():
     assert rows["kivi2"].key_bits == 3.0
     for row in rows.values():
         assert row.encode_gb_s > 0 and row.decode_gb_s > 0 and row.copy_gb_s > 0
+    # the path the runtime takes on this machine: numba kernels where numba imports
+    from streamvlm.kernels import backend
+
+    fast = "cpu" if backend.cpu_kernels_available() else "reference"
+    assert rows["vidkv"].backend == rows["kivi2"].backend == fast and rows["fp16"].backend == "reference"
 
 
 def test_model_kv_comes_with_post_rope_queries_of_every_layer():
@@ -103,4 +108,7 @@ def test_cli_json_and_plot(tmp_path):
         and doc["needle"] is None
         and doc["clips"] == []
     )
+    vidkv = doc["codecs"][1]
+    assert vidkv["backend"] in ("cpu", "reference")
+    assert vidkv["decode_over_copy"] == pytest.approx(vidkv["decode_gb_s"] / vidkv["copy_gb_s"])
     assert plot.stat().st_size > 10_000

@@ -1,7 +1,7 @@
-"""Kernel dispatch: which path runs, the environment override, and life without triton.
+"""Kernel dispatch: which path runs, the environment override, and life without triton or numba.
 
 Nothing here runs a Triton kernel (test_kernels_triton.py does), so it passes with or
-without triton installed.
+without triton installed; the CPU kernels' exactness is test_kernels_cpu.py's.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def triton_is(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("env", "expected"), [(None, "auto"), ("", "auto"), ("reference", "reference"), (" Triton ", "triton")]
+    ("env", "expected"),
+    [(None, "auto"), ("", "auto"), ("reference", "reference"), (" Triton ", "triton"), (" CPU", "cpu")],
 )
 def test_backend_comes_from_the_environment(monkeypatch, env: str | None, expected: str) -> None:
     if env is None:
@@ -99,14 +100,17 @@ def test_cpu_launches_need_no_device_switch() -> None:
 
 
 @pytest.mark.parametrize("name", ["kivi2", "vidkv", "int8", "vidkv-paper", "fp16"])
-def test_cpu_decode_is_the_reference(monkeypatch, name: str) -> None:
+def test_cpu_encode_and_decode_are_the_reference(monkeypatch, name: str) -> None:
+    # whatever runs on this machine (numba kernels where numba imports, else the reference)
     monkeypatch.delenv(backend.BACKEND_ENV, raising=False)
     _, k, v = synthetic_kv(2, 40, 32, seed=0)
-    codec = get_kv_codec(name)
+    codec, reference = get_kv_codec(name), get_kv_codec(name)
     for kind, x in (("key", k), ("value", v)):
-        enc = codec.encode(x, kind, layer=2)
-        assert torch.equal(kernels.decode(enc, codec), codec.decode(enc))
-        assert torch.equal(kernels.decode(enc, codec, backend="reference"), codec.decode(enc))
+        enc = reference.encode(x, kind, layer=2)
+        fast = kernels.encode(codec, x, kind, layer=2)
+        assert all(torch.equal(fast.tensors[n], t) for n, t in enc.tensors.items())
+        assert torch.equal(kernels.decode(enc, codec), reference.decode(enc))
+        assert torch.equal(kernels.decode(enc, codec, backend="reference"), reference.decode(enc))
 
 
 def test_codecs_without_a_kernel_ignore_a_forced_backend(triton_is) -> None:
@@ -135,12 +139,16 @@ def test_works_without_triton_and_never_imports_it_unasked() -> None:
         import torch
         import streamvlm.kernels as k
         from streamvlm.quant import get_kv_codec
+        assert "numba" not in sys.modules, "importing streamvlm.kernels imported numba"
         codec = get_kv_codec("kivi2")
         enc = codec.encode(torch.randn(2, 8, 16), "key")
         assert torch.equal(k.decode(enc, codec), codec.decode(enc))
         assert "triton" not in sys.modules, "importing or CPU decoding imported triton"
         sys.modules["triton"] = None  # import triton now raises ImportError
+        sys.modules["numba"] = None  # and so does import numba
         k.triton_available.cache_clear()
+        k.cpu_kernels_available.cache_clear()
+        assert not k.cpu_kernels_available() and k.choose("cpu") == "reference"
         assert not k.triton_available() and not k.use_triton("cuda")
         assert torch.equal(k.decode(enc, codec, "cpu"), codec.decode(enc))
         try:

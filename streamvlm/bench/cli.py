@@ -142,7 +142,9 @@ def _add_quant(benches) -> None:
     q.add_argument(
         "--frames", type=int, default=d.frames, help="video frames streamed to capture a model's KV"
     )
-    q.add_argument("--repeats", type=int, default=d.repeats, help="timing repeats (median)")
+    q.add_argument(
+        "--repeats", type=int, default=d.repeats, help="timing repeats (throughput: the fastest run)"
+    )
     q.add_argument(
         "--needle-lengths",
         default=",".join(map(str, d.needle_lengths)),

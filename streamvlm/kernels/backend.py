@@ -1,19 +1,23 @@
-"""Which implementation runs: the Triton kernel or its PyTorch reference.
+"""Which implementation runs: a Triton kernel, a numba CPU kernel, or the PyTorch reference.
 
-Rules (``use_triton``), in order:
+Rules (``choose``; ``use_triton`` is ``choose(...) == "triton"``), in order:
 
 1. ``backend`` argument if given, else the ``STREAMVLM_KERNELS`` environment variable,
    else ``"auto"``.
 2. ``"reference"``: always the PyTorch reference (``streamvlm.quant``).
-3. ``"auto"``: Triton when the target device is CUDA and ``import triton`` works; the
-   reference everywhere else (CPU, MPS, machines without triton such as macOS).
-4. ``"triton"``: always Triton; an error if triton does not import. CPU tensors then need
+3. ``"auto"``: Triton when the target device is CUDA and ``import triton`` works; the numba
+   CPU kernels (``*_cpu.py``) when it is the CPU and ``import numba`` works (the ``cpu``
+   extra); the reference everywhere else (MPS, machines without either).
+4. ``"cpu"``: the numba kernels for CPU work (the reference for other devices); an error if
+   numba does not import.
+5. ``"triton"``: always Triton; an error if triton does not import. CPU tensors then need
    Triton's interpreter: ``TRITON_INTERPRET=1`` set before triton is first imported
    (``@triton.jit`` chooses compiled or interpreted when a function is defined, triton's
    own library included). That is how the tests run the kernels on machines without a GPU.
 
-Nothing here imports triton until a CUDA tensor (or ``"triton"``) asks for it, so importing
-``streamvlm.kernels`` never fails and costs nothing on machines without it.
+Nothing here imports triton until a CUDA tensor (or ``"triton"``) asks for it, nor numba until
+CPU work does, so importing ``streamvlm.kernels`` never fails and costs nothing on machines
+without them.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import torch
 from ..errors import ConfigError
 
 BACKEND_ENV = "STREAMVLM_KERNELS"
-BACKENDS = ("auto", "reference", "triton")
+BACKENDS = ("auto", "reference", "triton", "cpu")
+# what runs: the names ``choose`` returns
+REFERENCE, TRITON, CPU = "reference", "triton", "cpu"
 
 
 @functools.lru_cache(maxsize=1)
@@ -36,6 +42,16 @@ def triton_available() -> bool:
     try:
         import triton  # noqa: F401
     except Exception:  # a broken install raises more than ImportError; either way: no triton
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_kernels_available() -> bool:
+    """True when ``import numba`` works (cached; ``cpu_kernels_available.cache_clear()`` re-checks)."""
+    try:
+        import numba  # noqa: F401
+    except Exception:  # as for triton: a broken install counts as none
         return False
     return True
 
@@ -49,10 +65,31 @@ def requested_backend(backend: str | None = None) -> str:
     return choice
 
 
+def choose(device: torch.device | str, backend: str | None = None) -> str:
+    """What runs work whose result lives on ``device``: ``"triton"``, ``"cpu"`` or ``"reference"``
+    (rules above)."""
+    choice = requested_backend(backend)
+    kind = torch.device(device).type
+    if choice == REFERENCE:
+        return REFERENCE
+    if choice == "auto":
+        if kind == "cuda" and triton_available():
+            return TRITON
+        return CPU if kind == "cpu" and cpu_kernels_available() else REFERENCE
+    if choice == CPU:
+        if not cpu_kernels_available():
+            raise ConfigError(
+                f"kernel backend 'cpu' was requested but numba does not import; "
+                f"pip install 'streamvlm[cpu]' or set {BACKEND_ENV}=auto"
+            )
+        return CPU if kind == "cpu" else REFERENCE
+    return TRITON if use_triton(device, backend) else REFERENCE
+
+
 def use_triton(device: torch.device | str, backend: str | None = None) -> bool:
     """Whether work whose result lives on ``device`` runs the Triton kernel (rules above)."""
     choice = requested_backend(backend)
-    if choice == "reference":
+    if choice in (REFERENCE, CPU):
         return False
     if choice == "auto":
         return torch.device(device).type == "cuda" and triton_available()

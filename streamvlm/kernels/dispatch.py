@@ -1,7 +1,10 @@
-"""Entry points that run the Triton kernel or the PyTorch reference (``backend.use_triton``).
+"""Entry points that run a Triton kernel, a numba CPU kernel or the PyTorch reference
+(``backend.choose``).
 
-Both produce the same bytes and the same floats; the choice is only about speed and about
+All produce the same bytes and the same floats; the choice is only about speed and about
 what the machine has. Pass ``backend=`` to override ``$STREAMVLM_KERNELS`` for one call.
+The kernels handle the standard layout of each format (``standard_layout``); anything else
+runs the reference.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from ..quant.kivi import KIVICodec
 from ..quant.registry import get_kv_codec
 from ..quant.vidkv import VidKVCodec
 from . import reference
-from .backend import launch_device, on_device, use_triton
+from .backend import CPU, REFERENCE, TRITON, choose, launch_device, on_device, requested_backend, use_triton
 
 
 def pack_bits(codes: torch.Tensor, bits: int, *, backend: str | None = None) -> torch.Tensor:
@@ -57,8 +60,59 @@ def unpack_trits(packed: torch.Tensor, length: int, *, backend: str | None = Non
 
 
 def has_kernel(codec: KVCodec) -> bool:
-    """Whether ``codec``'s blocks have a Triton decode kernel (KIVI at any width, vidkv)."""
+    """Whether ``codec``'s blocks have Triton and CPU kernels (KIVI at any width, vidkv)."""
     return isinstance(codec, (KIVICodec, VidKVCodec))
+
+
+def standard_layout(codec: KVCodec, tokens: int) -> bool:
+    """Whether a block of ``tokens`` tokens is in the layout the kernels read and write.
+
+    vidkv stores blocks of fewer tokens than ``group_size`` in a compact layout of their
+    own, which only the reference codes; KIVI has one layout.
+    """
+    return not isinstance(codec, VidKVCodec) or tokens >= codec.group_size
+
+
+def path_for(codec: KVCodec, tokens: int, device: torch.device | str, backend: str | None = None) -> str:
+    """What codes ``codec``'s block of ``tokens`` tokens whose result lives on ``device``:
+    ``"triton"``, ``"cpu"`` or ``"reference"`` (the one place that decides, for encode and decode)."""
+    if not has_kernel(codec) or not standard_layout(codec, tokens):
+        requested_backend(backend)  # an unknown name is an error even where only the reference applies
+        return REFERENCE
+    return choose(device, backend)
+
+
+def encode(
+    codec: KVCodec, x: torch.Tensor, kind: str, layer: int = 0, *, backend: str | None = None
+) -> EncodedTensor:
+    """``codec.encode(x, kind, layer)``, by the numba CPU kernels where they apply (CPU
+    tensors, kivi/vidkv, standard layout); the same bytes either way. There is no Triton
+    encoder: CUDA tensors encode with the reference (in torch, on the GPU)."""
+    if path_for(codec, int(x.shape[1]) if x.dim() == 3 else 0, x.device, backend) != CPU:
+        return codec.encode(x, kind, layer)
+    codec._validate(x, kind, layer)  # the reference's checks and messages
+    x = x.detach()
+    if isinstance(codec, KIVICodec):
+        from . import kivi_cpu
+
+        tensors = kivi_cpu.encode(x, codec, kind)
+    else:
+        from . import vidkv_cpu
+
+        tensors = (
+            vidkv_cpu.encode_keys(x, codec, layer) if kind == "key" else vidkv_cpu.encode_values(x, codec)
+        )
+    return EncodedTensor(codec.name, kind, tuple(int(s) for s in x.shape), tensors, layer)
+
+
+def _check_out(out: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if not isinstance(out, torch.Tensor) or not out.dtype.is_floating_point:
+        raise QuantError(f"decode out= must be a floating torch.Tensor, got {getattr(out, 'dtype', out)!r}")
+    if tuple(out.shape) != tuple(shape):
+        raise QuantError(
+            f"decode out= has shape {tuple(out.shape)}, the block {tuple(shape)}; "
+            "pass a [heads, tokens, head_dim] view of exactly the block's tokens"
+        )
 
 
 def decode(
@@ -68,22 +122,71 @@ def decode(
     dtype: torch.dtype = torch.float32,
     *,
     backend: str | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``codec.decode(enc, device, dtype)``, by a fused Triton kernel where one applies.
+    """``codec.decode(enc, device, dtype)``, by a fused kernel where one applies.
 
     ``codec`` defaults to ``get_kv_codec(enc.codec)`` (default options); pass the codec
     that encoded the block when its options differ, and always for ``vidkv`` keys (the
     layer's channel tiers live in the codec). Codecs without a kernel (fp16, int8,
     vidkv-paper, ...) decode with the reference whatever the backend.
+
+    ``out``: a preallocated ``[heads, tokens, head_dim]`` tensor (any strides, e.g. a slice
+    of a larger cache) to decode into; ``device`` and ``dtype`` are then its own. The CPU
+    kernels write straight into it; the other paths decode, then copy into it. Returns the
+    decoded tensor (``out`` itself when given).
     """
     codec = get_kv_codec(enc.codec) if codec is None else codec
+    if out is not None:
+        _check_out(out, enc.shape)
+        device, dtype = out.device, out.dtype
     device = torch.device(device)
-    if not has_kernel(codec) or not use_triton(device, backend):
-        return reference.decode(enc, codec, device, dtype)
-    # the reference's argument checks, so both paths fail alike
+    path = path_for(codec, enc.shape[1], device, backend)
+    if path == REFERENCE:
+        result = reference.decode(enc, codec, device, dtype)
+        return result if out is None else out.copy_(result)
+    # the reference's argument checks, so every path fails alike
     codec.check_decodes(enc)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise QuantError(f"decode dtype must be a floating torch.dtype, got {dtype!r}")
+    if path == CPU:
+        return _decode_cpu(enc, codec, dtype, out)
+    assert path == TRITON
+    result = _decode_triton(enc, codec, device, dtype)
+    return result if out is None else out.copy_(result)
+
+
+def _decode_cpu(
+    enc: EncodedTensor, codec: KVCodec, dtype: torch.dtype, out: torch.Tensor | None
+) -> torch.Tensor:
+    from . import cpu_common
+
+    mode = cpu_common.out_mode(dtype)
+    # the kernels write float32, float16 and bfloat16 themselves; other dtypes via float32
+    target = (
+        out
+        if out is not None and mode is not None
+        else torch.empty(enc.shape, dtype=dtype if mode is not None else torch.float32)
+    )
+    mode = cpu_common.OUT_F32 if mode is None else mode
+    if isinstance(codec, KIVICodec):
+        from . import kivi_cpu
+
+        kivi_cpu.decode_into(enc, codec, target, mode)
+    else:
+        from . import vidkv_cpu
+
+        (vidkv_cpu.decode_keys_into if enc.kind == "key" else vidkv_cpu.decode_values_into)(
+            enc, codec, target, mode
+        )
+    if out is not None:
+        return out if target is out else out.copy_(target)
+    return target if target.dtype == dtype else target.to(dtype)
+
+
+def _decode_triton(
+    enc: EncodedTensor, codec: KVCodec, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     device = launch_device(device)
     with on_device(device):
         if isinstance(codec, KIVICodec):

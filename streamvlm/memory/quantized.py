@@ -5,19 +5,23 @@ Every KV codec of ``KV_CODECS`` is a block codec of the same name (and old alias
 values with ``kind="value"``, and stores the resulting tensors as ``k.{i}.{field}`` and
 ``v.{i}.{field}`` beside the block's positions, mask and summary. The block's JSON meta
 (``kv_shape``, written by ``BlockCodec.encode``) gives back the shape the packed fields need.
-Decoding goes through ``streamvlm.kernels.decode``: a fused Triton kernel on CUDA where
-the codec has one, the PyTorch reference elsewhere (both give the same floats).
+Encoding and decoding go through ``streamvlm.kernels.encode`` / ``decode``: numba kernels
+for CPU tensors, a fused Triton decode kernel on CUDA, where the codec has them, the PyTorch
+reference elsewhere (all give the same bytes and floats). ``decode_layers(..., out=)``
+decodes each layer straight into preallocated tensors, e.g. the block's slice of the cache
+attention reads.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from functools import partial
 
 import torch
 
 from .. import kernels
-from ..quant.base import EncodedTensor, KVCodec
+from ..quant.base import EncodedTensor, KVCodec, QuantError
 from ..quant.registry import get_kv_codec
 from ..registry import BLOCK_CODECS, KV_CODECS
 from .block import META_TENSORS, Block
@@ -47,25 +51,48 @@ class QuantizedCodec(BlockCodec):
             if k.shape[1] == 0:
                 continue  # the quant codecs need a token; kv_shape alone rebuilds an empty layer
             for prefix, x in (("k", k), ("v", v)):
-                enc = self.kv_codec.encode(x, _KINDS[prefix], i)
+                enc = kernels.encode(self.kv_codec, x, _KINDS[prefix], i)
                 tensors.update({f"{prefix}.{i}.{field}": t for field, t in enc.tensors.items()})
             self._note_state(i)
         return tensors
 
-    def decode_layers(self, tensors, meta, device, dtype):
+    def decode_layers(
+        self,
+        tensors,
+        meta,
+        device,
+        dtype,
+        out: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+    ):
+        """The per-layer ``(keys, values)``; with ``out``, layer ``i`` is decoded into the
+        preallocated ``out[i]`` pair (``[heads, tokens, head_dim]`` views of any strides, whose
+        device and dtype win over ``device``/``dtype``; ``None`` for a layer allocates as usual)
+        and those tensors are returned."""
         shape = tuple(int(s) for s in meta["kv_shape"])
+        if out is not None and len(out) != meta["layers"]:
+            raise QuantError(
+                f"decode_layers out= has {len(out)} layers, the block {meta['layers']}; pass one per layer"
+            )
         fields = _by_layer(tensors)
         layers = []
         for i in range(meta["layers"]):
+            targets = (None, None) if out is None or out[i] is None else out[i]
             if shape[1] == 0:
-                layers.append(tuple(torch.empty(shape, device=device, dtype=dtype) for _ in range(2)))
+                layers.append(
+                    tuple(torch.empty(shape, device=device, dtype=dtype) if o is None else o for o in targets)
+                )
                 continue
-            layers.append(tuple(self._decode(fields[p, i], p, i, shape, device, dtype) for p in ("k", "v")))
+            layers.append(
+                tuple(
+                    self._decode(fields[p, i], p, i, shape, device, dtype, o)
+                    for p, o in zip(("k", "v"), targets, strict=True)
+                )
+            )
         return layers
 
-    def _decode(self, fields, prefix, layer, shape, device, dtype) -> torch.Tensor:
+    def _decode(self, fields, prefix, layer, shape, device, dtype, out) -> torch.Tensor:
         enc = EncodedTensor(self.kv_codec.name, _KINDS[prefix], shape, fields, layer)
-        return kernels.decode(enc, self.kv_codec, device, dtype)
+        return kernels.decode(enc, self.kv_codec, device, dtype, out=out)
 
     # per-layer state ------------------------------------------------------------------
     def _note_state(self, layer: int) -> None:

@@ -36,9 +36,22 @@ def group_min_max(xg: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, 
     return mn, mx
 
 
+def group_sum(xg: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dimension in one fixed order: element by element, accumulated in
+    float64 and rounded once to float32 (what ``torch.cumsum`` does on a CPU).
+
+    Why not ``sum``: its order (vector lanes, cascades) depends on the machine and the
+    shape, so another implementation (``kernels/*_cpu.py``) could not reproduce its last
+    bit; a sequential float64 sum is easy to reproduce exactly anywhere.
+    """
+    if xg.shape[-1] == 0:
+        return xg.sum(dim=-1)
+    return xg.cumsum(dim=-1)[..., -1]
+
+
 def group_abs_mean(xg: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     # padding is zero, so it adds nothing to the sum; divide by the real count
-    return xg.abs().sum(dim=-1) / valid.sum(dim=-1).to(xg.dtype)
+    return group_sum(xg.abs()) / valid.sum(dim=-1).to(xg.dtype)
 
 
 def expand_groups(per_group: torch.Tensor, group: int, length: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .groups import expand_groups, group_abs_mean, to_groups
+from .groups import expand_groups, group_abs_mean, group_sum, to_groups
 
 
 def sign_encode(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +44,7 @@ def ternary_ls_level(x: torch.Tensor, t: torch.Tensor, group: int) -> torch.Tens
     xg, _ = to_groups(x.abs() * nz, group)
     cg, _ = to_groups(nz.float(), group)
     count = cg.sum(dim=-1)
-    return xg.sum(dim=-1) / count.clamp_min(1)
+    return group_sum(xg) / count.clamp_min(1)
 
 
 def ternary_decode(t: torch.Tensor, level: torch.Tensor, group: int) -> torch.Tensor:

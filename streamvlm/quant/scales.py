@@ -10,7 +10,10 @@ of relative precision, so ``vidkv`` stores them as one byte each:
 steps per octave is a 4.4 % spacing (error <= 2.2 % rounding to nearest), covering 15.9
 octaves below the head's largest scale; smaller scales are stored as the smallest code
 (rounded up, never to zero, so nothing is clipped). Decoding is a table lookup, so every
-device decodes the same bits to the same float32.
+device decodes the same bits to the same float32. Encoding compares the ratio with the
+float64 boundaries between codes (``code_bounds``) instead of taking a float32 ``log2``,
+whose last bit differs between libraries: every implementation (``kernels/*_cpu.py``)
+then picks the same code.
 """
 
 from __future__ import annotations
@@ -25,6 +28,22 @@ _TABLE = torch.cat(
         torch.zeros(1, dtype=torch.float64),
     ]
 ).to(torch.float32)
+
+
+def _bounds(offset: float) -> torch.Tensor:
+    # 2 ** (-(j - offset) / 16) for j = 254 .. 1: ascending, for searchsorted
+    j = torch.arange(ZERO_CODE - 1, 0, -1, dtype=torch.float64)
+    return torch.exp2(-(j - offset) / STEPS_PER_OCTAVE)
+
+
+# code c is chosen for ratios in (bound[c + 1], bound[c]]: floor of -16 log2(ratio) (round
+# up) or its nearest integer; the code is the number of bounds >= the ratio (at most 254)
+_BOUNDS = {True: _bounds(0.0), False: _bounds(0.5)}
+
+
+def code_bounds(round_up: bool) -> torch.Tensor:
+    """float64 ``[254]``, ascending: a ratio's code is how many of them are >= it."""
+    return _BOUNDS[round_up]
 
 
 def bf16_round_up(v: torch.Tensor) -> torch.Tensor:
@@ -47,9 +66,8 @@ def encode_log8(s: torch.Tensor, round_up: bool) -> tuple[torch.Tensor, torch.Te
     head_max = bf16_round_up(torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=1).amax(dim=1))
     hm = head_max.float().view(-1, *([1] * (s.dim() - 1)))
     ratio = s.float() / torch.where(hm > 0, hm, torch.ones_like(hm))
-    r = -STEPS_PER_OCTAVE * torch.log2(ratio.clamp_min(1e-30))
-    code = torch.floor(r) if round_up else torch.round(r)
-    code = code.clamp(0, ZERO_CODE - 1)
+    bounds = code_bounds(round_up).to(s.device)
+    code = len(bounds) - torch.searchsorted(bounds, ratio.double().contiguous(), side="left")
     code = torch.where(s > 0, code, torch.full_like(code, ZERO_CODE))
     return code.to(torch.uint8), head_max
 

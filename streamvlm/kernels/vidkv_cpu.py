@@ -1,0 +1,710 @@
+"""``vidkv`` encode and decode on a CPU, compiled by numba (standard layout only).
+
+Reference: ``streamvlm.quant.vidkv.VidKVCodec``; same bytes, same floats (rules in
+``cpu_common``). Each kernel runs one head per numba thread. What stays in torch, called
+exactly as the reference calls it so its results are the reference's by construction:
+
+* the rfft of the sign-tier channels and its inverse (``torch.fft``: O(m log m) per token
+  where a DFT matmul would cost m**2, and bit-identical to the reference's own call);
+* the choice of salient value tokens (``selection.salient_tokens``: a norm and a sort) and
+  of the key channel tiers (``VidKVCodec.calibrate``, once per layer).
+
+Everything else (min-max and log8 metadata, signs, ternaries, packing, scatter into the
+output) is a numba loop that reads the input once and writes each output byte once.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import torch
+from numba import njit, prange
+
+from ..quant.base import EncodedTensor, QuantError
+from ..quant.groups import balanced_group, num_groups
+from ..quant.packing import packed_length
+from ..quant.selection import channel_rows, salient_count, salient_tokens, tier_indices
+from ..quant.vidkv import VidKVCodec
+from .cpu_common import (
+    JIT,
+    PARALLEL_JIT,
+    as_numpy_out,
+    bf16_round_up_bits,
+    bf16_value,
+    emit_row,
+    log8_code,
+    match_torch_threads,
+    pack_bits_row,
+    pack_trits_row,
+    tables,
+    trit_table,
+    u16,
+    unpack_bits_row,
+    unpack_trits_row,
+)
+
+# ----- log8 min-max (uniform.encode_log8_minmax / decode_log8_minmax) --------------------
+
+
+@njit(**JIT)
+def _zero_units(bits):
+    return 4 if bits <= 2 else 2  # uniform.zero_units
+
+
+@njit(**JIT)
+def _log8_step(lo, hi, levels, units):
+    # uniform._log8_step, operation by operation
+    return max((hi - lo) / levels, ((abs(lo) * np.float32(1.03)) * units) / np.float32(127.0))
+
+
+@njit(**JIT)
+def _encode_columns(x_h, index, group, bits, bounds, table, codes_row, scale_h, zero_h):
+    """Key channels ``index`` of one head, each in groups of tokens (codes token-major);
+    returns the head's scale maximum as bfloat16 bits."""
+    tokens = x_h.shape[0]
+    c = index.shape[0]
+    n_groups = scale_h.shape[1]
+    levels = np.float32((1 << bits) - 1)
+    units = np.float32(_zero_units(bits))
+    xs = np.empty((tokens, c), np.float32)
+    for t in range(tokens):
+        x_t, xs_t = x_h[t], xs[t]
+        for j in range(c):
+            xs_t[j] = x_t[index[j]]
+    lows = np.empty((n_groups, c), np.float32)
+    steps = np.empty((n_groups, c), np.float32)
+    top = np.float32(0.0)
+    for g in range(n_groups):
+        start, stop = g * group, min(tokens, g * group + group)
+        lo = xs[start].copy()
+        hi = xs[start].copy()
+        for t in range(start + 1, stop):
+            xs_t = xs[t]
+            for j in range(c):
+                lo[j] = min(lo[j], xs_t[j])
+                hi[j] = max(hi[j], xs_t[j])
+        for j in range(c):
+            steps[g, j] = _log8_step(lo[j], hi[j], levels, units)
+            lows[g, j] = lo[j]
+            top = max(top, steps[g, j])
+    hm_bits = bf16_round_up_bits(top)
+    hm = bf16_value(hm_bits)
+    q = np.empty(tokens * c, np.uint8)
+    s = np.empty(c, np.float32)
+    zf = np.empty(c, np.float32)
+    for g in range(n_groups):
+        for j in range(c):
+            code = log8_code(steps[g, j], hm, bounds)
+            sj = table[code] * hm
+            sj = sj if sj > np.float32(0.0) else np.float32(1.0)
+            z = min(max(np.rint((lows[g, j] / sj) * units), np.float32(-128.0)), np.float32(127.0))
+            scale_h[j, g] = code
+            zero_h[j, g] = np.int8(z)
+            s[j] = sj
+            zf[j] = z / units
+        for t in range(g * group, min(tokens, g * group + group)):
+            xs_t, q_t = xs[t], q[t * c : (t + 1) * c]
+            for j in range(c):
+                v = np.rint(xs_t[j] / s[j] - zf[j])
+                q_t[j] = np.uint8(min(max(v, np.float32(0.0)), levels))
+    pack_bits_row(q, tokens * c, bits, codes_row)
+    return hm_bits
+
+
+@njit(**JIT)
+def _encode_rows(x_h, rows, group, bits, bounds, table, codes_row, scale_h, zero_h):
+    """Tokens ``rows`` of one head, each in groups of channels (codes row-major); returns the
+    head's scale maximum as bfloat16 bits."""
+    head_dim = x_h.shape[1]
+    n_rows = rows.shape[0]
+    n_groups = scale_h.shape[1]
+    levels = np.float32((1 << bits) - 1)
+    units = np.float32(_zero_units(bits))
+    lows = np.empty((n_rows, n_groups), np.float32)
+    steps = np.empty((n_rows, n_groups), np.float32)
+    top = np.float32(0.0)
+    for r in range(n_rows):
+        x_r = x_h[rows[r]]
+        for g in range(n_groups):
+            x_g = x_r[g * group : g * group + group]
+            lo = x_g[0]
+            hi = lo
+            for d in range(x_g.shape[0]):
+                lo = min(lo, x_g[d])
+                hi = max(hi, x_g[d])
+            steps[r, g] = _log8_step(lo, hi, levels, units)
+            lows[r, g] = lo
+            top = max(top, steps[r, g])
+    hm_bits = bf16_round_up_bits(top)
+    hm = bf16_value(hm_bits)
+    q = np.empty(n_rows * head_dim, np.uint8)
+    for r in range(n_rows):
+        x_r = x_h[rows[r]]
+        for g in range(n_groups):
+            code = log8_code(steps[r, g], hm, bounds)
+            s = table[code] * hm
+            s = s if s > np.float32(0.0) else np.float32(1.0)
+            z = min(max(np.rint((lows[r, g] / s) * units), np.float32(-128.0)), np.float32(127.0))
+            scale_h[r, g] = code
+            zero_h[r, g] = np.int8(z)
+            zf = z / units
+            x_g = x_r[g * group : g * group + group]
+            q_g = q[r * head_dim + g * group : r * head_dim + g * group + x_g.shape[0]]
+            for d in range(x_g.shape[0]):
+                v = np.rint(x_g[d] / s - zf)
+                q_g[d] = np.uint8(min(max(v, np.float32(0.0)), levels))
+    pack_bits_row(q, n_rows * head_dim, bits, codes_row)
+    return hm_bits
+
+
+@njit(**JIT)
+def _log8_codes(levels, bounds, codes_h):
+    """``scales.encode_log8(levels, round_up=False)`` of one head: codes into ``codes_h``
+    (levels ``[groups, n]``, codes ``[n, groups]``); returns the head max as bfloat16 bits."""
+    top = np.float32(0.0)
+    for g in range(levels.shape[0]):
+        for k in range(levels.shape[1]):
+            top = max(top, levels[g, k])
+    hm_bits = bf16_round_up_bits(top)
+    hm = bf16_value(hm_bits)
+    for g in range(levels.shape[0]):
+        for k in range(levels.shape[1]):
+            codes_h[k, g] = log8_code(levels[g, k], hm, bounds)
+    return hm_bits
+
+
+# ----- keys ------------------------------------------------------------------------------
+
+
+@njit(**JIT)
+def _encode_keys_head(h, x, idx4, idx2, spec, group, bounds, table, tier4, tier2, signs, k1_scale, k1_max):
+    heads, tokens, _ = x.shape
+    m = k1_scale.shape[1]
+    n_groups = k1_scale.shape[2]
+    n_real = m // 2 + 1
+    if idx4.shape[1]:
+        tier4[3][h] = _encode_columns(
+            x[h], idx4[h], group, 4, bounds, table, tier4[0][h], tier4[1][h], tier4[2][h]
+        )
+    if idx2.shape[1]:
+        tier2[3][h] = _encode_columns(
+            x[h], idx2[h], group, 2, bounds, table, tier2[0][h], tier2[1][h], tier2[2][h]
+        )
+    # sign tier (spectral.rfft_components, lowbit.sign_encode): real parts of bins
+    # 0 .. n_real - 1, then imaginary parts of bins 1 ..; level = mean |component|
+    comps = np.empty((tokens, m), np.float32)
+    for t in range(tokens):
+        re, im, c_t = spec[h, t, :, 0], spec[h, t, 1:, 1], comps[t]
+        for k in range(n_real):
+            c_t[k] = re[k]
+        c_im = c_t[n_real:]
+        for k in range(m - n_real):
+            c_im[k] = im[k]
+    bits = np.empty(tokens * m, np.uint8)
+    level = np.empty((n_groups, m), np.float32)
+    acc = np.empty(m, np.float64)
+    for g in range(n_groups):
+        start, stop = g * group, min(tokens, g * group + group)
+        acc[:] = 0.0
+        for t in range(start, stop):
+            c_t, b_t = comps[t], bits[t * m : (t + 1) * m]
+            for k in range(m):
+                acc[k] += np.float64(abs(c_t[k]))
+                b_t[k] = 1 if c_t[k] >= np.float32(0.0) else 0
+        for k in range(m):
+            level[g, k] = np.float32(acc[k]) / np.float32(stop - start)
+    pack_bits_row(bits, tokens * m, 1, signs[h])
+    k1_max[h] = _log8_codes(level, bounds, k1_scale[h])
+
+
+@njit(**PARALLEL_JIT)
+def _encode_keys(x, idx4, idx2, spec, group, bounds, table, tier4, tier2, signs, k1_scale, k1_max):
+    # one head per thread; the head's work is a plain function, which numba's parallel
+    # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
+    for h in prange(x.shape[0]):
+        _encode_keys_head(h, x, idx4, idx2, spec, group, bounds, table, tier4, tier2, signs, k1_scale, k1_max)
+
+
+@njit(**JIT)
+def _sign_components_head(h, signs, k1_scale, k1_max, group, table, spec):
+    heads, tokens, n_bins, _ = spec.shape
+    m = k1_scale.shape[1]
+    n_real = m // 2 + 1
+    hm = bf16_value(k1_max[h])
+    bits = np.empty(tokens * m, np.uint8)
+    unpack_bits_row(signs[h], tokens * m, 1, bits)
+    level = np.empty(m, np.float32)
+    comps = np.empty(m, np.float32)
+    for t in range(tokens):
+        if t % group == 0:
+            for k in range(m):
+                level[k] = table[k1_scale[h, k, t // group]] * hm
+        b_t = bits[t * m : (t + 1) * m]
+        for k in range(m):
+            comps[k] = (np.float32(b_t[k]) * np.float32(2.0) - np.float32(1.0)) * level[k]
+        re, im, c_im = spec[h, t, :, 0], spec[h, t, :, 1], comps[n_real:]
+        for k in range(n_real):
+            re[k] = comps[k]
+            im[k] = 0.0  # imaginary parts of DC (and Nyquist, m even) stay 0
+        im = spec[h, t, 1:, 1]
+        for k in range(m - n_real):
+            im[k] = c_im[k]
+
+
+@njit(**PARALLEL_JIT)
+def _sign_components(signs, k1_scale, k1_max, group, table, spec):
+    """Decoded sign-tier components (``+-level``) laid out as the complex rfft spectrum."""
+    # one head per thread; the head's work is a plain function, which numba's parallel
+    # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
+    for h in prange(signs.shape[0]):
+        _sign_components_head(h, signs, k1_scale, k1_max, group, table, spec)
+
+
+@njit(**JIT)
+def _decode_keys_head(h, idx4, idx2, tier4, tier2, idx1, signal, group, table, out, mode):
+    heads, tokens, head_dim = out.shape
+    m = idx1.shape[1]
+    row = np.empty(head_dim, np.float32)
+    n4, n2 = idx4.shape[1], idx2.shape[1]
+    q4 = np.empty(tokens * n4, np.uint8)
+    q2 = np.empty(tokens * n2, np.uint8)
+    unpack_bits_row(tier4[0][h], tokens * n4, 4, q4)
+    unpack_bits_row(tier2[0][h], tokens * n2, 2, q2)
+    hm4 = bf16_value(tier4[3][h])
+    hm2 = bf16_value(tier2[3][h])
+    s4, z4 = np.empty(n4, np.float32), np.empty(n4, np.float32)
+    s2, z2 = np.empty(n2, np.float32), np.empty(n2, np.float32)
+    i4, i2, i1 = idx4[h], idx2[h], idx1[h]  # channel indices: unsigned, so no negative-index checks
+    for t in range(tokens):
+        if t % group == 0:  # a new group of tokens: every channel's step and offset
+            g = t // group
+            for j in range(n4):
+                s4[j] = table[tier4[1][h, j, g]] * hm4
+                z4[j] = np.float32(tier4[2][h, j, g]) / np.float32(_zero_units(4))
+            for j in range(n2):
+                s2[j] = table[tier2[1][h, j, g]] * hm2
+                z2[j] = np.float32(tier2[2][h, j, g]) / np.float32(_zero_units(2))
+        q4_t, q2_t, signal_t = q4[t * n4 : (t + 1) * n4], q2[t * n2 : (t + 1) * n2], signal[h, t]
+        for j in range(n4):
+            row[i4[j]] = (np.float32(q4_t[j]) + z4[j]) * s4[j]
+        for j in range(n2):
+            row[i2[j]] = (np.float32(q2_t[j]) + z2[j]) * s2[j]
+        for j in range(m):
+            row[i1[j]] = signal_t[j]
+        emit_row(row, out, h, t, mode)
+
+
+@njit(**PARALLEL_JIT)
+def _decode_keys(idx4, idx2, tier4, tier2, idx1, signal, group, table, out, mode):
+    # one head per thread; the head's work is a plain function, which numba's parallel
+    # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
+    for h in prange(idx4.shape[0]):
+        _decode_keys_head(h, idx4, idx2, tier4, tier2, idx1, signal, group, table, out, mode)
+
+
+# id of a frozen tier tensor -> (a weak reference to it, its channel indices per tier): the
+# argsorts run once per layer, not per block; the weak reference tells a reused id apart
+_CHANNELS: dict[int, tuple[weakref.ref, tuple[np.ndarray, ...]]] = {}
+
+
+def key_channels(tiers: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """(4-bit, 2-bit, sign-tier) channel indices ``[heads, count]`` of a layer's frozen tiers."""
+    key = id(tiers)
+    cached = _CHANNELS.get(key)
+    if cached is None or cached[0]() is not tiers:
+        channels = tuple(tier_indices(tiers, tier).numpy().astype(np.uint32) for tier in (2, 1, 0))
+        cached = _CHANNELS[key] = (weakref.ref(tiers, lambda _: _CHANNELS.pop(key, None)), channels)
+    return cached[1]
+
+
+_TIER_FIELDS = ("codes", "scale", "zero", "scale_max")
+
+
+def _tier_buffers(heads: int, tokens: int, count: int, bits: int, n_groups: int):
+    return (
+        torch.zeros(heads, packed_length(tokens * count, bits), dtype=torch.uint8),
+        torch.empty(heads, count, n_groups, dtype=torch.uint8),
+        torch.empty(heads, count, n_groups, dtype=torch.int8),
+        torch.zeros(heads, dtype=torch.bfloat16),
+    )
+
+
+def _np_tier(buffers):
+    codes, scale, zero, hmax = buffers
+    return codes.numpy(), scale.numpy(), zero.numpy(), u16(hmax)
+
+
+def encode_keys(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, torch.Tensor]:
+    """``VidKVCodec._encode_keys``: calibrates the layer on its first block, like the reference."""
+    x = x.float().contiguous()
+    heads, tokens, head_dim = x.shape
+    if codec._layer_tiers(layer, heads, head_dim) is None:
+        codec.calibrate(layer, x)
+    idx4, idx2, idx1 = key_channels(codec._tiers[layer])
+    group = balanced_group(tokens, codec.group_size)
+    n_groups = num_groups(tokens, group)
+    m = idx1.shape[1]
+    # the reference's rfft_components call: torch.fft.rfft over the gathered sign channels
+    spec = torch.fft.rfft(x.gather(2, channel_rows(torch.from_numpy(idx1.astype(np.int64)), tokens)), dim=-1)
+    tiers = {
+        bits: _tier_buffers(heads, tokens, idx.shape[1], bits, n_groups)
+        for bits, idx in ((4, idx4), (2, idx2))
+    }
+    signs = torch.empty(heads, packed_length(tokens * m, 1), dtype=torch.uint8)
+    k1_scale = torch.empty(heads, m, n_groups, dtype=torch.uint8)
+    k1_max = torch.empty(heads, dtype=torch.bfloat16)
+    log8, nearest = tables()
+    match_torch_threads()
+    _encode_keys(
+        x.numpy(),
+        idx4,
+        idx2,
+        torch.view_as_real(spec).numpy(),
+        group,
+        nearest,
+        log8,
+        _np_tier(tiers[4]),
+        _np_tier(tiers[2]),
+        signs.numpy(),
+        k1_scale.numpy(),
+        u16(k1_max),
+    )
+    out: dict[str, torch.Tensor] = {}
+    for bits, idx in ((4, idx4), (2, idx2)):
+        if idx.shape[1]:
+            out.update(zip((f"k{bits}.{f}" for f in _TIER_FIELDS), tiers[bits], strict=True))
+    out.update({"k1.signs": signs, "k1.scale": k1_scale, "k1.scale_max": k1_max})
+    return out
+
+
+def _key_tiers(codec: VidKVCodec, layer: int, heads: int, head_dim: int) -> torch.Tensor:
+    tiers = codec._layer_tiers(layer, heads, head_dim)
+    if tiers is None:
+        raise QuantError(
+            f"{codec.name}: no key channel tiers for layer {layer}; "
+            "load them with load_shared_state(layer, ...) before decoding"
+        )
+    return tiers
+
+
+def _check_groups(codec: VidKVCodec, got: int, length: int, group: int) -> None:
+    if got != num_groups(length, group):
+        raise QuantError(
+            f"{codec.name}: encoded with another group_size than {codec.group_size}; "
+            "decode with a codec built with the encoding options"
+        )
+
+
+def decode_keys_into(enc: EncodedTensor, codec: VidKVCodec, out: torch.Tensor, mode: int) -> None:
+    """``VidKVCodec._decode_keys`` written into ``out``: signs to spectrum (numba), ``torch.fft.irfft``
+    (the reference's call), then every channel into ``out`` (numba)."""
+    heads, tokens, head_dim = enc.shape
+    idx4, idx2, idx1 = key_channels(_key_tiers(codec, enc.layer, heads, head_dim))
+    t = {name: x.cpu().contiguous() for name, x in enc.tensors.items()}
+    group = balanced_group(tokens, codec.group_size)
+    _check_groups(codec, t["k1.scale"].shape[-1], tokens, group)
+    m = idx1.shape[1]
+    n_groups = num_groups(tokens, group)
+    log8 = tables()[0]
+    match_torch_threads()
+    spec = torch.empty(heads, tokens, m // 2 + 1, dtype=torch.complex64)
+    _sign_components(
+        t["k1.signs"].numpy(),
+        t["k1.scale"].numpy(),
+        u16(t["k1.scale_max"]),
+        group,
+        log8,
+        torch.view_as_real(spec).numpy(),
+    )
+    signal = torch.fft.irfft(spec, n=m, dim=-1)  # spectral.from_rfft_components
+    tiers = {}
+    for bits, idx in ((4, idx4), (2, idx2)):
+        names = [f"k{bits}.{part}" for part in _TIER_FIELDS]
+        if idx.shape[1] and not all(name in t for name in names):
+            raise QuantError(f"{codec.name}: key block lacks the {bits}-bit tier the layer's tiers call for")
+        tiers[bits] = _np_tier(
+            [t[n] for n in names] if idx.shape[1] else _tier_buffers(heads, 0, 0, bits, n_groups)
+        )
+    _decode_keys(idx4, idx2, tiers[4], tiers[2], idx1, signal.numpy(), group, log8, as_numpy_out(out), mode)
+
+
+# ----- values ----------------------------------------------------------------------------
+
+
+@njit(**JIT)
+def _token_split(flags):
+    """(salient tokens, the others), each ascending."""
+    n_sal = 0
+    for f in flags:
+        n_sal += f
+    sal = np.empty(n_sal, np.int64)
+    rest = np.empty(flags.shape[0] - n_sal, np.int64)
+    i = j = 0
+    for t in range(flags.shape[0]):
+        if flags[t]:
+            sal[i] = t
+            i += 1
+        else:
+            rest[j] = t
+            j += 1
+    return sal, rest
+
+
+@njit(**JIT)
+def _encode_values_head(
+    h,
+    x,
+    flags,
+    threshold,
+    group,
+    sal_group,
+    bounds,
+    table,
+    mask,
+    tern,
+    tern_scale,
+    tern_max,
+    sal_codes,
+    sal_scale,
+    sal_zero,
+    sal_max,
+):
+    heads, tokens, head_dim = x.shape
+    n_groups = tern_scale.shape[2]
+    x_h = x[h]
+    sal, rest = _token_split(flags[h])
+    pack_bits_row(flags[h], tokens, 1, mask[h])
+    # the others: ternary per channel over groups of rest tokens (lowbit.ternary_encode,
+    # ternary_ls_level); codes t + 1 packed token-major as base-3 trits
+    n_rest = rest.shape[0]
+    q = np.empty(n_rest * head_dim, np.uint8)
+    level = np.empty((n_groups, head_dim), np.float32)
+    acc = np.empty(head_dim, np.float64)
+    thr = np.empty(head_dim, np.float32)
+    count = np.empty(head_dim, np.int64)
+    for g in range(n_groups):
+        start, stop = g * group, min(n_rest, g * group + group)
+        acc[:] = 0.0
+        for r in range(start, stop):
+            x_r = x_h[rest[r]]
+            for d in range(head_dim):
+                acc[d] += np.float64(abs(x_r[d]))
+        for d in range(head_dim):
+            thr[d] = (np.float32(acc[d]) / np.float32(stop - start)) * threshold
+        acc[:] = 0.0
+        count[:] = 0
+        for r in range(start, stop):
+            x_r, q_r = x_h[rest[r]], q[r * head_dim : (r + 1) * head_dim]
+            for d in range(head_dim):
+                v, t = x_r[d], thr[d]
+                up, down = v > t, v < -t  # two flags, not a code compared later: 4x faster
+                q_r[d] = 2 if up else (0 if down else 1)
+                nonzero = up or down
+                acc[d] += np.float64(abs(v)) if nonzero else 0.0
+                count[d] += 1 if nonzero else 0
+        for d in range(head_dim):
+            level[g, d] = np.float32(acc[d]) / np.float32(max(count[d], 1))
+    pack_trits_row(q, n_rest * head_dim, tern[h])
+    tern_max[h] = _log8_codes(level, bounds, tern_scale[h])
+    # salient tokens: 2 bits per token in groups of channels
+    sal_max[h] = _encode_rows(x_h, sal, sal_group, 2, bounds, table, sal_codes[h], sal_scale[h], sal_zero[h])
+
+
+@njit(**PARALLEL_JIT)
+def _encode_values(
+    x,
+    flags,
+    threshold,
+    group,
+    sal_group,
+    bounds,
+    table,
+    mask,
+    tern,
+    tern_scale,
+    tern_max,
+    sal_codes,
+    sal_scale,
+    sal_zero,
+    sal_max,
+):
+    # one head per thread; the head's work is a plain function, which numba's parallel
+    # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
+    for h in prange(x.shape[0]):
+        _encode_values_head(
+            h,
+            x,
+            flags,
+            threshold,
+            group,
+            sal_group,
+            bounds,
+            table,
+            mask,
+            tern,
+            tern_scale,
+            tern_max,
+            sal_codes,
+            sal_scale,
+            sal_zero,
+            sal_max,
+        )
+
+
+@njit(**JIT)
+def _decode_values_head(
+    h,
+    mask,
+    tern,
+    tern_scale,
+    tern_max,
+    sal_codes,
+    sal_scale,
+    sal_zero,
+    sal_max,
+    group,
+    sal_group,
+    table,
+    trits,
+    out,
+    mode,
+):
+    heads, tokens, head_dim = out.shape
+    units = np.float32(_zero_units(2))
+    flags = np.empty(tokens, np.uint8)
+    unpack_bits_row(mask[h], tokens, 1, flags)
+    sal, rest = _token_split(flags)
+    row = np.empty(head_dim, np.float32)
+    # the others: trit - 1 times the channel's level for the token's group
+    n_rest = rest.shape[0]
+    q = np.empty(n_rest * head_dim, np.uint8)
+    unpack_trits_row(tern[h], n_rest * head_dim, trits, q)
+    hm = bf16_value(tern_max[h])
+    level = np.empty(head_dim, np.float32)
+    for r in range(n_rest):
+        if r % group == 0:
+            for d in range(head_dim):
+                level[d] = table[tern_scale[h, d, r // group]] * hm
+        q_r = q[r * head_dim : (r + 1) * head_dim]
+        for d in range(head_dim):
+            row[d] = np.float32(np.int64(q_r[d]) - 1) * level[d]
+        emit_row(row, out, h, rest[r], mode)
+    # salient tokens: 2-bit codes in groups of channels
+    n_sal = sal.shape[0]
+    q2 = np.empty(n_sal * head_dim, np.uint8)
+    unpack_bits_row(sal_codes[h], n_sal * head_dim, 2, q2)
+    hm = bf16_value(sal_max[h])
+    for r in range(n_sal):
+        for g in range(sal_scale.shape[2]):
+            s = table[sal_scale[h, r, g]] * hm
+            zf = np.float32(sal_zero[h, r, g]) / units
+            r_g = row[g * sal_group : g * sal_group + sal_group]
+            q_g = q2[r * head_dim + g * sal_group : r * head_dim + g * sal_group + r_g.shape[0]]
+            for d in range(r_g.shape[0]):
+                r_g[d] = (np.float32(q_g[d]) + zf) * s
+        emit_row(row, out, h, sal[r], mode)
+
+
+@njit(**PARALLEL_JIT)
+def _decode_values(
+    mask,
+    tern,
+    tern_scale,
+    tern_max,
+    sal_codes,
+    sal_scale,
+    sal_zero,
+    sal_max,
+    group,
+    sal_group,
+    table,
+    trits,
+    out,
+    mode,
+):
+    # one head per thread; the head's work is a plain function, which numba's parallel
+    # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
+    for h in prange(mask.shape[0]):
+        _decode_values_head(
+            h,
+            mask,
+            tern,
+            tern_scale,
+            tern_max,
+            sal_codes,
+            sal_scale,
+            sal_zero,
+            sal_max,
+            group,
+            sal_group,
+            table,
+            trits,
+            out,
+            mode,
+        )
+
+
+def encode_values(x: torch.Tensor, codec: VidKVCodec) -> dict[str, torch.Tensor]:
+    """``VidKVCodec._encode_values``: salient tokens chosen by the reference's function."""
+    x = x.float().contiguous()
+    heads, tokens, head_dim = x.shape
+    sal = salient_tokens(x, salient_count(tokens, codec.salient_fraction))
+    n_sal = int(sal[0].sum())
+    n_rest = tokens - n_sal
+    group = balanced_group(n_rest, codec.group_size)
+    sal_group = balanced_group(head_dim, codec.group_size)
+    sal_groups = num_groups(head_dim, sal_group)
+    t = {
+        "salient": torch.empty(heads, packed_length(tokens, 1), dtype=torch.uint8),
+        "tern.codes": torch.empty(heads, packed_length(n_rest * head_dim, None), dtype=torch.uint8),
+        "tern.scale": torch.empty(heads, head_dim, num_groups(n_rest, group), dtype=torch.uint8),
+        "tern.scale_max": torch.empty(heads, dtype=torch.bfloat16),
+        "sal.codes": torch.empty(heads, packed_length(n_sal * head_dim, 2), dtype=torch.uint8),
+        "sal.scale": torch.empty(heads, n_sal, sal_groups, dtype=torch.uint8),
+        "sal.zero": torch.empty(heads, n_sal, sal_groups, dtype=torch.int8),
+        "sal.scale_max": torch.empty(heads, dtype=torch.bfloat16),
+    }
+    log8, nearest = tables()
+    match_torch_threads()
+    _encode_values(
+        x.numpy(),
+        sal.to(torch.int64).numpy(),
+        np.float32(codec.ternary_threshold),
+        group,
+        sal_group,
+        nearest,
+        log8,
+        *(u16(v) if v.dtype == torch.bfloat16 else v.numpy() for v in t.values()),
+    )
+    return t
+
+
+def decode_values_into(enc: EncodedTensor, codec: VidKVCodec, out: torch.Tensor, mode: int) -> None:
+    """``VidKVCodec._decode_values`` written into ``out``."""
+    heads, tokens, head_dim = enc.shape
+    t = {name: x.cpu().contiguous() for name, x in enc.tensors.items()}
+    n_sal = t["sal.scale"].shape[1]
+    group = balanced_group(tokens - n_sal, codec.group_size)
+    _check_groups(codec, t["tern.scale"].shape[-1], tokens - n_sal, group)
+    sal_group = balanced_group(head_dim, codec.group_size)
+    names = (
+        "salient",
+        "tern.codes",
+        "tern.scale",
+        "tern.scale_max",
+        "sal.codes",
+        "sal.scale",
+        "sal.zero",
+        "sal.scale_max",
+    )
+    match_torch_threads()
+    _decode_values(
+        *(u16(t[n]) if t[n].dtype == torch.bfloat16 else t[n].numpy() for n in names),
+        group,
+        sal_group,
+        tables()[0],
+        trit_table(),
+        as_numpy_out(out),
+        mode,
+    )

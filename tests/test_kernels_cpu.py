@@ -1,0 +1,219 @@
+"""The numba CPU kernels (``kernels/kivi_cpu.py``, ``kernels/vidkv_cpu.py``) against the reference,
+bit for bit: the same packed bytes from encode, the same floats from decode.
+
+Needs numba (``pip install 'streamvlm[cpu]'``); skipped without it. The first run compiles the
+kernels (about a minute on 2 cores); numba caches them next to the sources afterwards.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _blocks import random_block
+
+pytest.importorskip("numba")
+
+from streamvlm import kernels  # noqa: E402
+from streamvlm.errors import ConfigError  # noqa: E402
+from streamvlm.kernels import backend  # noqa: E402
+from streamvlm.memory.quantized import QuantizedCodec  # noqa: E402
+from streamvlm.quant import get_kv_codec  # noqa: E402
+from streamvlm.quant.base import QuantError  # noqa: E402
+from streamvlm.quant.groups import group_sum  # noqa: E402
+from streamvlm.quant.synthetic import synthetic_kv  # noqa: E402
+
+# (heads, tokens, head_dim): every token count of the issue (32, 33, 65, 1024) and every
+# head_dim (32, 64, 128) and head count (1, 2, 4) at least once, with their awkward mixes
+SHAPES = [(1, 32, 32), (2, 33, 64), (4, 65, 128), (1, 65, 32), (4, 33, 128), (2, 1024, 64), (4, 1024, 128)]
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _same_bytes(fast, ref) -> None:
+    assert list(fast.tensors) == list(ref.tensors)
+    assert fast.shape == ref.shape and fast.codec == ref.codec and fast.kind == ref.kind
+    for name, t in ref.tensors.items():
+        got = fast.tensors[name]
+        assert got.dtype == t.dtype and got.shape == t.shape, name
+        assert torch.equal(got.view(torch.uint8), t.view(torch.uint8)), name
+
+
+def _decodes_alike(enc, fast_codec, ref_codec) -> None:
+    for dtype in DTYPES:
+        got = kernels.decode(enc, fast_codec, dtype=dtype, backend="cpu")
+        assert got.dtype == dtype
+        assert torch.equal(got, ref_codec.decode(enc, dtype=dtype)), dtype
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("bits", [2, 4])
+def test_kivi_matches_the_reference_bit_for_bit(shape, bits) -> None:
+    _, k, v = synthetic_kv(*shape, queries=1, outliers=2, seed=shape[1])
+    codec = get_kv_codec("kivi2", bits=bits)
+    for kind, x in (("key", k), ("value", v)):
+        ref = codec.encode(x, kind)
+        fast = kernels.encode(codec, x, kind, backend="cpu")
+        _same_bytes(fast, ref)
+        _decodes_alike(ref, codec, codec)
+
+
+def test_kivi8_and_a_short_last_group() -> None:
+    _, k, v = synthetic_kv(2, 45, 48, queries=1, seed=3)  # 45 tokens, 48 channels: partial groups
+    for bits in (2, 8):
+        codec = get_kv_codec("kivi2", bits=bits)
+        for kind, x in (("key", k), ("value", v)):
+            ref = codec.encode(x, kind)
+            _same_bytes(kernels.encode(codec, x, kind, backend="cpu"), ref)
+            _decodes_alike(ref, codec, codec)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_vidkv_matches_the_reference_bit_for_bit_with_frozen_tiers(shape) -> None:
+    """Two blocks per layer: the first calibrates (freezes) the key tiers, the second is coded
+    with them, by each path with its own codec object."""
+    ref_codec, fast_codec = get_kv_codec("vidkv"), get_kv_codec("vidkv")
+    for block in range(2):
+        _, k, v = synthetic_kv(*shape, queries=1, outliers=2, seed=10 * block + shape[1])
+        for kind, x in (("key", k * (1 + block)), ("value", v)):
+            ref = ref_codec.encode(x, kind, layer=3)
+            fast = kernels.encode(fast_codec, x, kind, layer=3, backend="cpu")
+            _same_bytes(fast, ref)
+            _decodes_alike(ref, fast_codec, ref_codec)
+    assert torch.equal(fast_codec.shared_state(3)["tiers"], ref_codec.shared_state(3)["tiers"])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"key_4bit_fraction": 0.0, "ternary_threshold": 0.7}, {"salient_fraction": 0.0}, {"group_size": 16}],
+)
+def test_vidkv_options_match_the_reference(options) -> None:
+    _, k, v = synthetic_kv(2, 70, 64, queries=1, outliers=2, seed=1)
+    ref_codec, fast_codec = get_kv_codec("vidkv", **options), get_kv_codec("vidkv", **options)
+    for kind, x in (("key", k), ("value", v)):
+        ref = ref_codec.encode(x, kind)
+        _same_bytes(kernels.encode(fast_codec, x, kind, backend="cpu"), ref)
+        _decodes_alike(ref, fast_codec, ref_codec)
+
+
+def test_half_precision_inputs_encode_alike() -> None:
+    _, k, v = synthetic_kv(2, 64, 64, queries=1, seed=2)
+    for dtype in (torch.float16, torch.bfloat16):
+        for name in ("kivi2", "vidkv"):
+            ref_codec, fast_codec = get_kv_codec(name), get_kv_codec(name)
+            for kind, x in (("key", k.to(dtype)), ("value", v.to(dtype))):
+                _same_bytes(kernels.encode(fast_codec, x, kind, backend="cpu"), ref_codec.encode(x, kind))
+
+
+@pytest.mark.parametrize("name", ["kivi2", "vidkv"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_into_a_strided_slice_leaves_its_neighbours_alone(name, dtype) -> None:
+    _, k, _ = synthetic_kv(2, 40, 32, queries=1, seed=4)
+    codec = get_kv_codec(name)
+    enc = kernels.encode(codec, k, "key")
+    cache = torch.full((2, 100, 32), 7.0, dtype=dtype)  # a larger cache: the block goes at 30..70
+    target = cache[:, 30:70]
+    assert not target.is_contiguous()
+    returned = kernels.decode(enc, codec, out=target, backend="cpu")
+    assert returned.data_ptr() == target.data_ptr()
+    assert torch.equal(cache[:, 30:70], codec.decode(enc, dtype=dtype))
+    assert (cache[:, :30] == 7).all() and (cache[:, 70:] == 7).all()
+
+
+def test_out_must_match_the_block() -> None:
+    codec = get_kv_codec("kivi2")
+    enc = kernels.encode(codec, torch.randn(2, 40, 32), "key")
+    with pytest.raises(QuantError, match=r"out= has shape \(2, 39, 32\)"):
+        kernels.decode(enc, codec, out=torch.empty(2, 39, 32))
+    # a dtype the kernels do not write goes through float32, still exact
+    out = torch.empty(2, 40, 32, dtype=torch.float64)
+    kernels.decode(enc, codec, out=out, backend="cpu")
+    assert torch.equal(out, codec.decode(enc, dtype=torch.float64))
+
+
+def test_out_works_on_every_path() -> None:
+    codec = get_kv_codec("int8")  # no kernel: the reference, then a copy into out
+    enc = codec.encode(torch.randn(1, 8, 16), "value")
+    out = torch.zeros(1, 20, 16)[:, 4:12]
+    kernels.decode(enc, codec, out=out, backend="cpu")
+    assert torch.equal(out, codec.decode(enc))
+
+
+def test_block_codec_decodes_each_layer_into_the_cache(monkeypatch) -> None:
+    monkeypatch.setenv(backend.BACKEND_ENV, "cpu")
+    block = random_block(0, 48, layers=2, heads=2, dim=32)
+    codec, reference = QuantizedCodec("vidkv"), QuantizedCodec("vidkv")
+    stored = codec.encode(block)
+    # the reference block codec, run by the reference path
+    monkeypatch.setenv(backend.BACKEND_ENV, "reference")
+    assert all(torch.equal(t, reference.encode(block).tensors[n]) for n, t in stored.tensors.items())
+    expected = reference.decode_layers(stored.tensors, stored.meta, "cpu", torch.float16)
+    monkeypatch.setenv(backend.BACKEND_ENV, "cpu")
+    caches = [
+        (torch.zeros(2, 100, 32, dtype=torch.float16), torch.zeros(2, 100, 32, dtype=torch.float16))
+        for _ in block.layers
+    ]
+    out = [(ck[:, 10:58], cv[:, 10:58]) for ck, cv in caches]
+    decoded = codec.decode_layers(stored.tensors, stored.meta, "cpu", torch.float16, out=out)
+    for (dk, dv), (ek, ev), (ck, cv) in zip(decoded, expected, caches, strict=True):
+        assert torch.equal(dk, ek) and torch.equal(dv, ev)
+        for cache, want in ((ck, ek), (cv, ev)):
+            assert torch.equal(cache[:, 10:58], want)
+            assert (cache[:, :10] == 0).all() and (cache[:, 58:] == 0).all()
+    with pytest.raises(QuantError, match="out= has 1 layers"):
+        codec.decode_layers(stored.tensors, stored.meta, "cpu", torch.float16, out=out[:1])
+
+
+def test_vidkv_blocks_under_a_group_take_the_reference(monkeypatch) -> None:
+    """Blocks of fewer tokens than group_size have a layout of their own (compact): the kernels
+    must not touch them, for encode or decode, whatever the backend."""
+    from streamvlm.kernels import vidkv_cpu
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a CPU kernel ran on a block shorter than a group")
+
+    for fn in ("encode_keys", "encode_values", "decode_keys_into", "decode_values_into"):
+        monkeypatch.setattr(vidkv_cpu, fn, refuse)
+    codec, ref_codec = get_kv_codec("vidkv"), get_kv_codec("vidkv")
+    _, k, v = synthetic_kv(2, 16, 32, queries=1, seed=6)
+    assert kernels.path_for(codec, 16, "cpu", backend="cpu") == "reference"
+    assert kernels.path_for(codec, 32, "cpu", backend="cpu") == "cpu"
+    assert kernels.path_for(get_kv_codec("kivi2"), 16, "cpu", backend="cpu") == "cpu"
+    for kind, x in (("key", k), ("value", v)):
+        enc = kernels.encode(codec, x, kind, backend="cpu")
+        _same_bytes(enc, ref_codec.encode(x, kind))
+        assert torch.equal(kernels.decode(enc, codec, backend="cpu"), ref_codec.decode(enc))
+
+
+@pytest.mark.parametrize(
+    ("env", "device", "numba", "expected"),
+    [
+        (None, "cpu", True, "cpu"),
+        ("auto", "cpu", False, "reference"),
+        ("reference", "cpu", True, "reference"),
+        ("cpu", "cpu", True, "cpu"),
+        ("cpu", "cuda", True, "reference"),
+        ("auto", "meta", True, "reference"),
+    ],
+)
+def test_backend_selection(monkeypatch, env, device, numba, expected) -> None:
+    monkeypatch.setattr(backend, "cpu_kernels_available", lambda: numba)
+    monkeypatch.setattr(backend, "triton_available", lambda: False)
+    if env is None:
+        monkeypatch.delenv(backend.BACKEND_ENV, raising=False)
+    else:
+        monkeypatch.setenv(backend.BACKEND_ENV, env)
+    assert backend.choose(device) == expected
+    assert not backend.use_triton(device)
+
+
+def test_forced_cpu_backend_without_numba_is_a_config_error(monkeypatch) -> None:
+    monkeypatch.setattr(backend, "cpu_kernels_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"numba does not import; pip install 'streamvlm\[cpu\]'"):
+        backend.choose("cpu", backend="cpu")
+
+
+def test_group_sums_run_in_one_fixed_order() -> None:
+    # the reference's sums (lowbit, groups) are sequential float64 sums rounded once, which
+    # the kernels reproduce; torch.sum's order would not be
+    x = torch.randn(300, 33) * torch.logspace(-4, 4, 33)
+    expected = torch.tensor([sum(float(v) for v in row) for row in x.double()], dtype=torch.float32)
+    assert torch.equal(group_sum(x), expected)
