@@ -55,8 +55,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import EncodedTensor, KVCodec, QuantError, check_fraction, check_group_size
 from . import vidkv_compact as compact
+from .base import EncodedTensor, KVCodec, QuantError, check_fraction, check_group_size
 from .groups import balanced_group
 from .lowbit import sign_decode, sign_encode, ternary_decode, ternary_encode, ternary_ls_level
 from .packing import pack_per_head, unpack_per_head

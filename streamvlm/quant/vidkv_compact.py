@@ -255,7 +255,7 @@ def decode_keys(
 def encode_values(x: torch.Tensor, prof: torch.Tensor, threshold: float) -> dict[str, torch.Tensor]:
     """Compact value fields of ``x`` ``[heads, tokens, head_dim]`` given the layer's decoded profile."""
     out = {}
-    if uses_offsets(tokens := x.shape[1], "value"):
+    if uses_offsets(x.shape[1], "value"):
         out[f"{PREFIX}offset"], offsets = encode_offsets(x, prof)
         x = x - offsets[:, None, :]
     xn = x / prof[:, None, :]
