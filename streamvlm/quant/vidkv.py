@@ -180,7 +180,7 @@ class VidKVCodec(KVCodec, name="vidkv"):
                 "load it with load_shared_state(layer, ...) before decoding"
             )
         codes, anchor = self._profiles[kind][layer]
-        tiers = self._tiers.get(layer) if kind == "key" else None
+        tiers = self._layer_tiers(layer, shape[0], shape[2]) if kind == "key" else None
         if tuple(codes.shape) != (shape[0], compact.profile_width(kind, shape[2], tiers)):
             raise QuantError(
                 f"{self.name}: layer {layer}'s {kind} profile is for {tuple(codes.shape)} heads x head_dim, "
