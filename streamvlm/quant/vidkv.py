@@ -32,7 +32,7 @@ Values
 
 Blocks of fewer than ``group_size`` tokens (pruned blocks, short chunks) use the compact
 layout of ``vidkv_compact.py`` instead (tensor names ``c.*``): metadata per head and per run
-of tokens against a per-layer channel profile, <= 2.0 bits per element (K and V together)
+of tokens against a per-layer channel profile, <= 2.06 bits per element (K and V together)
 at head_dim 32 and 128 whatever the token count, 1 token included. Which layout a block is
 in is read from its tensor names, so blocks written before the compact layout existed
 (standard layout at any token count) still decode.

@@ -24,25 +24,31 @@ by a per-layer **channel profile**:
   tensor's mean ``|v / profile|``), one least-squares level for the whole tensor; no salient
   tokens (at under ``group_size`` tokens their mask and metadata would cost more than the
   0.2 bit per element they would spend in the standard layout, for at most one token).
+* channel offsets, from ``OFFSET_MIN_TOKENS`` tokens: a 4-bit mean per channel, subtracted
+  before the groups above (why: at ``OFFSET_BITS``).
 * a ``gain`` byte is a log8 ratio to the profile, ``2 ** ((code - 128) / 16)`` (code 0: exactly
   zero), so a block needs no bf16 anchor of its own: 16 steps per octave, 8 octaves each way.
 
-Bits per element (K and V of one layer together, everything per block counted; from the
-formulas below, checked by tests/test_quant_compact.py)::
+Bits per element (``H`` heads, ``D`` head_dim, tier widths ``n4, n2, m``, ``R`` runs per head;
+everything per block counted, each code tensor padded to a byte; checked by
+tests/test_quant_compact.py)::
 
-    keys   = (H*n4*T*4 + H*n2*T*2 + H*m*T)/8 bytes, each padded  +  16 * H * runs  +  8
-    values = ceil(H*T*D / 5) bytes  +  8
+    keys   = [H T (4 n4 + 2 n2 + m) + 16 H R + 8  (+ 4 H D from 12 tokens)] / (H T D)
+    values = [8 ceil(H T D / 5)     + 8          (+ 4 H D from 8 tokens)]  / (H T D)
 
-    head_dim 32, 2 heads (n4 1, n2 15, m 16; 2-token runs)
-      1 token : K 144 bits / 64  = 2.25,   V 112 / 64  = 1.75,   K+V 2.000
-      4 tokens: K 472 / 256      = 1.84,   V 424 / 256 = 1.66,   K+V 1.750
-      16 tokens: K 1736 / 1024   = 1.70,   V 1648 / 1024 = 1.61, K+V 1.652
+    head_dim 32, 2 heads (n4 1, n2 15, m 16; 2-token runs)       K      V      K+V
+      1 token                                                  2.250  1.750  2.000
+      4 tokens                                                 1.844  1.656  1.750
+      12 tokens (the worst)                                    2.156  1.948  2.052
+      16 tokens                                                2.070  1.859  1.965
     head_dim 128, 4 heads (n4 4, n2 60, m 64; 1-token runs)
-      1 token : K 872 / 512 = 1.70,  V 832 / 512 = 1.63,  K+V 1.666
-      4 tokens: K 3464 / 2048 = 1.69, V 3288 / 2048 = 1.61, K+V 1.650
+      1 token                                                  1.703  1.625  1.664
+      4 tokens                                                 1.691  1.605  1.648
+      12 tokens (the worst)                                    2.020  1.935  1.979
 
-The profile itself (``(8 * D + 16) * H`` bits per kind per layer: 1088 bits for keys at head_dim
-32, 2 heads) is per-layer state, reported by ``shared_bits`` like the channel tiers.
+The profiles are per-layer state, reported by ``shared_bits`` like the channel tiers: ``(8 * (D +
+m) + 16) * H`` bits for keys, ``(8 * D + 16) * H`` for values (1472 bits per layer with the tiers
+at head_dim 32, 2 heads; 11392 at 128, 4 heads).
 """
 
 from __future__ import annotations
