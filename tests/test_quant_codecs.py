@@ -190,7 +190,16 @@ def test_bits_per_element_is_stored_bytes_over_elements(name: str, shape: tuple[
             * (256 + 240 * 128 * 8 // 5 + 128 * 7 * 8 + 16 * 128 * 2 + 16 * 4 * 16 + 2 * 16)
             / (4 * 256 * 128),
         ),
-        ("vidkv", (2, 16, 32), 2.40625, 2.25),
+        # under group_size tokens: the compact layout (tests/test_quant_compact.py), per
+        # tensor: 4-bit channel offsets; keys 1x4 + 15x2 + 16x1 bits per token and head, a
+        # step byte and int8 zero per head per 2-token run, one gain byte; values trits,
+        # one gain byte
+        (
+            "vidkv",
+            (2, 16, 32),
+            (2 * 32 * 4 + 2 * 16 * (4 + 30 + 16) + 2 * 8 * 16 + 8) / 1024,
+            (2 * 32 * 4 + 1024 // 5 * 8 + 8 + 8) / 1024,
+        ),
     ],
 )
 def test_exact_bits_per_element(name: str, shape, key_bits: float, value_bits: float) -> None:
@@ -273,14 +282,16 @@ def test_vidkv_channel_split_is_frozen_per_layer_and_reported_separately() -> No
     assert codec.shared_bits(0) == 0
     codec.encode(k, "key", layer=0)
     state = codec.shared_state(0)
-    assert codec.shared_bits(0) == 4 * 128 * 2  # a 2-bit tier per channel per head, once per layer
+    # per head, once per layer: a 2-bit tier per channel, and the compact layout's profile (a
+    # log8 byte per channel and per sign-tier rfft component, a bf16 anchor)
+    assert codec.shared_bits(0) == 4 * 128 * 2 + 4 * ((128 + 64) * 8 + 16)
     codec.encode(other, "key", layer=0)
     assert torch.equal(codec.shared_state(0)["tiers"], state["tiers"])
     codec.encode(other, "key", layer=1)
     assert not torch.equal(codec.shared_state(1)["tiers"], state["tiers"])
-    # values carry no per-layer state
+    # values carry only their profile
     codec.encode(other, "value", layer=2)
-    assert codec.shared_bits(2) == 0
+    assert codec.shared_bits(2) == 4 * (128 * 8 + 16)
 
 
 def test_vidkv_state_can_be_saved_and_loaded() -> None:

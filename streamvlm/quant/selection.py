@@ -53,14 +53,23 @@ def channel_rows(idx: torch.Tensor, tokens: int) -> torch.Tensor:
     return idx.unsqueeze(1).expand(-1, tokens, -1)
 
 
-def channel_tiers(keys: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    """int8 ``[heads, head_dim]`` tier per channel, ranked by range (max - min over tokens).
+def channel_tiers(keys: torch.Tensor, counts: list[int], score: str = "range") -> torch.Tensor:
+    """int8 ``[heads, head_dim]`` tier per channel, ranked by ``score`` over tokens.
 
-    Per head, the ``counts[0]`` widest channels get tier ``len(counts)``, the next
+    ``score="range"``: max - min (what a min-max quantizer pays for). ``"peak"``: max ``|x|``,
+    for short samples: over a few adjacent tokens a RoPE'd channel barely moves (over one
+    token its range is 0), so its range there says little of the range it sweeps later,
+    while its magnitude bounds it (a rotating pair swings through +-magnitude).
+    Per head, the ``counts[0]`` highest-scoring channels get tier ``len(counts)``, the next
     ``counts[1]`` tier ``len(counts) - 1``, and so on; the rest tier 0. Ties go to the lower
     channel index.
     """
-    rng = keys.float().amax(dim=1) - keys.float().amin(dim=1)
+    if score == "range":
+        rng = keys.float().amax(dim=1) - keys.float().amin(dim=1)
+    elif score == "peak":
+        rng = keys.float().abs().amax(dim=1)
+    else:
+        raise ValueError(f"channel_tiers: score must be 'range' or 'peak', got {score!r}")
     order = torch.argsort(-rng, dim=-1, stable=True)
     tiers = torch.zeros_like(rng, dtype=torch.int8)
     start = 0

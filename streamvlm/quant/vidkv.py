@@ -30,16 +30,32 @@ Values
     bits). The threshold is ``ternary_threshold * mean|v|`` and the decoded level
     is the least-squares one (mean ``|v|`` over non-zero codes), stored as a log8 byte.
 
+Blocks of fewer than ``group_size`` tokens (pruned blocks, short chunks) use the compact
+layout of ``vidkv_compact.py`` instead (tensor names ``c.*``): metadata per head and per run
+of tokens against a per-layer channel profile, <= 2.06 bits per element (K and V together)
+at head_dim 32 and 128 whatever the token count, 1 token included. Which layout a block is
+in is read from its tensor names, so blocks written before the compact layout existed
+(standard layout at any token count) still decode.
+
 Bits per element at group 32 (see docs/quantization.md for the exact tables): keys
 <= 1.5625 + 0.375 (+ three bf16 per head), values ~1.5 + <= 0.23 + salient ~0.16 + mask
 ``1/head_dim``; both <= 2.0 for every block of >= 32 tokens at head_dim 32, 64 or 128
-(blocks of fewer tokens pay more, e.g. [2, 16, 32]; see the docs).
+(smaller blocks: the compact layout; see docs/quantization.md for both tables).
+
+Per-layer state, frozen when the layer's first key (value) block is encoded, or set by
+``calibrate``: the key channel tiers and the key and value channel profiles. It never
+changes afterwards, whatever the later blocks' sizes: every block already encoded was
+quantized against it (re-freezing on a later, larger block would silently corrupt them).
+A layer whose first block is short still calibrates sensibly: tiers are then ranked by peak
+magnitude (a range over a few adjacent tokens says little, ``selection.channel_tiers``) and
+the profile is shrunk towards each tier's mean (``vidkv_compact.profile_rms``).
 """
 
 from __future__ import annotations
 
 import torch
 
+from . import vidkv_compact as compact
 from .base import EncodedTensor, KVCodec, QuantError, check_fraction, check_group_size
 from .groups import balanced_group
 from .lowbit import sign_decode, sign_encode, ternary_decode, ternary_encode, ternary_ls_level
@@ -79,6 +95,9 @@ class VidKVCodec(KVCodec, name="vidkv"):
         self._tiers: dict[int, torch.Tensor] = {}  # layer -> int8 [heads, head_dim] (0, 1, 2), CPU
         # loaded but not yet unpacked (the packed form does not say head_dim): layer -> uint8
         self._pending: dict[int, torch.Tensor] = {}
+        # channel profiles of the compact layout, as stored: kind -> layer -> (uint8 log8 codes
+        # [heads, head_dim], bf16 anchor [heads]), CPU
+        self._profiles: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {"key": {}, "value": {}}
 
     # per-layer state ------------------------------------------------------------------
     def tier_counts(self, head_dim: int) -> list[int]:
@@ -87,33 +106,87 @@ class VidKVCodec(KVCodec, name="vidkv"):
         n4 = min(wide, round(head_dim * self.key_4bit_fraction))
         return [n4, wide - n4]
 
-    def calibrate(self, layer: int, keys: torch.Tensor) -> None:
-        """Choose (and freeze) ``layer``'s key channel tiers from ``keys`` ``[heads, tokens, head_dim]``.
+    def calibrate(self, layer: int, keys: torch.Tensor, values: torch.Tensor | None = None) -> None:
+        """Choose (and freeze) ``layer``'s key channel tiers and key profile from ``keys``
+        ``[heads, tokens, head_dim]``, and its value profile from ``values`` if given.
 
-        Encoding the first key block of a layer does this implicitly; call it to choose from
-        a larger or more typical sample instead (e.g. when the first block is one token).
+        Encoding the first key (value) block of a layer does this implicitly; call it first to
+        choose from a larger or more typical sample instead (e.g. when the first block is one
+        token). Calling it after blocks were encoded with the old state makes them undecodable.
         """
         self._validate(keys, "key", layer)
-        self._tiers[layer] = channel_tiers(keys.detach(), self.tier_counts(keys.shape[-1])).cpu()
+        keys = keys.detach().float()
+        score = "range" if keys.shape[1] >= self.group_size else "peak"
+        tiers = channel_tiers(keys, self.tier_counts(keys.shape[-1]), score).cpu()
+        self._tiers[layer] = tiers
         self._pending.pop(layer, None)
+        self._profiles["key"][layer] = compact.encode_profile(
+            compact.key_profile(keys, tiers.to(keys.device))
+        )
+        if values is not None:
+            self._validate(values, "value", layer)
+            self._calibrate_values(layer, values.detach().float())
+
+    def _calibrate_values(self, layer: int, values: torch.Tensor) -> None:
+        self._profiles["value"][layer] = compact.encode_profile(compact.profile_rms(values))
+
+    # shared-state field names of each kind's profile: (codes, anchor)
+    _PROFILE_FIELDS = {"key": ("kprof", "kprof_max"), "value": ("vprof", "vprof_max")}
 
     def shared_state(self, layer: int) -> dict[str, torch.Tensor]:
+        state = {}
         if layer in self._pending:
-            return {"tiers": self._pending[layer]}
-        tiers = self._tiers.get(layer)
-        return {} if tiers is None else {"tiers": pack_per_head(tiers, 2)}
+            state["tiers"] = self._pending[layer]
+        elif layer in self._tiers:
+            state["tiers"] = pack_per_head(self._tiers[layer], 2)
+        for kind, names in self._PROFILE_FIELDS.items():
+            if layer in self._profiles[kind]:
+                state.update(zip(names, (t.cpu() for t in self._profiles[kind][layer]), strict=True))
+        return state
 
     def load_shared_state(self, layer: int, tensors: dict[str, torch.Tensor]) -> None:
-        """Restore ``shared_state(layer)``; the head_dim is taken from the first block coded."""
-        if set(tensors) != {"tiers"}:
-            raise QuantError(f"{self.name}: shared state must be {{'tiers'}}, got {sorted(tensors)}")
-        self._pending[layer] = tensors["tiers"].cpu()
-        self._tiers.pop(layer, None)
+        """Restore ``shared_state(layer)``; the head_dim is taken from the first block coded.
+
+        State saved before the compact layout existed (``tiers`` alone) loads too: the
+        profiles are then calibrated on the layer's next block, as for a new layer.
+        """
+        groups = [("tiers",), *self._PROFILE_FIELDS.values()]
+        allowed = {name for group in groups for name in group}
+        present = [group for group in groups if any(name in tensors for name in group)]
+        if set(tensors) - allowed or any(not all(name in tensors for name in g) for g in present):
+            raise QuantError(
+                f"{self.name}: shared state holds 'tiers' and the pairs kprof/kprof_max, vprof/vprof_max; "
+                f"got {sorted(tensors)}"
+            )
+        if "tiers" in tensors:
+            self._pending[layer] = tensors["tiers"].cpu()
+            self._tiers.pop(layer, None)
+        for kind, (codes, anchor) in self._PROFILE_FIELDS.items():
+            if codes in tensors:
+                self._profiles[kind][layer] = (tensors[codes].cpu(), tensors[anchor].cpu())
 
     def reset(self) -> None:
-        """Forget every layer's channel tiers (a new stream, another model)."""
+        """Forget every layer's channel tiers and profiles (a new stream, another model)."""
         self._tiers.clear()
         self._pending.clear()
+        for profiles in self._profiles.values():
+            profiles.clear()
+
+    def _profile(self, kind: str, layer: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """``layer``'s decoded ``kind`` profile ``[heads, head_dim]`` on ``device``."""
+        if layer not in self._profiles[kind]:
+            raise QuantError(
+                f"{self.name}: no {kind} channel profile for layer {layer}; "
+                "load it with load_shared_state(layer, ...) before decoding"
+            )
+        codes, anchor = self._profiles[kind][layer]
+        tiers = self._layer_tiers(layer, shape[0], shape[2]) if kind == "key" else None
+        if tuple(codes.shape) != (shape[0], compact.profile_width(kind, shape[2], tiers)):
+            raise QuantError(
+                f"{self.name}: layer {layer}'s {kind} profile is for {tuple(codes.shape)} heads x head_dim, "
+                f"got {(shape[0], shape[2])}; use one codec per model (or call reset())"
+            )
+        return compact.decode_profile(codes.to(device), anchor.to(device))
 
     def _layer_tiers(self, layer: int, heads: int, head_dim: int) -> torch.Tensor | None:
         if layer in self._pending:
@@ -131,19 +204,51 @@ class VidKVCodec(KVCodec, name="vidkv"):
     # encode / decode --------------------------------------------------------------------
     def _encode(self, x: torch.Tensor, kind: str, layer: int) -> dict[str, torch.Tensor]:
         x = x.float()
-        return self._encode_keys(x, layer) if kind == "key" else self._encode_values(x)
+        heads, tokens, head_dim = x.shape
+        if kind == "key":
+            tiers = self._layer_tiers(layer, heads, head_dim)
+            if tiers is None or layer not in self._profiles["key"]:
+                # a layer restored from state saved before profiles existed keeps its tiers
+                self._calibrate_key_state(layer, x, tiers)
+            tiers = self._tiers[layer].to(x.device)
+        elif layer not in self._profiles["value"]:
+            self._calibrate_values(layer, x)
+        if tokens < self.group_size:
+            prof = self._profile(kind, layer, x.shape, x.device)
+            if kind == "key":
+                return compact.encode_keys(x, tiers, prof, self.group_size)
+            return compact.encode_values(x, prof, self.ternary_threshold)
+        return self._encode_keys(x, tiers) if kind == "key" else self._encode_values(x)
+
+    def _calibrate_key_state(self, layer: int, x: torch.Tensor, tiers: torch.Tensor | None) -> None:
+        if tiers is None:
+            self.calibrate(layer, x)
+        else:
+            self._profiles["key"][layer] = compact.encode_profile(compact.key_profile(x, tiers.to(x.device)))
 
     def _decode(self, enc: EncodedTensor, device: torch.device) -> torch.Tensor:
         t = {k: v.to(device) for k, v in enc.tensors.items()}
+        if compact.is_compact(t):
+            prof = self._profile(enc.kind, enc.layer, enc.shape, device)
+            if enc.kind == "key":
+                tiers = self._required_tiers(enc.layer, enc.shape).to(device)
+                return compact.decode_keys(t, enc.shape, tiers, prof, self.group_size)
+            return compact.decode_values(t, enc.shape, prof)
         if enc.kind == "key":
             return self._decode_keys(t, enc.shape, enc.layer, device)
         return self._decode_values(t, enc.shape, device)
 
-    def _encode_keys(self, x: torch.Tensor, layer: int) -> dict[str, torch.Tensor]:
+    def _required_tiers(self, layer: int, shape: tuple[int, ...]) -> torch.Tensor:
+        tiers = self._layer_tiers(layer, shape[0], shape[2])
+        if tiers is None:
+            raise QuantError(
+                f"{self.name}: no key channel tiers for layer {layer}; "
+                "load them with load_shared_state(layer, ...) before decoding"
+            )
+        return tiers
+
+    def _encode_keys(self, x: torch.Tensor, tiers: torch.Tensor) -> dict[str, torch.Tensor]:
         heads, tokens, head_dim = x.shape
-        if self._layer_tiers(layer, heads, head_dim) is None:
-            self.calibrate(layer, x)
-        tiers = self._tiers[layer].to(x.device)
         group = balanced_group(tokens, self.group_size)
         out: dict[str, torch.Tensor] = {}
         for tier, bits in self._UNIFORM_TIERS:
@@ -166,13 +271,7 @@ class VidKVCodec(KVCodec, name="vidkv"):
         self, t: dict[str, torch.Tensor], shape: tuple[int, ...], layer: int, device: torch.device
     ) -> torch.Tensor:
         heads, tokens, head_dim = shape
-        tiers = self._layer_tiers(layer, heads, head_dim)
-        if tiers is None:
-            raise QuantError(
-                f"{self.name}: no key channel tiers for layer {layer}; "
-                "load them with load_shared_state(layer, ...) before decoding"
-            )
-        tiers = tiers.to(device)
+        tiers = self._required_tiers(layer, shape).to(device)
         group = balanced_group(tokens, self.group_size)
         out = torch.empty(shape, device=device)
         for tier, bits in self._UNIFORM_TIERS:
