@@ -76,7 +76,10 @@ def test_host_and_disk_tiers_add_no_error_to_the_codec(name, tmp_path):
         assert_same_kv(disk.get(block.id, "cpu", torch.float32), layers)
     per_tier = store.kv_bits_per_element()
     assert per_tier == {"device": None, "host": pytest.approx(bits), "disk": pytest.approx(bits)}
-    state = 16 if name == "vidkv" else 0  # 2 bits per channel, head and layer: 2 * 2 * 16 * 2 / 8
+    # vidkv: per layer, 2 bits per key channel and head for the tiers (16 B over 2 layers) plus
+    # the channel profiles of the compact layout (one byte per head and channel or component,
+    # one bf16 per head) for keys and values
+    state = 192 if name == "vidkv" else 0
     assert store.codec_state_bytes() == {"device": 0, "host": state, "disk": state}
     store.close()
 
@@ -157,13 +160,13 @@ def test_session_tiers_store_with_their_codec_and_report_bits(engine, tmp_path):
     for a, b in zip(exact.blocks.metas(), quantized.blocks.metas(), strict=True):
         assert torch.equal(a.summary, b.summary)
     stats = quantized.stats()
-    assert bits == pytest.approx(2.375)  # vidkv on [2, 16, 16]: keys and values 2.375 each
+    assert bits == pytest.approx(1.9453125)  # vidkv's compact layout on [2, 16, 16] blocks
     assert stats.kv_bits_per_element == {
         "device": None,
-        "host": pytest.approx(2.375),
-        "disk": pytest.approx(2.375),
+        "host": pytest.approx(1.9453125),
+        "disk": pytest.approx(1.9453125),
     }
-    assert stats.codec_state_bytes == {"device": 0, "host": 16, "disk": 16}
+    assert stats.codec_state_bytes == {"device": 0, "host": 192, "disk": 192}
     assert exact.stats().kv_bits_per_element == {"device": None, "host": 32.0, "disk": 32.0}
     quantized.ask("what is there?", max_new_tokens=1)
     exact.close(), quantized.close()

@@ -207,6 +207,7 @@ def test_a_stateful_disk_codec_hands_its_state_over_before_a_block_needs_it(tmp_
         s.put(make_block(i))
     # once, when the first block made state (one version per layer), before it reached the disk
     assert handed == [(0, LAYERS)]
-    assert s.codec_state_bytes()["disk"] == 8  # 2 bits per channel, head and layer: 2 * 8 * 2 * 2 / 8
+    # 2 bits per key channel, head and layer for the tiers (8 B) plus vidkv's channel profiles
+    assert s.codec_state_bytes()["disk"] == 104
     s.close()
     assert handed == [(0, LAYERS)]  # nothing changed since

@@ -29,7 +29,7 @@ import torch
 from ..quant.base import EncodedTensor, KVCodec, QuantError
 from ..quant.vidkv import VidKVCodec
 from .backend import launch_device, on_device, use_triton
-from .dispatch import decode
+from .dispatch import decode, standard_layout
 
 Block = tuple[EncodedTensor, EncodedTensor]  # (keys, values) of one layer of one block
 
@@ -196,7 +196,8 @@ def packed_attention(
     ``attention_vidkv_triton.TOKENS_PER_PROGRAM``).
     """
     kv_heads = _check(q, blocks, dense)
-    if not blocks or not has_fused_attention(codec) or not use_triton(q.device, backend):
+    fusable = all(standard_layout(codec, key.shape[1]) for key, _ in blocks)
+    if not blocks or not fusable or not has_fused_attention(codec) or not use_triton(q.device, backend):
         return decode_then_attend(q, blocks, codec, dense=dense, scale=scale, backend=backend)
     for key, value in blocks:
         codec.check_decodes(key)
@@ -230,7 +231,8 @@ def packed_scores(
     Fused (read from the packed bits) for ``vidkv`` where ``use_triton``; else ``decode_then_score``.
     """
     _check_scores(q, key_enc)
-    if not has_fused_attention(codec) or not use_triton(q.device, backend):
+    fusable = standard_layout(codec, key_enc.shape[1])
+    if not fusable or not has_fused_attention(codec) or not use_triton(q.device, backend):
         return decode_then_score(q, key_enc, codec, scale=scale, backend=backend)
     codec.check_decodes(key_enc)
     from . import attention_vidkv_triton as fused

@@ -28,10 +28,17 @@ def bit_table(shapes: tuple[tuple[int, int, int], ...]) -> str:
             for shape in shapes:
                 _, k, v = synthetic_kv(*shape)
                 encs.append(get_kv_codec(name).encode(k if kind == "key" else v, kind))
-            for tname, t in encs[0].tensors.items():
+            # a codec may store other tensors at another shape (vidkv's compact layout for
+            # blocks under group_size tokens): one row per name any shape uses, "-" where absent
+            names = dict.fromkeys(name for e in encs for name in e.tensors)
+            for tname in names:
+                t = next(e.tensors[tname] for e in encs if tname in e.tensors)
                 dtype = str(t.dtype).replace("torch.", "")
                 cells = " | ".join(
-                    f"{list(e.tensors[tname].shape)}, {e.bits_by_tensor()[tname] / e.numel:.4f}" for e in encs
+                    f"{list(e.tensors[tname].shape)}, {e.bits_by_tensor()[tname] / e.numel:.4f}"
+                    if tname in e.tensors
+                    else "-"
+                    for e in encs
                 )
                 rows.append(f"| {name} | {kind} | {tname} | {dtype} | {cells} |")
             totals = " | ".join(f"**{e.bits_per_element:.4f}**" for e in encs)
@@ -41,7 +48,7 @@ def bit_table(shapes: tuple[tuple[int, int, int], ...]) -> str:
         codec = get_kv_codec("vidkv")
         codec.encode(synthetic_kv(*shape)[1], "key")
         state.append(f"{codec.shared_bits(0)} bits once per layer")
-    rows.append(f"| vidkv | key | per-layer tiers | uint8 | {' | '.join(state)} |")
+    rows.append(f"| vidkv | key | per-layer tiers and profiles | uint8 | {' | '.join(state)} |")
     return "\n".join(rows)
 
 
