@@ -98,7 +98,11 @@ REFERENCE_BLOCKS = 4
 
 
 def complete_pruned(
-    backend: Backend, memory: BlockMemory, blocks: dict[int, Block], spare_tokens: int | None
+    backend: Backend,
+    memory: BlockMemory,
+    blocks: dict[int, Block],
+    spare_tokens: int | None,
+    masks: KeptMasks | None = None,
 ) -> dict[int, Block]:
     """``blocks`` with each pruned one completed by its dropped tokens' references (the last
     kept token at the same grid position, ``memory.pruning.find_references``), when the
@@ -107,17 +111,19 @@ def complete_pruned(
 
     At most ``REFERENCE_BLOCKS`` blocks are loaded for it, and at most ``spare_tokens``
     tokens added (None: no limit), the newest blocks completed first; a block that does
-    not fit stays as stored. Without pruning nothing changes."""
+    not fit stays as stored. Without pruning nothing changes. ``masks``: the session's
+    ``KeptMasks`` (a fresh one reads every disk-held mask it needs)."""
     pruned = [b for b in sorted(blocks, reverse=True) if blocks[b].meta.kept is not None]
     pruned = [b for b in pruned if not bool(blocks[b].meta.kept.all())]
     if not pruned:
         return blocks
+    masks = masks or KeptMasks()
     held = {m.id: m for m in memory.metas()}
     attended = torch.tensor(sorted(blocks), dtype=torch.long)
     references = {}
     for b in pruned:
         meta = blocks[b].meta
-        found = find_references(b, meta.kept.cpu(), _per_patch(backend, meta), _earlier(memory, held, b))
+        found = find_references(b, meta.kept.cpu(), _per_patch(backend, meta), masks.before(memory, held, b))
         found[:, torch.isin(found[0], attended)] = -1  # in the context already
         references[b] = found
     wanted: Counter[int] = Counter()
@@ -149,18 +155,30 @@ def _per_patch(backend: Backend, meta: BlockMeta) -> int:
     return meta.tokens_seen // -(-meta.frames // backend.frame_multiple)
 
 
-def _earlier(
-    memory: BlockMemory, held: dict[int, BlockMeta], block_id: int
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(id, kept mask)`` of the blocks before ``block_id``, newest first, up to the first
-    one no longer held (its tokens are gone, and nothing older is a reference). A block
-    held only on disk has its mask in its record."""
-    expected = block_id - 1
-    while expected in held:
-        meta = held[expected]
-        kept = meta.kept if meta.kept is not None else memory.disk.meta(expected).kept
-        yield expected, kept.cpu()
-        expected -= 1
+class KeptMasks:
+    """The blocks' kept masks, as completion walks back through them (``complete_pruned``).
+
+    A block held only on disk keeps its mask in its record: the first read of it is
+    remembered (one bool per token seen), so later questions do not read the record again.
+    """
+
+    def __init__(self) -> None:
+        self._from_disk: dict[int, torch.Tensor] = {}
+
+    def before(self, memory: BlockMemory, held: dict[int, BlockMeta], block_id: int):
+        """``(id, kept mask)`` of the blocks before ``block_id``, newest first, up to the first
+        one no longer held (its tokens are gone, and nothing older is a reference)."""
+        expected = block_id - 1
+        while expected in held:
+            yield expected, self._mask(memory, held[expected])
+            expected -= 1
+
+    def _mask(self, memory: BlockMemory, meta: BlockMeta) -> torch.Tensor:
+        if meta.kept is not None:
+            return meta.kept.cpu()
+        if meta.id not in self._from_disk:
+            self._from_disk[meta.id] = memory.disk.meta(meta.id).kept.cpu()
+        return self._from_disk[meta.id]
 
 
 def _completed(backend: Backend, block: Block, found: torch.Tensor, sources: dict[int, Block]) -> Block:
@@ -284,11 +302,13 @@ def prefill_answer(
     plan: AnswerPlan,
     pending: Block | None,
     bound: PositionBound,
+    masks: KeptMasks | None = None,
 ) -> Prefilled:
     """Steps 1-4 for ``stream.question`` by ``plan``; the caller holds the device lock, so
     the blocks (and ``pending``, the chunk being filled, encoded for this question only:
     the newest block it may attend) cannot change under it. Fills ``stream.selection``.
-    Positions stay below ``bound``: past it, the attended blocks are re-based after the sink."""
+    Positions stay below ``bound``: past it, the attended blocks are re-based after the sink.
+    ``masks``: the session's ``KeptMasks``, for completing pruned blocks."""
     started = time.perf_counter()
     embeds, positions = question_inputs(backend, system_prompt, stream.question, stream.position)
     queries = None
@@ -307,7 +327,7 @@ def prefill_answer(
         blocks[pending.id], tiers[pending.id] = pending, "pending"
     held = sum(b.meta.tokens for b in blocks.values())
     spare = None if plan.answer_tokens is None else plan.answer_tokens - fixed - held
-    blocks = complete_pruned(backend, memory, blocks, spare)
+    blocks = complete_pruned(backend, memory, blocks, spare, masks)
     answer = plan.sampling.max_new_tokens  # decoded after the question, one position each
     held = [b.meta.positions for b in blocks.values()]
     if (plan.positions == "contiguous" and blocks) or bound.reaches(positions, *held, extra=answer):

@@ -27,7 +27,7 @@ from ..memory.pruning import TemporalPruner
 from ..models.base import Backend
 from ..retrieval.summaries import CompletedSummaries, block_summary
 from .answer import Answer, SessionStats
-from .answering import AnswerStream, Sink, decode_answer, prefill_answer
+from .answering import AnswerStream, KeptMasks, Sink, decode_answer, prefill_answer
 from .context import concat_layers, new_kv_from_cache
 from .plan import AnswerPlan, answer_budget
 from .positions import PositionBound, lay_out
@@ -79,6 +79,7 @@ class Session:
         )
         # a pruned chunk's retrieval summary counts its dropped tokens' reference keys
         self._summaries = CompletedSummaries() if self.pruner is not None else None
+        self._kept_masks = KeptMasks()  # what completing pruned blocks read from disk once
         # ``mirror``: a cluster's shared store, where every checkpoint is published
         self.blocks = _blocks or BlockMemory.create(self.memory, backend, mirror)
         self.bound = PositionBound(self.memory.max_position_span or backend.max_positions)
@@ -429,6 +430,7 @@ class Session:
                 plan=plan,
                 pending=pending,
                 bound=self.bound,
+                masks=self._kept_masks,
             )
         yield from decode_answer(
             stream,
