@@ -97,6 +97,32 @@ def retrieval_queries(
 REFERENCE_BLOCKS = 4
 
 
+class KeptMasks:
+    """The blocks' kept masks, as completion walks back through them (``complete_pruned``).
+
+    A block held only on disk keeps its mask in its record: the first read of it is
+    remembered (one bool per token seen), so later questions do not read the record again.
+    """
+
+    def __init__(self) -> None:
+        self._from_disk: dict[int, torch.Tensor] = {}
+
+    def before(self, memory: BlockMemory, held: dict[int, BlockMeta], block_id: int):
+        """``(id, kept mask)`` of the blocks before ``block_id``, newest first, up to the first
+        one no longer held (its tokens are gone, and nothing older is a reference)."""
+        expected = block_id - 1
+        while expected in held:
+            yield expected, self._mask(memory, held[expected])
+            expected -= 1
+
+    def _mask(self, memory: BlockMemory, meta: BlockMeta) -> torch.Tensor:
+        if meta.kept is not None:
+            return meta.kept.cpu()
+        if meta.id not in self._from_disk:
+            self._from_disk[meta.id] = memory.disk.meta(meta.id).kept.cpu()
+        return self._from_disk[meta.id]
+
+
 def complete_pruned(
     backend: Backend,
     memory: BlockMemory,
@@ -153,32 +179,6 @@ def complete_pruned(
 def _per_patch(backend: Backend, meta: BlockMeta) -> int:
     """Tokens of one temporal patch of a block (its chunk holds ``frames`` padded to whole patches)."""
     return meta.tokens_seen // -(-meta.frames // backend.frame_multiple)
-
-
-class KeptMasks:
-    """The blocks' kept masks, as completion walks back through them (``complete_pruned``).
-
-    A block held only on disk keeps its mask in its record: the first read of it is
-    remembered (one bool per token seen), so later questions do not read the record again.
-    """
-
-    def __init__(self) -> None:
-        self._from_disk: dict[int, torch.Tensor] = {}
-
-    def before(self, memory: BlockMemory, held: dict[int, BlockMeta], block_id: int):
-        """``(id, kept mask)`` of the blocks before ``block_id``, newest first, up to the first
-        one no longer held (its tokens are gone, and nothing older is a reference)."""
-        expected = block_id - 1
-        while expected in held:
-            yield expected, self._mask(memory, held[expected])
-            expected -= 1
-
-    def _mask(self, memory: BlockMemory, meta: BlockMeta) -> torch.Tensor:
-        if meta.kept is not None:
-            return meta.kept.cpu()
-        if meta.id not in self._from_disk:
-            self._from_disk[meta.id] = memory.disk.meta(meta.id).kept.cpu()
-        return self._from_disk[meta.id]
 
 
 def _completed(backend: Backend, block: Block, found: torch.Tensor, sources: dict[int, Block]) -> Block:
