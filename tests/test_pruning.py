@@ -352,3 +352,20 @@ def test_a_pruned_block_is_summarised_as_its_whole_frame(engine):
 
         # measured: 0.10-0.24 against 2.4-3.4 (Qwen2.5-VL), 0.21-0.50 against 0.80-1.03 (LLaVA-OV)
         assert error(meta.summary) < min(0.6, 0.6 * error(kept_only))
+
+
+def test_blocks_held_only_on_disk_are_completed_after_a_resume(tmp_path):
+    """Completion finds references from the kept masks in the disk records, blocks written
+    before a resume included (the masks are stored with every block)."""
+    from streamvlm.runtime.session import Session
+
+    engine = StreamVLM.from_pretrained("tiny-qwen2.5-vl", device="cpu", dtype="float32")
+    memory = dict(device_bytes=0, host_bytes=0, disk_dir=str(tmp_path / "s"), disk_flush_blocks=1)
+    session = run(engine, scene(0, 8, noise=2.0), prune_threshold=0.95, **memory)
+    last = session.blocks.metas()[-1]
+    assert last.kept is None and last.tokens < last.tokens_seen  # only its scalars in RAM
+    session.close()
+    resumed = Session.resume(tmp_path / "s", engine)
+    answer = resumed.ask(QUESTION, blocks=[last.id], max_new_tokens=1)
+    assert [b.tokens for b in answer.blocks] == [last.tokens_seen]
+    resumed.close()
