@@ -119,7 +119,12 @@ class KeptMasks:
         if meta.kept is not None:
             return meta.kept.cpu()
         if meta.id not in self._from_disk:
-            self._from_disk[meta.id] = memory.disk.meta(meta.id).kept.cpu()
+            disk = memory.disk
+            if disk is not None and meta.id in disk.held:
+                stored = disk.meta(meta.id)
+            else:  # another persistent tier (a cluster's shared store): the whole block
+                stored = memory.load([meta.id])[0].meta
+            self._from_disk[meta.id] = stored.kept.cpu()
         return self._from_disk[meta.id]
 
 
