@@ -66,6 +66,8 @@ def test_storage_configurations_get_a_session_each_over_the_same_questions():
     result = run_needle_eval(config, log=lambda _: None)
     answers = {c: [o.answer for o in result.outcomes if o.config == c] for c in config.configs}
     assert answers["lossless+prune1.5"] == answers["lossless"] and answers["lossless"]
+    context = {c: [o.context_tokens for o in result.outcomes if o.config == c] for c in config.configs}
+    assert context["lossless+prune1.5"] == context["lossless"] and all(n > 0 for n in context["lossless"])
     assert len(answers["top2+fp16"]) == len(answers["lossless+prune0.5+int8"]) == len(answers["lossless"])
     stores = {s.store: s for s in result.streams}
     assert set(stores) == {"full", "prune1.5", "prune0.5+int8", "fp16"}

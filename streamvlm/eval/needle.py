@@ -170,6 +170,9 @@ class Outcome:
     # retrieval configurations: did the blocks attended include a frame of the needle?
     # (the recent window counts: a needle in it is in the context) None for the others
     needle_retrieved: bool | None = None
+    # tokens the answer's context held (sink, blocks, question, answer; a pruned block answered
+    # alone counts the references it was completed with): what the question cost the device
+    context_tokens: int | None = None
 
 
 @dataclass
@@ -335,7 +338,9 @@ def _run_stream(engine, config, answer_configs, length, seed, result) -> int:
                     for ac in configs:
                         if ac.plain and i + 1 > config.plain_max_frames:
                             continue
-                        text, ttft, blocks = _answer(engine, session, world, i + 1, q.text, ac, config)
+                        text, ttft, blocks, context = _answer(
+                            engine, session, world, i + 1, q.text, ac, config
+                        )
                         result.outcomes.append(
                             Outcome(
                                 length=length,
@@ -350,6 +355,7 @@ def _run_stream(engine, config, answer_configs, length, seed, result) -> int:
                                 asked_at=q.asked_at,
                                 ttft_s=ttft,
                                 needle_retrieved=_holds_needle(world, q, blocks) if ac.reads_blocks else None,
+                                context_tokens=context,
                             )
                         )
             stats = session.stats()
@@ -425,7 +431,9 @@ def _holds_needle(world, question, blocks) -> bool:
     return False
 
 
-def _answer(engine, session, world, frames, question, ac: AnswerConfig, config) -> tuple[str, float, list]:
+def _answer(
+    engine, session, world, frames, question, ac: AnswerConfig, config
+) -> tuple[str, float, list, int | None]:
     if ac.plain:
         from .baseline import generate_over_all_frames
 
@@ -437,9 +445,9 @@ def _answer(engine, session, world, frames, question, ac: AnswerConfig, config) 
             question,
             max_new_tokens=config.max_new_tokens,
         )
-        return run["text"], run["ttft_s"], []
+        return run["text"], run["ttft_s"], [], None
     answer = session.ask(question, max_new_tokens=config.max_new_tokens, **question_options(ac))
-    return answer.text, answer.timings.ttft_s, answer.blocks
+    return answer.text, answer.timings.ttft_s, answer.blocks, answer.context_tokens
 
 
 def question_options(ac: AnswerConfig) -> dict:

@@ -24,11 +24,18 @@ Modes:
 A chunk always keeps at least ``min_kept`` of its tokens (the least redundant ones) and at
 least one token, so every chunk becomes a block with a time and a position. A change of
 token grid (the frame size changed) resets the references, as does ``reset()``.
+
+Where a dropped token's reference is stored follows from the blocks' ``kept`` masks alone
+(``find_references``): it is the last kept token at the same grid position before it. A
+reset keeps its next chunk whole, so that search never crosses one. A block answered
+without the blocks its references are in is completed with just those tokens
+(``runtime/answering.py``), and its retrieval summary counts them (``CompletedSummaries``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -136,3 +143,46 @@ class TemporalPruner:
             patch = int(last_kept[:, position].nonzero().max())
             self._reference[position] = flat[patch * per_patch + position].float()
             self._weight[position] = 1.0
+
+
+def find_references(
+    block_id: int, kept: torch.Tensor, per_patch: int, earlier: Iterable[tuple[int, torch.Tensor]]
+) -> torch.Tensor:
+    """Where each dropped token of a block has its reference: ``[2, tokens seen]`` long, the
+    block id and the index among that block's kept tokens; ``-1`` for a kept token, or a
+    reference not found.
+
+    ``kept`` is the block's mask (``t * per_patch`` tokens in grid order, CPU); ``earlier``
+    yields the ``(id, kept mask)`` of the blocks before it, newest first, and should end where
+    the chain breaks (a block no longer held). The block's own earlier temporal patches come
+    first, as the pruner compared them.
+    """
+    found = torch.full((2, kept.numel()), -1, dtype=torch.long)
+    patches = kept.reshape(-1, per_patch)
+    index = kept.cumsum(0).reshape(patches.shape) - 1
+    wanting = [(p, ~patches[p]) for p in range(patches.shape[0])]  # each patch's dropped positions
+    for p, want in wanting:
+        for q in range(p - 1, -1, -1):
+            _take(found[:, p * per_patch : (p + 1) * per_patch], want, patches[q], index[q], block_id)
+    for source_id, mask in earlier:
+        if not any(bool(want.any()) for _, want in wanting) or mask.numel() % per_patch:
+            break  # all found, or another grid: a reset lies between and nothing older counts
+        source = mask.reshape(-1, per_patch)
+        source_index = mask.cumsum(0).reshape(source.shape) - 1
+        for p, want in wanting:
+            for q in range(source.shape[0] - 1, -1, -1):  # its newest patch first
+                where = found[:, p * per_patch : (p + 1) * per_patch]
+                _take(where, want, source[q], source_index[q], source_id)
+    return found
+
+
+def _take(
+    found: torch.Tensor, want: torch.Tensor, source: torch.Tensor, index: torch.Tensor, source_id: int
+) -> None:
+    """Positions still wanting a reference that ``source`` (a patch's kept mask) holds: note
+    them in ``found`` (a view: ``[2, per_patch]``) and stop wanting them (in place)."""
+    hit = want & source
+    if bool(hit.any()):
+        found[0, hit] = source_id
+        found[1, hit] = index[hit]
+        want &= ~hit

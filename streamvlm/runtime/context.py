@@ -44,3 +44,23 @@ def per_layer_context(
         concat_layers([[sink[i]], *([blocks[b].layers[i]] for b in ids)])[0]
         for i, ids in enumerate(layer_block_ids)
     ]
+
+
+def scatter_tokens(tokens: int, parts: Sequence[tuple[torch.Tensor, Sequence[LayerKV]]]) -> list[LayerKV]:
+    """Per-layer KV of ``tokens`` slots filled from ``parts``, each ``(slots [n] long, layers
+    of n tokens)``; slots no part fills are left out (the result keeps the filled ones, in
+    slot order)."""
+    filled = torch.zeros(tokens, dtype=torch.bool)
+    for slots, _ in parts:
+        filled[slots] = True
+    out = []
+    for i in range(len(parts[0][1])):
+        k0, v0 = parts[0][1][i]
+        keys = k0.new_zeros(k0.shape[0], tokens, k0.shape[2])
+        values = v0.new_zeros(v0.shape[0], tokens, v0.shape[2])
+        for slots, layers in parts:
+            keys[:, slots.to(keys.device)] = layers[i][0]
+            values[:, slots.to(values.device)] = layers[i][1]
+        where = filled.to(keys.device)
+        out.append((keys[:, where], values[:, where]))
+    return out

@@ -25,9 +25,9 @@ from ..memory.block import Block, BlockMeta, recent_by_frames
 from ..memory.manager import BlockMemory
 from ..memory.pruning import TemporalPruner
 from ..models.base import Backend
-from ..retrieval.summaries import block_summary
+from ..retrieval.summaries import CompletedSummaries, block_summary
 from .answer import Answer, SessionStats
-from .answering import AnswerStream, Sink, decode_answer, prefill_answer
+from .answering import AnswerStream, KeptMasks, Sink, decode_answer, prefill_answer
 from .context import concat_layers, new_kv_from_cache
 from .plan import AnswerPlan, answer_budget
 from .positions import PositionBound, lay_out
@@ -77,6 +77,9 @@ class Session:
             if self.memory.prune_threshold is not None
             else None
         )
+        # a pruned chunk's retrieval summary counts its dropped tokens' reference keys
+        self._summaries = CompletedSummaries() if self.pruner is not None else None
+        self._kept_masks = KeptMasks()  # what completing pruned blocks read from disk once
         # ``mirror``: a cluster's shared store, where every checkpoint is published
         self.blocks = _blocks or BlockMemory.create(self.memory, backend, mirror)
         self.bound = PositionBound(self.memory.max_position_span or backend.max_positions)
@@ -293,11 +296,19 @@ class Session:
             frames=len(frames),
             positions=chunk.positions,
             kept=chunk.kept,
-            summary=block_summary(self.backend, chunk.layers, chunk.positions),
+            summary=self._summary(chunk),
             session_record=self._record(),
         )
         self.encode_s += time.perf_counter() - started
         return meta
+
+    def _summary(self, chunk: _Chunk) -> torch.Tensor:
+        """The block's retrieval summary: of its whole frame when it was pruned."""
+        if self._summaries is None:
+            return block_summary(self.backend, chunk.layers, chunk.positions)
+        return self._summaries.summary(
+            self.backend, chunk.layers, chunk.positions, chunk.kept, chunk.per_patch
+        )
 
     def _forward_chunk(self, frames: list[tuple[np.ndarray, float]], prune: bool) -> _Chunk:
         """A chunk's KV against the sink and the encoding window (the caller holds the lock)."""
@@ -324,7 +335,9 @@ class Session:
         context = concat_layers([self.sink.kv, *(b.layers for b in window)])
         cache = self.backend.new_cache(context)
         self.backend.forward(embeds, positions, cache)
-        return _Chunk(new_kv_from_cache(cache, context[0][0].shape[1]), positions.cpu(), kept, spans_to)
+        layers = new_kv_from_cache(cache, context[0][0].shape[1])
+        per_patch = visual.grid[1] * visual.grid[2]
+        return _Chunk(layers, positions.cpu(), kept, spans_to, per_patch)
 
     def _pending_block(self, fence: Fence | None) -> tuple[Block | None, int]:
         """The frames of the chunk being filled, encoded for a question only (the caller
@@ -417,6 +430,7 @@ class Session:
                 plan=plan,
                 pending=pending,
                 bound=self.bound,
+                masks=self._kept_masks,
             )
         yield from decode_answer(
             stream,
@@ -508,6 +522,7 @@ class _Chunk(NamedTuple):
     positions: torch.Tensor  # [position_dims, kept tokens], CPU
     kept: torch.Tensor  # [tokens seen] bool
     spans_to: int  # one past the largest position of the chunk, pruned tokens included
+    per_patch: int  # tokens of one temporal patch (the chunk's grid rows x columns)
 
 
 def _check_frame(rgb: object) -> None:
