@@ -32,6 +32,7 @@ from .cpu_common import (
     as_numpy_out,
     bf16_round_up_bits,
     bf16_value,
+    emit_gathered,
     emit_row,
     log8_code,
     match_torch_threads,
@@ -265,7 +266,6 @@ def _sign_components(signs, k1_scale, k1_max, group, table, spec):
 def _decode_keys_head(h, idx4, idx2, tier4, tier2, idx1, signal, group, table, out, mode):
     heads, tokens, head_dim = out.shape
     m = idx1.shape[1]
-    row = np.empty(head_dim, np.float32)
     n4, n2 = idx4.shape[1], idx2.shape[1]
     q4 = np.empty(tokens * n4, np.uint8)
     q2 = np.empty(tokens * n2, np.uint8)
@@ -275,7 +275,19 @@ def _decode_keys_head(h, idx4, idx2, tier4, tier2, idx1, signal, group, table, o
     hm2 = bf16_value(tier2[3][h])
     s4, z4 = np.empty(n4, np.float32), np.empty(n4, np.float32)
     s2, z2 = np.empty(n2, np.float32), np.empty(n2, np.float32)
+    # a token's channels in tier order (4-bit, 2-bit, sign tier), read back in channel order
+    # through ``source``: contiguous writes and one gather, where writing each tier's
+    # channels into their places scattered every store (and needed a second pass to convert)
+    tiered = np.empty(n4 + n2 + m, np.float32)
+    source = np.empty(head_dim, np.uint32)
     i4, i2, i1 = idx4[h], idx2[h], idx1[h]  # channel indices: unsigned, so no negative-index checks
+    for j in range(n4):
+        source[i4[j]] = j
+    for j in range(n2):
+        source[i2[j]] = n4 + j
+    for j in range(m):
+        source[i1[j]] = n4 + n2 + j
+    t4, t2, t1 = tiered[:n4], tiered[n4 : n4 + n2], tiered[n4 + n2 :]
     for t in range(tokens):
         if t % group == 0:  # a new group of tokens: every channel's step and offset
             g = t // group
@@ -287,12 +299,12 @@ def _decode_keys_head(h, idx4, idx2, tier4, tier2, idx1, signal, group, table, o
                 z2[j] = np.float32(tier2[2][h, j, g]) / np.float32(_zero_units(2))
         q4_t, q2_t, signal_t = q4[t * n4 : (t + 1) * n4], q2[t * n2 : (t + 1) * n2], signal[h, t]
         for j in range(n4):
-            row[i4[j]] = (np.float32(q4_t[j]) + z4[j]) * s4[j]
+            t4[j] = (np.float32(q4_t[j]) + z4[j]) * s4[j]
         for j in range(n2):
-            row[i2[j]] = (np.float32(q2_t[j]) + z2[j]) * s2[j]
+            t2[j] = (np.float32(q2_t[j]) + z2[j]) * s2[j]
         for j in range(m):
-            row[i1[j]] = signal_t[j]
-        emit_row(row, out, h, t, mode)
+            t1[j] = signal_t[j]
+        emit_gathered(tiered, source, out, h, t, mode)
 
 
 @njit(**PARALLEL_JIT)
