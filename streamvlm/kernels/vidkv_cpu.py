@@ -24,7 +24,7 @@ from numba import njit, prange
 from ..quant.base import EncodedTensor, QuantError
 from ..quant.groups import balanced_group, num_groups
 from ..quant.packing import packed_length
-from ..quant.selection import channel_rows, salient_count, salient_tokens, tier_indices
+from ..quant.selection import salient_count, salient_tokens, tier_indices
 from ..quant.vidkv import VidKVCodec
 from .cpu_common import (
     JIT,
@@ -219,6 +219,22 @@ def _encode_keys_head(h, x, idx4, idx2, spec, group, bounds, table, tier4, tier2
     k1_max[h] = _log8_codes(level, bounds, k1_scale[h])
 
 
+@njit(**JIT)
+def _gather_channels_head(h, x, index, out):
+    i = index[h]
+    for t in range(x.shape[1]):
+        x_t, out_t = x[h, t], out[h, t]
+        for j in range(i.shape[0]):
+            out_t[j] = x_t[i[j]]
+
+
+@njit(**PARALLEL_JIT)
+def _gather_channels(x, index, out):
+    """``out[h, t, j] = x[h, t, index[h, j]]``."""
+    for h in prange(x.shape[0]):
+        _gather_channels_head(h, x, index, out)
+
+
 @njit(**PARALLEL_JIT)
 def _encode_keys(x, idx4, idx2, spec, group, bounds, table, tier4, tier2, signs, k1_scale, k1_max):
     # one head per thread; the head's work is a plain function, which numba's parallel
@@ -357,8 +373,11 @@ def encode_keys(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, tor
     group = balanced_group(tokens, codec.group_size)
     n_groups = num_groups(tokens, group)
     m = idx1.shape[1]
-    # the reference's rfft_components call: torch.fft.rfft over the gathered sign channels
-    spec = torch.fft.rfft(x.gather(2, channel_rows(torch.from_numpy(idx1.astype(np.int64)), tokens)), dim=-1)
+    # the reference's rfft_components call: torch.fft.rfft over the sign channels, gathered
+    # by numba (torch's gather took as long as the FFT itself)
+    signal = torch.empty(heads, tokens, idx1.shape[1])
+    _gather_channels(x.numpy(), idx1, signal.numpy())
+    spec = torch.fft.rfft(signal, dim=-1)
     tiers = {
         bits: _tier_buffers(heads, tokens, idx.shape[1], bits, n_groups)
         for bits, idx in ((4, idx4), (2, idx2))
