@@ -6,7 +6,9 @@ exactly as the reference calls it so its results are the reference's by construc
 
 * the rfft of the sign-tier channels and its inverse (``torch.fft``: O(m log m) per token
   where a DFT matmul would cost m**2, and bit-identical to the reference's own call);
-* the choice of salient value tokens (``selection.salient_tokens``: a norm and a sort) and
+* the value norms that choose the salient tokens (``selection.salient_tokens``'s own
+  ``Tensor.norm`` call; numba then takes the largest, ties to the earlier token, as its
+  stable sort does) and
   of the key channel tiers (``VidKVCodec.calibrate``, once per layer).
 
 Everything else (min-max and log8 metadata, signs, ternaries, packing, scatter into the
@@ -24,7 +26,7 @@ from numba import njit, prange
 from ..quant.base import EncodedTensor, QuantError
 from ..quant.groups import balanced_group, num_groups
 from ..quant.packing import packed_length
-from ..quant.selection import salient_count, salient_tokens, tier_indices
+from ..quant.selection import salient_count, tier_indices
 from ..quant.vidkv import VidKVCodec
 from .cpu_common import (
     JIT,
@@ -483,6 +485,28 @@ def _token_split(flags):
 
 
 @njit(**JIT)
+def _salient_flags(norm, count, flags):
+    """``selection.salient_tokens`` from its norms ``[heads, tokens]``: per head, flags (1) on the
+    ``count`` largest, ties to the earlier token (its stable argsort) -- a partition, not a sort."""
+    tokens = norm.shape[1]
+    for h in range(norm.shape[0]):
+        n_h = norm[h]
+        flags[h, :] = 0
+        if count == 0:
+            continue
+        kth = np.partition(n_h.copy(), tokens - count)[tokens - count]  # the count-th largest
+        ties = count  # then how many of the tokens equal to it still get in, earliest first
+        for t in range(tokens):
+            ties -= n_h[t] > kth
+        for t in range(tokens):
+            if n_h[t] > kth:
+                flags[h, t] = 1
+            elif n_h[t] == kth and ties > 0:
+                flags[h, t] = 1
+                ties -= 1
+
+
+@njit(**JIT)
 def _encode_values_head(
     h,
     x,
@@ -680,8 +704,9 @@ def encode_values(x: torch.Tensor, codec: VidKVCodec) -> dict[str, torch.Tensor]
     """``VidKVCodec._encode_values``: salient tokens chosen by the reference's function."""
     x = x.float().contiguous()
     heads, tokens, head_dim = x.shape
-    sal = salient_tokens(x, salient_count(tokens, codec.salient_fraction))
-    n_sal = int(sal[0].sum())
+    n_sal = salient_count(tokens, codec.salient_fraction)
+    flags = np.empty((heads, tokens), np.uint8)
+    _salient_flags(x.norm(dim=-1).numpy(), n_sal, flags)  # selection.salient_tokens' norm
     n_rest = tokens - n_sal
     group = balanced_group(n_rest, codec.group_size)
     sal_group = balanced_group(head_dim, codec.group_size)
@@ -700,7 +725,7 @@ def encode_values(x: torch.Tensor, codec: VidKVCodec) -> dict[str, torch.Tensor]
     match_torch_threads()
     _encode_values(
         x.numpy(),
-        sal.to(torch.int64).numpy(),
+        flags,
         np.float32(codec.ternary_threshold),
         group,
         sal_group,
