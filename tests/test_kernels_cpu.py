@@ -94,6 +94,17 @@ def test_vidkv_options_match_the_reference(options) -> None:
         _decodes_alike(ref, fast_codec, ref_codec)
 
 
+def test_vidkv_salient_ties_go_to_the_earlier_token_like_the_reference() -> None:
+    """The kernel picks salient value tokens by partition, the reference by stable sort: equal
+    norms (tokens that repeat a few vectors, and signs flipped) must land on the same tokens."""
+    base = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(4))
+    v = base.repeat(1, 14, 1)[:, :70] * torch.tensor([1.0, -1.0]).repeat(35)[:, None]
+    codec = get_kv_codec("vidkv", salient_fraction=0.1)  # 7 of 70 tokens among 5 distinct norms
+    ref = codec.encode(v, "value")
+    _same_bytes(kernels.encode(codec, v, "value", backend="cpu"), ref)
+    _decodes_alike(ref, codec, codec)
+
+
 def test_half_precision_inputs_encode_alike() -> None:
     _, k, v = synthetic_kv(2, 64, 64, queries=1, seed=2)
     for dtype in (torch.float16, torch.bfloat16):

@@ -6,7 +6,9 @@ exactly as the reference calls it so its results are the reference's by construc
 
 * the rfft of the sign-tier channels and its inverse (``torch.fft``: O(m log m) per token
   where a DFT matmul would cost m**2, and bit-identical to the reference's own call);
-* the choice of salient value tokens (``selection.salient_tokens``: a norm and a sort) and
+* the value norms that choose the salient tokens (``selection.salient_tokens``'s own
+  ``Tensor.norm`` call; numba then takes the largest, ties to the earlier token, as its
+  stable sort does) and
   of the key channel tiers (``VidKVCodec.calibrate``, once per layer).
 
 Everything else (min-max and log8 metadata, signs, ternaries, packing, scatter into the
@@ -24,7 +26,7 @@ from numba import njit, prange
 from ..quant.base import EncodedTensor, QuantError
 from ..quant.groups import balanced_group, num_groups
 from ..quant.packing import packed_length
-from ..quant.selection import channel_rows, salient_count, salient_tokens, tier_indices
+from ..quant.selection import salient_count, tier_indices
 from ..quant.vidkv import VidKVCodec
 from .cpu_common import (
     JIT,
@@ -32,6 +34,7 @@ from .cpu_common import (
     as_numpy_out,
     bf16_round_up_bits,
     bf16_value,
+    emit_gathered,
     emit_row,
     log8_code,
     match_torch_threads,
@@ -218,6 +221,22 @@ def _encode_keys_head(h, x, idx4, idx2, spec, group, bounds, table, tier4, tier2
     k1_max[h] = _log8_codes(level, bounds, k1_scale[h])
 
 
+@njit(**JIT)
+def _gather_channels_head(h, x, index, out):
+    i = index[h]
+    for t in range(x.shape[1]):
+        x_t, out_t = x[h, t], out[h, t]
+        for j in range(i.shape[0]):
+            out_t[j] = x_t[i[j]]
+
+
+@njit(**PARALLEL_JIT)
+def _gather_channels(x, index, out):
+    """``out[h, t, j] = x[h, t, index[h, j]]``."""
+    for h in prange(x.shape[0]):
+        _gather_channels_head(h, x, index, out)
+
+
 @njit(**PARALLEL_JIT)
 def _encode_keys(x, idx4, idx2, spec, group, bounds, table, tier4, tier2, signs, k1_scale, k1_max):
     # one head per thread; the head's work is a plain function, which numba's parallel
@@ -265,7 +284,6 @@ def _sign_components(signs, k1_scale, k1_max, group, table, spec):
 def _decode_keys_head(h, idx4, idx2, tier4, tier2, idx1, signal, group, table, out, mode):
     heads, tokens, head_dim = out.shape
     m = idx1.shape[1]
-    row = np.empty(head_dim, np.float32)
     n4, n2 = idx4.shape[1], idx2.shape[1]
     q4 = np.empty(tokens * n4, np.uint8)
     q2 = np.empty(tokens * n2, np.uint8)
@@ -275,7 +293,19 @@ def _decode_keys_head(h, idx4, idx2, tier4, tier2, idx1, signal, group, table, o
     hm2 = bf16_value(tier2[3][h])
     s4, z4 = np.empty(n4, np.float32), np.empty(n4, np.float32)
     s2, z2 = np.empty(n2, np.float32), np.empty(n2, np.float32)
+    # a token's channels in tier order (4-bit, 2-bit, sign tier), read back in channel order
+    # through ``source``: contiguous writes and one gather, where writing each tier's
+    # channels into their places scattered every store (and needed a second pass to convert)
+    tiered = np.empty(n4 + n2 + m, np.float32)
+    source = np.empty(head_dim, np.uint32)
     i4, i2, i1 = idx4[h], idx2[h], idx1[h]  # channel indices: unsigned, so no negative-index checks
+    for j in range(n4):
+        source[i4[j]] = j
+    for j in range(n2):
+        source[i2[j]] = n4 + j
+    for j in range(m):
+        source[i1[j]] = n4 + n2 + j
+    t4, t2, t1 = tiered[:n4], tiered[n4 : n4 + n2], tiered[n4 + n2 :]
     for t in range(tokens):
         if t % group == 0:  # a new group of tokens: every channel's step and offset
             g = t // group
@@ -287,12 +317,12 @@ def _decode_keys_head(h, idx4, idx2, tier4, tier2, idx1, signal, group, table, o
                 z2[j] = np.float32(tier2[2][h, j, g]) / np.float32(_zero_units(2))
         q4_t, q2_t, signal_t = q4[t * n4 : (t + 1) * n4], q2[t * n2 : (t + 1) * n2], signal[h, t]
         for j in range(n4):
-            row[i4[j]] = (np.float32(q4_t[j]) + z4[j]) * s4[j]
+            t4[j] = (np.float32(q4_t[j]) + z4[j]) * s4[j]
         for j in range(n2):
-            row[i2[j]] = (np.float32(q2_t[j]) + z2[j]) * s2[j]
+            t2[j] = (np.float32(q2_t[j]) + z2[j]) * s2[j]
         for j in range(m):
-            row[i1[j]] = signal_t[j]
-        emit_row(row, out, h, t, mode)
+            t1[j] = signal_t[j]
+        emit_gathered(tiered, source, out, h, t, mode)
 
 
 @njit(**PARALLEL_JIT)
@@ -345,8 +375,11 @@ def encode_keys(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, tor
     group = balanced_group(tokens, codec.group_size)
     n_groups = num_groups(tokens, group)
     m = idx1.shape[1]
-    # the reference's rfft_components call: torch.fft.rfft over the gathered sign channels
-    spec = torch.fft.rfft(x.gather(2, channel_rows(torch.from_numpy(idx1.astype(np.int64)), tokens)), dim=-1)
+    # the reference's rfft_components call: torch.fft.rfft over the sign channels, gathered
+    # by numba (torch's gather took as long as the FFT itself)
+    signal = torch.empty(heads, tokens, idx1.shape[1])
+    _gather_channels(x.numpy(), idx1, signal.numpy())
+    spec = torch.fft.rfft(signal, dim=-1)
     tiers = {
         bits: _tier_buffers(heads, tokens, idx.shape[1], bits, n_groups)
         for bits, idx in ((4, idx4), (2, idx2))
@@ -449,6 +482,28 @@ def _token_split(flags):
             rest[j] = t
             j += 1
     return sal, rest
+
+
+@njit(**JIT)
+def _salient_flags(norm, count, flags):
+    """``selection.salient_tokens`` from its norms ``[heads, tokens]``: per head, flags (1) on the
+    ``count`` largest, ties to the earlier token (its stable argsort) -- a partition, not a sort."""
+    tokens = norm.shape[1]
+    for h in range(norm.shape[0]):
+        n_h = norm[h]
+        flags[h, :] = 0
+        if count == 0:
+            continue
+        kth = np.partition(n_h.copy(), tokens - count)[tokens - count]  # the count-th largest
+        ties = count  # then how many of the tokens equal to it still get in, earliest first
+        for t in range(tokens):
+            ties -= n_h[t] > kth
+        for t in range(tokens):
+            if n_h[t] > kth:
+                flags[h, t] = 1
+            elif n_h[t] == kth and ties > 0:
+                flags[h, t] = 1
+                ties -= 1
 
 
 @njit(**JIT)
@@ -649,8 +704,9 @@ def encode_values(x: torch.Tensor, codec: VidKVCodec) -> dict[str, torch.Tensor]
     """``VidKVCodec._encode_values``: salient tokens chosen by the reference's function."""
     x = x.float().contiguous()
     heads, tokens, head_dim = x.shape
-    sal = salient_tokens(x, salient_count(tokens, codec.salient_fraction))
-    n_sal = int(sal[0].sum())
+    n_sal = salient_count(tokens, codec.salient_fraction)
+    flags = np.empty((heads, tokens), np.uint8)
+    _salient_flags(x.norm(dim=-1).numpy(), n_sal, flags)  # selection.salient_tokens' norm
     n_rest = tokens - n_sal
     group = balanced_group(n_rest, codec.group_size)
     sal_group = balanced_group(head_dim, codec.group_size)
@@ -669,7 +725,7 @@ def encode_values(x: torch.Tensor, codec: VidKVCodec) -> dict[str, torch.Tensor]
     match_torch_threads()
     _encode_values(
         x.numpy(),
-        sal.to(torch.int64).numpy(),
+        flags,
         np.float32(codec.ternary_threshold),
         group,
         sal_group,
