@@ -51,8 +51,8 @@ from ..quant.packing import packed_length
 from ..quant.selection import channel_rows, tier_indices
 from ..quant.spectral import from_rfft_components
 from ..quant.vidkv import VidKVCodec
-from .attention import PartialAttention
 from .backend import check_runnable
+from .partials import PartialAttention
 from .tiles import next_power_of_2
 from .triton_common import load_bits, load_trits, log8_minmax, log8_scale
 from .vidkv_triton import key_channel_map, log8_table

@@ -157,7 +157,10 @@ class KVCodec(Registered, ABC):
             raise QuantError(
                 f"{self.name}: dtype must be float16, bfloat16 or float32, got {x.dtype}; cast first"
             )
-        amax = float(x.detach().abs().amax())
+        # aminmax reads x once without the |x| temporary (a full copy per encode); a nan
+        # anywhere makes both nan, which the finiteness check below rejects
+        low, high = torch.aminmax(x.detach())
+        amax = max(-float(low), float(high))
         if not math.isfinite(amax):
             raise QuantError(f"{self.name}: input holds inf or nan; only finite KV can be encoded")
         if self.max_abs is not None and amax > self.max_abs:
