@@ -169,13 +169,18 @@ def model_set(name: str, config: QuantBenchConfig) -> list[KVLayer]:
 # ----- measuring -----------------------------------------------------------------------
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall seconds of ``repeats`` calls of ``fn`` after one warm-up call (CUDA synchronised)."""
+def run_times(fn: Callable[[], object], repeats: int, budget_s: float = float("inf")) -> list[float]:
+    """Wall seconds of up to ``repeats`` calls of ``fn`` after one warm-up call (lazy init,
+    first-call allocations), CUDA synchronised; past ``budget_s`` seconds (and at least 3
+    runs) it stops early."""
     import torch
 
-    fn()  # warm-up (lazy init, first-call allocations)
-    times = []
-    for _ in range(repeats):
+    fn()
+    times: list[float] = []
+    started_all = time.perf_counter()
+    for i in range(repeats):
+        if i >= 2 and time.perf_counter() - started_all > budget_s:
+            break  # a slow codec: the runs so far
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         started = time.perf_counter()
@@ -183,35 +188,24 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall seconds of ``repeats`` calls of ``fn`` (``run_times``)."""
+    return statistics.median(run_times(fn, repeats))
 
 
 def best_seconds(fn: Callable[[], object], repeats: int, budget_s: float = float("inf")) -> float:
-    """Wall seconds of the fastest of ``repeats`` calls of ``fn`` after one warm-up (CUDA
-    synchronised): what the code costs when nothing interrupts it.
+    """Wall seconds of the fastest call of ``fn`` (``run_times``): what the code costs when
+    nothing interrupts it.
 
     Why not the median, for throughput: on a shared machine one descheduled thread stalls a
     parallel region for a whole time slice, so medians measure the scheduler (a 2 MB copy
     read 0.18 GB/s in one run and 72 GB/s in the next, on 2 cores at load 11). The codec
-    and the copy it is compared with are timed alike, so their ratio stays fair. Past
-    ``budget_s`` seconds (and at least 3 runs), the fastest run so far counts.
+    and the copy it is compared with are timed alike, so their ratio stays fair.
     """
-    import torch
-
-    fn()
-    best = float("inf")
-    started_all = time.perf_counter()
-    for i in range(repeats):
-        if i >= 2 and time.perf_counter() - started_all > budget_s:
-            break  # a slow codec: the fastest of the runs so far
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - started)
-    return best
+    return min(run_times(fn, repeats, budget_s))
 
 
 def measure_codec(kv_set: str, layers: Sequence[KVLayer], name: str, repeats: int) -> CodecRow:
