@@ -1,4 +1,4 @@
-"""``streamvlm eval needle|clips|streams``: the parser (light: no torch at start-up) and the commands."""
+"""``streamvlm eval needle|clips|streams|<benchmark>|score``: the parser (light: no torch at start-up) and the commands."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ..cli_options import (
     write_results,
 )
 from ..errors import ConfigError
+from .benchmarks.cli import add_benchmark_parsers
 from .streams_cli import add_streams_parser
 
 
@@ -24,7 +25,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     from .needle import NeedleEvalConfig
 
     d = NeedleEvalConfig()
-    ev = subparsers.add_parser("eval", help="accuracy evaluations with the trained tiny model")
+    ev = subparsers.add_parser("eval", help="accuracy: the tiny model's evaluations, and public benchmarks run causally and scored")
     evals = ev.add_subparsers(dest="evaluation", metavar="EVAL", parser_class=type(ev))
     evals.required = True
     n = evals.add_parser(
@@ -77,6 +78,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     add_json_option(c)
     c.set_defaults(func=cmd_eval_clips)
     add_streams_parser(evals)
+    add_benchmark_parsers(evals)
     return ev
 
 
