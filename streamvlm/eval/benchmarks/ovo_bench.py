@@ -230,7 +230,9 @@ class _Fields:
 
     def __init__(self, path: Path, index: int, raw, prefix: str = "", item_id=None) -> None:
         self.path, self.index, self.raw, self.prefix = path, index, raw, prefix
-        self.item_id = raw.get("id", "?") if item_id is None and isinstance(raw, dict) else item_id
+        if item_id is None:
+            item_id = raw.get("id", "?") if isinstance(raw, dict) else "?"
+        self.item_id = item_id
         if not isinstance(raw, dict):
             self.fail("", f"is {raw!r}, not an object")
 
