@@ -269,6 +269,39 @@ def test_constant_baseline_scores_as_worked_out_by_hand(bench, questions):
     assert result["per_task"]["REC"]["score"] == 33.33 and result["per_task"]["OCR"]["score"] == 100.0
 
 
+def test_forward_tasks_weigh_every_probe_alike_and_report_the_item_mean_beside(bench, tmp_path):
+    # two REC items: item 1 has one probe (right), item 2 three probes (all wrong).
+    # Official (per probe): 1/4 = 25.00. Per item, as some papers average: (1/1 + 0/3) / 2 = 50.00
+    items = [
+        {
+            "id": 1,
+            "task": "REC",
+            "video": "v.mp4",
+            "activity": "jump",
+            "test_info": [{"realtime": 3, "count": 1}],
+        },
+        {
+            "id": 2,
+            "task": "REC",
+            "video": "w.mp4",
+            "activity": "wave",
+            "test_info": [{"realtime": t, "count": 2} for t in (4, 8, 12)],
+        },
+    ]
+    path = tmp_path / "rec.json"
+    path.write_text(json.dumps(items))
+    questions = bench.load([path])
+    result = bench.score(questions, {"1/0": "1", "2/0": "3", "2/1": "3", "2/2": "3"})
+    assert result["per_task"]["REC"] == {
+        "score": 25.0,
+        "n": 4,
+        "category": "Forward Active Responding",
+        "items": 2,
+        "item_mean": 50.0,
+    }
+    assert result["metric"] == 25.0
+
+
 def test_no_responses_score_zero_and_count_missing(bench, questions):
     result = bench.score(questions, {})
     assert result["metric"] == 0.0 and result["missing"] == 20

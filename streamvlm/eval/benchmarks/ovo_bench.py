@@ -156,11 +156,16 @@ class OVOBench(Benchmark):
 
     def score(self, questions: Sequence[BenchQuestion], responses: Mapping[str, str]) -> dict:
         per_task: dict[str, list[int]] = {}
+        per_item: dict[str, dict[str, list[int]]] = {}  # forward task -> item id -> its probes' hits
         missing = 0
         for question in questions:
             response = responses.get(question.id)
             missing += response is None
-            per_task.setdefault(question.task, []).append(is_correct(question, response))
+            hit = is_correct(question, response)
+            # the official task mean weighs every probe alike, however many an item has
+            per_task.setdefault(question.task, []).append(hit)
+            if question.task in FORWARD_TASKS:
+                per_item.setdefault(question.task, {}).setdefault(question.extra["item"], []).append(hit)
 
         task_means = {task: mean(hits) for task, hits in per_task.items()}
         # a category's score is the mean of its task means (not of its questions)
@@ -189,6 +194,7 @@ class OVOBench(Benchmark):
                     "score": round(100 * task_means[task], 2),
                     "n": len(per_task[task]),
                     "category": category,
+                    **_item_breakdown(per_item.get(task)),
                 }
                 for category, tasks in CATEGORIES.items()
                 for task in tasks
@@ -201,6 +207,15 @@ class OVOBench(Benchmark):
         ``DIR`` is the videos' folder itself."""
         official = Path(data_dir) / self.video_dir / question.video
         return official if official.exists() else Path(data_dir) / question.video
+
+
+def _item_breakdown(items: dict[str, list[int]] | None) -> dict:
+    """For a forward task, beside the official probe mean: how many items its probes came
+    from, and the mean over items of each item's probe accuracy. Not the official metric;
+    some papers report it (TimeChat-Online's eval/scripts/ovobench.py averages per item)."""
+    if not items:
+        return {}
+    return {"items": len(items), "item_mean": round(100 * mean(mean(hits) for hits in items.values()), 2)}
 
 
 def is_correct(question: BenchQuestion, response: str | None) -> int:
