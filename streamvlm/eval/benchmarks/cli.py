@@ -169,14 +169,18 @@ def _attach_judge(bench, args: argparse.Namespace) -> None:
 
 
 def format_score(result: dict, indent: str = "") -> str:
-    """A score dict as indented ``key: value`` lines, the metric first."""
+    """A score dict as indented lines, the metric first; a breakdown entry that has a
+    ``score`` reads ``name: score (n=N)`` on one line."""
     lines = []
     first = ["benchmark", "metric_name", "metric"]
     for key in first + [k for k in result if k not in first]:
         if key not in result:
             continue
         value = result[key]
-        if isinstance(value, dict):
+        if isinstance(value, dict) and "score" in value:
+            n = f" (n={value['n']})" if "n" in value else ""
+            lines.append(f"{indent}{key}: {value['score']}{n}")
+        elif isinstance(value, dict):
             lines.append(f"{indent}{key}:")
             lines.append(format_score(value, indent + "  "))
         else:
