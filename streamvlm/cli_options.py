@@ -615,7 +615,8 @@ def run_command(args: argparse.Namespace) -> int:
     """Run the parsed command (``args.func(args)``) and return its exit code.
 
     0 ok; 2 bad input or configuration (any ``StreamVLMError``, printed as one
-    ``error: ...`` line on stderr); 130 interrupted (Ctrl-C, ``interrupted`` on stderr).
+    ``error: ...`` line on stderr); 130 interrupted (Ctrl-C, ``interrupted`` on stderr);
+    141 the output pipe was closed (like a shell tool killed by SIGPIPE).
     """
     # third-party warnings, logs and progress bars only with --verbose (commands without it stay quiet)
     configure_output(verbose=getattr(args, "verbose", False))
@@ -628,3 +629,8 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`streamvlm ... | head`): stop quietly, as shell tools do;
+        # stdout points at /dev/null so the interpreter's final flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
