@@ -38,10 +38,15 @@ def judge_server():
     server.stop()
 
 
-@pytest.fixture
-def judge(judge_server):
+@pytest.fixture(autouse=True)
+def fresh_judge_server(judge_server):
+    """Every test starts with a judge that answers at once and has seen no request."""
     judge_server.fail_next = 0
     judge_server.bodies.clear()
+
+
+@pytest.fixture
+def judge(judge_server):
     return Judge(judge_server.url, MODEL, api_key="judge-key", backoff_s=0.0)
 
 
@@ -318,6 +323,15 @@ def test_a_judge_that_keeps_failing_is_a_one_line_error_naming_it(judge_server, 
         f"judge endpoint {judge_server.url}/chat/completions failed 3 times (HTTP 503); check --judge-url "
         "and that the server is up"
     )
+
+
+def test_judging_many_keeps_their_order_and_stops_at_an_unusable_endpoint(judge_server, judge):
+    items = [("q", "blue", "blue"), ("q", "red", "green"), ("q", "one", "[close]"), ("q", "x", "[neither]")]
+    verdicts = judge.judge_all(items)  # 8 workers by default: four requests in flight
+    assert [(v.pred, v.score) for v in verdicts] == [("yes", 5), ("no", 0), ("yes", 4), ("", 1)]
+    judge_server.fail_next = 1000
+    with pytest.raises(JudgeError, match="failed 3 times"):
+        judge.judge_all(items * 4)
 
 
 def test_a_wrong_api_key_is_refused_at_once(judge_server):

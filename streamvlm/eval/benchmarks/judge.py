@@ -42,7 +42,8 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ...errors import StreamVLMError
@@ -166,6 +167,8 @@ class Judge:
         max_tokens: sent as ``max_tokens`` when given (the official scripts send none).
         extra_body: more fields merged into each request body, e.g.
             ``{"streamvlm": {"session": "<id>"}}`` for ``streamvlm serve``.
+        workers: how many questions ``judge_all`` has in flight at once (the official
+            scripts judge in a process pool; one at a time would take an hour over RVS).
     """
 
     prompt_name = PROMPT_NAME
@@ -183,13 +186,14 @@ class Judge:
         temperature: float | None = OFFICIAL_TEMPERATURE,
         max_tokens: int | None = None,
         extra_body: Mapping | None = None,
+        workers: int = 8,
     ):
         if not url or not model:
             raise JudgeError(
                 "the judge needs an endpoint and a model: pass --judge-url URL --judge-model NAME"
             )
-        if attempts < 1:
-            raise JudgeError(f"judge attempts must be at least 1, got {attempts}")
+        if attempts < 1 or workers < 1:
+            raise JudgeError(f"judge attempts and workers must be at least 1, got {attempts} and {workers}")
         self.url = url
         self.endpoint = chat_completions_url(url)
         self.model = model
@@ -200,6 +204,7 @@ class Judge:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.extra_body = dict(extra_body or {})
+        self.workers = workers
 
     def describe(self) -> dict:
         """What a judged score must be reported with: the judge's model, endpoint and prompt."""
@@ -235,6 +240,19 @@ class Judge:
             if verdict.ok:
                 return verdict
         return verdict
+
+    def judge_all(self, items: Sequence[tuple[str, str, str]]) -> list[Verdict]:
+        """The verdicts on ``(question, answer, prediction)`` triples, in their order, with
+        up to ``workers`` requests in flight; the first ``JudgeError`` stops the rest."""
+        if self.workers == 1 or len(items) < 2:
+            return [self.judge(*item) for item in items]
+        pool = ThreadPoolExecutor(min(self.workers, len(items)), thread_name_prefix="judge")
+        try:
+            futures = [pool.submit(self.judge, *item) for item in items]
+            return [future.result() for future in futures]
+        finally:
+            # on an error, questions not yet sent stay unsent: the endpoint is unusable
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def complete(self, messages: list[dict]) -> str:
         """The assistant text of one chat completion (one request, no retry)."""

@@ -135,16 +135,11 @@ class RVSBenchmark(Benchmark):
         """
         if self.judge is None:
             raise AnnotationError(NO_JUDGE)
-        verdicts: dict[str, Verdict] = {}
-        missing = 0
-        for question in questions:
-            if question.id not in responses:
-                missing += 1
-                verdicts[question.id] = Verdict(pred="no", score=0)
-            else:
-                verdicts[question.id] = self.judge.judge(
-                    question.question, question.answer, responses[question.id]
-                )
+        answered = [q for q in questions if q.id in responses]
+        judged = self.judge.judge_all([(q.question, q.answer, responses[q.id]) for q in answered])
+        verdicts: dict[str, Verdict] = {q.id: Verdict(pred="no", score=0) for q in questions}
+        verdicts.update(zip((q.id for q in answered), judged, strict=True))
+        missing = len(questions) - len(answered)
         failed = [q.id for q in questions if not verdicts[q.id].ok]
         overall = _tally(verdicts[q.id] for q in questions)
         per_task: dict[str, dict] = {}
