@@ -167,7 +167,7 @@ class RVSBenchmark(Benchmark):
 
 
 class RVSEgo(RVSBenchmark):
-    """RVS-Ego: 99 Ego4D videos (about an hour each), 1465 open-ended questions."""
+    """RVS-Ego: egocentric Ego4D streams, 1465 open-ended questions (99 videos on the VStream-QA card)."""
 
     name = "rvs-ego"
     annotation_files = (
@@ -179,7 +179,7 @@ class RVSEgo(RVSBenchmark):
 
 
 class RVSMovie(RVSBenchmark):
-    """RVS-Movie: 1000 MovieNet clips, 1905 open-ended questions."""
+    """RVS-Movie: MovieNet films, 1905 open-ended questions (1000 videos on the VStream-QA card)."""
 
     name = "rvs-movie"
     annotation_files = (
