@@ -407,3 +407,13 @@ def test_the_judge_reaches_streamvlm_serve_and_counts_its_free_text_as_failures(
     assert (result["judge_failures"], result["judge_failed_ids"]) == (1, ["tt0000001_clip3_0"])
     assert (result["judged"], result["metric"], result["missing"]) == (0, 0.0, 0)
     assert result["judge"]["model"] == "tiny-qwen2.5-vl" and result["judge"]["url"] == server.http
+
+
+def test_the_constant_baseline_scores_without_a_judge():
+    # its fixed non-answer is scored no/0, as the judge above scores it; anything else needs a judge
+    bench = RVSEgo()
+    questions = bench.load([EGO])
+    result = bench.score(questions, {q.id: bench.baseline_response(q) for q in questions})
+    assert (result["metric"], result["mean_score"], result["judged"], result["judge"]) == (0.0, 0.0, 6, None)
+    with pytest.raises(AnnotationError, match="needs a judge"):
+        bench.score(questions, {questions[0].id: "a red car"})

@@ -133,10 +133,17 @@ class RVSBenchmark(Benchmark):
         judge format is left out of the means, as the official script leaves it out, and
         counted in ``judge_failures`` (its id in ``judge_failed_ids``).
         """
-        if self.judge is None:
-            raise AnnotationError(NO_JUDGE)
         answered = [q for q in questions if q.id in responses]
-        judged = self.judge.judge_all([(q.question, q.answer, responses[q.id]) for q in answered])
+        if self.judge is not None:
+            judged = self.judge.judge_all([(q.question, q.answer, responses[q.id]) for q in answered])
+        elif answered and all(responses[q.id] == CONSTANT_ANSWER for q in answered):
+            # the constant baseline without a judge: its fixed non-answer states nothing, so
+            # it is scored "no", 0, as a judge following the prompt scores it
+            judged = [Verdict(pred="no", score=0, reply="(constant baseline, not sent to a judge)")] * len(
+                answered
+            )
+        else:
+            raise AnnotationError(NO_JUDGE)
         verdicts: dict[str, Verdict] = {q.id: Verdict(pred="no", score=0) for q in questions}
         verdicts.update(zip((q.id for q in answered), judged, strict=True))
         missing = len(questions) - len(answered)
@@ -162,7 +169,7 @@ class RVSBenchmark(Benchmark):
                 task: {"score": t["score"], "mean_score": t["mean_score"], "n": t["n"]}
                 for task, t in per_task.items()
             },
-            "judge": self.judge.describe(),
+            "judge": self.judge.describe() if self.judge is not None else None,
         }
 
 
