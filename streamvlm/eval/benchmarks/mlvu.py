@@ -194,7 +194,7 @@ class MLVU(Benchmark):
         return result
 
     def baseline_response(self, question: BenchQuestion) -> str:
-        """"A" for multiple choice; "" for the generation tasks, which are not scored."""
+        """The constant baseline: "A" for multiple choice, "" for the generation tasks (not scored)."""
         return "" if question.kind == OPEN else super().baseline_response(question)
 
 

@@ -152,7 +152,7 @@ class VideoMME(Benchmark):
 
     def _load_file(self, path: Path) -> list[BenchQuestion]:
         questions = []
-        for index, (row, where) in enumerate(_rows(path)):
+        for row, where in _rows(path):
             for key in VIDEO_FIELDS + QUESTION_FIELDS:
                 if key not in row:
                     raise AnnotationError(f"{where}: no {key!r} field (Video-MME questions have {key})")
@@ -280,9 +280,13 @@ def _items(path: Path) -> list:
         if not path.is_file():
             load_json(path)  # its error names the missing file
         try:
-            return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            return [
+                json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+            ]
         except json.JSONDecodeError as exc:
-            raise AnnotationError(f"{path} is not JSON Lines ({exc}); pass Video-MME's official file") from None
+            raise AnnotationError(
+                f"{path} is not JSON Lines ({exc}); pass Video-MME's official file"
+            ) from None
     items = load_json(path)
     if not isinstance(items, list):
         raise AnnotationError(f"{path}: expected a JSON list of videos or of questions (Video-MME's layout)")
@@ -301,7 +305,9 @@ def _parquet_rows(path: Path) -> list[dict]:
     try:
         return parquet.read_table(path).to_pylist()
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-        raise AnnotationError(f"{path} is not a Parquet file ({exc}); pass Video-MME's official file") from None
+        raise AnnotationError(
+            f"{path} is not a Parquet file ({exc}); pass Video-MME's official file"
+        ) from None
 
 
 def _string(row: Mapping, key: str, where: str) -> str:
