@@ -10,7 +10,13 @@ import pytest
 
 from streamvlm.eval.benchmarks import AnnotationError, get_benchmark
 from streamvlm.eval.benchmarks.base import CHOICE, OPEN, read_predictions
-from streamvlm.eval.benchmarks.mlvu import MLVU, answer_letter, parse_choice
+from streamvlm.eval.benchmarks.mlvu import (
+    MLVU,
+    GenerationJudgeError,
+    answer_letter,
+    parse_choice,
+    read_judge_scores,
+)
 
 DATA = Path(__file__).parent / "data" / "benchmarks" / "mlvu"
 JSON_DIR = DATA / "MLVU" / "json"
@@ -223,3 +229,106 @@ def test_unknown_question_type_is_kept_as_its_own_task(mlvu, tmp_path):
         CHOICE,
         "A",
     )
+
+
+class FakeJudge:
+    """A judge that answers from a table (first words of the system message -> reply) and
+    records what it was asked; ``fail`` requests fail first with a connection error."""
+
+    def __init__(self, replies, fail=0):
+        self.replies, self.fail, self.asked = replies, fail, []
+
+    def complete(self, messages):
+        self.asked.append(messages)
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionError("refused")
+        system = messages[0]["content"]
+        return next(reply for start, reply in self.replies.items() if start in system)
+
+    def describe(self):
+        return {"model": "fake-judge", "prompt": "overridden"}
+
+
+SSC_REPLY = "Two points are met. {'score_accuracy': 3.5, 'score_relevance': 4, 'total_score': 7.5}"
+SUMMARY_REPLY = "{'score_completeness': 2, 'score_reliability': 3, 'total_score': 5}"
+REPLIES = {"a provided question, some scoring points": SSC_REPLY, "video summarization task": SUMMARY_REPLY}
+
+
+def test_generation_tasks_judged_into_g_avg(questions):
+    # subPlot_0 judged: accuracy 3.5, relevance 4 -> total 7.5 (n = 1)
+    # summary_0 has no response: not sent, scores 0 + 0 = 0, missing
+    # G-Avg = (7.5 + 0) / 2 = 3.75; M-Avg unchanged (42.86); missing = order_0 + summary_0 = 2
+    judge = FakeJudge(REPLIES)
+    result = MLVU(judge=judge).score(questions, read_predictions(DATA / "predictions.jsonl"))
+    assert result["metric"] == 42.86
+    assert result["g_avg"] == 3.75
+    assert result["per_generation_task"] == {
+        "subPlot": {"accuracy": 3.5, "relevance": 4.0, "score": 7.5, "n": 1},
+        "summary": {"completeness": 0.0, "reliability": 0.0, "score": 0.0, "n": 1},
+    }
+    assert result["missing"] == 2 and result["judge_unread"] == 0 and "not_scored" not in result
+    assert result["judge"] == {
+        "model": "fake-judge",
+        "prompt": "mlvu-generation",
+        "prompt_version": "mlvu-2024",
+    }
+    (messages,) = judge.asked
+    assert messages[0]["content"].startswith(
+        "##TASK DESCRIPTION: \nYou are required to evaluate a respondent's"
+    )
+    assert messages[1]["content"] == (
+        "Please score the respondent's answer according to the steps in the Instructions. You must end "
+        "with a JSON dict to store the scores.\n"
+        "Question: Please describe the scene when the girl in the yellow coat opens the old gate.\n"
+        "Scoring Points: ['The girl pushes the gate open', 'The gate is rusty', 'Pigeons fly out of the yard']\n"
+        "Respondent's Answer: The girl opens the gate and birds fly away."
+    )
+
+
+def test_constant_baseline_with_a_judge_sends_empty_answers(questions):
+    # "" for both generation questions: SSC 3.5 + 4 = 7.5, summary 2 + 3 = 5 -> G-Avg 6.25
+    mlvu = MLVU(judge=FakeJudge(REPLIES))
+    result = mlvu.score(questions, {q.id: mlvu.baseline_response(q) for q in questions})
+    assert (result["metric"], result["g_avg"], result["missing"]) == (28.57, 6.25, 0)
+    assert "Standard Answer: A baker opens her shop" in mlvu.judge.asked[1][1]["content"]
+
+
+@pytest.mark.parametrize(
+    "reply, scores",
+    [
+        ("{'score_accuracy': 3.5, 'score_relevance': 4, 'total_score': 7.5}", [3.5, 4.0]),
+        ("score_accuracy: 5, score_relevance: 2, total: 7", [5.0, 2.0]),
+        ("{'score_accuracy': 4, 'score_relevance': 4.5}", [4.0, 4.5]),  # no "," after: up to the last char
+        ("{'score_relevance': 4, 'total_score': 4}", [4.0]),  # found scores fill the first places
+        # the number after the *next* ":", wherever it is
+        ("the score_accuracy is high, score_relevance: 3, x", [3.0, 3.0]),
+        ("score_accuracy: high, score_relevance: 3, x", [3.0]),  # not a number: skipped
+        ("no scores at all", []),
+    ],
+)
+def test_read_judge_scores_as_calculate_py(reply, scores):
+    assert read_judge_scores(reply, ("score_accuracy", "score_relevance")) == scores
+
+
+def test_an_unread_score_counts_zero(questions):
+    # the reply lacks score_accuracy: its relevance 4 fills the first place (accuracy), 0 second
+    judge = FakeJudge({"a provided question": "{'score_relevance': 4, 'total_score': 4}", "summariz": "x"})
+    subplot = [q for q in questions if q.task == "subPlot"]
+    result = MLVU(judge=judge).score(subplot, {"subPlot_0": "an answer"})
+    assert result["per_generation_task"]["subPlot"] == {
+        "accuracy": 4.0,
+        "relevance": 0.0,
+        "score": 4.0,
+        "n": 1,
+    }
+    assert result["judge_unread"] == 1 and result["g_avg"] == 4.0
+
+
+def test_failed_judge_requests_are_asked_again_then_reported(questions):
+    subplot = [q for q in questions if q.task == "subPlot"]
+    judge = FakeJudge(REPLIES, fail=2)
+    assert MLVU(judge=judge).score(subplot, {"subPlot_0": "x"})["g_avg"] == 7.5
+    assert len(judge.asked) == 3
+    with pytest.raises(GenerationJudgeError, match="failed 3 times"):
+        MLVU(judge=FakeJudge(REPLIES, fail=3)).score(subplot, {"subPlot_0": "x"})

@@ -6,8 +6,9 @@ the same files under ``MLVU/json/``): one JSON list per task, ``1_plotQA.json`` 
 "question_type"}`` with the answer given as the candidate's *text*. Tasks 1-7 are multiple
 choice and make M-Avg, the mean of the seven task accuracies; tasks 8 (sub-scene
 captioning, with ``scoring_points``) and 9 (summary) are generation tasks that the paper
-scores with a GPT-4 judge (G-Avg): they are loaded as open questions and reported as not
-scored, since no judge is configured here.
+scores with a GPT-4 judge (G-Avg). They are loaded as open questions; ``score`` judges them
+when a judge is set (``MLVU.judge``, which the CLI sets from ``--judge-url`` and
+``--judge-model``) and reports them as not scored otherwise.
 
 Official rules implemented (from JUNJIE99/MLVU
 ``evaluation/multiple_choice_evaluation/choice_bench.py`` and
@@ -20,6 +21,17 @@ Official rules implemented (from JUNJIE99/MLVU
 - a response is stripped; if it contains ")", the predicted letter is the character just
   before the first ")"; otherwise the whole stripped response must equal the letter;
 - each task's accuracy is correct / questions; M-Avg is the mean over the tasks present.
+
+Generation tasks (``evaluation/generation_evaluation/evaluate_ssc.py``,
+``evaluate_summary.py``, ``calculate.py``, ``calculate_sum.py``): the judge is sent the
+official system and user messages (their wording; the official triple-quoted strings also
+carry the source file's indentation, left out here); each of the two scores is read from the
+reply as they read it: the text after the first occurrence of the score's key, from two
+characters past the next ":" up to the next ",", as a float; a key the reply lacks is
+skipped, so the scores that were found fill the first places (a reply with only
+``score_relevance`` counts it as the accuracy). A task's two scores are means over all its
+questions (a score not found counts 0), its total their sum (out of 10); G-Avg is the mean
+of the two tasks' totals, as the MLVU leaderboard reports it.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ...errors import StreamVLMError
 from .base import CHOICE, OPEN, AnnotationError, Benchmark, BenchQuestion, letter, load_json, mean
 
 # question_type as published -> the task key of the official scripts' ``data_list``
@@ -73,6 +86,74 @@ OPEN_SYSTEM = (
 )
 NO_LETTER = "@"  # chr(ord("A") - 1): the official letter of an answer that is no candidate
 
+# The generation tasks' judge prompts (generation_evaluation/evaluate_ssc.py and
+# evaluate_summary.py, sent to gpt-4-turbo at temperature 0) and the two scores each reply
+# is read for, in their order.
+SSC_SYSTEM = "\n".join(
+    (
+        "##TASK DESCRIPTION: ",
+        "You are required to evaluate a respondent's answer based on a provided question, some scoring points, and the respondent's answer. You should provide two scores. The first is the accuracy score, which should range from 1 to 5. The second is the relevance score, which should also range from 1 to 5. Below are the criteria for each scoring category.",
+        "##ACCURACY Scoring Criteria: ",
+        "Evaluate the respondent's answer against specific scoring points as follows:",
+        "Score 1: The response completely misses the scoring point.",
+        "Score 3: The response mentions content related to the scoring point but is not entirely correct.",
+        "Score 5: The response accurately addresses the scoring point.",
+        "Calculate the average score across all scoring points to determine the final accuracy score.",
+        "##RELEVANCE Scoring Criteria:",
+        "Assess how the respondent's answer relates to the original question:",
+        "Score 1: The response is completely off-topic from the question.",
+        "Score 2: The response is partially related to the question but contains a significant amount of irrelevant content.",
+        "Score 3: The response primarily addresses the question, but the respondent seems uncertain about their own answer.",
+        "Score 4: The response mostly addresses the question and the respondent appears confident in their answer.",
+        "Score 5: The response is fully focused on addressing the question with no irrelevant content and demonstrates complete certainty.",
+        "----",
+        "##INSTRUCTION:",
+        "1. Evaluate Accuracy: First, assess and score each scoring point based on the respondent's answer. Calculate the average of these scores to establish the final accuracy score. Provide a detailed rationale before assigning your score.",
+        "2. Evaluate RELEVANCE: Assess the relevance of the respondent\u2019s answer to the question. Note that when evaluating relevance, the correctness of the answer is not considered; focus solely on how relevant the answer is to the question. Provide a comprehensive rationale before assigning your score.",
+        "3. Output Scores in JSON Format: Present the scores in JSON format as follows:",
+        "{'score_accuracy': score_acc, 'score_relevance': score_rele, 'total_score': score_acc + score_rele}",
+    )
+)
+SSC_USER = (
+    "Please score the respondent's answer according to the steps in the Instructions. "
+    "You must end with a JSON dict to store the scores.\n"
+    "Question: {question}\nScoring Points: {scoring_points}\nRespondent's Answer: {response}"
+)
+SUMMARY_SYSTEM = "\n".join(
+    (
+        "##TASK DESCRIPTION: ",
+        "You are required to evaluate the performance of the respondent in the video summarization task based on the standard answer and the respondent's answer. You should provide two scores. The first is the COMPLETENESS score, which should range from 1 to 5. The second is the RELIABILITY score, which should also range from 1 to 5. Below are the criteria for each scoring category:",
+        "##COMPLETENESS Scoring Criteria:",
+        "The completeness score focuses on whether the summary covers all key points and main information from the video. ",
+        "Score 1: The summary hardly covers any of the main content or key points of the video.",
+        "Score 2: The summary covers some of the main content and key points but misses many.",
+        "Score 3: The summary covers most of the main content and key points.",
+        "Score 4: The summary is very comprehensive, covering most to nearly all of the main content and key points.",
+        "Score 5: The summary completely covers all the main content and key points of the video.",
+        "##RELIABILITY Scoring Criteria:",
+        "The reliability score evaluates the correctness and clarity of the video summary. It checks for factual errors, misleading statements, and contradictions with the video content. If the respondent's answer includes details that are not present in the standard answer, as long as these details do not conflict with the correct answer and are reasonable, points should not be deducted.",
+        "Score 1: Contains multiple factual errors and contradictions; presentation is confusing.",
+        "Score 2: Includes several errors and some contradictions; needs clearer presentation.",
+        "Score 3: Generally accurate with minor errors; minimal contradictions; reasonably clear presentation.",
+        "Score 4: Very accurate with negligible inaccuracies; no contradictions; clear and fluent presentation.",
+        "Score 5: Completely accurate with no errors or contradictions; presentation is clear and easy to understand.",
+        "----",
+        "##INSTRUCTION:",
+        "1. Evaluate COMPLETENESS: First, analyze the respondent's answer according to the scoring criteria, then provide an integer score between 1 and 5 based on sufficient evidence. ",
+        "2. Evaluate RELIABILITY: First, analyze the respondent's answer according to the scoring criteria, then provide an integer score between 1 and 5 based on sufficient evidence. ",
+        "3. Output Scores in JSON Format: Present the scores in JSON format as follows:",
+        "{'score_completeness': score_comp, 'score_reliability': score_reli, 'total_score': score_comp + score_reli}",
+    )
+)
+SUMMARY_USER = (
+    "Please score the respondent's answer according to the steps in the Instructions. "
+    "You must end with a JSON dict to store the scores.\n"
+    "Standard Answer: {answer}\nRespondent's Answer: {response}"
+)
+JUDGE_SCORES = {"subPlot": ("accuracy", "relevance"), "summary": ("completeness", "reliability")}
+JUDGE_PROMPT = "mlvu-generation"  # recorded beside judged scores, with the judge's model
+JUDGE_ATTEMPTS = 3  # the official loop asks again until a reply comes; this gives up after 3
+
 
 def answer_letter(candidates: Sequence[str], answer: str) -> str:
     """The official ground-truth letter: the last candidate equal to ``answer``."""
@@ -98,6 +179,12 @@ class MLVU(Benchmark):
     # published long-video numbers are at fixed frame counts; 1 fps is the streaming setting
     default_fps = 1.0
     annotation_files = tuple(f"MLVU/json/{stem}.json" for stem in FILE_TASKS)
+    # an LLM judge for the generation tasks (anything with ``complete(messages) -> str`` and
+    # ``describe() -> dict``, e.g. ``judge.Judge``); None: they are reported as not scored
+    judge = None
+
+    def __init__(self, judge=None):
+        self.judge = judge
 
     def load(self, annotations: Sequence[str | Path]) -> list[BenchQuestion]:
         questions: list[BenchQuestion] = []
@@ -165,11 +252,9 @@ class MLVU(Benchmark):
 
     def score(self, questions: Sequence[BenchQuestion], responses: Mapping[str, str]) -> dict:
         correct: dict[str, list[bool]] = {}
-        not_scored: dict[str, int] = {}
         missing = 0
         for question in questions:
             if question.kind == OPEN:
-                not_scored[question.task] = not_scored.get(question.task, 0) + 1
                 continue
             response = responses.get(question.id)
             missing += response is None
@@ -186,16 +271,113 @@ class MLVU(Benchmark):
             "missing": missing,
             "per_task": per_task,
         }
+        open_questions = [q for q in questions if q.kind == OPEN]
+        judged = [q for q in open_questions if q.task in JUDGE_SCORES] if self.judge is not None else []
+        if judged:
+            result.update(self._judge_generation(judged, responses))
+            result["missing"] += sum(responses.get(q.id) is None for q in judged)
+        judged_ids = {q.id for q in judged}
+        not_scored: dict[str, int] = {}
+        for question in open_questions:
+            if question.id not in judged_ids:
+                not_scored[question.task] = not_scored.get(question.task, 0) + 1
         if not_scored:
             result["not_scored"] = {
                 "tasks": not_scored,
-                "reason": "generation tasks (G-Avg) are scored by a GPT-4 judge; none is configured",
+                "reason": "generation tasks (G-Avg) are scored by an LLM judge: pass --judge-url and "
+                "--judge-model",
             }
         return result
+
+    def _judge_generation(self, questions: Sequence[BenchQuestion], responses: Mapping[str, str]) -> dict:
+        """G-Avg and each generation task's two judged scores (module docstring). A question
+        without a response is not sent and scores 0; ``judge_unread`` counts the replies a
+        score could not be read from (that score counts 0, as officially)."""
+        sums: dict[str, list[float]] = {}
+        counts: dict[str, int] = {}
+        unread = 0
+        for question in questions:
+            task_sums = sums.setdefault(question.task, [0.0, 0.0])
+            counts[question.task] = counts.get(question.task, 0) + 1
+            response = responses.get(question.id)
+            if response is None:
+                continue
+            reply = _ask_judge(self.judge, judge_messages(question, response))
+            scores = read_judge_scores(reply, tuple(f"score_{name}" for name in JUDGE_SCORES[question.task]))
+            unread += len(scores) < 2
+            for place, value in enumerate(scores[:2]):
+                task_sums[place] += value
+        per_task = {}
+        for task in sorted(sums, key=_task_order):
+            first, second = (total / counts[task] for total in sums[task])
+            names = JUDGE_SCORES[task]
+            per_task[task] = {
+                names[0]: round(first, 2),
+                names[1]: round(second, 2),
+                "score": round(first + second, 2),
+                "n": counts[task],
+            }
+        describe = getattr(self.judge, "describe", dict)
+        return {
+            "g_avg": round(mean(scores["score"] for scores in per_task.values()), 2),
+            "per_generation_task": per_task,
+            "judge_unread": unread,
+            "judge": {**describe(), "prompt": JUDGE_PROMPT, "prompt_version": "mlvu-2024"},
+        }
 
     def baseline_response(self, question: BenchQuestion) -> str:
         """The constant baseline: "A" for multiple choice, "" for the generation tasks (not scored)."""
         return "" if question.kind == OPEN else super().baseline_response(question)
+
+
+class GenerationJudgeError(StreamVLMError):
+    """The judge of MLVU's generation tasks could not be asked."""
+
+
+def judge_messages(question: BenchQuestion, response: str) -> list[dict]:
+    """The official judge messages for one generation question (sub-scene or summary)."""
+    if question.task == "subPlot":
+        # evaluate_ssc.py drops the question's newlines; its scoring points print as a list
+        user = SSC_USER.format(
+            question=question.question.replace("\n", ""),
+            scoring_points=list(question.extra.get("scoring_points", [])),
+            response=response,
+        )
+        return [{"role": "system", "content": SSC_SYSTEM}, {"role": "user", "content": user}]
+    user = SUMMARY_USER.format(answer=question.answer, response=response)
+    return [{"role": "system", "content": SUMMARY_SYSTEM}, {"role": "user", "content": user}]
+
+
+def read_judge_scores(reply: str, keys: Sequence[str]) -> list[float]:
+    """The scores read from a judge reply as calculate.py reads them: for each key found,
+    the text from two characters past the next ":" to the next ","; a key not found (or a
+    number that is not one, where the official script would stop) is skipped."""
+    scores = []
+    for key in keys:
+        at = reply.find(key)
+        if at == -1:
+            continue
+        start = reply.find(":", at) + 2
+        try:
+            scores.append(float(reply[start : reply.find(",", start)]))
+        except ValueError:
+            continue
+    return scores
+
+
+def _ask_judge(judge, messages: list[dict]) -> str:
+    """The judge's reply, asked again after a failed request (the official loop retries)."""
+    failure: Exception | None = None
+    for _ in range(JUDGE_ATTEMPTS):
+        try:
+            return judge.complete(messages)
+        except StreamVLMError:
+            raise  # the judge's own one-line errors (refused, not OpenAI-compatible)
+        except Exception as exc:  # a failed request (timeout, refused connection, HTTP 5xx)
+            failure = exc
+    raise GenerationJudgeError(
+        f"the MLVU judge failed {JUDGE_ATTEMPTS} times ({failure}); check --judge-url and that the server is up"
+    )
 
 
 def _task_order(task: str) -> int:
