@@ -204,6 +204,7 @@ GOOD = {"video": "v.mp4", "duration": 10, "question": "Q?", "candidates": ["a", 
         ("1_plotQA.json", [{k: v for k, v in GOOD.items() if k != "candidates"}], "no 'candidates'"),
         ("1_plotQA.json", [{**GOOD, "candidates": "a, b"}], "item 0: 'candidates' must be a list"),
         ("1_plotQA.json", [{**GOOD, "duration": "ten"}], "item 0: 'duration' must be seconds"),
+        ("8_sub_scene.json", [{**GOOD, "scoring_points": "a; b"}], "item 0: 'scoring_points' must be a list"),
         ("mine.json", [GOOD], "no question_type, and mine.json is none of MLVU's task files"),
     ],
 )

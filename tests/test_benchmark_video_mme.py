@@ -232,3 +232,19 @@ def test_missing_file_and_data_dir(vmme, tmp_path):
         vmme.load([tmp_path / "nothing.json"])
     with pytest.raises(AnnotationError, match="test-00000-of-00001.parquet"):
         vmme.default_annotations(tmp_path)
+
+
+def test_first_template_field_names(vmme):
+    # duration_category / video_category / video_subcategory: the template before 2024-06-18
+    questions = vmme.load([DATA / "output_template_v1.json"])
+    assert [q.id for q in questions] == ["004-1", "004-2"]
+    assert dict(questions[0].extra) == {
+        "video_id": "004",
+        "duration": "long",
+        "domain": "Film & Television",
+        "sub_category": "Documentary",
+    }
+    assert questions[0].video == "data/Lm0-doc_04.mp4"
+    # baseline "A": 004-1 (B) wrong, 004-2 (A) right -> 1/2 = 50.0
+    result = vmme.score(questions, {q.id: "A" for q in questions})
+    assert result["metric"] == 50.0 and result["per_domain"] == {"Film & Television": {"score": 50.0, "n": 2}}

@@ -151,7 +151,9 @@ SUMMARY_USER = (
     "Standard Answer: {answer}\nRespondent's Answer: {response}"
 )
 JUDGE_SCORES = {"subPlot": ("accuracy", "relevance"), "summary": ("completeness", "reliability")}
-JUDGE_PROMPT = "mlvu-generation"  # recorded beside judged scores, with the judge's model
+# recorded beside judged scores, with the judge's model; bump the version when the wording changes
+JUDGE_PROMPT = "mlvu-generation"
+JUDGE_PROMPT_VERSION = "mlvu-2024"
 JUDGE_ATTEMPTS = 3  # the official loop asks again until a reply comes; this gives up after 3
 
 
@@ -209,6 +211,8 @@ class MLVU(Benchmark):
             if task in GENERATION_TASKS or "candidates" not in item:
                 kind, options, truth = OPEN, (), answer
                 if "scoring_points" in item:
+                    if not isinstance(item["scoring_points"], list):
+                        raise AnnotationError(f"{where}: 'scoring_points' must be a list of texts")
                     extra["scoring_points"] = list(item["scoring_points"])
             else:
                 options = _candidates(item, where)
@@ -251,6 +255,8 @@ class MLVU(Benchmark):
         )
 
     def score(self, questions: Sequence[BenchQuestion], responses: Mapping[str, str]) -> dict:
+        """M-Avg with ``per_task``; with a judge, also ``g_avg`` and ``per_generation_task``
+        (else the generation tasks' counts under ``not_scored``)."""
         correct: dict[str, list[bool]] = {}
         missing = 0
         for question in questions:
@@ -307,9 +313,10 @@ class MLVU(Benchmark):
             unread += len(scores) < 2
             for place, value in enumerate(scores[:2]):
                 task_sums[place] += value
-        per_task = {}
+        per_task, totals = {}, []
         for task in sorted(sums, key=_task_order):
             first, second = (total / counts[task] for total in sums[task])
+            totals.append(first + second)
             names = JUDGE_SCORES[task]
             per_task[task] = {
                 names[0]: round(first, 2),
@@ -319,14 +326,15 @@ class MLVU(Benchmark):
             }
         describe = getattr(self.judge, "describe", dict)
         return {
-            "g_avg": round(mean(scores["score"] for scores in per_task.values()), 2),
+            "g_avg": round(mean(totals), 2),
             "per_generation_task": per_task,
             "judge_unread": unread,
-            "judge": {**describe(), "prompt": JUDGE_PROMPT, "prompt_version": "mlvu-2024"},
+            "judge": {**describe(), "prompt": JUDGE_PROMPT, "prompt_version": JUDGE_PROMPT_VERSION},
         }
 
     def baseline_response(self, question: BenchQuestion) -> str:
-        """The constant baseline: "A" for multiple choice, "" for the generation tasks (not scored)."""
+        """The constant baseline: "A" for multiple choice; "" for the generation tasks (judged
+        like any answer when a judge is set)."""
         return "" if question.kind == OPEN else super().baseline_response(question)
 
 

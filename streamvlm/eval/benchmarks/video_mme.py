@@ -7,8 +7,9 @@ BradyFU/Video-MME): ``videomme/test-00000-of-00001.parquet``, one row per questi
 question, options, answer}``, videos under ``data/<videoID>.mp4``. The repository's results
 template (``evaluation/output_test_template.json``) nests the questions under their video
 ``{video_id, duration, domain, sub_category, questions: [{question_id, task_type, question,
-options, answer, response}]}``; both layouts are read (JSON, JSON Lines, or Parquet when
-pyarrow is installed).
+options, answer, response}]}`` (its first version named the video fields
+``duration_category``, ``video_category``, ``video_subcategory``); all these are read (JSON,
+JSON Lines, or Parquet when pyarrow is installed).
 
 Official rules implemented (from ``eval_your_results.py`` of github thanku-all/parse_answer,
 the script the Video-MME README links; it replaced BradyFU/Video-MME
@@ -118,6 +119,13 @@ INSTRUCTION = (
 ANSWER_START = "The best answer is:"
 QUESTION_FIELDS = ("question_id", "task_type", "question", "options", "answer")
 VIDEO_FIELDS = ("video_id", "duration", "domain", "sub_category")
+# the first results template (BradyFU/Video-MME before 2024-06-18) and the eval script of
+# then named the video fields so
+OLD_VIDEO_FIELDS = {
+    "duration_category": "duration",
+    "video_category": "domain",
+    "video_subcategory": "sub_category",
+}
 VIDEO_SUFFIXES = (".mp4", ".MP4", ".mkv")  # those the videos are published with
 
 
@@ -260,6 +268,7 @@ def _rows(path: Path):
         where = f"{path} item {index}"
         if not isinstance(item, Mapping):
             raise AnnotationError(f"{where}: not a JSON object")
+        item = _current_names(item)
         if "questions" not in item:
             yield item, where
             continue
@@ -271,6 +280,13 @@ def _rows(path: Path):
             if not isinstance(question, Mapping):
                 raise AnnotationError(f"{where} question {number}: not a JSON object")
             yield {**video_fields, **question}, f"{where} question {number}"
+
+
+def _current_names(item: Mapping) -> Mapping:
+    """``item`` with the first template's video field names renamed to today's."""
+    if not any(old in item for old in OLD_VIDEO_FIELDS):
+        return item
+    return {OLD_VIDEO_FIELDS.get(key, key): value for key, value in item.items()}
 
 
 def _items(path: Path) -> list:
