@@ -57,6 +57,12 @@ def test_loader_reads_both_layouts_in_file_order(questions):
     assert q["003-2"].extra["duration"] == "medium" and q["003-2"].extra["sub_category"] == "Food"
 
 
+def test_the_official_templates_trailing_commas_are_read():
+    # output_test_template.json, as BradyFU/Video-MME ships it, has a "," after each "response"
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(NESTED.read_text())
+
+
 def test_options_lose_their_letters(questions):
     q = by_id(questions)
     assert q["001-1"].options == ("Two.", "Five.", "Three.", "Eight.")
@@ -235,7 +241,8 @@ def test_missing_file_and_data_dir(vmme, tmp_path):
 
 
 def test_first_template_field_names(vmme):
-    # duration_category / video_category / video_subcategory: the template before 2024-06-18
+    # duration_category / video_category / video_subcategory / choices: the template before
+    # 2024-06-18
     questions = vmme.load([DATA / "output_template_v1.json"])
     assert [q.id for q in questions] == ["004-1", "004-2"]
     assert dict(questions[0].extra) == {
@@ -245,6 +252,12 @@ def test_first_template_field_names(vmme):
         "sub_category": "Documentary",
     }
     assert questions[0].video == "data/Lm0-doc_04.mp4"
+    assert questions[1].options == (
+        "A storm is coming.",
+        "The engine fails.",
+        "It is out of fuel.",
+        "A passenger is ill.",
+    )
     # baseline "A": 004-1 (B) wrong, 004-2 (A) right -> 1/2 = 50.0
     result = vmme.score(questions, {q.id: "A" for q in questions})
     assert result["metric"] == 50.0 and result["per_domain"] == {"Film & Television": {"score": 50.0, "n": 2}}

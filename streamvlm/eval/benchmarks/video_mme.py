@@ -7,9 +7,10 @@ BradyFU/Video-MME): ``videomme/test-00000-of-00001.parquet``, one row per questi
 question, options, answer}``, videos under ``data/<videoID>.mp4``. The repository's results
 template (``evaluation/output_test_template.json``) nests the questions under their video
 ``{video_id, duration, domain, sub_category, questions: [{question_id, task_type, question,
-options, answer, response}]}`` (its first version named the video fields
-``duration_category``, ``video_category``, ``video_subcategory``); all these are read (JSON,
-JSON Lines, or Parquet when pyarrow is installed).
+options, answer, response}]}`` (its first version named fields ``duration_category``,
+``video_category``, ``video_subcategory`` and ``choices``; the current one has a "," after
+each ``response``); all these are read (JSON, JSON Lines, or Parquet when pyarrow is
+installed).
 
 Official rules implemented (from ``eval_your_results.py`` of github thanku-all/parse_answer,
 the script the Video-MME README links; it replaced BradyFU/Video-MME
@@ -108,6 +109,8 @@ ANSWER_PREFIXES = (
     "The correct option",
 )
 CHOICE_LETTER = re.compile(r"[ABCD]")
+# a JSON string (kept, group 1), or a "," before a closing bracket (dropped, group 2 kept)
+TRAILING_COMMA = re.compile(r'("(?:\\.|[^"\\])*")|,(\s*[}\]])')
 # "A. text" / "(A) text" / "A) text" / "A: text": the option's own letter before its text
 OPTION_PREFIX = re.compile(r"^\s*\(?([A-Z])[.):]\s*")
 
@@ -120,11 +123,12 @@ ANSWER_START = "The best answer is:"
 QUESTION_FIELDS = ("question_id", "task_type", "question", "options", "answer")
 VIDEO_FIELDS = ("video_id", "duration", "domain", "sub_category")
 # the first results template (BradyFU/Video-MME before 2024-06-18) and the eval script of
-# then named the video fields so
-OLD_VIDEO_FIELDS = {
+# then named these fields so
+FIRST_TEMPLATE_NAMES = {
     "duration_category": "duration",
     "video_category": "domain",
     "video_subcategory": "sub_category",
+    "choices": "options",
 }
 VIDEO_SUFFIXES = (".mp4", ".MP4", ".mkv")  # those the videos are published with
 
@@ -268,9 +272,8 @@ def _rows(path: Path):
         where = f"{path} item {index}"
         if not isinstance(item, Mapping):
             raise AnnotationError(f"{where}: not a JSON object")
-        item = _current_names(item)
         if "questions" not in item:
-            yield item, where
+            yield _current_names(item), where
             continue
         nested = item["questions"]
         if not isinstance(nested, list):
@@ -279,14 +282,14 @@ def _rows(path: Path):
         for number, question in enumerate(nested):
             if not isinstance(question, Mapping):
                 raise AnnotationError(f"{where} question {number}: not a JSON object")
-            yield {**video_fields, **question}, f"{where} question {number}"
+            yield _current_names({**video_fields, **question}), f"{where} question {number}"
 
 
 def _current_names(item: Mapping) -> Mapping:
-    """``item`` with the first template's video field names renamed to today's."""
-    if not any(old in item for old in OLD_VIDEO_FIELDS):
+    """``item`` with the first template's field names renamed to today's."""
+    if not any(old in item for old in FIRST_TEMPLATE_NAMES):
         return item
-    return {OLD_VIDEO_FIELDS.get(key, key): value for key, value in item.items()}
+    return {FIRST_TEMPLATE_NAMES.get(key, key): value for key, value in item.items()}
 
 
 def _items(path: Path) -> list:
@@ -303,10 +306,27 @@ def _items(path: Path) -> list:
             raise AnnotationError(
                 f"{path} is not JSON Lines ({exc}); pass Video-MME's official file"
             ) from None
-    items = load_json(path)
+    items = _load_json_allowing_trailing_commas(path)
     if not isinstance(items, list):
         raise AnnotationError(f"{path}: expected a JSON list of videos or of questions (Video-MME's layout)")
     return items
+
+
+def _load_json_allowing_trailing_commas(path: Path):
+    """A JSON file, also when a "," ends an object or a list: the results template
+    BradyFU/Video-MME ships (``evaluation/output_test_template.json``) has them after each
+    ``"response"``."""
+    try:
+        return load_json(path)
+    except AnnotationError:
+        if not path.is_file():
+            raise
+        text = path.read_text(encoding="utf-8", errors="replace")
+        try:
+            # strings are matched whole first, so a "," inside one is never touched
+            return json.loads(TRAILING_COMMA.sub(lambda m: m[1] or m[2], text))
+        except json.JSONDecodeError:
+            raise AnnotationError(f"{path} is not JSON; pass Video-MME's official annotation file") from None
 
 
 def _parquet_rows(path: Path) -> list[dict]:
