@@ -325,8 +325,10 @@ def _load_json_allowing_trailing_commas(path: Path):
         try:
             # strings are matched whole first, so a "," inside one is never touched
             return json.loads(TRAILING_COMMA.sub(lambda m: m[1] or m[2], text))
-        except json.JSONDecodeError:
-            raise AnnotationError(f"{path} is not JSON; pass Video-MME's official annotation file") from None
+        except json.JSONDecodeError as exc:
+            raise AnnotationError(
+                f"{path} is not JSON ({exc}); pass Video-MME's official annotation file"
+            ) from None
 
 
 def _parquet_rows(path: Path) -> list[dict]:
