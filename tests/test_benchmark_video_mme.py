@@ -233,6 +233,14 @@ def test_malformed_files_name_file_item_and_field(vmme, tmp_path, items, message
     assert "videomme.json" in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_default_annotations_prefer_the_json_lines_conversion(vmme, tmp_path):
+    (tmp_path / "videomme").mkdir()
+    (tmp_path / "videomme" / "test-00000-of-00001.parquet").write_bytes(b"PAR1")
+    assert vmme.default_annotations(tmp_path) == [tmp_path / "videomme" / "test-00000-of-00001.parquet"]
+    (tmp_path / "videomme" / "videomme.jsonl").write_text("")
+    assert vmme.default_annotations(tmp_path) == [tmp_path / "videomme" / "videomme.jsonl"]
+
+
 def test_missing_file_and_data_dir(vmme, tmp_path):
     with pytest.raises(AnnotationError, match="does not exist"):
         vmme.load([tmp_path / "nothing.json"])

@@ -149,7 +149,9 @@ class VideoMME(Benchmark):
     name = "video-mme"
     metric_name = "accuracy"
     default_fps = 1.0
-    annotation_files = ("videomme/test-00000-of-00001.parquet",)
+    # the HF rows converted to JSON Lines (docs: for machines without pyarrow), else the
+    # HF Parquet file itself: the same questions, so only the first present is read
+    annotation_files = ("videomme/videomme.jsonl", "videomme/test-00000-of-00001.parquet")
 
     def load(self, annotations: Sequence[str | Path]) -> list[BenchQuestion]:
         questions: list[BenchQuestion] = []
@@ -238,6 +240,10 @@ class VideoMME(Benchmark):
             "per_sub_category": _breakdown(counted, lambda q: q.extra["sub_category"], SUB_CATEGORIES),
             "per_task": _breakdown(counted, lambda q: q.task, TASK_TYPES),
         }
+
+    def default_annotations(self, data_dir: str | Path) -> list[Path]:
+        """The first of ``annotation_files`` inside ``data_dir`` (each holds every question)."""
+        return super().default_annotations(data_dir)[:1]
 
     def video_path(self, data_dir: str | Path, question: BenchQuestion) -> Path:
         """``data/<videoID>.mp4``, or the .MP4 / .mkv file of that name where that is the one
