@@ -344,7 +344,7 @@ def _parquet_rows(path: Path) -> list[dict]:
         import pyarrow.parquet as parquet
     except ImportError:
         raise AnnotationError(
-            f"{path}: reading Parquet needs pyarrow; `pip install pyarrow`, or pass the rows as JSON"
+            f"{path}: reading Parquet needs pyarrow; `pip install 'streamvlm[eval]'` (or pyarrow), or pass the rows as JSON"
         ) from None
     try:
         return parquet.read_table(path).to_pylist()
