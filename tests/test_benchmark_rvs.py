@@ -417,3 +417,36 @@ def test_the_constant_baseline_scores_without_a_judge():
     assert (result["metric"], result["mean_score"], result["judged"], result["judge"]) == (0.0, 0.0, 6, None)
     with pytest.raises(AnnotationError, match="needs a judge"):
         bench.score(questions, {questions[0].id: "a red car"})
+
+
+def test_eval_score_command_reaches_the_judge(judge_server, tmp_path, monkeypatch):
+    from tests._cli import run_cli
+
+    monkeypatch.setenv("JUDGE_KEY", "judge-key")
+    argv = [
+        "eval",
+        "score",
+        "rvs-ego",
+        "--annotations",
+        str(EGO),
+        "--predictions",
+        str(DATA / "predictions_ego.jsonl"),
+    ]
+    argv += [
+        "--judge-url",
+        judge_server.url,
+        "--judge-model",
+        MODEL,
+        "--judge-api-key-env",
+        "JUDGE_KEY",
+        "--json",
+    ]
+    proc, imported = run_cli(argv, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout[: proc.stdout.rindex("}") + 1])
+    assert (result["metric"], result["judge"]["model"], result["judge"]["temperature"]) == (
+        40.0,
+        MODEL,
+        0.002,
+    )
+    assert "torch" not in imported

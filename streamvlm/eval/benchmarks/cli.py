@@ -165,7 +165,11 @@ def _attach_judge(bench, args: argparse.Namespace) -> None:
         raise ConfigError("the judge needs both --judge-url URL and --judge-model NAME")
     from .judge import Judge
 
-    bench.judge = Judge(args.judge_url, args.judge_model, api_key=os.environ.get(args.judge_api_key_env))
+    # each benchmark's official scripts send their own temperature (MLVU 0, Flash-VStream 0.002)
+    options = {"temperature": bench.judge_temperature} if hasattr(bench, "judge_temperature") else {}
+    bench.judge = Judge(
+        args.judge_url, args.judge_model, api_key=os.environ.get(args.judge_api_key_env), **options
+    )
 
 
 def format_score(result: dict, indent: str = "") -> str:

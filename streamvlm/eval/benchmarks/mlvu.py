@@ -184,6 +184,8 @@ class MLVU(Benchmark):
     # an LLM judge for the generation tasks (anything with ``complete(messages) -> str`` and
     # ``describe() -> dict``, e.g. ``judge.Judge``); None: they are reported as not scored
     judge = None
+    # generation_evaluation/*.py call gpt-4-turbo at temperature 0
+    judge_temperature = 0.0
 
     def __init__(self, judge=None):
         self.judge = judge
