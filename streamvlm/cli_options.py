@@ -528,6 +528,16 @@ def add_max_new_tokens_option(parser: argparse.ArgumentParser, default: int = DE
     )
 
 
+def add_progress_option(parser: argparse.ArgumentParser) -> None:
+    """``--progress/--no-progress``: a progress bar on stderr, by default when it is a terminal."""
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: on when stderr is a terminal)",
+    )
+
+
 def add_json_option(parser: argparse.ArgumentParser, note: str = "") -> None:
     """``--json``: one JSON document on stdout; ``note`` says what else it changes."""
     parser.add_argument(

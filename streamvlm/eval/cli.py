@@ -25,7 +25,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     from .needle import NeedleEvalConfig
 
     d = NeedleEvalConfig()
-    ev = subparsers.add_parser("eval", help="accuracy: the tiny model's evaluations, and public benchmarks run causally and scored")
+    ev = subparsers.add_parser(
+        "eval", help="accuracy: the tiny model's evaluations, and public benchmarks run causally and scored"
+    )
     evals = ev.add_subparsers(dest="evaluation", metavar="EVAL", parser_class=type(ev))
     evals.required = True
     n = evals.add_parser(

@@ -23,6 +23,7 @@ from ..cli_options import (
     add_max_new_tokens_option,
     add_memory_options,
     add_model_options,
+    add_progress_option,
     check_existing_directory,
     check_input_file,
     check_model_options,
@@ -112,12 +113,7 @@ def add_watch_parser(subparsers) -> argparse.ArgumentParser:
         help="reopen the session saved in DIR; VIDEO, if given, is streamed after what it has seen",
     )
     add_max_new_tokens_option(w)
-    w.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar on stderr (default: on when stderr is a terminal)",
-    )
+    add_progress_option(w)
     w.set_defaults(func=cmd_watch)
     return w
 

@@ -18,6 +18,7 @@ from ...cli_options import (
     add_max_new_tokens_option,
     add_memory_options,
     add_model_options,
+    add_progress_option,
     check_existing_directory,
     check_model_options,
     load_model,
@@ -79,12 +80,7 @@ def add_benchmark_parsers(evals) -> None:
         )
         add_memory_options(p, *MEMORY_OPTIONS)
         add_max_new_tokens_option(p)
-        p.add_argument(
-            "--progress",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="progress bar on stderr (default: on when stderr is a terminal)",
-        )
+        add_progress_option(p)
         add_json_option(p)
         p.set_defaults(func=cmd_eval_benchmark, benchmark=name)
 
