@@ -52,16 +52,16 @@ def test_plan_sessions_one_per_video_in_time_order_offline_last():
     ]
 
 
-def test_plan_sessions_context_window_gives_each_question_its_own_session():
-    plans = plan_sessions([q("a", 100.0), q("b", 30.0), q("o", None)], context_seconds=60)
-    assert [(p.start, [x.id for x in p.questions]) for p in plans] == [
-        (0.0, ["b"]),
-        (40.0, ["a"]),
-        (0.0, ["o"]),
-    ]
-    # a question's own context_start is honoured without a driver window
-    (plan,) = plan_sessions([q("w", 50.0, context_start=20.0)])
-    assert plan.start == 20.0
+def test_plan_sessions_context_window_starts_each_question_late():
+    plans = plan_sessions([q("a", 100.0), q("b", 30.0), q("c", 20.0), q("o", None)], context_seconds=60)
+    # b and c start at 0 like the offline question: one session; a starts at 40
+    assert [(p.start, [x.id for x in p.questions]) for p in plans] == [(0.0, ["c", "b", "o"]), (40.0, ["a"])]
+
+
+def test_plan_sessions_questions_sharing_a_context_start_share_a_session():
+    # e.g. the probes of one StreamingBench proactive item, polled from its time stamp on
+    plans = plan_sessions([q("p2", 22.0, context_start=20.0), q("p1", 21.0, context_start=20.0), q("x", 5.0)])
+    assert [(p.start, [x.id for x in p.questions]) for p in plans] == [(0.0, ["x"]), (20.0, ["p1", "p2"])]
 
 
 def test_driver_options_refuse_bad_values():

@@ -4,10 +4,12 @@ What makes it causal: a question asked at ``t`` is answered before the first sam
 later than ``t`` reaches the session, so no frame after ``t`` can be in its context; each
 prediction records the latest frame time the session had seen and the blocks the answer
 attended to, so a run can be audited afterwards. One session per video answers all of that
-video's questions (the point of streaming memory), except with ``context_seconds`` (e.g.
-StreamingBench's official 60-s setting), where each question gets a fresh session fed only
-the frames of ``[ask_time - context_seconds, ask_time]``. Offline questions (``ask_time``
-None) are asked after the whole video.
+video's questions (the point of streaming memory). A question may start later: at its own
+``context_start`` (the probes of a StreamingBench proactive item start at its time stamp),
+or with ``context_seconds`` (StreamingBench's official 60-s setting) at ``ask_time -
+context_seconds``; questions that start at the same frame share a session, the others get a
+fresh one fed only the frames from their start on. Offline questions (``ask_time`` None) are
+asked after the whole video.
 
 Predictions are appended to a JSON Lines file as they are made: a run stopped half-way
 resumes by skipping the ids already in it.
@@ -64,26 +66,21 @@ def _ask_order(q: BenchQuestion) -> tuple[bool, float]:
 def plan_sessions(
     questions: Iterable[BenchQuestion], context_seconds: float | None = None
 ) -> list[SessionPlan]:
-    """The sessions that answer ``questions``: one per video, its questions sorted by ask
-    time, or, with ``context_seconds``, one per question starting that long before it
-    (a question's own ``context_start``, if later, wins)."""
-    by_video: dict[str, list[BenchQuestion]] = {}
+    """The sessions that answer ``questions``: one per video and first frame time, its
+    questions sorted by ask time. A question's first frame is its ``context_start`` (0: the
+    whole history) or, with ``context_seconds``, ``ask_time - context_seconds`` if later; so
+    without a window all of a video's questions share one session, and questions that share
+    a start (e.g. the probes of one StreamingBench proactive item) share theirs."""
+    groups: dict[tuple[str, float], list[BenchQuestion]] = {}
     for q in questions:
-        by_video.setdefault(q.video, []).append(q)
-    plans = []
-    for video, qs in by_video.items():
-        qs = sorted(qs, key=_ask_order)
-        windowed = [q for q in qs if q.context_start > 0 or (context_seconds and q.ask_time is not None)]
-        if windowed:
-            for q in windowed:
-                start = q.context_start
-                if context_seconds is not None and q.ask_time is not None:
-                    start = max(start, q.ask_time - context_seconds)
-                plans.append(SessionPlan(video, max(0.0, start), (q,)))
-        whole = [q for q in qs if q not in windowed]
-        if whole:
-            plans.append(SessionPlan(video, 0.0, tuple(whole)))
-    return plans
+        start = q.context_start
+        if context_seconds is not None and q.ask_time is not None:
+            start = max(start, q.ask_time - context_seconds)
+        groups.setdefault((q.video, max(0.0, start)), []).append(q)
+    return [
+        SessionPlan(video, start, tuple(sorted(qs, key=_ask_order)))
+        for (video, start), qs in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1]))
+    ]
 
 
 def answered_ids(path: str | Path) -> set[str]:
