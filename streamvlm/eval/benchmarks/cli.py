@@ -242,9 +242,10 @@ def cmd_eval_benchmark(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(
-            f"{bench.name}: answered {summary.answered} questions ({summary.already} already in {args.out}) "
-            f"in {report['seconds']:.1f} s over {summary.sessions} sessions; score with: streamvlm eval score "
-            f"{bench.name} --annotations {' --annotations '.join(map(str, files))} --predictions {args.out}",
+            f"{bench.name}: answered {summary.answered} questions ({summary.already} already in {args.out}"
+            + (f", {skipped} skipped: video missing" if skipped else "")
+            + f") in {report['seconds']:.1f} s over {summary.sessions} sessions; score with: streamvlm eval "
+            f"score {bench.name} --annotations {' --annotations '.join(map(str, files))} --predictions {args.out}",
             file=sys.stdout,
         )
     return 0
