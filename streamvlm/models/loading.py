@@ -44,13 +44,14 @@ SUPPORTED = {
 _PREPROCESS = {"qwen2_5_vl": qwen_preprocess_for, "llava_onevision": llava_preprocess_for}
 
 # The attention implementations a model can be loaded with (transformers' names, listed in
-# config.ATTENTION_IMPLEMENTATIONS) decide the vision tower's attention and that of plain
-# ``model(...)`` calls. The language
-# model's streaming prefill always runs streamvlm's ``streamvlm_sdpa`` (hf_compat.py),
-# whatever is chosen here: it builds each layer's mask from that layer's own cache length
-# (per-layer retrieval leaves layers with different lengths), which no fixed kernel does.
-# flash_attention_2 is exact where it runs (the Qwen2.5-VL tower's windows are its
-# variable-length batches; SigLIP's full attention needs no mask) and only faster.
+# config.ATTENTION_IMPLEMENTATIONS) decide the vision tower's attention, that of plain
+# ``model(...)`` calls, and which streaming form the language model's prefills run
+# (hf_compat.streaming_attention): ``streamvlm_sdpa`` for sdpa and eager,
+# ``streamvlm_flash_attention_2`` for flash_attention_2. Both take each layer's causal
+# pattern from that layer's own cache length (per-layer retrieval leaves layers with
+# different lengths). flash_attention_2 is exact where it runs (the Qwen2.5-VL tower's
+# windows are its variable-length batches, one launch instead of a Python loop over
+# windows; SigLIP's full attention needs no mask) and only faster.
 DEFAULT_ATTENTION = "sdpa"  # one of ATTENTION_IMPLEMENTATIONS (config.py)
 
 
