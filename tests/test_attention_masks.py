@@ -85,12 +85,16 @@ def test_an_explicit_mask_is_passed_through(backend):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="which SDPA kernel runs can only be seen on CUDA")
-def test_streaming_forwards_run_on_the_flash_kernel_alone_on_cuda():
-    """With SDPA held to its flash backend a call it cannot serve raises: a prefill, a question
-    over a cached prefix and an answer token all run there (bf16, head_dim a multiple of 8)."""
+def test_streaming_forwards_run_on_fused_kernels_on_cuda():
+    """With SDPA held to its fused backends (flash, memory-efficient, cuDNN) a call only the math
+    backend could serve raises: a prefill over an empty cache (``is_causal``, GQA through
+    ``enable_gqa``), a question over a cached prefix (``causal_lower_right``, heads repeated) and
+    an answer token (no mask) must all run there. Which of them flash itself serves is for a
+    profile to show (bench gpu)."""
     backend = load_backend(TINY_QWEN, device="cuda", dtype="bfloat16")
     cache = backend.new_cache()
-    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+    fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+    with sdpa_kernel(fused):
         backend.forward(backend.embed_ids([1, 2, 3]), backend.text_positions(0, 3), cache)
         backend.forward(backend.embed_ids([4, 5]), backend.text_positions(3, 2), cache)
         backend.forward(backend.embed_ids([6]), backend.text_positions(5, 1), cache)
