@@ -24,6 +24,7 @@ from torch.nn.attention.bias import CausalBias, causal_lower_right
 from transformers import AttentionInterface, Cache, DynamicCache, DynamicLayer
 from transformers.integrations.flash_attention import flash_attention_forward
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.modeling_flash_attention_utils import flash_attn_supports_top_left_mask
 from transformers.utils import cached_file
 from transformers.utils import logging as hf_logging
 
@@ -242,7 +243,17 @@ def streamvlm_flash_attention_2(module, query, key, value, attention_mask, **kwa
     if attention_mask is not None:
         return streamvlm_sdpa(module, query, key, value, attention_mask, **kwargs)
     kwargs.pop("is_causal", None)
+    # Without a mask transformers reads position_ids to detect packed sequences (a host sync
+    # per layer), and stream positions with gaps (pruned tokens, retrieved blocks) would be
+    # taken for several sequences: this call is always one sequence over its cache.
+    kwargs.pop("position_ids", None)
     return flash_attention_forward(module, query, key, value, None, is_causal=query.shape[2] > 1, **kwargs)
+
+
+def flash_causal_is_bottom_right() -> bool:
+    """Whether the installed flash-attn aligns its causal mask to the bottom right (2.1 on), as
+    ``streamvlm_flash_attention_2`` needs; transformers' own check, which reads the version."""
+    return not flash_attn_supports_top_left_mask()
 
 
 AttentionInterface.register(STREAMVLM_SDPA, streamvlm_sdpa)

@@ -24,7 +24,7 @@ from .base import Backend
 from .bundled import bundled_path
 from .catalog import MODEL_HINT, check_model_name
 from .geometry import geometry_path
-from .hf_compat import checkpoint_file, progress_bars
+from .hf_compat import checkpoint_file, flash_causal_is_bottom_right, progress_bars
 from .preprocessing import llava_preprocess_for, qwen_preprocess_for
 from .tiny import (
     TINY_MODELS,
@@ -103,6 +103,11 @@ def resolve_attention(name: str | None, device: torch.device, dtype: torch.dtype
             raise ConfigError(
                 "flash_attention_2 needs the flash-attn package, which is not installed; "
                 "pip install flash-attn --no-build-isolation, or use --attn sdpa"
+            )
+        if not flash_causal_is_bottom_right():
+            raise ConfigError(
+                "the installed flash-attn is older than 2.1 (its causal mask is top-left aligned, which "
+                "streaming over a cache needs bottom-right); pip install -U flash-attn, or use --attn sdpa"
             )
     return name
 
