@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import Cache, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config import MemoryConfig
 from . import hf_compat
@@ -124,9 +124,12 @@ class Backend(ABC):
 
     # ----- positions -------------------------------------------------------------
 
-    def text_positions(self, start: int, count: int) -> torch.Tensor:
-        """Positions of ``count`` text tokens from ``start``: [position_dims, count]."""
-        row = torch.arange(start, start + count, dtype=torch.long)
+    def text_positions(
+        self, start: int, count: int, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Positions of ``count`` text tokens from ``start``: [position_dims, count], on ``device``
+        (default the host; the decode loop builds its answer's on the model's device once)."""
+        row = torch.arange(start, start + count, dtype=torch.long, device=device)
         return row.expand(self.position_dims, count).clone()
 
     def contiguous_positions(self, positions: Sequence[torch.Tensor], video_start: int) -> list[torch.Tensor]:
@@ -178,9 +181,13 @@ class Backend(ABC):
 
     # ----- the language model ----------------------------------------------------
 
-    def embed_ids(self, ids: Sequence[int]) -> torch.Tensor:
+    def embed_ids(self, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Input embeddings [len(ids), hidden] of token ``ids``: a list, or a long tensor, which
+        is used where it lies when on the model's device (a sampled token, with no host round trip)."""
         table = self.model.get_input_embeddings()
-        return table(torch.tensor(list(ids), dtype=torch.long, device=self.device))
+        if not isinstance(ids, torch.Tensor):
+            ids = torch.tensor(list(ids), dtype=torch.long)
+        return table(ids.to(self.device))
 
     @abstractmethod
     def model_position_ids(self, positions: torch.Tensor) -> torch.Tensor:
@@ -261,12 +268,15 @@ class Backend(ABC):
         """Next-token logits (float32) for hidden states [L, hidden]."""
         return self.model.lm_head(hidden).float()
 
-    def new_cache(self, layers: Sequence[LayerKV] | None = None) -> DynamicCache:
+    def new_cache(self, layers: Sequence[LayerKV] | None = None, room: int | None = None) -> Cache:
         """A transformers cache holding ``layers`` (or empty), batch dimension added.
 
-        Layers may hold different numbers of slots (per-layer retrieval).
+        Layers may hold different numbers of slots (per-layer retrieval). ``room``: slots to
+        allocate past each layer's context for what will be appended (a question and its
+        answer: ``question_tokens + max_new_tokens``), written in place instead of
+        re-concatenating the context per token; None keeps transformers' ``DynamicCache``.
         """
-        return hf_compat.new_cache(self.model.config.get_text_config(), layers)
+        return hf_compat.new_cache(self.model.config.get_text_config(), layers, room)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:

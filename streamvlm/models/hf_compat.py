@@ -20,8 +20,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-from transformers import AttentionInterface, DynamicCache
+from torch.nn.attention.bias import CausalBias, causal_lower_right
+from transformers import AttentionInterface, Cache, DynamicCache, DynamicLayer
+from transformers.integrations.flash_attention import flash_attention_forward
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.modeling_flash_attention_utils import flash_attn_supports_top_left_mask
 from transformers.utils import cached_file
 from transformers.utils import logging as hf_logging
 
@@ -30,17 +33,84 @@ from ..output import when_configured
 # ----- caches ----------------------------------------------------------------------
 
 
-def new_cache(text_config, layers: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> DynamicCache:
-    """A ``DynamicCache`` holding ``layers`` (keys, values), each [kv_heads, T, head_dim], or empty.
+def new_cache(
+    text_config, layers: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None, room: int | None = None
+) -> Cache:
+    """A cache holding ``layers`` (keys, values), each [kv_heads, T, head_dim], or empty.
 
-    ``ddp_cache_data`` is the only constructor argument that fills a cache with
-    existing tensors (it is named for DDP, but documented as "the passed data to
-    already fill in the cache"). Without a config each layer becomes a plain
-    full-attention ``DynamicLayer`` with its own length, which per-layer retrieval needs.
+    Layers may hold different numbers of slots (per-layer retrieval). With ``room`` each
+    layer is a ``PreallocatedLayer`` with space for ``room`` more slots past its own
+    length, so the tokens a question and its answer append are written in place instead
+    of re-concatenating the whole context per token. Without it the cache is a
+    ``DynamicCache``: ``ddp_cache_data`` is the only constructor argument that fills one
+    with existing tensors (it is named for DDP, but documented as "the passed data to
+    already fill in the cache"), and without a config each layer becomes a plain
+    full-attention ``DynamicLayer`` with its own length.
     """
     if not layers:
         return DynamicCache(config=text_config)
-    return DynamicCache(ddp_cache_data=[(k[None], v[None]) for k, v in layers])
+    if room is None:
+        return DynamicCache(ddp_cache_data=[(k[None], v[None]) for k, v in layers])
+    # ``Cache(layers=...)`` is transformers' constructor for a cache of given layer objects
+    return Cache(layers=[PreallocatedLayer(k[None], v[None], room) for k, v in layers])
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A full-attention cache layer whose appends are written into space allocated up front.
+
+    ``DynamicLayer.update`` concatenates the whole layer with the new tokens, so decoding
+    an answer over T cached slots copies T slots per layer per token. This layer keeps
+    buffers of ``len + room`` slots and writes each update into the next free slice;
+    ``keys`` / ``values`` are views of the filled part, so attention and
+    ``cached_layers`` read exactly what a ``DynamicLayer`` would hold. Appending past the
+    room reallocates at twice the size (rare: the room is sized for the answer).
+    Batch 1, append only, as streamvlm's caches are.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int):
+        """``keys`` / ``values`` [1, kv_heads, T, head_dim] are copied in, with ``room`` free slots after them."""
+        super().__init__()
+        self._key_space = _with_room(keys, room)
+        self._value_space = _with_room(values, room)
+        self._view(keys.shape[-2])
+        self.device = keys.device
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        start = self.keys.shape[-2]
+        end = start + key_states.shape[-2]
+        if end > self._key_space.shape[-2]:
+            self._key_space = _with_room(self.keys, max(end, 2 * self._key_space.shape[-2]) - start)
+            self._value_space = _with_room(self.values, self._key_space.shape[-2] - start)
+        self._key_space[..., start:end, :].copy_(key_states)
+        self._value_space[..., start:end, :].copy_(value_states)
+        self._view(end)
+        return self.keys, self.values
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove < 0:
+            self._view(self.keys.shape[-2] + tokens_to_remove)
+
+    def reset(self) -> None:
+        self._view(0)
+
+    @property
+    def capacity(self) -> int:
+        """Slots the layer holds without reallocating."""
+        return self._key_space.shape[-2]
+
+    def _view(self, length: int) -> None:
+        self.keys = self._key_space[..., :length, :]
+        self.values = self._value_space[..., :length, :]
+
+
+def _with_room(x: torch.Tensor, room: int) -> torch.Tensor:
+    """A new tensor of ``x``'s shape with ``room`` more slots along dim -2, ``x`` copied to its start."""
+    space = x.new_empty(*x.shape[:-2], x.shape[-2] + room, x.shape[-1])
+    space[..., : x.shape[-2], :].copy_(x)
+    return space
 
 
 def cached_layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -68,7 +138,9 @@ def prefill(
     5.40 removes the old name. Past 5.40 an old-name argument would fall into the
     model's ``**kwargs`` and the cache would silently stay empty.
     """
-    with attention_implementation(language_model.config, STREAMVLM_SDPA):
+    # the implementation the model was loaded with picks the streaming form of it
+    streaming = streaming_attention(language_model.config._attn_implementation)
+    with attention_implementation(language_model.config, streaming):
         out = language_model(
             inputs_embeds=inputs_embeds,
             position_ids=position_ids,
@@ -120,6 +192,24 @@ def projection_outputs(
 # ----- attention ---------------------------------------------------------------------
 
 STREAMVLM_SDPA = "streamvlm_sdpa"
+STREAMVLM_FLASH = "streamvlm_flash_attention_2"
+
+
+def causal_pattern(q_len: int, kv_len: int) -> tuple[CausalBias | None, bool]:
+    """``(attn_mask, is_causal)`` for SDPA: ``q_len`` new tokens after ``kv_len - q_len`` cached slots.
+
+    Each query sees every cached slot and the new tokens up to itself (causal aligned to
+    the bottom right). Said without a materialised mask wherever possible, because any
+    tensor mask rules out SDPA's flash and cuDNN backends: one query sees everything (no
+    mask), a prefill over an empty cache is plain ``is_causal``, and new tokens after a
+    cached prefix are a ``causal_lower_right`` bias, which the flash and memory-efficient
+    backends take as their own causal variant and the others materialise.
+    """
+    if q_len == 1:
+        return None, False
+    if q_len == kv_len:
+        return None, True
+    return causal_lower_right(q_len, kv_len), False
 
 
 def streamvlm_sdpa(module, query, key, value, attention_mask, **kwargs):
@@ -128,21 +218,56 @@ def streamvlm_sdpa(module, query, key, value, attention_mask, **kwargs):
     With per-layer retrieval each layer attends to its own blocks, so the layers of one
     cache have different lengths, and transformers' single mask (built from layer 0's
     length) cannot serve them all. Registered without a mask function, this receives no
-    mask and builds each layer's from that layer's lengths: every cached slot visible,
-    new tokens causal among themselves. An explicit 4-D mask is passed through unchanged.
+    mask and takes each layer's causal pattern from that layer's lengths
+    (``causal_pattern``). An explicit 4-D mask is passed through unchanged.
     """
-    q_len, kv_len = query.shape[2], key.shape[2]
-    if attention_mask is None and q_len > 1:
-        # bottom-right aligned: query i sees cached slots and new tokens up to itself
-        visible = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
-        attention_mask = visible[None, None]
     kwargs.pop("is_causal", None)
+    is_causal = False
+    if attention_mask is None:
+        attention_mask, is_causal = causal_pattern(query.shape[2], key.shape[2])
     # sdpa_attention_forward is transformers' own SDPA call (GQA expansion, dtype and
     # layout handling); reusing it keeps results identical to attn_implementation="sdpa".
-    return sdpa_attention_forward(module, query, key, value, attention_mask, is_causal=False, **kwargs)
+    # It slices the keys to the queries' length when is_causal comes with no mask (its
+    # empty-static-cache shortcut), so is_causal is only ever set where the lengths match.
+    return sdpa_attention_forward(module, query, key, value, attention_mask, is_causal=is_causal, **kwargs)
+
+
+def streamvlm_flash_attention_2(module, query, key, value, attention_mask, **kwargs):
+    """flash-attn for the language model, with each layer's own cache length (per-layer retrieval).
+
+    flash-attn (2.1 on) aligns its causal mask to the bottom right, which is exactly
+    "every cached slot visible, new tokens causal among themselves", so it needs no mask
+    whatever a layer's length. An explicit 4-D mask (a reference or a masked prefill) has
+    no flash form and goes to ``streamvlm_sdpa``.
+    """
+    if attention_mask is not None:
+        return streamvlm_sdpa(module, query, key, value, attention_mask, **kwargs)
+    kwargs.pop("is_causal", None)
+    # Without a mask transformers reads position_ids to detect packed sequences (a host sync
+    # per layer), and stream positions with gaps (pruned tokens, retrieved blocks) would be
+    # taken for several sequences: this call is always one sequence over its cache.
+    kwargs.pop("position_ids", None)
+    return flash_attention_forward(module, query, key, value, None, is_causal=query.shape[2] > 1, **kwargs)
+
+
+def flash_causal_is_bottom_right() -> bool:
+    """Whether the installed flash-attn aligns its causal mask to the bottom right (2.1 on), as
+    ``streamvlm_flash_attention_2`` needs; transformers' own check, which reads the version."""
+    return not flash_attn_supports_top_left_mask()
 
 
 AttentionInterface.register(STREAMVLM_SDPA, streamvlm_sdpa)
+AttentionInterface.register(STREAMVLM_FLASH, streamvlm_flash_attention_2)
+
+# The language model's streaming attention for each implementation a model is loaded with
+# (config.ATTENTION_IMPLEMENTATIONS). eager has no per-layer-lengths form of its own: the
+# language model runs SDPA's math for it (the vision tower still runs eager).
+_STREAMING_ATTENTION = {"flash_attention_2": STREAMVLM_FLASH}
+
+
+def streaming_attention(loaded: str) -> str:
+    """The attention function streamvlm's prefills run for a model loaded with attention ``loaded``."""
+    return _STREAMING_ATTENTION.get(loaded, STREAMVLM_SDPA)
 
 
 def set_attention_implementation(config, name: str) -> None:

@@ -24,7 +24,7 @@ from .base import Backend
 from .bundled import bundled_path
 from .catalog import MODEL_HINT, check_model_name
 from .geometry import geometry_path
-from .hf_compat import checkpoint_file, progress_bars
+from .hf_compat import checkpoint_file, flash_causal_is_bottom_right, progress_bars
 from .preprocessing import llava_preprocess_for, qwen_preprocess_for
 from .tiny import (
     TINY_MODELS,
@@ -44,13 +44,14 @@ SUPPORTED = {
 _PREPROCESS = {"qwen2_5_vl": qwen_preprocess_for, "llava_onevision": llava_preprocess_for}
 
 # The attention implementations a model can be loaded with (transformers' names, listed in
-# config.ATTENTION_IMPLEMENTATIONS) decide the vision tower's attention and that of plain
-# ``model(...)`` calls. The language
-# model's streaming prefill always runs streamvlm's ``streamvlm_sdpa`` (hf_compat.py),
-# whatever is chosen here: it builds each layer's mask from that layer's own cache length
-# (per-layer retrieval leaves layers with different lengths), which no fixed kernel does.
-# flash_attention_2 is exact where it runs (the Qwen2.5-VL tower's windows are its
-# variable-length batches; SigLIP's full attention needs no mask) and only faster.
+# config.ATTENTION_IMPLEMENTATIONS) decide the vision tower's attention, that of plain
+# ``model(...)`` calls, and which streaming form the language model's prefills run
+# (hf_compat.streaming_attention): ``streamvlm_sdpa`` for sdpa and eager,
+# ``streamvlm_flash_attention_2`` for flash_attention_2. Both take each layer's causal
+# pattern from that layer's own cache length (per-layer retrieval leaves layers with
+# different lengths). flash_attention_2 is exact where it runs (the Qwen2.5-VL tower's
+# windows are its variable-length batches, one launch instead of a Python loop over
+# windows; SigLIP's full attention needs no mask) and only faster.
 DEFAULT_ATTENTION = "sdpa"  # one of ATTENTION_IMPLEMENTATIONS (config.py)
 
 
@@ -102,6 +103,11 @@ def resolve_attention(name: str | None, device: torch.device, dtype: torch.dtype
             raise ConfigError(
                 "flash_attention_2 needs the flash-attn package, which is not installed; "
                 "pip install flash-attn --no-build-isolation, or use --attn sdpa"
+            )
+        if not flash_causal_is_bottom_right():
+            raise ConfigError(
+                "the installed flash-attn is older than 2.1 (its causal mask is top-left aligned, which "
+                "streaming over a cache needs bottom-right); pip install -U flash-attn, or use --attn sdpa"
             )
     return name
 

@@ -43,18 +43,37 @@ class SamplingParams:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
-def choose_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """Pick the next token id from float logits [vocab]."""
+def sample_token(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> torch.Tensor:
+    """The next token id for float logits [vocab], as a 1-element long tensor on the logits' device.
+
+    Only torch ops on the logits' own device and no host read, so on a GPU choosing a
+    token neither copies the vocabulary's logits to the host nor waits for the device.
+    ``generator`` must live on that device too (``sampling_generator``).
+    """
     if params.temperature == 0:
-        return int(torch.argmax(logits))
+        return torch.argmax(logits, dim=-1, keepdim=True)
     probs = torch.softmax(logits / params.temperature, dim=-1)
     if params.top_p < 1:
         sorted_probs, order = torch.sort(probs, descending=True)
-        # keep a token if the mass before it is still below top_p (the first always stays)
+        # keep a token if the mass before it is still below top_p (the first always stays);
+        # masked_fill, not boolean indexing, which would read the mask's count on the host
         drop = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) >= params.top_p
-        sorted_probs[drop] = 0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs.masked_fill_(drop, 0))
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+def choose_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """Pick the next token id from float logits [vocab] (``sample_token``, read on the host)."""
+    return int(sample_token(logits, params, generator))
+
+
+def sampling_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
+    """The random generator seeded sampling draws from, on ``device`` (None: torch's default)."""
+    if params.seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(params.seed)
 
 
 def decode_tokens(
@@ -70,27 +89,33 @@ def decode_tokens(
     ``first_logits`` are the logits after the prompt. A stop token ends the answer and
     is not yielded. ``serialise`` returns a context manager held around each model call
     (the engine's device lock), so other sessions can run between tokens.
+
+    Everything per token stays on the logits' device: the token is sampled there, fed
+    back to the embedding as a device tensor, at a position sliced from positions built
+    once for the whole answer. The one host read per token is the token id itself, which
+    the caller streams and the stop check needs.
     """
-    generator = None
-    if params.seed is not None:
-        generator = torch.Generator(device="cpu").manual_seed(params.seed)
+    device = first_logits.device
+    generator = sampling_generator(params, device)
     stops = set(params.stop_token_ids if params.stop_token_ids is not None else backend.stop_token_ids)
-    logits = first_logits.cpu()
+    positions = backend.text_positions(next_position, params.max_new_tokens, device=device)
+    logits = first_logits
     for step in range(params.max_new_tokens):
-        token = choose_token(logits, params, generator)
-        if token in stops:
+        token = sample_token(logits, params, generator)
+        token_id = int(token)  # the one host read per token
+        if token_id in stops:
             return
-        yield token
+        yield token_id
         if step + 1 == params.max_new_tokens:
             return
-        embeds = backend.embed_ids([token])
-        positions = backend.text_positions(next_position + step, 1)
+        embeds = backend.embed_ids(token)
+        here = positions[:, step : step + 1]
         if serialise is None:
-            hidden = backend.forward(embeds, positions, cache)
+            hidden = backend.forward(embeds, here, cache)
         else:
             with serialise():
-                hidden = backend.forward(embeds, positions, cache)
-        logits = backend.logits(hidden[-1:])[0].cpu()
+                hidden = backend.forward(embeds, here, cache)
+        logits = backend.logits(hidden[-1:])[0]
 
 
 class TextStreamer:
