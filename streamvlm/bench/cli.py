@@ -1,4 +1,4 @@
-"""``streamvlm bench stream|quant|serve|geometry``: benchmarks against a baseline in the same run.
+"""``streamvlm bench stream|quant|serve|geometry|gpu``: benchmarks against a baseline in the same run.
 
 The parser is built at CLI start-up: the benchmark modules are imported for their
 config dataclasses only (plain Python); torch loads when a benchmark runs.
@@ -15,6 +15,7 @@ from ..cli_options import (
     add_memory_options,
     add_model_options,
     add_plot_option,
+    add_verbose_option,
     check_input_file,
     check_model_options,
     line_printer,
@@ -29,14 +30,15 @@ from ..runtime.questions import validate_question
 from ..runtime.scheduling import DEVICE_LOCKS
 from .cluster import ClusterBenchConfig
 from .geometry import GeometryBenchConfig
+from .gpu import GpuBenchConfig
 from .quant import QuantBenchConfig
 from .serve import ServeBenchConfig
 from .stream import StreamBenchConfig
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``bench`` (with ``stream``, ``quant``, ``serve`` and ``geometry``) to the CLI's subcommands;
-    returns its parser."""
+    """Add ``bench`` (with ``stream``, ``quant``, ``serve``, ``geometry`` and ``gpu``) to the CLI's
+    subcommands; returns its parser."""
     b = subparsers.add_parser("bench", help="benchmarks against a baseline in the same run")
     benches = b.add_subparsers(dest="bench", metavar="BENCH", parser_class=type(b))
     benches.required = True
@@ -44,6 +46,7 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     _add_quant(benches)
     _add_serve(benches)
     _add_geometry(benches)
+    _add_gpu(benches)
     return b
 
 
@@ -480,6 +483,86 @@ def cmd_bench_geometry(args: argparse.Namespace) -> int:
         dtype=args.dtype,
     )
     result = run_geometry_bench(config, log=line_printer(args.json))
+    if not write_results(args, result):
+        print("\n".join(summary_lines(result)))
+    return 0
+
+
+def _add_gpu(benches) -> None:
+    from .gpu import CUDA_FRAMES, DRY_RUN_FRAMES, TARGET_FRAMES_PER_S
+
+    d = GpuBenchConfig()
+    g = benches.add_parser(
+        "gpu",
+        help="the GPU check: kernels bit for bit, frames/s, time split, TTFT and peak memory at 7B geometry",
+        description=(
+            "On CUDA, in bfloat16: the kivi2, kivi4 and vidkv kernels (and the packing kernels) against "
+            "their references on one Qwen2.5-VL-7B layer's K and V, bit for bit; then each real-geometry "
+            "model streams 720p footage at 1 fps with its recommended memory, after one chunk of warm-up: "
+            "frames/s, time per frame of the first and last quarter, seconds per frame of each step "
+            "(video decode, preprocess, vision tower, prefill and codec per layer, transfers), time to "
+            "first token, peak device memory, and frames/s projected to the released depth against "
+            f"{TARGET_FRAMES_PER_S:g}. Without CUDA (or with --dry-run) the same code runs on the CPU in "
+            "float32 with small sizes, to check the command."
+        ),
+    )
+    g.add_argument(
+        "--models",
+        default=",".join(d.models),
+        help="real-geometry models, comma-separated; the first gives the top-level figures (default: %(default)s)",
+    )
+    g.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help=f"frames measured per model after a chunk of warm-up, in whole chunks (default: {CUDA_FRAMES} on "
+        f"CUDA, {DRY_RUN_FRAMES} in a dry run)",
+    )
+    g.add_argument(
+        "--video",
+        default=None,
+        help="real footage, scaled to 1280x720 (default: the synthetic scene as a clip)",
+    )
+    g.add_argument(
+        "--repeats", type=int, default=d.repeats, help="timing repeats (median; default: %(default)s)"
+    )
+    g.add_argument(
+        "--device", default=None, help="torch device, e.g. cuda, cuda:1 (default: cuda when available)"
+    )
+    g.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run on the CPU in float32 with small sizes (automatic without CUDA)",
+    )
+    add_verbose_option(g)
+    add_json_option(g)
+    g.set_defaults(func=cmd_bench_gpu)
+
+
+def cmd_bench_gpu(args: argparse.Namespace) -> int:
+    """Run ``streamvlm bench gpu``; unknown models and bad counts fail before torch loads."""
+    from ..models.catalog import GEOMETRY_MODELS
+    from .gpu import run_gpu_bench, summary_lines
+
+    models = tuple(dict.fromkeys(m.strip() for m in args.models.split(",") if m.strip()))
+    if not models or any(m not in GEOMETRY_MODELS for m in models):
+        raise ConfigError(f"--models takes names among {', '.join(GEOMETRY_MODELS)}; got {args.models!r}")
+    if (args.frames is not None and args.frames < 1) or args.repeats < 1:
+        raise ConfigError("--frames and --repeats must be >= 1")
+    if args.dry_run and args.device is not None and not args.device.startswith("cpu"):
+        raise ConfigError(f"--dry-run runs on the CPU; leave out --device {args.device} or --dry-run")
+    if args.video is not None:
+        check_input_file(args.video)
+    check_model_options(args)
+    config = GpuBenchConfig(
+        models=models,
+        frames=args.frames,
+        video=args.video,
+        repeats=args.repeats,
+        device=args.device,
+        dry_run=args.dry_run,
+    )
+    result = run_gpu_bench(config, log=line_printer(args.json))
     if not write_results(args, result):
         print("\n".join(summary_lines(result)))
     return 0
