@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..models.catalog import GEOM_LLAVA_05B, GEOM_LLAVA_7B, GEOM_QWEN_3B, GEOM_QWEN_7B
+from ..models.catalog import GEOM_LLAVA_7B, GEOM_QWEN_7B
 
 TARGET_FRAMES_PER_S = 16.0
 DEFAULT_MODELS: tuple[str, ...] = (GEOM_QWEN_7B, GEOM_LLAVA_7B)
@@ -53,9 +53,6 @@ DRY_RUN_KERNEL_TOKENS = 64  # the CPU references take seconds at 720 tokens
 PACK_BITS = (2, 4)
 TTFT_ASKS = 3
 QUESTION = "What is happening in the video?"
-# the released models' vision blocks (vision_config depth / num_hidden_layers of their
-# config.json); the geom checkpoints keep models.geometry.VISION_LAYERS of them
-RELEASED_VISION_BLOCKS = {GEOM_QWEN_7B: 32, GEOM_QWEN_3B: 32, GEOM_LLAVA_05B: 26, GEOM_LLAVA_7B: 26}
 
 
 @dataclass
@@ -340,7 +337,7 @@ def measure_model(
     name: str, config: GpuBenchConfig, frames: int, device, dtype, tmp: Path, log
 ) -> ModelFigures:
     """Stream model ``name`` and measure it (the module docstring's "Models")."""
-    from ..models.geometry import VISION_LAYERS, geometry_spec
+    from ..models.geometry import RELEASED_VISION_BLOCKS, VISION_LAYERS, geometry_spec
     from ..runtime.engine import StreamVLM
     from .geometry import GeometryBenchConfig, footage
 
@@ -492,11 +489,11 @@ def _peak_bytes(device) -> tuple[int, str]:
     """(peak bytes, what they are): CUDA's allocator peak since ``_reset_peak``, else the process's RSS."""
     import torch
 
-    from .stream import _peak_rss
+    from .stream import peak_rss
 
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
-    return _peak_rss(), "peak RSS of the process (CPU)"
+    return peak_rss(), "peak RSS of the process (CPU)"
 
 
 def _free(device) -> None:

@@ -145,7 +145,7 @@ def run_stream_bench(config: StreamBenchConfig, log=print) -> StreamBenchResult:
                 context_bytes=answer.context_bytes,
                 max_position_span_used=stats.max_position_span_used,
                 metadata_bytes=stats.metadata_bytes,
-                peak_rss_bytes=_peak_rss(),
+                peak_rss_bytes=peak_rss(),
             )
             if baseline_on:
                 baseline_on = _run_baseline(config, backend, session, scene, i + 1, cp, result)
@@ -177,7 +177,8 @@ def _run_baseline(config, backend, session, scene, frames, cp, result) -> bool:
     return True
 
 
-def _peak_rss() -> int:
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes."""
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB

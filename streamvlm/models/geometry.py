@@ -165,6 +165,9 @@ RELEASED = {
 # the released models' text layers (num_hidden_layers of their config.json): a geom
 # checkpoint keeps 2, and figures "at full depth" scale per-layer costs by these
 RELEASED_TEXT_LAYERS = {GEOM_QWEN_7B: 28, GEOM_QWEN_3B: 36, GEOM_LLAVA_05B: 24, GEOM_LLAVA_7B: 28}
+# and their vision blocks (the vision config's depth / num_hidden_layers): a geom checkpoint
+# keeps VISION_LAYERS of them
+RELEASED_VISION_BLOCKS = {GEOM_QWEN_7B: 32, GEOM_QWEN_3B: 32, GEOM_LLAVA_05B: 26, GEOM_LLAVA_7B: 26}
 
 
 def qwen_geometry_config(name: str) -> Qwen2_5_VLConfig:
