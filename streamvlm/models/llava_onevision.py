@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..ingest.preprocess import LlavaOnevisionPreprocessor, PreparedPixels
 from ..registry import BACKENDS
 from .base import Backend, VisualChunk
-
-# frames -> pixel_values [frames, 3, S, S]
-LlavaPreprocess = Callable[[Sequence[np.ndarray]], torch.Tensor]
 
 
 @BACKENDS.register("llava_onevision")  # transformers model_type
@@ -34,7 +32,7 @@ class LlavaOnevisionBackend(Backend):
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         name: str,
-        preprocess: LlavaPreprocess,
+        preprocess: LlavaOnevisionPreprocessor,
     ):
         super().__init__(model, tokenizer, name)
         self.preprocess = preprocess
@@ -46,7 +44,11 @@ class LlavaOnevisionBackend(Backend):
         newline = self.model.model.image_newline[None].to(self.dtype)
         return torch.cat([newline, self.embed_ids(question_ids)], dim=0)
 
-    @torch.inference_mode()
+    def prepare_frames(self, frames: Sequence[np.ndarray]) -> PreparedPixels:
+        """A chunk's image work (resize; still uint8): it needs neither the model nor the
+        device, so a session does it before taking the device lock."""
+        return self.preprocess.prepare(frames)
+
     def encode_frames(
         self,
         frames: Sequence[np.ndarray],
@@ -55,11 +57,27 @@ class LlavaOnevisionBackend(Backend):
         video_start: int,
         next_position: int,
     ) -> VisualChunk:
-        pixel_values = self.preprocess(frames).to(self.device, self.dtype)
+        prepared = self.prepare_frames(frames)
+        return self.encode_prepared(prepared, times, video_start=video_start, next_position=next_position)
+
+    @torch.inference_mode()
+    def encode_prepared(
+        self,
+        prepared: PreparedPixels,
+        times: Sequence[float],
+        *,
+        video_start: int,
+        next_position: int,
+    ) -> VisualChunk:
+        """``encode_frames`` of frames ``prepare_frames`` already made: the device work only."""
+        # uint8 to the device, normalised there straight into the model's dtype (a lookup of
+        # float32 values cast to it: what casting the float32 pixels gave)
+        pixel_values = prepared.normalised(self.device, self.dtype)
+        frames = pixel_values.shape[0]
         features = self.model.model.get_video_features(pixel_values[None])
         # get_video_features appends the end-of-video newline row; a stream has not ended.
         embeds = features.pooler_output[0, :-1]
-        per_frame = embeds.shape[0] // len(frames)
+        per_frame = embeds.shape[0] // frames
         side = int(round(per_frame**0.5))
         positions = self.text_positions(next_position, embeds.shape[0])
-        return VisualChunk(embeds=embeds, positions=positions, grid=(len(frames), side, per_frame // side))
+        return VisualChunk(embeds=embeds, positions=positions, grid=(frames, side, per_frame // side))

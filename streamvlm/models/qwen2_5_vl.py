@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..ingest.preprocess import PreparedPixels, QwenPatchifier
 from ..registry import BACKENDS
 from .base import Backend, VisualChunk
-
-# frames -> (pixel_values [patches, C*T*P*P], grid (t, h, w) in patches)
-QwenPreprocess = Callable[[Sequence[np.ndarray]], tuple[torch.Tensor, tuple[int, int, int]]]
 
 
 @BACKENDS.register("qwen2_5_vl")  # transformers model_type
@@ -43,7 +41,7 @@ class Qwen25VLBackend(Backend):
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         name: str,
-        preprocess: QwenPreprocess,
+        preprocess: QwenPatchifier,
     ):
         super().__init__(model, tokenizer, name)
         vision = model.config.vision_config
@@ -83,7 +81,11 @@ class Qwen25VLBackend(Backend):
         tt, hh, ww = torch.meshgrid(time, rows, cols, indexing="ij")
         return torch.stack([tt, hh, ww]).reshape(3, t * h * w)
 
-    @torch.inference_mode()
+    def prepare_frames(self, frames: Sequence[np.ndarray]) -> PreparedPixels:
+        """A chunk's image work (resize, patchify; still uint8): it needs neither the model nor
+        the device, so a session does it before taking the device lock."""
+        return self.preprocess.prepare(frames)
+
     def encode_frames(
         self,
         frames: Sequence[np.ndarray],
@@ -92,9 +94,24 @@ class Qwen25VLBackend(Backend):
         video_start: int,
         next_position: int,
     ) -> VisualChunk:
-        pixel_values, (grid_t, grid_h, grid_w) = self.preprocess(frames)
+        prepared = self.prepare_frames(frames)
+        return self.encode_prepared(prepared, times, video_start=video_start, next_position=next_position)
+
+    @torch.inference_mode()
+    def encode_prepared(
+        self,
+        prepared: PreparedPixels,
+        times: Sequence[float],
+        *,
+        video_start: int,
+        next_position: int,
+    ) -> VisualChunk:
+        """``encode_frames`` of frames ``prepare_frames`` already made: the device work only."""
+        grid_t, grid_h, grid_w = prepared.grid
         grid_thw = torch.tensor([[grid_t, grid_h, grid_w]], device=self.device)
-        features = self.model.model.get_video_features(pixel_values.to(self.device), grid_thw)
+        # uint8 to the device, normalised there: the float32 values get_video_features casts as before
+        pixel_values = prepared.normalised(self.device)
+        features = self.model.model.get_video_features(pixel_values, grid_thw)
         embeds = torch.cat(features.pooler_output, dim=0)
         llm_grid = (grid_t, grid_h // self.merge_size, grid_w // self.merge_size)
         patch_times = [times[i * self.temporal_patch_size] for i in range(grid_t)]

@@ -261,12 +261,18 @@ class Session:
         """Encode a partly filled chunk now (padding it by repeating its last frame if the model needs it).
 
         The frames leave ``_pending`` and become a block under one hold of the device lock,
-        so a question (which reads both under it) sees them in exactly one of the two."""
+        so a question (which reads both under it) sees them in exactly one of the two. Their
+        image work is done before that, from a copy, so it never holds up another session."""
+        with self._frames_lock:
+            copied = list(self._pending)
+        prepared = self._prepare(copied) if copied else None
         with self._encoding:
             with self._frames_lock:
                 pending, self._pending = self._pending, []
             if pending:
-                self._encode_locked(pending)
+                # another thread's add_frame may have changed them meanwhile: prepare again then
+                same = list(map(id, pending)) == list(map(id, copied))
+                self._encode_locked(pending, prepared if same else None)
 
     # ----- step 1: a chunk of frames becomes a block -----------------------------
 
@@ -278,14 +284,16 @@ class Session:
         temporal patch is padded by repeating the last frame (the block counts only the
         real frames).
         """
+        prepared = self._prepare(frames)  # the image work, before the lock
         with self._lock:
-            return self._encode_locked(frames)
+            return self._encode_locked(frames, prepared)
 
-    def _encode_locked(self, frames: list[tuple[np.ndarray, float]]) -> BlockMeta:
-        """``encode_chunk`` for a caller that holds the device lock."""
+    def _encode_locked(self, frames: list[tuple[np.ndarray, float]], prepared=None) -> BlockMeta:
+        """``encode_chunk`` for a caller that holds the device lock (``prepared``: ``_prepare(frames)``
+        when the caller did it before taking the lock)."""
         state = self.state
         started = time.perf_counter()
-        chunk = self._forward_chunk(frames, prune=True)
+        chunk = self._forward_chunk(frames, prune=True, prepared=prepared)
         state.next_position = max(state.next_position, chunk.spans_to)
         state.frames_encoded += len(frames)
         state.chunks_encoded += 1
@@ -310,11 +318,21 @@ class Session:
             self.backend, chunk.layers, chunk.positions, chunk.kept, chunk.per_patch
         )
 
-    def _forward_chunk(self, frames: list[tuple[np.ndarray, float]], prune: bool) -> _Chunk:
-        """A chunk's KV against the sink and the encoding window (the caller holds the lock)."""
-        padded = frames + [frames[-1]] * (-len(frames) % self.backend.frame_multiple)
-        visual = self.backend.encode_frames(
-            [rgb for rgb, _ in padded],
+    def _prepare(self, frames: list[tuple[np.ndarray, float]]):
+        """The image work of a chunk (resize, patchify; the backend's ``prepare_frames``): it
+        needs no model and no device lock, so callers do it before taking the lock."""
+        return self.backend.prepare_frames([rgb for rgb, _ in self._padded(frames)])
+
+    def _padded(self, frames: list[tuple[np.ndarray, float]]) -> list[tuple[np.ndarray, float]]:
+        """``frames`` padded to the backend's frame multiple by repeating the last one."""
+        return frames + [frames[-1]] * (-len(frames) % self.backend.frame_multiple)
+
+    def _forward_chunk(self, frames: list[tuple[np.ndarray, float]], prune: bool, prepared=None) -> _Chunk:
+        """A chunk's KV against the sink and the encoding window (the caller holds the lock;
+        ``prepared``: ``_prepare(frames)``, done here when None)."""
+        padded = self._padded(frames)
+        visual = self.backend.encode_prepared(
+            prepared if prepared is not None else self._prepare(frames),
             [t - self.state.t0 for _, t in padded],
             video_start=self.video_start,
             next_position=self.state.next_position,
