@@ -170,7 +170,9 @@ class PreparedPixels:
         """Bytes ``normalised`` copies to the device (the float32 values would be 4x)."""
         return self.levels.numel() * self.levels.element_size()
 
-    def normalised(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+    def normalised(
+        self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
         """The pixel values on ``device`` (default: where ``levels`` are) in ``dtype``: the uint8
         levels are copied there, then normalised there by table lookup, bit-identical to
         normalising in float32 and casting to ``dtype`` afterwards."""
