@@ -16,6 +16,7 @@ import torch
 from transformers import Cache, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config import MemoryConfig
+from ..ingest.preprocess import PreparedPixels
 from . import hf_compat
 
 # One layer's KV as the runtime keeps it: keys (after RoPE) and values, each
@@ -164,6 +165,21 @@ class Backend(ABC):
     # ----- vision ----------------------------------------------------------------
 
     @abstractmethod
+    def prepare_frames(self, frames: Sequence[np.ndarray]) -> PreparedPixels:
+        """A chunk's image work (resize, patchify; still uint8): it needs neither the model
+        nor the device, so a session does it before taking the device lock."""
+
+    @abstractmethod
+    def encode_prepared(
+        self,
+        prepared: PreparedPixels,
+        times: Sequence[float],
+        *,
+        video_start: int,
+        next_position: int,
+    ) -> VisualChunk:
+        """``encode_frames`` of frames ``prepare_frames`` already made: the device work only."""
+
     def encode_frames(
         self,
         frames: Sequence[np.ndarray],
@@ -178,6 +194,8 @@ class Backend(ABC):
         ``video_start`` is the position where the stream's video began (right after the
         sink) and ``next_position`` the first position not used yet.
         """
+        prepared = self.prepare_frames(frames)
+        return self.encode_prepared(prepared, times, video_start=video_start, next_position=next_position)
 
     # ----- the language model ----------------------------------------------------
 

@@ -49,17 +49,6 @@ class LlavaOnevisionBackend(Backend):
         device, so a session does it before taking the device lock."""
         return self.preprocess.prepare(frames)
 
-    def encode_frames(
-        self,
-        frames: Sequence[np.ndarray],
-        times: Sequence[float],
-        *,
-        video_start: int,
-        next_position: int,
-    ) -> VisualChunk:
-        prepared = self.prepare_frames(frames)
-        return self.encode_prepared(prepared, times, video_start=video_start, next_position=next_position)
-
     @torch.inference_mode()
     def encode_prepared(
         self,
@@ -69,7 +58,6 @@ class LlavaOnevisionBackend(Backend):
         video_start: int,
         next_position: int,
     ) -> VisualChunk:
-        """``encode_frames`` of frames ``prepare_frames`` already made: the device work only."""
         # uint8 to the device, normalised there straight into the model's dtype (a lookup of
         # float32 values cast to it: what casting the float32 pixels gave)
         pixel_values = prepared.normalised(self.device, self.dtype)

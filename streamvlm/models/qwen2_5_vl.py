@@ -86,17 +86,6 @@ class Qwen25VLBackend(Backend):
         the device, so a session does it before taking the device lock."""
         return self.preprocess.prepare(frames)
 
-    def encode_frames(
-        self,
-        frames: Sequence[np.ndarray],
-        times: Sequence[float],
-        *,
-        video_start: int,
-        next_position: int,
-    ) -> VisualChunk:
-        prepared = self.prepare_frames(frames)
-        return self.encode_prepared(prepared, times, video_start=video_start, next_position=next_position)
-
     @torch.inference_mode()
     def encode_prepared(
         self,
@@ -106,7 +95,6 @@ class Qwen25VLBackend(Backend):
         video_start: int,
         next_position: int,
     ) -> VisualChunk:
-        """``encode_frames`` of frames ``prepare_frames`` already made: the device work only."""
         grid_t, grid_h, grid_w = prepared.grid
         grid_thw = torch.tensor([[grid_t, grid_h, grid_w]], device=self.device)
         # uint8 to the device, normalised there: the float32 values get_video_features casts as before
