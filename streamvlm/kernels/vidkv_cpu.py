@@ -590,7 +590,7 @@ def _encode_values_head(
     level = np.empty((n_groups, head_dim), np.float32)
     acc = np.empty(head_dim, np.float64)
     thr = np.empty(head_dim, np.float32)
-    count = np.empty(head_dim, np.int64)
+    count = np.empty(head_dim, np.int32)  # int32 lanes: twice as many per vector as int64
     for g in range(n_groups):
         start, stop = g * group, min(n_rest, g * group + group)
         acc[:] = 0.0
@@ -610,7 +610,7 @@ def _encode_values_head(
                 q_r[d] = 2 if up else (0 if down else 1)
                 nonzero = up or down
                 acc[d] += np.float64(abs(v)) if nonzero else 0.0
-                count[d] += 1 if nonzero else 0
+                count[d] += np.int32(1) if nonzero else np.int32(0)
         for d in range(head_dim):
             level[g, d] = np.float32(acc[d]) / np.float32(max(count[d], 1))
     pack_trits_row(q, n_rest * head_dim, tern[h])
