@@ -124,7 +124,7 @@ def _encode_uniform_tiers(xu_h, n4, group, nearest, table, tier4, tier2, h):
     s4, zf4, s2, zf2 = s[:n4], zf[:n4], s[n4:], zf[n4:]
     for g in range(n_groups):
         # each tier's own loop over its own 2-d metadata (a branch on the tier per channel,
-        # into the tiers' 3-d arrays, cost 4x as much as the codes themselves)
+        # storing into the tiers' 3-d arrays, took twice as long)
         _group_steps(
             steps[g, :n4], lows[g, :n4], hm4, 4, nearest, table, tier4[1][h], tier4[2][h], g, s4, zf4
         )
@@ -223,8 +223,8 @@ def _encode_keys_head(h, xu, n4, spec, group, nearest, table, tier4, tier2, sign
         _encode_uniform_tiers(xu[h], n4, group, nearest, table, tier4, tier2, h)
     # sign tier (spectral.rfft_components, lowbit.sign_encode): real parts of bins
     # 0 .. n_real - 1, then imaginary parts of bins 1 ..; level = mean |component|. The
-    # spectrum comes as whole complex numbers (uint64, real part low): its halves split by
-    # shifts, where reading the float pairs at stride 2 cost 2.5x as much
+    # spectrum comes as whole complex numbers (uint64, real part low), split by shifts: read
+    # as float pairs at stride 2 it made this sign part 1.4x slower
     comps = np.empty((tokens, m), np.float32)
     comps_bits = comps.view(np.uint32)
     for t in range(tokens):
@@ -254,7 +254,7 @@ def _encode_keys_head(h, xu, n4, spec, group, nearest, table, tier4, tier2, sign
 @njit(**JIT)
 def _gather_tiers_head(h, x, order, uniform, signal):
     # one pass over each token's channels: the uniform tiers' into ``uniform``, the sign
-    # tier's into ``signal`` (three passes, one per tier, cost 1.6x as much)
+    # tier's into ``signal`` (three passes, one per tier, cost 1.15x as much)
     n_u = uniform.shape[2]
     i_u, i_1 = order[h, :n_u], order[h, n_u:]
     for t in range(x.shape[1]):
@@ -442,7 +442,6 @@ def encode_keys(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, tor
     k1_scale = torch.empty(heads, m, n_groups, dtype=torch.uint8)
     k1_max = torch.empty(heads, dtype=torch.bfloat16)
     log8, nearest = tables()
-    match_torch_threads()
     _encode_keys(
         uniform,
         idx4.shape[1],
