@@ -83,7 +83,13 @@ def test_vidkv_matches_the_reference_bit_for_bit_with_frozen_tiers(shape) -> Non
 
 @pytest.mark.parametrize(
     "options",
-    [{"key_4bit_fraction": 0.0, "ternary_threshold": 0.7}, {"salient_fraction": 0.0}, {"group_size": 16}],
+    [
+        {"key_4bit_fraction": 0.0, "ternary_threshold": 0.7},
+        {"salient_fraction": 0.0},
+        {"group_size": 16},
+        {"key_2bit_fraction": 0.0},  # no uniform key tier at all: every channel in the sign tier
+        {"key_2bit_fraction": 1 / 16, "key_4bit_fraction": 1 / 16},  # a 4-bit tier and no 2-bit one
+    ],
 )
 def test_vidkv_options_match_the_reference(options) -> None:
     _, k, v = synthetic_kv(2, 70, 64, queries=1, outliers=2, seed=1)
@@ -220,6 +226,27 @@ def test_forced_cpu_backend_without_numba_is_a_config_error(monkeypatch) -> None
     monkeypatch.setattr(backend, "cpu_kernels_available", lambda: False)
     with pytest.raises(ConfigError, match=r"numba does not import; pip install 'streamvlm\[cpu\]'"):
         backend.choose("cpu", backend="cpu")
+
+
+def test_log8_lookup_gives_the_reference_codes() -> None:
+    """The kernels' log8 codes come from a bucket lookup (``cpu_common.log8_lookup``): it must
+    count the bounds >= the ratio exactly like the reference's searchsorted, at every bound
+    (a few float32 steps either side) and across the whole float32 range."""
+    import numpy as np
+
+    from streamvlm.kernels.cpu_common import LOG8_SHIFT, log8_lookup
+    from streamvlm.quant import scales
+
+    for round_up in (False, True):
+        bounds = scales.code_bounds(round_up).numpy()
+        codes, inside = log8_lookup(bounds)
+        near = bounds.astype(np.float32).view(np.uint32)[:, None] + np.arange(-3, 4, dtype=np.int64)[None]
+        spread = np.random.default_rng(0).integers(1, 0x7F800000, 200_000)
+        ratios = np.concatenate([near.ravel(), spread]).astype(np.uint32)
+        r = ratios.view(np.float32).astype(np.float64)
+        bucket = ratios >> LOG8_SHIFT
+        got = codes[bucket] + (inside[bucket] >= r)
+        assert np.array_equal(got, len(bounds) - np.searchsorted(bounds, r)), round_up
 
 
 def test_group_sums_run_in_one_fixed_order() -> None:

@@ -36,6 +36,7 @@ from .cpu_common import (
     bf16_value,
     emit_gathered,
     emit_row,
+    f32_bits,
     log8_code,
     match_torch_threads,
     pack_bits_row,
@@ -62,61 +63,93 @@ def _log8_step(lo, hi, levels, units):
 
 
 @njit(**JIT)
-def _encode_columns(x_h, index, group, bits, bounds, table, codes_row, scale_h, zero_h):
-    """Key channels ``index`` of one head, each in groups of tokens (codes token-major);
-    returns the head's scale maximum as bfloat16 bits."""
-    tokens = x_h.shape[0]
-    c = index.shape[0]
-    n_groups = scale_h.shape[1]
-    levels = np.float32((1 << bits) - 1)
+def _group_steps(steps, lows, hm, bits, nearest, table, scale_h, zero_h, g, s, zf):
+    """Group ``g``'s log8 step codes and int8 zero points of one tier's channels (into
+    ``scale_h[:, g]``, ``zero_h[:, g]``), and the decoded step ``s`` and offset ``zf`` that
+    quantize its values (``uniform.encode_log8_minmax``)."""
     units = np.float32(_zero_units(bits))
-    xs = np.empty((tokens, c), np.float32)
-    for t in range(tokens):
-        x_t, xs_t = x_h[t], xs[t]
-        for j in range(c):
-            xs_t[j] = x_t[index[j]]
-    lows = np.empty((n_groups, c), np.float32)
-    steps = np.empty((n_groups, c), np.float32)
-    top = np.float32(0.0)
-    for g in range(n_groups):
-        start, stop = g * group, min(tokens, g * group + group)
-        lo = xs[start].copy()
-        hi = xs[start].copy()
-        for t in range(start + 1, stop):
-            xs_t = xs[t]
-            for j in range(c):
-                lo[j] = min(lo[j], xs_t[j])
-                hi[j] = max(hi[j], xs_t[j])
-        for j in range(c):
-            steps[g, j] = _log8_step(lo[j], hi[j], levels, units)
-            lows[g, j] = lo[j]
-            top = max(top, steps[g, j])
-    hm_bits = bf16_round_up_bits(top)
-    hm = bf16_value(hm_bits)
-    q = np.empty(tokens * c, np.uint8)
-    s = np.empty(c, np.float32)
-    zf = np.empty(c, np.float32)
-    for g in range(n_groups):
-        for j in range(c):
-            code = log8_code(steps[g, j], hm, bounds)
-            sj = table[code] * hm
-            sj = sj if sj > np.float32(0.0) else np.float32(1.0)
-            z = min(max(np.rint((lows[g, j] / sj) * units), np.float32(-128.0)), np.float32(127.0))
-            scale_h[j, g] = code
-            zero_h[j, g] = np.int8(z)
-            s[j] = sj
-            zf[j] = z / units
-        for t in range(g * group, min(tokens, g * group + group)):
-            xs_t, q_t = xs[t], q[t * c : (t + 1) * c]
-            for j in range(c):
-                v = np.rint(xs_t[j] / s[j] - zf[j])
-                q_t[j] = np.uint8(min(max(v, np.float32(0.0)), levels))
-    pack_bits_row(q, tokens * c, bits, codes_row)
-    return hm_bits
+    for j in range(steps.shape[0]):
+        code = log8_code(steps[j], hm, nearest)
+        sj = table[code] * hm
+        sj = sj if sj > np.float32(0.0) else np.float32(1.0)
+        z = min(max(np.rint((lows[j] / sj) * units), np.float32(-128.0)), np.float32(127.0))
+        scale_h[j, g] = code
+        zero_h[j, g] = np.int8(z)
+        s[j] = sj
+        zf[j] = z / units
 
 
 @njit(**JIT)
-def _encode_rows(x_h, rows, group, bits, bounds, table, codes_row, scale_h, zero_h):
+def _encode_uniform_tiers(xu_h, n4, group, nearest, table, tier4, tier2, h):
+    """The 4-bit and 2-bit key tiers of head ``h`` from its gathered channels ``xu_h``
+    ``[tokens, n4 + n2]`` (4-bit tier first), each channel in groups of tokens (codes
+    token-major). One pass for both tiers (per-channel levels): the 4-bit tier alone is too
+    narrow (4 channels) for its loops to pay for themselves."""
+    tokens, c = xu_h.shape
+    n2 = c - n4
+    n_groups = max(tier4[1].shape[2], tier2[1].shape[2])
+    levels = np.empty(c, np.float32)
+    units = np.empty(c, np.float32)
+    for j in range(c):
+        bits = 4 if j < n4 else 2
+        levels[j] = np.float32((1 << bits) - 1)
+        units[j] = np.float32(_zero_units(bits))
+    lows = np.empty((n_groups, c), np.float32)
+    steps = np.empty((n_groups, c), np.float32)
+    top4 = top2 = np.float32(0.0)
+    lo = np.empty(c, np.float32)
+    hi = np.empty(c, np.float32)
+    for g in range(n_groups):
+        start, stop = g * group, min(tokens, g * group + group)
+        lo[:] = xu_h[start]
+        hi[:] = xu_h[start]
+        for t in range(start + 1, stop):
+            x_t = xu_h[t]
+            for j in range(c):
+                lo[j] = min(lo[j], x_t[j])
+                hi[j] = max(hi[j], x_t[j])
+        for j in range(c):
+            steps[g, j] = _log8_step(lo[j], hi[j], levels[j], units[j])
+            lows[g, j] = lo[j]
+        for j in range(n4):
+            top4 = max(top4, steps[g, j])
+        for j in range(n4, c):
+            top2 = max(top2, steps[g, j])
+    hm4_bits, hm2_bits = bf16_round_up_bits(top4), bf16_round_up_bits(top2)
+    hm4, hm2 = bf16_value(hm4_bits), bf16_value(hm2_bits)
+    q4 = np.empty(tokens * n4, np.uint8)
+    q2 = np.empty(tokens * n2, np.uint8)
+    s = np.empty(c, np.float32)
+    zf = np.empty(c, np.float32)
+    s4, zf4, s2, zf2 = s[:n4], zf[:n4], s[n4:], zf[n4:]
+    for g in range(n_groups):
+        # each tier's own loop over its own 2-d metadata (a branch on the tier per channel,
+        # storing into the tiers' 3-d arrays, took twice as long)
+        _group_steps(
+            steps[g, :n4], lows[g, :n4], hm4, 4, nearest, table, tier4[1][h], tier4[2][h], g, s4, zf4
+        )
+        _group_steps(
+            steps[g, n4:], lows[g, n4:], hm2, 2, nearest, table, tier2[1][h], tier2[2][h], g, s2, zf2
+        )
+        for t in range(g * group, min(tokens, g * group + group)):
+            x4, x2 = xu_h[t, :n4], xu_h[t, n4:]
+            q4_t, q2_t = q4[t * n4 : (t + 1) * n4], q2[t * n2 : (t + 1) * n2]
+            for j in range(n4):
+                v = np.rint(x4[j] / s4[j] - zf4[j])
+                q4_t[j] = np.uint8(min(max(v, np.float32(0.0)), np.float32(15.0)))
+            for j in range(n2):
+                v = np.rint(x2[j] / s2[j] - zf2[j])
+                q2_t[j] = np.uint8(min(max(v, np.float32(0.0)), np.float32(3.0)))
+    if n4:
+        pack_bits_row(q4, tokens * n4, 4, tier4[0][h])
+        tier4[3][h] = hm4_bits
+    if n2:
+        pack_bits_row(q2, tokens * n2, 2, tier2[0][h])
+        tier2[3][h] = hm2_bits
+
+
+@njit(**JIT)
+def _encode_rows(x_h, rows, group, bits, nearest, table, codes_row, scale_h, zero_h):
     """Tokens ``rows`` of one head, each in groups of channels (codes row-major); returns the
     head's scale maximum as bfloat16 bits."""
     head_dim = x_h.shape[1]
@@ -145,7 +178,7 @@ def _encode_rows(x_h, rows, group, bits, bounds, table, codes_row, scale_h, zero
     for r in range(n_rows):
         x_r = x_h[rows[r]]
         for g in range(n_groups):
-            code = log8_code(steps[r, g], hm, bounds)
+            code = log8_code(steps[r, g], hm, nearest)
             s = table[code] * hm
             s = s if s > np.float32(0.0) else np.float32(1.0)
             z = min(max(np.rint((lows[r, g] / s) * units), np.float32(-128.0)), np.float32(127.0))
@@ -162,7 +195,7 @@ def _encode_rows(x_h, rows, group, bits, bounds, table, codes_row, scale_h, zero
 
 
 @njit(**JIT)
-def _log8_codes(levels, bounds, codes_h):
+def _log8_codes(levels, nearest, codes_h):
     """``scales.encode_log8(levels, round_up=False)`` of one head: codes into ``codes_h``
     (levels ``[groups, n]``, codes ``[n, groups]``); returns the head max as bfloat16 bits."""
     top = np.float32(0.0)
@@ -173,7 +206,7 @@ def _log8_codes(levels, bounds, codes_h):
     hm = bf16_value(hm_bits)
     for g in range(levels.shape[0]):
         for k in range(levels.shape[1]):
-            codes_h[k, g] = log8_code(levels[g, k], hm, bounds)
+            codes_h[k, g] = log8_code(levels[g, k], hm, nearest)
     return hm_bits
 
 
@@ -181,29 +214,26 @@ def _log8_codes(levels, bounds, codes_h):
 
 
 @njit(**JIT)
-def _encode_keys_head(h, x, idx4, idx2, spec, group, bounds, table, tier4, tier2, signs, k1_scale, k1_max):
-    heads, tokens, _ = x.shape
+def _encode_keys_head(h, xu, n4, spec, group, nearest, table, tier4, tier2, signs, k1_scale, k1_max):
+    tokens = xu.shape[1]
     m = k1_scale.shape[1]
     n_groups = k1_scale.shape[2]
     n_real = m // 2 + 1
-    if idx4.shape[1]:
-        tier4[3][h] = _encode_columns(
-            x[h], idx4[h], group, 4, bounds, table, tier4[0][h], tier4[1][h], tier4[2][h]
-        )
-    if idx2.shape[1]:
-        tier2[3][h] = _encode_columns(
-            x[h], idx2[h], group, 2, bounds, table, tier2[0][h], tier2[1][h], tier2[2][h]
-        )
+    if xu.shape[2]:
+        _encode_uniform_tiers(xu[h], n4, group, nearest, table, tier4, tier2, h)
     # sign tier (spectral.rfft_components, lowbit.sign_encode): real parts of bins
-    # 0 .. n_real - 1, then imaginary parts of bins 1 ..; level = mean |component|
+    # 0 .. n_real - 1, then imaginary parts of bins 1 ..; level = mean |component|. The
+    # spectrum comes as whole complex numbers (uint64, real part low), split by shifts: read
+    # as float pairs at stride 2 it made this sign part 1.4x slower
     comps = np.empty((tokens, m), np.float32)
+    comps_bits = comps.view(np.uint32)
     for t in range(tokens):
-        re, im, c_t = spec[h, t, :, 0], spec[h, t, 1:, 1], comps[t]
+        s_t, c_t = spec[h, t], comps_bits[t]
         for k in range(n_real):
-            c_t[k] = re[k]
-        c_im = c_t[n_real:]
+            c_t[k] = np.uint32(s_t[k] & np.uint64(0xFFFFFFFF))
+        s_im, c_im = s_t[1:], c_t[n_real:]
         for k in range(m - n_real):
-            c_im[k] = im[k]
+            c_im[k] = np.uint32(s_im[k] >> np.uint64(32))
     bits = np.empty(tokens * m, np.uint8)
     level = np.empty((n_groups, m), np.float32)
     acc = np.empty(m, np.float64)
@@ -218,57 +248,73 @@ def _encode_keys_head(h, x, idx4, idx2, spec, group, bounds, table, tier4, tier2
         for k in range(m):
             level[g, k] = np.float32(acc[k]) / np.float32(stop - start)
     pack_bits_row(bits, tokens * m, 1, signs[h])
-    k1_max[h] = _log8_codes(level, bounds, k1_scale[h])
+    k1_max[h] = _log8_codes(level, nearest, k1_scale[h])
 
 
 @njit(**JIT)
-def _gather_channels_head(h, x, index, out):
-    i = index[h]
+def _gather_tiers_head(h, x, order, uniform, signal):
+    # one pass over each token's channels: the uniform tiers' into ``uniform``, the sign
+    # tier's into ``signal`` (three passes, one per tier, cost 1.15x as much)
+    n_u = uniform.shape[2]
+    i_u, i_1 = order[h, :n_u], order[h, n_u:]
     for t in range(x.shape[1]):
-        x_t, out_t = x[h, t], out[h, t]
-        for j in range(i.shape[0]):
-            out_t[j] = x_t[i[j]]
+        x_t, u_t, s_t = x[h, t], uniform[h, t], signal[h, t]
+        for j in range(n_u):
+            u_t[j] = x_t[i_u[j]]
+        for j in range(i_1.shape[0]):
+            s_t[j] = x_t[i_1[j]]
 
 
 @njit(**PARALLEL_JIT)
-def _gather_channels(x, index, out):
-    """``out[h, t, j] = x[h, t, index[h, j]]``."""
+def _gather_tiers(x, order, uniform, signal):
+    """``uniform[h, t, j] = x[h, t, order[h, j]]`` for the uniform tiers' channels (the
+    first ``uniform.shape[2]`` of ``order``), ``signal`` likewise for the sign tier's."""
     for h in prange(x.shape[0]):
-        _gather_channels_head(h, x, index, out)
+        _gather_tiers_head(h, x, order, uniform, signal)
 
 
 @njit(**PARALLEL_JIT)
-def _encode_keys(x, idx4, idx2, spec, group, bounds, table, tier4, tier2, signs, k1_scale, k1_max):
+def _encode_keys(xu, n4, spec, group, nearest, table, tier4, tier2, signs, k1_scale, k1_max):
     # one head per thread; the head's work is a plain function, which numba's parallel
     # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
-    for h in prange(x.shape[0]):
-        _encode_keys_head(h, x, idx4, idx2, spec, group, bounds, table, tier4, tier2, signs, k1_scale, k1_max)
+    for h in prange(xu.shape[0]):
+        _encode_keys_head(h, xu, n4, spec, group, nearest, table, tier4, tier2, signs, k1_scale, k1_max)
 
 
 @njit(**JIT)
 def _sign_components_head(h, signs, k1_scale, k1_max, group, table, spec):
-    heads, tokens, n_bins, _ = spec.shape
+    # spec: the complex spectrum as uint64 [heads, tokens, bins], real part in the low half
+    tokens = spec.shape[1]
     m = k1_scale.shape[1]
     n_real = m // 2 + 1
+    n_im = m - n_real  # bins 1 .. n_im have an imaginary part; DC's (and Nyquist's) stay +0
     hm = bf16_value(k1_max[h])
     bits = np.empty(tokens * m, np.uint8)
     unpack_bits_row(signs[h], tokens * m, 1, bits)
-    level = np.empty(m, np.float32)
-    comps = np.empty(m, np.float32)
+    # ``(bit * 2 - 1) * level`` is +level or -level exactly: the level's bits (>= 0), with the
+    # sign bit set where the bit is 0 -- integer ops on whole complex numbers, not a float
+    # multiply per component and two stride-2 stores (1.5x faster)
+    level = np.empty(m, np.uint32)
+    out = spec[h]
     for t in range(tokens):
         if t % group == 0:
             for k in range(m):
-                level[k] = table[k1_scale[h, k, t // group]] * hm
-        b_t = bits[t * m : (t + 1) * m]
-        for k in range(m):
-            comps[k] = (np.float32(b_t[k]) * np.float32(2.0) - np.float32(1.0)) * level[k]
-        re, im, c_im = spec[h, t, :, 0], spec[h, t, :, 1], comps[n_real:]
-        for k in range(n_real):
-            re[k] = comps[k]
-            im[k] = 0.0  # imaginary parts of DC (and Nyquist, m even) stay 0
-        im = spec[h, t, 1:, 1]
-        for k in range(m - n_real):
-            im[k] = c_im[k]
+                level[k] = f32_bits(table[k1_scale[h, k, t // group]] * hm)
+        b, o = bits[t * m : (t + 1) * m], out[t]
+        o[0] = np.uint64(level[0] | (np.uint32(1 - b[0]) << np.uint32(31)))
+        b_re, b_im, l_re, l_im, o_mid = (
+            b[1 : n_im + 1],
+            b[n_real:],
+            level[1 : n_im + 1],
+            level[n_real:],
+            o[1 : n_im + 1],
+        )
+        for k in range(n_im):
+            re = l_re[k] | (np.uint32(1 - b_re[k]) << np.uint32(31))
+            im = l_im[k] | (np.uint32(1 - b_im[k]) << np.uint32(31))
+            o_mid[k] = np.uint64(re) | (np.uint64(im) << np.uint64(32))
+        for k in range(n_im + 1, n_real):  # the Nyquist bin (m even): a real part only
+            o[k] = np.uint64(level[k] | (np.uint32(1 - b[k]) << np.uint32(31)))
 
 
 @njit(**PARALLEL_JIT)
@@ -338,14 +384,20 @@ def _decode_keys(idx4, idx2, tier4, tier2, idx1, signal, group, table, out, mode
 _CHANNELS: dict[int, tuple[weakref.ref, tuple[np.ndarray, ...]]] = {}
 
 
-def key_channels(tiers: torch.Tensor) -> tuple[np.ndarray, ...]:
-    """(4-bit, 2-bit, sign-tier) channel indices ``[heads, count]`` of a layer's frozen tiers."""
+def _layer_channels(tiers: torch.Tensor) -> tuple[np.ndarray, ...]:
+    # (4-bit, 2-bit, sign-tier indices, then all three in that order)
     key = id(tiers)
     cached = _CHANNELS.get(key)
     if cached is None or cached[0]() is not tiers:
         channels = tuple(tier_indices(tiers, tier).numpy().astype(np.uint32) for tier in (2, 1, 0))
+        channels += (np.ascontiguousarray(np.concatenate(channels, axis=1)),)
         cached = _CHANNELS[key] = (weakref.ref(tiers, lambda _: _CHANNELS.pop(key, None)), channels)
     return cached[1]
+
+
+def key_channels(tiers: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """(4-bit, 2-bit, sign-tier) channel indices ``[heads, count]`` of a layer's frozen tiers."""
+    return _layer_channels(tiers)[:3]
 
 
 _TIER_FIELDS = ("codes", "scale", "zero", "scale_max")
@@ -371,14 +423,16 @@ def encode_keys(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, tor
     heads, tokens, head_dim = x.shape
     if codec._layer_tiers(layer, heads, head_dim) is None:
         codec.calibrate(layer, x)
-    idx4, idx2, idx1 = key_channels(codec._tiers[layer])
+    idx4, idx2, idx1, order = _layer_channels(codec._tiers[layer])
     group = balanced_group(tokens, codec.group_size)
     n_groups = num_groups(tokens, group)
     m = idx1.shape[1]
     # the reference's rfft_components call: torch.fft.rfft over the sign channels, gathered
-    # by numba (torch's gather took as long as the FFT itself)
-    signal = torch.empty(heads, tokens, idx1.shape[1])
-    _gather_channels(x.numpy(), idx1, signal.numpy())
+    # by numba (torch's gather took as long as the FFT itself) with the other tiers' channels
+    uniform = np.empty((heads, tokens, idx4.shape[1] + idx2.shape[1]), np.float32)
+    signal = torch.empty(heads, tokens, m)
+    match_torch_threads()
+    _gather_tiers(x.numpy(), order, uniform, signal.numpy())
     spec = torch.fft.rfft(signal, dim=-1)
     tiers = {
         bits: _tier_buffers(heads, tokens, idx.shape[1], bits, n_groups)
@@ -388,12 +442,10 @@ def encode_keys(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, tor
     k1_scale = torch.empty(heads, m, n_groups, dtype=torch.uint8)
     k1_max = torch.empty(heads, dtype=torch.bfloat16)
     log8, nearest = tables()
-    match_torch_threads()
     _encode_keys(
-        x.numpy(),
-        idx4,
-        idx2,
-        torch.view_as_real(spec).numpy(),
+        uniform,
+        idx4.shape[1],
+        spec.view(torch.int64).numpy().view(np.uint64),
         group,
         nearest,
         log8,
@@ -448,7 +500,7 @@ def decode_keys_into(enc: EncodedTensor, codec: VidKVCodec, out: torch.Tensor, m
         u16(t["k1.scale_max"]),
         group,
         log8,
-        torch.view_as_real(spec).numpy(),
+        spec.view(torch.int64).numpy().view(np.uint64),
     )
     signal = torch.fft.irfft(spec, n=m, dim=-1)  # spectral.from_rfft_components
     tiers = {}
@@ -514,7 +566,7 @@ def _encode_values_head(
     threshold,
     group,
     sal_group,
-    bounds,
+    nearest,
     table,
     mask,
     tern,
@@ -537,7 +589,7 @@ def _encode_values_head(
     level = np.empty((n_groups, head_dim), np.float32)
     acc = np.empty(head_dim, np.float64)
     thr = np.empty(head_dim, np.float32)
-    count = np.empty(head_dim, np.int64)
+    count = np.empty(head_dim, np.int32)  # int32 lanes: twice as many per vector as int64
     for g in range(n_groups):
         start, stop = g * group, min(n_rest, g * group + group)
         acc[:] = 0.0
@@ -557,13 +609,13 @@ def _encode_values_head(
                 q_r[d] = 2 if up else (0 if down else 1)
                 nonzero = up or down
                 acc[d] += np.float64(abs(v)) if nonzero else 0.0
-                count[d] += 1 if nonzero else 0
+                count[d] += np.int32(1) if nonzero else np.int32(0)
         for d in range(head_dim):
             level[g, d] = np.float32(acc[d]) / np.float32(max(count[d], 1))
     pack_trits_row(q, n_rest * head_dim, tern[h])
-    tern_max[h] = _log8_codes(level, bounds, tern_scale[h])
+    tern_max[h] = _log8_codes(level, nearest, tern_scale[h])
     # salient tokens: 2 bits per token in groups of channels
-    sal_max[h] = _encode_rows(x_h, sal, sal_group, 2, bounds, table, sal_codes[h], sal_scale[h], sal_zero[h])
+    sal_max[h] = _encode_rows(x_h, sal, sal_group, 2, nearest, table, sal_codes[h], sal_scale[h], sal_zero[h])
 
 
 @njit(**PARALLEL_JIT)
@@ -573,7 +625,7 @@ def _encode_values(
     threshold,
     group,
     sal_group,
-    bounds,
+    nearest,
     table,
     mask,
     tern,
@@ -594,7 +646,7 @@ def _encode_values(
             threshold,
             group,
             sal_group,
-            bounds,
+            nearest,
             table,
             mask,
             tern,
