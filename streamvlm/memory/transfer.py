@@ -114,13 +114,13 @@ def is_pinned(tensors: dict[str, torch.Tensor]) -> bool:
 
 
 def to_device(tensors: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
-    """``tensors`` on ``device`` as views of one buffer moved in one copy (``non_blocking``
-    from page-locked memory, ordered on the current stream, so kernels launched after it
-    read the data). Tensors already on ``device`` come back as they are."""
+    """``tensors`` on ``device``, contiguous, as views of one buffer moved in one copy
+    (``non_blocking`` from page-locked memory, ordered on the current stream, so kernels
+    launched after it read the data). Tensors already on ``device`` are not moved."""
     global transfers
     device = torch.device(device)
     if not tensors or all(t.device == device for t in tensors.values()):
-        return dict(tensors)
+        return {name: t.contiguous() for name, t in tensors.items()}
     _check_one_device(tensors)
     source = next(iter(tensors.values()))
     if _shares_one_buffer(tensors):
