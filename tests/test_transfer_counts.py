@@ -15,6 +15,7 @@ from _blocks import random_block
 from _counting import TransferCounter
 
 from streamvlm.memory import transfer
+from streamvlm.memory.block import META_TENSORS, Block
 from streamvlm.memory.codec import get_block_codec
 from streamvlm.memory.tiers import HostTier
 from streamvlm.quant.base import QuantError
@@ -121,3 +122,43 @@ def test_to_host_and_to_device_move_one_buffer_per_device():
     # nothing to move onto the device the tensors are on
     assert transfer.to_device(host, CPU).keys() == host.keys()
     assert transfer.transfers - before == 1
+
+
+def test_the_debug_flag_checks_every_packed_range_again(monkeypatch):
+    tier = tier_with_one_block("kivi2", 2)
+    block = random_block(1, TOKENS, 2, HEADS, DIM)
+    monkeypatch.setenv("STREAMVLM_CHECK_CODES", "1")
+    with TransferCounter() as counts:
+        tier.put(block)
+    # the block check, plus min and max of each of the 4 packed code arrays
+    assert counts.host_reads == 1 + 2 * 4, counts.ops
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("codec", CODECS)
+def test_on_cuda_a_block_crosses_once_each_way_into_one_pinned_buffer(codec):
+    layers = 2
+    tier = HostTier(None, get_block_codec(codec))
+    cuda = torch.device("cuda")
+
+    def on_cuda(block_id):
+        block = random_block(block_id, TOKENS, layers, HEADS, DIM)
+        return Block(meta=block.meta, layers=tuple((k.to(cuda), v.to(cuda)) for k, v in block.layers))
+
+    tier.put(on_cuda(0))
+    tier.get(0, cuda, torch.bfloat16)
+    block = on_cuda(1)
+    with TransferCounter() as put:
+        tier.put(block)
+    stored = tier._items[1]
+    kv = [t for name, t in stored.tensors.items() if name not in META_TENSORS]
+    assert all(t.is_pinned() and t.device.type == "cpu" for t in kv)
+    assert len({t.untyped_storage().data_ptr() for t in kv}) == 1
+    with TransferCounter() as get:
+        back = tier.get(1, cuda, torch.bfloat16)
+    assert back.layers[0][0].device.type == "cuda"
+    # vidkv.py still moves each layer's key tiers to the device and reads their counts while
+    # encoding keys (1 copy and 3 reads a layer); kivi2 has no such state
+    extra_copies, extra_reads = (layers, 3 * layers) if codec == "vidkv" else (0, 0)
+    assert (put.host_reads, put.device_copies) == (1 + extra_reads, 1 + extra_copies), put.ops
+    assert (get.host_reads, get.device_copies) == (0, 1), get.ops

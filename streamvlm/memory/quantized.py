@@ -60,6 +60,9 @@ class QuantizedCodec(BlockCodec):
             and kernels.path_for(self.kv_codec, layers[0][1].shape[1], layers[0][1].device) != CPU
         )
         if on_device:
+            for i, k, v in layers:  # the same errors, in the same order, as encoding layer by layer
+                self.kv_codec.check_input(k, "key", i)
+                self.kv_codec.check_input(v, "value", i)
             self.kv_codec.check_values([x for _, k, v in layers for x in (k, v)])
         tensors = {}
         for i, k, v in layers:

@@ -137,7 +137,7 @@ class KVCodec(Registered, ABC):
         """Like ``encode``, leaving the tensors on ``x``'s device (a block codec moves a whole
         block's at once). ``values_checked=True``: the caller has already run
         ``check_values`` on ``x`` (once for a whole block), so no value is read back here."""
-        self._check_shape(x, kind, layer)
+        self.check_input(x, kind, layer)
         if not values_checked:
             self.check_values([x])
         with _codec_codes():
@@ -175,10 +175,11 @@ class KVCodec(Registered, ABC):
             raise QuantError(f"codec {self.name!r} keeps no per-layer state; do not load any")
 
     def _validate(self, x: torch.Tensor, kind: str, layer: int) -> None:
-        self._check_shape(x, kind, layer)
+        self.check_input(x, kind, layer)
         self.check_values([x])
 
-    def _check_shape(self, x: torch.Tensor, kind: str, layer: int) -> None:
+    def check_input(self, x: torch.Tensor, kind: str, layer: int) -> None:
+        """Raise ``QuantError`` for a tensor, kind or layer ``encode`` refuses, reading no values."""
         if not isinstance(x, torch.Tensor):
             raise QuantError(f"{self.name}: expected a torch.Tensor, got {type(x).__name__}")
         if kind not in KINDS:

@@ -79,8 +79,10 @@ def validate_codes(codes: torch.Tensor, limit: int, what: str) -> None:
         raise QuantError(f"{what} codes must have at least one dimension; reshape to [..., n]")
     if codes_in_range_guaranteed():
         if codes.numel() and codes.device.type != "cpu":
-            low, high = torch.aminmax(codes)
-            torch._assert_async((low >= 0) & (high < limit), f"{what} codes outside [0, {limit - 1}]")
+            wide = codes.to(torch.int32)  # uint8 against 256 would wrap; bool has no aminmax on every device
+            torch._assert_async(
+                ((wide >= 0) & (wide < limit)).all(), f"{what} codes outside [0, {limit - 1}]"
+            )
         return
     if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= limit):
         raise QuantError(
