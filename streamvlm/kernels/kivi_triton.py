@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..memory.transfer import to_device
 from ..quant.base import EncodedTensor, QuantError
 from ..quant.groups import num_groups
 from ..quant.kivi import KIVICodec
@@ -62,7 +63,7 @@ def decode(enc: EncodedTensor, codec: KIVICodec, device: torch.device, dtype: to
     """``codec.decode(enc, device, dtype)`` computed by one Triton kernel."""
     heads, tokens, head_dim = enc.shape
     key = enc.kind == "key"
-    t = {name: enc.tensors[name].to(device).contiguous() for name in ("codes", "scale", "min")}
+    t = to_device({name: enc.tensors[name] for name in ("codes", "scale", "min")}, device)
     n_groups = t["scale"].shape[-1]
     if n_groups != num_groups(tokens if key else head_dim, codec.group_size):
         raise QuantError(

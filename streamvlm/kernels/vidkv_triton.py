@@ -23,10 +23,13 @@ and the sign components go through the same torch function as in the reference.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import triton
 import triton.language as tl
 
+from ..memory.transfer import to_device
 from ..quant.base import EncodedTensor, QuantError
 from ..quant.groups import balanced_group, num_groups
 from ..quant.packing import packed_length, unpack_per_head
@@ -132,7 +135,7 @@ def decode_values(
 ) -> torch.Tensor:
     """``codec.decode(enc, device, dtype)`` for a value block, in one Triton kernel."""
     heads, tokens, head_dim = enc.shape
-    t = {name: x.to(device).contiguous() for name, x in enc.tensors.items()}
+    t = to_device(enc.tensors, device)
     n_sal = t["sal.scale"].shape[1]
     n_tern = tokens - n_sal
     tern_group = balanced_group(n_tern, codec.group_size)
@@ -244,11 +247,35 @@ def _vidkv_keys_kernel(
     tl.store(comps_ptr + (h * T + t) * m + rank, comp, mask=in1)
 
 
+# (id of the layer's tier state object, device) -> (a weak reference to it, its channel map on
+# the device): the map is computed and moved once per layer, not per block; the weak
+# reference tells a reused id apart (as vidkv_cpu.key_channels does)
+_MAPS: dict[tuple[int, torch.device], tuple[weakref.ref, tuple]] = {}
+
+
 def key_channel_map(
-    codec: VidKVCodec, layer: int, heads: int, head_dim: int
+    codec: VidKVCodec, layer: int, heads: int, head_dim: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int, int]]:
     """(tier int8 ``[heads, head_dim]``, rank in tier int32, sign-tier channels ``[heads, m]``,
-    channel counts (4-bit, 2-bit, sign)) of ``layer``, from the codec's public shared state."""
+    channel counts (4-bit, 2-bit, sign)) of ``layer``, from the codec's public shared state,
+    the tensors on ``device``; cached per layer state and device."""
+    device = torch.device(device)
+    # the object holding the layer's tiers: packed as loaded, or frozen once the codec unpacked them
+    state = codec._pending.get(layer, codec._tiers.get(layer))
+    key = (id(state), device)
+    cached = _MAPS.get(key)
+    if state is not None and cached is not None and cached[0]() is state:
+        if tuple(cached[1][0].shape) == (heads, head_dim):
+            return cached[1]
+    tiers, rank, sign_idx, counts = _channel_map(codec, layer, heads, head_dim)
+    result = (tiers.to(device), rank.to(device), sign_idx.to(device), counts)
+    _MAPS[key] = (weakref.ref(state, lambda _: _MAPS.pop(key, None)), result)
+    return result
+
+
+def _channel_map(
+    codec: VidKVCodec, layer: int, heads: int, head_dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int, int]]:
     state = codec.shared_state(layer)
     if not state:
         raise QuantError(
@@ -261,13 +288,14 @@ def key_channel_map(
             f"{codec.name}: layer {layer} was calibrated for another heads x head_dim than "
             f"{(heads, head_dim)}; use one codec per model (or call reset())"
         )
+    # on the CPU, where the codec keeps its state: reading the counts costs no device sync
     tiers = unpack_per_head(packed, 2, (heads, head_dim)).to(torch.int8)
     rank = torch.zeros(heads, head_dim, dtype=torch.int32)
     for tier in (0, 1, 2):
         sel = tiers == tier
         rank = torch.where(sel, sel.cumsum(1, dtype=torch.int32) - 1, rank)
     counts = tuple(int((tiers[0] == tier).sum()) for tier in (2, 1, 0))
-    return tiers, rank, tier_indices(tiers, 0), counts
+    return tiers, rank, tier_indices(tiers, 0, counts[2]), counts
 
 
 def decode_keys(
@@ -275,8 +303,8 @@ def decode_keys(
 ) -> torch.Tensor:
     """``codec.decode(enc, device, dtype)`` for a key block: Triton kernel, then irfft in torch."""
     heads, tokens, head_dim = enc.shape
-    tiers, rank, sign_idx, (n4, n2, m) = key_channel_map(codec, enc.layer, heads, head_dim)
-    t = {name: x.to(device).contiguous() for name, x in enc.tensors.items()}
+    tiers, rank, sign_idx, (n4, n2, m) = key_channel_map(codec, enc.layer, heads, head_dim, device)
+    t = to_device(enc.tensors, device)
     group = balanced_group(tokens, codec.group_size)
     n_groups = num_groups(tokens, group)
     if t["k1.scale"].shape[-1] != n_groups:
@@ -298,8 +326,8 @@ def decode_keys(
     block_t, block_d = decode_tile(tokens, head_dim)
     grid = (heads, triton.cdiv(tokens, block_t))
     _vidkv_keys_kernel[grid](
-        tiers.to(device),
-        rank.to(device),
+        tiers,
+        rank,
         *tier_args,
         t["k1.signs"],
         t["k1.scale"],
@@ -318,4 +346,4 @@ def decode_keys(
         **LAUNCH_OPTIONS,
     )
     signal = from_rfft_components(comps, m).to(dtype)
-    return out.scatter_(2, channel_rows(sign_idx.to(device), tokens), signal)
+    return out.scatter_(2, channel_rows(sign_idx, tokens), signal)

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import ConfigError
 from ..registry import BLOCK_CODECS, Registered
+from . import transfer
 from .block import META_TENSORS, Block, BlockMeta, StoredBlock
 
 # BlockMeta fields a stored block's JSON meta holds beside its tensors (``spilled`` is only
@@ -59,7 +60,8 @@ class BlockCodec(Registered, ABC):
 
     @abstractmethod
     def encode_layers(self, block: Block) -> dict[str, torch.Tensor]:
-        """Named CPU tensors holding the block's KV."""
+        """Named tensors holding the block's KV, on the block's device or the CPU: ``encode``
+        moves them to the host in one piece."""
 
     @abstractmethod
     def decode_layers(self, tensors: dict[str, torch.Tensor], meta: dict, device, dtype):
@@ -80,10 +82,10 @@ class BlockCodec(Registered, ABC):
         return sum(t.nbytes for t in self.shared_state().values())
 
     def encode(self, block: Block) -> StoredBlock:
+        """The block as stored: its fields and encoded KV as CPU tensors sharing one buffer
+        (page-locked when CUDA is present), moved from the device in one copy."""
         tensors = {
-            name: getattr(block.meta, name).cpu()
-            for name in META_TENSORS
-            if getattr(block.meta, name) is not None
+            name: getattr(block.meta, name) for name in META_TENSORS if getattr(block.meta, name) is not None
         }
         tensors.update(self.encode_layers(block))
         meta = meta_to_json(block.meta) | {
@@ -91,7 +93,7 @@ class BlockCodec(Registered, ABC):
             "layers": len(block.layers),
             "kv_shape": kv_shape(block),
         }
-        return StoredBlock(meta=meta, tensors=tensors)
+        return StoredBlock(meta=meta, tensors=transfer.to_host(tensors))
 
     def decode(self, stored: StoredBlock, device, dtype) -> Block:
         layers = self.decode_layers(stored.tensors, stored.meta, device, dtype)
@@ -110,18 +112,13 @@ class IdentityCodec(BlockCodec, name="identity"):
     def encode_layers(self, block: Block) -> dict[str, torch.Tensor]:
         tensors = {}
         for i, (k, v) in enumerate(block.layers):
-            tensors[f"k.{i}"] = k.detach().to("cpu").contiguous()
-            tensors[f"v.{i}"] = v.detach().to("cpu").contiguous()
+            tensors[f"k.{i}"] = k.detach()
+            tensors[f"v.{i}"] = v.detach()
         return tensors
 
     def decode_layers(self, tensors, meta, device, dtype):
-        return [
-            (
-                tensors[f"k.{i}"].to(device=device, dtype=dtype, non_blocking=True),
-                tensors[f"v.{i}"].to(device=device, dtype=dtype, non_blocking=True),
-            )
-            for i in range(meta["layers"])
-        ]
+        tensors = transfer.to_device(tensors, device)
+        return [(tensors[f"k.{i}"].to(dtype), tensors[f"v.{i}"].to(dtype)) for i in range(meta["layers"])]
 
 
 def get_block_codec(name: str) -> BlockCodec:

@@ -21,9 +21,11 @@ from functools import partial
 import torch
 
 from .. import kernels
+from ..kernels.backend import CPU
 from ..quant.base import EncodedTensor, KVCodec, QuantError
 from ..quant.registry import get_kv_codec
 from ..registry import BLOCK_CODECS, KV_CODECS
+from . import transfer
 from .block import META_TENSORS, Block
 from .codec import BlockCodec
 
@@ -46,12 +48,30 @@ class QuantizedCodec(BlockCodec):
         self._stateful_layers: set[int] = set()
 
     def encode_layers(self, block: Block) -> dict[str, torch.Tensor]:
+        """Each layer's fields, left where they were encoded (``encode`` moves the block at once).
+
+        Off the CPU kernels' path (CUDA, or the reference chosen), the block's values are
+        checked once for all layers, so encoding reads nothing back from the device per layer.
+        """
+        layers = [(i, k, v) for i, (k, v) in enumerate(block.layers) if k.shape[1] > 0]
+        # (an empty layer is skipped: the quant codecs need a token; kv_shape alone rebuilds it)
+        on_device = (
+            bool(layers)
+            and kernels.path_for(self.kv_codec, layers[0][1].shape[1], layers[0][1].device) != CPU
+        )
+        if on_device:
+            for i, k, v in layers:  # the same errors, in the same order, as encoding layer by layer
+                self.kv_codec.check_input(k, "key", i)
+                self.kv_codec.check_input(v, "value", i)
+            self.kv_codec.check_values([x for _, k, v in layers for x in (k, v)])
         tensors = {}
-        for i, (k, v) in enumerate(block.layers):
-            if k.shape[1] == 0:
-                continue  # the quant codecs need a token; kv_shape alone rebuilds an empty layer
+        for i, k, v in layers:
             for prefix, x in (("k", k), ("v", v)):
-                enc = kernels.encode(self.kv_codec, x, _KINDS[prefix], i)
+                enc = (
+                    self.kv_codec.encode_on_device(x, _KINDS[prefix], i, values_checked=True)
+                    if on_device
+                    else kernels.encode(self.kv_codec, x, _KINDS[prefix], i)
+                )
                 tensors.update({f"{prefix}.{i}.{field}": t for field, t in enc.tensors.items()})
             self._note_state(i)
         return tensors
@@ -73,7 +93,9 @@ class QuantizedCodec(BlockCodec):
             raise QuantError(
                 f"decode_layers out= has {len(out)} layers, the block {meta['layers']}; pass one per layer"
             )
-        fields = _by_layer(tensors)
+        # the block's fields cross to the device in one copy, not one per tensor
+        first_out = next((pair[0] for pair in out or () if pair is not None), None)
+        fields = _by_layer(transfer.to_device(tensors, device if first_out is None else first_out.device))
         layers = []
         for i in range(meta["layers"]):
             targets = (None, None) if out is None or out[i] is None else out[i]

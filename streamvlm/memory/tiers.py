@@ -21,6 +21,7 @@ from typing import Generic, TypeVar
 
 import torch
 
+from . import transfer
 from .block import Block, BlockMeta, StoredBlock
 from .codec import BlockCodec
 
@@ -227,7 +228,8 @@ class HostTier(MemoryTier[StoredBlock]):
 
 
 def pin(stored: StoredBlock) -> StoredBlock:
-    """Page-lock a stored block's tensors when CUDA is present (faster, async host->device copies)."""
-    if not torch.cuda.is_available():
+    """Page-lock a stored block's tensors when CUDA is present (faster, async host->device
+    copies), all in one buffer; a block encoded here already is (``BlockCodec.encode``)."""
+    if not torch.cuda.is_available() or transfer.is_pinned(stored.tensors):
         return stored
-    return StoredBlock(meta=stored.meta, tensors={k: t.pin_memory() for k, t in stored.tensors.items()})
+    return StoredBlock(meta=stored.meta, tensors=transfer.to_host(stored.tensors))

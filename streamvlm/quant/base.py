@@ -9,12 +9,17 @@ per block) is reported by ``shared_bits(layer)`` and can be saved with ``shared_
 from __future__ import annotations
 
 import math
+import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import StreamVLMError
+from ..memory.transfer import to_host
 from ..registry import KV_CODECS, Registered
 
 KINDS = ("key", "value")
@@ -24,6 +29,28 @@ FP16_MAX = 65504.0
 
 class QuantError(StreamVLMError, ValueError):
     """Bad input or option for a codec; the message is one line naming the problem and the fix."""
+
+
+# True while a codec's ``_encode`` runs: the codes it packs come from its own rounding and
+# clamping, so ``packing`` need not read their range back from the device to check it.
+_CODEC_CODES: ContextVar[bool] = ContextVar("streamvlm_codec_codes", default=False)
+
+
+def codes_in_range_guaranteed() -> bool:
+    """Whether codes being packed now were made by a codec (in range by construction).
+
+    ``STREAMVLM_CHECK_CODES=1`` turns the guarantee off, so every pack checks its range
+    (a debug aid for a new codec)."""
+    return _CODEC_CODES.get() and os.environ.get("STREAMVLM_CHECK_CODES") != "1"
+
+
+@contextmanager
+def _codec_codes() -> Iterator[None]:
+    token = _CODEC_CODES.set(True)
+    try:
+        yield
+    finally:
+        _CODEC_CODES.reset(token)
 
 
 def check_group_size(codec: str, value: int) -> int:
@@ -99,10 +126,23 @@ class KVCodec(Registered, ABC):
             )
 
     def encode(self, x: torch.Tensor, kind: str, layer: int = 0) -> EncodedTensor:
-        """Encode ``x`` ``[kv_heads, tokens, head_dim]`` (keys post-RoPE) of layer ``layer``."""
-        self._validate(x, kind, layer)
-        tensors = self._encode(x.detach(), kind, layer)
-        tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+        """Encode ``x`` ``[kv_heads, tokens, head_dim]`` (keys post-RoPE) of layer ``layer``;
+        the tensors come back on the CPU, moved in one piece."""
+        enc = self.encode_on_device(x, kind, layer)
+        return EncodedTensor(enc.codec, enc.kind, enc.shape, to_host(enc.tensors), enc.layer)
+
+    def encode_on_device(
+        self, x: torch.Tensor, kind: str, layer: int = 0, *, values_checked: bool = False
+    ) -> EncodedTensor:
+        """Like ``encode``, leaving the tensors on ``x``'s device (a block codec moves a whole
+        block's at once). ``values_checked=True``: the caller has already run
+        ``check_values`` on ``x`` (once for a whole block), so no value is read back here."""
+        self.check_input(x, kind, layer)
+        if not values_checked:
+            self.check_values([x])
+        with _codec_codes():
+            tensors = self._encode(x.detach(), kind, layer)
+        tensors = {name: t.detach().contiguous() for name, t in tensors.items()}
         return EncodedTensor(self.name, kind, tuple(int(s) for s in x.shape), tensors, layer)
 
     def decode(
@@ -135,6 +175,11 @@ class KVCodec(Registered, ABC):
             raise QuantError(f"codec {self.name!r} keeps no per-layer state; do not load any")
 
     def _validate(self, x: torch.Tensor, kind: str, layer: int) -> None:
+        self.check_input(x, kind, layer)
+        self.check_values([x])
+
+    def check_input(self, x: torch.Tensor, kind: str, layer: int) -> None:
+        """Raise ``QuantError`` for a tensor, kind or layer ``encode`` refuses, reading no values."""
         if not isinstance(x, torch.Tensor):
             raise QuantError(f"{self.name}: expected a torch.Tensor, got {type(x).__name__}")
         if kind not in KINDS:
@@ -157,10 +202,17 @@ class KVCodec(Registered, ABC):
             raise QuantError(
                 f"{self.name}: dtype must be float16, bfloat16 or float32, got {x.dtype}; cast first"
             )
+
+    def check_values(self, xs: Sequence[torch.Tensor]) -> None:
+        """Raise ``QuantError`` unless every tensor of ``xs`` (all on one device) is finite and
+        within ``max_abs``: one value read back from the device, however many tensors."""
         # aminmax reads x once without the |x| temporary (a full copy per encode); a nan
         # anywhere makes both nan, which the finiteness check below rejects
-        low, high = torch.aminmax(x.detach())
-        amax = max(-float(low), float(high))
+        peaks = []
+        for x in xs:
+            low, high = torch.aminmax(x.detach())
+            peaks.append(torch.maximum(-low.float(), high.float()))
+        amax = float(torch.stack(peaks).max())
         if not math.isfinite(amax):
             raise QuantError(f"{self.name}: input holds inf or nan; only finite KV can be encoded")
         if self.max_abs is not None and amax > self.max_abs:

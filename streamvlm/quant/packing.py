@@ -20,11 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import QuantError
+from .base import QuantError, codes_in_range_guaranteed
 
 BIT_WIDTHS = (1, 2, 4, 8)
 TRITS_PER_BYTE = 5
-_POW3 = (1, 3, 9, 27, 81)
 
 
 @dataclass(frozen=True)
@@ -68,11 +67,23 @@ def _check_codes(codes: torch.Tensor, limit: int, what: str) -> torch.Tensor:
 
 def validate_codes(codes: torch.Tensor, limit: int, what: str) -> None:
     """Raise ``QuantError`` unless ``codes`` is an integer tensor of at least one dimension
-    with values in ``[0, limit)`` (``what`` names them in the message)."""
+    with values in ``[0, limit)`` (``what`` names them in the message).
+
+    The range is read back (a device sync off the CPU) only where the caller cannot vouch
+    for it: codes a codec makes while encoding are in range by construction, and are
+    checked on the device without a read (``torch._assert_async``) when not on the CPU.
+    """
     if codes.dtype.is_floating_point or codes.dtype.is_complex:
         raise QuantError(f"{what} codes must be an integer tensor, got {codes.dtype}; round and cast first")
     if codes.dim() == 0:
         raise QuantError(f"{what} codes must have at least one dimension; reshape to [..., n]")
+    if codes_in_range_guaranteed():
+        if codes.numel() and codes.device.type != "cpu":
+            wide = codes.to(torch.int32)  # uint8 against 256 would wrap; bool has no aminmax on every device
+            torch._assert_async(
+                ((wide >= 0) & (wide < limit)).all(), f"{what} codes outside [0, {limit - 1}]"
+            )
+        return
     if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= limit):
         raise QuantError(
             f"{what} codes must lie in [0, {limit - 1}], got [{int(codes.min())}, {int(codes.max())}]"
@@ -119,14 +130,19 @@ def pack_trits(codes: torch.Tensor) -> torch.Tensor:
     """Pack ternary codes {0, 1, 2} along the last dimension, 5 per byte (base 3, zero padded)."""
     c = _pad_last(_check_codes(codes, 3, "ternary"), TRITS_PER_BYTE)
     c = c.reshape(*c.shape[:-1], c.shape[-1] // TRITS_PER_BYTE, TRITS_PER_BYTE)
-    weights = torch.tensor(_POW3, device=c.device, dtype=torch.int32)
+    weights = _trit_weights(c.device)
     return (c * weights).sum(dim=-1).to(torch.uint8)
+
+
+def _trit_weights(device: torch.device) -> torch.Tensor:
+    """``3 ** i`` for each trit of a byte, made on ``device`` (no upload from the host)."""
+    return torch.pow(3, torch.arange(TRITS_PER_BYTE, device=device, dtype=torch.int32))
 
 
 def unpack_trits(packed: torch.Tensor, length: int) -> torch.Tensor:
     """Inverse of ``pack_trits``: uint8 codes in {0, 1, 2}, ``[..., length]``."""
     _check_packed(packed, length, None, "trits")
-    weights = torch.tensor(_POW3, device=packed.device, dtype=torch.int32)
+    weights = _trit_weights(packed.device)
     c = (packed.to(torch.int32).unsqueeze(-1) // weights) % 3
     return c.reshape(*packed.shape[:-1], c.shape[-2] * c.shape[-1])[..., :length].to(torch.uint8)
 

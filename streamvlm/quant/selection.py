@@ -16,13 +16,14 @@ def top_range_channels(keys: torch.Tensor, count: int) -> torch.Tensor:
     return mask.scatter_(1, order, True)
 
 
-def split_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def split_indices(mask: torch.Tensor, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Ascending indices of the True and of the False entries of each row of ``mask``.
 
-    Every row must hold the same number of True entries (the codecs guarantee it).
+    Every row must hold the same number of True entries (the codecs guarantee it): pass it
+    as ``count`` where the caller knows it, to spare a read of the mask from the device.
     """
     order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)
-    count = int(mask[0].sum())
+    count = int(mask[0].sum()) if count is None else count
     return order[:, :count], order[:, count:]
 
 
@@ -79,7 +80,8 @@ def channel_tiers(keys: torch.Tensor, counts: list[int], score: str = "range") -
     return tiers
 
 
-def tier_indices(tiers: torch.Tensor, tier: int) -> torch.Tensor:
-    """Ascending channel indices ``[heads, count]`` of ``tier`` (every head has the same count)."""
-    count = int((tiers[0] == tier).sum())
+def tier_indices(tiers: torch.Tensor, tier: int, count: int | None = None) -> torch.Tensor:
+    """Ascending channel indices ``[heads, count]`` of ``tier`` (every head has the same count;
+    pass it where the caller knows it, to spare a read of ``tiers`` from the device)."""
+    count = int((tiers[0] == tier).sum()) if count is None else count
     return torch.argsort((tiers != tier).to(torch.int8), dim=-1, stable=True)[:, :count]
