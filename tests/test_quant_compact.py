@@ -236,7 +236,11 @@ def test_state_saved_before_profiles_existed_still_serves() -> None:
     writer = get_kv_codec("vidkv")
     writer.encode(k[:, :32], "key")
     tiers = writer._tiers[0]
-    old_small = {"key": writer._encode_keys(k[:, 32:36], tiers), "value": writer._encode_values(v[:, 32:36])}
+    channels = compact.tier_channels(tiers)
+    old_small = {
+        "key": writer._encode_keys(k[:, 32:36], channels),
+        "value": writer._encode_values(v[:, 32:36]),
+    }
     reader = get_kv_codec("vidkv")
     reader.load_shared_state(0, {"tiers": writer.shared_state(0)["tiers"]})
     for kind, x in (("key", k[:, 32:36]), ("value", v[:, 32:36])):

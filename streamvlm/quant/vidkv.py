@@ -67,7 +67,6 @@ from .selection import (
     key_2bit_count,
     salient_count,
     salient_tokens,
-    tier_indices,
 )
 from .spectral import from_rfft_components, rfft_components
 from .uniform import decode_log8_minmax, encode_log8_minmax
@@ -93,6 +92,12 @@ class VidKVCodec(KVCodec, name="vidkv"):
         self.salient_fraction = check_fraction(self.name, "salient_fraction", salient_fraction, 0.0, 0.5)
         self.ternary_threshold = check_fraction(self.name, "ternary_threshold", ternary_threshold, 0.0, 2.0)
         self._tiers: dict[int, torch.Tensor] = {}  # layer -> int8 [heads, head_dim] (0, 1, 2), CPU
+        # (layer, device) -> (the CPU tiers it was made from, tiers on the device, channel indices
+        # [heads, count] of each tier on the device): made once per layer and device, so coding a
+        # block neither copies the tiers over nor reads counts back from the device
+        self._on_device: dict[
+            tuple[int, str], tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]
+        ] = {}
         # loaded but not yet unpacked (the packed form does not say head_dim): layer -> uint8
         self._pending: dict[int, torch.Tensor] = {}
         # channel profiles of the compact layout, as stored: kind -> layer -> (uint8 log8 codes
@@ -168,6 +173,7 @@ class VidKVCodec(KVCodec, name="vidkv"):
     def reset(self) -> None:
         """Forget every layer's channel tiers and profiles (a new stream, another model)."""
         self._tiers.clear()
+        self._on_device.clear()
         self._pending.clear()
         for profiles in self._profiles.values():
             profiles.clear()
@@ -210,15 +216,15 @@ class VidKVCodec(KVCodec, name="vidkv"):
             if tiers is None or layer not in self._profiles["key"]:
                 # a layer restored from state saved before profiles existed keeps its tiers
                 self._calibrate_key_state(layer, x, tiers)
-            tiers = self._tiers[layer].to(x.device)
+            channels = self._tier_channels(layer, x.device)
         elif layer not in self._profiles["value"]:
             self._calibrate_values(layer, x)
         if tokens < self.group_size:
             prof = self._profile(kind, layer, x.shape, x.device)
             if kind == "key":
-                return compact.encode_keys(x, tiers, prof, self.group_size)
+                return compact.encode_keys(x, channels, prof, self.group_size)
             return compact.encode_values(x, prof, self.ternary_threshold)
-        return self._encode_keys(x, tiers) if kind == "key" else self._encode_values(x)
+        return self._encode_keys(x, channels) if kind == "key" else self._encode_values(x)
 
     def _calibrate_key_state(self, layer: int, x: torch.Tensor, tiers: torch.Tensor | None) -> None:
         if tiers is None:
@@ -231,12 +237,26 @@ class VidKVCodec(KVCodec, name="vidkv"):
         if compact.is_compact(t):
             prof = self._profile(enc.kind, enc.layer, enc.shape, device)
             if enc.kind == "key":
-                tiers = self._required_tiers(enc.layer, enc.shape).to(device)
-                return compact.decode_keys(t, enc.shape, tiers, prof, self.group_size)
+                self._required_tiers(enc.layer, enc.shape)
+                channels = self._tier_channels(enc.layer, device)
+                return compact.decode_keys(t, enc.shape, channels, prof, self.group_size)
             return compact.decode_values(t, enc.shape, prof)
         if enc.kind == "key":
             return self._decode_keys(t, enc.shape, enc.layer, device)
         return self._decode_values(t, enc.shape, device)
+
+    def _tier_channels(self, layer: int, device: torch.device) -> dict[int, torch.Tensor]:
+        """Each of ``layer``'s tiers' channel indices on ``device`` (``compact.tier_channels``),
+        made from the CPU tiers once per device: coding a block neither copies the tiers over
+        nor reads counts back. A new calibration replaces the CPU tiers object, which
+        invalidates the entry."""
+        cpu = self._tiers[layer]
+        key = (layer, str(device))
+        cached = self._on_device.get(key)
+        if cached is None or cached[0] is not cpu:
+            channels = {tier: idx.to(device) for tier, idx in compact.tier_channels(cpu).items()}
+            cached = self._on_device[key] = (cpu, channels)
+        return cached[1]
 
     def _required_tiers(self, layer: int, shape: tuple[int, ...]) -> torch.Tensor:
         tiers = self._layer_tiers(layer, shape[0], shape[2])
@@ -247,21 +267,19 @@ class VidKVCodec(KVCodec, name="vidkv"):
             )
         return tiers
 
-    def _encode_keys(self, x: torch.Tensor, tiers: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _encode_keys(self, x: torch.Tensor, channels: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
         heads, tokens, head_dim = x.shape
         group = balanced_group(tokens, self.group_size)
         out: dict[str, torch.Tensor] = {}
         for tier, bits in self._UNIFORM_TIERS:
-            idx = tier_indices(tiers, tier)
+            idx = channels[tier]
             if idx.shape[1] == 0:
                 continue
             # tokens on the last axis: a group is one channel over `group` tokens
             q = encode_log8_minmax(x.gather(2, channel_rows(idx, tokens)).transpose(1, 2), bits, group)
             out[f"k{bits}.codes"] = pack_per_head(q["codes"].transpose(1, 2), bits)
             out.update({f"k{bits}.{name}": q[name] for name in ("scale", "zero", "scale_max")})
-        comps = rfft_components(
-            x.gather(2, channel_rows(tier_indices(tiers, 0), tokens))
-        )  # [heads, tokens, m]
+        comps = rfft_components(x.gather(2, channel_rows(channels[0], tokens)))  # [heads, tokens, m]
         signs, level = sign_encode(comps.transpose(1, 2), group)
         out["k1.signs"] = pack_per_head(signs.transpose(1, 2), 1)
         out["k1.scale"], out["k1.scale_max"] = encode_log8(level, round_up=False)
@@ -271,11 +289,12 @@ class VidKVCodec(KVCodec, name="vidkv"):
         self, t: dict[str, torch.Tensor], shape: tuple[int, ...], layer: int, device: torch.device
     ) -> torch.Tensor:
         heads, tokens, head_dim = shape
-        tiers = self._required_tiers(layer, shape).to(device)
+        self._required_tiers(layer, shape)
+        channels = self._tier_channels(layer, device)
         group = balanced_group(tokens, self.group_size)
         out = torch.empty(shape, device=device)
         for tier, bits in self._UNIFORM_TIERS:
-            idx = tier_indices(tiers, tier)
+            idx = channels[tier]
             if idx.shape[1] == 0:
                 continue
             codes = unpack_per_head(t[f"k{bits}.codes"], bits, (heads, tokens, idx.shape[1])).transpose(1, 2)
@@ -283,7 +302,7 @@ class VidKVCodec(KVCodec, name="vidkv"):
                 codes, t[f"k{bits}.scale"], t[f"k{bits}.zero"], t[f"k{bits}.scale_max"], group, bits
             )
             out.scatter_(2, channel_rows(idx, tokens), part.transpose(1, 2))
-        idx = tier_indices(tiers, 0)
+        idx = channels[0]
         m = idx.shape[1]
         signs = unpack_per_head(t["k1.signs"], 1, (heads, tokens, m)).transpose(1, 2)
         comps = sign_decode(signs, decode_log8(t["k1.scale"], t["k1.scale_max"]), group).transpose(1, 2)

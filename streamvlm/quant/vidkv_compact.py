@@ -175,20 +175,23 @@ def _runs(tokens: int, uniform_channels: int, group_size: int) -> int:
     return balanced_group(tokens, -(-group_size // max(1, uniform_channels)))
 
 
-def _uniform_rows(tiers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return tier_indices(tiers, 2), tier_indices(tiers, 1)
+def tier_channels(tiers: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Each tier's channel indices ``[heads, count]`` (0: rfft signs, 1: 2-bit, 2: 4-bit)."""
+    return {tier: tier_indices(tiers, tier) for tier in (0, 1, 2)}
 
 
-def encode_keys(x: torch.Tensor, tiers: torch.Tensor, prof: torch.Tensor, group_size: int) -> dict:
-    """Compact key fields of ``x`` ``[heads, tokens, head_dim]`` (float32) given the layer's tiers and
-    decoded profile (both ``[heads, head_dim]`` on ``x``'s device)."""
+def encode_keys(
+    x: torch.Tensor, channels: dict[int, torch.Tensor], prof: torch.Tensor, group_size: int
+) -> dict:
+    """Compact key fields of ``x`` ``[heads, tokens, head_dim]`` (float32) given the layer's tier
+    channels (``tier_channels``) and decoded profile ``[heads, head_dim]``, on ``x``'s device."""
     heads, tokens, head_dim = x.shape
     prof, comp_prof = prof[:, :head_dim], prof[:, head_dim:]
     out: dict[str, torch.Tensor] = {}
     if uses_offsets(tokens, "key"):
         out[f"{PREFIX}offset"], offsets = encode_offsets(x, prof)
         x = x - offsets[:, None, :]
-    idx4, idx2 = _uniform_rows(tiers)
+    idx4, idx2 = channels[2], channels[1]
     idx_u = torch.cat([idx4, idx2], dim=1)
     if idx_u.shape[1]:
         xu = x.gather(2, channel_rows(idx_u, tokens)) / prof.gather(1, idx_u)[:, None, :]
@@ -214,7 +217,7 @@ def encode_keys(x: torch.Tensor, tiers: torch.Tensor, prof: torch.Tensor, group_
                 out[f"{PREFIX}k{bits}"] = pack_bits(q.reshape(1, -1).to(torch.uint8), bits)
         out[f"{PREFIX}step"] = step_code
         out[f"{PREFIX}zero"] = zero.to(torch.int8)
-    idx0 = tier_indices(tiers, 0)
+    idx0 = channels[0]
     comps = rfft_components(x.gather(2, channel_rows(idx0, tokens))) / comp_prof[:, None, :]
     out[f"{PREFIX}k1"] = pack_bits((comps >= 0).reshape(1, -1).to(torch.uint8), 1)
     out[f"{PREFIX}gain"] = encode_gain(comps.abs().mean().view(1), round_up=False)
@@ -224,14 +227,14 @@ def encode_keys(x: torch.Tensor, tiers: torch.Tensor, prof: torch.Tensor, group_
 def decode_keys(
     t: dict[str, torch.Tensor],
     shape: tuple[int, ...],
-    tiers: torch.Tensor,
+    channels: dict[int, torch.Tensor],
     prof: torch.Tensor,
     group_size: int,
 ) -> torch.Tensor:
     """Inverse of ``encode_keys`` (float32 on ``prof``'s device)."""
     heads, tokens, head_dim = shape
     prof, comp_prof = prof[:, :head_dim], prof[:, head_dim:]
-    idx4, idx2 = _uniform_rows(tiers)
+    idx4, idx2 = channels[2], channels[1]
     out = torch.empty(shape, device=prof.device)
     n_u = idx4.shape[1] + idx2.shape[1]
     if n_u:
@@ -247,7 +250,7 @@ def decode_keys(
             xg = qg * (s * 3 / levels)[:, None, :, None] + low[:, None, :, None]
             xn = xg.flatten(2)[..., :tokens].transpose(1, 2)
             out.scatter_(2, channel_rows(idx, tokens), xn * prof.gather(1, idx)[:, None, :])
-    idx0 = tier_indices(tiers, 0)
+    idx0 = channels[0]
     m = idx0.shape[1]
     signs = unpack_bits(t[f"{PREFIX}k1"], 1, heads * tokens * m).view(heads, tokens, m).float() * 2 - 1
     comps = signs * decode_gain(t[f"{PREFIX}gain"]) * comp_prof[:, None, :]
