@@ -29,7 +29,8 @@ Where a dropped token's reference is stored follows from the blocks' ``kept`` ma
 (``find_references``): it is the last kept token at the same grid position before it. A
 reset keeps its next chunk whole, so that search never crosses one. A block answered
 without the blocks its references are in is completed with just those tokens
-(``runtime/answering.py``), and its retrieval summary counts them (``CompletedSummaries``).
+(``runtime/answering.py``), and its retrieval summary counts them, each moved by the drift
+that a few dropped tokens re-encoded in the chunk's context measure (``CompletedSummaries``).
 """
 
 from __future__ import annotations

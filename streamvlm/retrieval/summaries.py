@@ -9,10 +9,19 @@ times then get the same summary.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
 from ..models.base import Backend, LayerKV, rotate
+
+# Dropped tokens a pruned chunk encodes besides its kept ones, to measure how far its
+# stand-in keys drifted (``drift_probes``). What the summary needs is the drift's mean over
+# the dropped tokens, and a sampled mean's error depends on the sample's size, not on how
+# many tokens it is drawn from: a fixed count keeps the cost a few tokens per chunk at any
+# frame size. Measured on 50 needle questions at 256 frames (docs/pruning.md): 2, 4 and 8
+# probes retrieve as every dropped token encoded in the chunk's context does, 1 does not.
+DRIFT_PROBES = 8
 
 
 def block_summary(backend: Backend, layers: Sequence[LayerKV], positions: torch.Tensor) -> torch.Tensor:
@@ -22,6 +31,31 @@ def block_summary(backend: Backend, layers: Sequence[LayerKV], positions: torch.
     return torch.stack(rows).cpu()
 
 
+def drift_probes(kept: torch.Tensor, count: int = DRIFT_PROBES) -> torch.Tensor:
+    """Slots (indices into a chunk's tokens in grid order, CPU long) of up to ``count`` of its
+    dropped tokens, evenly spread over them so they sample the whole frame; empty when
+    nothing was dropped."""
+    dropped = (~kept.cpu()).nonzero().squeeze(-1)
+    if dropped.numel() <= count:
+        return dropped
+    return dropped[torch.linspace(0, dropped.numel() - 1, count).round().long()]
+
+
+class Probes(NamedTuple):
+    """Dropped tokens of a chunk encoded over its context and kept tokens, for its summary only."""
+
+    slots: torch.Tensor  # [probes] long, CPU: which of the chunk's tokens (grid order)
+    layers: Sequence[LayerKV]  # their KV, per layer
+    positions: torch.Tensor  # [position_dims, probes]: where they were encoded
+
+
+def derotated_keys(backend: Backend, layers: Sequence[LayerKV], positions: torch.Tensor) -> torch.Tensor:
+    """[layers, tokens, kv_heads * head_dim] float32: each token's pre-RoPE key, heads in summary order."""
+    cos, sin = backend.rotary(positions)
+    keys = torch.stack([rotate(k, cos, sin, inverse=True) for k, _ in layers])  # [L, H, T, D]
+    return keys.permute(0, 2, 1, 3).flatten(2)
+
+
 class CompletedSummaries:
     """Summaries of pruned chunks as if nothing had been pruned (docs/pruning.md).
 
@@ -29,8 +63,16 @@ class CompletedSummaries:
     drifts away from the mean of the frame it shows, and a question about that frame
     stops finding it. Here a dropped token counts with its reference's de-rotated key (the
     last kept token at the same grid position, whose key exists: it was kept earlier), so
-    the summary is that of the whole frame. The reference keys were computed in their own
-    chunk's context, so this is close to, not equal to, the unpruned summary.
+    the summary is that of the whole frame.
+
+    A reference's key was computed in its own chunk's context. In the deeper layers a
+    token's key carries what it attended to, and unpruned, the dropped token would have
+    attended this chunk's new content (a needle that just appeared): that is what sets
+    the block apart for retrieval, and the reference lacks it. So the chunk also encodes
+    a few dropped tokens (``Probes``, chosen by ``drift_probes``) over its context and
+    kept tokens, and every stand-in key moves by the mean difference between the probes'
+    keys and their stand-ins. With every dropped token probed, the summary is the mean of
+    keys each computed in this chunk's context.
 
     State: the last kept de-rotated key at every grid position, per layer,
     ``[layers, positions, kv_heads * head_dim]`` float32 on the keys' device. At
@@ -52,15 +94,15 @@ class CompletedSummaries:
         positions: torch.Tensor,
         kept: torch.Tensor,
         per_patch: int,
+        probes: Probes | None = None,
     ) -> torch.Tensor:
         """[layers, kv_heads * head_dim] float32 on the CPU: ``block_summary`` over the chunk's
-        every token, a dropped one standing in as its reference's key. ``layers`` and
-        ``positions`` hold the kept tokens, ``kept`` [tokens seen] marks them among the chunk's
-        ``t * per_patch`` tokens in grid order."""
+        every token, a dropped one standing in as its reference's key, moved by the drift the
+        ``probes`` measured (if any). ``layers`` and ``positions`` hold the kept tokens,
+        ``kept`` [tokens seen] marks them among the chunk's ``t * per_patch`` tokens in grid
+        order."""
         kept = kept.to(layers[0][0].device).reshape(-1, per_patch)
-        cos, sin = backend.rotary(positions)
-        keys = torch.stack([rotate(k, cos, sin, inverse=True) for k, _ in layers])  # [L, H, kept, D]
-        keys = keys.permute(0, 2, 1, 3).flatten(2)  # [L, kept, H * D], heads in summary order
+        keys = derotated_keys(backend, layers, positions)  # [L, kept, H * D]
         if self._keys is None or self._keys.shape[:2] != (keys.shape[0], per_patch):
             if not bool(kept.all()):
                 raise ValueError("a pruned chunk needs the reference keys of the chunks before it")
@@ -74,4 +116,10 @@ class CompletedSummaries:
             start += count
         if bool(kept.all()):  # nothing stood in: exactly block_summary, bit for bit
             return block_summary(backend, layers, positions)
-        return completed.flatten(1, 2).mean(dim=1).cpu()
+        completed = completed.flatten(1, 2)  # [L, tokens seen, H * D]
+        if probes is not None and probes.slots.numel():
+            measured = derotated_keys(backend, probes.layers, probes.positions).to(completed.device)
+            slots = probes.slots.to(completed.device)
+            drift = (measured - completed[:, slots]).mean(dim=1, keepdim=True)
+            completed[:, ~kept.flatten()] += drift
+        return completed.mean(dim=1).cpu()

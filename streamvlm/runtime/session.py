@@ -25,7 +25,7 @@ from ..memory.block import Block, BlockMeta, recent_by_frames
 from ..memory.manager import BlockMemory
 from ..memory.pruning import TemporalPruner
 from ..models.base import Backend
-from ..retrieval.summaries import CompletedSummaries, block_summary
+from ..retrieval.summaries import CompletedSummaries, Probes, block_summary, drift_probes
 from .answer import Answer, SessionStats
 from .answering import AnswerStream, KeptMasks, Sink, decode_answer, prefill_answer
 from .context import concat_layers, new_kv_from_cache
@@ -315,7 +315,7 @@ class Session:
         if self._summaries is None:
             return block_summary(self.backend, chunk.layers, chunk.positions)
         return self._summaries.summary(
-            self.backend, chunk.layers, chunk.positions, chunk.kept, chunk.per_patch
+            self.backend, chunk.layers, chunk.positions, chunk.kept, chunk.per_patch, chunk.probes
         )
 
     def _prepare(self, frames: list[tuple[np.ndarray, float]]):
@@ -350,12 +350,30 @@ class Session:
         else:
             embeds, positions = visual.embeds, visual.positions
             kept = torch.ones(embeds.shape[0], dtype=torch.bool)
+        layers, probes = self._forward_kept(visual, window, embeds, positions, kept)
+        per_patch = visual.grid[1] * visual.grid[2]
+        return _Chunk(layers, positions.cpu(), kept, spans_to, per_patch, probes)
+
+    def _forward_kept(self, visual, window: list[Block], embeds, positions, kept):
+        """The kept tokens' KV over the sink and ``window``, and the ``Probes`` a pruned chunk's
+        summary needs (``drift_probes``, None without pruning): those few dropped tokens ride
+        after the kept ones in the same forward, and the causal mask keeps the kept tokens
+        from seeing them, so the block's KV is what it would be without them."""
         context = concat_layers([self.sink.kv, *(b.layers for b in window)])
         cache = self.backend.new_cache(context)
-        self.backend.forward(embeds, positions, cache)
-        layers = new_kv_from_cache(cache, context[0][0].shape[1])
-        per_patch = visual.grid[1] * visual.grid[2]
-        return _Chunk(layers, positions.cpu(), kept, spans_to, per_patch)
+        start, stored = context[0][0].shape[1], embeds.shape[0]
+        probe = drift_probes(kept) if self._summaries is not None else torch.zeros(0, dtype=torch.long)
+        if not probe.numel():
+            self.backend.forward(embeds, positions, cache)
+            return new_kv_from_cache(cache, start), None
+        at = probe.to(visual.embeds.device)
+        probe_positions = visual.positions[:, at]
+        self.backend.forward(
+            torch.cat([embeds, visual.embeds[at]]), torch.cat([positions, probe_positions], dim=1), cache
+        )
+        both = new_kv_from_cache(cache, start)
+        layers = tuple((k[:, :stored].clone(), v[:, :stored].clone()) for k, v in both)
+        return layers, Probes(probe, tuple((k[:, stored:], v[:, stored:]) for k, v in both), probe_positions)
 
     def _pending_block(self, fence: Fence | None) -> tuple[Block | None, int]:
         """The frames of the chunk being filled, encoded for a question only (the caller
@@ -541,6 +559,7 @@ class _Chunk(NamedTuple):
     kept: torch.Tensor  # [tokens seen] bool
     spans_to: int  # one past the largest position of the chunk, pruned tokens included
     per_patch: int  # tokens of one temporal patch (the chunk's grid rows x columns)
+    probes: Probes | None = None  # dropped tokens encoded for the summary only (pruning)
 
 
 def _check_frame(rgb: object) -> None:
