@@ -255,9 +255,14 @@ def prefill(
     selection: Selection,
     embeds: torch.Tensor,
     positions: torch.Tensor,
+    room: int | None = None,
 ):
-    """Prefill the question over each layer's context; returns the cache and the first logits."""
-    cache = backend.new_cache(per_layer_context(sink.kv, blocks, selection.layers))
+    """Prefill the question over each layer's context; returns the cache and the first logits.
+
+    ``room``: slots preallocated past the context for the question and the answer tokens, so
+    decoding writes into them instead of re-concatenating the whole context every token.
+    """
+    cache = backend.new_cache(per_layer_context(sink.kv, blocks, selection.layers), room=room)
     hidden = backend.forward(embeds, positions, cache)
     return cache, backend.logits(hidden[-1:])[0]
 
@@ -338,7 +343,15 @@ def prefill_answer(
     if (plan.positions == "contiguous" and blocks) or bound.reaches(positions, *held, extra=answer):
         blocks, positions = contiguous_layout(backend, blocks, video_start, embeds.shape[0])
     bound.record(positions, *(b.meta.positions for b in blocks.values()), extra=answer, what="this question")
-    cache, first_logits = prefill(backend, sink, blocks, selection, embeds, positions)
+    cache, first_logits = prefill(
+        backend,
+        sink,
+        blocks,
+        selection,
+        embeds,
+        positions,
+        room=embeds.shape[0] + plan.sampling.max_new_tokens,
+    )
     refs = [BlockRef(b, m.meta.t_start, m.meta.t_end, m.meta.tokens, tiers[b]) for b, m in blocks.items()]
     return Prefilled(cache, first_logits, int(positions[0, -1]) + 1, refs, selection, started)
 
