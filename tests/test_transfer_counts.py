@@ -4,7 +4,7 @@ Each block's encode and decode run the path a CUDA device takes (encode in torch
 block's device, decode by the Triton kernels, interpreted here), under ``TransferCounter``.
 The targets: a small constant per block whatever its layer and tensor counts. On a CPU no
 copy changes device, so the moves are also counted where they are made:
-``memory.transfer.transfers`` counts the buffers a block crosses in.
+``streamvlm.transfer.transfers`` counts the buffers a block crosses in.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from _blocks import random_block
 from _counting import TransferCounter
 
-from streamvlm.memory import transfer
+from streamvlm import transfer
 from streamvlm.memory.block import META_TENSORS, Block
 from streamvlm.memory.codec import get_block_codec
 from streamvlm.memory.tiers import HostTier

@@ -527,7 +527,9 @@ def _add_gpu(benches) -> None:
         "--repeats", type=int, default=d.repeats, help="timing repeats (median; default: %(default)s)"
     )
     g.add_argument(
-        "--device", default=None, help="torch device, e.g. cuda, cuda:1 (default: cuda when available)"
+        "--device",
+        default=None,
+        help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available, else cpu: a dry run)",
     )
     g.add_argument(
         "--dry-run",

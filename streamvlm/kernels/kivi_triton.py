@@ -18,11 +18,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..memory.transfer import to_device
 from ..quant.base import EncodedTensor, QuantError
 from ..quant.groups import num_groups
 from ..quant.kivi import KIVICodec
 from ..quant.packing import packed_length
+from ..transfer import to_device
 from .backend import check_runnable
 from .tiles import decode_tile
 from .triton_common import LAUNCH_OPTIONS, load_bits, to_output

@@ -29,7 +29,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..memory.transfer import to_device
 from ..quant.base import EncodedTensor, QuantError
 from ..quant.groups import balanced_group, num_groups
 from ..quant.packing import packed_length, unpack_per_head
@@ -37,6 +36,7 @@ from ..quant.scales import decode_log8
 from ..quant.selection import channel_rows, tier_indices
 from ..quant.spectral import from_rfft_components
 from ..quant.vidkv import VidKVCodec
+from ..transfer import to_device
 from .backend import check_runnable
 from .tiles import decode_tile
 from .triton_common import LAUNCH_OPTIONS, load_bits, load_trits, log8_minmax, log8_scale, to_output

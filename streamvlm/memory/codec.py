@@ -18,9 +18,9 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from .. import transfer
 from ..errors import ConfigError
 from ..registry import BLOCK_CODECS, Registered
-from . import transfer
 from .block import META_TENSORS, Block, BlockMeta, StoredBlock
 
 # BlockMeta fields a stored block's JSON meta holds beside its tensors (``spilled`` is only

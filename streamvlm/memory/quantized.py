@@ -20,12 +20,11 @@ from functools import partial
 
 import torch
 
-from .. import kernels
+from .. import kernels, transfer
 from ..kernels.backend import CPU
 from ..quant.base import EncodedTensor, KVCodec, QuantError
 from ..quant.registry import get_kv_codec
 from ..registry import BLOCK_CODECS, KV_CODECS
-from . import transfer
 from .block import META_TENSORS, Block
 from .codec import BlockCodec
 

@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 
 import torch
 
-from . import transfer
+from .. import transfer
 from .block import Block, BlockMeta, StoredBlock
 from .codec import BlockCodec
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import StreamVLMError
-from ..memory.transfer import to_host
 from ..registry import KV_CODECS, Registered
+from ..transfer import to_host
 
 KINDS = ("key", "value")
 INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
