@@ -119,3 +119,18 @@ def test_sample_token_stays_on_the_device_and_keeps_todays_choices():
 def test_embed_ids_takes_a_device_tensor(backend):
     ids = torch.tensor([3, 4, 5])
     assert torch.equal(backend.embed_ids(ids), backend.embed_ids([3, 4, 5]))
+
+
+def test_a_cache_of_parts_holds_their_concatenation_with_room():
+    """The question path writes the sink and each block straight into the preallocated space:
+    the same slots as concatenating first, with the room after them (per-layer lengths too)."""
+    gen = torch.Generator().manual_seed(0)
+    parts = [
+        [(torch.randn(2, n, 8, generator=gen), torch.randn(2, n, 8, generator=gen)) for n in sizes]
+        for sizes in ([3, 5, 2], [3, 1])
+    ]
+    cache = hf_compat.cache_of_parts(parts, room=4)
+    for layer, (k, v), layer_parts in zip(cache.layers, hf_compat.cached_layers(cache), parts, strict=True):
+        assert torch.equal(k, torch.cat([pk for pk, _ in layer_parts], dim=1))
+        assert torch.equal(v, torch.cat([pv for _, pv in layer_parts], dim=1))
+        assert layer.capacity == k.shape[1] + 4

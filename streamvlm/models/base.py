@@ -296,6 +296,11 @@ class Backend(ABC):
         """
         return hf_compat.new_cache(self.model.config.get_text_config(), layers, room)
 
+    def cache_of_parts(self, parts_per_layer: Sequence[Sequence[LayerKV]], room: int) -> Cache:
+        """``new_cache(per-layer concatenation of parts, room)`` without the concatenation:
+        each part is written once into its layer's preallocated space (``hf_compat.cache_of_parts``)."""
+        return hf_compat.cache_of_parts(parts_per_layer, room)
+
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
     """RoPE in the rotate-half layout transformers uses, in float32; ``inverse`` rotates back."""

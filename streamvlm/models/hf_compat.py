@@ -55,6 +55,16 @@ def new_cache(
     return Cache(layers=[PreallocatedLayer(k[None], v[None], room) for k, v in layers])
 
 
+def cache_of_parts(
+    parts_per_layer: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor]]], room: int
+) -> Cache:
+    """A cache of ``PreallocatedLayer`` s whose layer ``i`` holds ``parts_per_layer[i]`` (each
+    (keys, values) [kv_heads, t, head_dim]) one after another, with ``room`` free slots after
+    them: each part is copied once, straight into the layer's space, where concatenating the
+    parts first and then building the cache would copy the whole context twice."""
+    return Cache(layers=[PreallocatedLayer.of_parts(parts, room) for parts in parts_per_layer])
+
+
 class PreallocatedLayer(DynamicLayer):
     """A full-attention cache layer whose appends are written into space allocated up front.
 
@@ -75,6 +85,16 @@ class PreallocatedLayer(DynamicLayer):
         self._view(keys.shape[-2])
         self.device = keys.device
         self.is_initialized = True
+
+    @classmethod
+    def of_parts(cls, parts: Sequence[tuple[torch.Tensor, torch.Tensor]], room: int) -> PreallocatedLayer:
+        """A layer holding ``parts`` ([kv_heads, t, head_dim] each, in order), each copied once
+        into its slice of the space, with ``room`` free slots after them."""
+        (k0, v0), length = parts[0], sum(k.shape[-2] for k, _ in parts)
+        layer = cls(k0[None, :, :0], v0[None, :, :0], length + room)
+        for keys, values in parts:
+            layer.update(keys[None], values[None])
+        return layer
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs

@@ -34,7 +34,7 @@ from ..memory.pruning import find_references
 from ..models.base import Backend, LayerKV
 from ..retrieval.select import Selection
 from .answer import Answer, BlockRef, Timings
-from .context import cache_footprint, concat_layers, per_layer_context, scatter_tokens
+from .context import cache_footprint, concat_layers, per_layer_parts, scatter_tokens
 from .decode import TextStreamer, decode_tokens
 from .plan import AnswerPlan
 from .positions import PositionBound, lay_out
@@ -255,14 +255,15 @@ def prefill(
     selection: Selection,
     embeds: torch.Tensor,
     positions: torch.Tensor,
-    room: int | None = None,
+    room: int,
 ):
     """Prefill the question over each layer's context; returns the cache and the first logits.
 
     ``room``: slots preallocated past the context for the question and the answer tokens, so
     decoding writes into them instead of re-concatenating the whole context every token.
     """
-    cache = backend.new_cache(per_layer_context(sink.kv, blocks, selection.layers), room=room)
+    # the sink and each block written once, straight into the preallocated cache
+    cache = backend.cache_of_parts(per_layer_parts(sink.kv, blocks, selection.layers), room)
     hidden = backend.forward(embeds, positions, cache)
     return cache, backend.logits(hidden[-1:])[0]
 

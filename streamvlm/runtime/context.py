@@ -36,13 +36,20 @@ def cache_footprint(cache) -> tuple[int, int]:
     return tokens, sum(k.nbytes + v.nbytes for k, v in layers)
 
 
+def per_layer_parts(
+    sink: Sequence[LayerKV], blocks: dict[int, Block], layer_block_ids: Sequence[Sequence[int]]
+) -> list[list[LayerKV]]:
+    """Each layer's KV in pieces: the sink, then that layer's blocks in the order given."""
+    return [[sink[i], *(blocks[b].layers[i] for b in ids)] for i, ids in enumerate(layer_block_ids)]
+
+
 def per_layer_context(
     sink: Sequence[LayerKV], blocks: dict[int, Block], layer_block_ids: Sequence[Sequence[int]]
 ) -> list[LayerKV]:
-    """Each layer's KV: the sink, then that layer's blocks in the order given."""
+    """Each layer's KV: the sink, then that layer's blocks in the order given, concatenated."""
     return [
-        concat_layers([[sink[i]], *([blocks[b].layers[i]] for b in ids)])[0]
-        for i, ids in enumerate(layer_block_ids)
+        concat_layers([[part] for part in parts])[0]
+        for parts in per_layer_parts(sink, blocks, layer_block_ids)
     ]
 
 
