@@ -17,7 +17,6 @@ resumes by skipping the ids already in it.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import ConfigError
-from .base import AnnotationError, Benchmark, BenchQuestion, Prediction
+from .base import Benchmark, BenchQuestion, Prediction, read_predictions
 
 # stream times are float seconds: a frame stamped at the ask time belongs to the question
 TIME_EPS = 1e-6
@@ -85,20 +84,7 @@ def plan_sessions(
 
 def answered_ids(path: str | Path) -> set[str]:
     """Question ids already in the predictions file at ``path`` (none if it does not exist)."""
-    path = Path(path)
-    if not path.exists():
-        return set()
-    ids = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            ids.add(str(json.loads(line)["id"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise AnnotationError(
-                f"{path}:{number} is not a prediction line; give --out a new file or one this command wrote"
-            ) from None
-    return ids
+    return set(read_predictions(path)) if Path(path).exists() else set()
 
 
 def missing_videos(bench: Benchmark, data_dir: str | Path, questions: Sequence[BenchQuestion]) -> list[Path]:
