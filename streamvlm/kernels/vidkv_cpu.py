@@ -1,11 +1,11 @@
 """``vidkv`` encode and decode on a CPU, compiled by numba (standard layout only).
 
 Reference: ``streamvlm.quant.vidkv.VidKVCodec``; same bytes, same floats (rules in
-``cpu_common``). Each kernel runs one head per numba thread. What stays in torch, called
-exactly as the reference calls it so its results are the reference's by construction:
+``cpu_common``). Each kernel runs one head per numba thread. The sign tier's transform is
+``quant.spectral``'s fixed sequence of float32 steps, repeated by ``spectral_cpu`` over
+blocks of tokens; what stays in torch, called exactly as the reference calls it so its
+results are the reference's by construction:
 
-* the rfft of the sign-tier channels and its inverse (``torch.fft``: O(m log m) per token
-  where a DFT matmul would cost m**2, and bit-identical to the reference's own call);
 * the value norms that choose the salient tokens (``selection.salient_tokens``'s own
   ``Tensor.norm`` call; numba then takes the largest, ties to the earlier token, as its
   stable sort does) and
@@ -27,6 +27,7 @@ from ..quant.base import EncodedTensor, QuantError
 from ..quant.groups import balanced_group, num_groups
 from ..quant.packing import packed_length
 from ..quant.selection import salient_count, tier_indices
+from ..quant.spectral import spectral_tables
 from ..quant.vidkv import VidKVCodec
 from .cpu_common import (
     JIT,
@@ -36,7 +37,6 @@ from .cpu_common import (
     bf16_value,
     emit_gathered,
     emit_row,
-    f32_bits,
     log8_code,
     match_torch_threads,
     pack_bits_row,
@@ -47,6 +47,7 @@ from .cpu_common import (
     unpack_bits_row,
     unpack_trits_row,
 )
+from .spectral_cpu import LANES, forward_lanes, inverse_lanes, scratch
 
 # ----- log8 min-max (uniform.encode_log8_minmax / decode_log8_minmax) --------------------
 
@@ -214,131 +215,101 @@ def _log8_codes(levels, nearest, codes_h):
 
 
 @njit(**JIT)
-def _encode_keys_head(h, xu, n4, spec, group, nearest, table, tier4, tier2, signs, k1_scale, k1_max):
-    tokens = xu.shape[1]
-    m = k1_scale.shape[1]
+def _encode_keys_head(
+    h, x, order, n4, n_u, group, nearest, table, spectral, tier4, tier2, signs, k1_scale, k1_max
+):
+    heads, tokens, head_dim = x.shape
+    m = head_dim - n_u
     n_groups = k1_scale.shape[2]
-    n_real = m // 2 + 1
-    if xu.shape[2]:
-        _encode_uniform_tiers(xu[h], n4, group, nearest, table, tier4, tier2, h)
-    # sign tier (spectral.rfft_components, lowbit.sign_encode): real parts of bins
-    # 0 .. n_real - 1, then imaginary parts of bins 1 ..; level = mean |component|. The
-    # spectrum comes as whole complex numbers (uint64, real part low), split by shifts: read
-    # as float pairs at stride 2 it made this sign part 1.4x slower
-    comps = np.empty((tokens, m), np.float32)
-    comps_bits = comps.view(np.uint32)
-    for t in range(tokens):
-        s_t, c_t = spec[h, t], comps_bits[t]
-        for k in range(n_real):
-            c_t[k] = np.uint32(s_t[k] & np.uint64(0xFFFFFFFF))
-        s_im, c_im = s_t[1:], c_t[n_real:]
-        for k in range(m - n_real):
-            c_im[k] = np.uint32(s_im[k] >> np.uint64(32))
+    x_h = x[h]
+    i_u, i_1 = order[h, :n_u], order[h, n_u:]
+    if n_u:
+        # the uniform tiers' channels, token-major (a group is one channel over its tokens)
+        xu = np.empty((tokens, n_u), np.float32)
+        for t in range(tokens):
+            x_t, u_t = x_h[t], xu[t]
+            for j in range(n_u):
+                u_t[j] = x_t[i_u[j]]
+        _encode_uniform_tiers(xu, n4, group, nearest, table, tier4, tier2, h)
+    # sign tier (spectral.rfft_components, lowbit.sign_encode), LANES tokens at a time: the
+    # channels, their transform, then a sign bit per component and the mean |component| of
+    # each group of tokens, summed in token order (groups.group_sum)
+    signal, comps, work_re, work_im, _ = scratch(m)
     bits = np.empty(tokens * m, np.uint8)
     level = np.empty((n_groups, m), np.float32)
-    acc = np.empty(m, np.float64)
-    for g in range(n_groups):
-        start, stop = g * group, min(tokens, g * group + group)
-        acc[:] = 0.0
-        for t in range(start, stop):
-            c_t, b_t = comps[t], bits[t * m : (t + 1) * m]
+    acc = np.zeros(m, np.float64)
+    for t0 in range(0, tokens, LANES):
+        n = min(LANES, tokens - t0)
+        for lane in range(n):
+            x_t = x_h[t0 + lane]
+            for j in range(m):
+                signal[j, lane] = x_t[i_1[j]]
+        forward_lanes(signal, n, spectral, work_re, work_im, comps)
+        for lane in range(n):
+            t = t0 + lane
+            b_t = bits[t * m : (t + 1) * m]
             for k in range(m):
-                acc[k] += np.float64(abs(c_t[k]))
-                b_t[k] = 1 if c_t[k] >= np.float32(0.0) else 0
-        for k in range(m):
-            level[g, k] = np.float32(acc[k]) / np.float32(stop - start)
+                c = comps[k, lane]
+                acc[k] += np.float64(abs(c))
+                b_t[k] = 1 if c >= np.float32(0.0) else 0
+            g = t // group
+            start, stop = g * group, min(tokens, g * group + group)
+            if t + 1 == stop:
+                for k in range(m):
+                    level[g, k] = np.float32(acc[k]) / np.float32(stop - start)
+                acc[:] = 0.0
     pack_bits_row(bits, tokens * m, 1, signs[h])
     k1_max[h] = _log8_codes(level, nearest, k1_scale[h])
 
 
-@njit(**JIT)
-def _gather_tiers_head(h, x, order, uniform, signal):
-    # one pass over each token's channels: the uniform tiers' into ``uniform``, the sign
-    # tier's into ``signal`` (three passes, one per tier, cost 1.15x as much)
-    n_u = uniform.shape[2]
-    i_u, i_1 = order[h, :n_u], order[h, n_u:]
-    for t in range(x.shape[1]):
-        x_t, u_t, s_t = x[h, t], uniform[h, t], signal[h, t]
-        for j in range(n_u):
-            u_t[j] = x_t[i_u[j]]
-        for j in range(i_1.shape[0]):
-            s_t[j] = x_t[i_1[j]]
-
-
 @njit(**PARALLEL_JIT)
-def _gather_tiers(x, order, uniform, signal):
-    """``uniform[h, t, j] = x[h, t, order[h, j]]`` for the uniform tiers' channels (the
-    first ``uniform.shape[2]`` of ``order``), ``signal`` likewise for the sign tier's."""
+def _encode_keys(x, order, n4, n_u, group, nearest, table, spectral, tier4, tier2, signs, k1_scale, k1_max):
+    # one head per thread; the head's work is a plain function, which numba's parallel
+    # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
     for h in prange(x.shape[0]):
-        _gather_tiers_head(h, x, order, uniform, signal)
-
-
-@njit(**PARALLEL_JIT)
-def _encode_keys(xu, n4, spec, group, nearest, table, tier4, tier2, signs, k1_scale, k1_max):
-    # one head per thread; the head's work is a plain function, which numba's parallel
-    # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
-    for h in prange(xu.shape[0]):
-        _encode_keys_head(h, xu, n4, spec, group, nearest, table, tier4, tier2, signs, k1_scale, k1_max)
-
-
-@njit(**JIT)
-def _sign_components_head(h, signs, k1_scale, k1_max, group, table, spec):
-    # spec: the complex spectrum as uint64 [heads, tokens, bins], real part in the low half
-    tokens = spec.shape[1]
-    m = k1_scale.shape[1]
-    n_real = m // 2 + 1
-    n_im = m - n_real  # bins 1 .. n_im have an imaginary part; DC's (and Nyquist's) stay +0
-    hm = bf16_value(k1_max[h])
-    bits = np.empty(tokens * m, np.uint8)
-    unpack_bits_row(signs[h], tokens * m, 1, bits)
-    # ``(bit * 2 - 1) * level`` is +level or -level exactly: the level's bits (>= 0), with the
-    # sign bit set where the bit is 0 -- integer ops on whole complex numbers, not a float
-    # multiply per component and two stride-2 stores (1.5x faster)
-    level = np.empty(m, np.uint32)
-    out = spec[h]
-    for t in range(tokens):
-        if t % group == 0:
-            for k in range(m):
-                level[k] = f32_bits(table[k1_scale[h, k, t // group]] * hm)
-        b, o = bits[t * m : (t + 1) * m], out[t]
-        o[0] = np.uint64(level[0] | (np.uint32(1 - b[0]) << np.uint32(31)))
-        b_re, b_im, l_re, l_im, o_mid = (
-            b[1 : n_im + 1],
-            b[n_real:],
-            level[1 : n_im + 1],
-            level[n_real:],
-            o[1 : n_im + 1],
+        _encode_keys_head(
+            h, x, order, n4, n_u, group, nearest, table, spectral, tier4, tier2, signs, k1_scale, k1_max
         )
-        for k in range(n_im):
-            re = l_re[k] | (np.uint32(1 - b_re[k]) << np.uint32(31))
-            im = l_im[k] | (np.uint32(1 - b_im[k]) << np.uint32(31))
-            o_mid[k] = np.uint64(re) | (np.uint64(im) << np.uint64(32))
-        for k in range(n_im + 1, n_real):  # the Nyquist bin (m even): a real part only
-            o[k] = np.uint64(level[k] | (np.uint32(1 - b[k]) << np.uint32(31)))
-
-
-@njit(**PARALLEL_JIT)
-def _sign_components(signs, k1_scale, k1_max, group, table, spec):
-    """Decoded sign-tier components (``+-level``) laid out as the complex rfft spectrum."""
-    # one head per thread; the head's work is a plain function, which numba's parallel
-    # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
-    for h in prange(signs.shape[0]):
-        _sign_components_head(h, signs, k1_scale, k1_max, group, table, spec)
 
 
 @njit(**JIT)
-def _decode_keys_head(h, idx4, idx2, tier4, tier2, idx1, signal, group, table, out, mode):
+def _sign_block(bits, k1_scale_h, hm, group, table, t0, n, level, comps):
+    """Sign-tier components of tokens ``t0 .. t0 + n`` into lanes ``0 .. n`` of ``comps [m, lanes]``:
+    ``+level`` where the bit is 1, ``-level`` where it is 0 (``lowbit.sign_decode``: exactly
+    the reference's ``(bit * 2 - 1) * level``), the level of each token's group of tokens."""
+    m = comps.shape[0]
+    for lane in range(n):
+        t = t0 + lane
+        if lane == 0 or t % group == 0:
+            g = t // group
+            for k in range(m):
+                level[k] = table[k1_scale_h[k, g]] * hm
+        b = bits[t * m : (t + 1) * m]
+        for k in range(m):
+            comps[k, lane] = level[k] if b[k] else -level[k]
+
+
+@njit(**JIT)
+def _decode_keys_head(
+    h, idx4, idx2, tier4, tier2, idx1, signs, k1_scale, k1_max, group, table, spectral, out, mode
+):
     heads, tokens, head_dim = out.shape
     m = idx1.shape[1]
     n4, n2 = idx4.shape[1], idx2.shape[1]
     q4 = np.empty(tokens * n4, np.uint8)
     q2 = np.empty(tokens * n2, np.uint8)
+    bits = np.empty(tokens * m, np.uint8)
     unpack_bits_row(tier4[0][h], tokens * n4, 4, q4)
     unpack_bits_row(tier2[0][h], tokens * n2, 2, q2)
+    unpack_bits_row(signs[h], tokens * m, 1, bits)
     hm4 = bf16_value(tier4[3][h])
     hm2 = bf16_value(tier2[3][h])
+    hm1 = bf16_value(k1_max[h])
     s4, z4 = np.empty(n4, np.float32), np.empty(n4, np.float32)
     s2, z2 = np.empty(n2, np.float32), np.empty(n2, np.float32)
+    # the sign tier, LANES tokens at a time: components, then the inverse transform
+    level = np.empty(m, np.float32)
+    comps, signal, work_re, work_im, zero = scratch(m)
     # a token's channels in tier order (4-bit, 2-bit, sign tier), read back in channel order
     # through ``source``: contiguous writes and one gather, where writing each tier's
     # channels into their places scattered every store (and needed a second pass to convert)
@@ -352,31 +323,38 @@ def _decode_keys_head(h, idx4, idx2, tier4, tier2, idx1, signal, group, table, o
     for j in range(m):
         source[i1[j]] = n4 + n2 + j
     t4, t2, t1 = tiered[:n4], tiered[n4 : n4 + n2], tiered[n4 + n2 :]
-    for t in range(tokens):
-        if t % group == 0:  # a new group of tokens: every channel's step and offset
-            g = t // group
+    for t0 in range(0, tokens, LANES):
+        n = min(LANES, tokens - t0)
+        _sign_block(bits, k1_scale[h], hm1, group, table, t0, n, level, comps)
+        inverse_lanes(comps, n, spectral, work_re, work_im, zero, signal)
+        for lane in range(n):
+            t = t0 + lane
+            if lane == 0 or t % group == 0:  # a new group of tokens: every channel's step and offset
+                g = t // group
+                for j in range(n4):
+                    s4[j] = table[tier4[1][h, j, g]] * hm4
+                    z4[j] = np.float32(tier4[2][h, j, g]) / np.float32(_zero_units(4))
+                for j in range(n2):
+                    s2[j] = table[tier2[1][h, j, g]] * hm2
+                    z2[j] = np.float32(tier2[2][h, j, g]) / np.float32(_zero_units(2))
+            q4_t, q2_t = q4[t * n4 : (t + 1) * n4], q2[t * n2 : (t + 1) * n2]
             for j in range(n4):
-                s4[j] = table[tier4[1][h, j, g]] * hm4
-                z4[j] = np.float32(tier4[2][h, j, g]) / np.float32(_zero_units(4))
+                t4[j] = (np.float32(q4_t[j]) + z4[j]) * s4[j]
             for j in range(n2):
-                s2[j] = table[tier2[1][h, j, g]] * hm2
-                z2[j] = np.float32(tier2[2][h, j, g]) / np.float32(_zero_units(2))
-        q4_t, q2_t, signal_t = q4[t * n4 : (t + 1) * n4], q2[t * n2 : (t + 1) * n2], signal[h, t]
-        for j in range(n4):
-            t4[j] = (np.float32(q4_t[j]) + z4[j]) * s4[j]
-        for j in range(n2):
-            t2[j] = (np.float32(q2_t[j]) + z2[j]) * s2[j]
-        for j in range(m):
-            t1[j] = signal_t[j]
-        emit_gathered(tiered, source, out, h, t, mode)
+                t2[j] = (np.float32(q2_t[j]) + z2[j]) * s2[j]
+            for j in range(m):
+                t1[j] = signal[j, lane]
+            emit_gathered(tiered, source, out, h, t, mode)
 
 
 @njit(**PARALLEL_JIT)
-def _decode_keys(idx4, idx2, tier4, tier2, idx1, signal, group, table, out, mode):
+def _decode_keys(idx4, idx2, tier4, tier2, idx1, signs, k1_scale, k1_max, group, table, spectral, out, mode):
     # one head per thread; the head's work is a plain function, which numba's parallel
     # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
     for h in prange(idx4.shape[0]):
-        _decode_keys_head(h, idx4, idx2, tier4, tier2, idx1, signal, group, table, out, mode)
+        _decode_keys_head(
+            h, idx4, idx2, tier4, tier2, idx1, signs, k1_scale, k1_max, group, table, spectral, out, mode
+        )
 
 
 # id of a frozen tier tensor -> (a weak reference to it, its channel indices per tier): the
@@ -427,13 +405,6 @@ def encode_keys(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, tor
     group = balanced_group(tokens, codec.group_size)
     n_groups = num_groups(tokens, group)
     m = idx1.shape[1]
-    # the reference's rfft_components call: torch.fft.rfft over the sign channels, gathered
-    # by numba (torch's gather took as long as the FFT itself) with the other tiers' channels
-    uniform = np.empty((heads, tokens, idx4.shape[1] + idx2.shape[1]), np.float32)
-    signal = torch.empty(heads, tokens, m)
-    match_torch_threads()
-    _gather_tiers(x.numpy(), order, uniform, signal.numpy())
-    spec = torch.fft.rfft(signal, dim=-1)
     tiers = {
         bits: _tier_buffers(heads, tokens, idx.shape[1], bits, n_groups)
         for bits, idx in ((4, idx4), (2, idx2))
@@ -442,13 +413,16 @@ def encode_keys(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, tor
     k1_scale = torch.empty(heads, m, n_groups, dtype=torch.uint8)
     k1_max = torch.empty(heads, dtype=torch.bfloat16)
     log8, nearest = tables()
+    match_torch_threads()
     _encode_keys(
-        uniform,
+        x.numpy(),
+        order,
         idx4.shape[1],
-        spec.view(torch.int64).numpy().view(np.uint64),
+        idx4.shape[1] + idx2.shape[1],
         group,
         nearest,
         log8,
+        spectral_tables(m),
         _np_tier(tiers[4]),
         _np_tier(tiers[2]),
         signs.numpy(),
@@ -482,8 +456,7 @@ def _check_groups(codec: VidKVCodec, got: int, length: int, group: int) -> None:
 
 
 def decode_keys_into(enc: EncodedTensor, codec: VidKVCodec, out: torch.Tensor, mode: int) -> None:
-    """``VidKVCodec._decode_keys`` written into ``out``: signs to spectrum (numba), ``torch.fft.irfft``
-    (the reference's call), then every channel into ``out`` (numba)."""
+    """``VidKVCodec._decode_keys`` written into ``out``, every tier in one pass per head."""
     heads, tokens, head_dim = enc.shape
     idx4, idx2, idx1 = key_channels(_key_tiers(codec, enc.layer, heads, head_dim))
     t = {name: x.cpu().contiguous() for name, x in enc.tensors.items()}
@@ -493,16 +466,6 @@ def decode_keys_into(enc: EncodedTensor, codec: VidKVCodec, out: torch.Tensor, m
     n_groups = num_groups(tokens, group)
     log8 = tables()[0]
     match_torch_threads()
-    spec = torch.empty(heads, tokens, m // 2 + 1, dtype=torch.complex64)
-    _sign_components(
-        t["k1.signs"].numpy(),
-        t["k1.scale"].numpy(),
-        u16(t["k1.scale_max"]),
-        group,
-        log8,
-        spec.view(torch.int64).numpy().view(np.uint64),
-    )
-    signal = torch.fft.irfft(spec, n=m, dim=-1)  # spectral.from_rfft_components
     tiers = {}
     for bits, idx in ((4, idx4), (2, idx2)):
         names = [f"k{bits}.{part}" for part in _TIER_FIELDS]
@@ -511,7 +474,21 @@ def decode_keys_into(enc: EncodedTensor, codec: VidKVCodec, out: torch.Tensor, m
         tiers[bits] = _np_tier(
             [t[n] for n in names] if idx.shape[1] else _tier_buffers(heads, 0, 0, bits, n_groups)
         )
-    _decode_keys(idx4, idx2, tiers[4], tiers[2], idx1, signal.numpy(), group, log8, as_numpy_out(out), mode)
+    _decode_keys(
+        idx4,
+        idx2,
+        tiers[4],
+        tiers[2],
+        idx1,
+        t["k1.signs"].numpy(),
+        t["k1.scale"].numpy(),
+        u16(t["k1.scale_max"]),
+        group,
+        log8,
+        spectral_tables(m),
+        as_numpy_out(out),
+        mode,
+    )
 
 
 # ----- values ----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ trits times a log8 level (the others). Reference: ``VidKVCodec._decode_values``.
 Keys: one kernel for everything but the inverse rfft. It writes the 4-bit and 2-bit
 channels (log8 min-max, per channel in groups of tokens) into the output and the
 sign-quantized frequency components (``+-level``) into a ``[heads, tokens, m]`` buffer;
-``torch.fft.irfft`` (``spectral.from_rfft_components``, the reference's own function) then
+``spectral.from_rfft_components`` (the reference's own function: ``torch.fft.irfft`` on a GPU) then
 turns them into the ``m`` sign-tier channels, which are scattered into the output. Why the
 FFT stays in torch: it is ``O(m log m)`` per token on at most half of head_dim, cuFFT does it
 well, and a DFT written as a matmul in the kernel would round differently from the
