@@ -35,7 +35,6 @@ from .cpu_common import (
     as_numpy_out,
     bf16_round_up_bits,
     bf16_value,
-    emit_gathered,
     emit_row,
     log8_code,
     match_torch_threads,
@@ -273,20 +272,24 @@ def _encode_keys(x, order, n4, n_u, group, nearest, table, spectral, tier4, tier
 
 
 @njit(**JIT)
-def _sign_block(bits, k1_scale_h, hm, group, table, t0, n, level, comps):
+def _sign_block(bits, levels, group, t0, n, comps):
     """Sign-tier components of tokens ``t0 .. t0 + n`` into lanes ``0 .. n`` of ``comps [m, lanes]``:
     ``+level`` where the bit is 1, ``-level`` where it is 0 (``lowbit.sign_decode``: exactly
-    the reference's ``(bit * 2 - 1) * level``), the level of each token's group of tokens."""
+    the reference's ``(bit * 2 - 1) * level``), ``levels [groups, m]`` of each token's group.
+    One component of every token at a time: each store lands next to the previous one (a
+    token's components at a time scattered them over 64 rows: 3x slower)."""
     m = comps.shape[0]
-    for lane in range(n):
-        t = t0 + lane
-        if lane == 0 or t % group == 0:
-            g = t // group
-            for k in range(m):
-                level[k] = table[k1_scale_h[k, g]] * hm
-        b = bits[t * m : (t + 1) * m]
+    start = t0
+    while start < t0 + n:  # runs of tokens in one group
+        g = start // group
+        stop = min(t0 + n, (g + 1) * group)
         for k in range(m):
-            comps[k, lane] = level[k] if b[k] else -level[k]
+            level = levels[g, k]
+            c = comps[k, start - t0 : stop - t0]
+            b = bits[start * m + k : stop * m : m]
+            for i in range(stop - start):
+                c[i] = level if b[i] else -level
+        start = stop
 
 
 @njit(**JIT)
@@ -308,25 +311,21 @@ def _decode_keys_head(
     s4, z4 = np.empty(n4, np.float32), np.empty(n4, np.float32)
     s2, z2 = np.empty(n2, np.float32), np.empty(n2, np.float32)
     # the sign tier, LANES tokens at a time: components, then the inverse transform
-    level = np.empty(m, np.float32)
-    comps, signal, work_re, work_im, zero = scratch(m)
-    # a token's channels in tier order (4-bit, 2-bit, sign tier), read back in channel order
-    # through ``source``: contiguous writes and one gather, where writing each tier's
-    # channels into their places scattered every store (and needed a second pass to convert)
-    tiered = np.empty(n4 + n2 + m, np.float32)
-    source = np.empty(head_dim, np.uint32)
+    levels = np.empty((k1_scale.shape[2], m), np.float32)
+    for g in range(levels.shape[0]):
+        for k in range(m):
+            levels[g, k] = table[k1_scale[h, k, g]] * hm1
+    comps, _, work_re, work_im, zero = scratch(m)
+    # each block of tokens' rows in channel order: every tier writes its channels into their
+    # places, then a row converts to the output dtype in one contiguous pass. (Rows in tier
+    # order gathered back into channel order cost a third of the kernel.) 16 floats of
+    # padding keep the rows off 4 KiB strides.
+    rows = np.empty((LANES, head_dim + 16), np.float32)
     i4, i2, i1 = idx4[h], idx2[h], idx1[h]  # channel indices: unsigned, so no negative-index checks
-    for j in range(n4):
-        source[i4[j]] = j
-    for j in range(n2):
-        source[i2[j]] = n4 + j
-    for j in range(m):
-        source[i1[j]] = n4 + n2 + j
-    t4, t2, t1 = tiered[:n4], tiered[n4 : n4 + n2], tiered[n4 + n2 :]
     for t0 in range(0, tokens, LANES):
         n = min(LANES, tokens - t0)
-        _sign_block(bits, k1_scale[h], hm1, group, table, t0, n, level, comps)
-        inverse_lanes(comps, n, spectral, work_re, work_im, zero, signal)
+        _sign_block(bits, levels, group, t0, n, comps)
+        inverse_lanes(comps, n, spectral, work_re, work_im, zero, rows, i1)
         for lane in range(n):
             t = t0 + lane
             if lane == 0 or t % group == 0:  # a new group of tokens: every channel's step and offset
@@ -337,14 +336,12 @@ def _decode_keys_head(
                 for j in range(n2):
                     s2[j] = table[tier2[1][h, j, g]] * hm2
                     z2[j] = np.float32(tier2[2][h, j, g]) / np.float32(_zero_units(2))
-            q4_t, q2_t = q4[t * n4 : (t + 1) * n4], q2[t * n2 : (t + 1) * n2]
+            q4_t, q2_t, row = q4[t * n4 : (t + 1) * n4], q2[t * n2 : (t + 1) * n2], rows[lane]
             for j in range(n4):
-                t4[j] = (np.float32(q4_t[j]) + z4[j]) * s4[j]
+                row[i4[j]] = (np.float32(q4_t[j]) + z4[j]) * s4[j]
             for j in range(n2):
-                t2[j] = (np.float32(q2_t[j]) + z2[j]) * s2[j]
-            for j in range(m):
-                t1[j] = signal[j, lane]
-            emit_gathered(tiered, source, out, h, t, mode)
+                row[i2[j]] = (np.float32(q2_t[j]) + z2[j]) * s2[j]
+            emit_row(row[:head_dim], out, h, t, mode)
 
 
 @njit(**PARALLEL_JIT)
