@@ -38,6 +38,7 @@ from .cpu_common import (
     emit_row,
     log8_code,
     match_torch_threads,
+    numpy_arrays,
     pack_bits_row,
     pack_trits_row,
     tables,
@@ -452,36 +453,39 @@ def _check_groups(codec: VidKVCodec, got: int, length: int, group: int) -> None:
         )
 
 
+# each uniform key tier's tensor names, in the order the kernels take them
+_TIER_NAMES = {bits: tuple(f"k{bits}.{part}" for part in _TIER_FIELDS) for bits in (4, 2)}
+
+
 def decode_keys_into(enc: EncodedTensor, codec: VidKVCodec, out: torch.Tensor, mode: int) -> None:
     """``VidKVCodec._decode_keys`` written into ``out``, every tier in one pass per head."""
     heads, tokens, head_dim = enc.shape
     idx4, idx2, idx1 = key_channels(_key_tiers(codec, enc.layer, heads, head_dim))
-    t = {name: x.cpu().contiguous() for name, x in enc.tensors.items()}
+    a = numpy_arrays(enc.tensors)
     group = balanced_group(tokens, codec.group_size)
-    _check_groups(codec, t["k1.scale"].shape[-1], tokens, group)
+    _check_groups(codec, a["k1.scale"].shape[-1], tokens, group)
     m = idx1.shape[1]
-    n_groups = num_groups(tokens, group)
-    log8 = tables()[0]
-    match_torch_threads()
     tiers = {}
     for bits, idx in ((4, idx4), (2, idx2)):
-        names = [f"k{bits}.{part}" for part in _TIER_FIELDS]
-        if idx.shape[1] and not all(name in t for name in names):
+        names = _TIER_NAMES[bits]
+        if not idx.shape[1]:  # the layer has no such tier: empty stand-ins
+            tiers[bits] = _np_tier(_tier_buffers(heads, 0, 0, bits, num_groups(tokens, group)))
+        elif all(name in a for name in names):
+            tiers[bits] = tuple(a[name] for name in names)
+        else:
             raise QuantError(f"{codec.name}: key block lacks the {bits}-bit tier the layer's tiers call for")
-        tiers[bits] = _np_tier(
-            [t[n] for n in names] if idx.shape[1] else _tier_buffers(heads, 0, 0, bits, n_groups)
-        )
+    match_torch_threads()
     _decode_keys(
         idx4,
         idx2,
         tiers[4],
         tiers[2],
         idx1,
-        t["k1.signs"].numpy(),
-        t["k1.scale"].numpy(),
-        u16(t["k1.scale_max"]),
+        a["k1.signs"],
+        a["k1.scale"],
+        a["k1.scale_max"],
         group,
-        log8,
+        tables()[0],
         spectral_tables(m),
         as_numpy_out(out),
         mode,
@@ -762,29 +766,30 @@ def encode_values(x: torch.Tensor, codec: VidKVCodec) -> dict[str, torch.Tensor]
     return t
 
 
+_VALUE_NAMES = (
+    "salient",
+    "tern.codes",
+    "tern.scale",
+    "tern.scale_max",
+    "sal.codes",
+    "sal.scale",
+    "sal.zero",
+    "sal.scale_max",
+)
+
+
 def decode_values_into(enc: EncodedTensor, codec: VidKVCodec, out: torch.Tensor, mode: int) -> None:
     """``VidKVCodec._decode_values`` written into ``out``."""
     heads, tokens, head_dim = enc.shape
-    t = {name: x.cpu().contiguous() for name, x in enc.tensors.items()}
-    n_sal = t["sal.scale"].shape[1]
+    a = numpy_arrays(enc.tensors)
+    n_sal = a["sal.scale"].shape[1]
     group = balanced_group(tokens - n_sal, codec.group_size)
-    _check_groups(codec, t["tern.scale"].shape[-1], tokens - n_sal, group)
-    sal_group = balanced_group(head_dim, codec.group_size)
-    names = (
-        "salient",
-        "tern.codes",
-        "tern.scale",
-        "tern.scale_max",
-        "sal.codes",
-        "sal.scale",
-        "sal.zero",
-        "sal.scale_max",
-    )
+    _check_groups(codec, a["tern.scale"].shape[-1], tokens - n_sal, group)
     match_torch_threads()
     _decode_values(
-        *(u16(t[n]) if t[n].dtype == torch.bfloat16 else t[n].numpy() for n in names),
+        *(a[name] for name in _VALUE_NAMES),
         group,
-        sal_group,
+        balanced_group(head_dim, codec.group_size),
         tables()[0],
         trit_table(),
         as_numpy_out(out),
