@@ -198,7 +198,7 @@ def step_seconds(session, frames, block, repeats: int) -> dict[str, float]:
     """Seconds of each step of encoding ``frames`` (one chunk) the way ``session`` does, and
     of summarising ``block``'s keys."""
     from ..retrieval.summaries import block_summary
-    from ..runtime.context import concat_layers
+    from ..runtime.context import layer_parts
 
     backend = session.backend
     rgb = [f for f, _ in frames]
@@ -213,9 +213,13 @@ def step_seconds(session, frames, block, repeats: int) -> dict[str, float]:
     vision = median_seconds(encode, repeats) - preprocess
     chunk = encode()
     window = session.blocks.window(session.memory.window)
-    context = concat_layers([session.sink.kv, *(b.layers for b in window)])
+    parts = layer_parts(session.sink.kv, window)
+    # the session's way: the context written into a cache with room for the chunk, then the forward
     prefill = median_seconds(
-        lambda: backend.forward(chunk.embeds, chunk.positions, backend.new_cache(context)), repeats
+        lambda: backend.forward(
+            chunk.embeds, chunk.positions, backend.cache_of_parts(parts, chunk.embeds.shape[0])
+        ),
+        repeats,
     )
     summary = median_seconds(lambda: block_summary(backend, block.layers, block.meta.positions), repeats)
     return {

@@ -43,7 +43,7 @@ class QuantBenchConfig:
     frames: int = 64  # frames of synthetic-world video streamed to capture a model's KV
     synthetic_shape: tuple[int, int, int] = (4, 1024, 128)
     synthetic_outliers: int = 4
-    repeats: int = 9  # timing repeats (throughput: the fastest; see best_seconds)
+    repeats: int = 9  # timing repeats (throughput: the fastest; see best_seconds_together)
     needle_model: str = TINY_SYNTH
     needle_lengths: tuple[int, ...] = (256,)  # () skips the needle part
     needle_streams: int = 4
@@ -169,25 +169,29 @@ def model_set(name: str, config: QuantBenchConfig) -> list[KVLayer]:
 # ----- measuring -----------------------------------------------------------------------
 
 
-def run_times(fn: Callable[[], object], repeats: int, budget_s: float = float("inf")) -> list[float]:
-    """Wall seconds of up to ``repeats`` calls of ``fn`` after one warm-up call (lazy init,
-    first-call allocations), CUDA synchronised; past ``budget_s`` seconds (and at least 3
-    runs) it stops early."""
+def _timed(fn: Callable[[], object]) -> float:
+    """Wall seconds of one call of ``fn``, CUDA synchronised on both sides."""
     import torch
 
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def run_times(fn: Callable[[], object], repeats: int, budget_s: float = float("inf")) -> list[float]:
+    """Wall seconds of up to ``repeats`` calls of ``fn`` after one warm-up call (lazy init,
+    first-call allocations); past ``budget_s`` seconds (and at least 2 runs) it stops early."""
     fn()
     times: list[float] = []
     started_all = time.perf_counter()
     for i in range(repeats):
         if i >= 2 and time.perf_counter() - started_all > budget_s:
             break  # a slow codec: the runs so far
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
+        times.append(_timed(fn))
     return times
 
 
@@ -196,31 +200,21 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(run_times(fn, repeats))
 
 
-def best_seconds(fn: Callable[[], object], repeats: int, budget_s: float = float("inf")) -> float:
-    """Wall seconds of the fastest call of ``fn`` (``run_times``): what the code costs when
-    nothing interrupts it.
-
-    Why not the median, for throughput: on a shared machine one descheduled thread stalls a
-    parallel region for a whole time slice, so medians measure the scheduler (a 2 MB copy
-    read 0.18 GB/s in one run and 72 GB/s in the next, on 2 cores at load 11). The codec
-    and the copy it is compared with are timed alike, so their ratio stays fair.
-    """
-    return min(run_times(fn, repeats, budget_s))
-
-
 def best_seconds_together(
     fns: Sequence[Callable[[], object]], repeats: int, budget_s: float = float("inf")
 ) -> list[float]:
-    """``best_seconds`` of each of ``fns``, timed in turns (one call of each per round, up to
-    ``repeats`` rounds, fewer past ``budget_s`` once 3 rounds ran) after one warm-up call each.
+    """Wall seconds of the fastest call of each of ``fns`` (what the code costs when nothing
+    interrupts it), timed in turns: one call of each per round, up to ``repeats`` rounds (fewer
+    past ``budget_s`` once 3 rounds ran), after one warm-up call each.
 
-    Why in turns: on a shared machine the speed a process gets drifts over tens of seconds (the
-    same kernel ran at 370 and at 760 us from one minute to the next on a 2-core VM), so a codec
-    timed first and its copy timed a few seconds later can be compared across two different
-    machines; in turns, every round sees the same one.
+    Why the fastest, not the median: on a shared machine one descheduled thread stalls a
+    parallel region for a whole time slice, so medians measure the scheduler (a 2 MB copy
+    read 0.18 GB/s in one run and 72 GB/s in the next, on 2 cores at load 11). Why in turns:
+    the speed a process gets also drifts over tens of seconds (the same kernel ran at 370 and
+    at 760 us from one minute to the next on a 2-core VM), so a codec timed first and its copy
+    timed seconds later could be compared across two different machines; in turns, every
+    round sees the same one, and their ratio stays fair.
     """
-    import torch
-
     for fn in fns:
         fn()
     best = [float("inf")] * len(fns)
@@ -229,13 +223,7 @@ def best_seconds_together(
         if i >= 3 and time.perf_counter() - started_all > budget_s:
             break
         for j, fn in enumerate(fns):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            best[j] = min(best[j], time.perf_counter() - started)
+            best[j] = min(best[j], _timed(fn))
     return best
 
 

@@ -34,7 +34,7 @@ from ..memory.pruning import find_references
 from ..models.base import Backend, LayerKV
 from ..retrieval.select import Selection
 from .answer import Answer, BlockRef, Timings
-from .context import cache_footprint, concat_layers, per_layer_parts, scatter_tokens
+from .context import cache_footprint, layer_parts, per_layer_parts, scatter_tokens
 from .decode import TextStreamer, decode_tokens
 from .plan import AnswerPlan
 from .positions import PositionBound, lay_out
@@ -87,7 +87,7 @@ def retrieval_queries(
     backend: Backend, sink: Sink, window: Sequence[Block], embeds: torch.Tensor, positions: torch.Tensor
 ) -> torch.Tensor:
     """The question's per-layer queries [layers, dim], read over the sink and ``window``."""
-    cache = backend.new_cache(concat_layers([sink.kv, *(b.layers for b in window)]))
+    cache = backend.cache_of_parts(layer_parts(sink.kv, window), embeds.shape[0])
     return backend.question_queries(embeds, positions, cache)
 
 

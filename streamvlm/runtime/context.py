@@ -36,6 +36,11 @@ def cache_footprint(cache) -> tuple[int, int]:
     return tokens, sum(k.nbytes + v.nbytes for k, v in layers)
 
 
+def layer_parts(sink: Sequence[LayerKV], blocks: Sequence[Block]) -> list[list[LayerKV]]:
+    """Each layer's KV in pieces: the sink, then ``blocks`` in order (every layer the same blocks)."""
+    return [[sink_layer, *(b.layers[i] for b in blocks)] for i, sink_layer in enumerate(sink)]
+
+
 def per_layer_parts(
     sink: Sequence[LayerKV], blocks: dict[int, Block], layer_block_ids: Sequence[Sequence[int]]
 ) -> list[list[LayerKV]]:

@@ -28,7 +28,7 @@ from ..models.base import Backend
 from ..retrieval.summaries import CompletedSummaries, Probes, block_summary, drift_probes
 from .answer import Answer, SessionStats
 from .answering import AnswerStream, KeptMasks, Sink, decode_answer, prefill_answer
-from .context import concat_layers, new_kv_from_cache
+from .context import layer_parts, new_kv_from_cache
 from .plan import AnswerPlan, answer_budget
 from .positions import PositionBound, lay_out
 from .questions import check_time_range, validate_question
@@ -359,10 +359,12 @@ class Session:
         summary needs (``drift_probes``, None without pruning): those few dropped tokens ride
         after the kept ones in the same forward, and the causal mask keeps the kept tokens
         from seeing them, so the block's KV is what it would be without them."""
-        context = concat_layers([self.sink.kv, *(b.layers for b in window)])
-        cache = self.backend.new_cache(context)
-        start, stored = context[0][0].shape[1], embeds.shape[0]
         probe = drift_probes(kept) if self._summaries is not None else torch.zeros(0, dtype=torch.long)
+        # the sink and the window written once each into a cache with room for this chunk:
+        # concatenating them first, then appending the chunk, copied the whole context twice
+        parts = layer_parts(self.sink.kv, window)
+        start, stored = sum(k.shape[1] for k, _ in parts[0]), embeds.shape[0]
+        cache = self.backend.cache_of_parts(parts, stored + probe.numel())
         if not probe.numel():
             self.backend.forward(embeds, positions, cache)
             return new_kv_from_cache(cache, start), None
