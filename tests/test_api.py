@@ -63,13 +63,13 @@ def test_encode_context_is_bounded_by_window(engine, monkeypatch):
     """Per-frame cost does not grow: each chunk attends to sinks + at most `window` frames."""
     session = engine.new_session(memory=MemoryConfig(window=4))
     seen: list[int] = []
-    real_new_cache = engine.backend.new_cache
+    real_cache_of_parts = engine.backend.cache_of_parts
 
-    def spy(layers=None):
-        seen.append(0 if not layers else layers[0][0].shape[1])
-        return real_new_cache(layers)
+    def spy(parts_per_layer, room):
+        seen.append(sum(k.shape[1] for k, _ in parts_per_layer[0]))  # context tokens before the chunk
+        return real_cache_of_parts(parts_per_layer, room)
 
-    monkeypatch.setattr(engine.backend, "new_cache", spy)
+    monkeypatch.setattr(engine.backend, "cache_of_parts", spy)
     session.add_frames((f, float(i)) for i, f in enumerate(frames(16)))
     per_block = session.stats().tokens_stored // session.stats().blocks
     sink = len(session.sink.ids)
