@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamvlm.quant.spectral import from_rfft_components, is_butterfly, rfft_components
+from streamvlm.quant.spectral import from_rfft_components, is_butterfly, rfft_components, spectral_tables
 
 LENGTHS = [1, 2, 3, 4, 6, 8, 16, 64, 65, 128]
 
@@ -59,7 +59,7 @@ def test_the_same_floats_on_one_thread_and_two(m: int) -> None:
 @pytest.mark.parametrize("m", LENGTHS)
 def test_the_kernel_gives_the_reference_floats(m: int) -> None:
     pytest.importorskip("numba")
-    from streamvlm.kernels.spectral_cpu import LANES, forward_lanes, inverse_lanes, scratch, tables_for
+    from streamvlm.kernels.spectral_cpu import LANES, forward_lanes, inverse_lanes, scratch
 
     x = _signal(m, tokens=LANES + 37)  # a full block and a partial one
     heads, tokens, _ = x.shape
@@ -70,12 +70,12 @@ def test_the_kernel_gives_the_reference_floats(m: int) -> None:
             n = min(LANES, tokens - t0)
             block = x[h, t0 : t0 + n].numpy().T
             signal[:, :n] = block
-            forward_lanes(signal, n, tables_for(m), work_re, work_im, comps)
+            forward_lanes(signal, n, spectral_tables(m), work_re, work_im, comps)
             got_forward[h, t0 : t0 + n] = torch.from_numpy(np.ascontiguousarray(comps[:, :n].T))
             comps[:, :n] = block
             rows = np.full((LANES, m + 3), np.nan, np.float32)
             cols = np.arange(m)[::-1] + 3  # each channel into its own column of the token's row
-            inverse_lanes(comps, n, tables_for(m), work_re, work_im, zero, rows, cols)
+            inverse_lanes(comps, n, spectral_tables(m), work_re, work_im, zero, rows, cols)
             got_inverse[h, t0 : t0 + n] = torch.from_numpy(np.ascontiguousarray(rows[:n, 3:][:, ::-1]))
     assert torch.equal(got_forward.view(torch.int32), rfft_components(x).view(torch.int32))
     assert torch.equal(got_inverse.view(torch.int32), from_rfft_components(x, m).view(torch.int32))

@@ -362,18 +362,3 @@ def emit_row(vals, out, h, t, mode):
     else:
         for d in range(vals.shape[0]):
             dest[d] = bf16_bits(vals[d])
-
-
-@njit(**JIT)
-def emit_gathered(vals, source, out, h, t, mode):
-    """``out[h, t, d] = vals[source[d]]`` for every channel ``d``, converted like ``emit_row``."""
-    dest = out[h, t]
-    if mode == OUT_F32:
-        for d in range(source.shape[0]):
-            dest[d] = vals[source[d]]
-    elif mode == OUT_F16:
-        for d in range(source.shape[0]):
-            dest[d] = f16_bits(vals[source[d]])
-    else:
-        for d in range(source.shape[0]):
-            dest[d] = bf16_bits(vals[source[d]])

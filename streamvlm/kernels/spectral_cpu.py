@@ -13,28 +13,23 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..quant.spectral import SpectralTables, spectral_tables
 from .cpu_common import JIT
 
 # tokens per block: at 32 the loops of the stages run too short to pay for their set-up
 LANES = 128
 # floats per row of a block: 9 cache lines, so the rows of a block, and the blocks of
-# ``scratch``, start at different offsets within a 4 KiB page. Rows 4 KiB apart (a power-of-two
-# width and blocks allocated back to back) make the CPU take a load for a dependence on an
-# earlier store to the same page offset ("4K aliasing"): the same kernel then ran at 370 or
-# at 760 us from one process to the next, with where malloc had put its arrays.
+# ``scratch``, start at different offsets within a 4 KiB page. Rows exactly 4 KiB apart (a
+# power-of-two width, blocks allocated back to back) can make the CPU stall loads on earlier
+# stores to the same page offset ("4K aliasing"); a precaution: no difference was measurable
+# within this machine's run-to-run noise.
 ROW = LANES + 16
-
-
-def tables_for(m: int) -> SpectralTables:
-    """``spectral_tables(m)`` (the arrays the kernels take)."""
-    return spectral_tables(m)
 
 
 @njit(**JIT)
 def scratch(m):
     """(components, signal, work_re, work_im, zero): the blocks the transforms of length ``m``
-    take, in one allocation, each block a quarter page further along than a page boundary."""
+    take, in one allocation, block ``i`` starting ``i`` KiB past a multiple of 4 KiB from the
+    allocation's start."""
     half = max(m // 2, 1)
     sizes = (m * ROW, m * ROW, half * ROW, half * ROW, ROW)
     buf = np.zeros(sum(sizes) + 5 * 1024, np.float32)
