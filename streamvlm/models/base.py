@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -46,6 +47,12 @@ class PromptParts:
     question: list[int]
 
 
+class FramePreparer(Protocol):
+    """A family's image work on a chunk's frames (``ingest.preprocess``)."""
+
+    def prepare(self, frames: Sequence[np.ndarray]) -> PreparedPixels: ...
+
+
 class Backend(ABC):
     """One model family. Subclasses fill in prompts, vision and positions."""
 
@@ -56,6 +63,8 @@ class Backend(ABC):
     default_chunk_frames: int
     #: a chunk's frame count must be a multiple of this
     frame_multiple: int = 1
+    #: the family's image work (resize, patchify), set by each subclass
+    preprocess: FramePreparer
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str):
         self.model = model.eval()
@@ -164,10 +173,10 @@ class Backend(ABC):
 
     # ----- vision ----------------------------------------------------------------
 
-    @abstractmethod
     def prepare_frames(self, frames: Sequence[np.ndarray]) -> PreparedPixels:
-        """A chunk's image work (resize, patchify; still uint8): it needs neither the model
-        nor the device, so a session does it before taking the device lock."""
+        """A chunk's image work (resize, patchify; still uint8) by ``preprocess``: it needs
+        neither the model nor the device, so a session does it before taking the device lock."""
+        return self.preprocess.prepare(frames)
 
     @abstractmethod
     def encode_prepared(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -43,11 +42,6 @@ class LlavaOnevisionBackend(Backend):
     def question_embeds(self, question_ids: Sequence[int]) -> torch.Tensor:
         newline = self.model.model.image_newline[None].to(self.dtype)
         return torch.cat([newline, self.embed_ids(question_ids)], dim=0)
-
-    def prepare_frames(self, frames: Sequence[np.ndarray]) -> PreparedPixels:
-        """A chunk's image work (resize; still uint8): it needs neither the model nor the
-        device, so a session does it before taking the device lock."""
-        return self.preprocess.prepare(frames)
 
     @torch.inference_mode()
     def encode_prepared(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -80,11 +79,6 @@ class Qwen25VLBackend(Backend):
         cols = torch.arange(w) + video_start
         tt, hh, ww = torch.meshgrid(time, rows, cols, indexing="ij")
         return torch.stack([tt, hh, ww]).reshape(3, t * h * w)
-
-    def prepare_frames(self, frames: Sequence[np.ndarray]) -> PreparedPixels:
-        """A chunk's image work (resize, patchify; still uint8): it needs neither the model nor
-        the device, so a session does it before taking the device lock."""
-        return self.preprocess.prepare(frames)
 
     @torch.inference_mode()
     def encode_prepared(
