@@ -64,7 +64,7 @@ def test_the_kernel_gives_the_reference_floats(m: int) -> None:
     x = _signal(m, tokens=LANES + 37)  # a full block and a partial one
     heads, tokens, _ = x.shape
     got_forward, got_inverse = torch.empty_like(x), torch.empty_like(x)
-    comps, signal, work_re, work_im, zero = scratch(m)
+    comps, signal, work_re, work_im = scratch(m)
     for h in range(heads):
         for t0 in range(0, tokens, LANES):
             n = min(LANES, tokens - t0)
@@ -73,9 +73,9 @@ def test_the_kernel_gives_the_reference_floats(m: int) -> None:
             forward_lanes(signal, n, spectral_tables(m), work_re, work_im, comps)
             got_forward[h, t0 : t0 + n] = torch.from_numpy(np.ascontiguousarray(comps[:, :n].T))
             comps[:, :n] = block
-            rows = np.full((LANES, m + 3), np.nan, np.float32)
-            cols = np.arange(m)[::-1] + 3  # each channel into its own column of the token's row
-            inverse_lanes(comps, n, spectral_tables(m), work_re, work_im, zero, rows, cols)
-            got_inverse[h, t0 : t0 + n] = torch.from_numpy(np.ascontiguousarray(rows[:n, 3:][:, ::-1]))
+            chan = np.full((m + 3, LANES), np.nan, np.float32)
+            cols = np.arange(m)[::-1] + 3  # each channel into its own row of the block
+            inverse_lanes(comps, n, spectral_tables(m), work_re, work_im, chan, cols)
+            got_inverse[h, t0 : t0 + n] = torch.from_numpy(chan[3:, :n][::-1].T.copy())
     assert torch.equal(got_forward.view(torch.int32), rfft_components(x).view(torch.int32))
     assert torch.equal(got_inverse.view(torch.int32), from_rfft_components(x, m).view(torch.int32))

@@ -27,15 +27,15 @@ ROW = LANES + 16
 
 @njit(**JIT)
 def scratch(m):
-    """(components, signal, work_re, work_im, zero): the blocks the transforms of length ``m``
-    take, in one allocation, block ``i`` starting ``i`` KiB past a multiple of 4 KiB from the
+    """(components, signal, work_re, work_im): the blocks the transforms of length ``m`` take,
+    in one allocation, block ``i`` starting ``i`` KiB past a multiple of 4 KiB from the
     allocation's start."""
     half = max(m // 2, 1)
-    sizes = (m * ROW, m * ROW, half * ROW, half * ROW, ROW)
-    buf = np.zeros(sum(sizes) + 5 * 1024, np.float32)
+    sizes = (m * ROW, m * ROW, half * ROW, half * ROW)
+    buf = np.empty(sum(sizes) + 4 * 1024, np.float32)
     blocks = []
     at = 0
-    for i in range(5):
+    for i in range(4):
         at += (256 * i - at) % 1024  # block i starts i KiB past a 4 KiB boundary
         blocks.append(buf[at : at + sizes[i]])
         at += sizes[i]
@@ -44,29 +44,30 @@ def scratch(m):
         blocks[1].reshape(m, ROW),
         blocks[2].reshape(half, ROW),
         blocks[3].reshape(half, ROW),
-        blocks[4],
     )
 
 
 @njit(**JIT)
-def _stages(re, im, n, stage_cos, stage_sin, sign):
-    # spectral._stages: radix-2 decimation in time over rows, bit-reversed input
+def _stages(re, im, n, stage_cos, stage_sin, sign, first, last):
+    # spectral._stages for spans first, 2 * first, .. below last: radix-2 decimation in time
+    # over rows, bit-reversed input
     half = re.shape[0]
-    span = 1
-    while span < half:
+    span = first
+    while span < min(half, last):
         for base in range(0, half, 2 * span):
             for j in range(span):
                 wr = stage_cos[span - 1 + j]
                 wi = stage_sin[span - 1 + j] * sign
-                pr, pi, qr, qi = re[base + j], im[base + j], re[base + j + span], im[base + j + span]
+                p, q = base + j, base + j + span
                 for lane in range(n):
-                    tr = wr * qr[lane] - wi * qi[lane]
-                    ti = wr * qi[lane] + wi * qr[lane]
-                    a, b = pr[lane], pi[lane]
-                    pr[lane] = a + tr
-                    pi[lane] = b + ti
-                    qr[lane] = a - tr
-                    qi[lane] = b - ti
+                    qr, qi = re[q, lane], im[q, lane]
+                    tr = wr * qr - wi * qi
+                    ti = wr * qi + wi * qr
+                    a, b = re[p, lane], im[p, lane]
+                    re[p, lane] = a + tr
+                    im[p, lane] = b + ti
+                    re[q, lane] = a - tr
+                    im[q, lane] = b - ti
         span *= 2
 
 
@@ -87,45 +88,83 @@ def _direct(src, n, basis, dst):
 
 
 @njit(**JIT)
-def inverse_lanes(comps, n, tables, work_re, work_im, zero, rows, cols):
+def _turned_bin(comps, k, half, c, s, lane):
+    """Complex bin ``k`` of the half-length signal in lane ``lane`` (``from_rfft_components``:
+    even part + i * odd part, from the real components' bins ``k`` and ``half - k``). Bins 0
+    and half have no imaginary part: it counts as +0, like the reference's zero column."""
+    ar, br = comps[k, lane], comps[half - k, lane]
+    z = np.float32(0.0)
+    ai = comps[half + k, lane] if k > 0 else z
+    bi = comps[2 * half - k, lane] if k > 0 else z
+    diff_r, diff_i = ar - br, ai + bi
+    odd_r = diff_r * c - diff_i * s
+    odd_i = diff_r * s + diff_i * c
+    return (ar + br) - odd_i, (ai - bi) + odd_r
+
+
+@njit(**JIT)
+def inverse_lanes(comps, n, tables, work_re, work_im, chan, cols):
     """``from_rfft_components`` of lanes ``0 .. n`` of ``comps [m, lanes]``: channel ``j`` of lane
-    ``i`` into ``rows[i, cols[j]]``. ``work_re``/``work_im``: ``[m // 2, lanes]`` scratch;
-    ``zero``: ``[lanes]`` zeros. (Through ``cols`` a kernel puts each channel where it belongs
-    in a token's row: a gather of the row afterwards cost a third of the key decode.)"""
+    ``i`` into ``chan[cols[j], i]``. ``work_re``/``work_im``: ``[m // 2, lanes]`` scratch. (Through ``cols`` a kernel puts each channel in its row of a
+    block holding every channel of the head, which it then transposes once.)
+
+    The steps are the reference's, but the first stage runs in the same pass as the turn that
+    feeds it, and the last in the same pass as the scaling after it (``m >= 8``): each pass
+    stores the whole block, and stores are what the transform waits on. The loops index the
+    2-d blocks directly: a row view per loop (``comps[k]``) costs a reference count update
+    each, which here cost more than the arithmetic."""
     turn_cos, turn_sin, stage_cos, stage_sin, order, inverse, _ = tables
     m = comps.shape[0]
     if inverse.shape[0]:
         out = np.empty((m, n), np.float32)
         _direct(comps, n, inverse, out)
         for j in range(m):
-            col = cols[j]
-            for lane in range(n):
-                rows[lane, col] = out[j, lane]
+            chan[cols[j], :n] = out[j, :n]
         return
     half = m // 2
-    for k in range(half):
-        ar, br = comps[k], comps[half - k]  # real parts of bins k and half - k
-        ai = comps[half + k] if k > 0 else zero  # imaginary parts (none for bins 0 and half)
-        bi = comps[2 * half - k] if k > 0 else zero
-        c, s = turn_cos[k], turn_sin[k]
-        dest = order[k]  # bit reversal is its own inverse: slot order[k] holds bin k
-        zr, zi = work_re[dest], work_im[dest]
-        for lane in range(n):
-            even_r = ar[lane] + br[lane]
-            even_i = ai[lane] - bi[lane]
-            diff_r = ar[lane] - br[lane]
-            diff_i = ai[lane] + bi[lane]
-            odd_r = diff_r * c - diff_i * s
-            odd_i = diff_r * s + diff_i * c
-            zr[lane] = even_r - odd_i
-            zi[lane] = even_i + odd_r
-    _stages(work_re, work_im, n, stage_cos, stage_sin, np.float32(1.0))
     scale = np.float32(1.0 / m)
-    for k in range(half):
-        zr, zi, even, odd = work_re[k], work_im[k], cols[2 * k], cols[2 * k + 1]
+    if half < 4:  # too short to fuse: the reference's passes one after the other
+        for k in range(half):
+            slot, c, s = order[k], turn_cos[k], turn_sin[k]
+            for lane in range(n):
+                work_re[slot, lane], work_im[slot, lane] = _turned_bin(comps, k, half, c, s, lane)
+        _stages(work_re, work_im, n, stage_cos, stage_sin, np.float32(1.0), 1, half)
+        for k in range(half):
+            even, odd = cols[2 * k], cols[2 * k + 1]
+            for lane in range(n):
+                chan[even, lane] = work_re[k, lane] * scale
+                chan[odd, lane] = work_im[k, lane] * scale
+        return
+    # the turn into bit-reversed slots, two slots at a time, and the span-1 stage on them
+    wr, wi = stage_cos[0], stage_sin[0]
+    for slot in range(0, half, 2):
+        k0, k1 = order[slot], order[slot + 1]  # bit reversal is its own inverse
+        c0, s0, c1, s1 = turn_cos[k0], turn_sin[k0], turn_cos[k1], turn_sin[k1]
         for lane in range(n):
-            rows[lane, even] = zr[lane] * scale
-            rows[lane, odd] = zi[lane] * scale
+            a, b = _turned_bin(comps, k0, half, c0, s0, lane)
+            zr, zi = _turned_bin(comps, k1, half, c1, s1, lane)
+            tr = wr * zr - wi * zi
+            ti = wr * zi + wi * zr
+            work_re[slot, lane] = a + tr
+            work_im[slot, lane] = b + ti
+            work_re[slot + 1, lane] = a - tr
+            work_im[slot + 1, lane] = b - ti
+    span = half // 2
+    _stages(work_re, work_im, n, stage_cos, stage_sin, np.float32(1.0), 2, span)
+    # the last stage (one group of span butterflies), each result scaled into its channels
+    for j in range(span):
+        wr, wi = stage_cos[span - 1 + j], stage_sin[span - 1 + j]
+        p_even, p_odd = cols[2 * j], cols[2 * j + 1]
+        q_even, q_odd = cols[2 * (j + span)], cols[2 * (j + span) + 1]
+        for lane in range(n):
+            qr, qi = work_re[j + span, lane], work_im[j + span, lane]
+            tr = wr * qr - wi * qi
+            ti = wr * qi + wi * qr
+            a, b = work_re[j, lane], work_im[j, lane]
+            chan[p_even, lane] = (a + tr) * scale
+            chan[p_odd, lane] = (b + ti) * scale
+            chan[q_even, lane] = (a - tr) * scale
+            chan[q_odd, lane] = (b - ti) * scale
 
 
 @njit(**JIT)
@@ -141,7 +180,7 @@ def forward_lanes(signal, n, tables, work_re, work_im, comps):
         src = order[k]
         work_re[k, :n] = signal[2 * src, :n]
         work_im[k, :n] = signal[2 * src + 1, :n]
-    _stages(work_re, work_im, n, stage_cos, stage_sin, np.float32(-1.0))
+    _stages(work_re, work_im, n, stage_cos, stage_sin, np.float32(-1.0), 1, half)
     h = np.float32(0.5)
     for k in range(half + 1):
         ar, ai = work_re[k % half], work_im[k % half]

@@ -31,6 +31,7 @@ from ..quant.spectral import spectral_tables
 from ..quant.vidkv import VidKVCodec
 from .cpu_common import (
     JIT,
+    OUT_F32,
     PARALLEL_JIT,
     as_numpy_out,
     bf16_round_up_bits,
@@ -47,7 +48,8 @@ from .cpu_common import (
     unpack_bits_row,
     unpack_trits_row,
 )
-from .spectral_cpu import LANES, forward_lanes, inverse_lanes, scratch
+from .spectral_cpu import LANES, ROW, forward_lanes, inverse_lanes, scratch
+from .transpose_cpu import TILE, padded, transpose_out, transpose_u8
 
 # ----- log8 min-max (uniform.encode_log8_minmax / decode_log8_minmax) --------------------
 
@@ -234,7 +236,7 @@ def _encode_keys_head(
     # sign tier (spectral.rfft_components, lowbit.sign_encode), LANES tokens at a time: the
     # channels, their transform, then a sign bit per component and the mean |component| of
     # each group of tokens, summed in token order (groups.group_sum)
-    signal, comps, work_re, work_im, _ = scratch(m)
+    signal, comps, work_re, work_im = scratch(m)
     bits = np.empty(tokens * m, np.uint8)
     level = np.empty((n_groups, m), np.float32)
     acc = np.zeros(m, np.float64)
@@ -273,24 +275,49 @@ def _encode_keys(x, order, n4, n_u, group, nearest, table, spectral, tier4, tier
 
 
 @njit(**JIT)
-def _sign_block(bits, levels, group, t0, n, comps):
-    """Sign-tier components of tokens ``t0 .. t0 + n`` into lanes ``0 .. n`` of ``comps [m, lanes]``:
-    ``+level`` where the bit is 1, ``-level`` where it is 0 (``lowbit.sign_decode``: exactly
-    the reference's ``(bit * 2 - 1) * level``), ``levels [groups, m]`` of each token's group.
-    One component of every token at a time: each store lands next to the previous one (a
-    token's components at a time scattered them over 64 rows: 3x slower)."""
-    m = comps.shape[0]
+def _group_runs(t0, n, group):
+    """``[first lane, end lane, group]`` of each run of lanes ``0 .. n`` (tokens ``t0 ..``) whose
+    tokens share a group."""
+    runs = np.empty((n // group + 2, 3), np.int64)
+    count = 0
     start = t0
-    while start < t0 + n:  # runs of tokens in one group
+    while start < t0 + n:
         g = start // group
         stop = min(t0 + n, (g + 1) * group)
-        for k in range(m):
-            level = levels[g, k]
-            c = comps[k, start - t0 : stop - t0]
-            b = bits[start * m + k : stop * m : m]
-            for i in range(stop - start):
-                c[i] = level if b[i] else -level
+        runs[count, 0], runs[count, 1], runs[count, 2] = start - t0, stop - t0, g
+        count += 1
         start = stop
+    return runs[:count]
+
+
+@njit(**JIT)
+def _sign_components(bits_t, levels, runs, comps):
+    """Sign-tier components of a block's lanes into ``comps [m, lanes]``: ``+level`` where the
+    bit is 1, ``-level`` where it is 0 (``lowbit.sign_decode``: exactly the reference's
+    ``(bit * 2 - 1) * level``); ``bits_t [m, lanes]``, ``levels [groups, m]``."""
+    for r in range(runs.shape[0]):
+        a, b, g = runs[r, 0], runs[r, 1], runs[r, 2]
+        for k in range(comps.shape[0]):
+            level = levels[g, k]
+            c, bit = comps[k, a:b], bits_t[k, a:b]
+            for i in range(b - a):
+                c[i] = level if bit[i] else -level
+
+
+@njit(**JIT)
+def _uniform_channels(codes_t, scale, zero, hm, bits, table, channels, runs, chan):
+    """One uniform key tier of a block's lanes into ``chan``'s rows ``channels``: ``(code +
+    zero point) * step`` (``uniform.decode_log8_minmax``); ``codes_t [count, lanes]``, ``scale``
+    and ``zero`` ``[count, groups]``."""
+    units = np.float32(_zero_units(bits))
+    for r in range(runs.shape[0]):
+        a, b, g = runs[r, 0], runs[r, 1], runs[r, 2]
+        for j in range(channels.shape[0]):
+            step = table[scale[j, g]] * hm
+            offset = np.float32(zero[j, g]) / units
+            row, q = chan[channels[j], a:b], codes_t[j, a:b]
+            for i in range(b - a):
+                row[i] = (np.float32(q[i]) + offset) * step
 
 
 @njit(**JIT)
@@ -300,49 +327,45 @@ def _decode_keys_head(
     heads, tokens, head_dim = out.shape
     m = idx1.shape[1]
     n4, n2 = idx4.shape[1], idx2.shape[1]
-    q4 = np.empty(tokens * n4, np.uint8)
-    q2 = np.empty(tokens * n2, np.uint8)
-    bits = np.empty(tokens * m, np.uint8)
+    # codes one byte each, token-major as stored, then room for the transposes' whole tiles
+    tail = TILE * max(n4, n2, m) + TILE
+    q4 = np.empty(tokens * n4 + tail, np.uint8)
+    q2 = np.empty(tokens * n2 + tail, np.uint8)
+    bits = np.empty(tokens * m + tail, np.uint8)
+    q4[tokens * n4 :] = 0
+    q2[tokens * n2 :] = 0
+    bits[tokens * m :] = 0
     unpack_bits_row(tier4[0][h], tokens * n4, 4, q4)
     unpack_bits_row(tier2[0][h], tokens * n2, 2, q2)
     unpack_bits_row(signs[h], tokens * m, 1, bits)
-    hm4 = bf16_value(tier4[3][h])
-    hm2 = bf16_value(tier2[3][h])
     hm1 = bf16_value(k1_max[h])
-    s4, z4 = np.empty(n4, np.float32), np.empty(n4, np.float32)
-    s2, z2 = np.empty(n2, np.float32), np.empty(n2, np.float32)
-    # the sign tier, LANES tokens at a time: components, then the inverse transform
     levels = np.empty((k1_scale.shape[2], m), np.float32)
     for g in range(levels.shape[0]):
         for k in range(m):
             levels[g, k] = table[k1_scale[h, k, g]] * hm1
-    comps, _, work_re, work_im, zero = scratch(m)
-    # each block of tokens' rows in channel order: every tier writes its channels into their
-    # places, then a row converts to the output dtype in one contiguous pass. (Rows in tier
-    # order gathered back into channel order cost a third of the kernel.) 16 floats of
-    # padding keep the rows off 4 KiB strides.
-    rows = np.empty((LANES, head_dim + 16), np.float32)
-    i4, i2, i1 = idx4[h], idx2[h], idx1[h]  # channel indices: unsigned, so no negative-index checks
+    # blocks of LANES tokens, one token per lane: codes transposed to [channel, lane], every
+    # tier decoded into its channels' rows of ``chan``, then ``chan`` transposed into the
+    # output's token rows (converting on the way)
+    comps, _, work_re, work_im = scratch(m)
+    chan = np.empty((head_dim, ROW), np.float32)
+    q4_t = np.empty((padded(n4), LANES), np.uint8)
+    q2_t = np.empty((padded(n2), LANES), np.uint8)
+    bits_t = np.empty((padded(m), LANES), np.uint8)
     for t0 in range(0, tokens, LANES):
         n = min(LANES, tokens - t0)
-        _sign_block(bits, levels, group, t0, n, comps)
-        inverse_lanes(comps, n, spectral, work_re, work_im, zero, rows, i1)
-        for lane in range(n):
-            t = t0 + lane
-            if lane == 0 or t % group == 0:  # a new group of tokens: every channel's step and offset
-                g = t // group
-                for j in range(n4):
-                    s4[j] = table[tier4[1][h, j, g]] * hm4
-                    z4[j] = np.float32(tier4[2][h, j, g]) / np.float32(_zero_units(4))
-                for j in range(n2):
-                    s2[j] = table[tier2[1][h, j, g]] * hm2
-                    z2[j] = np.float32(tier2[2][h, j, g]) / np.float32(_zero_units(2))
-            q4_t, q2_t, row = q4[t * n4 : (t + 1) * n4], q2[t * n2 : (t + 1) * n2], rows[lane]
-            for j in range(n4):
-                row[i4[j]] = (np.float32(q4_t[j]) + z4[j]) * s4[j]
-            for j in range(n2):
-                row[i2[j]] = (np.float32(q2_t[j]) + z2[j]) * s2[j]
-            emit_row(row[:head_dim], out, h, t, mode)
+        runs = _group_runs(t0, n, group)
+        transpose_u8(bits, t0 * m, m, n, m, bits_t)
+        _sign_components(bits_t, levels, runs, comps)
+        inverse_lanes(comps, n, spectral, work_re, work_im, chan, idx1[h])
+        transpose_u8(q4, t0 * n4, n4, n, n4, q4_t)
+        _uniform_channels(
+            q4_t, tier4[1][h], tier4[2][h], bf16_value(tier4[3][h]), 4, table, idx4[h], runs, chan
+        )
+        transpose_u8(q2, t0 * n2, n2, n, n2, q2_t)
+        _uniform_channels(
+            q2_t, tier2[1][h], tier2[2][h], bf16_value(tier2[3][h]), 2, table, idx2[h], runs, chan
+        )
+        transpose_out(chan, out[h, t0 : t0 + n], head_dim, n, mode)
 
 
 @njit(**PARALLEL_JIT)
@@ -660,34 +683,55 @@ def _decode_values_head(
     flags = np.empty(tokens, np.uint8)
     unpack_bits_row(mask[h], tokens, 1, flags)
     sal, rest = _token_split(flags)
+    dest = out[h]
     row = np.empty(head_dim, np.float32)
+    level = np.empty(head_dim, np.float32)
     # the others: trit - 1 times the channel's level for the token's group
     n_rest = rest.shape[0]
     q = np.empty(n_rest * head_dim, np.uint8)
     unpack_trits_row(tern[h], n_rest * head_dim, trits, q)
+    codes = q.reshape(n_rest, head_dim)
     hm = bf16_value(tern_max[h])
-    level = np.empty(head_dim, np.float32)
-    for r in range(n_rest):
-        if r % group == 0:
-            for d in range(head_dim):
-                level[d] = table[tern_scale[h, d, r // group]] * hm
-        q_r = q[r * head_dim : (r + 1) * head_dim]
+    # 16-bit outputs: a trit takes 3 values, so each group's 3 possible outputs per channel
+    # are made once, already converted, and each element picks one with bit masks (the same
+    # product, converted the same way: the same bits; a select or a branch per element kept
+    # the loop scalar, 6x slower)
+    choices = np.empty((1, 3, head_dim), np.uint16)
+    minus, zero, plus = choices[0, 0], choices[0, 1], choices[0, 2]
+    for g in range(-(-n_rest // group)):
         for d in range(head_dim):
-            row[d] = np.float32(np.int64(q_r[d]) - 1) * level[d]
-        emit_row(row, out, h, rest[r], mode)
+            level[d] = table[tern_scale[h, d, g]] * hm
+        if mode != OUT_F32:
+            for trit in range(3):
+                for d in range(head_dim):
+                    row[d] = np.float32(trit - 1) * level[d]
+                emit_row(row, choices, 0, trit, mode)
+        for r in range(g * group, min(n_rest, g * group + group)):
+            t = rest[r]
+            if mode == OUT_F32:
+                for d in range(head_dim):
+                    dest[t, d] = np.float32(np.int32(codes[r, d]) - np.int32(1)) * level[d]
+            else:
+                for d in range(head_dim):
+                    c = codes[r, d]
+                    is_minus = np.uint16(0) - np.uint16(c == 0)
+                    is_plus = np.uint16(0) - np.uint16(c == 2)
+                    is_zero = ~(is_minus | is_plus)
+                    dest[t, d] = (minus[d] & is_minus) | (zero[d] & is_zero) | (plus[d] & is_plus)
     # salient tokens: 2-bit codes in groups of channels
     n_sal = sal.shape[0]
     q2 = np.empty(n_sal * head_dim, np.uint8)
     unpack_bits_row(sal_codes[h], n_sal * head_dim, 2, q2)
+    codes = q2.reshape(n_sal, head_dim)
     hm = bf16_value(sal_max[h])
+    step, offset = level, np.empty(head_dim, np.float32)  # per channel: its group's
     for r in range(n_sal):
         for g in range(sal_scale.shape[2]):
-            s = table[sal_scale[h, r, g]] * hm
-            zf = np.float32(sal_zero[h, r, g]) / units
-            r_g = row[g * sal_group : g * sal_group + sal_group]
-            q_g = q2[r * head_dim + g * sal_group : r * head_dim + g * sal_group + r_g.shape[0]]
-            for d in range(r_g.shape[0]):
-                r_g[d] = (np.float32(q_g[d]) + zf) * s
+            step[g * sal_group : g * sal_group + sal_group] = table[sal_scale[h, r, g]] * hm
+            offset[g * sal_group : g * sal_group + sal_group] = np.float32(sal_zero[h, r, g]) / units
+        # one loop over the whole row (a loop per group of channels: 3x slower)
+        for d in range(head_dim):
+            row[d] = (np.float32(codes[r, d]) + offset[d]) * step[d]
         emit_row(row, out, h, sal[r], mode)
 
 
