@@ -64,13 +64,15 @@ def test_the_kernel_gives_the_reference_floats(m: int) -> None:
     x = _signal(m, tokens=LANES + 37)  # a full block and a partial one
     heads, tokens, _ = x.shape
     got_forward, got_inverse = torch.empty_like(x), torch.empty_like(x)
-    comps, signal, work_re, work_im = scratch(m)
+    comps, work_re, work_im = scratch(m)
     for h in range(heads):
         for t0 in range(0, tokens, LANES):
             n = min(LANES, tokens - t0)
             block = x[h, t0 : t0 + n].numpy().T
-            signal[:, :n] = block
-            forward_lanes(signal, n, spectral_tables(m), work_re, work_im, comps)
+            rows = np.arange(m)[::-1] + 3  # channel j in row rows[j] of a larger block
+            spread = np.full((m + 3, LANES), np.nan, np.float32)
+            spread[rows, :n] = block
+            forward_lanes(spread, rows, n, spectral_tables(m), work_re, work_im, comps)
             got_forward[h, t0 : t0 + n] = torch.from_numpy(np.ascontiguousarray(comps[:, :n].T))
             comps[:, :n] = block
             chan = np.full((m + 3, LANES), np.nan, np.float32)

@@ -27,24 +27,18 @@ ROW = LANES + 16
 
 @njit(**JIT)
 def scratch(m):
-    """(components, signal, work_re, work_im): the blocks the transforms of length ``m`` take,
-    in one allocation, block ``i`` starting ``i`` KiB past a multiple of 4 KiB from the
-    allocation's start."""
+    """(components, work_re, work_im): the blocks the transforms of length ``m`` take, in one
+    allocation, block ``i`` starting ``i`` KiB past a multiple of 4 KiB from its start."""
     half = max(m // 2, 1)
-    sizes = (m * ROW, m * ROW, half * ROW, half * ROW)
-    buf = np.empty(sum(sizes) + 4 * 1024, np.float32)
+    sizes = (m * ROW, half * ROW, half * ROW)
+    buf = np.empty(sum(sizes) + 3 * 1024, np.float32)
     blocks = []
     at = 0
-    for i in range(4):
+    for i in range(3):
         at += (256 * i - at) % 1024  # block i starts i KiB past a 4 KiB boundary
         blocks.append(buf[at : at + sizes[i]])
         at += sizes[i]
-    return (
-        blocks[0].reshape(m, ROW),
-        blocks[1].reshape(m, ROW),
-        blocks[2].reshape(half, ROW),
-        blocks[3].reshape(half, ROW),
-    )
+    return blocks[0].reshape(m, ROW), blocks[1].reshape(half, ROW), blocks[2].reshape(half, ROW)
 
 
 @njit(**JIT)
@@ -168,37 +162,57 @@ def inverse_lanes(comps, n, tables, work_re, work_im, chan, cols):
 
 
 @njit(**JIT)
-def forward_lanes(signal, n, tables, work_re, work_im, comps):
-    """``rfft_components`` of lanes ``0 .. n`` of ``signal [m, lanes]`` into ``comps [m, lanes]``."""
+def forward_lanes(signal, rows, n, tables, work_re, work_im, comps):
+    """``rfft_components`` of lanes ``0 .. n`` of the signal whose channel ``j`` is row
+    ``rows[j]`` of ``signal`` (a block of every channel of a head, ``[channels, lanes]``) into
+    ``comps [m, lanes]``. Like ``inverse_lanes``: 2-d indexing, and the first stage in the
+    same pass as the loads that feed it."""
     turn_cos, turn_sin, stage_cos, stage_sin, order, _, forward = tables
-    m = signal.shape[0]
+    m = rows.shape[0]
     if forward.shape[0]:
-        _direct(signal, n, forward, comps)
+        picked = np.empty((m, n), np.float32)
+        for j in range(m):
+            picked[j] = signal[rows[j], :n]
+        _direct(picked, n, forward, comps)
         return
     half = m // 2
-    for k in range(half):
-        src = order[k]
-        work_re[k, :n] = signal[2 * src, :n]
-        work_im[k, :n] = signal[2 * src + 1, :n]
-    _stages(work_re, work_im, n, stage_cos, stage_sin, np.float32(-1.0), 1, half)
+    if half < 2:  # one complex sample: no stage
+        for lane in range(n):
+            work_re[0, lane], work_im[0, lane] = signal[rows[0], lane], signal[rows[1], lane]
+    else:
+        # even samples the real parts, odd ones the imaginary parts, into bit-reversed slots,
+        # two slots at a time through the span-1 stage
+        wr, wi = stage_cos[0], stage_sin[0] * np.float32(-1.0)
+        for slot in range(0, half, 2):
+            p_re, p_im = rows[2 * order[slot]], rows[2 * order[slot] + 1]
+            q_re, q_im = rows[2 * order[slot + 1]], rows[2 * order[slot + 1] + 1]
+            for lane in range(n):
+                qr, qi = signal[q_re, lane], signal[q_im, lane]
+                tr = wr * qr - wi * qi
+                ti = wr * qi + wi * qr
+                a, b = signal[p_re, lane], signal[p_im, lane]
+                work_re[slot, lane] = a + tr
+                work_im[slot, lane] = b + ti
+                work_re[slot + 1, lane] = a - tr
+                work_im[slot + 1, lane] = b - ti
+        _stages(work_re, work_im, n, stage_cos, stage_sin, np.float32(-1.0), 2, half)
     h = np.float32(0.5)
     for k in range(half + 1):
-        ar, ai = work_re[k % half], work_im[k % half]
-        br, bi = work_re[(half - k) % half], work_im[(half - k) % half]
+        a, b = k % half, (half - k) % half
         c, s = turn_cos[k], turn_sin[k]
-        real = comps[k]
         if 0 < k < half:
-            imag = comps[half + k]
             for lane in range(n):
-                even_r = (ar[lane] + br[lane]) * h
-                even_i = (ai[lane] - bi[lane]) * h
-                odd_r = (ai[lane] + bi[lane]) * h
-                odd_i = (br[lane] - ar[lane]) * h
-                real[lane] = even_r + (c * odd_r + s * odd_i)
-                imag[lane] = even_i + (c * odd_i - s * odd_r)
+                ar, ai, br, bi = work_re[a, lane], work_im[a, lane], work_re[b, lane], work_im[b, lane]
+                even_r = (ar + br) * h
+                even_i = (ai - bi) * h
+                odd_r = (ai + bi) * h
+                odd_i = (br - ar) * h
+                comps[k, lane] = even_r + (c * odd_r + s * odd_i)
+                comps[half + k, lane] = even_i + (c * odd_i - s * odd_r)
         else:  # bins 0 and half: their imaginary parts are zero and not kept
             for lane in range(n):
-                even_r = (ar[lane] + br[lane]) * h
-                odd_r = (ai[lane] + bi[lane]) * h
-                odd_i = (br[lane] - ar[lane]) * h
-                real[lane] = even_r + (c * odd_r + s * odd_i)
+                ar, ai, br, bi = work_re[a, lane], work_im[a, lane], work_re[b, lane], work_im[b, lane]
+                even_r = (ar + br) * h
+                odd_r = (ai + bi) * h
+                odd_i = (br - ar) * h
+                comps[k, lane] = even_r + (c * odd_r + s * odd_i)

@@ -229,31 +229,33 @@ def _encode_keys_head(
         # the uniform tiers' channels, token-major (a group is one channel over its tokens)
         xu = np.empty((tokens, n_u), np.float32)
         for t in range(tokens):
-            x_t, u_t = x_h[t], xu[t]
             for j in range(n_u):
-                u_t[j] = x_t[i_u[j]]
+                xu[t, j] = x_h[t, i_u[j]]
         _encode_uniform_tiers(xu, n4, group, nearest, table, tier4, tier2, h)
     # sign tier (spectral.rfft_components, lowbit.sign_encode), LANES tokens at a time: the
-    # channels, their transform, then a sign bit per component and the mean |component| of
-    # each group of tokens, summed in token order (groups.group_sum)
-    signal, comps, work_re, work_im = scratch(m)
+    # channels gathered one token per lane, their transform, the components transposed back
+    # to token-major (tiles in registers), then a sign bit per component and the mean
+    # |component| of each group of tokens, summed in token order (groups.group_sum)
+    comps, work_re, work_im = scratch(m)
+    signal = np.empty((m, ROW), np.float32)
+    channels = np.arange(m)
+    comps_t = np.empty((LANES, m), np.float32)
     bits = np.empty(tokens * m, np.uint8)
     level = np.empty((n_groups, m), np.float32)
     acc = np.zeros(m, np.float64)
     for t0 in range(0, tokens, LANES):
         n = min(LANES, tokens - t0)
         for lane in range(n):
-            x_t = x_h[t0 + lane]
             for j in range(m):
-                signal[j, lane] = x_t[i_1[j]]
-        forward_lanes(signal, n, spectral, work_re, work_im, comps)
+                signal[j, lane] = x_h[t0 + lane, i_1[j]]
+        forward_lanes(signal, channels, n, spectral, work_re, work_im, comps)
+        transpose_out(comps, comps_t, m, n, OUT_F32)
         for lane in range(n):
             t = t0 + lane
-            b_t = bits[t * m : (t + 1) * m]
             for k in range(m):
-                c = comps[k, lane]
+                c = comps_t[lane, k]
                 acc[k] += np.float64(abs(c))
-                b_t[k] = 1 if c >= np.float32(0.0) else 0
+                bits[t * m + k] = 1 if c >= np.float32(0.0) else 0
             g = t // group
             start, stop = g * group, min(tokens, g * group + group)
             if t + 1 == stop:
@@ -346,7 +348,7 @@ def _decode_keys_head(
     # blocks of LANES tokens, one token per lane: codes transposed to [channel, lane], every
     # tier decoded into its channels' rows of ``chan``, then ``chan`` transposed into the
     # output's token rows (converting on the way)
-    comps, _, work_re, work_im = scratch(m)
+    comps, work_re, work_im = scratch(m)
     chan = np.empty((head_dim, ROW), np.float32)
     q4_t = np.empty((padded(n4), LANES), np.uint8)
     q2_t = np.empty((padded(n2), LANES), np.uint8)
