@@ -42,6 +42,15 @@ def scratch(m):
 
 
 @njit(**JIT)
+def _butterfly(pr, pi, qr, qi, wr, wi):
+    """One radix-2 butterfly, ``p + w q`` and ``p - w q`` (``spectral._stages``' operations, in
+    its order), as (real, imaginary) of each."""
+    tr = wr * qr - wi * qi
+    ti = wr * qi + wi * qr
+    return pr + tr, pi + ti, pr - tr, pi - ti
+
+
+@njit(**JIT)
 def _stages(re, im, n, stage_cos, stage_sin, sign, first, last):
     # spectral._stages for spans first, 2 * first, .. below last: radix-2 decimation in time
     # over rows, bit-reversed input
@@ -54,14 +63,9 @@ def _stages(re, im, n, stage_cos, stage_sin, sign, first, last):
                 wi = stage_sin[span - 1 + j] * sign
                 p, q = base + j, base + j + span
                 for lane in range(n):
-                    qr, qi = re[q, lane], im[q, lane]
-                    tr = wr * qr - wi * qi
-                    ti = wr * qi + wi * qr
-                    a, b = re[p, lane], im[p, lane]
-                    re[p, lane] = a + tr
-                    im[p, lane] = b + ti
-                    re[q, lane] = a - tr
-                    im[q, lane] = b - ti
+                    re[p, lane], im[p, lane], re[q, lane], im[q, lane] = _butterfly(
+                        re[p, lane], im[p, lane], re[q, lane], im[q, lane], wr, wi
+                    )
         span *= 2
 
 
@@ -137,12 +141,9 @@ def inverse_lanes(comps, n, tables, work_re, work_im, chan, cols):
         for lane in range(n):
             a, b = _turned_bin(comps, k0, half, c0, s0, lane)
             zr, zi = _turned_bin(comps, k1, half, c1, s1, lane)
-            tr = wr * zr - wi * zi
-            ti = wr * zi + wi * zr
-            work_re[slot, lane] = a + tr
-            work_im[slot, lane] = b + ti
-            work_re[slot + 1, lane] = a - tr
-            work_im[slot + 1, lane] = b - ti
+            work_re[slot, lane], work_im[slot, lane], work_re[slot + 1, lane], work_im[slot + 1, lane] = (
+                _butterfly(a, b, zr, zi, wr, wi)
+            )
     span = half // 2
     _stages(work_re, work_im, n, stage_cos, stage_sin, np.float32(1.0), 2, span)
     # the last stage (one group of span butterflies), each result scaled into its channels
@@ -151,14 +152,13 @@ def inverse_lanes(comps, n, tables, work_re, work_im, chan, cols):
         p_even, p_odd = cols[2 * j], cols[2 * j + 1]
         q_even, q_odd = cols[2 * (j + span)], cols[2 * (j + span) + 1]
         for lane in range(n):
-            qr, qi = work_re[j + span, lane], work_im[j + span, lane]
-            tr = wr * qr - wi * qi
-            ti = wr * qi + wi * qr
-            a, b = work_re[j, lane], work_im[j, lane]
-            chan[p_even, lane] = (a + tr) * scale
-            chan[p_odd, lane] = (b + ti) * scale
-            chan[q_even, lane] = (a - tr) * scale
-            chan[q_odd, lane] = (b - ti) * scale
+            pr, pi, qr, qi = _butterfly(
+                work_re[j, lane], work_im[j, lane], work_re[j + span, lane], work_im[j + span, lane], wr, wi
+            )
+            chan[p_even, lane] = pr * scale
+            chan[p_odd, lane] = pi * scale
+            chan[q_even, lane] = qr * scale
+            chan[q_odd, lane] = qi * scale
 
 
 @njit(**JIT)
@@ -187,14 +187,11 @@ def forward_lanes(signal, rows, n, tables, work_re, work_im, comps):
             p_re, p_im = rows[2 * order[slot]], rows[2 * order[slot] + 1]
             q_re, q_im = rows[2 * order[slot + 1]], rows[2 * order[slot + 1] + 1]
             for lane in range(n):
-                qr, qi = signal[q_re, lane], signal[q_im, lane]
-                tr = wr * qr - wi * qi
-                ti = wr * qi + wi * qr
-                a, b = signal[p_re, lane], signal[p_im, lane]
-                work_re[slot, lane] = a + tr
-                work_im[slot, lane] = b + ti
-                work_re[slot + 1, lane] = a - tr
-                work_im[slot + 1, lane] = b - ti
+                work_re[slot, lane], work_im[slot, lane], work_re[slot + 1, lane], work_im[slot + 1, lane] = (
+                    _butterfly(
+                        signal[p_re, lane], signal[p_im, lane], signal[q_re, lane], signal[q_im, lane], wr, wi
+                    )
+                )
         _stages(work_re, work_im, n, stage_cos, stage_sin, np.float32(-1.0), 2, half)
     h = np.float32(0.5)
     for k in range(half + 1):
