@@ -54,6 +54,9 @@ def as_numpy_out(out: torch.Tensor) -> np.ndarray:
     return out.numpy() if out.dtype == torch.float32 else u16(out)
 
 
+_HALVES = (torch.float16, torch.bfloat16)
+
+
 def numpy_arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """Numpy views of a block's tensors, as the kernels take them: on the CPU, contiguous, and
     16-bit floats as their uint16 bit patterns (``u16``)."""
@@ -63,9 +66,6 @@ def numpy_arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         t = (t if t.is_cpu else t.cpu()).contiguous()
         arrays[name] = u16(t) if t.dtype in _HALVES else t.numpy()
     return arrays
-
-
-_HALVES = (torch.float16, torch.bfloat16)
 
 
 def u16(t: torch.Tensor) -> np.ndarray:

@@ -103,8 +103,9 @@ def _turned_bin(comps, k, half, c, s, lane):
 @njit(**JIT)
 def inverse_lanes(comps, n, tables, work_re, work_im, chan, cols):
     """``from_rfft_components`` of lanes ``0 .. n`` of ``comps [m, lanes]``: channel ``j`` of lane
-    ``i`` into ``chan[cols[j], i]``. ``work_re``/``work_im``: ``[m // 2, lanes]`` scratch. (Through ``cols`` a kernel puts each channel in its row of a
-    block holding every channel of the head, which it then transposes once.)
+    ``i`` into ``chan[cols[j], i]``. ``work_re``/``work_im``: ``[m // 2, lanes]`` scratch.
+    (Through ``cols`` a kernel puts each channel in its row of a block holding every channel
+    of the head, which it then transposes once.)
 
     The steps are the reference's, but the first stage runs in the same pass as the turn that
     feeds it, and the last in the same pass as the scaling after it (``m >= 8``): each pass

@@ -698,7 +698,7 @@ def _decode_values_head(
     # are made once, already converted, and each element picks one with bit masks (the same
     # product, converted the same way: the same bits; a select or a branch per element kept
     # the loop scalar, 6x slower)
-    choices = np.empty((1, 3, head_dim), np.uint16)
+    choices = np.empty((1, 3, head_dim), np.uint16)  # 3-d: emit_row's [head, token, channel]
     minus, zero, plus = choices[0, 0], choices[0, 1], choices[0, 2]
     for g in range(-(-n_rest // group)):
         for d in range(head_dim):
