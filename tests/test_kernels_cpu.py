@@ -120,6 +120,47 @@ def test_half_precision_inputs_encode_alike() -> None:
                 _same_bytes(kernels.encode(fast_codec, x, kind, backend="cpu"), ref_codec.encode(x, kind))
 
 
+FP16_NEXT = float(torch.nextafter(torch.tensor(65504.0), torch.tensor(1e9)))  # just past max_abs
+
+
+@pytest.mark.parametrize("name", ["kivi2", "vidkv"])
+@pytest.mark.parametrize("kind", ["key", "value"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), FP16_NEXT, -70000.0])
+@pytest.mark.parametrize("calibrated", [True, False])
+def test_bad_values_get_the_reference_error_and_change_nothing(name, kind, bad, calibrated) -> None:
+    """vidkv's kernels check values from what they read anyway (the value norms, the key
+    kernel's own peak |x|) instead of a pass of their own: the same error as the reference's,
+    also in the sign tier's channels and on a layer's first block, whose tiers stay unfrozen."""
+    _, k, v = synthetic_kv(2, 64, 64, queries=1, seed=5)
+    ref_codec, fast_codec = get_kv_codec(name), get_kv_codec(name)
+    x = (k if kind == "key" else v).clone()
+    if calibrated:  # the layer's tiers frozen by a good block first
+        for codec in (ref_codec, fast_codec):
+            kernels.encode(codec, x, kind, backend="cpu")
+    state = {layer: t.clone() for layer, t in getattr(fast_codec, "_tiers", {}).items()}
+    for token, channel in ((0, 0), (63, 17), (40, 63)):  # first, last and a middle token
+        x_bad = x.clone()
+        x_bad[1, token, channel] = bad
+        with pytest.raises(QuantError) as ref_error:
+            ref_codec.encode(x_bad, kind)
+        with pytest.raises(QuantError) as fast_error:
+            kernels.encode(fast_codec, x_bad, kind, backend="cpu")
+        assert str(fast_error.value) == str(ref_error.value)
+    assert {layer: t for layer, t in getattr(fast_codec, "_tiers", {}).items()}.keys() == state.keys()
+    assert all(torch.equal(fast_codec._tiers[layer], t) for layer, t in state.items())
+
+
+def test_values_near_the_limit_encode_like_the_reference() -> None:
+    """Every |x| at max_abs (value norms far beyond it: the full check decides) is accepted,
+    on every channel of keys and values alike, with the reference's bytes."""
+    x = torch.full((2, 40, 64), 65504.0)
+    x[:, ::2] *= -1
+    x[0, :, 5] = torch.linspace(-65504.0, 65504.0, 40)
+    for kind in ("key", "value"):
+        ref_codec, fast_codec = get_kv_codec("vidkv"), get_kv_codec("vidkv")
+        _same_bytes(kernels.encode(fast_codec, x, kind, backend="cpu"), ref_codec.encode(x, kind))
+
+
 @pytest.mark.parametrize("name", ["kivi2", "vidkv"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_decode_into_a_strided_slice_leaves_its_neighbours_alone(name, dtype) -> None:

@@ -90,14 +90,17 @@ def encode(
     encoder: CUDA tensors encode with the reference (in torch, on the GPU)."""
     if path_for(codec, int(x.shape[1]) if x.dim() == 3 else 0, x.device, backend) != CPU:
         return codec.encode(x, kind, layer)
-    codec._validate(x, kind, layer)  # the reference's checks and messages
+    codec.check_input(x, kind, layer)  # the reference's checks and messages
     x = x.detach()
     if isinstance(codec, KIVICodec):
         from . import kivi_cpu
 
+        codec.check_values([x])
         tensors = kivi_cpu.encode(x, codec, kind)
     else:
         from . import vidkv_cpu
+
+        # checks its values itself, from what its kernels read anyway (one pass less)
 
         tensors = (
             vidkv_cpu.encode_keys(x, codec, layer) if kind == "key" else vidkv_cpu.encode_values(x, codec)

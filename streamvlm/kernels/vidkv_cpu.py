@@ -13,6 +13,10 @@ results are the reference's by construction:
 
 Everything else (min-max and log8 metadata, signs, ternaries, packing, scatter into the
 output) is a numba loop that reads the input once and writes each output byte once.
+
+Encoding checks its input (``KVCodec.check_values``: finite, within ``max_abs``) without a
+pass of its own: from the value norms above, and from the key kernel's peak ``|x|``, which
+its loops compute as they go (a separate pass cost 6-10% of an encode).
 """
 
 from __future__ import annotations
@@ -86,8 +90,9 @@ def _group_steps(steps, lows, hm, bits, nearest, table, scale_h, zero_h, g, s, z
 def _encode_uniform_tiers(xu_h, n4, group, nearest, table, tier4, tier2, h):
     """The 4-bit and 2-bit key tiers of head ``h`` from its gathered channels ``xu_h``
     ``[tokens, n4 + n2]`` (4-bit tier first), each channel in groups of tokens (codes
-    token-major). One pass for both tiers (per-channel levels): the 4-bit tier alone is too
-    narrow (4 channels) for its loops to pay for themselves."""
+    token-major); returns the largest ``|x|`` among them, nan if one is nan. One pass for both
+    tiers (per-channel levels): the 4-bit tier alone is too narrow (4 channels) for its loops
+    to pay for themselves."""
     tokens, c = xu_h.shape
     n2 = c - n4
     n_groups = max(tier4[1].shape[2], tier2[1].shape[2])
@@ -99,7 +104,7 @@ def _encode_uniform_tiers(xu_h, n4, group, nearest, table, tier4, tier2, h):
         units[j] = np.float32(_zero_units(bits))
     lows = np.empty((n_groups, c), np.float32)
     steps = np.empty((n_groups, c), np.float32)
-    top4 = top2 = np.float32(0.0)
+    top4 = top2 = peak = np.float32(0.0)
     lo = np.empty(c, np.float32)
     hi = np.empty(c, np.float32)
     for g in range(n_groups):
@@ -109,11 +114,13 @@ def _encode_uniform_tiers(xu_h, n4, group, nearest, table, tier4, tier2, h):
         for t in range(start + 1, stop):
             x_t = xu_h[t]
             for j in range(c):
-                lo[j] = min(lo[j], x_t[j])
-                hi[j] = max(hi[j], x_t[j])
+                # numpy's min and max keep a nan (the builtins drop it in one argument order)
+                lo[j] = np.minimum(lo[j], x_t[j])
+                hi[j] = np.maximum(hi[j], x_t[j])
         for j in range(c):
             steps[g, j] = _log8_step(lo[j], hi[j], levels[j], units[j])
             lows[g, j] = lo[j]
+            peak = np.maximum(peak, np.maximum(-lo[j], hi[j]))
         for j in range(n4):
             top4 = max(top4, steps[g, j])
         for j in range(n4, c):
@@ -149,6 +156,7 @@ def _encode_uniform_tiers(xu_h, n4, group, nearest, table, tier4, tier2, h):
     if n2:
         pack_bits_row(q2, tokens * n2, 2, tier2[0][h])
         tier2[3][h] = hm2_bits
+    return peak
 
 
 @njit(**JIT)
@@ -218,20 +226,24 @@ def _log8_codes(levels, nearest, codes_h):
 
 @njit(**JIT)
 def _encode_keys_head(
-    h, x, order, n4, n_u, group, nearest, table, spectral, tier4, tier2, signs, k1_scale, k1_max
+    h, x, order, n4, n_u, group, nearest, table, spectral, tier4, tier2, signs, k1_scale, k1_max, peaks
 ):
+    """Head ``h``'s key tiers, and into ``peaks[h]`` the largest ``|x|`` of the head (nan if one is
+    nan: the caller checks the input from it, so a bad value runs through; no index here depends
+    on a value, and log8 codes clamp theirs)."""
     heads, tokens, head_dim = x.shape
     m = head_dim - n_u
     n_groups = k1_scale.shape[2]
     x_h = x[h]
     i_u, i_1 = order[h, :n_u], order[h, n_u:]
+    peak = np.float32(0.0)
     if n_u:
         # the uniform tiers' channels, token-major (a group is one channel over its tokens)
         xu = np.empty((tokens, n_u), np.float32)
         for t in range(tokens):
             for j in range(n_u):
                 xu[t, j] = x_h[t, i_u[j]]
-        _encode_uniform_tiers(xu, n4, group, nearest, table, tier4, tier2, h)
+        peak = _encode_uniform_tiers(xu, n4, group, nearest, table, tier4, tier2, h)
     # sign tier (spectral.rfft_components, lowbit.sign_encode), LANES tokens at a time: the
     # channels gathered one token per lane, their transform, the components transposed back
     # to token-major (tiles in registers), then a sign bit per component and the mean
@@ -240,14 +252,19 @@ def _encode_keys_head(
     signal = np.empty((m, ROW), np.float32)
     channels = np.arange(m)
     comps_t = np.empty((LANES, m), np.float32)
-    bits = np.empty(tokens * m, np.uint8)
+    # 2-d: indexed by a flat t * m + k, the sign loop below stayed scalar (5x slower)
+    bits = np.empty((tokens, m), np.uint8)
     level = np.empty((n_groups, m), np.float32)
     acc = np.zeros(m, np.float64)
+    peak_lanes = np.zeros(LANES, np.float32)
     for t0 in range(0, tokens, LANES):
         n = min(LANES, tokens - t0)
         for lane in range(n):
             for j in range(m):
                 signal[j, lane] = x_h[t0 + lane, i_1[j]]
+        for j in range(m):
+            for lane in range(n):
+                peak_lanes[lane] = np.maximum(peak_lanes[lane], abs(signal[j, lane]))
         forward_lanes(signal, channels, n, spectral, work_re, work_im, comps)
         transpose_out(comps, comps_t, m, n, OUT_F32)
         for lane in range(n):
@@ -255,24 +272,43 @@ def _encode_keys_head(
             for k in range(m):
                 c = comps_t[lane, k]
                 acc[k] += np.float64(abs(c))
-                bits[t * m + k] = 1 if c >= np.float32(0.0) else 0
+                bits[t, k] = c >= np.float32(0.0)
             g = t // group
             start, stop = g * group, min(tokens, g * group + group)
             if t + 1 == stop:
                 for k in range(m):
                     level[g, k] = np.float32(acc[k]) / np.float32(stop - start)
                 acc[:] = 0.0
-    pack_bits_row(bits, tokens * m, 1, signs[h])
+    pack_bits_row(bits.reshape(tokens * m), tokens * m, 1, signs[h])
     k1_max[h] = _log8_codes(level, nearest, k1_scale[h])
+    for lane in range(LANES):
+        peak = np.maximum(peak, peak_lanes[lane])
+    peaks[h] = peak
 
 
 @njit(**PARALLEL_JIT)
-def _encode_keys(x, order, n4, n_u, group, nearest, table, spectral, tier4, tier2, signs, k1_scale, k1_max):
+def _encode_keys(
+    x, order, n4, n_u, group, nearest, table, spectral, tier4, tier2, signs, k1_scale, k1_max, peaks
+):
     # one head per thread; the head's work is a plain function, which numba's parallel
     # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
     for h in prange(x.shape[0]):
         _encode_keys_head(
-            h, x, order, n4, n_u, group, nearest, table, spectral, tier4, tier2, signs, k1_scale, k1_max
+            h,
+            x,
+            order,
+            n4,
+            n_u,
+            group,
+            nearest,
+            table,
+            spectral,
+            tier4,
+            tier2,
+            signs,
+            k1_scale,
+            k1_max,
+            peaks,
         )
 
 
@@ -419,10 +455,12 @@ def _np_tier(buffers):
 
 
 def encode_keys(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, torch.Tensor]:
-    """``VidKVCodec._encode_keys``: calibrates the layer on its first block, like the reference."""
+    """``VidKVCodec._encode_keys``, values checked (``check_values``) from the kernel's own peak
+    ``|x|``; calibrates the layer on its first block, like the reference, after checking it."""
     x = x.float().contiguous()
     heads, tokens, head_dim = x.shape
     if codec._layer_tiers(layer, heads, head_dim) is None:
+        codec.check_values([x])  # before the tiers freeze on it
         codec.calibrate(layer, x)
     idx4, idx2, idx1, order = _layer_channels(codec._tiers[layer])
     group = balanced_group(tokens, codec.group_size)
@@ -435,6 +473,7 @@ def encode_keys(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, tor
     signs = torch.empty(heads, packed_length(tokens * m, 1), dtype=torch.uint8)
     k1_scale = torch.empty(heads, m, n_groups, dtype=torch.uint8)
     k1_max = torch.empty(heads, dtype=torch.bfloat16)
+    peaks = np.empty(heads, np.float32)
     log8, nearest = tables()
     match_torch_threads()
     _encode_keys(
@@ -451,7 +490,9 @@ def encode_keys(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, tor
         signs.numpy(),
         k1_scale.numpy(),
         u16(k1_max),
+        peaks,
     )
+    codec.check_values_within([x], float(peaks.max()))
     out: dict[str, torch.Tensor] = {}
     for bits, idx in ((4, idx4), (2, idx2)):
         if idx.shape[1]:
@@ -777,12 +818,17 @@ def _decode_values(
 
 
 def encode_values(x: torch.Tensor, codec: VidKVCodec) -> dict[str, torch.Tensor]:
-    """``VidKVCodec._encode_values``: salient tokens chosen by the reference's function."""
+    """``VidKVCodec._encode_values``: salient tokens chosen by the reference's function, values
+    checked (``check_values``) from the same norms."""
     x = x.float().contiguous()
     heads, tokens, head_dim = x.shape
     n_sal = salient_count(tokens, codec.salient_fraction)
+    norm = x.norm(dim=-1)  # selection.salient_tokens' norm
+    # a token's norm bounds its |x| and is nan or inf where it holds one; checked before the
+    # kernel, whose token split and buffer sizes rely on finite norms
+    codec.check_values_within([x], float(norm.max()))
     flags = np.empty((heads, tokens), np.uint8)
-    _salient_flags(x.norm(dim=-1).numpy(), n_sal, flags)  # selection.salient_tokens' norm
+    _salient_flags(norm.numpy(), n_sal, flags)
     n_rest = tokens - n_sal
     group = balanced_group(n_rest, codec.group_size)
     sal_group = balanced_group(head_dim, codec.group_size)
