@@ -7,6 +7,7 @@ kernels (about a minute on 2 cores); numba caches them next to the sources after
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from _blocks import random_block
@@ -98,6 +99,23 @@ def test_vidkv_options_match_the_reference(options) -> None:
         ref = ref_codec.encode(x, kind)
         _same_bytes(kernels.encode(fast_codec, x, kind, backend="cpu"), ref)
         _decodes_alike(ref, fast_codec, ref_codec)
+
+
+@pytest.mark.parametrize("head_dim", [80, 96, 6])
+def test_vidkv_value_energies_fold_odd_halves_like_the_reference(head_dim) -> None:
+    """Channel counts whose halving goes odd (80 -> 5, 96 -> 3, 6 -> 3): the energies that pick
+    the salient tokens carry the odd element as the reference does, so the same tokens win."""
+    from streamvlm.kernels.vidkv_cpu import _token_energy
+    from streamvlm.quant.selection import token_energy
+
+    _, _, v = synthetic_kv(2, 64, head_dim, queries=1, seed=head_dim)
+    energy = np.empty(64, np.float32)
+    top = _token_energy(v[1].numpy(), energy)
+    assert torch.equal(torch.from_numpy(energy), token_energy(v[1]))  # the same bits, not just close
+    assert top == energy.max()
+    codec = get_kv_codec("vidkv", salient_fraction=0.25)
+    ref = codec.encode(v, "value")
+    _same_bytes(kernels.encode(codec, v, "value", backend="cpu"), ref)
 
 
 def test_vidkv_salient_ties_go_to_the_earlier_token_like_the_reference() -> None:

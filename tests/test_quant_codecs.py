@@ -23,7 +23,7 @@ from streamvlm.quant import (
 from streamvlm.quant import vidkv_paper as vidkv_paper_module
 from streamvlm.quant.lowbit import sign_decode, sign_encode
 from streamvlm.quant.packing import unpack_per_head
-from streamvlm.quant.selection import split_indices
+from streamvlm.quant.selection import salient_tokens, split_indices, token_energy
 from streamvlm.quant.spectral import (
     fft_components,
     from_fft_components,
@@ -273,6 +273,22 @@ def test_rfft_signs_reconstruct_like_full_fft_signs(m: int) -> None:
 
 # ---------------------------------------------------------------------------------------
 # vidkv per-layer state
+
+
+def test_token_energy_sums_in_its_stated_order() -> None:
+    """Halves folded onto halves, an odd count carrying its last element after the sums: the
+    order a CPU kernel repeats; within float32 rounding of the exact squared norm."""
+    x = torch.randn(3, 50, 6, generator=torch.Generator().manual_seed(1))
+    s = x * x  # 6 -> 3 -> (s0 + s1) + s2
+    first = s[..., :3] + s[..., 3:]
+    assert torch.equal(token_energy(x), (first[..., 0] + first[..., 1]) + first[..., 2])
+    big = torch.randn(2, 300, 128, generator=torch.Generator().manual_seed(2)) * 30
+    exact = big.double().pow(2).sum(-1)
+    assert torch.allclose(token_energy(big).double(), exact, rtol=1e-6)
+    assert token_energy(big.half()).dtype == torch.float32
+    ranked = salient_tokens(big, 19)
+    assert ranked.sum(-1).tolist() == [19, 19]
+    assert torch.equal(ranked, salient_tokens(big.neg(), 19))
 
 
 def test_vidkv_channel_split_is_frozen_per_layer_and_reported_separately() -> None:

@@ -3,24 +3,23 @@
 Reference: ``streamvlm.quant.vidkv.VidKVCodec``; same bytes, same floats (rules in
 ``cpu_common``). Each kernel runs one head per numba thread. The sign tier's transform is
 ``quant.spectral``'s fixed sequence of float32 steps, repeated by ``spectral_cpu`` over
-blocks of tokens; what stays in torch, called exactly as the reference calls it so its
-results are the reference's by construction:
-
-* the value norms that choose the salient tokens (``selection.salient_tokens``'s own
-  ``Tensor.norm`` call; numba then takes the largest, ties to the earlier token, as its
-  stable sort does) and
-  of the key channel tiers (``VidKVCodec.calibrate``, once per layer).
+blocks of tokens, and the value energies that choose the salient tokens are
+``selection.token_energy``'s fixed order of float32 sums (the largest taken by a partition,
+ties to the earlier token, as the reference's stable sort does). What stays in torch, called
+exactly as the reference calls it: the key channel tiers (``VidKVCodec.calibrate``, once per
+layer).
 
 Everything else (min-max and log8 metadata, signs, ternaries, packing, scatter into the
 output) is a numba loop that reads the input once and writes each output byte once.
 
 Encoding checks its input (``KVCodec.check_values``: finite, within ``max_abs``) without a
-pass of its own: from the value norms above, and from the key kernel's peak ``|x|``, which
-its loops compute as they go (a separate pass cost 6-10% of an encode).
+pass of its own: from the value energies and from the key kernel's peak ``|x|``, which the
+kernels compute as they go (a separate pass cost 10-16% of an encode).
 """
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import numpy as np
@@ -581,32 +580,53 @@ def _token_split(flags):
 
 
 @njit(**JIT)
-def _salient_flags(norm, count, flags):
-    """``selection.salient_tokens`` from its norms ``[heads, tokens]``: per head, flags (1) on the
-    ``count`` largest, ties to the earlier token (its stable argsort) -- a partition, not a sort."""
-    tokens = norm.shape[1]
-    for h in range(norm.shape[0]):
-        n_h = norm[h]
-        flags[h, :] = 0
-        if count == 0:
-            continue
-        kth = np.partition(n_h.copy(), tokens - count)[tokens - count]  # the count-th largest
-        ties = count  # then how many of the tokens equal to it still get in, earliest first
-        for t in range(tokens):
-            ties -= n_h[t] > kth
-        for t in range(tokens):
-            if n_h[t] > kth:
-                flags[h, t] = 1
-            elif n_h[t] == kth and ties > 0:
-                flags[h, t] = 1
-                ties -= 1
+def _token_energy(x_h, energy):
+    """``selection.token_energy`` of one head's tokens ``[tokens, head_dim]`` into ``energy``: the
+    same float32 products and sums in the same order; returns the largest (nan if one is)."""
+    tokens, head_dim = x_h.shape
+    s = np.empty(head_dim, np.float32)
+    top = np.float32(0.0)
+    for t in range(tokens):
+        for d in range(head_dim):
+            s[d] = x_h[t, d] * x_h[t, d]
+        n = head_dim
+        while n > 1:
+            half = n // 2
+            for i in range(half):
+                s[i] = s[i] + s[half + i]
+            if n % 2:
+                s[half] = s[2 * half]
+            n = half + n % 2
+        energy[t] = s[0]
+        top = np.maximum(top, s[0])
+    return top
+
+
+@njit(**JIT)
+def _salient_flags(energy, count, flags):
+    """``selection.salient_tokens`` of one head from its energies: flags (1) on the ``count``
+    largest, ties to the earlier token (its stable argsort) -- a partition, not a sort."""
+    tokens = energy.shape[0]
+    flags[:] = 0
+    if count == 0:
+        return
+    kth = np.partition(energy.copy(), tokens - count)[tokens - count]  # the count-th largest
+    ties = count  # then how many of the tokens equal to it still get in, earliest first
+    for t in range(tokens):
+        ties -= energy[t] > kth
+    for t in range(tokens):
+        if energy[t] > kth:
+            flags[t] = 1
+        elif energy[t] == kth and ties > 0:
+            flags[t] = 1
+            ties -= 1
 
 
 @njit(**JIT)
 def _encode_values_head(
     h,
     x,
-    flags,
+    n_sal,
     threshold,
     group,
     sal_group,
@@ -620,12 +640,22 @@ def _encode_values_head(
     sal_scale,
     sal_zero,
     sal_max,
+    peaks,
 ):
+    """Head ``h``'s value fields, and into ``peaks[h]`` its largest token energy: if that is nan
+    or inf the head stops there (the token split needs ordered energies) and the caller, which
+    checks the input from it, raises."""
     heads, tokens, head_dim = x.shape
     n_groups = tern_scale.shape[2]
     x_h = x[h]
-    sal, rest = _token_split(flags[h])
-    pack_bits_row(flags[h], tokens, 1, mask[h])
+    energy = np.empty(tokens, np.float32)
+    peaks[h] = _token_energy(x_h, energy)
+    if not peaks[h] < np.inf:
+        return
+    flags = np.empty(tokens, np.uint8)
+    _salient_flags(energy, n_sal, flags)
+    sal, rest = _token_split(flags)
+    pack_bits_row(flags, tokens, 1, mask[h])
     # the others: ternary per channel over groups of rest tokens (lowbit.ternary_encode,
     # ternary_ls_level); codes t + 1 packed token-major as base-3 trits
     n_rest = rest.shape[0]
@@ -665,7 +695,7 @@ def _encode_values_head(
 @njit(**PARALLEL_JIT)
 def _encode_values(
     x,
-    flags,
+    n_sal,
     threshold,
     group,
     sal_group,
@@ -679,6 +709,7 @@ def _encode_values(
     sal_scale,
     sal_zero,
     sal_max,
+    peaks,
 ):
     # one head per thread; the head's work is a plain function, which numba's parallel
     # transform leaves alone (inside a prange body its loops lose vectorisation: 4x slower)
@@ -686,7 +717,7 @@ def _encode_values(
         _encode_values_head(
             h,
             x,
-            flags,
+            n_sal,
             threshold,
             group,
             sal_group,
@@ -700,6 +731,7 @@ def _encode_values(
             sal_scale,
             sal_zero,
             sal_max,
+            peaks,
         )
 
 
@@ -818,17 +850,11 @@ def _decode_values(
 
 
 def encode_values(x: torch.Tensor, codec: VidKVCodec) -> dict[str, torch.Tensor]:
-    """``VidKVCodec._encode_values``: salient tokens chosen by the reference's function, values
-    checked (``check_values``) from the same norms."""
+    """``VidKVCodec._encode_values``, values checked (``check_values``) from the token energies
+    that choose the salient tokens."""
     x = x.float().contiguous()
     heads, tokens, head_dim = x.shape
     n_sal = salient_count(tokens, codec.salient_fraction)
-    norm = x.norm(dim=-1)  # selection.salient_tokens' norm
-    # a token's norm bounds its |x| and is nan or inf where it holds one; checked before the
-    # kernel, whose token split and buffer sizes rely on finite norms
-    codec.check_values_within([x], float(norm.max()))
-    flags = np.empty((heads, tokens), np.uint8)
-    _salient_flags(norm.numpy(), n_sal, flags)
     n_rest = tokens - n_sal
     group = balanced_group(n_rest, codec.group_size)
     sal_group = balanced_group(head_dim, codec.group_size)
@@ -843,18 +869,22 @@ def encode_values(x: torch.Tensor, codec: VidKVCodec) -> dict[str, torch.Tensor]
         "sal.zero": torch.empty(heads, n_sal, sal_groups, dtype=torch.int8),
         "sal.scale_max": torch.empty(heads, dtype=torch.bfloat16),
     }
+    peaks = np.empty(heads, np.float32)
     log8, nearest = tables()
     match_torch_threads()
     _encode_values(
         x.numpy(),
-        flags,
+        n_sal,
         np.float32(codec.ternary_threshold),
         group,
         sal_group,
         nearest,
         log8,
         *(u16(v) if v.dtype == torch.bfloat16 else v.numpy() for v in t.values()),
+        peaks,
     )
+    # a token's energy bounds its |x|^2 and is nan or inf where it holds one
+    codec.check_values_within([x], math.sqrt(peaks.max()))
     return t
 
 

@@ -31,16 +31,35 @@ def salient_count(tokens: int, fraction: float) -> int:
     return min(tokens, int(round(tokens * fraction)))
 
 
+def token_energy(values: torch.Tensor) -> torch.Tensor:
+    """float32 ``[..., tokens]``: each token's squared L2 norm, ``sum(v * v)`` over its channels.
+
+    The sum runs in one fixed order of float32 additions, so that a CPU kernel repeats it bit
+    for bit in the same pass that reads the values for their codes (``Tensor.norm`` adds in an
+    order of its own, which changes with the build and the device): the second half of the
+    channels is added to the first, then the same on the half, until one is left; a count
+    that does not halve carries its last element to the next round, after the sums.
+    """
+    x = values.float()
+    s = x * x
+    while s.shape[-1] > 1:
+        half = s.shape[-1] // 2
+        folded = s[..., :half] + s[..., half : 2 * half]
+        s = torch.cat([folded, s[..., 2 * half :]], dim=-1) if s.shape[-1] % 2 else folded
+    return s[..., 0]
+
+
 def salient_tokens(values: torch.Tensor, count: int) -> torch.Tensor:
-    """bool ``[heads, tokens]``: per head, the ``count`` tokens with the largest value L2 norm.
+    """bool ``[heads, tokens]``: per head, the ``count`` tokens with the largest value L2 norm
+    (``token_energy``, its square).
 
     Why the norm: a token's share of the attention output is its weight times its value
     vector, so large-norm values cost the most when quantized coarsely, whatever the
     (not yet known) question. Ties go to the earlier token.
     """
-    norm = values.float().norm(dim=-1)
-    order = torch.argsort(-norm, dim=-1, stable=True)[:, :count]
-    mask = torch.zeros_like(norm, dtype=torch.bool)
+    energy = token_energy(values)
+    order = torch.argsort(-energy, dim=-1, stable=True)[:, :count]
+    mask = torch.zeros_like(energy, dtype=torch.bool)
     return mask.scatter_(1, order, True)
 
 
