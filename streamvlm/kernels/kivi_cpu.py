@@ -24,8 +24,8 @@ from .cpu_common import (
     f16_bits,
     f16_value,
     match_torch_threads,
+    new_output,
     pack_bits_row,
-    u16,
     unpack_bits_row,
 )
 
@@ -147,11 +147,11 @@ def encode(x: torch.Tensor, codec: KIVICodec, kind: str) -> dict[str, torch.Tens
     key = kind == "key"
     rows, length = (head_dim, tokens) if key else (tokens, head_dim)
     n_groups = num_groups(length, codec.group_size)
-    codes = torch.empty(heads, packed_length(tokens * head_dim, codec.bits), dtype=torch.uint8)
-    scale = torch.empty(heads, rows, n_groups, dtype=torch.float16)
-    mn = torch.empty_like(scale)
+    codes, codes_a = new_output((heads, packed_length(tokens * head_dim, codec.bits)), torch.uint8)
+    scale, scale_a = new_output((heads, rows, n_groups), torch.float16)
+    mn, mn_a = new_output((heads, rows, n_groups), torch.float16)
     match_torch_threads()
-    _encode(x.numpy(), key, codec.bits, codec.group_size, codes.numpy(), u16(scale), u16(mn))
+    _encode(x.numpy(), key, codec.bits, codec.group_size, codes_a, scale_a, mn_a)
     return {"codes": codes, "scale": scale, "min": mn}
 
 

@@ -42,12 +42,12 @@ from .cpu_common import (
     emit_row,
     log8_code,
     match_torch_threads,
+    new_output,
     numpy_arrays,
     pack_bits_row,
     pack_trits_row,
     tables,
     trit_table,
-    u16,
     unpack_bits_row,
     unpack_trits_row,
 )
@@ -437,20 +437,21 @@ def key_channels(tiers: torch.Tensor) -> tuple[np.ndarray, ...]:
 
 
 _TIER_FIELDS = ("codes", "scale", "zero", "scale_max")
+# each uniform key tier's tensor names, in the order the kernels take them
+_TIER_NAMES = {bits: tuple(f"k{bits}.{part}" for part in _TIER_FIELDS) for bits in (4, 2)}
 
 
-def _tier_buffers(heads: int, tokens: int, count: int, bits: int, n_groups: int):
-    return (
-        torch.zeros(heads, packed_length(tokens * count, bits), dtype=torch.uint8),
-        torch.empty(heads, count, n_groups, dtype=torch.uint8),
-        torch.empty(heads, count, n_groups, dtype=torch.int8),
-        torch.zeros(heads, dtype=torch.bfloat16),
+def _new_tier(heads: int, tokens: int, count: int, bits: int, n_groups: int):
+    """A uniform key tier's tensors by name, and their numpy views in the kernels' order."""
+    shapes = (
+        (heads, packed_length(tokens * count, bits)),
+        (heads, count, n_groups),
+        (heads, count, n_groups),
+        (heads,),
     )
-
-
-def _np_tier(buffers):
-    codes, scale, zero, hmax = buffers
-    return codes.numpy(), scale.numpy(), zero.numpy(), u16(hmax)
+    dtypes = (torch.uint8, torch.uint8, torch.int8, torch.bfloat16)
+    pairs = [new_output(shape, dtype) for shape, dtype in zip(shapes, dtypes, strict=True)]
+    return dict(zip(_TIER_NAMES[bits], (t for t, _ in pairs), strict=True)), tuple(a for _, a in pairs)
 
 
 def encode_keys(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, torch.Tensor]:
@@ -466,12 +467,20 @@ def encode_keys(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, tor
     n_groups = num_groups(tokens, group)
     m = idx1.shape[1]
     tiers = {
-        bits: _tier_buffers(heads, tokens, idx.shape[1], bits, n_groups)
-        for bits, idx in ((4, idx4), (2, idx2))
+        bits: _new_tier(heads, tokens, idx.shape[1], bits, n_groups) for bits, idx in ((4, idx4), (2, idx2))
     }
-    signs = torch.empty(heads, packed_length(tokens * m, 1), dtype=torch.uint8)
-    k1_scale = torch.empty(heads, m, n_groups, dtype=torch.uint8)
-    k1_max = torch.empty(heads, dtype=torch.bfloat16)
+    out = {
+        name: t for bits, idx in ((4, idx4), (2, idx2)) if idx.shape[1] for name, t in tiers[bits][0].items()
+    }
+    sign_fields = (
+        ("k1.signs", (heads, packed_length(tokens * m, 1)), torch.uint8),
+        ("k1.scale", (heads, m, n_groups), torch.uint8),
+        ("k1.scale_max", (heads,), torch.bfloat16),
+    )
+    arrays = []
+    for name, shape, dtype in sign_fields:
+        out[name], array = new_output(shape, dtype)
+        arrays.append(array)
     peaks = np.empty(heads, np.float32)
     log8, nearest = tables()
     match_torch_threads()
@@ -484,19 +493,12 @@ def encode_keys(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, tor
         nearest,
         log8,
         spectral_tables(m),
-        _np_tier(tiers[4]),
-        _np_tier(tiers[2]),
-        signs.numpy(),
-        k1_scale.numpy(),
-        u16(k1_max),
+        tiers[4][1],
+        tiers[2][1],
+        *arrays,
         peaks,
     )
     codec.check_values_within([x], float(peaks.max()))
-    out: dict[str, torch.Tensor] = {}
-    for bits, idx in ((4, idx4), (2, idx2)):
-        if idx.shape[1]:
-            out.update(zip((f"k{bits}.{f}" for f in _TIER_FIELDS), tiers[bits], strict=True))
-    out.update({"k1.signs": signs, "k1.scale": k1_scale, "k1.scale_max": k1_max})
     return out
 
 
@@ -518,10 +520,6 @@ def _check_groups(codec: VidKVCodec, got: int, length: int, group: int) -> None:
         )
 
 
-# each uniform key tier's tensor names, in the order the kernels take them
-_TIER_NAMES = {bits: tuple(f"k{bits}.{part}" for part in _TIER_FIELDS) for bits in (4, 2)}
-
-
 def decode_keys_into(enc: EncodedTensor, codec: VidKVCodec, out: torch.Tensor, mode: int) -> None:
     """``VidKVCodec._decode_keys`` written into ``out``, every tier in one pass per head."""
     heads, tokens, head_dim = enc.shape
@@ -534,7 +532,7 @@ def decode_keys_into(enc: EncodedTensor, codec: VidKVCodec, out: torch.Tensor, m
     for bits, idx in ((4, idx4), (2, idx2)):
         names = _TIER_NAMES[bits]
         if not idx.shape[1]:  # the layer has no such tier: empty stand-ins
-            tiers[bits] = _np_tier(_tier_buffers(heads, 0, 0, bits, num_groups(tokens, group)))
+            tiers[bits] = _new_tier(heads, 0, 0, bits, num_groups(tokens, group))[1]
         elif all(name in a for name in names):
             tiers[bits] = tuple(a[name] for name in names)
         else:
@@ -859,15 +857,15 @@ def encode_values(x: torch.Tensor, codec: VidKVCodec) -> dict[str, torch.Tensor]
     group = balanced_group(n_rest, codec.group_size)
     sal_group = balanced_group(head_dim, codec.group_size)
     sal_groups = num_groups(head_dim, sal_group)
-    t = {
-        "salient": torch.empty(heads, packed_length(tokens, 1), dtype=torch.uint8),
-        "tern.codes": torch.empty(heads, packed_length(n_rest * head_dim, None), dtype=torch.uint8),
-        "tern.scale": torch.empty(heads, head_dim, num_groups(n_rest, group), dtype=torch.uint8),
-        "tern.scale_max": torch.empty(heads, dtype=torch.bfloat16),
-        "sal.codes": torch.empty(heads, packed_length(n_sal * head_dim, 2), dtype=torch.uint8),
-        "sal.scale": torch.empty(heads, n_sal, sal_groups, dtype=torch.uint8),
-        "sal.zero": torch.empty(heads, n_sal, sal_groups, dtype=torch.int8),
-        "sal.scale_max": torch.empty(heads, dtype=torch.bfloat16),
+    fields = {
+        "salient": new_output((heads, packed_length(tokens, 1)), torch.uint8),
+        "tern.codes": new_output((heads, packed_length(n_rest * head_dim, None)), torch.uint8),
+        "tern.scale": new_output((heads, head_dim, num_groups(n_rest, group)), torch.uint8),
+        "tern.scale_max": new_output((heads,), torch.bfloat16),
+        "sal.codes": new_output((heads, packed_length(n_sal * head_dim, 2)), torch.uint8),
+        "sal.scale": new_output((heads, n_sal, sal_groups), torch.uint8),
+        "sal.zero": new_output((heads, n_sal, sal_groups), torch.int8),
+        "sal.scale_max": new_output((heads,), torch.bfloat16),
     }
     peaks = np.empty(heads, np.float32)
     log8, nearest = tables()
@@ -880,12 +878,12 @@ def encode_values(x: torch.Tensor, codec: VidKVCodec) -> dict[str, torch.Tensor]
         sal_group,
         nearest,
         log8,
-        *(u16(v) if v.dtype == torch.bfloat16 else v.numpy() for v in t.values()),
+        *(array for _, array in fields.values()),
         peaks,
     )
     # a token's energy bounds its |x|^2 and is nan or inf where it holds one
     codec.check_values_within([x], math.sqrt(peaks.max()))
-    return t
+    return {name: tensor for name, (tensor, _) in fields.items()}
 
 
 _VALUE_NAMES = (
