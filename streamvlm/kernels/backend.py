@@ -69,7 +69,7 @@ def choose(device: torch.device | str, backend: str | None = None) -> str:
     """What runs work whose result lives on ``device``: ``"triton"``, ``"cpu"`` or ``"reference"``
     (rules above)."""
     choice = requested_backend(backend)
-    kind = torch.device(device).type
+    kind = device.type if isinstance(device, torch.device) else torch.device(device).type
     if choice == REFERENCE:
         return REFERENCE
     if choice == "auto":

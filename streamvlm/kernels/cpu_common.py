@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 
 import numba
 import numpy as np
@@ -63,8 +64,11 @@ def numpy_arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     # (called per decode: every call here costs a few percent of a layer's decode)
     arrays = {}
     for name, t in tensors.items():
-        t = (t if t.is_cpu else t.cpu()).contiguous()
-        arrays[name] = u16(t) if t.dtype in _HALVES else t.numpy()
+        if t.dtype in _HALVES:
+            t = t.view(torch.uint16)
+        if not (t.is_cpu and t.is_contiguous()):
+            t = t.cpu().contiguous()
+        arrays[name] = t.numpy()
     return arrays
 
 
@@ -130,14 +134,21 @@ def log8_lookup(bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return code_at[1].astype(np.uint8), inside.astype(np.float64)
 
 
+_matched = threading.local()  # per launching thread: the torch thread count numba was matched to
+
+
 def match_torch_threads() -> None:
     """Run numba's parallel loops on as many threads as torch's pool, never more: the two
     pools take turns (a kernel, then a torch op), so together they never oversubscribe.
     (numba's setting is per calling thread, like torch's pool size is per process: called
     before every launch, from whichever thread launches.)"""
-    wanted = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    torch_threads = torch.get_num_threads()
+    if getattr(_matched, "torch_threads", None) == torch_threads:
+        return  # numba's count was set for this many on this thread (it costs a few us to ask)
+    wanted = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != wanted:
         numba.set_num_threads(wanted)
+    _matched.torch_threads = torch_threads
 
 
 # ----- scalars ---------------------------------------------------------------------------

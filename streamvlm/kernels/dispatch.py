@@ -143,7 +143,8 @@ def decode(
     if out is not None:
         _check_out(out, enc.shape)
         device, dtype = out.device, out.dtype
-    device = torch.device(device)
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
     path = path_for(codec, enc.shape[1], device, backend)
     if path == REFERENCE:
         result = reference.decode(enc, codec, device, dtype)
