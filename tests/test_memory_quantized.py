@@ -207,3 +207,62 @@ def test_resume_with_a_vidkv_disk_tier_decodes_blocks_bit_for_bit(engine, tmp_pa
     again = Session.resume(directory, engine)
     assert_same_kv(again.blocks.load(ids[:1])[0], before[0].layers)
     again.close()
+
+
+def test_a_block_is_encoded_once_when_host_and_disk_share_a_codec(tmp_path, monkeypatch):
+    """host_codec == disk_codec: the block written through to disk is that record, and the
+    host tier takes it when the device demotes the block instead of encoding it again; the
+    host copy lives in RAM (not the disk file's mapping) and decodes like a fresh encode."""
+    from streamvlm.memory.codec import BlockCodec
+    from streamvlm.memory.disk import DiskLog
+    from streamvlm.memory.disk_tier import DiskTier
+    from streamvlm.memory.policy import get_policy
+    from streamvlm.memory.tiered import TieredStore
+    from streamvlm.memory.tiers import DeviceTier, HostTier
+
+    codec = get_block_codec("vidkv")
+    encodes = []
+    real_encode = BlockCodec.encode
+    monkeypatch.setattr(
+        BlockCodec, "encode", lambda self, block: encodes.append(block.id) or real_encode(self, block)
+    )
+    blocks = [random_block(i, 40, 2, 2, 32) for i in range(6)]
+    device_bytes = 2 * sum(k.nbytes + v.nbytes for k, v in blocks[0].layers) + 1
+    disk = DiskTier(DiskLog(tmp_path / "disk"), codec)
+    store = TieredStore(
+        [DeviceTier(device_bytes), HostTier(None, codec), disk],
+        get_policy("lru"),
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+    for block in blocks:
+        store.put(block)
+    host = store.tiers[1]
+    assert sorted(host.held) == [0, 1, 2, 3] and encodes == [0, 1, 2, 3, 4, 5]  # once each
+    fresh = get_block_codec("vidkv")
+    for block_id in host.held:
+        held = host._items[block_id]
+        again = fresh.encode(blocks[block_id])
+        assert all(torch.equal(held.tensors[n], t) for n, t in again.tensors.items())
+        on_disk = disk.record(block_id).tensors  # views of the segment file's mapping
+        assert all(held.tensors[n].data_ptr() != t.data_ptr() for n, t in on_disk.items() if t.numel())
+    store.close()
+
+
+def test_different_host_and_disk_codecs_still_encode_for_each(tmp_path):
+    from streamvlm.config import MemoryConfig
+    from streamvlm.memory.manager import _build_store
+
+    class Backend:
+        device, dtype = torch.device("cpu"), torch.float32
+
+    store, disk = _build_store(
+        MemoryConfig(host_codec="kivi2", disk_codec="vidkv", disk_dir=str(tmp_path)), Backend
+    )
+    assert store.tiers[1].codec is not disk.codec
+    store.close()
+    same, disk = _build_store(
+        MemoryConfig(host_codec="vidkv", disk_codec="vidkv", disk_dir=str(tmp_path / "b")), Backend
+    )
+    assert same.tiers[1].codec is disk.codec
+    same.close()

@@ -61,8 +61,8 @@ class DiskTier(Tier):
 
     # ----- writing ---------------------------------------------------------------
 
-    def stage(self, block: Block) -> StagedPut:
-        stored = self.codec.encode(block)
+    def stage(self, block: Block, record: StoredBlock | None = None) -> StagedPut:
+        stored = self.codec.encode(block) if record is None else record
         record = self.log.prepare(stored)  # refuses a block bigger than the whole budget
         return StagedPut(block.id, record.header.record_len, partial(self._write, stored, record))
 
@@ -90,6 +90,9 @@ class DiskTier(Tier):
             self._state_version = version
 
     # ----- reading ---------------------------------------------------------------
+
+    def record(self, block_id: int) -> StoredBlock:
+        return self.log.get(block_id)
 
     def get(self, block_id: int, device: torch.device, dtype: torch.dtype) -> Block:
         return self.codec.decode(self.log.get(block_id), device, dtype)

@@ -397,7 +397,8 @@ class BlockMemory:
 def _build_store(config: MemoryConfig, backend, mirror=None) -> tuple[TieredStore, DiskTier | None]:
     """The tiers ``config`` asks for, fastest first, and the disk tier among them (if any):
     shared through ``mirror`` when one is given."""
-    tiers = [DeviceTier(config.device_bytes), HostTier(config.host_bytes, get_block_codec(config.host_codec))]
+    host_codec = get_block_codec(config.host_codec)
+    tiers = [DeviceTier(config.device_bytes), HostTier(config.host_bytes, host_codec)]
     disk = None
     if mirror is not None and config.disk_dir is None:
         raise ConfigError("a shared long-term tier mirrors a session directory: set MemoryConfig.disk_dir")
@@ -406,6 +407,10 @@ def _build_store(config: MemoryConfig, backend, mirror=None) -> tuple[TieredStor
         log = DiskLog(config.disk_dir, max_bytes=config.disk_bytes, flush_every=None, flush_seconds=None)
         save_state = partial(files.save_codec_state, Path(config.disk_dir))
         codec = get_block_codec(config.disk_codec)
+        # one codec for both tiers when they name the same: a block is then encoded once, when
+        # it is written through to disk, and the host tier takes that record when the device
+        # demotes the block (TieredStore._record), instead of encoding it a second time
+        codec = host_codec if codec.name == host_codec.name else codec
         if mirror is None:
             disk = DiskTier(log, codec, on_codec_state=save_state)
         else:

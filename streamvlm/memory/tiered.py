@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from .block import Block, BlockMeta
+from .block import Block, BlockMeta, StoredBlock
 from .policy import Candidate, EvictionPolicy
 from .store import BlockStore, Loaded
 from .tiers import StagedPut, Tier
@@ -127,10 +127,24 @@ class TieredStore(BlockStore):
                 gone.append(block_id)
                 continue
             if block_id not in below:
-                gone += self._commit(i + 1, below.stage(tier.get(block_id, self.device, self.dtype)))
+                block = tier.get(block_id, self.device, self.dtype)
+                record = self._record(block_id, below)
+                staged = below.stage(block) if record is None else below.stage(block, record)
+                gone += self._commit(i + 1, staged)
             tier.pop(block_id)  # after: a tier below that rejects the block leaves it here
             self._spill_meta(block_id)
         return gone
+
+    def _record(self, block_id: int, target: Tier) -> StoredBlock | None:
+        """The block as ``target``'s codec already stored it in a persistent tier (written
+        through there when it was new), so that ``target`` takes that record instead of
+        encoding the block again; None if no tier holds one."""
+        if target.codec is None:
+            return None
+        for tier in self.tiers:
+            if tier is not target and tier.persistent and tier.codec is target.codec and block_id in tier:
+                return tier.record(block_id)
+        return None
 
     def _forget(self, block_id: int) -> None:
         """Remove every trace of a block that left the store."""

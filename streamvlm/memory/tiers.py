@@ -54,10 +54,19 @@ class Tier(ABC):
     #: holds every block from its creation and survives a restart: its owner writes
     #: blocks through to it and adopts what it holds on resume
     persistent: bool = False
+    #: what encodes its blocks (None: held as computed)
+    codec: BlockCodec | None = None
 
     @abstractmethod
-    def stage(self, block: Block) -> StagedPut:
-        """Encode ``block`` for this tier without storing it (raises if the tier cannot hold it)."""
+    def stage(self, block: Block, record: StoredBlock | None = None) -> StagedPut:
+        """Encode ``block`` for this tier without storing it (raises if the tier cannot hold it).
+        ``record``: the block as this tier's codec already encoded it for another tier, to take
+        instead of encoding it again."""
+
+    def record(self, block_id: int) -> StoredBlock | None:
+        """A held block as its ``codec`` stored it, for a tier with the same codec (None: this
+        tier keeps no such record)."""
+        return None
 
     def put(self, block: Block) -> None:
         """Store a block the tier does not hold (overflow is its owner's to resolve)."""
@@ -149,10 +158,10 @@ class MemoryTier(Tier, Generic[Item]):
         self._nbytes = self._kv_bits = self._kv_elements = 0
 
     @abstractmethod
-    def _encode(self, block: Block) -> Item: ...
+    def _encode(self, block: Block, record: StoredBlock | None) -> Item: ...
 
-    def stage(self, block: Block) -> StagedPut:
-        item = self._encode(block)
+    def stage(self, block: Block, record: StoredBlock | None = None) -> StagedPut:
+        item = self._encode(block, record)
         return StagedPut(block.id, item.nbytes, lambda: self._store(item))
 
     def _store(self, item: Item) -> None:
@@ -196,7 +205,7 @@ class DeviceTier(MemoryTier[Block]):
     def __init__(self, capacity: int | None, name: str = "device"):
         super().__init__(name, capacity)
 
-    def _encode(self, block: Block) -> Block:
+    def _encode(self, block: Block, record: StoredBlock | None) -> Block:
         return block
 
     def get(self, block_id: int, device: torch.device, dtype: torch.dtype) -> Block:
@@ -214,8 +223,11 @@ class HostTier(MemoryTier[StoredBlock]):
         super().__init__(name, capacity)
         self.codec = codec
 
-    def _encode(self, block: Block) -> StoredBlock:
-        return pin(self.codec.encode(block))
+    def _encode(self, block: Block, record: StoredBlock | None) -> StoredBlock:
+        if record is None:
+            return pin(self.codec.encode(block))
+        # another tier's record (a disk record's tensors map its file): copied into RAM
+        return pin(StoredBlock(meta=record.meta, tensors={n: t.clone() for n, t in record.tensors.items()}))
 
     def get(self, block_id: int, device: torch.device, dtype: torch.dtype) -> Block:
         return self.codec.decode(self._items[block_id], device, dtype)
