@@ -146,7 +146,7 @@ FP16_NEXT = float(torch.nextafter(torch.tensor(65504.0), torch.tensor(1e9)))  # 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), FP16_NEXT, -70000.0])
 @pytest.mark.parametrize("calibrated", [True, False])
 def test_bad_values_get_the_reference_error_and_change_nothing(name, kind, bad, calibrated) -> None:
-    """vidkv's kernels check values from what they read anyway (the value norms, the key
+    """vidkv's kernels check values from what they compute anyway (the token energies, the key
     kernel's own peak |x|) instead of a pass of their own: the same error as the reference's,
     also in the sign tier's channels and on a layer's first block, whose tiers stay unfrozen."""
     _, k, v = synthetic_kv(2, 64, 64, queries=1, seed=5)

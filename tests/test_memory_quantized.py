@@ -212,7 +212,7 @@ def test_resume_with_a_vidkv_disk_tier_decodes_blocks_bit_for_bit(engine, tmp_pa
 def test_a_block_is_encoded_once_when_host_and_disk_share_a_codec(tmp_path, monkeypatch):
     """host_codec == disk_codec: the block written through to disk is that record, and the
     host tier takes it when the device demotes the block instead of encoding it again; the
-    host copy lives in RAM (not the disk file's mapping) and decodes like a fresh encode."""
+    host copy lives in RAM (not the disk file's mapping) and holds a fresh encode's bytes."""
     from streamvlm.memory.codec import BlockCodec
     from streamvlm.memory.disk import DiskLog
     from streamvlm.memory.disk_tier import DiskTier

@@ -101,7 +101,6 @@ def encode(
         from . import vidkv_cpu
 
         # checks its values itself, from what its kernels read anyway (one pass less)
-
         tensors = (
             vidkv_cpu.encode_keys(x, codec, layer) if kind == "key" else vidkv_cpu.encode_values(x, codec)
         )

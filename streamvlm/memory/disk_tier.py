@@ -63,8 +63,8 @@ class DiskTier(Tier):
 
     def stage(self, block: Block, record: StoredBlock | None = None) -> StagedPut:
         stored = self.codec.encode(block) if record is None else record
-        record = self.log.prepare(stored)  # refuses a block bigger than the whole budget
-        return StagedPut(block.id, record.header.record_len, partial(self._write, stored, record))
+        prepared = self.log.prepare(stored)  # refuses a block bigger than the whole budget
+        return StagedPut(block.id, prepared.header.record_len, partial(self._write, stored, prepared))
 
     def _write(self, stored: StoredBlock, record: rec.EncodedRecord) -> None:
         self._hand_codec_state()  # before the block that may need it is on disk
