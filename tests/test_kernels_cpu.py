@@ -1,4 +1,5 @@
-"""The numba CPU kernels (``kernels/kivi_cpu.py``, ``kernels/vidkv_cpu.py``) against the reference,
+"""The numba CPU kernels (``kernels/kivi_cpu.py``, ``kernels/vidkv_cpu.py``,
+``kernels/vidkv_compact_cpu.py``) against the reference,
 bit for bit: the same packed bytes from encode, the same floats from decode.
 
 Needs numba (``pip install 'streamvlm[cpu]'``); skipped without it. The first run compiles the
@@ -238,27 +239,6 @@ def test_block_codec_decodes_each_layer_into_the_cache(monkeypatch) -> None:
         codec.decode_layers(stored.tensors, stored.meta, "cpu", torch.float16, out=out[:1])
 
 
-def test_vidkv_blocks_under_a_group_take_the_reference(monkeypatch) -> None:
-    """Blocks of fewer tokens than group_size have a layout of their own (compact): the kernels
-    must not touch them, for encode or decode, whatever the backend."""
-    from streamvlm.kernels import vidkv_cpu
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a CPU kernel ran on a block shorter than a group")
-
-    for fn in ("encode_keys", "encode_values", "decode_keys_into", "decode_values_into"):
-        monkeypatch.setattr(vidkv_cpu, fn, refuse)
-    codec, ref_codec = get_kv_codec("vidkv"), get_kv_codec("vidkv")
-    _, k, v = synthetic_kv(2, 16, 32, queries=1, seed=6)
-    assert kernels.path_for(codec, 16, "cpu", backend="cpu") == "reference"
-    assert kernels.path_for(codec, 32, "cpu", backend="cpu") == "cpu"
-    assert kernels.path_for(get_kv_codec("kivi2"), 16, "cpu", backend="cpu") == "cpu"
-    for kind, x in (("key", k), ("value", v)):
-        enc = kernels.encode(codec, x, kind, backend="cpu")
-        _same_bytes(enc, ref_codec.encode(x, kind))
-        assert torch.equal(kernels.decode(enc, codec, backend="cpu"), ref_codec.decode(enc))
-
-
 @pytest.mark.parametrize(
     ("env", "device", "numba", "expected"),
     [
@@ -314,3 +294,125 @@ def test_group_sums_run_in_one_fixed_order() -> None:
     x = torch.randn(300, 33) * torch.logspace(-4, 4, 33)
     expected = torch.tensor([sum(float(v) for v in row) for row in x.double()], dtype=torch.float32)
     assert torch.equal(group_sum(x), expected)
+
+
+# ----- vidkv's compact layout (blocks of fewer tokens than group_size) ------------------------
+
+# (heads, head_dim): the tiny model's, Qwen2.5-VL-7B's (4 KV heads of 128) and one in between
+COMPACT_GEOMETRIES = [(2, 32), (4, 128), (1, 64)]
+COMPACT_TOKENS = [1, 2, 4, 11, 12, 16, 31]  # offsets start at 8 (values) and 12 (keys) tokens
+
+
+@pytest.mark.parametrize("geometry", COMPACT_GEOMETRIES, ids=lambda g: f"{g[0]}x{g[1]}")
+@pytest.mark.parametrize("calibrated_on", ["full", "short"])
+def test_vidkv_compact_blocks_match_the_reference_bit_for_bit(geometry, calibrated_on) -> None:
+    """Every token count under a group, after the layer's state froze on a full block or on
+    the short block itself (then the kernel path freezes it, like the reference)."""
+    heads, head_dim = geometry
+    for tokens in COMPACT_TOKENS:
+        _, k, v = synthetic_kv(heads, 64, head_dim, queries=1, outliers=2, seed=tokens)
+        ref_codec, fast_codec = get_kv_codec("vidkv"), get_kv_codec("vidkv")
+        for kind, x in (("key", k), ("value", v)):
+            if calibrated_on == "full":
+                _same_bytes(
+                    kernels.encode(fast_codec, x[:, :32], kind, backend="cpu"),
+                    ref_codec.encode(x[:, :32], kind),
+                )
+            short = x[:, 40 : 40 + tokens] * 1.5  # away from the calibration sample
+            ref = ref_codec.encode(short, kind)
+            assert any(name.startswith("c.") for name in ref.tensors)
+            _same_bytes(kernels.encode(fast_codec, short, kind, backend="cpu"), ref)
+            _decodes_alike(ref, fast_codec, ref_codec)
+        assert fast_codec.shared_state(0).keys() == ref_codec.shared_state(0).keys()
+        for name, t in ref_codec.shared_state(0).items():
+            assert torch.equal(fast_codec.shared_state(0)[name], t), name
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"ternary_threshold": 0.7},  # not a float32: rounded like the reference rounds it
+        {"key_4bit_fraction": 0.0},  # no 4-bit tier: no k4 field
+        {"key_2bit_fraction": 0.4},  # an odd sign tier (19 of 32 channels): the direct transform
+        {"group_size": 256},  # compact blocks of more than the kernels' 128 lanes
+    ],
+    ids=lambda o: next(iter(o)),
+)
+def test_vidkv_compact_options_match_the_reference(options) -> None:
+    _, k, v = synthetic_kv(2, 200, 32, queries=1, seed=8)
+    ref_codec, fast_codec = get_kv_codec("vidkv", **options), get_kv_codec("vidkv", **options)
+    for tokens in (3, 16, 200):
+        for kind, x in (("key", k[:, :tokens]), ("value", v[:, :tokens])):
+            ref = ref_codec.encode(x, kind)
+            if tokens < fast_codec.group_size:
+                assert any(name.startswith("c.") for name in ref.tensors)
+            _same_bytes(kernels.encode(fast_codec, x, kind, backend="cpu"), ref)
+            _decodes_alike(ref, fast_codec, ref_codec)
+
+
+def test_vidkv_compact_blocks_run_the_kernels(monkeypatch) -> None:
+    """path_for sends compact blocks on a CPU to the CPU kernels (Triton has none for them)."""
+    from streamvlm.quant import vidkv_compact
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the reference ran where the CPU kernel applies")
+
+    codec = get_kv_codec("vidkv")
+    _, k, v = synthetic_kv(2, 16, 32, queries=1, seed=6)
+    encoded = {kind: codec.encode(x, kind) for kind, x in (("key", k), ("value", v))}
+    for name in ("encode_keys", "encode_values", "decode_keys", "decode_values"):
+        monkeypatch.setattr(vidkv_compact, name, refuse)
+    assert kernels.path_for(codec, 16, "cpu", backend="cpu") == "cpu"
+    assert kernels.path_for(codec, 16, "cpu", backend="reference") == "reference"
+    for kind, x in (("key", k), ("value", v)):
+        _same_bytes(kernels.encode(codec, x, kind, backend="cpu"), encoded[kind])
+        kernels.decode(encoded[kind], codec, backend="cpu")
+
+
+@pytest.mark.parametrize("kind", ["key", "value"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), FP16_NEXT, -70000.0])
+@pytest.mark.parametrize("calibrated", [True, False])
+def test_vidkv_compact_bad_values_get_the_reference_error_and_change_nothing(kind, bad, calibrated) -> None:
+    _, k, v = synthetic_kv(2, 12, 32, queries=1, seed=5)
+    ref_codec, fast_codec = get_kv_codec("vidkv"), get_kv_codec("vidkv")
+    x = (k if kind == "key" else v).clone()
+    if calibrated:
+        for codec in (ref_codec, fast_codec):
+            kernels.encode(codec, x, kind, backend="cpu")
+    before = {name: t.clone() for name, t in fast_codec.shared_state(0).items()}
+    for token, channel in ((0, 0), (11, 31), (5, 17)):
+        x_bad = x.clone()
+        x_bad[1, token, channel] = bad
+        with pytest.raises(QuantError) as ref_error:
+            ref_codec.encode(x_bad, kind)
+        with pytest.raises(QuantError) as fast_error:
+            kernels.encode(fast_codec, x_bad, kind, backend="cpu")
+        assert str(fast_error.value) == str(ref_error.value)
+    after = fast_codec.shared_state(0)
+    assert after.keys() == before.keys() and all(torch.equal(after[n], t) for n, t in before.items())
+
+
+def test_vidkv_compact_decode_rejects_a_damaged_block() -> None:
+    codec = get_kv_codec("vidkv")
+    _, k, _ = synthetic_kv(2, 16, 32, queries=1, seed=2)
+    enc = codec.encode(k, "key")
+    short = dict(enc.tensors, **{"c.k1": enc.tensors["c.k1"][:, :-1]})
+    with pytest.raises(QuantError, match=r"field 'c.k1' should be \(1, 64\), got \(1, 63\)"):
+        kernels.decode(type(enc)(enc.codec, "key", enc.shape, short, 0), codec, backend="cpu")
+    missing = {name: t for name, t in enc.tensors.items() if name != "c.step"}
+    with pytest.raises(QuantError, match="'c.step' should be"):
+        kernels.decode(type(enc)(enc.codec, "key", enc.shape, missing, 0), codec, backend="cpu")
+
+
+def test_vidkv_small_blocks_in_the_old_standard_layout_decode_alike() -> None:
+    """Blocks of under a group written before the compact layout existed are standard: the
+    kernels read the layout from the field names, as the reference does."""
+    writer = get_kv_codec("vidkv")
+    _, k, v = synthetic_kv(2, 40, 32, queries=1, seed=9)
+    writer.encode(k[:, :32], "key")
+    writer.encode(v[:, :32], "value")
+    channels = writer._tier_channels(0, torch.device("cpu"))
+    old = {"key": writer._encode_keys(k[:, 32:36], channels), "value": writer._encode_values(v[:, 32:36])}
+    for kind, x in (("key", k[:, 32:36]), ("value", v[:, 32:36])):
+        enc = type(writer.encode(x, kind))("vidkv", kind, tuple(x.shape), old[kind], 0)
+        _decodes_alike(enc, writer, writer)

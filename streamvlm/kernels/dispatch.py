@@ -3,8 +3,8 @@
 
 All produce the same bytes and the same floats; the choice is only about speed and about
 what the machine has. Pass ``backend=`` to override ``$STREAMVLM_KERNELS`` for one call.
-The kernels handle the standard layout of each format (``standard_layout``); anything else
-runs the reference.
+The CPU kernels handle both of vidkv's layouts, the Triton kernels its standard one
+(``standard_layout``); anything else runs the reference.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from ..quant.base import EncodedTensor, KVCodec, QuantError
 from ..quant.kivi import KIVICodec
 from ..quant.registry import get_kv_codec
 from ..quant.vidkv import VidKVCodec
+from ..quant.vidkv_compact import is_compact
 from . import reference
 from .backend import CPU, REFERENCE, TRITON, choose, launch_device, on_device, requested_backend, use_triton
 
@@ -65,10 +66,10 @@ def has_kernel(codec: KVCodec) -> bool:
 
 
 def standard_layout(codec: KVCodec, tokens: int) -> bool:
-    """Whether a block of ``tokens`` tokens is in the layout the kernels read and write.
+    """Whether a block of ``tokens`` tokens is in the layout the Triton kernels read.
 
     vidkv stores blocks of fewer tokens than ``group_size`` in a compact layout of their
-    own, which only the reference codes; KIVI has one layout.
+    own, which the CPU kernels and the reference code, Triton not; KIVI has one layout.
     """
     return not isinstance(codec, VidKVCodec) or tokens >= codec.group_size
 
@@ -76,10 +77,11 @@ def standard_layout(codec: KVCodec, tokens: int) -> bool:
 def path_for(codec: KVCodec, tokens: int, device: torch.device | str, backend: str | None = None) -> str:
     """What codes ``codec``'s block of ``tokens`` tokens whose result lives on ``device``:
     ``"triton"``, ``"cpu"`` or ``"reference"`` (the one place that decides, for encode and decode)."""
-    if not has_kernel(codec) or not standard_layout(codec, tokens):
+    if not has_kernel(codec):
         requested_backend(backend)  # an unknown name is an error even where only the reference applies
         return REFERENCE
-    return choose(device, backend)
+    path = choose(device, backend)
+    return REFERENCE if path == TRITON and not standard_layout(codec, tokens) else path
 
 
 def encode(
@@ -98,12 +100,9 @@ def encode(
         codec.check_values([x])
         tensors = kivi_cpu.encode(x, codec, kind)
     else:
-        from . import vidkv_cpu
-
         # checks its values itself, from what its kernels read anyway (one pass less)
-        tensors = (
-            vidkv_cpu.encode_keys(x, codec, layer) if kind == "key" else vidkv_cpu.encode_values(x, codec)
-        )
+        kernel = _vidkv_kernels(compact=int(x.shape[1]) < codec.group_size)
+        tensors = (kernel.encode_keys if kind == "key" else kernel.encode_values)(x, codec, layer)
     return EncodedTensor(codec.name, kind, tuple(int(s) for s in x.shape), tensors, layer)
 
 
@@ -177,14 +176,26 @@ def _decode_cpu(
 
         kivi_cpu.decode_into(enc, codec, target, mode)
     else:
-        from . import vidkv_cpu
-
-        (vidkv_cpu.decode_keys_into if enc.kind == "key" else vidkv_cpu.decode_values_into)(
+        # the layout is read from the tensor names, as the reference does: blocks written
+        # before the compact layout existed are standard at any token count
+        kernel = _vidkv_kernels(compact=is_compact(enc.tensors))
+        (kernel.decode_keys_into if enc.kind == "key" else kernel.decode_values_into)(
             enc, codec, target, mode
         )
     if out is not None:
         return out if target is out else out.copy_(target)
     return target if target.dtype == dtype else target.to(dtype)
+
+
+def _vidkv_kernels(compact: bool):
+    """The module of vidkv's CPU kernels for the compact or the standard layout."""
+    if compact:
+        from . import vidkv_compact_cpu
+
+        return vidkv_compact_cpu
+    from . import vidkv_cpu
+
+    return vidkv_cpu
 
 
 def _decode_triton(

@@ -420,8 +420,9 @@ def _decode_keys(idx4, idx2, tier4, tier2, idx1, signs, k1_scale, k1_max, group,
 _CHANNELS: dict[int, tuple[weakref.ref, tuple[np.ndarray, ...]]] = {}
 
 
-def _layer_channels(tiers: torch.Tensor) -> tuple[np.ndarray, ...]:
-    # (4-bit, 2-bit, sign-tier indices, then all three in that order)
+def layer_channels(tiers: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """(4-bit, 2-bit, sign-tier) channel indices ``[heads, count]`` of a layer's frozen tiers,
+    then all three side by side in that order; computed once per tiers tensor."""
     key = id(tiers)
     cached = _CHANNELS.get(key)
     if cached is None or cached[0]() is not tiers:
@@ -433,7 +434,7 @@ def _layer_channels(tiers: torch.Tensor) -> tuple[np.ndarray, ...]:
 
 def key_channels(tiers: torch.Tensor) -> tuple[np.ndarray, ...]:
     """(4-bit, 2-bit, sign-tier) channel indices ``[heads, count]`` of a layer's frozen tiers."""
-    return _layer_channels(tiers)[:3]
+    return layer_channels(tiers)[:3]
 
 
 _TIER_FIELDS = ("codes", "scale", "zero", "scale_max")
@@ -459,10 +460,8 @@ def encode_keys(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, tor
     ``|x|``; calibrates the layer on its first block, like the reference, after checking it."""
     x = x.float().contiguous()
     heads, tokens, head_dim = x.shape
-    if codec._layer_tiers(layer, heads, head_dim) is None:
-        codec.check_values([x])  # before the tiers freeze on it
-        codec.calibrate(layer, x)
-    idx4, idx2, idx1, order = _layer_channels(codec._tiers[layer])
+    codec.ensure_layer_state(x, "key", layer, check=True)  # checked before the state freezes on it
+    idx4, idx2, idx1, order = layer_channels(codec._tiers[layer])
     group = balanced_group(tokens, codec.group_size)
     n_groups = num_groups(tokens, group)
     m = idx1.shape[1]
@@ -847,11 +846,12 @@ def _decode_values(
         )
 
 
-def encode_values(x: torch.Tensor, codec: VidKVCodec) -> dict[str, torch.Tensor]:
+def encode_values(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, torch.Tensor]:
     """``VidKVCodec._encode_values``, values checked (``check_values``) from the token energies
-    that choose the salient tokens."""
+    that choose the salient tokens; freezes the layer's value profile on its first block."""
     x = x.float().contiguous()
     heads, tokens, head_dim = x.shape
+    codec.ensure_layer_state(x, "value", layer, check=True)
     n_sal = salient_count(tokens, codec.salient_fraction)
     n_rest = tokens - n_sal
     group = balanced_group(n_rest, codec.group_size)

@@ -103,6 +103,9 @@ class VidKVCodec(KVCodec, name="vidkv"):
         # channel profiles of the compact layout, as stored: kind -> layer -> (uint8 log8 codes
         # [heads, head_dim], bf16 anchor [heads]), CPU
         self._profiles: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {"key": {}, "value": {}}
+        # (kind, layer, device) -> (the stored profile it was decoded from, (heads, head_dim) it
+        # was checked against, decoded profile)
+        self._decoded_profiles: dict[tuple[str, int, str], tuple[tuple, tuple[int, int], torch.Tensor]] = {}
 
     # per-layer state ------------------------------------------------------------------
     def tier_counts(self, head_dim: int) -> list[int]:
@@ -175,24 +178,34 @@ class VidKVCodec(KVCodec, name="vidkv"):
         self._tiers.clear()
         self._on_device.clear()
         self._pending.clear()
+        self._decoded_profiles.clear()
         for profiles in self._profiles.values():
             profiles.clear()
 
-    def _profile(self, kind: str, layer: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        """``layer``'s decoded ``kind`` profile ``[heads, head_dim]`` on ``device``."""
-        if layer not in self._profiles[kind]:
+    def profile(self, kind: str, layer: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """``layer``'s decoded ``kind`` profile ``[heads, width]`` on ``device`` (``compact.profile_width``),
+        for blocks of ``shape`` ``[heads, tokens, head_dim]``; decoded (and checked against the
+        shape) once per stored profile, device and shape: blocks of a few tokens pay for no more."""
+        stored = self._profiles[kind].get(layer)
+        key = (kind, layer, str(device))
+        cached = self._decoded_profiles.get(key)
+        # a new calibration or load replaces the stored tuple, which invalidates the entry
+        if cached is not None and cached[0] is stored and cached[1] == (shape[0], shape[2]):
+            return cached[2]
+        if stored is None:
             raise QuantError(
                 f"{self.name}: no {kind} channel profile for layer {layer}; "
                 "load it with load_shared_state(layer, ...) before decoding"
             )
-        codes, anchor = self._profiles[kind][layer]
         tiers = self._layer_tiers(layer, shape[0], shape[2]) if kind == "key" else None
-        if tuple(codes.shape) != (shape[0], compact.profile_width(kind, shape[2], tiers)):
+        if tuple(stored[0].shape) != (shape[0], compact.profile_width(kind, shape[2], tiers)):
             raise QuantError(
-                f"{self.name}: layer {layer}'s {kind} profile is for {tuple(codes.shape)} heads x head_dim, "
+                f"{self.name}: layer {layer}'s {kind} profile is for {tuple(stored[0].shape)} heads x head_dim, "
                 f"got {(shape[0], shape[2])}; use one codec per model (or call reset())"
             )
-        return compact.decode_profile(codes.to(device), anchor.to(device))
+        decoded = compact.decode_profile(stored[0].to(device), stored[1].to(device))
+        self._decoded_profiles[key] = (stored, (shape[0], shape[2]), decoded)
+        return decoded
 
     def _layer_tiers(self, layer: int, heads: int, head_dim: int) -> torch.Tensor | None:
         if layer in self._pending:
@@ -210,32 +223,44 @@ class VidKVCodec(KVCodec, name="vidkv"):
     # encode / decode --------------------------------------------------------------------
     def _encode(self, x: torch.Tensor, kind: str, layer: int) -> dict[str, torch.Tensor]:
         x = x.float()
-        heads, tokens, head_dim = x.shape
-        if kind == "key":
-            tiers = self._layer_tiers(layer, heads, head_dim)
-            if tiers is None or layer not in self._profiles["key"]:
-                # a layer restored from state saved before profiles existed keeps its tiers
-                self._calibrate_key_state(layer, x, tiers)
-            channels = self._tier_channels(layer, x.device)
-        elif layer not in self._profiles["value"]:
-            self._calibrate_values(layer, x)
+        tokens = x.shape[1]
+        self.ensure_layer_state(x, kind, layer)
+        channels = self._tier_channels(layer, x.device) if kind == "key" else None
         if tokens < self.group_size:
-            prof = self._profile(kind, layer, x.shape, x.device)
+            prof = self.profile(kind, layer, x.shape, x.device)
             if kind == "key":
                 return compact.encode_keys(x, channels, prof, self.group_size)
             return compact.encode_values(x, prof, self.ternary_threshold)
         return self._encode_keys(x, channels) if kind == "key" else self._encode_values(x)
 
-    def _calibrate_key_state(self, layer: int, x: torch.Tensor, tiers: torch.Tensor | None) -> None:
-        if tiers is None:
-            self.calibrate(layer, x)
+    def ensure_layer_state(self, x: torch.Tensor, kind: str, layer: int, *, check: bool = False) -> None:
+        """Freeze ``layer``'s ``kind`` state on ``x`` unless it is frozen already: what encoding
+        the layer's first block of that kind does (keys: the channel tiers and key profile;
+        values: the value profile). ``check``: run ``check_values`` on ``x`` before freezing
+        (for callers that check values later, from passes of their own)."""
+        heads, _, head_dim = x.shape
+        if kind == "key":
+            tiers = self._layer_tiers(layer, heads, head_dim)
+            frozen = tiers is not None and layer in self._profiles["key"]
         else:
+            frozen = layer in self._profiles["value"]
+        if frozen:
+            return
+        if kind == "key" and tiers is None:
+            self.calibrate(layer, x)  # which checks x itself
+            return
+        if check:
+            self.check_values([x])
+        x = x.detach().float()
+        if kind == "value":
+            self._calibrate_values(layer, x)
+        else:  # a layer restored from state saved before profiles existed keeps its tiers
             self._profiles["key"][layer] = compact.encode_profile(compact.key_profile(x, tiers.to(x.device)))
 
     def _decode(self, enc: EncodedTensor, device: torch.device) -> torch.Tensor:
         t = {k: v.to(device) for k, v in enc.tensors.items()}
         if compact.is_compact(t):
-            prof = self._profile(enc.kind, enc.layer, enc.shape, device)
+            prof = self.profile(enc.kind, enc.layer, enc.shape, device)
             if enc.kind == "key":
                 self._required_tiers(enc.layer, enc.shape)
                 channels = self._tier_channels(enc.layer, device)

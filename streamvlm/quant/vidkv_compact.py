@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import torch
 
-from .groups import balanced_group, to_groups
+from .groups import balanced_group, group_sum, to_groups
 from .packing import pack_bits, pack_trits, unpack_bits, unpack_trits
 from .scales import decode_log8, encode_log8
 from .selection import channel_rows, tier_indices
@@ -78,17 +78,30 @@ def is_compact(tensors: dict[str, torch.Tensor]) -> bool:
 
 
 # gains: log8 ratios to the profile ----------------------------------------------------
+# Decoding is a table lookup and encoding compares with float64 boundaries, like ``scales.py``
+# (not a float32 ``log2``/``exp2``, whose last bit differs between libraries): every
+# implementation (``kernels/vidkv_compact_cpu.py``) picks the same code and decodes the same float.
+_GAIN_EXPONENTS = (torch.arange(256, dtype=torch.float64) - _GAIN_ONE) / GAIN_STEPS_PER_OCTAVE
+GAIN_TABLE = torch.where(torch.arange(256) > 0, torch.exp2(_GAIN_EXPONENTS), 0.0).to(torch.float32)
+# ascending float64 boundaries; a ratio's code is 1 + how many lie below it (round up: the
+# exact gains of codes 1 .. 254, "below" strictly) or at or below it (nearest: the geometric
+# midpoints between codes 1 .. 255)
+GAIN_BOUNDS = {
+    True: torch.exp2(_GAIN_EXPONENTS[1:255]),
+    False: torch.exp2(_GAIN_EXPONENTS[2:256] - 0.5 / GAIN_STEPS_PER_OCTAVE),
+}
+
+
 def encode_gain(g: torch.Tensor, round_up: bool) -> torch.Tensor:
     """Ratios ``g`` (>= 0) -> uint8 codes; ``round_up`` never decodes below ``g`` (steps: no clipping)."""
-    r = GAIN_STEPS_PER_OCTAVE * torch.log2(g.float().clamp_min(1e-30))
-    code = (torch.ceil(r) if round_up else torch.round(r)) + _GAIN_ONE
-    code = code.clamp(1, 255)
+    g = g.float()
+    bounds = GAIN_BOUNDS[round_up].to(g.device)
+    code = torch.searchsorted(bounds, g.double().contiguous(), side="left" if round_up else "right") + 1
     return torch.where(g > 0, code, torch.zeros_like(code)).to(torch.uint8)
 
 
 def decode_gain(code: torch.Tensor) -> torch.Tensor:
-    c = code.float()
-    return torch.where(code > 0, torch.exp2((c - _GAIN_ONE) / GAIN_STEPS_PER_OCTAVE), torch.zeros_like(c))
+    return GAIN_TABLE.to(code.device)[code.long()]
 
 
 # the channel profile ---------------------------------------------------------------------
@@ -159,7 +172,8 @@ def uses_offsets(tokens: int, kind: str) -> bool:
 def encode_offsets(x: torch.Tensor, prof: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(packed 4-bit codes, decoded offsets ``[heads, channels]``) of the per-channel means of ``x``."""
     half = 1 << (OFFSET_BITS - 1)
-    code = (x.mean(dim=1) / (prof * _OFFSET_UNIT)).round().clamp(-half, half - 1)
+    mean = group_sum(x.transpose(1, 2)) / x.shape[1]
+    code = (mean / (prof * _OFFSET_UNIT)).round().clamp(-half, half - 1)
     return pack_bits((code + half).reshape(1, -1).to(torch.uint8), OFFSET_BITS), code * prof * _OFFSET_UNIT
 
 
@@ -167,6 +181,11 @@ def decode_offsets(packed: torch.Tensor, prof: torch.Tensor) -> torch.Tensor:
     half = 1 << (OFFSET_BITS - 1)
     code = unpack_bits(packed, OFFSET_BITS, prof.numel()).view(prof.shape).float() - half
     return code * prof * _OFFSET_UNIT
+
+
+def _mean_abs(x: torch.Tensor) -> torch.Tensor:
+    """``[1]``: mean ``|x|`` over all of ``x``, summed in its element order (``groups.group_sum``)."""
+    return group_sum(x.abs().flatten()).view(1) / x.numel()
 
 
 # keys -------------------------------------------------------------------------------------
@@ -220,7 +239,7 @@ def encode_keys(
     idx0 = channels[0]
     comps = rfft_components(x.gather(2, channel_rows(idx0, tokens))) / comp_prof[:, None, :]
     out[f"{PREFIX}k1"] = pack_bits((comps >= 0).reshape(1, -1).to(torch.uint8), 1)
-    out[f"{PREFIX}gain"] = encode_gain(comps.abs().mean().view(1), round_up=False)
+    out[f"{PREFIX}gain"] = encode_gain(_mean_abs(comps), round_up=False)
     return out
 
 
@@ -268,12 +287,13 @@ def encode_values(x: torch.Tensor, prof: torch.Tensor, threshold: float) -> dict
         out[f"{PREFIX}offset"], offsets = encode_offsets(x, prof)
         x = x - offsets[:, None, :]
     xn = x / prof[:, None, :]
-    gamma = xn.abs().mean()
+    gamma = _mean_abs(xn)
     tern = torch.where(xn > threshold * gamma, 1, torch.where(xn < -threshold * gamma, -1, 0))
     nz = tern != 0
-    level = (xn.abs() * nz).sum() / nz.sum().clamp_min(1)  # least squares for fixed codes
+    # the least-squares level for fixed codes: mean |xn| over the non-zero ones
+    level = (group_sum((xn.abs() * nz).flatten()) / nz.sum().clamp_min(1)).view(1)
     out[f"{PREFIX}tern"] = pack_trits((tern + 1).reshape(1, -1))
-    out[f"{PREFIX}gain"] = encode_gain(level.view(1), round_up=False)
+    out[f"{PREFIX}gain"] = encode_gain(level, round_up=False)
     return out
 
 
