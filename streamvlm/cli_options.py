@@ -250,7 +250,7 @@ def _count_or_all(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a number of blocks >= 1 or 'all', got {text!r}") from None
 
 
-def _block_codec(text: str) -> str:
+def block_codec_name(text: str) -> str:
     """``--host-codec`` / ``--disk-codec``'s value: a block codec's name (an old one becomes
     today's); the names are declared torch-free, so a typo is refused at once."""
     try:
@@ -345,13 +345,13 @@ _MEMORY_OPTIONS: dict[str, _MemoryOption] = {  # by argparse dest
         "--host-codec",
         "host_codec",
         "how blocks are stored in host RAM, e.g. vidkv or kivi2 (docs/quantization.md; default: {default})",
-        kwargs={"type": _block_codec, "metavar": "CODEC"},
+        kwargs={"type": block_codec_name, "metavar": "CODEC"},
     ),
     "disk_codec": _MemoryOption(
         "--disk-codec",
         "disk_codec",
         "with --disk-dir: how blocks are stored on disk (default: {default})",
-        kwargs={"type": _block_codec, "metavar": "CODEC"},
+        kwargs={"type": block_codec_name, "metavar": "CODEC"},
     ),
     "disk_dir": _MemoryOption(
         "--disk-dir",

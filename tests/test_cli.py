@@ -358,6 +358,27 @@ def test_bench_stream_small_run_prints_json_and_plot(tmp_path, capfd):
     assert run_main(["bench", "stream", "--lengths", "x"], capfd).returncode == 2
 
 
+def test_bench_stream_measures_the_tier_codecs_against_a_codec_baseline(capfd):
+    """--codec-baseline streams the same frames into a second session (host and disk at that
+    codec) and reports the first session's encode time and TTFT over it, per checkpoint."""
+    args = ["bench", "stream", "--lengths", "12,24", "--window", "4", "--questions", "1"]
+    args += ["--host-codec", "kivi2", "--codec-baseline", "identity", "--baseline-cap-s", "0"]
+    proc = run_main([*args, "--json"], capfd)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["config"]["host_codec"] == "kivi2" and doc["config"]["codec_baseline"] == "identity"
+    cps = doc["checkpoints"]
+    assert all(c["codec_baseline_encode_ms_per_frame"] > 0 and c["codec_baseline_ttft_s"] > 0 for c in cps)
+    ratios = doc["ratios"]
+    want = [c["encode_ms_per_frame"] / c["codec_baseline_encode_ms_per_frame"] for c in cps]
+    assert ratios["encode_per_frame_over_codec_baseline"] == pytest.approx(want)
+    assert len(ratios["ttft_over_codec_baseline"]) == 2
+    text = run_main(args, capfd)
+    assert text.returncode == 0, text.stderr
+    assert "encode_per_frame_over_codec_baseline: [" in text.stdout
+    assert "codec-baseline ms/frame" in text.stdout
+
+
 def test_synth_make_writes_video_and_sidecar(tmp_path, capfd):
     out = tmp_path / "world.mp4"
     proc = run_main(["synth", "make", "--seconds", "12", "--out", str(out), "--seed", "3"], capfd)

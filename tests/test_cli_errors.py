@@ -44,6 +44,10 @@ CHEAP = {  # case: (arguments, fragment of the error line); run in `places`
     "eval clips an unknown model": (["eval", "clips", "--model", "nope"], "unknown model"),
     "bench stream an unknown model": (["bench", "stream", "--model", "nope"], "unknown model"),
     "bench stream no questions": (["bench", "stream", "--questions", "0"], "--questions must be >= 1"),
+    "bench stream an unknown codec baseline": (
+        ["bench", "stream", "--codec-baseline", "nope"],
+        "--codec-baseline: expected one of",
+    ),
     "bench quant an unknown model": (["bench", "quant", "--kv-sets", "synthetic,nope"], "unknown model"),
     "bench geometry a missing video": (
         ["bench", "geometry", "--model", "geom-qwen2.5-vl-3b", "--video", "missing.mp4"],

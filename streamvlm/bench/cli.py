@@ -16,6 +16,7 @@ from ..cli_options import (
     add_model_options,
     add_plot_option,
     add_verbose_option,
+    block_codec_name,
     check_input_file,
     check_model_options,
     line_printer,
@@ -73,10 +74,19 @@ def _add_stream(benches) -> None:
     add_memory_options(
         s,
         *("window", "top_k", "device_bytes", "host_bytes", "answer_tokens", "max_position_span"),
+        *("host_codec", "disk_codec"),
         window=d.window,
         top_k=d.top_k,
         device_bytes=d.device_bytes,
         host_bytes=d.host_bytes,
+    )
+    s.add_argument(
+        "--codec-baseline",
+        type=block_codec_name,
+        metavar="CODEC",
+        help="also stream every frame, alternating, into a second session with host and disk "
+        "at CODEC (e.g. identity), and report encode time per frame and TTFT over it: what "
+        "the tiers' codecs cost",
     )
     s.add_argument("--question", default=d.question)
     s.add_argument(
@@ -115,6 +125,9 @@ def cmd_bench_stream(args: argparse.Namespace) -> int:
         baseline_cap_s=args.baseline_cap_s,
         device=args.device,
         dtype=args.dtype,
+        host_codec=args.host_codec,
+        disk_codec=args.disk_codec,
+        codec_baseline=args.codec_baseline,
     )
     log = line_printer(args.json)
     log(HEADER)
@@ -123,8 +136,16 @@ def cmd_bench_stream(args: argparse.Namespace) -> int:
         return 0
     print(f"baseline: {result.baseline_stopped or 'ran at every length'}")
     for name, value in result.ratios().items():
-        print(f"{name}: {value:.3f}" if isinstance(value, float) else f"{name}: {value}")
+        print(f"{name}: {_format_ratio(value)}")
     return 0
+
+
+def _format_ratio(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, list) and all(isinstance(v, float) for v in value):
+        return "[" + ", ".join(f"{v:.3f}" for v in value) + "]"
+    return str(value)
 
 
 def _add_quant(benches) -> None:

@@ -38,6 +38,12 @@ class StreamBenchConfig:
     device: str | None = None
     dtype: str | None = None
     disk_dir: str | None = None  # default: a temporary directory
+    host_codec: str | None = None  # MemoryConfig.host_codec (None: its default, vidkv)
+    disk_codec: str | None = None  # MemoryConfig.disk_codec (None: its default, vidkv)
+    # A second session with both tiers at this codec (e.g. identity) takes every frame right
+    # after the first, in the same process: what the tiers' codecs cost, measured side by side
+    # (alternating frames, so a noisy machine slows both alike). None: no second session.
+    codec_baseline: str | None = None
 
 
 @dataclass
@@ -56,6 +62,9 @@ class Checkpoint:
     baseline_ttft_s: float | None = None
     baseline_preprocess_s: float | None = None
     baseline_prompt_tokens: int | None = None
+    # the codec_baseline session's encode time per frame and TTFT, at the same frames
+    codec_baseline_encode_ms_per_frame: float | None = None
+    codec_baseline_ttft_s: float | None = None
 
 
 @dataclass
@@ -80,6 +89,12 @@ class StreamBenchResult:
         if reached:
             out["baseline_longest_frames"] = reached[-1].frames
             out["baseline_over_streamvlm_ttft"] = reached[-1].baseline_ttft_s / reached[-1].ttft_s
+        if first.codec_baseline_encode_ms_per_frame is not None:
+            # per checkpoint, and the median of those
+            over = [c.encode_ms_per_frame / c.codec_baseline_encode_ms_per_frame for c in cps]
+            out["encode_per_frame_over_codec_baseline"] = over
+            out["encode_per_frame_over_codec_baseline_median"] = statistics.median(over)
+            out["ttft_over_codec_baseline"] = [c.ttft_s / c.codec_baseline_ttft_s for c in cps]
         return out
 
     def to_dict(self) -> dict:
@@ -99,11 +114,48 @@ def run_stream_bench(config: StreamBenchConfig, log=print) -> StreamBenchResult:
     engine = StreamVLM.from_pretrained(
         config.model, device=config.device, dtype=config.dtype, seed=config.seed
     )
-    backend = engine.backend
     lengths = sorted(set(config.lengths))
     scene = SceneRenderer(config.size, config.size, lengths[-1], config.fps, seed=config.seed)
     result = StreamBenchResult(config=asdict(config))
     with tempfile.TemporaryDirectory(prefix="streamvlm-bench-") as tmp:
+        disk_dir = config.disk_dir or tmp
+        streams = [_Stream(engine, config, config.host_codec, config.disk_codec, f"{disk_dir}/session")]
+        if config.codec_baseline is not None:
+            codec = config.codec_baseline
+            streams.append(_Stream(engine, config, codec, codec, f"{disk_dir}/codec-baseline"))
+        baseline_on = True
+        for i in range(lengths[-1]):
+            frame = scene.frame(i)
+            for stream in streams:
+                stream.add_frame(frame, i / config.fps)
+            if i + 1 not in lengths:
+                continue
+            first = not result.checkpoints
+            cp = streams[0].checkpoint(i + 1, first)
+            if len(streams) > 1:
+                other = streams[1].checkpoint(i + 1, first)
+                cp.codec_baseline_encode_ms_per_frame = other.encode_ms_per_frame
+                cp.codec_baseline_ttft_s = other.ttft_s
+            if baseline_on:
+                baseline_on = _run_baseline(
+                    config, engine.backend, streams[0].session, scene, i + 1, cp, result
+                )
+            result.checkpoints.append(cp)
+            log(_row(cp))
+        for stream in streams:
+            stream.session.close()
+    return result
+
+
+class _Stream:
+    """One session of the benchmark: its frames' encode times and its checkpoints."""
+
+    def __init__(self, engine, config: StreamBenchConfig, host_codec, disk_codec, disk_dir: str) -> None:
+        codecs = {
+            name: codec
+            for name, codec in (("host_codec", host_codec), ("disk_codec", disk_codec))
+            if codec is not None
+        }
         memory = MemoryConfig(
             window=config.window,
             top_k=config.top_k,
@@ -111,48 +163,46 @@ def run_stream_bench(config: StreamBenchConfig, log=print) -> StreamBenchResult:
             host_bytes=config.host_bytes,
             answer_tokens=config.answer_tokens,
             max_position_span=config.max_position_span,
-            disk_dir=config.disk_dir or tmp,
+            disk_dir=disk_dir,
+            **codecs,
         )
-        session = engine.new_session(memory=memory)
-        per_frame: list[float] = []
-        baseline_on = True
-        for i in range(lengths[-1]):
-            started = time.perf_counter()
-            session.add_frame(scene.frame(i), i / config.fps)
-            per_frame.append(time.perf_counter() - started)
-            if i + 1 not in lengths:
-                continue
-            # while the window fills, chunks are cheaper: leave those frames out of the first median
-            segment = per_frame[config.window :] if not result.checkpoints else per_frame
-            chunk = session.chunk_frames  # a chunk's cost lands on its last frame: average over chunks
-            sums = [sum(segment[j : j + chunk]) / chunk for j in range(0, len(segment) - chunk + 1, chunk)]
-            per_frame = []
-            ttfts, loads = [], []
-            for _ in range(config.questions):
-                load_before = session.stats().load_s
-                answer = session.ask(config.question, max_new_tokens=1)
-                ttfts.append(answer.timings.ttft_s)
-                loads.append(session.stats().load_s - load_before)
-            stats = session.stats()
-            cp = Checkpoint(
-                frames=i + 1,
-                encode_ms_per_frame=1000 * statistics.median(sums),
-                ttft_s=statistics.median(ttfts),
-                load_s=statistics.median(loads),
-                blocks_attended=len(answer.blocks),
-                bytes_per_tier=stats.bytes_per_tier,
-                answer_mode=answer.mode,
-                context_bytes=answer.context_bytes,
-                max_position_span_used=stats.max_position_span_used,
-                metadata_bytes=stats.metadata_bytes,
-                peak_rss_bytes=peak_rss(),
-            )
-            if baseline_on:
-                baseline_on = _run_baseline(config, backend, session, scene, i + 1, cp, result)
-            result.checkpoints.append(cp)
-            log(_row(cp))
-        session.close()
-    return result
+        self.config = config
+        self.session = engine.new_session(memory=memory)
+        self.per_frame: list[float] = []
+
+    def add_frame(self, frame, t: float) -> None:
+        started = time.perf_counter()
+        self.session.add_frame(frame, t)
+        self.per_frame.append(time.perf_counter() - started)
+
+    def checkpoint(self, frames: int, first: bool) -> Checkpoint:
+        """Encode time per frame since the last checkpoint, then the checkpoint's questions."""
+        config, session = self.config, self.session
+        # while the window fills, chunks are cheaper: leave those frames out of the first median
+        segment = self.per_frame[config.window :] if first else self.per_frame
+        chunk = session.chunk_frames  # a chunk's cost lands on its last frame: average over chunks
+        sums = [sum(segment[j : j + chunk]) / chunk for j in range(0, len(segment) - chunk + 1, chunk)]
+        self.per_frame = []
+        ttfts, loads = [], []
+        for _ in range(config.questions):
+            load_before = session.stats().load_s
+            answer = session.ask(config.question, max_new_tokens=1)
+            ttfts.append(answer.timings.ttft_s)
+            loads.append(session.stats().load_s - load_before)
+        stats = session.stats()
+        return Checkpoint(
+            frames=frames,
+            encode_ms_per_frame=1000 * statistics.median(sums),
+            ttft_s=statistics.median(ttfts),
+            load_s=statistics.median(loads),
+            blocks_attended=len(answer.blocks),
+            bytes_per_tier=stats.bytes_per_tier,
+            answer_mode=answer.mode,
+            context_bytes=answer.context_bytes,
+            max_position_span_used=stats.max_position_span_used,
+            metadata_bytes=stats.metadata_bytes,
+            peak_rss_bytes=peak_rss(),
+        )
 
 
 def _run_baseline(config, backend, session, scene, frames, cp, result) -> bool:
@@ -187,17 +237,19 @@ def peak_rss() -> int:
 HEADER = (
     f"{'frames':>7} {'encode ms/frame':>16} {'ttft s':>8} {'load s':>8} {'blocks':>6} "
     f"{'device B':>10} {'host B':>10} {'disk B':>11} {'question B':>11} {'span':>7} {'meta B':>10} "
-    f"{'baseline ttft s':>16}"
+    f"{'baseline ttft s':>16} {'codec-baseline ms/frame':>24}"
 )
 
 
 def _row(cp: Checkpoint) -> str:
     b = cp.bytes_per_tier
     base = f"{cp.baseline_ttft_s:16.3f}" if cp.baseline_ttft_s is not None else f"{'-':>16}"
+    codec_base = cp.codec_baseline_encode_ms_per_frame
+    codec_base = f"{codec_base:24.2f}" if codec_base is not None else f"{'-':>24}"
     return (
         f"{cp.frames:7d} {cp.encode_ms_per_frame:16.2f} {cp.ttft_s:8.4f} {cp.load_s:8.4f} {cp.blocks_attended:6d} "
         f"{b['device']:10d} {b['host']:10d} {b['disk']:11d} {cp.context_bytes:11d} "
-        f"{cp.max_position_span_used:7d} {cp.metadata_bytes:10d} {base}"
+        f"{cp.max_position_span_used:7d} {cp.metadata_bytes:10d} {base} {codec_base}"
     )
 
 
