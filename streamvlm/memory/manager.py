@@ -220,12 +220,17 @@ class BlockMemory:
         question, answer) stay within it: what does not fit is filled best first, the
         newest window frames, then the blocks that match ``queries`` best.
         """
-        metas = [
-            m
-            for m in [*self.metas(), *([pending] if pending else [])]
-            if _overlaps(m, plan.since, plan.until)
-        ]
-        tokens = {m.id: m.tokens for m in metas}
+        # Per question, Python touches each block at most once, and only for a time range:
+        # at hours of video (thousands of blocks) every per-block step here costs milliseconds
+        metas = [*self.metas(), *([pending] if pending else [])]
+        if plan.since is not None or plan.until is not None:
+            metas = [m for m in metas if _overlaps(m, plan.since, plan.until)]
+
+        def tokens(block_id: int) -> int:  # of the few blocks a selection holds
+            return (
+                pending if pending is not None and block_id == pending.id else self._store.meta(block_id)
+            ).tokens
+
         if plan.blocks is not None:
             return self._named(plan, fixed_tokens, pending)
         budget = None if plan.answer_tokens is None else plan.answer_tokens - fixed_tokens
@@ -247,8 +252,8 @@ class BlockMemory:
             chosen, top_k = retrieve(plan.top_k, {m.id for m in recent}), plan.top_k
         if budget is not None and _cost(chosen, tokens) > budget:
             chosen = self._fill(budget, tokens, recent, top_k, retrieve)
-        union = set(chosen.union)
-        return Selection(chosen.layers, left_out=sum(1 for m in metas if m.id not in union))
+        # every block chosen is a candidate (retrieved from them, or recent ones)
+        return Selection(chosen.layers, left_out=len(metas) - len(chosen.union))
 
     def _named(self, plan, fixed_tokens: int, pending: BlockMeta | None) -> Selection:
         """The blocks a question names outright (``plan.blocks``), all stored and within budget."""
@@ -273,7 +278,7 @@ class BlockMemory:
         )
 
     def _fill(
-        self, budget: int, tokens: dict[int, int], recent: list[BlockMeta], top_k: int, retrieve
+        self, budget: int, tokens: Callable[[int], int], recent: list[BlockMeta], top_k: int, retrieve
     ) -> Selection:
         """The most blocks within ``budget`` tokens: the recent ones newest first, then the
         largest number of retrieved ones (up to ``top_k``) that still fits."""
@@ -454,9 +459,9 @@ def _load_index(
     return index
 
 
-def _cost(selection: Selection, tokens: dict[int, int]) -> int:
+def _cost(selection: Selection, tokens: Callable[[int], int]) -> int:
     """Tokens of the largest layer context ``selection`` makes (layers may differ)."""
-    return max((sum(tokens[b] for b in ids) for ids in selection.layers), default=0)
+    return max((sum(tokens(b) for b in ids) for ids in selection.layers), default=0)
 
 
 def _overlaps(meta: BlockMeta, since: float | None, until: float | None) -> bool:

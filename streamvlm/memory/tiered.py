@@ -198,6 +198,10 @@ class TieredStore(BlockStore):
                 return tier
         raise KeyError(block_id)
 
+    def meta(self, block_id: int) -> BlockMeta:
+        """One block's metadata, as ``metas`` lists it (``KeyError`` if the store lacks it)."""
+        return self._metas[block_id]
+
     def metas(self) -> list[BlockMeta]:
         """Every block's metadata, oldest first; a block held only by persistent tiers has
         no tensors here (``BlockMeta.without_tensors``)."""

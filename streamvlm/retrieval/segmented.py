@@ -277,8 +277,10 @@ def _merge(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarr
     ids = np.concatenate([np.asarray(i, np.int64).ravel() for _, i in parts])
     real = ids >= 0
     scores, ids = scores[real], ids[real]
-    best = np.lexsort((ids, -scores))[:k]  # best score first, ties to the smaller id
-    best = best[np.lexsort((-ids[best], -scores[best]))]  # listed as faiss lists ties
+    if k < len(ids):  # some are left out: among equal scores at the cut, the smaller ids stay
+        keep = np.lexsort((ids, -scores))[:k]
+        scores, ids = scores[keep], ids[keep]
+    best = np.lexsort((-ids, -scores))  # listed as faiss lists ties
     top_scores, top_ids = pad_to_k(scores[best][None], ids[best][None], k)
     return top_scores[0], top_ids[0]
 
