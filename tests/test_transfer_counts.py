@@ -21,6 +21,8 @@ from streamvlm.memory.tiers import HostTier
 from streamvlm.quant.base import QuantError
 
 HEADS, TOKENS, DIM = 2, 32, 16
+# vidkv's layouts: standard from group_size (32) tokens, compact below (pruned blocks)
+BLOCK_TOKENS = (TOKENS, 12)
 CPU = torch.device("cpu")
 # fields per layer and kind: kivi2 stores 3 (codes, scale, min), vidkv 4 to 9
 CODECS = ("kivi2", "vidkv")
@@ -33,19 +35,20 @@ def device_path(monkeypatch):
     monkeypatch.setenv("STREAMVLM_KERNELS", "triton")
 
 
-def tier_with_one_block(codec: str, layers: int) -> HostTier:
+def tier_with_one_block(codec: str, layers: int, tokens: int = TOKENS) -> HostTier:
     """A host tier that has stored and decoded block 0 (vidkv's per-layer state and caches set up)."""
     tier = HostTier(None, get_block_codec(codec))
-    tier.put(random_block(0, TOKENS, layers, HEADS, DIM))
+    tier.put(random_block(0, tokens, layers, HEADS, DIM))
     tier.get(0, CPU, torch.float32)
     return tier
 
 
+@pytest.mark.parametrize("tokens", BLOCK_TOKENS)
 @pytest.mark.parametrize("layers", LAYER_COUNTS)
 @pytest.mark.parametrize("codec", CODECS)
-def test_encoding_a_block_reads_once_and_moves_one_buffer(codec, layers):
-    tier = tier_with_one_block(codec, layers)
-    block = random_block(1, TOKENS, layers, HEADS, DIM)
+def test_encoding_a_block_reads_once_and_moves_one_buffer(codec, layers, tokens):
+    tier = tier_with_one_block(codec, layers, tokens)
+    block = random_block(1, tokens, layers, HEADS, DIM)
     before = transfer.transfers
     with TransferCounter() as counts:
         tier.put(block)
@@ -58,11 +61,12 @@ def test_encoding_a_block_reads_once_and_moves_one_buffer(codec, layers):
     assert transfer.transfers - before == 1
 
 
+@pytest.mark.parametrize("tokens", BLOCK_TOKENS)
 @pytest.mark.parametrize("layers", LAYER_COUNTS)
 @pytest.mark.parametrize("codec", CODECS)
-def test_decoding_a_block_reads_nothing_back(codec, layers):
-    tier = tier_with_one_block(codec, layers)
-    tier.put(random_block(1, TOKENS, layers, HEADS, DIM))
+def test_decoding_a_block_reads_nothing_back(codec, layers, tokens):
+    tier = tier_with_one_block(codec, layers, tokens)
+    tier.put(random_block(1, tokens, layers, HEADS, DIM))
     with TransferCounter() as counts:
         block = tier.get(1, CPU, torch.float32)
     # vidkv's key channel map is cached per layer on the device (was rebuilt from the
@@ -129,14 +133,15 @@ def test_the_debug_flag_checks_every_packed_range_again(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("tokens", BLOCK_TOKENS)
 @pytest.mark.parametrize("codec", CODECS)
-def test_on_cuda_a_block_crosses_once_each_way_into_one_pinned_buffer(codec):
+def test_on_cuda_a_block_crosses_once_each_way_into_one_pinned_buffer(codec, tokens):
     layers = 2
     tier = HostTier(None, get_block_codec(codec))
     cuda = torch.device("cuda")
 
     def on_cuda(block_id):
-        block = random_block(block_id, TOKENS, layers, HEADS, DIM)
+        block = random_block(block_id, tokens, layers, HEADS, DIM)
         return Block(meta=block.meta, layers=tuple((k.to(cuda), v.to(cuda)) for k, v in block.layers))
 
     tier.put(on_cuda(0))
@@ -154,3 +159,23 @@ def test_on_cuda_a_block_crosses_once_each_way_into_one_pinned_buffer(codec):
     # vidkv's key tier channels went to the device with the first block (cached per layer and device)
     assert (put.host_reads, put.device_copies) == (1, 1), put.ops
     assert (get.host_reads, get.device_copies) == (0, 1), get.ops
+
+
+def test_constant_tables_are_uploaded_once_per_device():
+    """The codecs' lookup tables (log8 scales, compact gains) stay on each device they were
+    used on: indexing them on a GPU must not upload them per field and layer. ("meta" stands
+    in for a GPU: a copy there is a change of device, like one to CUDA.)"""
+    from streamvlm.quant import scales
+    from streamvlm.quant import vidkv_compact as compact
+    from streamvlm.quant.constants import DeviceConstant
+
+    meta = torch.device("meta")
+    table = DeviceConstant(torch.arange(4.0))
+    assert table.on("cpu") is table.cpu
+    assert table.on(meta) is table.on("meta") and table.on(meta).device == meta
+    for constant in (scales._TABLE, compact.GAIN_TABLE, *compact.GAIN_BOUNDS.values()):
+        constant.on(meta)
+        with TransferCounter() as counts:
+            again = constant.on(meta)
+        assert again.device == meta and counts.device_copies == 0, counts.ops
+    assert scales.code_bounds(True, meta) is scales.code_bounds(True, "meta")

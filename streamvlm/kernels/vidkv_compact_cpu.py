@@ -52,9 +52,9 @@ _ZERO_UNITS = np.float32(compact._ZERO_UNITS)
 def _gain_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(decoded gains float32 [256], round-up bounds, nearest bounds (float64)): the reference's."""
     return (
-        compact.GAIN_TABLE.numpy(),
-        compact.GAIN_BOUNDS[True].numpy(),
-        compact.GAIN_BOUNDS[False].numpy(),
+        compact.GAIN_TABLE.cpu.numpy(),
+        compact.GAIN_BOUNDS[True].cpu.numpy(),
+        compact.GAIN_BOUNDS[False].cpu.numpy(),
     )
 
 

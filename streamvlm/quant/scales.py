@@ -20,14 +20,18 @@ from __future__ import annotations
 
 import torch
 
+from .constants import DeviceConstant
+
 STEPS_PER_OCTAVE = 16
 ZERO_CODE = 255
-_TABLE = torch.cat(
-    [
-        torch.exp2(-torch.arange(ZERO_CODE, dtype=torch.float64) / STEPS_PER_OCTAVE),
-        torch.zeros(1, dtype=torch.float64),
-    ]
-).to(torch.float32)
+_TABLE = DeviceConstant(
+    torch.cat(
+        [
+            torch.exp2(-torch.arange(ZERO_CODE, dtype=torch.float64) / STEPS_PER_OCTAVE),
+            torch.zeros(1, dtype=torch.float64),
+        ]
+    ).to(torch.float32)
+)
 
 
 def _bounds(offset: float) -> torch.Tensor:
@@ -38,12 +42,12 @@ def _bounds(offset: float) -> torch.Tensor:
 
 # code c is chosen for ratios in (bound[c + 1], bound[c]]: floor of -16 log2(ratio) (round
 # up) or its nearest integer; the code is the number of bounds >= the ratio (at most 254)
-_BOUNDS = {True: _bounds(0.0), False: _bounds(0.5)}
+_BOUNDS = {True: DeviceConstant(_bounds(0.0)), False: DeviceConstant(_bounds(0.5))}
 
 
-def code_bounds(round_up: bool) -> torch.Tensor:
-    """float64 ``[254]``, ascending: a ratio's code is how many of them are >= it."""
-    return _BOUNDS[round_up]
+def code_bounds(round_up: bool, device: torch.device | str = "cpu") -> torch.Tensor:
+    """float64 ``[254]``, ascending, on ``device``: a ratio's code is how many of them are >= it."""
+    return _BOUNDS[round_up].on(device)
 
 
 def bf16_round_up(v: torch.Tensor) -> torch.Tensor:
@@ -66,7 +70,7 @@ def encode_log8(s: torch.Tensor, round_up: bool) -> tuple[torch.Tensor, torch.Te
     head_max = bf16_round_up(torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=1).amax(dim=1))
     hm = head_max.float().view(-1, *([1] * (s.dim() - 1)))
     ratio = s.float() / torch.where(hm > 0, hm, torch.ones_like(hm))
-    bounds = code_bounds(round_up).to(s.device)
+    bounds = code_bounds(round_up, s.device)
     code = len(bounds) - torch.searchsorted(bounds, ratio.double().contiguous(), side="left")
     code = torch.where(s > 0, code, torch.full_like(code, ZERO_CODE))
     return code.to(torch.uint8), head_max
@@ -74,6 +78,6 @@ def encode_log8(s: torch.Tensor, round_up: bool) -> tuple[torch.Tensor, torch.Te
 
 def decode_log8(code: torch.Tensor, head_max: torch.Tensor) -> torch.Tensor:
     """float32 scales from ``encode_log8``'s output."""
-    table = _TABLE.to(code.device)
+    table = _TABLE.on(code.device)
     hm = head_max.float().view(-1, *([1] * (code.dim() - 1)))
     return table[code.long()] * hm

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import torch
 
+from .constants import DeviceConstant
 from .groups import balanced_group, group_sum, to_groups
 from .packing import pack_bits, pack_trits, unpack_bits, unpack_trits
 from .scales import decode_log8, encode_log8
@@ -82,26 +83,26 @@ def is_compact(tensors: dict[str, torch.Tensor]) -> bool:
 # (not a float32 ``log2``/``exp2``, whose last bit differs between libraries): every
 # implementation (``kernels/vidkv_compact_cpu.py``) picks the same code and decodes the same float.
 _GAIN_EXPONENTS = (torch.arange(256, dtype=torch.float64) - _GAIN_ONE) / GAIN_STEPS_PER_OCTAVE
-GAIN_TABLE = torch.where(torch.arange(256) > 0, torch.exp2(_GAIN_EXPONENTS), 0.0).to(torch.float32)
+GAIN_TABLE = DeviceConstant(torch.where(torch.arange(256) > 0, torch.exp2(_GAIN_EXPONENTS), 0.0).float())
 # ascending float64 boundaries; a ratio's code is 1 + how many lie below it (round up: the
 # exact gains of codes 1 .. 254, "below" strictly) or at or below it (nearest: the geometric
 # midpoints between codes 1 .. 255)
 GAIN_BOUNDS = {
-    True: torch.exp2(_GAIN_EXPONENTS[1:255]),
-    False: torch.exp2(_GAIN_EXPONENTS[2:256] - 0.5 / GAIN_STEPS_PER_OCTAVE),
+    True: DeviceConstant(torch.exp2(_GAIN_EXPONENTS[1:255])),
+    False: DeviceConstant(torch.exp2(_GAIN_EXPONENTS[2:256] - 0.5 / GAIN_STEPS_PER_OCTAVE)),
 }
 
 
 def encode_gain(g: torch.Tensor, round_up: bool) -> torch.Tensor:
     """Ratios ``g`` (>= 0) -> uint8 codes; ``round_up`` never decodes below ``g`` (steps: no clipping)."""
     g = g.float()
-    bounds = GAIN_BOUNDS[round_up].to(g.device)
+    bounds = GAIN_BOUNDS[round_up].on(g.device)
     code = torch.searchsorted(bounds, g.double().contiguous(), side="left" if round_up else "right") + 1
     return torch.where(g > 0, code, torch.zeros_like(code)).to(torch.uint8)
 
 
 def decode_gain(code: torch.Tensor) -> torch.Tensor:
-    return GAIN_TABLE.to(code.device)[code.long()]
+    return GAIN_TABLE.on(code.device)[code.long()]
 
 
 # the channel profile ---------------------------------------------------------------------
