@@ -59,6 +59,22 @@ def test_search_equals_one_layered_index(tmp_path, layout):
         )
 
 
+@pytest.mark.parametrize("layout", [{}, {"groups": 2}])
+def test_unordered_search_returns_every_hit_unmerged(tmp_path, layout):
+    """``ordered=False`` (block selection summing every block's scores): the same hits with the
+    same scores as the ranked search, in any order."""
+    segmented, reference, rng = both(tmp_path, 45, **layout)
+    q = rng.standard_normal((LAYERS, DIM)).astype(np.float32)
+    allowed = sorted(rng.choice(45, 30, replace=False).tolist())
+    for kwargs in ({}, {"allowed_ids": allowed}):
+        got = segmented.search(q, 45, ordered=False, **kwargs)
+        want = reference.search(q, 45, **kwargs)
+        for (sa, ia), (sb, ib) in zip(got, want, strict=True):
+            real = ib >= 0
+            got_hits = sorted(zip(ia.tolist(), sa.tolist(), strict=True))
+            assert got_hits == sorted(zip(ib[real].tolist(), sb[real].tolist(), strict=True))
+
+
 def test_ties_are_broken_as_one_flat_index_breaks_them(tmp_path):
     segmented = SegmentedIndex(LAYERS, DIM, tmp_path / "index", seal_blocks=4)
     reference = LayeredIndex(LAYERS, DIM)

@@ -135,10 +135,13 @@ class LayeredIndex:
         for index in self._indexes:
             index.remove(ids)
 
-    def search(self, queries, k: int, allowed_ids=None, id_range=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    def search(
+        self, queries, k: int, allowed_ids=None, id_range=None, ordered: bool = True
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Top-k per layer for one question: ``queries [num_layers, dim]`` -> one
         ``(scores [k] float32, ids [k] int64)`` per layer, best first. Layers of a group get
         the group's ranking (the same arrays). Filters and padding as in ``BlockIndex.search``.
+        (``ordered`` is ``SegmentedIndex``'s; a single index ranks its hits at no extra cost.)
 
         Summing a block's scores over the returned layers counts a group's score once per
         layer in it: with equal group sizes that scales every block alike.

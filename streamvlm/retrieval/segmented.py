@@ -176,8 +176,14 @@ class SegmentedIndex:
 
     # ----- queries ---------------------------------------------------------------------
 
-    def search(self, queries, k: int, allowed_ids=None, id_range=None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """As ``LayeredIndex.search``: one ``(scores [k], ids [k])`` per layer, best first."""
+    def search(
+        self, queries, k: int, allowed_ids=None, id_range=None, ordered: bool = True
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """As ``LayeredIndex.search``: one ``(scores [k], ids [k])`` per layer, best first.
+
+        ``ordered=False`` with ``k`` at least the blocks that pass the filter: every one of
+        them, in no particular order (padding ids, < 0, may remain): what a caller summing
+        every block's scores needs; it spares merging the segments' rankings."""
         hits = self._tail.search(queries, k, allowed_ids=allowed_ids, id_range=id_range)
         if not self._segments:
             return hits
@@ -188,7 +194,7 @@ class SegmentedIndex:
         for g, group in enumerate(self.groups):
             parts = [hits[group.start]]
             parts += [s.search(g, prepared[g], k, flt) for s in self._segments if _may_pass(s, flt)]
-            out.extend([_merge(parts, k)] * len(group))
+            out.extend([_merge(parts, k) if ordered else _concat(parts)] * len(group))
         return out
 
     # ----- persistence -----------------------------------------------------------------
@@ -266,6 +272,14 @@ def _may_pass(segment: IndexSegment, flt: IdFilter | None) -> bool:
     return True
 
 
+def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Every real hit of several parts, as they come (padding dropped)."""
+    scores = np.concatenate([np.asarray(s, np.float32).ravel() for s, _ in parts])
+    ids = np.concatenate([np.asarray(i, np.int64).ravel() for _, i in parts])
+    real = ids >= 0
+    return scores[real], ids[real]
+
+
 def _merge(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
     """The best ``k`` of several parts' results, ranked as one flat index holding them all.
 
@@ -273,10 +287,7 @@ def _merge(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarr
     ids: ids grow with time) and lists equal scores newest first; doing the same here
     makes a split index return exactly what one index would, ties included.
     """
-    scores = np.concatenate([np.asarray(s, np.float32).ravel() for s, _ in parts])
-    ids = np.concatenate([np.asarray(i, np.int64).ravel() for _, i in parts])
-    real = ids >= 0
-    scores, ids = scores[real], ids[real]
+    scores, ids = _concat(parts)
     if k < len(ids):  # some are left out: among equal scores at the cut, the smaller ids stay
         keep = np.lexsort((ids, -scores))[:k]
         scores, ids = scores[keep], ids[keep]

@@ -61,7 +61,7 @@ def select_blocks(
     if mode == "shared":
         # every candidate's score summed over layers; a flat search over all candidates is
         # what the sum needs, and costs O(blocks x layers x dim): milliseconds at hours of video
-        hits = index.search(queries, k=len(candidates), allowed_ids=allowed)
+        hits = index.search(queries, k=len(candidates), allowed_ids=allowed, ordered=False)
         order = np.asarray(candidates)
         totals = np.zeros(len(order))
         for scores, ids in hits:
