@@ -43,9 +43,9 @@ from .spectral_cpu import LANES, forward_lanes, inverse_lanes, scratch
 from .vidkv_cpu import key_channels, layer_channels
 
 P = compact.PREFIX
-_UNIT = np.float32(compact._OFFSET_UNIT)
+_UNIT = np.float32(compact.OFFSET_UNIT)
 _HALF = 1 << (compact.OFFSET_BITS - 1)
-_ZERO_UNITS = np.float32(compact._ZERO_UNITS)
+_ZERO_UNITS = np.float32(compact.ZERO_UNITS)
 
 
 @functools.lru_cache(maxsize=1)
@@ -370,7 +370,7 @@ def encode_keys(x: torch.Tensor, codec: VidKVCodec, layer: int) -> dict[str, tor
     idx4, idx2, idx1, order = layer_channels(codec._tiers[layer])
     prof = codec.profile("key", layer, x.shape, torch.device("cpu")).numpy()
     n4, n_u, m = idx4.shape[1], idx4.shape[1] + idx2.shape[1], idx1.shape[1]
-    run = compact._runs(tokens, n_u, codec.group_size)
+    run = compact.run_tokens(tokens, n_u, codec.group_size)
     with_offsets = compact.uses_offsets(tokens, "key")
     out: dict[str, torch.Tensor] = {}
     offset_row = _row(f"{P}offset", packed_length(heads * head_dim, 4), out) if with_offsets else _NO_ROW
@@ -453,7 +453,7 @@ def decode_keys_into(enc: EncodedTensor, codec: VidKVCodec, out: torch.Tensor, m
         )
     idx4, idx2, idx1 = key_channels(tiers)
     n4, n2, m = idx4.shape[1], idx2.shape[1], idx1.shape[1]
-    run = compact._runs(tokens, n4 + n2, codec.group_size)
+    run = compact.run_tokens(tokens, n4 + n2, codec.group_size)
     runs = num_groups(tokens, run)
     with_offsets = f"{P}offset" in enc.tensors  # the reference adds offsets wherever stored
     fields = _fields(

@@ -70,7 +70,7 @@ PROFILE_PRIOR_TOKENS = 4
 # A channel's profile never drops below this fraction of its head's largest: an all-zero
 # calibration channel must not make later normalised values infinite.
 _PROFILE_FLOOR = 2.0**-12
-_ZERO_UNITS = 4  # zero point resolution: quarter steps of the 2-bit grid (as ``uniform.py`` at 2 bits)
+ZERO_UNITS = 4  # zero point resolution: quarter steps of the 2-bit grid (as ``uniform.py`` at 2 bits)
 
 
 def is_compact(tensors: dict[str, torch.Tensor]) -> bool:
@@ -163,7 +163,7 @@ OFFSET_BITS = 4
 # values first: on the tiny model their offsets halve the attention output error (0.33 -> 0.18
 # at 16 tokens), the keys' take it 0.125 -> 0.108; both from 8 tokens would cost 2.23 bits
 OFFSET_MIN_TOKENS = {"key": 12, "value": 8}
-_OFFSET_UNIT = 0.25  # of the channel's profile: offsets up to +-2 profiles, error <= 1/8
+OFFSET_UNIT = 0.25  # of the channel's profile: offsets up to +-2 profiles, error <= 1/8
 
 
 def uses_offsets(tokens: int, kind: str) -> bool:
@@ -174,14 +174,14 @@ def encode_offsets(x: torch.Tensor, prof: torch.Tensor) -> tuple[torch.Tensor, t
     """(packed 4-bit codes, decoded offsets ``[heads, channels]``) of the per-channel means of ``x``."""
     half = 1 << (OFFSET_BITS - 1)
     mean = group_sum(x.transpose(1, 2)) / x.shape[1]
-    code = (mean / (prof * _OFFSET_UNIT)).round().clamp(-half, half - 1)
-    return pack_bits((code + half).reshape(1, -1).to(torch.uint8), OFFSET_BITS), code * prof * _OFFSET_UNIT
+    code = (mean / (prof * OFFSET_UNIT)).round().clamp(-half, half - 1)
+    return pack_bits((code + half).reshape(1, -1).to(torch.uint8), OFFSET_BITS), code * prof * OFFSET_UNIT
 
 
 def decode_offsets(packed: torch.Tensor, prof: torch.Tensor) -> torch.Tensor:
     half = 1 << (OFFSET_BITS - 1)
     code = unpack_bits(packed, OFFSET_BITS, prof.numel()).view(prof.shape).float() - half
-    return code * prof * _OFFSET_UNIT
+    return code * prof * OFFSET_UNIT
 
 
 def _mean_abs(x: torch.Tensor) -> torch.Tensor:
@@ -190,7 +190,7 @@ def _mean_abs(x: torch.Tensor) -> torch.Tensor:
 
 
 # keys -------------------------------------------------------------------------------------
-def _runs(tokens: int, uniform_channels: int, group_size: int) -> int:
+def run_tokens(tokens: int, uniform_channels: int, group_size: int) -> int:
     """Tokens per run of the uniform tiers: about ``group_size`` elements per (head, run)."""
     return balanced_group(tokens, -(-group_size // max(1, uniform_channels)))
 
@@ -215,7 +215,7 @@ def encode_keys(
     idx_u = torch.cat([idx4, idx2], dim=1)
     if idx_u.shape[1]:
         xu = x.gather(2, channel_rows(idx_u, tokens)) / prof.gather(1, idx_u)[:, None, :]
-        run = _runs(tokens, idx_u.shape[1], group_size)
+        run = run_tokens(tokens, idx_u.shape[1], group_size)
         xg, valid = to_groups(xu.transpose(1, 2), run)  # [heads, channels, runs, run]
         v = valid.expand_as(xg)
         mn = xg.masked_fill(~v, float("inf")).amin(dim=(1, 3))  # [heads, runs]
@@ -223,12 +223,12 @@ def encode_keys(
         # The zero point is floored, so it may sit up to a quarter step below the minimum: the
         # step covers the range plus that quarter (3 - 1/4 steps span it); it is also large
         # enough for |min| to fit int8 quarter steps. Rounded up: nothing is ever clipped.
-        step = torch.maximum((mx - mn) / (3 - 1 / _ZERO_UNITS), mn.abs() * _ZERO_UNITS / 127)
+        step = torch.maximum((mx - mn) / (3 - 1 / ZERO_UNITS), mn.abs() * ZERO_UNITS / 127)
         step_code = encode_gain(step, round_up=True)
         s = decode_gain(step_code)
         safe = torch.where(s > 0, s, torch.ones_like(s))
-        zero = torch.floor(mn / safe * _ZERO_UNITS).clamp(-128, 127)
-        low = (zero / _ZERO_UNITS * s)[:, None, :, None]
+        zero = torch.floor(mn / safe * ZERO_UNITS).clamp(-128, 127)
+        low = (zero / ZERO_UNITS * s)[:, None, :, None]
         for bits, levels, part in ((4, 15, slice(0, idx4.shape[1])), (2, 3, slice(idx4.shape[1], None))):
             width = (safe * 3 / levels)[:, None, :, None]
             q = ((xg[:, part] - low) / width).round().clamp(0, levels)
@@ -258,9 +258,9 @@ def decode_keys(
     out = torch.empty(shape, device=prof.device)
     n_u = idx4.shape[1] + idx2.shape[1]
     if n_u:
-        run = _runs(tokens, n_u, group_size)
+        run = run_tokens(tokens, n_u, group_size)
         s = decode_gain(t[f"{PREFIX}step"])  # [heads, runs]
-        low = t[f"{PREFIX}zero"].float() / _ZERO_UNITS * s
+        low = t[f"{PREFIX}zero"].float() / ZERO_UNITS * s
         for bits, levels, idx in ((4, 15, idx4), (2, 3, idx2)):
             n = idx.shape[1]
             if not n:
