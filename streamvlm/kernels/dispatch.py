@@ -101,7 +101,7 @@ def encode(
         tensors = kivi_cpu.encode(x, codec, kind)
     else:
         # checks its values itself, from what its kernels read anyway (one pass less)
-        kernel = _vidkv_kernels(compact=int(x.shape[1]) < codec.group_size)
+        kernel = _vidkv_kernels(compact=not standard_layout(codec, int(x.shape[1])))
         tensors = (kernel.encode_keys if kind == "key" else kernel.encode_values)(x, codec, layer)
     return EncodedTensor(codec.name, kind, tuple(int(s) for s in x.shape), tensors, layer)
 

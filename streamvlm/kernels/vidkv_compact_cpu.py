@@ -174,13 +174,11 @@ def _encode_keys(
     acc = 0.0  # sum of |sign-tier components| over the whole tensor, in its element order
     for h in range(heads):
         x_h = x[h]
-        for t in range(tokens):
-            for d in range(head_dim):
-                peak = np.maximum(peak, abs(x_h[t, d]))
         if with_offsets:
             _encode_offsets(x_h, prof[h], off_codes, h * head_dim, off)
         for t in range(tokens):
             for d in range(head_dim):
+                peak = np.maximum(peak, abs(x_h[t, d]))
                 xo[t, d] = x_h[t, d] - off[d]  # - 0.0 without offsets: x itself, -0.0 included
         if n_u:
             for t in range(tokens):
@@ -445,12 +443,7 @@ def decode_keys_into(enc: EncodedTensor, codec: VidKVCodec, out: torch.Tensor, m
     """``vidkv_compact.decode_keys`` written into ``out``."""
     heads, tokens, head_dim = enc.shape
     prof = codec.profile("key", enc.layer, enc.shape, torch.device("cpu")).numpy()
-    tiers = codec._layer_tiers(enc.layer, heads, head_dim)
-    if tiers is None:
-        raise QuantError(
-            f"{codec.name}: no key channel tiers for layer {enc.layer}; "
-            "load them with load_shared_state(layer, ...) before decoding"
-        )
+    tiers = codec._required_tiers(enc.layer, enc.shape)  # the reference's check and message
     idx4, idx2, idx1 = key_channels(tiers)
     n4, n2, m = idx4.shape[1], idx2.shape[1], idx1.shape[1]
     run = compact.run_tokens(tokens, n4 + n2, codec.group_size)

@@ -129,6 +129,8 @@ class TieredStore(BlockStore):
             if block_id not in below:
                 block = tier.get(block_id, self.device, self.dtype)
                 record = self._record(block_id, below)
+                # a tier without a record to take is staged as before, so tier classes written
+                # against stage(block) alone still plug in (tests/test_memory_tiers.py)
                 staged = below.stage(block) if record is None else below.stage(block, record)
                 gone += self._commit(i + 1, staged)
             tier.pop(block_id)  # after: a tier below that rejects the block leaves it here
